@@ -1,0 +1,443 @@
+"""Fused CPU selective scan (numba), with a fused reverse-time backward for autograd.
+
+Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan semantics), but:
+- no `(b, d, l, n)` intermediate: each (batch, channel) row keeps its n-vector state in a small local array;
+  the forward's extra memory is O(b·d·n) (the last state) plus, for variable B/C, one `(b, g, l, n)`
+  transposed copy of B and C (the size of the inputs themselves);
+- rows (b, d) run in parallel over numba's threads (as many as `torch.get_num_threads()`);
+- exp(dt·A) uses a vectorisable float32 exp (Cephes-style range reduction + degree-6 polynomial, ~1 ulp),
+  computed for all n states of a time step at once; float64 inputs use libm's exp (that path exists for
+  `torch.autograd.gradcheck`).
+
+Backward (reverse-time scan, per row): the forward is recomputed into a per-thread `(l+1, n)` buffer of states
+and `(l, n)` of exp(dt·A) (O(threads·l·n) scratch, never O(b·d·l·n)), then with g_h the gradient of the state,
+
+    g_h[t] = go[t]·C[t] + exp(dt[t+1]·A)·g_h[t+1]
+    dC[t] += go[t]·h[t];   dB[t] += g_h[t]·dt[t]·u[t];   du[t] = go[t]·D + dt[t]·Σ g_h[t]·B[t]
+    ddt[t] = Σ g_h[t]·(h[t-1]·exp(dt[t]·A)·A + B[t]·u[t]);   dA += g_h[t]·h[t-1]·exp(dt[t]·A)·dt[t]
+
+where go is the gradient of y (through silu(z) when z is given). Variable-B/C gradients are summed over the
+channels of a group in per-thread accumulators (race-free), then added up. As in mamba_ssm, the gradient of
+the returned last state is not propagated.
+
+Process/thread safety: numba's `omp` layer is thread-safe but not fork-safe, `workqueue` is fork-safe but not
+thread-safe. Calls are serialised under a lock when the layer is `workqueue`; in a process forked after the
+parent ran the parallel kernel, a serial (single-thread, no threading layer) variant runs instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange, types
+from llvmlite import ir as llvm_ir
+from numba.extending import intrinsic, overload
+from torch import Tensor
+
+from .scan_ref import check_shapes
+
+# Reassociation lets LLVM vectorise the n-term dot products; contraction allows FMAs. No 'nnan'/'ninf'/'afn':
+# infinities and NaNs propagate, and our exp below is compiled without any fast-math flag.
+_FASTMATH = {"reassoc", "contract", "nsz"}
+
+# Cephes expf constants (float32 globals, so numba folds them as float32).
+_F32 = np.float32
+_EXP_LO = _F32(-87.33654)
+_EXP_HI = _F32(88.3)
+_LOG2E = _F32(1.44269504088896341)
+_HALF = _F32(0.5)
+_LN2_HI = _F32(0.693359375)
+_LN2_LO = _F32(-2.12194440e-4)
+_P0 = _F32(1.9875691500e-4)
+_P1 = _F32(1.3981999507e-3)
+_P2 = _F32(8.3334519073e-3)
+_P3 = _F32(4.1665795894e-2)
+_P4 = _F32(1.6666665459e-1)
+_P5 = _F32(5.0000001201e-1)
+_ONE = _F32(1.0)
+_I127 = np.int32(127)
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32 (a bitcast, no conversion)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if v.type.width != 32:
+            v = builder.trunc(v, llvm_ir.IntType(32))
+        return builder.bitcast(v, llvm_ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def _exp(x):  # pragma: no cover - replaced by the numba overload below
+    """exp(x): float32 -> our vectorisable expf; float64 -> libm exp."""
+    raise NotImplementedError
+
+
+@overload(_exp, jit_options={"fastmath": False})
+def _ol_exp(x):
+    if x == types.float32:
+
+        def impl32(x):
+            xx = min(max(x, _EXP_LO), _EXP_HI)
+            fk = np.floor(xx * _LOG2E + _HALF)  # float32 (math.floor would give int64)
+            r = xx - fk * _LN2_HI  # Cody-Waite: ln2 = _LN2_HI + _LN2_LO, fk * _LN2_HI exact
+            r = r - fk * _LN2_LO
+            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+            p = p * r * r + r + _ONE
+            return p * _f32_from_bits((np.int32(fk) + _I127) << 23)  # p * 2**fk
+
+        return impl32
+    if x == types.float64:
+
+        def impl64(x):
+            return math.exp(x)
+
+        return impl64
+    return None
+
+
+@njit(cache=True)
+def _vexp_check(x):
+    """Test hook: our exp over a 1-D array (float32 or float64)."""
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = _exp(x[i])
+    return out
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _fwd_rows(r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
+              out, last):
+    nd = u.shape[1]
+    nl = u.shape[2]
+    n = A.shape[1]
+    h = np.zeros(n, u.dtype)
+    zro = np.zeros(1, u.dtype)[0]
+    for row in range(r0, r1):
+        b = row // nd
+        d = row - b * nd
+        bb = b if var_b else 0
+        gb = d // dpg_b if var_b else d
+        bc = b if var_c else 0
+        gc = d // dpg_c if var_c else d
+        for k in range(n):
+            h[k] = 0.0
+        Dd = D[d]
+        bd = bias[d]
+        for t in range(nl):
+            dt = delta[b, d, t] + bd
+            if softplus and dt <= 20.0:
+                dt = math.log1p(math.exp(dt))
+            ut = u[b, d, t]
+            dtu = dt * ut
+            tb = t if var_b else 0
+            tc = t if var_c else 0
+            y = zro
+            for k in range(n):
+                hk = _exp(dt * A[d, k]) * h[k] + dtu * Bv[bb, gb, tb, k]
+                h[k] = hk
+                y += hk * Cv[bc, gc, tc, k]
+            o = y + Dd * ut
+            if has_z:
+                zt = z[b, d, t]
+                o = o * zt / (1.0 + math.exp(-zt))
+            out[b, d, t] = o
+        for k in range(n):
+            last[b, d, k] = h[k]
+
+
+@njit(cache=True, parallel=True)
+def _fwd_par(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
+    rows = u.shape[0] * u.shape[1]
+    for c in prange(nchunks):
+        _fwd_rows(c * rows // nchunks, (c + 1) * rows // nchunks, u, delta, A, Bv, Cv, D, z, bias,
+                  var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
+
+
+@njit(cache=True)
+def _fwd_ser(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
+    _fwd_rows(0, u.shape[0] * u.shape[1], u, delta, A, Bv, Cv, D, z, bias,
+              var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _bwd_rows(c, r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
+              du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    nd = u.shape[1]
+    nl = u.shape[2]
+    n = A.shape[1]
+    H = np.zeros((nl + 1, n), u.dtype)  # H[t+1] = state after step t; H[0] = 0
+    E = np.empty((nl, n), u.dtype)  # exp(dt[t] * A)
+    DT = np.empty(nl, u.dtype)
+    Y = np.empty(nl, u.dtype)
+    gh = np.empty(n, u.dtype)
+    dAacc = np.empty(n, u.dtype)
+    zro = np.zeros(1, u.dtype)[0]
+    for row in range(r0, r1):
+        b = row // nd
+        d = row - b * nd
+        bb = b if var_b else 0
+        gb = d // dpg_b if var_b else d
+        bc = b if var_c else 0
+        gc = d // dpg_c if var_c else d
+        bd = bias[d]
+        Dd = D[d]
+        # forward recompute, keeping states and decays of this row
+        for t in range(nl):
+            dt = delta[b, d, t] + bd
+            if softplus and dt <= 20.0:
+                dt = math.log1p(math.exp(dt))
+            DT[t] = dt
+            dtu = dt * u[b, d, t]
+            tb = t if var_b else 0
+            tc = t if var_c else 0
+            y = zro
+            for k in range(n):
+                ek = _exp(dt * A[d, k])
+                E[t, k] = ek
+                hk = ek * H[t, k] + dtu * Bv[bb, gb, tb, k]
+                H[t + 1, k] = hk
+                y += hk * Cv[bc, gc, tc, k]
+            Y[t] = y
+        # reverse-time scan
+        for k in range(n):
+            gh[k] = 0.0
+            dAacc[k] = 0.0
+        dDacc = zro
+        dbacc = zro
+        for t in range(nl - 1, -1, -1):
+            g = dout[b, d, t]
+            ut = u[b, d, t]
+            dt = DT[t]
+            if has_z:
+                zt = z[b, d, t]
+                s = 1.0 / (1.0 + math.exp(-zt))
+                o = Y[t] + Dd * ut
+                dz[b, d, t] = g * o * s * (1.0 + zt * (1.0 - s))
+                go = g * zt * s
+            else:
+                go = g
+            dDacc += go * ut
+            tb = t if var_b else 0
+            tc = t if var_c else 0
+            dua = zro
+            ddt = zro
+            for k in range(n):
+                ghk = gh[k] + go * Cv[bc, gc, tc, k]
+                dC_p[c, bc, gc, tc, k] += go * H[t + 1, k]
+                bk = Bv[bb, gb, tb, k]
+                dB_p[c, bb, gb, tb, k] += ghk * dt * ut
+                dua += ghk * bk
+                da = ghk * H[t, k] * E[t, k]
+                ddt += da * A[d, k] + ghk * bk * ut
+                dAacc[k] += da * dt
+                gh[k] = ghk * E[t, k]
+            du[b, d, t] = go * Dd + dt * dua
+            if softplus:
+                xr = delta[b, d, t] + bd
+                if xr <= 20.0:
+                    ex = math.exp(xr)
+                    ddt = ddt * ex / (ex + 1.0)
+            ddelta[b, d, t] = ddt
+            dbacc += ddt
+        for k in range(n):
+            dA_p[c, d, k] += dAacc[k]
+        dD_p[c, d] += dDacc
+        dbias_p[c, d] += dbacc
+
+
+@njit(cache=True, parallel=True)
+def _bwd_par(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    rows = u.shape[0] * u.shape[1]
+    for c in prange(nchunks):
+        _bwd_rows(c, c * rows // nchunks, (c + 1) * rows // nchunks, u, delta, A, Bv, Cv, D, z, bias,
+                  var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p,
+                  dbias_p)
+
+
+@njit(cache=True)
+def _bwd_ser(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    _bwd_rows(0, 0, u.shape[0] * u.shape[1], u, delta, A, Bv, Cv, D, z, bias,
+              var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Threading: how many threads, and whether the parallel variant may run here.
+
+_LOCK = threading.Lock()
+_PAR_PID: int | None = None  # pid of the process that first ran a parallel kernel
+_LAYER: str | None = None
+
+
+def _plan() -> tuple[bool, int]:
+    """(use the parallel variant?, number of threads) for a call from this thread/process."""
+    if _PAR_PID is not None and os.getpid() != _PAR_PID and _LAYER in ("omp", None):
+        return False, 1  # forked child of a process that started GNU OpenMP threads: stay serial
+    nthreads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    return nthreads > 1, nthreads
+
+
+def _run(par_fn, ser_fn, *args) -> None:
+    global _PAR_PID, _LAYER
+    parallel, nthreads = _plan()
+    if not parallel:
+        ser_fn(1, *args)
+        return
+    need_lock = _LAYER in (None, "workqueue")
+    if need_lock:
+        _LOCK.acquire()
+    try:
+        numba.set_num_threads(nthreads)
+        par_fn(nthreads, *args)
+        if _LAYER is None:
+            _PAR_PID = os.getpid()
+            _LAYER = numba.threading_layer()
+    finally:
+        if need_lock:
+            _LOCK.release()
+
+
+def threads_for_call() -> int:
+    """Threads the next call from this thread would use (for reports)."""
+    return _plan()[1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch <-> numba plumbing
+
+
+def _as_np(t: Tensor, dtype: torch.dtype) -> np.ndarray:
+    return t.detach().to(dtype).contiguous().numpy()
+
+
+def _bc_layout(M: Tensor, cdt: torch.dtype, dim: int) -> tuple[np.ndarray, bool, int]:
+    """B or C -> (4-D array, variable?, channels per group). Constant (d, n) -> (1, d, 1, n);
+    variable (b, n, l) / (b, g, n, l) -> (b, g, l, n) so the n states of a time step are contiguous."""
+    if M.dim() == 2:
+        return _as_np(M, cdt).reshape(1, M.shape[0], 1, M.shape[1]), False, 1
+    M4 = M[:, None] if M.dim() == 3 else M
+    return _as_np(M4.transpose(-1, -2), cdt), True, dim // M4.shape[1]
+
+
+def _bc_grad(g: np.ndarray, M: Tensor) -> Tensor:
+    """Per-thread accumulators (T, *layout) -> gradient in M's own shape and dtype."""
+    gt = torch.from_numpy(g.sum(axis=0))
+    if M.dim() == 2:
+        return gt.reshape(M.shape).to(M.dtype)
+    gt = gt.transpose(-1, -2)
+    return gt.reshape(M.shape).to(M.dtype)
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dim = u.shape[1]
+    Bv, var_b, dpg_b = _bc_layout(B, cdt, dim)
+    Cv, var_c, dpg_c = _bc_layout(C, cdt, dim)
+    u_np = _as_np(u, cdt)
+    zeros = np.zeros(dim, dtype=u_np.dtype)
+    return dict(
+        cdt=cdt,
+        u=u_np,
+        delta=_as_np(delta, cdt),
+        A=_as_np(A, cdt),
+        Bv=Bv,
+        Cv=Cv,
+        D=_as_np(D, cdt) if D is not None else zeros,
+        z=_as_np(z, cdt) if z is not None else u_np,
+        bias=_as_np(delta_bias, cdt) if delta_bias is not None else zeros,
+        var_b=var_b,
+        var_c=var_c,
+        dpg_b=dpg_b,
+        dpg_c=dpg_c,
+        has_z=z is not None,
+    )
+
+
+def _kernel_args(p: dict, softplus: bool) -> tuple:
+    return (p["u"], p["delta"], p["A"], p["Bv"], p["Cv"], p["D"], p["z"], p["bias"], p["var_b"], p["var_c"],
+            p["dpg_b"], p["dpg_c"], p["has_z"], bool(softplus))
+
+
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Forward only (no autograd graph): returns (out in u's dtype, last_state (b, d, n) in compute dtype)."""
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    b, d, l = u.shape
+    out = np.empty((b, d, l), p["u"].dtype)
+    last = np.zeros((b, d, A.shape[1]), p["u"].dtype)
+    if b * d * l:
+        _run(_fwd_par, _fwd_ser, *_kernel_args(p, delta_softplus), out, last)
+    return torch.from_numpy(out).to(u.dtype), torch.from_numpy(last)
+
+
+class SelectiveScanCPU(torch.autograd.Function):
+    """Autograd wrapper: fused forward, fused reverse-time backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        out, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        ctx.delta_softplus = bool(delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.mark_non_differentiable(last)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, _dlast):
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        p = _prepare(u, delta, A, B, C, D, z, delta_bias)
+        dt_np = p["u"].dtype
+        b, d, l = u.shape
+        _, nthreads = _plan()
+        nt = nthreads  # number of row chunks == per-thread accumulators
+        dout_np = _as_np(dout, p["cdt"])
+        du = np.zeros((b, d, l), dt_np)
+        ddelta = np.zeros((b, d, l), dt_np)
+        dz = np.zeros((b, d, l), dt_np) if z is not None else np.zeros((1, 1, 1), dt_np)
+        dA_p = np.zeros((nt,) + p["A"].shape, dt_np)
+        dB_p = np.zeros((nt,) + p["Bv"].shape, dt_np)
+        dC_p = np.zeros((nt,) + p["Cv"].shape, dt_np)
+        dD_p = np.zeros((nt, d), dt_np)
+        dbias_p = np.zeros((nt, d), dt_np)
+        if b * d * l:
+            args = _kernel_args(p, ctx.delta_softplus) + (dout_np, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+            if nt > 1:
+                _run(_bwd_par, _bwd_ser, *args)
+            else:
+                _bwd_ser(1, *args)
+        return (
+            torch.from_numpy(du).to(u.dtype),
+            torch.from_numpy(ddelta).to(delta.dtype),
+            torch.from_numpy(dA_p.sum(0)).to(A.dtype),
+            _bc_grad(dB_p, B),
+            _bc_grad(dC_p, C),
+            torch.from_numpy(dD_p.sum(0)).to(D.dtype) if D is not None else None,
+            torch.from_numpy(dz).to(z.dtype) if z is not None else None,
+            torch.from_numpy(dbias_p.sum(0)).to(delta_bias.dtype) if delta_bias is not None else None,
+            None,
+        )
+
+
+def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                       z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                       return_last_state: bool = False):
+    """Fused CPU selective scan with mamba_ssm's selective_scan_fn contract (see scan_ref)."""
+    check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if any(t is not None and t.device.type != "cpu" for t in (u, delta, A, B, C, D, z, delta_bias)):
+        raise ValueError("selective_scan_cpu needs CPU tensors")
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        out, last = SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    else:
+        out, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out
