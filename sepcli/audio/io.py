@@ -1,0 +1,271 @@
+"""Audio files in and out, streamed in blocks.
+
+Contract:
+- `AudioInput(path)` opens any file libsndfile decodes (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF, ...) and yields
+  mono float32 blocks (downmix = channel mean, or one 1-based channel) through `blocks()`, which rewinds, so a
+  caller can make several passes without holding the file in memory. `ArrayInput` does the same for an array.
+- `AtomicWriter` writes to a hidden temporary file in the destination folder and renames it over the final
+  name only on `commit()`; `abort()` (or an exception inside a `with` block) removes it, so no partial output
+  is ever left under the final name.
+- `FloatSpool` is a raw float32 temporary stream (for outputs whose gain depends on the whole signal).
+- Problems with a file raise `AudioError`, whose message names the file and the problem in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+BLOCK = 65536  # frames per read block: large enough for speed, small enough to keep memory flat
+
+# extension -> (libsndfile major format, allowed subtypes, default subtype)
+OUTPUT_FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "wav": ("WAV", ("PCM_16", "PCM_24", "FLOAT"), "PCM_16"),
+    "flac": ("FLAC", ("PCM_16", "PCM_24"), "PCM_16"),
+    "ogg": ("OGG", ("VORBIS",), "VORBIS"),
+    "mp3": ("MP3", ("MPEG_LAYER_III",), "MPEG_LAYER_III"),
+}
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+MIN_RATE, MAX_RATE = 8000, 192000
+
+
+class AudioError(Exception):
+    """A problem with one audio file; str() is a one-line message naming the file."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+class AudioInput:
+    """A seekable audio file read in mono float32 blocks. Use as a context manager or call close()."""
+
+    def __init__(self, path: str | os.PathLike, channel: int | None = None):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise AudioError(path, "is a folder, not an audio file")
+        if not self.path.exists():
+            raise AudioError(path, "no such file")
+        try:
+            self._f = sf.SoundFile(str(self.path))
+        except Exception as exc:  # libsndfile's messages vary by version; report them in one line
+            raise AudioError(path, f"cannot decode audio ({_one_line(exc)})") from None
+        self.rate = int(self._f.samplerate)
+        self.channels = int(self._f.channels)
+        self.frames = int(self._f.frames)
+        self.format = self._f.format
+        self.subtype = self._f.subtype
+        if not (MIN_RATE <= self.rate <= MAX_RATE):
+            self.close()
+            raise AudioError(path, f"sample rate {self.rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
+        if self.frames <= 0:
+            self.close()
+            raise AudioError(path, "contains no audio samples")
+        if channel is not None and not (1 <= channel <= self.channels):
+            self.close()
+            raise AudioError(path, f"has {self.channels} channel(s); --channel {channel} does not exist")
+        self.channel = channel
+
+    def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
+        """Mono float32 blocks from the start of the file (rewinds first)."""
+        try:
+            self._f.seek(0)
+            while True:
+                data = self._f.read(blocksize, dtype="float32", always_2d=True)
+                if len(data) == 0:
+                    return
+                if self.channel is not None:
+                    yield np.ascontiguousarray(data[:, self.channel - 1])
+                elif data.shape[1] == 1:
+                    yield data[:, 0]
+                else:
+                    yield data.mean(axis=1, dtype=np.float32)
+        except AudioError:
+            raise
+        except Exception as exc:
+            raise AudioError(self.path, f"decoding failed ({_one_line(exc)})") from None
+
+    def close(self) -> None:
+        f = getattr(self, "_f", None)
+        if f is not None:
+            f.close()
+            self._f = None
+
+    def __enter__(self) -> AudioInput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ArrayInput:
+    """An in-memory signal with the same interface as AudioInput. x: [T] or [T, channels]."""
+
+    def __init__(self, x: np.ndarray, rate: int, channel: int | None = None, name: str = "<array>"):
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise AudioError(name, f"expected a non-empty [T] or [T, channels] array, got shape {x.shape}")
+        if not (MIN_RATE <= int(rate) <= MAX_RATE):
+            raise AudioError(name, f"sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
+        if channel is not None and not (1 <= channel <= x.shape[1]):
+            raise AudioError(name, f"has {x.shape[1]} channel(s); channel {channel} does not exist")
+        self.path = Path(name)
+        self.rate, self.channels, self.frames = int(rate), x.shape[1], x.shape[0]
+        self.channel = channel
+        self.format, self.subtype = "ARRAY", "FLOAT"
+        self._x = x
+
+    def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
+        for i in range(0, self.frames, blocksize):
+            d = self._x[i : i + blocksize]
+            if self.channel is not None:
+                yield np.ascontiguousarray(d[:, self.channel - 1])
+            else:
+                yield d.mean(axis=1, dtype=np.float32) if d.shape[1] > 1 else np.ascontiguousarray(d[:, 0])
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ArrayInput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def spool_stdin(directory: str | os.PathLike | None = None, stream=None) -> Path:
+    """Copy audio bytes from stdin to a temporary file (in `directory`) and return its path.
+
+    libsndfile needs a seekable file for the two passes; the copy is streamed, never held in memory.
+    The caller deletes the file.
+    """
+    stream = stream if stream is not None else sys.stdin.buffer
+    fd, name = tempfile.mkstemp(prefix=".sepcli-stdin-", suffix=".audio", dir=directory)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(stream, out, 1 << 20)
+    if os.path.getsize(name) == 0:
+        os.unlink(name)
+        raise AudioError("-", "stdin is empty (no audio bytes)")
+    return Path(name)
+
+
+def check_output_format(fmt: str, subtype: str | None, rate: int) -> str:
+    """Validate an output format/subtype/rate; returns the subtype to use. Raises ValueError (a usage error)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r} (choose from {', '.join(OUTPUT_FORMATS)})")
+    _, allowed, default = OUTPUT_FORMATS[fmt]
+    if subtype is None:
+        subtype = default
+    subtype = subtype.upper()
+    if subtype not in allowed:
+        raise ValueError(f"--subtype {subtype} is not available for {fmt} (choose from {', '.join(allowed)})")
+    if fmt == "mp3" and rate not in MP3_RATES:
+        raise ValueError(f"mp3 cannot store {rate} Hz (use --sample-rate with one of {MP3_RATES})")
+    return subtype
+
+
+class AtomicWriter:
+    """Stream float32 blocks [k] into `path` through a temporary file renamed on commit().
+
+    Samples are clipped to [-1, 1] for fixed-point and lossy formats; `clipped` counts them.
+    """
+
+    def __init__(self, path: str | os.PathLike, rate: int, fmt: str, subtype: str | None = None):
+        self.path = Path(path)
+        major, _, _ = OUTPUT_FORMATS[fmt]
+        subtype = check_output_format(fmt, subtype, rate)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.part"
+        self._clip = subtype != "FLOAT"
+        self.clipped = 0
+        self.frames = 0
+        try:
+            self._f = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, format=major, subtype=subtype)
+        except Exception as exc:
+            self._remove_tmp()
+            raise AudioError(self.path, f"cannot write ({_one_line(exc)})") from None
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32)
+        if self._clip:
+            over = np.abs(block) > 1.0
+            n = int(over.sum())
+            if n:
+                self.clipped += n
+                block = np.clip(block, -1.0, 1.0)
+        self._f.write(block)
+        self.frames += len(block)
+
+    def commit(self) -> Path:
+        self._f.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def _remove_tmp(self) -> None:
+        try:
+            self.tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+    def abort(self) -> None:
+        f = getattr(self, "_f", None)
+        if f is not None and not f.closed:
+            try:
+                f.close()
+            except Exception:
+                pass
+        self._remove_tmp()
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class FloatSpool:
+    """A temporary raw float32 stream on disk: write blocks, then read them back in blocks once."""
+
+    def __init__(self, directory: str | os.PathLike):
+        fd, name = tempfile.mkstemp(prefix=".sepcli-", suffix=".f32.part", dir=directory)
+        self.path = Path(name)
+        self._f = os.fdopen(fd, "wb")
+        self.frames = 0
+
+    def write(self, block: np.ndarray) -> None:
+        np.asarray(block, dtype=np.float32).tofile(self._f)
+        self.frames += len(block)
+
+    def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
+        self._f.close()
+        with open(self.path, "rb") as f:
+            while True:
+                d = np.fromfile(f, dtype=np.float32, count=blocksize)
+                if len(d) == 0:
+                    return
+                yield d
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,443 @@
+"""The `sepcli` command line: options -> SeparationOptions -> Separator -> results on screen.
+
+No audio math here: everything a library user would need lives in sepcli.pipeline and sepcli.runtime.
+Progress bars and tables go to stderr (only when stderr is a terminal and --quiet is not given); --json prints
+a machine-readable summary on stdout. Errors are one line naming the file and the problem (--debug shows the
+traceback).
+
+Exit codes: 0 all inputs done (or skipped as already done), 1 at least one input failed (or the model could not
+be loaded), 2 usage error (bad option, unknown model name, missing argument).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+EXIT_HELP = ("Exit codes: 0 = every input done (or skipped as already done); 1 = at least one input failed "
+             "(or the model could not be loaded); 2 = usage error (bad option, unknown model).")
+
+app = typer.Typer(
+    name="sepcli",
+    help="Split recordings of overlapping talkers into one file per speaker (S4M / SPMamba models).\n\n"
+    + EXIT_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app = typer.Typer(help="List the model zoo, show a model card, import official checkpoints.",
+                         invoke_without_command=True, add_completion=False)
+app.add_typer(models_app, name="models")
+
+
+# ---------------------------------------------------------------------- presentation helpers
+def _stderr_console(quiet: bool):
+    """A rich console on stderr when it is a terminal and not --quiet, else None (no decoration)."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _error(msg: str) -> None:
+    typer.echo(f"sepcli: error: {msg}", err=True)
+
+
+def _fail(exc: BaseException, debug: bool, code: int) -> typer.Exit:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    _error(" ".join(str(exc).split()) or type(exc).__name__)
+    return typer.Exit(code)
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        typer.echo(f"sepcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """sepcli: one file per speaker from a recording of overlapping talkers."""
+
+
+# ---------------------------------------------------------------------- shared options
+def _options(segment, overlap, batch_size, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
+             overwrite, device, threads):
+    from .pipeline import SeparationOptions
+
+    return SeparationOptions(segment=segment, overlap=overlap, batch_size=batch_size, channel=channel,
+                             sample_rate=sample_rate, format=fmt, subtype=subtype, name=name, loudness=loudness,
+                             drop_silent=drop_silent, overwrite=overwrite, device=device, threads=threads)
+
+
+def _make_separator(model: str, opts, debug: bool):
+    from .pipeline import Separator, UsageError
+    from .runtime.loader import ModelError
+
+    try:
+        return Separator(model, opts)
+    except UsageError as exc:
+        raise _fail(exc, debug, EXIT_USAGE) from None
+    except ModelError as exc:
+        unknown = str(exc).startswith("unknown model") or "no such model" in str(exc)
+        raise _fail(exc, debug, EXIT_USAGE if unknown else EXIT_FAILED) from None
+
+
+def _summary_table(console, results, title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("input", "status", "outputs", "loudness (LUFS)", "flags", "RTF"):
+        t.add_column(col)
+    for r in results:
+        louds = ", ".join("-" if o.loudness_lufs is None else f"{o.loudness_lufs:.1f}" for o in r.outputs
+                          if r.status == "ok")
+        t.add_row(r.input, r.status if r.status != "error" else f"[red]error[/red]",
+                  str(sum(1 for o in r.outputs if o.path)), louds, ", ".join(r.flags) or (r.error or ""),
+                  "-" if r.rtf is None else f"{r.rtf:.3f}")
+    console.print(t)
+
+
+def _emit(results, sep, as_json: bool, console, title: str, extra: dict | None = None) -> int:
+    for r in results:
+        if r.status == "error":
+            _error(r.error or f"{r.input}: failed")
+    counts = {s: sum(1 for r in results if r.status == s) for s in ("ok", "error", "skipped")}
+    if console is not None and results:
+        _summary_table(console, results, title)
+    if as_json:
+        m = sep.model
+        doc = {"sepcli": __version__,
+               "model": {"name": m.name, "arch": m.arch, "sample_rate": m.sample_rate, "n_src": m.n_src},
+               "options": {k: v for k, v in vars(sep.options).items()},
+               "results": [r.to_dict() for r in results],
+               "summary": {"ok": counts["ok"], "failed": counts["error"], "skipped": counts["skipped"]}}
+        if extra:
+            doc.update(extra)
+        typer.echo(json.dumps(doc, indent=2, default=_json_default))
+    return EXIT_FAILED if counts["error"] else EXIT_OK
+
+
+def _json_default(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return str(v)
+
+
+# ---------------------------------------------------------------------- separate
+SEGMENT_HELP = "Segment length in seconds (default: the model's; 0 = whole input in one pass)."
+OVERLAP_HELP = "Overlap between segments as a fraction of a segment, 0-0.5 (default: the model's)."
+LOUD_HELP = ("Output loudness: 'match' (each speaker at its level in the mix, outputs sum to the input), "
+             "a LUFS target such as -23 (each output normalised, peaks <= -1 dBFS, never clipped), "
+             "or 'off' (as the model produced).")
+
+
+@app.command(epilog=EXIT_HELP)
+def separate(
+    inputs: list[str] = typer.Argument(..., help="Audio files (WAV, FLAC, OGG, Opus, MP3, AIFF); '-' = stdin."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created if missing)."),
+    model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
+    segment: Optional[float] = typer.Option(None, help=SEGMENT_HELP),
+    overlap: Optional[float] = typer.Option(None, help=OVERLAP_HELP),
+    batch_size: int = typer.Option(1, "--batch-size", help="Segments per model call."),
+    channel: Optional[int] = typer.Option(None, help="Use only this input channel (1 = first) instead of "
+                                                    "the mono downmix."),
+    sample_rate: str = typer.Option("input", "--sample-rate", help="Output rate: input, model or Hz."),
+    fmt: str = typer.Option("wav", "--format", help="Output format: wav, flac, ogg, mp3."),
+    subtype: Optional[str] = typer.Option(None, help="PCM_16, PCM_24 or FLOAT (wav/flac; default PCM_16)."),
+    name: str = typer.Option("{stem}_spk{k}.{ext}", "--name", help="Output name template: {stem}, {k} "
+                                                                   "(speaker, from 1), {ext}."),
+    loudness: str = typer.Option("match", help=LOUD_HELP),
+    drop_silent: bool = typer.Option(False, "--drop-silent", help="Do not write outputs flagged silent."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or table."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    """Separate each INPUT into one file per speaker under OUT.
+
+    Example: sepcli separate interview.mp3 -o out/   ->  out/interview_spk1.wav, out/interview_spk2.wav
+    """
+    from .audio.io import AudioError, spool_stdin
+    from .pipeline import FileResult, UsageError
+
+    opts = _options(segment, overlap, batch_size, channel, sample_rate, fmt, subtype, name, loudness,
+                    drop_silent, overwrite, device, threads)
+    stems = [("stdin" if i == "-" else Path(i).stem) for i in inputs]
+    if len(set(stems)) != len(stems):
+        _error("several inputs have the same file name stem; their outputs would collide "
+               "(separate them into different output folders)")
+        raise typer.Exit(EXIT_USAGE)
+    if inputs.count("-") > 1:
+        _error("stdin ('-') can be given only once")
+        raise typer.Exit(EXIT_USAGE)
+    sep = _make_separator(model, opts, debug)
+    console = _stderr_console(quiet)
+    protect = {Path(i) for i in inputs if i != "-"}
+    results = []
+    for inp, stem in zip(inputs, stems):
+        tmp = None
+        try:
+            if inp == "-":
+                out.mkdir(parents=True, exist_ok=True)
+                tmp = spool_stdin(out)
+                path = tmp
+            else:
+                path = Path(inp)
+            progress = _progress(console, inp)
+            with progress as cb:
+                r = sep.separate_file(path, out, stem=stem, protect=protect, progress=cb)
+            if tmp is not None:
+                r.input = "-"
+                if r.error:
+                    r.error = r.error.replace(str(tmp), "-")
+        except UsageError as exc:
+            raise _fail(exc, debug, EXIT_USAGE) from None
+        except AudioError as exc:
+            r = FileResult(input=inp, status="error", error=str(exc))
+        except Exception as exc:  # unexpected: still one line per file unless --debug
+            if debug:
+                traceback.print_exc()
+            r = FileResult(input=inp, status="error", error=f"{inp}: {type(exc).__name__}: {exc}")
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        results.append(r)
+    raise typer.Exit(_emit(results, sep, as_json, console, "sepcli separate"))
+
+
+class _progress:
+    """Context manager giving a progress callback (a rich bar on a terminal, else a no-op)."""
+
+    def __init__(self, console, label: str):
+        self.console, self.label = console, label
+        self._p = None
+
+    def __enter__(self):
+        if self.console is None:
+            return None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                           TimeElapsedColumn(), console=self.console, transient=True)
+        self._p.start()
+        task = self._p.add_task(os.path.basename(self.label), total=1.0)
+        return lambda f: self._p.update(task, completed=f)
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.stop()
+
+
+# ---------------------------------------------------------------------- batch
+@app.command(epilog=EXIT_HELP)
+def batch(
+    folder: Path = typer.Argument(..., help="Folder to walk (recursively)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder; the input tree is mirrored under it."),
+    glob: Optional[str] = typer.Option(None, help="Only files matching this pattern (e.g. '*.flac'); "
+                                                 "default: every audio extension."),
+    manifest: Optional[Path] = typer.Option(None, help="Append one JSON line per input (status, outputs, "
+                                                      "error) to this file."),
+    jobs: int = typer.Option(1, help="Files decoded/encoded in parallel while one model runs."),
+    shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the sorted file list (0 <= I < N); "
+                                                  "default: torchrun's RANK/WORLD_SIZE when set."),
+    model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
+    segment: Optional[float] = typer.Option(None, help=SEGMENT_HELP),
+    overlap: Optional[float] = typer.Option(None, help=OVERLAP_HELP),
+    batch_size: int = typer.Option(1, "--batch-size", help="Segments per model call."),
+    channel: Optional[int] = typer.Option(None, help="Use only this input channel (1 = first)."),
+    sample_rate: str = typer.Option("input", "--sample-rate", help="Output rate: input, model or Hz."),
+    fmt: str = typer.Option("wav", "--format", help="Output format: wav, flac, ogg, mp3."),
+    subtype: Optional[str] = typer.Option(None, help="PCM_16, PCM_24 or FLOAT (wav/flac)."),
+    name: str = typer.Option("{stem}_spk{k}.{ext}", "--name", help="Output name template."),
+    loudness: str = typer.Option("match", help=LOUD_HELP),
+    drop_silent: bool = typer.Option(False, "--drop-silent", help="Do not write outputs flagged silent."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or table."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    """Separate every audio file under FOLDER into OUT, mirroring the tree; reruns skip finished files.
+
+    Example: sepcli batch calls/ -o separated/ --manifest separated/manifest.jsonl --jobs 2
+    """
+    from .pipeline import UsageError, parse_shard, separate_batch
+
+    opts = _options(segment, overlap, batch_size, channel, sample_rate, fmt, subtype, name, loudness,
+                    drop_silent, overwrite, device, threads)
+    try:
+        shard_ix = parse_shard(shard)
+    except UsageError as exc:
+        raise _fail(exc, debug, EXIT_USAGE) from None
+    if not folder.is_dir():
+        _error(f"{folder}: not a folder")
+        raise typer.Exit(EXIT_USAGE)
+    sep = _make_separator(model, opts, debug)
+    console = _stderr_console(quiet)
+    bar = None
+    if console is not None:
+        from rich.progress import Progress
+
+        bar = Progress(console=console, transient=True)
+        bar.start()
+        task = bar.add_task("batch", total=None)
+    t0 = time.perf_counter()
+    try:
+        results = separate_batch(sep, folder, out, glob=glob, jobs=jobs, shard=shard_ix, manifest=manifest,
+                                 on_result=(lambda r: bar.advance(task)) if bar is not None else None)
+    except UsageError as exc:
+        raise _fail(exc, debug, EXIT_USAGE) from None
+    finally:
+        if bar is not None:
+            bar.stop()
+    extra = {"shard": list(shard_ix), "wall_s": round(time.perf_counter() - t0, 3)}
+    raise typer.Exit(_emit(results, sep, as_json, console, f"sepcli batch (shard {shard_ix[0]}/{shard_ix[1]})",
+                           extra))
+
+
+# ---------------------------------------------------------------------- models
+@models_app.callback()
+def models(ctx: typer.Context,
+           as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """List the zoo: name, architecture, sample rate, parameters, size, measured quality."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .runtime.loader import weights_summary
+    from .runtime.registry import list_zoo
+
+    rows = []
+    for e in list_zoo():
+        n, size = weights_summary(e.folder)
+        cfg = e.config
+        rows.append({"name": e.name, "aliases": e.aliases, "arch": cfg.get("arch"),
+                     "sample_rate": cfg.get("sample_rate"), "n_src": cfg.get("n_src"), "params": n,
+                     "size_bytes": size, "eval": cfg.get("eval", {}), "path": str(e.folder)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="sepcli model zoo")
+    for col in ("name", "aliases", "arch", "rate", "params", "size", "quality"):
+        t.add_column(col)
+    for r in rows:
+        quality = ", ".join(f"{k}={v}" for k, v in (r["eval"] or {}).items() if not isinstance(v, (dict, list)))
+        t.add_row(r["name"], ", ".join(r["aliases"]), str(r["arch"]), f"{r['sample_rate']} Hz",
+                  f"{r['params'] / 1e6:.2f} M", f"{r['size_bytes'] / 1e6:.1f} MB", quality or "-")
+    if not rows:
+        typer.echo("no models installed in the zoo (models/)", err=True)
+    Console(width=max(100, Console().width)).print(t)
+
+
+@models_app.command("info")
+def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model folder path."),
+                debug: bool = typer.Option(False, "--debug")) -> None:
+    """Show one model: its config and its model card."""
+    from .runtime.loader import ModelError, _locate, read_config, weights_summary
+    from .runtime.registry import ModelNotFound, resolve
+
+    try:
+        folder, _ = _locate(resolve(name))
+        cfg = read_config(folder)
+    except ModelNotFound as exc:
+        raise _fail(exc, debug, EXIT_USAGE) from None
+    except ModelError as exc:
+        raise _fail(exc, debug, EXIT_FAILED) from None
+    n, size = weights_summary(folder)
+    typer.echo(f"{cfg['name']}  ({folder})")
+    typer.echo(f"  arch {cfg['arch']}, {cfg['sample_rate']} Hz, {cfg['n_src']} speakers, {n / 1e6:.2f} M params, "
+               f"{size / 1e6:.1f} MB")
+    typer.echo(f"  segment {cfg['segment']} s, overlap {cfg['overlap']}, input loudness {cfg['input_loudness']}")
+    if cfg.get("aliases"):
+        typer.echo(f"  aliases: {', '.join(cfg['aliases'])}")
+    for key in ("description", "provenance"):
+        if cfg.get(key):
+            typer.echo(f"  {key}: {cfg[key] if isinstance(cfg[key], str) else json.dumps(cfg[key])}")
+    if cfg.get("eval"):
+        typer.echo(f"  eval: {json.dumps(cfg['eval'])}")
+    card = folder / "MODEL_CARD.md"
+    if card.is_file():
+        typer.echo("")
+        typer.echo(card.read_text())
+
+
+@models_app.command("import-spmamba")
+def models_import_spmamba(
+    config: Path = typer.Option(..., "--config", help="The official training config (conf.yml)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="best_model.pth or a Lightning .ckpt."),
+    name: Optional[str] = typer.Option(None, "--name", help="Install into the zoo under this name."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the model folder here instead."),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Convert an official SPMamba checkpoint (JusperLee/SPMamba) into a sepcli model folder."""
+    if (name is None) == (out is None):
+        _error("give exactly one of --name (install into the zoo) or --out (a folder)")
+        raise typer.Exit(EXIT_USAGE)
+    from .runtime.registry import zoo_dirs
+
+    if out is None:
+        dirs = zoo_dirs()
+        if not dirs:
+            _error("no zoo folder found; use --out")
+            raise typer.Exit(EXIT_USAGE)
+        out = dirs[0] / name
+    try:
+        from .runtime.spmamba_import import CheckpointError, import_spmamba
+    except ImportError as exc:
+        raise _fail(RuntimeError(f"SPMamba import is not available ({exc})"), debug, EXIT_FAILED) from None
+    try:
+        folder = import_spmamba(config, checkpoint, out, name or out.name)
+    except CheckpointError as exc:
+        raise _fail(exc, debug, EXIT_FAILED) from None
+    typer.echo(f"wrote {folder}")
+
+
+# ---------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
+    seconds: float = typer.Option(30.0, help="Length of the synthetic input."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    repeat: int = typer.Option(3, help="Timed runs after one warm-up (the median is reported)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Measure the real-time factor of a model on a synthetic input (RTF < 1 is faster than real time)."""
+    from .pipeline import SeparationOptions, bench_model
+
+    sep = _make_separator(model, SeparationOptions(device=device, threads=threads), debug)
+    fig = bench_model(sep, seconds=seconds, repeat=repeat)
+    if as_json:
+        typer.echo(json.dumps(fig, indent=2))
+        return
+    for k, v in fig.items():
+        typer.echo(f"{k:>16}: {v}")
+
+
+# ---------------------------------------------------------------------- train / eval
+# >>> The lead adds `train` and `eval` commands here (thin wrappers over sepcli.train / the Separator).
+# <<<

@@ -1,0 +1,592 @@
+"""Separator: audio in -> one stream per speaker out. The one path used by `separate`, `batch` and `eval`.
+
+Data flow of one input (nothing holds the whole signal; see DESIGN.md):
+  blocks (soundfile) -> mono (mean, or one channel) -> soxr to the model's rate
+  [first pass, only when the model wants a normalised input: streaming BS.1770 loudness -> input gain]
+  -> SegmentStream (segments of `segment` s, `overlap` fraction) -> model, `batch_size` segments at a time
+  -> Stitcher (speaker order aligned on the overlap, least-squares gain per speaker, crossfade summing to one)
+  -> soxr back to the output rate (default: the input's rate and exactly the input's length)
+  -> output loudness:  off   = written as produced (one pass)
+                       match = each speaker at its level in the mix (the stitcher makes the speakers add up to
+                               the mixture); a raw float32 temporary stream is written first, and if a speaker
+                               would clip a fixed-point file all speakers are lowered by one common gain (flag
+                               `scaled_to_avoid_clipping`);
+                       LUFS  = each speaker normalised to that integrated loudness from the raw temporary
+                               stream, the gain lowered if the peak would pass -1 dBFS (flag `peak_limited`)
+  -> each speaker streamed to its file through a temporary file renamed when complete.
+
+`SeparationOptions` carries every user choice; `Separator(model, options)` loads the model once.
+`model` is a zoo name / alias / folder path, a runtime.loader.LoadedModel, or any callable
+[B, T] -> [B, n_src, T] with `sample_rate` and `n_src` attributes (optional `segment`, `overlap`,
+`input_loudness`) - which is how tests inject a test double.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio.chunking import SegmentStream, Stitcher, segment_geometry
+from .audio.io import (MAX_RATE, MIN_RATE, OUTPUT_FORMATS, ArrayInput, AtomicWriter, AudioError, AudioInput,
+                       FloatSpool, check_output_format)
+from .audio.loudness import StreamingLoudness, db_to_gain, gain_to_db, target_gain
+from .audio.resample import StreamResampler, expected_length
+from .runtime.device import autocast, configure, inference_dtype, select_device
+from .runtime.loader import LoadedModel, ModelError, load_model
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
+TEMPLATE_FIELDS = ("stem", "k", "ext")
+
+
+class UsageError(ValueError):
+    """An invalid option value (exit code 2 in the CLI)."""
+
+
+@dataclass
+class SeparationOptions:
+    """Every choice of `sepcli separate` / `batch` (see the CLI's --help for their meaning)."""
+
+    segment: float | None = None  # seconds; None = the model's default; 0 = the whole input in one pass
+    overlap: float | None = None  # fraction of a segment (0-0.5); None = the model's default
+    batch_size: int = 1
+    channel: int | None = None  # 1-based input channel; None = downmix to mono
+    sample_rate: str | int = "input"  # "input" | "model" | Hz
+    format: str = "wav"
+    subtype: str | None = None
+    name: str = "{stem}_spk{k}.{ext}"
+    loudness: str | float = "match"  # "match" | "off" | target LUFS
+    drop_silent: bool = False
+    silent_lu: float = 30.0  # an output this many LU below the loudest one is flagged silent
+    overwrite: bool = False
+    device: str = "auto"
+    threads: int | None = None
+
+    def validated(self) -> SeparationOptions:
+        """A normalised copy; raises UsageError naming the option."""
+        o = replace(self)
+        if o.segment is not None and (not math.isfinite(o.segment) or o.segment < 0):
+            raise UsageError(f"--segment must be >= 0 seconds, got {o.segment}")
+        if o.overlap is not None and not (0 <= o.overlap <= 0.5):
+            raise UsageError(f"--overlap must be between 0 and 0.5, got {o.overlap}")
+        if o.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {o.batch_size}")
+        if o.channel is not None and o.channel < 1:
+            raise UsageError(f"--channel counts from 1, got {o.channel}")
+        sr = o.sample_rate
+        if isinstance(sr, str) and sr not in ("input", "model"):
+            try:
+                sr = int(sr)
+            except ValueError:
+                raise UsageError(f"--sample-rate must be input, model or a rate in Hz, got {sr!r}") from None
+        if isinstance(sr, int) and not (MIN_RATE <= sr <= MAX_RATE):
+            raise UsageError(f"--sample-rate must be between {MIN_RATE} and {MAX_RATE} Hz, got {sr}")
+        o.sample_rate = sr
+        o.format = o.format.lower().lstrip(".")
+        if o.format not in OUTPUT_FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {o.format!r}")
+        try:
+            o.subtype = check_output_format(o.format, o.subtype, 16000)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        lo = o.loudness
+        if isinstance(lo, str) and lo.lower() in ("match", "off"):
+            o.loudness = lo.lower()
+        else:
+            try:
+                lo = float(lo)
+            except (TypeError, ValueError):
+                raise UsageError(f"--loudness must be match, off or a LUFS target such as -23, got {lo!r}") from None
+            if not (-70 <= lo <= 0):
+                raise UsageError(f"--loudness target must be between -70 and 0 LUFS, got {lo}")
+            o.loudness = lo
+        check_template(o.name)
+        return o
+
+
+def check_template(template: str) -> None:
+    """A name template must use {k} and only {stem}, {k}, {ext}, and produce a relative path inside the
+    output folder."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise UsageError(f"--name {template!r}: {exc}") from None
+    unknown = fields - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise UsageError(f"--name {template!r}: unknown field(s) {', '.join(sorted(unknown))} "
+                         f"(use {{stem}}, {{k}}, {{ext}})")
+    if "k" not in fields:
+        raise UsageError(f"--name {template!r} must contain {{k}} (the speaker number), or outputs collide")
+    safe_relative(template.format(stem="x", k=1, ext="wav"), template)
+
+
+def safe_relative(name: str, what: str) -> Path:
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts or name.startswith("~") or not p.parts:
+        raise UsageError(f"output name {what!r} must stay inside the output folder (no absolute paths or '..')")
+    return p
+
+
+def output_paths(template: str, stem: str, ext: str, n_src: int, folder: Path) -> list[Path]:
+    out = []
+    for k in range(1, n_src + 1):
+        rel = safe_relative(template.format(stem=stem, k=k, ext=ext), template)
+        out.append(folder / rel)
+    if len(set(out)) != len(out):
+        raise UsageError(f"--name {template!r} gives the same file name to several speakers")
+    return out
+
+
+@dataclass
+class OutputInfo:
+    speaker: int
+    path: str | None
+    sample_rate: int
+    frames: int
+    duration: float
+    loudness_lufs: float | None
+    peak_dbfs: float | None
+    gain_db: float
+    flags: list[str] = field(default_factory=list)
+    written: bool = True
+
+
+@dataclass
+class FileResult:
+    input: str
+    status: str  # ok | error | skipped
+    outputs: list[OutputInfo] = field(default_factory=list)
+    error: str | None = None
+    flags: list[str] = field(default_factory=list)
+    input_rate: int | None = None
+    input_channels: int | None = None
+    duration: float | None = None
+    timings: dict = field(default_factory=dict)
+    rtf: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+class _Timer:
+    def __init__(self):
+        self.model = 0.0
+        self.model_calls = 0
+
+
+class Separator:
+    """Separate recordings with one loaded model. Thread-safe: several files may be processed at once
+    (batch --jobs); model calls are serialised so one model runs at a time."""
+
+    def __init__(self, model: str | os.PathLike | LoadedModel | object = "default",
+                 options: SeparationOptions | None = None, **overrides):
+        self.options = replace(options or SeparationOptions(), **overrides).validated()
+        try:
+            configure(self.options.threads)
+            self.device = select_device(self.options.device)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if isinstance(model, (str, os.PathLike)):
+            self.model = load_model(model, self.device)
+        elif isinstance(model, LoadedModel):
+            self.model = model
+        else:
+            if not callable(model) or not hasattr(model, "sample_rate") or not hasattr(model, "n_src"):
+                raise ModelError("a model object must be callable [B, T] -> [B, n_src, T] and have "
+                                 "sample_rate and n_src attributes")
+            self.model = LoadedModel(network=model, sample_rate=int(model.sample_rate), n_src=int(model.n_src),
+                                     segment=float(getattr(model, "segment", 4.0)),
+                                     overlap=float(getattr(model, "overlap", 0.25)),
+                                     input_loudness=getattr(model, "input_loudness", None),
+                                     name=str(getattr(model, "name", type(model).__name__)))
+        if isinstance(self.model.network, torch.nn.Module):
+            self.model.network.eval().to(self.device)
+        self.dtype = inference_dtype(self.device)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ core stream
+    def _forward(self, x: np.ndarray, timer: _Timer) -> np.ndarray:
+        """[B, T] float32 -> [B, n_src, T] float32 through the network (serialised across threads)."""
+        with self._lock:
+            t0 = time.perf_counter()
+            with torch.inference_mode(), autocast(self.device, self.dtype):
+                y = self.model.network(torch.from_numpy(x).to(self.device))
+            y = y.float().cpu().numpy()
+            timer.model += time.perf_counter() - t0
+            timer.model_calls += 1
+        if y.shape != (x.shape[0], self.model.n_src, x.shape[1]):
+            raise ModelError(f"model {self.model.name!r} returned shape {tuple(y.shape)} for input "
+                             f"{tuple(x.shape)}; expected [B, {self.model.n_src}, T]")
+        return y
+
+    def output_rate(self, input_rate: int) -> int:
+        sr = self.options.sample_rate
+        return input_rate if sr == "input" else self.model.sample_rate if sr == "model" else int(sr)
+
+    def _stream(self, src, timer: _Timer, progress: Callable[[float], None] | None = None
+                ) -> Iterator[np.ndarray]:
+        """Yield separated blocks [n_src, k] at the output rate; exactly the expected length in total."""
+        o, m = self.options, self.model
+        msr, n_src = m.sample_rate, m.n_src
+        seg = m.segment if o.segment is None else o.segment
+        ov = m.overlap if o.overlap is None else o.overlap
+        length, ov_len = segment_geometry(msr, seg, ov)
+        in_gain = 1.0
+        if m.input_loudness is not None:  # first pass: the level the model was trained on
+            meter = StreamingLoudness(src.rate)
+            for b in src.blocks():
+                meter.update(b)
+            lufs = meter.loudness()
+            if math.isfinite(lufs):
+                in_gain = float(np.clip(db_to_gain(m.input_loudness - lufs), 1e-3, 1e3))
+        out_rate = self.output_rate(src.rate)
+        limit = src.frames if o.sample_rate == "input" else None
+        fwd = StreamResampler(src.rate, msr)
+        back = StreamResampler(msr, out_rate, channels=n_src, limit=limit)
+        segs = SegmentStream(length, ov_len)
+        stitch = Stitcher(n_src, ov_len)
+        pending: list[tuple[int, np.ndarray, bool]] = []
+
+        def run_batch() -> Iterator[np.ndarray]:
+            lens = [len(s) for _, s, _ in pending]
+            x = np.zeros((len(pending), max(lens)), np.float32)
+            for i, (_, s, _) in enumerate(pending):
+                x[i, : len(s)] = s * in_gain
+            y = self._forward(x, timer)
+            for i, (_, s, last) in enumerate(pending):
+                done = stitch.push(y[i, :, : lens[i]], s, last)
+                if done.shape[1]:
+                    out = back.process(done.T if n_src > 1 else done[0])
+                    if len(out):
+                        yield out.T if n_src > 1 else out[None]
+            pending.clear()
+
+        def feed(items) -> Iterator[np.ndarray]:
+            for item in items:
+                pending.append(item)
+                if len(pending) >= o.batch_size:
+                    yield from run_batch()
+
+        seen = 0
+        for block in src.blocks():
+            seen += len(block)
+            yield from feed(segs.push(fwd.process(block)))
+            if progress is not None:
+                progress(min(seen / max(src.frames, 1), 1.0))
+        yield from feed(segs.push(fwd.finish()))
+        yield from feed(segs.finish())
+        if pending:
+            yield from run_batch()
+        if o.sample_rate == "input":
+            total = fwd.n_in
+        elif o.sample_rate == "model":
+            total = fwd.n_out
+        else:
+            total = expected_length(fwd.n_in, src.rate, out_rate)
+        tail = back.finish(total)
+        if len(tail):
+            yield tail.T if n_src > 1 else tail[None]
+
+    # ------------------------------------------------------------------ arrays
+    def separate_array(self, x: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Separate an in-memory signal x ([T] or [T, channels]) -> [n_src, T_out] float32 at the output rate
+        (by default the input's rate and length), with the same loudness rules as files (no clipping guard
+        is needed for float arrays in `match` mode)."""
+        return self._separate_array(x, sample_rate, _Timer())
+
+    def _separate_array(self, x: np.ndarray, sample_rate: int, timer: _Timer) -> np.ndarray:
+        src = ArrayInput(x, sample_rate, channel=self.options.channel)
+        y = np.concatenate(list(self._stream(src, timer)), axis=1)
+        lo = self.options.loudness
+        if isinstance(lo, float):
+            rate = self.output_rate(sample_rate)
+            for k in range(len(y)):
+                meter = StreamingLoudness(rate)
+                meter.update(y[k])
+                g, _ = target_gain(meter.loudness(), meter.peak, lo)
+                y[k] *= g
+        return y
+
+    # ------------------------------------------------------------------ files
+    def planned_outputs(self, stem: str, out_dir: str | os.PathLike) -> list[Path]:
+        return output_paths(self.options.name, stem, self.options.format, self.model.n_src, Path(out_dir))
+
+    def separate_file(self, path: str | os.PathLike, out_dir: str | os.PathLike, stem: str | None = None,
+                      protect: set[Path] | None = None,
+                      progress: Callable[[float], None] | None = None) -> FileResult:
+        """Separate one file into `out_dir`. Never raises for a problem with this input: the result's status
+        is `error` with a one-line message. `protect` lists paths that must never be written (the inputs).
+        UsageError (bad options/template) is raised."""
+        t_start = time.perf_counter()
+        path = Path(path)
+        stem = stem if stem is not None else path.stem
+        result = FileResult(input=str(path), status="error")
+        o = self.options
+        outs = self.planned_outputs(stem, out_dir)
+        protect = {p.resolve() for p in (protect or set())} | {path.resolve()}
+        for p in outs:
+            if p.resolve() in protect:
+                result.error = f"{path}: output {p} would overwrite an input"
+                return result
+            if p.exists() and not o.overwrite:
+                result.error = f"{path}: output {p} exists (use --overwrite to replace it)"
+                return result
+        timer = _Timer()
+        writers: list = []
+        spools: list[FloatSpool] = []
+        try:
+            with AudioInput(path, channel=o.channel) as src:
+                result.input_rate, result.input_channels = src.rate, src.channels
+                result.duration = src.frames / src.rate
+                rate = self.output_rate(src.rate)
+                check_output_format(o.format, o.subtype, rate)
+                outs[0].parent.mkdir(parents=True, exist_ok=True)
+                for p in outs:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress)
+            result.outputs = infos
+            result.status = "ok"
+            result.flags = sorted({f for i in infos for f in i.flags})
+        except (AudioError, ModelError) as exc:
+            result.error = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+        except UsageError as exc:
+            result.error = f"{path}: {exc}"
+        except OSError as exc:
+            result.error = f"{path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        except MemoryError:
+            result.error = f"{path}: out of memory (try a smaller --segment or --batch-size)"
+        finally:
+            for w in writers:
+                w.abort()  # no-op for committed writers (temp already renamed)
+            for s in spools:
+                s.close()
+        total = time.perf_counter() - t_start
+        result.timings = {"total_s": round(total, 4), "model_s": round(timer.model, 4),
+                          "outside_model_s": round(total - timer.model, 4)}
+        if result.duration:
+            result.rtf = round(total / result.duration, 5)
+        return result
+
+    def _write_outputs(self, src, outs: list[Path], rate: int, timer: _Timer, writers: list,
+                       spools: list, progress) -> list[OutputInfo]:
+        o = self.options
+        n_src = self.model.n_src
+        meters = [StreamingLoudness(rate) for _ in range(n_src)]
+        gains = [1.0] * n_src
+        flags: list[list[str]] = [[] for _ in range(n_src)]
+        if o.loudness == "off":  # one pass straight into the files
+            writers.extend(AtomicWriter(p, rate, o.format, o.subtype) for p in outs)
+            for block in self._stream(src, timer, progress):
+                for k in range(n_src):
+                    writers[k].write(block[k])
+                    meters[k].update(block[k])
+        else:  # raw float stream first; the gain depends on the whole output
+            spools.extend(FloatSpool(p.parent) for p in outs)
+            raw = [StreamingLoudness(rate) for _ in range(n_src)]
+            for block in self._stream(src, timer, progress):
+                for k in range(n_src):
+                    spools[k].write(block[k])
+                    raw[k].update(block[k])
+            if o.loudness == "match":
+                peak = max(r.peak for r in raw)
+                if o.subtype != "FLOAT" and peak > 1.0:
+                    g = (1.0 - 1e-6) / peak
+                    gains = [g] * n_src
+                    flags = [["scaled_to_avoid_clipping"] for _ in range(n_src)]
+            else:
+                loud = [r.loudness() for r in raw]
+                top = max(loud)
+                for k in range(n_src):
+                    if not math.isfinite(loud[k]) or loud[k] < top - o.silent_lu:
+                        continue  # a silent output is not amplified to the target
+                    gains[k], limited = target_gain(loud[k], raw[k].peak, float(o.loudness))
+                    if limited:
+                        flags[k].append("peak_limited")
+            writers.extend(AtomicWriter(p, rate, o.format, o.subtype) for p in outs)
+            for k in range(n_src):
+                for block in spools[k].blocks():
+                    block = block * np.float32(gains[k])
+                    writers[k].write(block)
+                    meters[k].update(block)
+                spools[k].close()
+        loud = [m.loudness() for m in meters]
+        top = max(loud)
+        infos = []
+        for k in range(n_src):
+            silent = not math.isfinite(loud[k]) or loud[k] < top - o.silent_lu
+            if silent:
+                flags[k].append("silent")
+            if writers[k].clipped:
+                flags[k].append("clipped")
+            frames = writers[k].frames
+            written = not (silent and o.drop_silent)
+            if written:
+                writers[k].commit()
+            else:
+                writers[k].abort()
+            infos.append(OutputInfo(speaker=k + 1, path=str(outs[k]) if written else None, sample_rate=rate,
+                                    frames=frames, duration=frames / rate, loudness_lufs=_finite(loud[k]),
+                                    peak_dbfs=_finite(gain_to_db(meters[k].peak)),
+                                    gain_db=round(gain_to_db(gains[k]), 3), flags=flags[k], written=written))
+        return infos
+
+
+# ---------------------------------------------------------------------- batches
+def find_inputs(root: str | os.PathLike, glob: str | None = None,
+                exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Audio files under root (recursive), sorted; `glob` (e.g. "*.flac" or "a/**/*.wav") filters relative
+    paths; files under `exclude` (the output folder) and hidden/temporary files are skipped."""
+    root = Path(root)
+    ex = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        d = Path(dirpath)
+        if ex is not None and (d.resolve() == ex or ex in d.resolve().parents):
+            dirnames[:] = []
+            continue
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            p = d / f
+            rel = p.relative_to(root).as_posix()
+            if glob:
+                if not (fnmatch.fnmatch(rel, glob) or fnmatch.fnmatch(f, glob)):
+                    continue
+            elif p.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            found.append(p)
+    return sorted(found)
+
+
+def parse_shard(text: str | None, env: dict | None = None) -> tuple[int, int]:
+    """(index, count) from "I/N" (0 <= I < N), else torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    env = os.environ if env is None else env
+    if text:
+        try:
+            i, n = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise UsageError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+        if n < 1 or not (0 <= i < n):
+            raise UsageError(f"--shard {text}: need 0 <= I < N")
+        return i, n
+    if "WORLD_SIZE" in env and "RANK" in env:
+        try:
+            i, n = int(env["RANK"]), int(env["WORLD_SIZE"])
+        except ValueError:
+            return 0, 1
+        if n >= 1 and 0 <= i < n:
+            return i, n
+    return 0, 1
+
+
+def shard_files(files: list[Path], index: int, count: int) -> list[Path]:
+    """Every count-th file from `index`: the shards of 0..count-1 partition the (sorted) list."""
+    return files[index::count]
+
+
+def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.PathLike,
+                   glob: str | None = None, jobs: int = 1, shard: tuple[int, int] = (0, 1),
+                   manifest: str | os.PathLike | None = None,
+                   on_result: Callable[[FileResult], None] | None = None) -> list[FileResult]:
+    """Separate every audio file under root into the mirrored tree under out_dir.
+
+    Inputs whose outputs all exist are `skipped` (a rerun resumes) unless options.overwrite. A bad file is
+    an `error` result and the batch goes on. `jobs` files are decoded/encoded in parallel while the model
+    runs one batch at a time. With `manifest`, one JSON line per input is appended (status, outputs, error).
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a folder")
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    files = shard_files(find_inputs(root, glob, exclude=out_dir), *shard)
+    protect = set(files)
+    lock = threading.Lock()
+    mf = open(manifest, "a", encoding="utf-8") if manifest else None  # noqa: SIM115
+
+    def one(p: Path) -> FileResult:
+        rel = p.relative_to(root)
+        folder = out_dir / rel.parent
+        outs = sep.planned_outputs(p.stem, folder)
+        if not sep.options.overwrite and all(q.exists() for q in outs):
+            r = FileResult(input=str(p), status="skipped",
+                           outputs=[OutputInfo(k + 1, str(q), 0, 0, 0.0, None, None, 0.0) for k, q in
+                                    enumerate(outs)])
+        else:
+            r = sep.separate_file(p, folder, protect=protect)
+        with lock:
+            if mf is not None:
+                mf.write(json.dumps({"input": r.input, "status": r.status,
+                                     "outputs": [i.path for i in r.outputs if i.path],
+                                     "error": r.error, "flags": r.flags}) + "\n")
+                mf.flush()
+            if on_result is not None:
+                on_result(r)
+        return r
+
+    try:
+        if jobs == 1:
+            results = [one(p) for p in files]
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                results = list(pool.map(one, files))
+    finally:
+        if mf is not None:
+            mf.close()
+    return results
+
+
+# ---------------------------------------------------------------------- speed
+def synthetic_mixture(seconds: float, rate: int, n_src: int = 2, seed: int = 0) -> np.ndarray:
+    """Noise 'talkers' with syllable-rate envelopes, summed: a stand-in input for speed measurements."""
+    rng = np.random.default_rng(seed)
+    n = max(int(seconds * rate), 1)
+    t = np.arange(n) / rate
+    mix = np.zeros(n, np.float32)
+    for k in range(n_src):
+        env = 0.55 + 0.45 * np.sin(2 * np.pi * (3.0 + k) * t + rng.uniform(0, 6.28))
+        mix += (0.1 * rng.standard_normal(n) * env).astype(np.float32)
+    return mix
+
+
+def bench_model(sep: Separator, seconds: float = 30.0, repeat: int = 3) -> dict:
+    """Median timings of separating a synthetic input at the model's rate (after one warm-up)."""
+    m = sep.model
+    x = synthetic_mixture(seconds, m.sample_rate, m.n_src)
+    sep._separate_array(x[: m.sample_rate], m.sample_rate, _Timer())  # warm-up (first-call compilation)
+    totals, models = [], []
+    for _ in range(max(repeat, 1)):
+        timer = _Timer()
+        t0 = time.perf_counter()
+        sep._separate_array(x, m.sample_rate, timer)
+        totals.append(time.perf_counter() - t0)
+        models.append(timer.model)
+    total, model_t = float(np.median(totals)), float(np.median(models))
+    try:
+        from .kernels import backend_for
+
+        backend = backend_for(torch.zeros(1, device=sep.device))
+    except Exception:  # kernels may be absent or not apply to this network
+        backend = "n/a"
+    return {"model": m.name, "arch": m.arch, "params_M": round(m.n_params / 1e6, 3), "sample_rate": m.sample_rate,
+            "device": str(sep.device), "threads": torch.get_num_threads(), "scan_backend": backend,
+            "input_s": seconds, "total_s": round(total, 3), "model_s": round(model_t, 3),
+            "rtf_total": round(total / seconds, 4), "rtf_model": round(model_t / seconds, 4),
+            "outside_model_share": round(1 - model_t / total, 4) if total > 0 else None}

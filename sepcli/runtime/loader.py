@@ -1,0 +1,194 @@
+"""Build a network from a model folder and load its weights.
+
+A model folder holds config.json (see the brief's model-folder contract) and weights.safetensors. Folders are
+loaded with safetensors only. A .pt/.pth file (with config.json beside it) is read with
+torch.load(weights_only=True), never unpickling arbitrary objects; a `state_dict` or `model` entry is used when
+the file holds a training checkpoint. config.json is validated as data: every problem is a ModelError naming the
+file and the key. The network is built with sepcli.nets.build_network(arch, arch_args).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import registry
+
+
+class ModelError(Exception):
+    """A model folder or checkpoint that cannot be used; str() names the file and the problem."""
+
+
+@dataclass
+class LoadedModel:
+    """A separation network plus what the pipeline needs to know about it.
+
+    `network` is any callable mapping a float32 tensor [B, T] to [B, n_src, T] at `sample_rate`
+    (an nn.Module for real models; tests may inject any callable)."""
+
+    network: Any
+    sample_rate: int
+    n_src: int
+    segment: float = 4.0
+    overlap: float = 0.25
+    input_loudness: float | None = None
+    name: str = "custom"
+    arch: str = "custom"
+    config: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def n_params(self) -> int:
+        if isinstance(self.network, torch.nn.Module):
+            return sum(p.numel() for p in self.network.parameters())
+        return 0
+
+
+def _err(path: Path, msg: str) -> ModelError:
+    return ModelError(f"{path}: {msg}")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_config(cfg: Any, path: Path) -> dict:
+    """Check config.json's content; returns it with defaults filled. Raises ModelError."""
+    if not isinstance(cfg, dict):
+        raise _err(path, "must hold a JSON object")
+    out = dict(cfg)
+    if not isinstance(out.get("arch"), str) or not out["arch"]:
+        raise _err(path, "'arch' must be a non-empty string")
+    args = out.get("arch_args", {})
+    if not isinstance(args, dict):
+        raise _err(path, "'arch_args' must be an object")
+    out["arch_args"] = args
+    sr = out.get("sample_rate")
+    if not isinstance(sr, int) or isinstance(sr, bool) or not (1000 <= sr <= 192000):
+        raise _err(path, f"'sample_rate' must be an integer in Hz (1000-192000), got {sr!r}")
+    n = out.get("n_src")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise _err(path, f"'n_src' must be a positive integer, got {n!r}")
+    seg = out.setdefault("segment", 4.0)
+    if not _num(seg) or seg < 0:
+        raise _err(path, f"'segment' must be a number of seconds >= 0, got {seg!r}")
+    ov = out.setdefault("overlap", 0.25)
+    if not _num(ov) or not (0 <= ov <= 0.5):
+        raise _err(path, f"'overlap' must be a fraction between 0 and 0.5, got {ov!r}")
+    il = out.setdefault("input_loudness", None)
+    if il is not None and not _num(il):
+        raise _err(path, f"'input_loudness' must be a number (LUFS) or null, got {il!r}")
+    al = out.setdefault("aliases", [])
+    if not isinstance(al, list) or not all(isinstance(a, str) for a in al):
+        raise _err(path, "'aliases' must be a list of strings")
+    out.setdefault("name", path.parent.name)
+    if not isinstance(out["name"], str):
+        raise _err(path, "'name' must be a string")
+    ev = out.setdefault("eval", {})
+    if not isinstance(ev, dict):
+        raise _err(path, "'eval' must be an object")
+    return out
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise _err(path, f"cannot read ({exc.strerror or exc})") from None
+    try:
+        cfg = json.loads(text)
+    except ValueError as exc:
+        raise _err(path, f"invalid JSON ({exc})") from None
+    return validate_config(cfg, path)
+
+
+def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file, or from a .pt/.pth file through torch.load(weights_only=True)."""
+    if not weights.is_file():
+        raise _err(weights, "weights file not found")
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(weights))
+        except Exception as exc:
+            raise _err(weights, f"not a valid safetensors file ({' '.join(str(exc).split())})") from None
+    if weights.suffix in (".pt", ".pth", ".ckpt"):
+        try:
+            obj = torch.load(str(weights), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise _err(weights, f"cannot load safely with weights_only=True "
+                                f"({' '.join(str(exc).split())[:200]})") from None
+        for key in ("state_dict", "model"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise _err(weights, "does not hold a state_dict of tensors")
+        return obj
+    raise _err(weights, "unsupported weights format (use .safetensors, or .pt/.pth)")
+
+
+def _locate(target: Path) -> tuple[Path, Path]:
+    """(folder with config.json, weights file)."""
+    if target.is_dir():
+        w = target / "weights.safetensors"
+        if not w.is_file():
+            raise _err(target, "model folder has no weights.safetensors (folders load safetensors only)")
+        return target, w
+    return target.parent, target
+
+
+def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Resolve `name` (zoo name, alias or path), build its network, load its weights, move it to `device`."""
+    try:
+        target = registry.resolve(name)
+    except registry.ModelNotFound as exc:
+        raise ModelError(str(exc)) from None
+    folder, weights = _locate(target)
+    cfg = read_config(folder)
+    from ..nets import build_network
+
+    try:
+        net = build_network(cfg["arch"], cfg["arch_args"])
+    except ValueError as exc:
+        raise _err(folder / "config.json", str(exc)) from None
+    except TypeError as exc:
+        raise _err(folder / "config.json", f"'arch_args' do not fit arch {cfg['arch']!r} ({exc})") from None
+    except ImportError as exc:
+        raise _err(folder / "config.json", f"arch {cfg['arch']!r} is not available ({exc})") from None
+    state = read_state_dict(weights)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = " ".join(str(exc).split())[:300]
+        raise _err(weights, f"weights do not match the network ({first})") from None
+    if result.missing_keys or result.unexpected_keys:
+        miss, unexp = result.missing_keys, result.unexpected_keys
+        raise _err(weights, f"weights do not match the network: {len(miss)} missing "
+                            f"({', '.join(miss[:3])}{'...' if len(miss) > 3 else ''}), {len(unexp)} unexpected "
+                            f"({', '.join(unexp[:3])}{'...' if len(unexp) > 3 else ''})")
+    net.eval().to(device)
+    return LoadedModel(network=net, sample_rate=cfg["sample_rate"], n_src=cfg["n_src"],
+                       segment=float(cfg["segment"]), overlap=float(cfg["overlap"]),
+                       input_loudness=cfg["input_loudness"], name=cfg["name"], arch=cfg["arch"],
+                       config=cfg, path=folder)
+
+
+def weights_summary(folder: Path) -> tuple[int, int]:
+    """(parameter count, weights file size in bytes) read from the safetensors header without loading."""
+    w = folder / "weights.safetensors"
+    if not w.is_file():
+        return 0, 0
+    from safetensors import safe_open
+
+    n = 0
+    with safe_open(str(w), framework="pt") as f:
+        for k in f.keys():
+            n += math.prod(f.get_slice(k).get_shape())
+    return n, w.stat().st_size

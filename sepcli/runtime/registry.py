@@ -1,0 +1,105 @@
+"""Model names -> model folders.
+
+The zoo is the folder `models/` of the repository, installed as the package `sepcli_zoo` (pyproject.toml maps
+it with package-dir). It is found through `importlib.util.find_spec("sepcli_zoo")` (an installed wheel or an
+editable install that maps it) and, when running from a source tree, the `models/` folder next to the `sepcli`
+package. A zoo model is one sub-folder holding config.json.
+
+`resolve(name)` accepts, in this order: a path to a model folder (or to a .safetensors/.pt/.pth file with a
+config.json beside it), a zoo folder name, a zoo model's config `name`, one of its `aliases` (e.g. `default`).
+Unknown names raise ModelNotFound listing what exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sepcli
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+@dataclass
+class ZooEntry:
+    folder: Path
+    name: str
+    aliases: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+
+def zoo_dirs() -> list[Path]:
+    """Folders that may hold zoo models, without duplicates."""
+    out: list[Path] = []
+    env = os.environ.get("SEPCLI_ZOO")  # optional extra zoo folder (e.g. a shared models mount)
+    if env:
+        out.append(Path(env))
+    try:
+        spec = importlib.util.find_spec("sepcli_zoo")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        out.extend(Path(p) for p in spec.submodule_search_locations)
+    out.append(Path(sepcli.__file__).resolve().parent.parent / "models")
+    seen, uniq = set(), []
+    for p in out:
+        try:
+            key = p.resolve()
+        except OSError:
+            continue
+        if key not in seen and p.is_dir():
+            seen.add(key)
+            uniq.append(p)
+    return uniq
+
+
+def list_zoo() -> list[ZooEntry]:
+    entries: list[ZooEntry] = []
+    names: set[str] = set()
+    for d in zoo_dirs():
+        for sub in sorted(d.iterdir()):
+            cfg_path = sub / "config.json"
+            if not cfg_path.is_file():
+                continue
+            try:
+                cfg = json.loads(cfg_path.read_text())
+            except (OSError, ValueError):
+                cfg = {}
+            if not isinstance(cfg, dict):
+                cfg = {}
+            name = str(cfg.get("name") or sub.name)
+            if name in names:
+                continue
+            names.add(name)
+            aliases = cfg.get("aliases") or []
+            aliases = [str(a) for a in aliases] if isinstance(aliases, list) else []
+            entries.append(ZooEntry(sub, name, aliases, cfg))
+    return entries
+
+
+def looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or name.startswith(".") or name.endswith((".safetensors", ".pt", ".pth"))
+
+
+def resolve(name: str | os.PathLike) -> Path:
+    """Path of the model folder (or weights file) named by `name`."""
+    text = str(name)
+    p = Path(text).expanduser()
+    if p.exists():
+        if p.is_dir() and not (p / "config.json").is_file():
+            raise ModelNotFound(f"{p}: not a model folder (no config.json)")
+        return p
+    if looks_like_path(text):
+        raise ModelNotFound(f"{text}: no such model folder or file")
+    zoo = list_zoo()
+    for match in (lambda e: e.folder.name == text, lambda e: e.name == text, lambda e: text in e.aliases):
+        for e in zoo:
+            if match(e):
+                return e.folder
+    known = ", ".join(sorted({e.name for e in zoo} | {a for e in zoo for a in e.aliases})) or "none installed"
+    raise ModelNotFound(f"unknown model {text!r} (zoo models: {known}; or give a path to a model folder)")

@@ -1,0 +1,35 @@
+"""Shared test setup.
+
+Test networks: tests/testnets.py defines a test double (OracleNet) and a cheap real network (BandSplit). They
+are test-only code, so they are not part of sepcli.nets; instead this conftest registers them for the test
+session in sepcli.nets._ARCH_CLASSES under the archs "test-oracle" and "test-bandsplit". A model folder whose
+config.json names one of these archs then loads through the ordinary registry/loader path, so CLI tests (run
+in-process with typer.testing.CliRunner) exercise exactly the product's code. Subprocess tests call
+tests.testnets.register_test_archs() themselves.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tests.testnets import register_test_archs
+
+register_test_archs()
+torch.set_num_threads(1)  # a training run shares this machine; tests stay light
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _no_torchrun_env(monkeypatch):
+    # batch --shard falls back to torchrun's RANK/WORLD_SIZE; tests must not inherit them by accident
+    for k in ("RANK", "WORLD_SIZE"):
+        if k in os.environ:
+            monkeypatch.delenv(k)
