@@ -1,0 +1,171 @@
+"""Selective-scan kernels behind one entry point with mamba_ssm's `selective_scan_fn` contract.
+
+    selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False) -> out (b, d, l)  |  (out, last_state (b, d, n))
+
+Backends (`backend_for(tensor)` names the one that would run):
+- CUDA tensors: "mamba_ssm" (its CUDA kernel, when `mamba_ssm` imports), else "triton" (ours, when triton
+  imports), else "ref".
+- CPU tensors: "cpu" (fused numba kernel), else "ref" if numba is unavailable.
+- `SEPCLI_SCAN=ref|cpu|triton|mamba_ssm` forces a backend; an unavailable forced backend raises
+  `ScanBackendError` with a one-line reason. "triton" on CPU tensors needs `TRITON_INTERPRET=1` (tests).
+All backends compute in float32 (float64 inputs in float64 on "ref"/"cpu") and return `out` in u's dtype.
+
+Both directions of a bidirectional Mamba in one call: `selective_scan_bidirectional` stacks the forward
+inputs and the time-reversed backward inputs along the channel axis (their B/C become two groups), runs one
+scan and splits the result; see its docstring.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from .scan_ref import selective_scan_ref
+
+BACKENDS = ("ref", "cpu", "triton", "mamba_ssm")
+ENV_VAR = "SEPCLI_SCAN"
+
+__all__ = ["BACKENDS", "ScanBackendError", "backend_for", "available_backends", "selective_scan",
+           "selective_scan_bidirectional", "selective_scan_ref"]
+
+
+class ScanBackendError(RuntimeError):
+    """A requested scan backend cannot run here (not installed, or wrong device)."""
+
+
+@lru_cache(maxsize=None)
+def _import_error(module: str) -> str | None:
+    """None when `module` imports, else the one-line reason (imports are attempted once, lazily)."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken CUDA extension raising anything else
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+_MODULES = {
+    "cpu": "sepcli.kernels.scan_cpu",
+    "triton": "sepcli.kernels.scan_triton",
+    "mamba_ssm": "mamba_ssm.ops.selective_scan_interface",
+}
+
+
+def _unavailable(backend: str, device: torch.device) -> str | None:
+    """Why `backend` cannot run on `device`, or None if it can."""
+    if backend == "ref":
+        return None
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"the 'cpu' scan backend needs CPU tensors, got {device.type}"
+        return _import_error(_MODULES["cpu"])
+    if backend == "mamba_ssm":
+        if device.type != "cuda":
+            return f"the 'mamba_ssm' scan backend needs CUDA tensors, got {device.type}"
+        return _import_error(_MODULES["mamba_ssm"])
+    if backend == "triton":
+        err = _import_error(_MODULES["triton"])
+        if err:
+            return err
+        if device.type == "cpu" and not importlib.import_module(_MODULES["triton"]).INTERPRETED:
+            return "the 'triton' scan backend on CPU tensors needs TRITON_INTERPRET=1 set before import"
+        if device.type not in ("cpu", "cuda"):
+            return f"the 'triton' scan backend needs CUDA tensors, got {device.type}"
+        return None
+    return f"unknown scan backend {backend!r} (known: {', '.join(BACKENDS)})"
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on `device` in this environment."""
+    dev = torch.device(device)
+    return [b for b in BACKENDS if _unavailable(b, dev) is None]
+
+
+def backend_for(tensor: Tensor) -> str:
+    """Name of the backend `selective_scan` would use for inputs living where `tensor` lives."""
+    dev = tensor.device
+    forced = os.environ.get(ENV_VAR, "").strip()
+    if forced:
+        why = _unavailable(forced, dev)
+        if why:
+            raise ScanBackendError(f"{ENV_VAR}={forced}: {why}")
+        return forced
+    order = ("mamba_ssm", "triton", "ref") if dev.type == "cuda" else ("cpu", "ref")
+    for name in order:
+        if _unavailable(name, dev) is None:
+            return name
+    return "ref"
+
+
+def _fn(backend: str):
+    if backend == "ref":
+        return selective_scan_ref
+    if backend == "cpu":
+        return importlib.import_module(_MODULES["cpu"]).selective_scan_cpu
+    if backend == "triton":
+        return importlib.import_module(_MODULES["triton"]).selective_scan_triton
+    return importlib.import_module(_MODULES["mamba_ssm"]).selective_scan_fn
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   return_last_state: bool = False, backend: str | None = None):
+    """Selective scan with mamba_ssm's `selective_scan_fn` semantics, on the best available backend.
+
+    u, delta, z: (b, d, l); A: (d, n) real; B, C: (d, n), (b, n, l) or (b, g, n, l) with g dividing d;
+    D, delta_bias: (d,). Returns out (b, d, l) in u's dtype, plus last_state (b, d, n) when asked
+    (its gradient is not propagated, as in mamba_ssm). `backend` overrides the choice (and SEPCLI_SCAN).
+    """
+    if backend is None:
+        backend = backend_for(u)
+    else:
+        why = _unavailable(backend, u.device)
+        if why:
+            raise ScanBackendError(f"scan backend {backend}: {why}")
+    return _fn(backend)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def _flip(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.flip(-1)
+
+
+def _stack_bc(Mf: Tensor, Mb: Tensor, name: str) -> Tensor:
+    if Mf.dim() != Mb.dim():
+        raise ValueError(f"{name}: both directions need the same layout, got {tuple(Mf.shape)} and {tuple(Mb.shape)}")
+    if Mf.dim() == 2:  # constant (d, n): stacking along channels
+        return torch.cat([Mf, Mb], 0)
+    Mf4 = Mf[:, None] if Mf.dim() == 3 else Mf
+    Mb4 = Mb[:, None] if Mb.dim() == 3 else Mb
+    if Mf4.shape != Mb4.shape:
+        raise ValueError(f"{name}: both directions need the same shape, got {tuple(Mf.shape)} and {tuple(Mb.shape)}")
+    return torch.cat([Mf4, Mb4.flip(-1)], 1)  # groups: forward's, then the time-reversed backward's
+
+
+def selective_scan_bidirectional(fwd: dict, bwd: dict, delta_softplus: bool = False, backend: str | None = None):
+    """Run a forward-time scan and a backward-time scan (separate parameters) in one kernel call.
+
+    `fwd` and `bwd` hold selective_scan's tensor arguments (u, delta, A, B, C and optionally D, z, delta_bias),
+    both in natural time order with equal (b, d, l) and n. The backward direction scans from the last step
+    to the first, i.e. `bwd_out = selective_scan(**bwd with every time axis flipped)` flipped back.
+    Implementation: channels are stacked, (b, 2d, l), A/D/delta_bias (2d, ...), variable B/C become
+    2·g groups (groups must still divide 2d: each direction keeps its own). Returns (out_fwd, out_bwd).
+    D, z, delta_bias must be given for both directions or for neither.
+    """
+    for key in ("D", "z", "delta_bias"):
+        if (fwd.get(key) is None) != (bwd.get(key) is None):
+            raise ValueError(f"{key} must be given for both directions or for neither")
+    d = fwd["u"].shape[1]
+    cat_t = lambda k: torch.cat([fwd[k], bwd[k].flip(-1)], 1)  # noqa: E731  (b, d, l) tensors
+    args = dict(
+        u=cat_t("u"), delta=cat_t("delta"), A=torch.cat([fwd["A"], bwd["A"]], 0),
+        B=_stack_bc(fwd["B"], bwd["B"], "B"), C=_stack_bc(fwd["C"], bwd["C"], "C"),
+        D=torch.cat([fwd["D"], bwd["D"]]) if fwd.get("D") is not None else None,
+        z=cat_t("z") if fwd.get("z") is not None else None,
+        delta_bias=torch.cat([fwd["delta_bias"], bwd["delta_bias"]]) if fwd.get("delta_bias") is not None else None,
+    )
+    out = selective_scan(**args, delta_softplus=delta_softplus, backend=backend)
+    return out[:, :d], out[:, d:].flip(-1)
