@@ -129,7 +129,11 @@ def check_template(template: str) -> None:
                          f"(use {{stem}}, {{k}}, {{ext}})")
     if "k" not in fields:
         raise UsageError(f"--name {template!r} must contain {{k}} (the speaker number), or outputs collide")
-    safe_relative(template.format(stem="x", k=1, ext="wav"), template)
+    try:
+        name = template.format(stem="x", k=1, ext="wav")
+    except (ValueError, IndexError, KeyError) as exc:
+        raise UsageError(f"--name {template!r}: {exc}") from None
+    safe_relative(name, template)
 
 
 def safe_relative(name: str, what: str) -> Path:
