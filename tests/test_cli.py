@@ -1,0 +1,277 @@
+"""The Typer CLI, run in-process with CliRunner on model folders built from test networks (see conftest)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from sepcli import __version__
+from sepcli.cli import app
+from sepcli.metrics import separation_scores
+from tests.testnets import bandsplit_folder, synthetic_sources, write_model_folder
+
+SR = 8000
+runner = CliRunner()
+
+
+def run(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def fast_model(models_dir):
+    return bandsplit_folder(models_dir / "bandsplit", sample_rate=SR, segment=0.5)
+
+
+@pytest.fixture(scope="module")
+def oracle(models_dir):
+    """An oracle model folder plus the mixture file whose sources it knows."""
+    src = synthetic_sources(int(2.3 * SR), SR, seed=21)
+    np.save(models_dir / "sources.npy", src)
+    folder = write_model_folder(models_dir / "oracle", "test-oracle",
+                                {"sources": str(models_dir / "sources.npy"), "seed": 3, "sample_rate": SR},
+                                {"scale": torch.ones(1)}, SR, segment=0.6, overlap=0.25)
+    mix = models_dir / "talk.wav"
+    sf.write(mix, src.sum(0), SR, subtype="FLOAT")
+    return folder, mix, src
+
+
+def _wav(path: Path, seconds=1.0, seed=0, rate=SR):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, synthetic_sources(int(seconds * rate), rate, seed=seed).sum(0), rate)
+    return path
+
+
+def test_version():
+    r = run("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"sepcli {__version__}"
+    p = subprocess.run([sys.executable, "-m", "sepcli", "--version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == f"sepcli {__version__}"
+
+
+def test_separate_json_summary_and_quality(tmp_path, oracle):
+    folder, mix, src = oracle
+    r = run("separate", mix, "-o", tmp_path / "out", "-m", folder, "--json", "--subtype", "FLOAT",
+            "--loudness", "off")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["summary"] == {"ok": 1, "failed": 0, "skipped": 0}
+    assert doc["model"]["sample_rate"] == SR and doc["model"]["n_src"] == 2
+    res = doc["results"][0]
+    assert res["status"] == "ok" and res["input"] == str(mix) and res["input_rate"] == SR
+    assert res["duration"] == pytest.approx(len(src[0]) / SR)
+    assert res["rtf"] > 0 and res["timings"]["total_s"] >= res["timings"]["model_s"] > 0
+    outs = [o["path"] for o in res["outputs"]]
+    assert outs == [str(tmp_path / "out" / f"talk_spk{k}.wav") for k in (1, 2)]
+    est = np.stack([sf.read(p, dtype="float32")[0] for p in outs])
+    for o, e in zip(res["outputs"], est):
+        assert o["frames"] == len(src[0]) and o["sample_rate"] == SR
+        assert o["loudness_lufs"] == pytest.approx(_lufs(e), abs=0.05)
+    assert np.all(separation_scores(est, src, src.sum(0), with_sdr=False)["si_snr"] > 40)
+
+
+def _lufs(x):
+    import pyloudnorm
+
+    return pyloudnorm.Meter(SR).integrated_loudness(x.astype(np.float64))
+
+
+def test_exit_code_1_when_some_input_fails(tmp_path, fast_model):
+    good = _wav(tmp_path / "good.wav")
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"\x00" * 1000)
+    r = run("separate", good, bad, tmp_path / "missing.wav", "-o", tmp_path / "out", "-m", fast_model, "--json")
+    assert r.exit_code == 1
+    errs = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errs) == 2 and all(line.startswith("sepcli: error: ") for line in errs)
+    assert str(bad) in errs[0] and "missing.wav" in errs[1] and "Traceback" not in r.stderr
+    doc = json.loads(r.stdout)
+    assert [x["status"] for x in doc["results"]] == ["ok", "error", "error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_spk1.wav", "good_spk2.wav"]
+
+
+@pytest.mark.parametrize("args", [["--overlap", "0.9"], ["--segment", "-1"], ["--format", "aac"],
+                                  ["--loudness", "loud"], ["--name", "../{stem}{k}.{ext}"],
+                                  ["--sample-rate", "1000"], ["--subtype", "FLOAT", "--format", "flac"],
+                                  ["--batch-size", "0"], ["-m", "no-such-model"]])
+def test_exit_code_2_for_usage_errors(tmp_path, fast_model, args):
+    good = _wav(tmp_path / "g.wav")
+    full = ["separate", good, "-o", tmp_path / "out"] + (["-m", fast_model] if "-m" not in args else []) + args
+    r = run(*full)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_output_option_is_usage_error(tmp_path):
+    r = run("separate", tmp_path / "x.wav")
+    assert r.exit_code == 2
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = run("separate", _wav(tmp_path / "g.wav"), "-o", tmp_path / "o", "-m", tmp_path / "nomodel", "--debug")
+    assert r.exit_code == 2 and "Traceback" in r.stderr
+
+
+def test_stdin_input(tmp_path, fast_model):
+    flac = tmp_path / "in.flac"
+    x = synthetic_sources(int(1.3 * SR), SR, seed=4).sum(0)
+    sf.write(flac, x, SR)
+    r = run("separate", "-", "-o", tmp_path / "out", "-m", fast_model, "--json", input=flac.read_bytes())
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["results"][0]["input"] == "-"
+    outs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outs == ["stdin_spk1.wav", "stdin_spk2.wav"]  # the spooled stdin copy is gone
+    assert sf.info(tmp_path / "out" / "stdin_spk1.wav").frames == len(x)
+    r = run("separate", "-", "-o", tmp_path / "o2", "-m", fast_model, input=b"")
+    assert r.exit_code == 1 and "stdin is empty" in r.stderr
+
+
+def test_name_template_and_format(tmp_path, fast_model):
+    good = _wav(tmp_path / "song.wav")
+    r = run("separate", good, "-o", tmp_path / "out", "-m", fast_model, "--name", "{k}/{stem}.{ext}",
+            "--format", "flac", "--sample-rate", "16000")
+    assert r.exit_code == 0, r.stderr
+    for k in (1, 2):
+        info = sf.info(tmp_path / "out" / str(k) / "song.flac")
+        assert info.format == "FLAC" and info.samplerate == 16000 and info.frames == 16000
+
+
+def test_overwrite_refusal(tmp_path, fast_model):
+    good = _wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    assert run("separate", good, "-o", out, "-m", fast_model).exit_code == 0
+    target = out / "a_spk1.wav"
+    target.write_bytes(b"keep me")
+    r = run("separate", good, "-o", out, "-m", fast_model)
+    assert r.exit_code == 1 and "exists" in r.stderr and "--overwrite" in r.stderr
+    assert target.read_bytes() == b"keep me"
+    assert run("separate", good, "-o", out, "-m", fast_model, "--overwrite").exit_code == 0
+    assert sf.info(target).frames == SR
+    # an output that would replace an input is refused even with --overwrite
+    b = _wav(tmp_path / "b.wav", seconds=2.0)
+    clash = _wav(tmp_path / "b_spk1.wav")
+    r = run("separate", b, clash, "-o", tmp_path, "-m", fast_model, "--overwrite")
+    assert r.exit_code == 1 and "would overwrite an input" in r.stderr
+    assert sf.info(clash).frames == SR
+
+
+def _tree(root: Path) -> list[Path]:
+    files = [_wav(root / "a" / "one.wav", seed=1), _wav(root / "a" / "b" / "two.wav", seed=2),
+             _wav(root / "three.wav", seed=3), _wav(root / "c" / "four.flac", seed=4)]
+    (root / "notes.txt").write_text("not audio")
+    return files
+
+
+def test_batch_mirrors_tree_resumes_and_writes_manifest(tmp_path, fast_model):
+    root, out = tmp_path / "in", tmp_path / "out"
+    files = _tree(root)
+    bad = root / "c" / "broken.wav"
+    bad.write_bytes(b"RIFFxxxxWAVEjunk")
+    manifest = tmp_path / "m.jsonl"
+    r = run("batch", root, "-o", out, "-m", fast_model, "--manifest", manifest, "--json", "--jobs", "2")
+    assert r.exit_code == 1  # the broken file failed, the others are done
+    for f in files:
+        rel = f.relative_to(root)
+        for k in (1, 2):
+            assert (out / rel.parent / f"{f.stem}_spk{k}.wav").is_file()
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    by_input = {Path(m["input"]).name: m for m in lines}
+    assert set(by_input) == {"one.wav", "two.wav", "three.wav", "four.flac", "broken.wav"}
+    assert by_input["broken.wav"]["status"] == "error" and "broken.wav" in by_input["broken.wav"]["error"]
+    assert by_input["two.wav"]["outputs"] == [str(out / "a" / "b" / f"two_spk{k}.wav") for k in (1, 2)]
+    assert str(bad) in r.stderr
+    # rerun: finished inputs are skipped (files untouched), the bad one is retried
+    stamp = (out / "three_spk1.wav").stat().st_mtime_ns
+    bad.unlink()
+    r = run("batch", root, "-o", out, "-m", fast_model, "--manifest", manifest, "--json")
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    assert doc["summary"] == {"ok": 0, "failed": 0, "skipped": 4}
+    assert (out / "three_spk1.wav").stat().st_mtime_ns == stamp
+    assert len(manifest.read_text().splitlines()) == 9
+    r = run("batch", root, "-o", out, "-m", fast_model, "--overwrite", "--json", "--glob", "*.flac")
+    assert json.loads(r.stdout)["summary"] == {"ok": 1, "failed": 0, "skipped": 0}
+
+
+def test_batch_output_inside_input_tree_is_not_reprocessed(tmp_path, fast_model):
+    root = tmp_path / "in"
+    _tree(root)
+    assert run("batch", root, "-o", root / "sep", "-m", fast_model).exit_code == 0
+    r = run("batch", root, "-o", root / "sep", "-m", fast_model, "--json")
+    assert json.loads(r.stdout)["summary"] == {"ok": 0, "failed": 0, "skipped": 4}
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_shards_cover_every_file_exactly_once(tmp_path, fast_model, n):
+    root = tmp_path / "in"
+    files = _tree(root) + [_wav(root / "d" / f"x{i}.wav", seed=10 + i) for i in range(3)]
+    seen = []
+    for i in range(n):
+        r = run("batch", root, "-o", tmp_path / "out", "-m", fast_model, "--shard", f"{i}/{n}", "--json")
+        assert r.exit_code == 0
+        seen += [x["input"] for x in json.loads(r.stdout)["results"] if x["status"] == "ok"]
+    assert sorted(seen) == sorted(str(f) for f in files)
+    assert len(seen) == len(set(seen))
+
+
+def test_torchrun_environment_selects_the_shard(tmp_path, fast_model):
+    root = tmp_path / "in"
+    files = _tree(root)
+    seen = []
+    for rank in range(2):
+        r = run("batch", root, "-o", tmp_path / "out", "-m", fast_model, "--json",
+                env={"RANK": str(rank), "WORLD_SIZE": "2"})
+        doc = json.loads(r.stdout)
+        assert doc["shard"] == [rank, 2]
+        seen += [x["input"] for x in doc["results"]]
+    assert sorted(seen) == sorted(str(f) for f in files)
+    assert run("batch", root, "-o", tmp_path / "o", "-m", fast_model, "--shard", "2/2").exit_code == 2
+
+
+def test_models_list_and_info(tmp_path, fast_model, monkeypatch):
+    zoo = tmp_path / "zoo"
+    folder = bandsplit_folder(zoo / "tiny-band", sample_rate=SR)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(aliases=["default"], eval={"si_snri_db": 1.5})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "MODEL_CARD.md").write_text("# tiny-band\nA test card.\n")
+    monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
+    r = run("models", "--json")
+    assert r.exit_code == 0
+    row = next(m for m in json.loads(r.stdout) if m["name"] == "tiny-band")
+    assert row["params"] == 15 and row["arch"] == "test-bandsplit" and row["sample_rate"] == SR
+    assert row["size_bytes"] == (folder / "weights.safetensors").stat().st_size
+    r = run("models", "info", "default")  # the alias resolves to the zoo folder
+    assert r.exit_code == 0 and "tiny-band" in r.stdout and "A test card." in r.stdout
+    assert run("models", "info", "nope").exit_code == 2
+    out = tmp_path / "o"
+    assert run("separate", _wav(tmp_path / "z.wav"), "-o", out).exit_code == 0  # -m default
+    assert (out / "z_spk2.wav").is_file()
+
+
+def test_bench_reports_rtf(fast_model):
+    r = run("bench", "-m", fast_model, "--seconds", "2", "--repeat", "1", "--json")
+    assert r.exit_code == 0, r.stderr
+    fig = json.loads(r.stdout)
+    assert fig["input_s"] == 2 and fig["rtf_total"] > 0 and 0 <= fig["outside_model_share"] <= 1
+    assert "scan_backend" in fig
+
+
+def test_import_spmamba_needs_name_or_out(tmp_path):
+    r = run("models", "import-spmamba", "--config", tmp_path / "c.yml", "--checkpoint", tmp_path / "x.pth")
+    assert r.exit_code == 2
