@@ -22,17 +22,17 @@ def make_inputs(b: int, d: int, l: int, n: int, bkind: str = "var", ckind: str =
         delta = torch.randn(b, d, l, generator=g, dtype=dtype) * 0.5 - 1.0
     else:
         delta = torch.rand(b, d, l, generator=g, dtype=dtype) * 0.5 + 0.01
-    return dict(
-        u=torch.randn(b, d, l, generator=g, dtype=dtype),
-        delta=delta,
-        A=-(0.1 + torch.rand(d, n, generator=g, dtype=dtype)),
-        B=make_bc(bkind, b, d, n, l, g, dtype),
-        C=make_bc(ckind, b, d, n, l, g, dtype),
-        D=torch.randn(d, generator=g, dtype=dtype) if has_D else None,
-        z=torch.randn(b, d, l, generator=g, dtype=dtype) if has_z else None,
-        delta_bias=(torch.rand(d, generator=g, dtype=dtype) * 0.2) if has_bias else None,
-        delta_softplus=softplus,
-    )
+    return {
+        "u": torch.randn(b, d, l, generator=g, dtype=dtype),
+        "delta": delta,
+        "A": -(0.1 + torch.rand(d, n, generator=g, dtype=dtype)),
+        "B": make_bc(bkind, b, d, n, l, g, dtype),
+        "C": make_bc(ckind, b, d, n, l, g, dtype),
+        "D": torch.randn(d, generator=g, dtype=dtype) if has_D else None,
+        "z": torch.randn(b, d, l, generator=g, dtype=dtype) if has_z else None,
+        "delta_bias": (torch.rand(d, generator=g, dtype=dtype) * 0.2) if has_bias else None,
+        "delta_softplus": softplus,
+    }
 
 
 def grad_inputs(kw: dict) -> dict:

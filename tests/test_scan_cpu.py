@@ -124,7 +124,7 @@ def test_cpu_concurrent_threads_agree():
         try:
             for _ in range(3):
                 got[i] = selective_scan_cpu(**kws[i])
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # noqa: BLE001  # pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]

@@ -90,14 +90,14 @@ def test_reference_half_inputs_computed_in_float32(dtype):
 @pytest.mark.parametrize(
     "bad, msg",
     [
-        (dict(u=torch.zeros(2, 4)), "u must be"),
-        (dict(delta=torch.zeros(2, 4, 5)), "delta must"),
-        (dict(A=torch.zeros(3, 3)), "A must be"),
-        (dict(B=torch.zeros(2, 3, 3, 7)), "groups"),
-        (dict(C=torch.zeros(2, 5, 7)), "state size"),
-        (dict(D=torch.zeros(3)), "D must be"),
-        (dict(z=torch.zeros(2, 4, 6)), "z must"),
-        (dict(delta_bias=torch.zeros(5)), "delta_bias must"),
+        ({"u": torch.zeros(2, 4)}, "u must be"),
+        ({"delta": torch.zeros(2, 4, 5)}, "delta must"),
+        ({"A": torch.zeros(3, 3)}, "A must be"),
+        ({"B": torch.zeros(2, 3, 3, 7)}, "groups"),
+        ({"C": torch.zeros(2, 5, 7)}, "state size"),
+        ({"D": torch.zeros(3)}, "D must be"),
+        ({"z": torch.zeros(2, 4, 6)}, "z must"),
+        ({"delta_bias": torch.zeros(5)}, "delta_bias must"),
     ],
 )
 def test_reference_rejects_bad_shapes(bad, msg):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -30,20 +30,27 @@ from .scan_ref import selective_scan_ref
 BACKENDS = ("ref", "cpu", "triton", "mamba_ssm")
 ENV_VAR = "SEPCLI_SCAN"
 
-__all__ = ["BACKENDS", "ScanBackendError", "backend_for", "available_backends", "selective_scan",
-           "selective_scan_bidirectional", "selective_scan_ref"]
+__all__ = [
+    "BACKENDS",
+    "ScanBackendError",
+    "available_backends",
+    "backend_for",
+    "selective_scan",
+    "selective_scan_bidirectional",
+    "selective_scan_ref",
+]
 
 
 class ScanBackendError(RuntimeError):
     """A requested scan backend cannot run here (not installed, or wrong device)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _import_error(module: str) -> str | None:
     """None when `module` imports, else the one-line reason (imports are attempted once, lazily)."""
     try:
         importlib.import_module(module)
-    except Exception as exc:  # ImportError, or a broken CUDA extension raising anything else
+    except Exception as exc:  # noqa: BLE001  (ImportError, or a broken CUDA extension raising anything)
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     return None
 
@@ -159,13 +166,13 @@ def selective_scan_bidirectional(fwd: dict, bwd: dict, delta_softplus: bool = Fa
         if (fwd.get(key) is None) != (bwd.get(key) is None):
             raise ValueError(f"{key} must be given for both directions or for neither")
     d = fwd["u"].shape[1]
-    cat_t = lambda k: torch.cat([fwd[k], bwd[k].flip(-1)], 1)  # noqa: E731  (b, d, l) tensors
-    args = dict(
-        u=cat_t("u"), delta=cat_t("delta"), A=torch.cat([fwd["A"], bwd["A"]], 0),
-        B=_stack_bc(fwd["B"], bwd["B"], "B"), C=_stack_bc(fwd["C"], bwd["C"], "C"),
-        D=torch.cat([fwd["D"], bwd["D"]]) if fwd.get("D") is not None else None,
-        z=cat_t("z") if fwd.get("z") is not None else None,
-        delta_bias=torch.cat([fwd["delta_bias"], bwd["delta_bias"]]) if fwd.get("delta_bias") is not None else None,
-    )
+    cat_t = lambda k: torch.cat([fwd[k], bwd[k].flip(-1)], 1)
+    args = {
+        "u": cat_t("u"), "delta": cat_t("delta"), "A": torch.cat([fwd["A"], bwd["A"]], 0),
+        "B": _stack_bc(fwd["B"], bwd["B"], "B"), "C": _stack_bc(fwd["C"], bwd["C"], "C"),
+        "D": torch.cat([fwd["D"], bwd["D"]]) if fwd.get("D") is not None else None,
+        "z": cat_t("z") if fwd.get("z") is not None else None,
+        "delta_bias": torch.cat([fwd["delta_bias"], bwd["delta_bias"]]) if fwd.get("delta_bias") is not None else None,
+    }
     out = selective_scan(**args, delta_softplus=delta_softplus, backend=backend)
     return out[:, :d], out[:, d:].flip(-1)

@@ -34,8 +34,8 @@ import threading
 import numba
 import numpy as np
 import torch
-from numba import njit, prange, types
 from llvmlite import ir as llvm_ir
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
@@ -347,22 +347,22 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     Cv, var_c, dpg_c = _bc_layout(C, cdt, dim)
     u_np = _as_np(u, cdt)
     zeros = np.zeros(dim, dtype=u_np.dtype)
-    return dict(
-        cdt=cdt,
-        u=u_np,
-        delta=_as_np(delta, cdt),
-        A=_as_np(A, cdt),
-        Bv=Bv,
-        Cv=Cv,
-        D=_as_np(D, cdt) if D is not None else zeros,
-        z=_as_np(z, cdt) if z is not None else u_np,
-        bias=_as_np(delta_bias, cdt) if delta_bias is not None else zeros,
-        var_b=var_b,
-        var_c=var_c,
-        dpg_b=dpg_b,
-        dpg_c=dpg_c,
-        has_z=z is not None,
-    )
+    return {
+        "cdt": cdt,
+        "u": u_np,
+        "delta": _as_np(delta, cdt),
+        "A": _as_np(A, cdt),
+        "Bv": Bv,
+        "Cv": Cv,
+        "D": _as_np(D, cdt) if D is not None else zeros,
+        "z": _as_np(z, cdt) if z is not None else u_np,
+        "bias": _as_np(delta_bias, cdt) if delta_bias is not None else zeros,
+        "var_b": var_b,
+        "var_c": var_c,
+        "dpg_b": dpg_b,
+        "dpg_c": dpg_c,
+        "has_z": z is not None,
+    }
 
 
 def _kernel_args(p: dict, softplus: bool) -> tuple:

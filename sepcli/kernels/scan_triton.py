@@ -27,7 +27,7 @@ try:  # triton >= 3.4 keeps its environment switches in `knobs`
     from triton import knobs as _knobs
 
     INTERPRETED: bool = bool(_knobs.runtime.interpret)
-except Exception:  # pragma: no cover - older triton
+except Exception:  # noqa: BLE001  # pragma: no cover - older triton
     import os
 
     INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -62,7 +62,7 @@ def _scan_fwd_kernel(
     C_base = C_ptr + pid_b * s_Cb + (offs_d // dpg_C)[:, None] * s_Cg + offs_n[None, :] * s_Cn
     row = pid_b * s_b + offs_d * s_d
     h = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    for t in range(0, length):
+    for t in range(length):
         u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
         dt = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
         if SOFTPLUS:
