@@ -104,9 +104,10 @@ def write_model_folder(folder: Path, arch: str, arch_args: dict, state: dict, sa
     return folder
 
 
-def bandsplit_folder(folder: Path, sample_rate: int = 16000, segment: float = 2.0) -> Path:
+def bandsplit_folder(folder: Path, sample_rate: int = 16000, segment: float = 2.0, name: str | None = None
+                     ) -> Path:
     return write_model_folder(folder, "test-bandsplit", {"taps": 15}, {"fir": lowpass_taps(15)}, sample_rate,
-                              segment=segment)
+                              segment=segment, name=name)
 
 
 def synthetic_sources(n: int, rate: int, n_src: int = 2, seed: int = 0) -> np.ndarray:
