@@ -1,0 +1,355 @@
+"""SPMamba (Li & Chen, "SPMamba: State-space model is all you need in speech separation"), official layout.
+
+Architecture, constructor arguments, module names and numerics follow the official implementation
+(JusperLee/SPMamba, `look2hear/models/SPMamba.py`, `look2hear/layers/stft_tfgn.py`; facts only, our own
+code): std-normalised input -> STFT (Hann, center=True, reflect padding, onesided) -> real/imag as 2 channels
+-> Conv2d 3x3 + GroupNorm -> `n_layers` GridNet blocks (intra-frame bidirectional Mamba over unfolded
+frequency patches, inter-frame bidirectional Mamba over unfolded time patches, full-band multi-head
+attention over frames) -> ConvTranspose2d -> iSTFT -> output times the input std.
+
+`state_dict()` keys and shapes equal the official model's, so released checkpoints load with strict=True.
+
+Differences, none of which change the outputs where the official code runs:
+- silent input (std 0) and T = 1 are handled (the official code divides by 0 / cannot pad); inputs shorter
+  than the network's minimum are zero-padded internally and the output is cropped back to T;
+- the bidirectional Mamba runs both directions in a single selective scan (channels stacked, B/C grouped),
+  with the RMSNorm weights folded into in_proj, and without gradients it processes the sequences in chunks
+  so that memory stays bounded. `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain
+  official-style path (one Block call per direction, no chunking) for comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .mamba import Block, Mamba, RMSNorm, init_weights, selective_scan
+
+_BASE = {"n_srcs": 2, "window": "hann", "n_imics": 1, "n_layers": 6, "lstm_hidden_units": 256,
+         "attn_n_head": 4, "attn_approx_qk_dim": 512, "emb_dim": 16, "emb_ks": 8, "emb_hs": 1,
+         "activation": "prelu", "eps": 1.0e-5}
+
+# name -> (arch, arch_args, sample_rate). Values from the official configs/spmamba-librimix.yml (8 kHz) and
+# configs/spmamba-echo2mix.yml (16 kHz): 6,094,498 and 6,141,826 parameters.
+CONFIGS = {
+    "spmamba-8k": ("spmamba", {**_BASE, "n_fft": 256, "stride": 64, "sample_rate": 8000}, 8000),
+    "spmamba-16k": ("spmamba", {**_BASE, "n_fft": 512, "stride": 128, "sample_rate": 16000}, 16000),
+}
+
+# Default of MambaBlock.fused for new modules; "0" selects the plain official-style path.
+FUSED_DEFAULT = os.environ.get("SEPCLI_SPMAMBA_FUSED", "1") != "0"
+# Sequences x length processed at once by the fused path without gradients (bounds peak memory).
+CHUNK_TOKENS = 8192
+
+
+def _activation(name: str) -> type[nn.Module]:
+    """torch.nn activation class by case-insensitive name ('prelu' -> nn.PReLU), as look2hear's get_layer."""
+    for attr in dir(nn):
+        if attr.lower() == name.lower():
+            cls = getattr(nn, attr)
+            if isinstance(cls, type) and issubclass(cls, nn.Module):
+                return cls
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class LayerNormalization4D(nn.Module):
+    """Normalise [B, C, T, F] over C (biased variance, eps inside the sqrt); gamma/beta [1, C, 1, 1]."""
+
+    def __init__(self, input_dimension: int, eps: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(1, input_dimension, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, input_dimension, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"expected a 4-D tensor, got {x.ndim} dimensions")
+        var, mu = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        return (x - mu) / torch.sqrt(var + self.eps) * self.gamma + self.beta
+
+
+class LayerNormalization4DCF(nn.Module):
+    """Normalise [B, C, T, F] over (C, F); gamma/beta [1, C, 1, F]."""
+
+    def __init__(self, input_dimension: tuple[int, int], eps: float = 1e-5):
+        super().__init__()
+        if len(input_dimension) != 2:
+            raise ValueError("input_dimension must be (channels, freqs)")
+        shape = (1, input_dimension[0], 1, input_dimension[1])
+        self.gamma = nn.Parameter(torch.ones(shape))
+        self.beta = nn.Parameter(torch.zeros(shape))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"expected a 4-D tensor, got {x.ndim} dimensions")
+        var, mu = torch.var_mean(x, dim=(1, 3), unbiased=False, keepdim=True)
+        return (x - mu) / torch.sqrt(var + self.eps) * self.gamma + self.beta
+
+
+class MambaBlock(nn.Module):
+    """Stack of pre-norm Mamba Blocks, optionally bidirectional: [S, L, D] -> [S, L, D] or [S, L, 2D].
+
+    Official names: `forward_blocks.<i>` and `backward_blocks.<i>` (each a Block with `mixer` = Mamba(d_state 16,
+    d_conv 4, expand 4) and `norm` = RMSNorm(eps 1e-5)). Output = cat(forward, flip(backward(flip(x)))), where
+    each direction returns its last hidden state plus its residual stream.
+    """
+
+    def __init__(self, in_channels: int, n_layer: int = 1, bidirectional: bool = False):
+        super().__init__()
+
+        def make_block(i: int) -> Block:
+            return Block(in_channels, mixer_cls=partial(Mamba, layer_idx=i, d_state=16, d_conv=4, expand=4),
+                         norm_cls=partial(RMSNorm, eps=1e-5), fused_add_norm=False)
+
+        self.forward_blocks = nn.ModuleList([make_block(i) for i in range(n_layer)])
+        self.backward_blocks = nn.ModuleList([make_block(i) for i in range(n_layer)]) if bidirectional else None
+        self.apply(partial(init_weights, n_layer=n_layer))
+        self.fused = FUSED_DEFAULT
+        self.chunk_tokens = CHUNK_TOKENS
+
+    @staticmethod
+    def _run(blocks: nn.ModuleList, x: Tensor) -> Tensor:
+        residual = None
+        for block in blocks:
+            x, residual = block(x, residual)
+        return x + residual if residual is not None else x
+
+    def forward_plain(self, x: Tensor) -> Tensor:
+        """The official computation: each direction through its Blocks, one Mamba call at a time."""
+        out = self._run(self.forward_blocks, x)
+        if self.backward_blocks is not None:
+            back = self._run(self.backward_blocks, torch.flip(x, [1]))
+            out = torch.cat([out, torch.flip(back, [1])], -1)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.fused and self.backward_blocks is not None and len(self.forward_blocks) == 1):
+            return self.forward_plain(x)
+        if torch.is_grad_enabled() or x.shape[0] * x.shape[1] <= self.chunk_tokens:
+            return self._fused_bidirectional(x)
+        step = max(1, self.chunk_tokens // max(1, x.shape[1]))
+        return torch.cat([self._fused_bidirectional(x[i:i + step]) for i in range(0, x.shape[0], step)], 0)
+
+    def _fused_bidirectional(self, x: Tensor) -> Tensor:
+        """Both directions of a one-layer bidirectional block with a single selective-scan call.
+
+        Equal to forward_plain: the per-token maps (RMSNorm, projections) commute with time reversal, so the
+        backward direction is computed in reversed time. Every tensor of the mixer is laid out
+        [S, 2, channels, L] (direction 0 = forward, 1 = backward in reversed time), which is the scan's
+        channel-stacked layout [S, 2*d_inner, L] without any copy; A, D, delta_bias are stacked the same way
+        and B, C become 2 groups [S, 2, N, L]. The RMSNorm weights are folded into in_proj.
+        """
+        bf, bb = self.forward_blocks[0], self.backward_blocks[0]
+        mf, mb = bf.mixer, bb.mixer
+        S, length, _ = x.shape
+        di, n, r = mf.d_inner, mf.d_state, mf.dt_rank
+        dtype = x.dtype
+
+        xf32 = x.float()
+        ms = xf32.square().mean(dim=-1, keepdim=True)
+        xn_f = (xf32 * torch.rsqrt(ms + bf.norm.eps)).to(dtype)  # RMSNorm without its weight (folded below)
+        xn_b = xn_f if bb.norm.eps == bf.norm.eps else (xf32 * torch.rsqrt(ms + bb.norm.eps)).to(dtype)
+        xn2 = torch.stack([xn_f.transpose(1, 2), torch.flip(xn_b, [1]).transpose(1, 2)], 1)  # [S, 2, D, L]
+
+        w_in = torch.stack([mf.in_proj.weight * bf.norm.weight.to(dtype)[None, :],
+                            mb.in_proj.weight * bb.norm.weight.to(dtype)[None, :]])  # [2, 2*di, D]
+        xin = torch.matmul(w_in[:, :di], xn2)  # [S, 2, di, L]
+        z = torch.matmul(w_in[:, di:], xn2)
+        if mf.in_proj.bias is not None or mb.in_proj.bias is not None:
+            b_in = torch.stack([m.in_proj.bias if m.in_proj.bias is not None else w_in.new_zeros(2 * di)
+                                for m in (mf, mb)]).to(dtype)  # [2, 2*di]
+            xin = xin + b_in[:, :di, None]
+            z = z + b_in[:, di:, None]
+        del xn2
+
+        conv_w = torch.cat([mf.conv1d.weight, mb.conv1d.weight], 0)  # [2*di, 1, d_conv]
+        conv_b = None
+        if mf.conv1d.bias is not None or mb.conv1d.bias is not None:
+            zeros = conv_w.new_zeros(di)
+            conv_b = torch.cat([mf.conv1d.bias if mf.conv1d.bias is not None else zeros,
+                                mb.conv1d.bias if mb.conv1d.bias is not None else zeros])
+        u = F.conv1d(xin.view(S, 2 * di, length), conv_w, conv_b, padding=mf.d_conv - 1, groups=2 * di)
+        u = F.silu(u[..., :length])  # [S, 2*di, L], contiguous
+        del xin
+
+        dbl = torch.matmul(torch.stack([mf.x_proj.weight, mb.x_proj.weight]), u.view(S, 2, di, length))
+        delta = torch.matmul(torch.stack([mf.dt_proj.weight, mb.dt_proj.weight]), dbl[:, :, :r])  # [S,2,di,L]
+        Bm, Cm = dbl[:, :, r:r + n], dbl[:, :, r + n:]  # [S, 2, N, L] groups
+        A = -torch.exp(torch.cat([mf.A_log, mb.A_log], 0).float())
+        Dv = torch.cat([mf.D, mb.D]).float()
+        dbias = torch.cat([mf.dt_proj.bias, mb.dt_proj.bias]).float()
+        y = selective_scan(u, delta.view(S, 2 * di, length), A, Bm, Cm, Dv, z=z.view(S, 2 * di, length),
+                           delta_bias=dbias, delta_softplus=True)
+        del u, delta, z, dbl
+
+        w_out = torch.stack([mf.out_proj.weight, mb.out_proj.weight]).transpose(1, 2)  # [2, di, D]
+        out = torch.matmul(y.view(S, 2, di, length).transpose(2, 3), w_out)  # [S, 2, L, D]
+        out_f, out_b = out[:, 0], torch.flip(out[:, 1], [1])
+        if mf.out_proj.bias is not None:
+            out_f = out_f + mf.out_proj.bias
+        if mb.out_proj.bias is not None:
+            out_b = out_b + mb.out_proj.bias
+        return torch.cat([x + out_f, x + out_b], -1)
+
+
+class GridNetBlock(nn.Module):
+    """One TF-GridNet block with Mamba in place of the LSTMs (official names and layout). x: [B, C, T, Q]."""
+
+    def __init__(self, emb_dim: int, emb_ks: int, emb_hs: int, n_freqs: int, hidden_channels: int,
+                 n_head: int = 4, approx_qk_dim: int = 512, activation: str = "prelu", eps: float = 1e-5):
+        super().__init__()
+        in_channels = emb_dim * emb_ks
+        self.intra_norm = LayerNormalization4D(emb_dim, eps=eps)
+        self.intra_mamba = MambaBlock(in_channels, 1, True)
+        self.intra_linear = nn.ConvTranspose1d(in_channels * 2, emb_dim, emb_ks, stride=emb_hs)
+        self.inter_norm = LayerNormalization4D(emb_dim, eps=eps)
+        self.inter_mamba = MambaBlock(in_channels, 1, True)
+        self.inter_linear = nn.ConvTranspose1d(in_channels * 2, emb_dim, emb_ks, stride=emb_hs)
+
+        E = math.ceil(approx_qk_dim * 1.0 / n_freqs)
+        if emb_dim % n_head:
+            raise ValueError(f"emb_dim ({emb_dim}) must be divisible by attn_n_head ({n_head})")
+        act = _activation(activation)
+
+        def branch(out_ch: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(emb_dim, out_ch, 1), act(),
+                                 LayerNormalization4DCF((out_ch, n_freqs), eps=eps))
+
+        for ii in range(n_head):
+            self.add_module(f"attn_conv_Q_{ii}", branch(E))
+            self.add_module(f"attn_conv_K_{ii}", branch(E))
+            self.add_module(f"attn_conv_V_{ii}", branch(emb_dim // n_head))
+        self.add_module("attn_concat_proj", branch(emb_dim))
+        self.emb_dim, self.emb_ks, self.emb_hs, self.n_head = emb_dim, emb_ks, emb_hs, n_head
+
+    def _branch(self, kind: str, ii: int) -> nn.Module:
+        return getattr(self, f"attn_conv_{kind}_{ii}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, old_T, old_Q = x.shape
+        ks, hs = self.emb_ks, self.emb_hs
+        T = math.ceil((old_T - ks) / hs) * hs + ks
+        Q = math.ceil((old_Q - ks) / hs) * hs + ks
+        x = F.pad(x, (0, Q - old_Q, 0, T - old_T))
+
+        # intra-frame: sequences over frequency patches, one per (batch, frame)
+        input_ = x
+        h = self.intra_norm(input_).transpose(1, 2).reshape(B * T, C, Q)
+        h = F.unfold(h[..., None], (ks, 1), stride=(hs, 1)).transpose(1, 2)  # [BT, L, C*ks]
+        h = self.intra_mamba(h).transpose(1, 2)  # [BT, 2*C*ks, L]
+        h = self.intra_linear(h).view(B, T, C, Q).transpose(1, 2)
+        intra = h + input_
+
+        # inter-frame: sequences over time patches, one per (batch, frequency)
+        h = self.inter_norm(intra).permute(0, 3, 1, 2).reshape(B * Q, C, T)
+        h = F.unfold(h[..., None], (ks, 1), stride=(hs, 1)).transpose(1, 2)  # [BQ, L, C*ks]
+        h = self.inter_mamba(h).transpose(1, 2)
+        h = self.inter_linear(h).view(B, Q, C, T).permute(0, 2, 3, 1)
+        inter = (h + intra)[..., :old_T, :old_Q]
+
+        # full-band self-attention over frames, heads stacked along the batch
+        q = torch.cat([self._branch("Q", i)(inter) for i in range(self.n_head)], 0)  # [hB, E, T, F]
+        k = torch.cat([self._branch("K", i)(inter) for i in range(self.n_head)], 0)
+        v = torch.cat([self._branch("V", i)(inter) for i in range(self.n_head)], 0)  # [hB, C/h, T, F]
+        q = q.transpose(1, 2).flatten(2)  # [hB, T, E*F]
+        k = k.transpose(1, 2).flatten(2)
+        v_shape = v.transpose(1, 2).shape
+        v = v.transpose(1, 2).flatten(2)
+        attn = torch.softmax(torch.matmul(q, k.transpose(1, 2)) / (q.shape[-1] ** 0.5), dim=2)
+        v = torch.matmul(attn, v).reshape(v_shape).transpose(1, 2)  # [hB, C/h, T, F]
+        ch = v.shape[1]
+        batch = v.reshape(self.n_head, B, ch, old_T, -1).transpose(0, 1).reshape(B, self.n_head * ch, old_T, -1)
+        return self.attn_concat_proj(batch) + inter
+
+
+class SPMamba(nn.Module):
+    """SPMamba separator: `forward(mix [B, T]) -> [B, n_srcs, T]` (any T >= 1), at `sample_rate`.
+
+    Arguments are the official `audionet_config` keys; `input_dim`, `lstm_hidden_units` and
+    `use_builtin_complex` are accepted for compatibility and do not change the network (as officially).
+    A 3-D input [B, n_imics, T] is accepted for multi-microphone configurations.
+    """
+
+    def __init__(self, input_dim: int | None = None, n_srcs: int = 2, n_fft: int = 128, stride: int = 64,
+                 window: str = "hann", n_imics: int = 1, n_layers: int = 6, lstm_hidden_units: int = 192,
+                 attn_n_head: int = 4, attn_approx_qk_dim: int = 512, emb_dim: int = 48, emb_ks: int = 4,
+                 emb_hs: int = 1, activation: str = "prelu", eps: float = 1.0e-5,
+                 use_builtin_complex: bool = False, sample_rate: int = 16000):
+        super().__init__()
+        if n_fft % 2:
+            raise ValueError(f"n_fft must be even, got {n_fft}")
+        if not hasattr(torch, f"{window}_window"):
+            raise ValueError(f"unknown window {window!r}")
+        self.sample_rate = sample_rate
+        self.n_srcs, self.n_layers, self.n_imics = n_srcs, n_layers, n_imics
+        self.n_fft, self.stride, self.window = n_fft, stride, window
+        self.emb_ks, self.emb_hs = emb_ks, emb_hs
+        n_freqs = n_fft // 2 + 1
+        self.register_buffer("_window", getattr(torch, f"{window}_window")(n_fft), persistent=False)
+
+        ks, padding = (3, 3), (1, 1)
+        self.conv = nn.Sequential(nn.Conv2d(2 * n_imics, emb_dim, ks, padding=padding),
+                                  nn.GroupNorm(1, emb_dim, eps=eps))
+        self.blocks = nn.ModuleList([
+            GridNetBlock(emb_dim, emb_ks, emb_hs, n_freqs, lstm_hidden_units, n_head=attn_n_head,
+                         approx_qk_dim=attn_approx_qk_dim, activation=activation, eps=eps)
+            for _ in range(n_layers)
+        ])
+        self.deconv = nn.ConvTranspose2d(emb_dim, n_srcs * 2, ks, padding=padding)
+
+    @property
+    def num_spk(self) -> int:
+        return self.n_srcs
+
+    def min_length(self) -> int:
+        """Shortest input the official computation accepts: reflect padding needs T > n_fft/2 and the
+        GridNet unfold needs at least emb_ks frames (1 + T // stride >= emb_ks)."""
+        return max(self.n_fft // 2 + 1, (self.emb_ks - 1) * self.stride)
+
+    def forward(self, mix: Tensor) -> Tensor:
+        if mix.ndim == 1:
+            mix = mix[None]
+        if mix.ndim == 2:
+            mix = mix[:, None]  # [B, 1, T]
+        if mix.ndim != 3 or mix.shape[1] != self.n_imics:
+            raise ValueError(f"expected input [B, T] (or [B, {self.n_imics}, T]), got {tuple(mix.shape)}")
+        n_batch, n_mics, n_samples = mix.shape
+        if n_samples < 1:
+            raise ValueError("input has no samples")
+
+        # Official: x / std(x) (unbiased, over mics and samples), outputs * std. Guard std == 0 / T == 1.
+        if n_samples * n_mics > 1:
+            std = torch.std(mix, dim=(1, 2), keepdim=True)
+        else:
+            std = torch.zeros_like(mix[:, :1, :1])
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        x = mix / std
+        length = max(n_samples, self.min_length())
+        if length > n_samples:
+            x = F.pad(x, (0, length - n_samples))
+
+        window = self._window.to(device=x.device, dtype=x.dtype)
+        spec = torch.stft(x.reshape(n_batch * n_mics, length), self.n_fft, self.stride, self.n_fft, window,
+                          center=True, pad_mode="reflect", normalized=False, onesided=True,
+                          return_complex=True)  # [B*M, F, T]
+        spec = spec.transpose(1, 2).reshape(n_batch, n_mics, -1, spec.shape[1])  # [B, M, T, F]
+        batch = torch.cat([spec.real, spec.imag], dim=1)  # [B, 2M, T, F]
+        n_frames, n_freqs = batch.shape[2], batch.shape[3]
+
+        batch = self.conv(batch)
+        for block in self.blocks:
+            batch = block(batch)
+        batch = self.deconv(batch)  # [B, n_srcs*2, T, F]
+
+        batch = batch.view(n_batch * self.n_srcs, 2, n_frames, n_freqs)
+        est = torch.complex(batch[:, 0], batch[:, 1]).transpose(1, 2)  # [B*n_srcs, F, T]
+        wav = torch.istft(est, self.n_fft, self.stride, self.n_fft, window, center=True, normalized=False,
+                          onesided=True, length=length)
+        wav = wav.view(n_batch, self.n_srcs, length)[..., :n_samples]
+        return wav * std.view(n_batch, 1, 1)

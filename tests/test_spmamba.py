@@ -1,0 +1,196 @@
+"""SPMamba network (sepcli.nets.spmamba): official state_dict layout, sizes, shapes and numerics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sepcli.nets import build_network, named_config
+from sepcli.nets.spmamba import CONFIGS, MambaBlock, SPMamba
+
+torch.set_num_threads(1)
+
+TINY = {"n_srcs": 2, "n_fft": 32, "stride": 8, "window": "hann", "n_imics": 1, "n_layers": 2,
+        "lstm_hidden_units": 8, "attn_n_head": 2, "attn_approx_qk_dim": 32, "emb_dim": 4, "emb_ks": 4, "emb_hs": 1,
+        "activation": "prelu", "eps": 1e-5, "sample_rate": 8000}
+
+
+def official_state_dict_layout(n_srcs, n_fft, n_layers, attn_n_head, attn_approx_qk_dim, emb_dim, emb_ks,
+                               n_imics=1, **_):
+    """Keys and shapes of the official look2hear SPMamba, in registration order, written from its source
+    (JusperLee/SPMamba look2hear/models/SPMamba.py with mamba_ssm 1.x Mamba/Block and triton RMSNorm)."""
+    F = n_fft // 2 + 1
+    D = emb_dim * emb_ks  # Mamba d_model
+    di = 4 * D  # expand=4
+    R = math.ceil(D / 16)  # dt_rank="auto"
+    N = 16  # d_state
+    E = math.ceil(attn_approx_qk_dim / F)
+    out = [("conv.0.weight", (emb_dim, 2 * n_imics, 3, 3)), ("conv.0.bias", (emb_dim,)),
+           ("conv.1.weight", (emb_dim,)), ("conv.1.bias", (emb_dim,))]
+    block = [("mixer.A_log", (di, N)), ("mixer.D", (di,)), ("mixer.in_proj.weight", (2 * di, D)),
+             ("mixer.conv1d.weight", (di, 1, 4)), ("mixer.conv1d.bias", (di,)),
+             ("mixer.x_proj.weight", (R + 2 * N, di)), ("mixer.dt_proj.weight", (di, R)),
+             ("mixer.dt_proj.bias", (di,)), ("mixer.out_proj.weight", (D, di)), ("norm.weight", (D,))]
+    for i in range(n_layers):
+        p = f"blocks.{i}."
+        for side in ("intra", "inter"):
+            out += [(p + f"{side}_norm.gamma", (1, emb_dim, 1, 1)), (p + f"{side}_norm.beta", (1, emb_dim, 1, 1))]
+            for direction in ("forward_blocks", "backward_blocks"):
+                out += [(p + f"{side}_mamba.{direction}.0.{k}", s) for k, s in block]
+            out += [(p + f"{side}_linear.weight", (2 * D, emb_dim, emb_ks)), (p + f"{side}_linear.bias", (emb_dim,))]
+
+        def branch(name, ch, p=p):
+            return [(p + f"{name}.0.weight", (ch, emb_dim, 1, 1)), (p + f"{name}.0.bias", (ch,)),
+                    (p + f"{name}.1.weight", (1,)), (p + f"{name}.2.gamma", (1, ch, 1, F)),
+                    (p + f"{name}.2.beta", (1, ch, 1, F))]
+
+        for h in range(attn_n_head):
+            out += branch(f"attn_conv_Q_{h}", E) + branch(f"attn_conv_K_{h}", E)
+            out += branch(f"attn_conv_V_{h}", emb_dim // attn_n_head)
+        out += branch("attn_concat_proj", emb_dim)
+    out += [("deconv.weight", (emb_dim, 2 * n_srcs, 3, 3)), ("deconv.bias", (2 * n_srcs,))]
+    return out
+
+
+def tiny(seed=0) -> SPMamba:
+    torch.manual_seed(seed)
+    return SPMamba(**TINY).eval()
+
+
+@pytest.mark.parametrize("name", ["spmamba-8k", "spmamba-16k", "tiny"])
+def test_state_dict_equals_official_layout(name):
+    args = TINY if name == "tiny" else CONFIGS[name][1]
+    model = SPMamba(**args)
+    got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert got == official_state_dict_layout(**args)
+
+
+def test_parameter_counts_and_named_configs():
+    assert named_config("spmamba-8k")[2] == 8000 and named_config("spmamba-16k")[2] == 16000
+    counts = {}
+    for name in ("spmamba-8k", "spmamba-16k"):
+        arch, args, sr = named_config(name)
+        assert arch == "spmamba" and args["sample_rate"] == sr
+        counts[name] = sum(p.numel() for p in build_network(arch, args).parameters())
+    assert counts == {"spmamba-8k": 6_094_498, "spmamba-16k": 6_141_826}
+    a8, a16 = CONFIGS["spmamba-8k"][1], CONFIGS["spmamba-16k"][1]
+    assert (a8["n_fft"], a8["stride"], a8["emb_dim"], a8["emb_ks"], a8["emb_hs"], a8["n_layers"]) == (256, 64, 16, 8, 1, 6)
+    assert (a8["attn_n_head"], a8["attn_approx_qk_dim"]) == (4, 512)
+    assert (a16["n_fft"], a16["stride"]) == (512, 128)
+
+
+def test_accepts_official_audionet_config_keys():
+    # conf.yml's audionet_config carries input_dim and use_builtin_complex too (ignored, as officially)
+    m = SPMamba(input_dim=64, use_builtin_complex=False, **TINY)
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in tiny().parameters())
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 33, 101, 250, 1001])
+def test_output_shape_any_length(length):
+    m = tiny()
+    with torch.no_grad():
+        y = m(torch.randn(2, length))
+    assert y.shape == (2, 2, length) and torch.isfinite(y).all()
+
+
+def test_full_size_forward_short_inputs():
+    torch.manual_seed(0)
+    m = build_network(*named_config("spmamba-8k")[:2]).eval()
+    x = torch.randn(1, 2000)  # 0.25 s at 8 kHz
+    with torch.no_grad():
+        y = m(x)
+        y1 = m(x[:, :1])
+        y_silent = m(torch.zeros(1, 449))
+    assert y.shape == (1, 2, 2000) and torch.isfinite(y).all() and y.abs().max() > 0
+    assert y1.shape == (1, 2, 1) and torch.isfinite(y1).all()
+    assert y_silent.shape == (1, 2, 449) and torch.isfinite(y_silent).all()
+
+
+def test_deterministic():
+    x = torch.randn(1, 300)
+    a, b = tiny(3), tiny(3)
+    with torch.no_grad():
+        y1, y2, y3 = a(x), a(x), b(x)
+    assert torch.equal(y1, y2) and torch.equal(y1, y3)
+
+
+def test_silence_and_tiny_inputs_give_finite_output():
+    m = tiny()
+    with torch.no_grad():
+        for x in (torch.zeros(2, 400), torch.full((1, 400), 1e-12), torch.zeros(1, 1), torch.ones(1, 1)):
+            assert torch.isfinite(m(x)).all()
+
+
+def test_scale_equivariant_from_std_normalisation():
+    # official numerics: x / std(x) in, outputs * std(x): f(a x) = a f(x) for a > 0
+    m = tiny(1)
+    x = torch.randn(1, 500)
+    with torch.no_grad():
+        y, y3 = m(x), m(3.0 * x)
+    torch.testing.assert_close(y3, 3.0 * y, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_items_are_independent():
+    m = tiny(2)
+    x = torch.randn(3, 350)
+    with torch.no_grad():
+        y = m(x)
+        for i in range(3):
+            torch.testing.assert_close(y[i:i + 1], m(x[i:i + 1]), rtol=1e-4, atol=1e-5)
+
+
+def _set_fused(model, fused, chunk_tokens=None):
+    for mod in model.modules():
+        if isinstance(mod, MambaBlock):
+            mod.fused = fused
+            if chunk_tokens is not None:
+                mod.chunk_tokens = chunk_tokens
+
+
+def test_fused_bidirectional_equals_official_block_composition():
+    m = tiny(4)
+    with torch.no_grad():  # make both directions and all terms distinct from their initial values
+        for name, p in m.named_parameters():
+            if "mamba" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 420)
+    with torch.no_grad():
+        _set_fused(m, False)
+        plain = m(x)
+        _set_fused(m, True, chunk_tokens=10**9)
+        fused = m(x)
+        _set_fused(m, True, chunk_tokens=50)  # many chunks
+        chunked = m(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(chunked, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_mamba_block_plain_path_is_official_recurrence():
+    # MambaBlock.forward_plain: forward = x + mixer(norm(x)); backward on the time-reversed input; concat.
+    torch.manual_seed(5)
+    blk = MambaBlock(16, 1, True).eval()
+    x = torch.randn(3, 9, 16)
+    with torch.no_grad():
+        fb, bb = blk.forward_blocks[0], blk.backward_blocks[0]
+        want_f = x + fb.mixer(fb.norm(x))
+        xr = torch.flip(x, [1])
+        want_b = torch.flip(xr + bb.mixer(bb.norm(xr)), [1])
+        torch.testing.assert_close(blk.forward_plain(x), torch.cat([want_f, want_b], -1))
+        torch.testing.assert_close(blk(x), torch.cat([want_f, want_b], -1), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_path_gradients_match_plain():
+    m = MambaBlock(16, 1, True)
+    x = torch.randn(2, 11, 16, requires_grad=True)
+    m.fused = False
+    m(x).square().sum().backward()
+    g_plain = [p.grad.clone() for p in m.parameters()] + [x.grad.clone()]
+    m.zero_grad()
+    x.grad = None
+    m.fused = True
+    m(x).square().sum().backward()
+    g_fused = [p.grad for p in m.parameters()] + [x.grad]
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
