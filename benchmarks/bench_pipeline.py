@@ -31,7 +31,7 @@ def _model():
     try:
         arch, args, sr = named_config("s4m-tiny-16k")
         label = "s4m-tiny-16k configuration"
-    except Exception:  # the named configuration may not be registered yet
+    except Exception:  # the named configuration may not be registered yet  # noqa: BLE001
         arch, args, sr = "s4m", {"sample_rate": 16000, "n_src": 2, "bn_channels": 64, "hidden": 128,
                                  "num_blocks": 4}, 16000
         label = "small S4M configuration"

@@ -18,7 +18,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -108,7 +107,7 @@ def _summary_table(console, results, title: str) -> None:
     for r in results:
         louds = ", ".join("-" if o.loudness_lufs is None else f"{o.loudness_lufs:.1f}" for o in r.outputs
                           if r.status == "ok")
-        t.add_row(r.input, r.status if r.status != "error" else f"[red]error[/red]",
+        t.add_row(r.input, r.status if r.status != "error" else "[red]error[/red]",
                   str(sum(1 for o in r.outputs if o.path)), louds, ", ".join(r.flags) or (r.error or ""),
                   "-" if r.rtf is None else f"{r.rtf:.3f}")
     console.print(t)
@@ -152,24 +151,24 @@ LOUD_HELP = ("Output loudness: 'match' (each speaker at its level in the mix, ou
 
 @app.command(epilog=EXIT_HELP)
 def separate(
-    inputs: list[str] = typer.Argument(..., help="Audio files (WAV, FLAC, OGG, Opus, MP3, AIFF); '-' = stdin."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created if missing)."),
+    inputs: list[str] = typer.Argument(..., help="Audio files (WAV, FLAC, OGG, Opus, MP3, AIFF); '-' = stdin."),  # noqa: B008
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created if missing)."),  # noqa: B008
     model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
-    segment: Optional[float] = typer.Option(None, help=SEGMENT_HELP),
-    overlap: Optional[float] = typer.Option(None, help=OVERLAP_HELP),
+    segment: float | None = typer.Option(None, help=SEGMENT_HELP),
+    overlap: float | None = typer.Option(None, help=OVERLAP_HELP),
     batch_size: int = typer.Option(1, "--batch-size", help="Segments per model call."),
-    channel: Optional[int] = typer.Option(None, help="Use only this input channel (1 = first) instead of "
+    channel: int | None = typer.Option(None, help="Use only this input channel (1 = first) instead of "
                                                     "the mono downmix."),
     sample_rate: str = typer.Option("input", "--sample-rate", help="Output rate: input, model or Hz."),
     fmt: str = typer.Option("wav", "--format", help="Output format: wav, flac, ogg, mp3."),
-    subtype: Optional[str] = typer.Option(None, help="PCM_16, PCM_24 or FLOAT (wav/flac; default PCM_16)."),
+    subtype: str | None = typer.Option(None, help="PCM_16, PCM_24 or FLOAT (wav/flac; default PCM_16)."),
     name: str = typer.Option("{stem}_spk{k}.{ext}", "--name", help="Output name template: {stem}, {k} "
                                                                    "(speaker, from 1), {ext}."),
     loudness: str = typer.Option("match", help=LOUD_HELP),
     drop_silent: bool = typer.Option(False, "--drop-silent", help="Do not write outputs flagged silent."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    threads: int | None = typer.Option(None, help="CPU threads for the model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or table."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
@@ -215,7 +214,7 @@ def separate(
             raise _fail(exc, debug, EXIT_USAGE) from None
         except AudioError as exc:
             r = FileResult(input=inp, status="error", error=str(exc))
-        except Exception as exc:  # unexpected: still one line per file unless --debug
+        except Exception as exc:  # unexpected: still one line per file unless --debug  # noqa: BLE001
             if debug:
                 traceback.print_exc()
             r = FileResult(input=inp, status="error", error=f"{inp}: {type(exc).__name__}: {exc}")
@@ -252,29 +251,29 @@ class _progress:
 # ---------------------------------------------------------------------- batch
 @app.command(epilog=EXIT_HELP)
 def batch(
-    folder: Path = typer.Argument(..., help="Folder to walk (recursively)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder; the input tree is mirrored under it."),
-    glob: Optional[str] = typer.Option(None, help="Only files matching this pattern (e.g. '*.flac'); "
+    folder: Path = typer.Argument(..., help="Folder to walk (recursively)."),  # noqa: B008
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder; the input tree is mirrored under it."),  # noqa: B008
+    glob: str | None = typer.Option(None, help="Only files matching this pattern (e.g. '*.flac'); "
                                                  "default: every audio extension."),
-    manifest: Optional[Path] = typer.Option(None, help="Append one JSON line per input (status, outputs, "
+    manifest: Path | None = typer.Option(None, help="Append one JSON line per input (status, outputs, "  # noqa: B008
                                                       "error) to this file."),
     jobs: int = typer.Option(1, help="Files decoded/encoded in parallel while one model runs."),
-    shard: Optional[str] = typer.Option(None, help="Process only shard I/N of the sorted file list (0 <= I < N); "
+    shard: str | None = typer.Option(None, help="Process only shard I/N of the sorted file list (0 <= I < N); "
                                                   "default: torchrun's RANK/WORLD_SIZE when set."),
     model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
-    segment: Optional[float] = typer.Option(None, help=SEGMENT_HELP),
-    overlap: Optional[float] = typer.Option(None, help=OVERLAP_HELP),
+    segment: float | None = typer.Option(None, help=SEGMENT_HELP),
+    overlap: float | None = typer.Option(None, help=OVERLAP_HELP),
     batch_size: int = typer.Option(1, "--batch-size", help="Segments per model call."),
-    channel: Optional[int] = typer.Option(None, help="Use only this input channel (1 = first)."),
+    channel: int | None = typer.Option(None, help="Use only this input channel (1 = first)."),
     sample_rate: str = typer.Option("input", "--sample-rate", help="Output rate: input, model or Hz."),
     fmt: str = typer.Option("wav", "--format", help="Output format: wav, flac, ogg, mp3."),
-    subtype: Optional[str] = typer.Option(None, help="PCM_16, PCM_24 or FLOAT (wav/flac)."),
+    subtype: str | None = typer.Option(None, help="PCM_16, PCM_24 or FLOAT (wav/flac)."),
     name: str = typer.Option("{stem}_spk{k}.{ext}", "--name", help="Output name template."),
     loudness: str = typer.Option("match", help=LOUD_HELP),
     drop_silent: bool = typer.Option(False, "--drop-silent", help="Do not write outputs flagged silent."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    threads: int | None = typer.Option(None, help="CPU threads for the model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or table."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
@@ -386,10 +385,10 @@ def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model f
 
 @models_app.command("import-spmamba")
 def models_import_spmamba(
-    config: Path = typer.Option(..., "--config", help="The official training config (conf.yml)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="best_model.pth or a Lightning .ckpt."),
-    name: Optional[str] = typer.Option(None, "--name", help="Install into the zoo under this name."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the model folder here instead."),
+    config: Path = typer.Option(..., "--config", help="The official training config (conf.yml)."),  # noqa: B008
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="best_model.pth or a Lightning .ckpt."),  # noqa: B008
+    name: str | None = typer.Option(None, "--name", help="Install into the zoo under this name."),
+    out: Path | None = typer.Option(None, "--out", help="Write the model folder here instead."),  # noqa: B008
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Convert an official SPMamba checkpoint (JusperLee/SPMamba) into a sepcli model folder."""
@@ -421,7 +420,7 @@ def bench(
     model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
     seconds: float = typer.Option(30.0, help="Length of the synthetic input."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    threads: int | None = typer.Option(None, help="CPU threads."),
     repeat: int = typer.Option(3, help="Timed runs after one warm-up (the median is reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     debug: bool = typer.Option(False, "--debug"),

@@ -38,8 +38,17 @@ import numpy as np
 import torch
 
 from .audio.chunking import SegmentStream, Stitcher, segment_geometry
-from .audio.io import (MAX_RATE, MIN_RATE, OUTPUT_FORMATS, ArrayInput, AtomicWriter, AudioError, AudioInput,
-                       FloatSpool, check_output_format)
+from .audio.io import (
+    MAX_RATE,
+    MIN_RATE,
+    OUTPUT_FORMATS,
+    ArrayInput,
+    AtomicWriter,
+    AudioError,
+    AudioInput,
+    FloatSpool,
+    check_output_format,
+)
 from .audio.loudness import StreamingLoudness, db_to_gain, gain_to_db, target_gain
 from .audio.resample import StreamResampler, expected_length
 from .runtime.device import autocast, configure, inference_dtype, select_device
@@ -587,7 +596,7 @@ def bench_model(sep: Separator, seconds: float = 30.0, repeat: int = 3) -> dict:
         from .kernels import backend_for
 
         backend = backend_for(torch.zeros(1, device=sep.device))
-    except Exception:  # kernels may be absent or not apply to this network
+    except Exception:  # kernels may be absent or not apply to this network  # noqa: BLE001
         backend = "n/a"
     return {"model": m.name, "arch": m.arch, "params_M": round(m.n_params / 1e6, 3), "sample_rate": m.sample_rate,
             "device": str(sep.device), "threads": torch.get_num_threads(), "scan_backend": backend,

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sepcli.audio.io import (ArrayInput, AtomicWriter, AudioError, AudioInput, FloatSpool, check_output_format,
-                             spool_stdin)
+from sepcli.audio.io import (
+    ArrayInput,
+    AtomicWriter,
+    AudioError,
+    AudioInput,
+    FloatSpool,
+    check_output_format,
+    spool_stdin,
+)
 
 IN_FORMATS = [("wav", "WAV", "PCM_16"), ("flac", "FLAC", "PCM_24"), ("ogg", "OGG", "VORBIS"),
               ("opus", "OGG", "OPUS"), ("mp3", "MP3", "MPEG_LAYER_III"), ("aiff", "AIFF", "PCM_16")]
@@ -87,10 +94,9 @@ def test_atomic_writer_formats(tmp_path, fmt, subtype):
 
 def test_atomic_writer_abort_leaves_nothing_and_clips(tmp_path):
     dest = tmp_path / "o.wav"
-    with pytest.raises(RuntimeError):
-        with AtomicWriter(dest, 8000, "wav") as w:
-            w.write(np.ones(100, np.float32))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), AtomicWriter(dest, 8000, "wav") as w:
+        w.write(np.ones(100, np.float32))
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     w = AtomicWriter(dest, 8000, "wav", "PCM_16")
     w.write(np.array([0.5, 1.5, -2.0], np.float32))

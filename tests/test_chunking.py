@@ -7,8 +7,15 @@ import itertools
 import numpy as np
 import pytest
 
-from sepcli.audio.chunking import (SegmentStream, Stitcher, align_order, crossfade_windows, plan_segments,
-                                   segment_geometry, solve_gains)
+from sepcli.audio.chunking import (
+    SegmentStream,
+    Stitcher,
+    align_order,
+    crossfade_windows,
+    plan_segments,
+    segment_geometry,
+    solve_gains,
+)
 
 
 @pytest.mark.parametrize("ov", [1, 2, 7, 64, 1000])

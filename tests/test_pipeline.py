@@ -44,7 +44,7 @@ def _scores(est, ref):
     (2.5, 0.0, 0.25, 1),      # --segment 0: one pass over the whole input
 ])
 def test_outputs_match_true_sources(tmp_path, seconds, segment, overlap, batch):
-    n = int(round(seconds * SR))
+    n = round(seconds * SR)
     src = synthetic_sources(n, SR, seed=int(seconds * 100))
     double = OracleSeparator(src, SR, seed=7)
     sep = Separator(double, segment=segment, overlap=overlap, batch_size=batch, loudness="off", subtype="FLOAT")

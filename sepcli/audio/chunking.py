@@ -31,8 +31,8 @@ def segment_geometry(rate: int, segment_s: float, overlap: float) -> tuple[int, 
         raise ValueError(f"overlap must be between 0 and 0.5, got {overlap}")
     if segment_s <= 0:
         return 0, 0
-    length = max(int(round(segment_s * rate)), 16)
-    ov = int(round(length * overlap))
+    length = max(round(segment_s * rate), 16)
+    ov = round(length * overlap)
     return length, min(ov, length // 2)
 
 

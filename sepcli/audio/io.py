@@ -62,7 +62,7 @@ class AudioInput:
             raise AudioError(path, "no such file")
         try:
             self._f = sf.SoundFile(str(self.path))
-        except Exception as exc:  # libsndfile's messages vary by version; report them in one line
+        except Exception as exc:  # libsndfile's messages vary by version; report them in one line  # noqa: BLE001
             raise AudioError(path, f"cannot decode audio ({_one_line(exc)})") from None
         self.rate = int(self._f.samplerate)
         self.channels = int(self._f.channels)
@@ -96,7 +96,7 @@ class AudioInput:
                     yield data.mean(axis=1, dtype=np.float32)
         except AudioError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise AudioError(self.path, f"decoding failed ({_one_line(exc)})") from None
 
     def close(self) -> None:
@@ -105,7 +105,7 @@ class AudioInput:
             f.close()
             self._f = None
 
-    def __enter__(self) -> AudioInput:
+    def __enter__(self) -> AudioInput:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
@@ -142,7 +142,7 @@ class ArrayInput:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> ArrayInput:
+    def __enter__(self) -> ArrayInput:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
@@ -197,7 +197,7 @@ class AtomicWriter:
         self.frames = 0
         try:
             self._f = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, format=major, subtype=subtype)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self._remove_tmp()
             raise AudioError(self.path, f"cannot write ({_one_line(exc)})") from None
 
@@ -228,11 +228,11 @@ class AtomicWriter:
         if f is not None and not f.closed:
             try:
                 f.close()
-            except Exception:
+            except Exception:  # noqa: BLE001,S110
                 pass
         self._remove_tmp()
 
-    def __enter__(self) -> AtomicWriter:
+    def __enter__(self) -> AtomicWriter:  # noqa: PYI034
         return self
 
     def __exit__(self, exc_type, *rest) -> None:

@@ -17,7 +17,7 @@ def expected_length(n_in: int, in_rate: int, out_rate: int) -> int:
     """Output length of a resampled signal of n_in samples (what soxr produces for a whole signal)."""
     if in_rate == out_rate:
         return n_in
-    return int(round(n_in * out_rate / in_rate))
+    return round(n_in * out_rate / in_rate)
 
 
 class StreamResampler:

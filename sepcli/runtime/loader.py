@@ -117,12 +117,12 @@ def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
 
         try:
             return load_file(str(weights))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise _err(weights, f"not a valid safetensors file ({' '.join(str(exc).split())})") from None
     if weights.suffix in (".pt", ".pth", ".ckpt"):
         try:
             obj = torch.load(str(weights), map_location="cpu", weights_only=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise _err(weights, f"cannot load safely with weights_only=True "
                                 f"({' '.join(str(exc).split())[:200]})") from None
         for key in ("state_dict", "model"):
@@ -189,6 +189,6 @@ def weights_summary(folder: Path) -> tuple[int, int]:
 
     n = 0
     with safe_open(str(w), framework="pt") as f:
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             n += math.prod(f.get_slice(k).get_shape())
     return n, w.stat().st_size
