@@ -305,7 +305,8 @@ def batch(
     t0 = time.perf_counter()
     try:
         results = separate_batch(sep, folder, out, glob=glob, jobs=jobs, shard=shard_ix, manifest=manifest,
-                                 on_result=(lambda r: bar.advance(task)) if bar is not None else None)
+                                 on_result=(lambda r: bar.advance(task)) if bar is not None else None,
+                                 on_plan=(lambda fs: bar.update(task, total=len(fs))) if bar is not None else None)
     except UsageError as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
     finally:

@@ -517,12 +517,14 @@ def shard_files(files: list[Path], index: int, count: int) -> list[Path]:
 def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.PathLike,
                    glob: str | None = None, jobs: int = 1, shard: tuple[int, int] = (0, 1),
                    manifest: str | os.PathLike | None = None,
-                   on_result: Callable[[FileResult], None] | None = None) -> list[FileResult]:
+                   on_result: Callable[[FileResult], None] | None = None,
+                   on_plan: Callable[[list[Path]], None] | None = None) -> list[FileResult]:
     """Separate every audio file under root into the mirrored tree under out_dir.
 
     Inputs whose outputs all exist are `skipped` (a rerun resumes) unless options.overwrite. A bad file is
     an `error` result and the batch goes on. `jobs` files are decoded/encoded in parallel while the model
     runs one batch at a time. With `manifest`, one JSON line per input is appended (status, outputs, error).
+    `on_plan` receives this shard's file list before work starts; `on_result` each result as it finishes.
     """
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
@@ -530,6 +532,8 @@ def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.Pa
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     files = shard_files(find_inputs(root, glob, exclude=out_dir), *shard)
+    if on_plan is not None:
+        on_plan(files)
     protect = set(files)
     lock = threading.Lock()
     mf = open(manifest, "a", encoding="utf-8") if manifest else None  # noqa: SIM115

@@ -275,3 +275,30 @@ def test_bench_reports_rtf(fast_model):
 def test_import_spmamba_needs_name_or_out(tmp_path):
     r = run("models", "import-spmamba", "--config", tmp_path / "c.yml", "--checkpoint", tmp_path / "x.pth")
     assert r.exit_code == 2
+
+
+def test_import_spmamba_calls_the_converter(tmp_path, monkeypatch):
+    """The command is wired to sepcli.runtime.spmamba_import.import_spmamba (a stand-in module here, so the test
+    checks the CLI's wiring and error handling, not the converter)."""
+    import types
+
+    calls = []
+    fake = types.ModuleType("sepcli.runtime.spmamba_import")
+
+    class CheckpointError(Exception):
+        pass
+
+    def import_spmamba(config_yml, checkpoint, out_dir, name):
+        calls.append((Path(config_yml), Path(checkpoint), Path(out_dir), name))
+        if name == "broken":
+            raise CheckpointError(f"{checkpoint}: not an SPMamba checkpoint")
+        return Path(out_dir)
+
+    fake.CheckpointError, fake.import_spmamba = CheckpointError, import_spmamba
+    monkeypatch.setitem(sys.modules, "sepcli.runtime.spmamba_import", fake)
+    cfg, ck = tmp_path / "conf.yml", tmp_path / "best_model.pth"
+    r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "spm")
+    assert r.exit_code == 0 and str(tmp_path / "spm") in r.stdout
+    assert calls[-1] == (cfg, ck, tmp_path / "spm", "spm")
+    r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "broken")
+    assert r.exit_code == 1 and r.stderr.startswith("sepcli: error: ") and "not an SPMamba" in r.stderr
