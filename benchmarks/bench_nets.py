@@ -1,0 +1,189 @@
+"""Separation networks on CPU: real-time factor and peak memory of spmamba-8k, s4m and s4m-tiny on 4, 10 and
+30 s inputs, beside the same networks computed the reference way.
+
+"ours" = default path (fastest scan backend; SPMamba's fused bidirectional block with chunked inference).
+"ref"  = SEPCLI_SCAN=ref (the plain reference scan) and, for SPMamba, SEPCLI_SPMAMBA_FUSED=0 (one Block call
+         per direction, no chunking: the official computation, as the official code runs without CUDA).
+Each case runs in its own subprocess; peak memory is that process's ru_maxrss (model, input and imports
+included). RTF = forward time / audio duration, median of the timed runs after a warm-up call (the
+reference runs once, without warm-up: it has nothing to compile and takes minutes). Random weights, batch 1,
+eval mode, no_grad, flush-to-zero on.
+
+Run: `.venv/bin/python -m benchmarks.run nets`. Quick run (4 s inputs only): `SEPCLI_BENCH_QUICK=1` or
+`python -m benchmarks.bench_nets --quick`. Other flags: --seconds 4 10, --nets spmamba-8k, --threads N,
+--modes ours ref. Reference cases whose estimated memory exceeds 16 GB are skipped ('skipped (est. X GB)').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NETS = ["spmamba-8k", "s4m-8k", "s4m-tiny-8k"]
+SECONDS = [4.0, 10.0, 30.0]
+MODES = ["ours", "ref"]
+MEM_LIMIT_GB = 16.0
+CHILD_TIMEOUT_S = 3 * 3600
+
+
+def estimate_ref_gb(net: str, seconds: float) -> float:
+    """Rough peak memory of the reference computation, GB. SPMamba's reference scan materialises four
+    (batch, 512, length, 16) float tensors per call (exp(dt*A), dt*B*u and the expanded B and C), batch x length
+    ~= frames x 122 patches; plus ~0.45 GB per second of audio for the rest of the network."""
+    if not net.startswith("spmamba"):
+        return 0.5 + 0.05 * seconds
+    sr = 8000 if net.endswith("8k") else 16000
+    hop = 64 if sr == 8000 else 128
+    freqs = 129 if sr == 8000 else 257
+    frames = int(seconds * sr) // hop + 1
+    per_tensor = frames * (freqs - 7) * 512 * 16 * 4
+    return 4 * per_tensor / 1e9 + 0.45 * seconds + 0.5
+
+
+def _child(net: str, seconds: float, threads: int, repeat: int, warmup: bool) -> dict:
+    """Runs inside the subprocess: build, (warm up), time, and report as a dict."""
+    import resource
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    from sepcli.nets import build_network, named_config
+
+    arch, args, sr = named_config(net)
+    torch.manual_seed(0)
+    model = build_network(arch, args).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    x = torch.randn(1, int(seconds * sr)) * 0.1
+    try:
+        from sepcli.kernels import backend_for
+
+        backend = backend_for(x)
+    except Exception as exc:  # noqa: BLE001 - informational only
+        backend = f"n/a ({type(exc).__name__})"
+    first = None
+    times = []
+    with torch.no_grad():
+        if warmup:
+            t0 = time.perf_counter()
+            model(x[:, : int(min(seconds, 2.0) * sr)])
+            first = time.perf_counter() - t0
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            y = model(x)
+            times.append(time.perf_counter() - t0)
+    if not torch.isfinite(y).all():
+        raise RuntimeError("non-finite output")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {"rtf": statistics.median(times) / seconds, "runs": len(times), "first_call_s": first,
+            "peak_gb": peak / 1e9, "params": n_params, "backend": backend}
+
+
+def run_case(net: str, seconds: float, mode: str, threads: int) -> dict:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    if mode == "ref":
+        env["SEPCLI_SCAN"] = "ref"
+        env["SEPCLI_SPMAMBA_FUSED"] = "0"
+        repeat, warmup = 1, False
+    else:
+        env.pop("SEPCLI_SCAN", None)
+        env.pop("SEPCLI_SPMAMBA_FUSED", None)
+        repeat, warmup = (3 if seconds <= 4 else 2 if seconds <= 10 else 1), True
+    cmd = [sys.executable, "-m", "benchmarks.bench_nets", "--child", net, str(seconds), str(threads),
+           str(repeat), "1" if warmup else "0"]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _importable(net: str) -> str | None:
+    try:
+        from sepcli.nets import build_network, named_config
+
+        arch, args, _ = named_config(net)
+        build_network(arch, args)
+    except Exception as exc:  # noqa: BLE001 - a missing network must not stop the others
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def _fmt(r: dict | None, what: str) -> str:
+    if r is None:
+        return "-"
+    if "skipped" in r:
+        return r["skipped"]
+    if "error" in r:
+        return "error"
+    return f"{r['rtf']:.2f}" if what == "rtf" else f"{r['peak_gb']:.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="bench_nets")
+    p.add_argument("--quick", action="store_true", help="4 s inputs only (also SEPCLI_BENCH_QUICK=1)")
+    p.add_argument("--seconds", type=float, nargs="+")
+    p.add_argument("--nets", nargs="+", default=NETS)
+    p.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("SEPCLI_BENCH_THREADS", os.cpu_count() or 1)))
+    a = p.parse_args([] if argv is None else argv)
+    seconds = a.seconds or ([4.0] if a.quick or os.environ.get("SEPCLI_BENCH_QUICK") == "1" else SECONDS)
+
+    print(f"threads {a.threads}; ours = default scan backend + fused SPMamba; ref = SEPCLI_SCAN=ref "
+          f"(+ SEPCLI_SPMAMBA_FUSED=0); RTF = time / audio seconds (lower is faster)", flush=True)
+    results: dict = {}
+    for net in a.nets:
+        why = _importable(net)
+        if why:
+            print(f"{net}: skipped, not importable ({why})", flush=True)
+            continue
+        for secs in seconds:
+            for mode in a.modes:
+                if mode == "ref" and estimate_ref_gb(net, secs) > MEM_LIMIT_GB:
+                    r = {"skipped": f"skipped (est. {estimate_ref_gb(net, secs):.0f} GB)"}
+                else:
+                    t0 = time.perf_counter()
+                    r = run_case(net, secs, mode, a.threads)
+                    r["wall_s"] = time.perf_counter() - t0
+                results[(net, secs, mode)] = r
+                print(f"  {net} {secs:g}s {mode}: {json.dumps(r)}", flush=True)
+
+    print()
+    head = f"{'network':<13} {'input':>6} {'params':>9} {'backend':>8} {'RTF ours':>9} {'RTF ref':>18} " \
+           f"{'speed-up':>8} {'peak GB ours':>12} {'peak GB ref':>18} {'mem ratio':>9}"
+    print(head)
+    print("-" * len(head))
+    for net in a.nets:
+        for secs in seconds:
+            o, r = results.get((net, secs, "ours")), results.get((net, secs, "ref"))
+            if o is None and r is None:
+                continue
+            ok = o is not None and "rtf" in o
+            rok = r is not None and "rtf" in r
+            speed = f"{r['rtf'] / o['rtf']:.1f}x" if ok and rok else "-"
+            mem = f"{r['peak_gb'] / o['peak_gb']:.1f}x" if ok and rok else "-"
+            params = f"{(o or r).get('params', 0) / 1e6:.2f}M" if (ok or rok) else "-"
+            backend = o.get("backend", "-") if ok else "-"
+            print(f"{net:<13} {secs:>5g}s {params:>9} {backend:>8} {_fmt(o, 'rtf'):>9} {_fmt(r, 'rtf'):>18} "
+                  f"{speed:>8} {_fmt(o, 'mem'):>12} {_fmt(r, 'mem'):>18} {mem:>9}")
+    for key, r in results.items():
+        if "error" in r:
+            print(f"error in {key}: {r['error']}")
+    print("Anchors (official code, 2 threads): SPMamba 4 s with mamba_ssm's reference scan RTF 101.8, 7.6 GB; "
+          "official S4M 10 s RTF 0.11, 0.4 GB.")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        net, secs, threads, repeat, warm = sys.argv[2:7]
+        print(json.dumps(_child(net, float(secs), int(threads), int(repeat), warm == "1")))
+    else:
+        main(sys.argv[1:])
