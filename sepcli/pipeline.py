@@ -411,13 +411,18 @@ class Separator:
                     meters[k].update(block[k])
         else:  # raw float stream first; the gain depends on the whole output
             spools.extend(FloatSpool(p.parent) for p in outs)
+            measure = o.loudness != "match"  # `match` needs only the peaks of the raw streams
             raw = [StreamingLoudness(rate) for _ in range(n_src)]
+            peaks = [0.0] * n_src
             for block in self._stream(src, timer, progress):
                 for k in range(n_src):
                     spools[k].write(block[k])
-                    raw[k].update(block[k])
+                    if measure:
+                        raw[k].update(block[k])
+                    elif len(block[k]):
+                        peaks[k] = max(peaks[k], float(np.abs(block[k]).max()))
             if o.loudness == "match":
-                peak = max(r.peak for r in raw)
+                peak = max(peaks)
                 if o.subtype != "FLOAT" and peak > 1.0:
                     g = (1.0 - 1e-6) / peak
                     gains = [g] * n_src
