@@ -133,7 +133,7 @@ def solve_gains(cur: np.ndarray, mix: np.ndarray, prev_tail: np.ndarray | None) 
         a = a + np.diag((co * co).sum(1))
         b = b + (co * p).sum(1)
     # Ridge proportional to each source's own energy: negligible shrinkage (1e-6) for separated sources, and for
-    # near-identical estimates (a poor segment) an even split instead of huge gains of opposite signs.
+    # identical estimates (a segment the model failed on) an even split instead of a singular system.
     d = np.diag(a).copy()
     ridge = RIDGE * d + 1e-12 * (d.mean() + 1e-12)
     return np.linalg.solve(a + np.diag(ridge), b)
