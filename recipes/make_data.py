@@ -1,0 +1,336 @@
+"""Data recipe: speaker pools from Debian's speech packages, and fixed LibriMix-style validation/test sets.
+
+    python recipes/make_data.py --out data            # installs packages (apt), builds everything
+    python recipes/make_data.py --out data --stage sets --sample-rate 8000
+
+Stages:
+  packages  apt-get install the speech packages (enables Debian contrib/non-free for MBROLA)
+  pools     data/pools/<speaker>.npy + speakers.json at 16 kHz: real recorded people and synthetic voices
+  sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout)
+
+Split by person (see HELD_OUT): validation and test people never appear in training. Nothing is downloaded
+except Debian packages; generated data stays out of git (data/ is ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
+from sepcli.train.speakers import Speaker, assign_splits, load_pool, write_index  # noqa: E402
+
+POOL_SR = 16000
+SND = "/usr/share/asterisk/sounds"
+
+APT_PACKAGES = [
+    "espeak-ng", "mbrola", "flite", "libttspico-utils",
+    "asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722", "asterisk-core-sounds-fr-g722",
+    "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "asterisk-prompt-it-menardi-wav",
+    "asterisk-prompt-fr-armelle", "asterisk-prompt-es-co", "fillets-ng-data-nl", "klettres-data",
+]
+
+# person -> split. Everything not named here trains.
+HELD_OUT = {
+    # real recorded people, 16 kHz: the test of generalisation to unseen humans
+    "carlo": "test", "ivr-ru": "test", "june": "test",
+    # real, 8 kHz, for validation during training
+    "menardi": "val", "armelle": "val",
+    # synthetic voices (MBROLA databases = recorded people behind them)
+    "mbrola-us2": "test", "mbrola-fr4": "test", "mbrola-de5": "test", "mbrola-it3": "test",
+    "mbrola-nl2": "test", "mbrola-pl1": "test",
+    "mbrola-us3": "val", "mbrola-de2": "val", "mbrola-es2": "val", "mbrola-fr1": "val",
+}
+
+
+# ----------------------------------------------------------------------------------------------- packages
+def ensure_packages() -> None:
+    missing = [p for p in APT_PACKAGES if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode]
+    mbrola_voices = subprocess.run(["bash", "-c", "apt-cache search '^mbrola-' | cut -d' ' -f1"],
+                                   capture_output=True, text=True).stdout.split()
+    if missing or not glob.glob("/usr/share/mbrola/*/"):
+        src = Path("/etc/apt/sources.list.d/sepcli-contrib.sources")
+        if not src.exists():
+            src.write_text("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n"
+                           "Components: contrib non-free\n"
+                           "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        mbrola_voices = subprocess.run(["bash", "-c", "apt-cache search '^mbrola-' | cut -d' ' -f1"],
+                                       capture_output=True, text=True).stdout.split()
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-q", *APT_PACKAGES, *mbrola_voices], check=True, env=env)
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+def decode(path: str) -> tuple[np.ndarray, int]:
+    ext = path.rsplit(".", 1)[-1].lower()
+    if ext in ("g722", "gsm"):
+        import av
+
+        with av.open(path, format=ext) as c:
+            rate = c.streams.audio[0].rate
+            frames = [f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]
+        x = np.concatenate(frames).astype(np.float32)
+        return x / 32768.0 if frames and frames[0].dtype == np.int16 else x, rate
+    x, rate = sf.read(path, dtype="float32", always_2d=True)
+    return x.mean(1), rate
+
+
+def trim(x: np.ndarray, sr: int, floor_db: float = -40.0) -> np.ndarray:
+    hop = sr // 100
+    n = len(x) // hop
+    if n == 0:
+        return x[:0]
+    e = 10 * np.log10((x[: n * hop].reshape(n, hop) ** 2).mean(1) + 1e-12)
+    on = np.nonzero(e > e.max() + floor_db)[0]
+    if len(on) == 0:
+        return x[:0]
+    return x[max(0, on[0] - 2) * hop: (on[-1] + 3) * hop]
+
+
+def join_utterances(parts: list[np.ndarray], seed: int) -> np.ndarray:
+    """Utterances joined with 50-350 ms pauses, resampled to POOL_SR already."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in parts:
+        out.append(p)
+        out.append(np.zeros(int(POOL_SR * rng.uniform(0.05, 0.35)), np.float32))
+    x = np.concatenate(out) if out else np.zeros(0, np.float32)
+    peak = np.abs(x).max() if len(x) else 0
+    return x / peak * 0.9 if peak > 0 else x
+
+
+def to_pool_rate(x: np.ndarray, sr: int) -> np.ndarray:
+    return x if sr == POOL_SR else soxr.resample(x, sr, POOL_SR).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- sources
+def real_jobs() -> list[tuple[str, str, list[str]]]:
+    """(speaker id, person, files). Folder names are per person; symlinked duplicates are skipped."""
+    jobs = [
+        ("allison-en", "allison", sorted(glob.glob(f"{SND}/en_US_f_Allison/**/*.g722", recursive=True))),
+        ("allison-es", "allison", sorted(glob.glob(f"{SND}/es_MX_f_Allison/**/*.g722", recursive=True))),
+        ("june", "june", sorted(glob.glob(f"{SND}/fr_CA_f_June/**/*.g722", recursive=True))),
+        ("carlo", "carlo", sorted(glob.glob(f"{SND}/it_IT_m_Carlo/**/*.g722", recursive=True))),
+        ("ivr-ru", "ivr-ru", sorted(glob.glob(f"{SND}/ru_RU_f_IvrvoiceRU/**/*.g722", recursive=True))),
+        ("menardi", "menardi", sorted(glob.glob(f"{SND}/it_IT_f_Menardi/**/*.wav", recursive=True))),
+        ("armelle", "armelle", sorted(glob.glob(f"{SND}/fr/**/*.gsm", recursive=True))),
+        ("es-co", "es-co", sorted(glob.glob(f"{SND}/es/**/*.gsm", recursive=True))),
+    ]
+    fil = sorted(glob.glob("/usr/share/games/fillets-ng/sound/*/nl/*.ogg"))
+    for code, person in (("m", "fillets-small-fish"), ("v", "fillets-big-fish")):
+        jobs.append((person, person, [f for f in fil if re.match(rf"^[a-z0-9]+-{code}-", Path(f).name)]))
+    for lang_dir in sorted(glob.glob("/usr/share/klettres/*/")):
+        lang = Path(lang_dir).name
+        files = sorted(glob.glob(f"{lang_dir}**/*.ogg", recursive=True))
+        if files:
+            jobs.append((f"klettres-{lang}", f"klettres-{lang}", files))
+    return [j for j in jobs if j[2]]
+
+
+def build_real(job) -> tuple[str, str, str, np.ndarray]:
+    sid, person, files = job
+    parts = []
+    for i, f in enumerate(files):
+        try:
+            x, sr = decode(f)
+        except Exception:  # a damaged prompt is skipped, not fatal
+            continue
+        x = trim(x, sr)
+        if len(x) > sr // 10:
+            parts.append(to_pool_rate(x, sr))
+    return sid, person, "real", join_utterances(parts, seed=len(sid))
+
+
+def sentences() -> list[str]:
+    """English sentences from the docstrings of Python's standard library (offline text)."""
+    import pydoc  # noqa: F401  (forces many stdlib modules to be importable)
+
+    mods = ["os", "re", "json", "collections", "itertools", "functools", "pathlib", "subprocess", "argparse",
+            "logging", "threading", "socket", "email", "http.client", "unittest", "decimal", "fractions",
+            "statistics", "random", "datetime", "calendar", "textwrap", "string", "shutil", "tarfile", "zipfile",
+            "csv", "sqlite3", "xml.dom.minidom", "urllib.parse", "asyncio", "typing", "inspect", "dataclasses"]
+    out = []
+    for name in mods:
+        try:
+            mod = __import__(name, fromlist=["x"])
+        except Exception:
+            continue
+        docs = [mod.__doc__ or ""] + [getattr(getattr(mod, a, None), "__doc__", "") or "" for a in dir(mod)]
+        for d in docs:
+            if not isinstance(d, str):
+                continue
+            for s in re.split(r"(?<=[.!?])\s+", " ".join(d.split())):
+                words = s.split()
+                if 5 <= len(words) <= 25 and re.fullmatch(r"[A-Za-z ,;:'\-.()!?]+", s):
+                    out.append(s)
+    return sorted(set(out))
+
+
+def tts(cmd: list[str], wav: str) -> np.ndarray:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    x, sr = sf.read(wav, dtype="float32", always_2d=True)
+    return to_pool_rate(x.mean(1), sr)
+
+
+def synth_jobs(n_sentences: int = 60) -> list[tuple]:
+    """(speaker id, person, engine, voice, [(speed, pitch)...]) for every synthetic voice."""
+    jobs = []
+    voices = subprocess.run(["espeak-ng", "--voices=mb"], capture_output=True, text=True).stdout.splitlines()[1:]
+    by_db: dict[str, list[str]] = {}
+    for line in voices:
+        f = line.split()[4] if len(line.split()) > 4 else ""
+        m = re.match(r"mb/(mb-([a-z]+\d)(-en)?)$", f)
+        if m and Path(f"/usr/share/mbrola/{m.group(2)}").exists():
+            by_db.setdefault(m.group(2), []).append(m.group(1))
+    for db, vs in sorted(by_db.items()):
+        voice = next((v for v in vs if v.endswith("-en")), vs[0])
+        jobs.append((f"mbrola-{db}", f"mbrola-{db}", "espeak", voice))
+    for v in ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
+              "croak", "whisper", "Andy", "Denis", "Mr serious", "Alvin", "Gene", "Lee", "Mario", "Michael"]:
+        jobs.append((f"espeak-{v.replace(' ', '')}", f"espeak-{v.replace(' ', '')}", "espeak", f"en-us+{v}"))
+    for v in ["kal16", "awb", "rms", "slt"]:
+        jobs.append((f"flite-{v}", f"flite-{v}", "flite", v))
+    for v in ["en-US", "en-GB", "de-DE", "es-ES", "fr-FR", "it-IT"]:
+        jobs.append((f"pico-{v}", f"pico-{v}", "pico", v))
+    return jobs
+
+
+def build_synth(job_and_text) -> tuple[str, str, str, np.ndarray]:
+    (sid, person, engine, voice), text = job_and_text
+    rng = np.random.default_rng(zlib.crc32(sid.encode()))
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = f"{tmp}/o.wav"
+        for chunk in range(0, len(text), 6):
+            t = " ".join(text[chunk: chunk + 6])
+            speed, pitch = int(rng.uniform(130, 200)), int(rng.uniform(25, 75))
+            try:
+                if engine == "espeak":
+                    x = tts(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", wav, t], wav)
+                elif engine == "flite":
+                    x = tts(["flite", "-voice", voice, "-t", t, "-o", wav], wav)
+                else:
+                    x = tts(["pico2wave", "-l", voice, "-w", wav, t], wav)
+            except Exception:
+                continue
+            x = trim(x, POOL_SR)
+            if len(x):
+                parts.append(x)
+    return sid, person, "synthetic", join_utterances(parts, seed=len(sid))
+
+
+def build_pools(out: Path, n_sentences: int, jobs_n: int) -> None:
+    pool_dir = out / "pools"
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    text = sentences()
+    rng = np.random.default_rng(0)
+    sj = synth_jobs()
+    synth_inputs = [(j, list(rng.choice(text, size=min(n_sentences, len(text)), replace=False))) for j in sj]
+    results = []
+    with ProcessPoolExecutor(jobs_n) as ex:
+        for sid, person, kind, x in itertools.chain(ex.map(build_real, real_jobs()),
+                                                    ex.map(build_synth, synth_inputs)):
+            if len(x) < POOL_SR * 2:
+                print(f"  skip {sid}: {len(x) / POOL_SR:.1f} s", flush=True)
+                continue
+            np.save(pool_dir / f"{sid}.npy", x.astype(np.float16))
+            results.append((sid, person, kind, len(x) / POOL_SR))
+            print(f"  {sid:28s} {kind:9s} {len(x) / POOL_SR:7.1f} s", flush=True)
+    split = assign_splits(sorted({r[1] for r in results}), HELD_OUT)
+    speakers = [Speaker(id=sid, person=p, kind=k, split=split[p], seconds=round(s, 1))
+                for sid, p, k, s in results]
+    write_index(pool_dir, POOL_SR, speakers)
+    for name in ("train", "val", "test"):
+        sel = [s for s in speakers if s.split == name]
+        print(f"{name}: {len({s.person for s in sel})} persons, {sum(s.seconds for s in sel) / 60:.0f} min")
+
+
+# ----------------------------------------------------------------------------------------------- fixed sets
+def write_set(folder: Path, pools, persons, sr_pool: int, sr: int, n: int, seed: int, seconds: float,
+              pairs: list[tuple[str, str]] | None = None) -> None:
+    """LibriMix layout: mix/, s1/, s2/ with identical names, metadata.csv. Clean mixtures (no augmentation)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    for sub in ("mix", "s1", "s2"):
+        (folder / sub).mkdir(parents=True)
+    opt = MixOptions(seconds=seconds, speed=0.0, tilt_prob=0.0, reverb_prob=0.0, noise_prob=0.0,
+                     level_db=(-28.0, -22.0))
+    rows = []
+    for i in range(n):
+        rng = rng_for(seed, i)
+        if pairs:
+            a, b = pairs[i % len(pairs)]
+            keep = [j for j, p in enumerate(persons) if p in (a, b)]
+            mix, src, meta = make_mixture(rng, [pools[j] for j in keep], [persons[j] for j in keep], sr_pool, opt)
+        else:
+            mix, src, meta = make_mixture(rng, pools, persons, sr_pool, opt)
+        if sr != sr_pool:
+            mix = soxr.resample(mix, sr_pool, sr)
+            src = np.stack([soxr.resample(s, sr_pool, sr) for s in src])
+        name = f"{i:04d}_{meta['speakers'][0]}_{meta['speakers'][1]}.wav"
+        sf.write(folder / "mix" / name, mix, sr, subtype="FLOAT")
+        for k in range(2):
+            sf.write(folder / f"s{k + 1}" / name, src[k], sr, subtype="FLOAT")
+        rows.append({"mixture_ID": name[:-4], "mixture_path": f"mix/{name}", "source_1_path": f"s1/{name}",
+                     "source_2_path": f"s2/{name}", "speaker_1": meta["speakers"][0],
+                     "speaker_2": meta["speakers"][1], "gain_db_1": meta["gains_db"][0],
+                     "gain_db_2": meta["gains_db"][1], "length": len(mix)})
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
+    pool_dir = out / "pools"
+    base = out / f"{sr // 1000}k"
+    for name, split, kinds, seed in (("val", "val", ("real", "synthetic"), 1),
+                                     ("test_real", "test", ("real",), 2),
+                                     ("test_synth", "test", ("synthetic",), 3)):
+        sr_pool, spk, audio = load_pool(pool_dir, split, kinds)
+        persons = [s.person for s in spk]
+        pairs = list(itertools.combinations(sorted(set(persons)), 2)) if name == "test_real" else None
+        write_set(base / name, audio, persons, sr_pool, sr, n, seed, seconds, pairs)
+        print(f"{base / name}: {n} mixtures of {len(set(persons))} persons", flush=True)
+    (base / "README.json").write_text(json.dumps({"held_out": HELD_OUT, "seconds": seconds, "n": n}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("data"))
+    ap.add_argument("--stage", choices=["all", "packages", "pools", "sets"], default="all")
+    ap.add_argument("--sample-rate", type=int, nargs="+", default=[16000, 8000])
+    ap.add_argument("--sentences", type=int, default=60, help="sentences per synthetic voice")
+    ap.add_argument("--n", type=int, default=150, help="mixtures per fixed set")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    a = ap.parse_args()
+    if a.stage in ("all", "packages"):
+        ensure_packages()
+    if a.stage in ("all", "pools"):
+        build_pools(a.out, a.sentences, a.jobs)
+    if a.stage in ("all", "sets"):
+        for sr in a.sample_rate:
+            build_sets(a.out, sr, a.n, a.seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Diagonal state-space layer (S4D), bidirectional, with FFT convolution.
+
+Facts from Gu et al., "On the Parameterization and Initialization of Diagonal State Space Models" (S4D,
+NeurIPS 2022) and the standalone S4 layer that S4M uses (state-spaces/s4, `S4(..., bidirectional=True,
+transposed=True)`: D skip, GELU, then a position-wise linear H -> 2H with GLU):
+
+    x'(t) = A x(t) + B u(t),  y(t) = C x(t)          A diagonal complex, B = 1 (absorbed in C)
+    zero-order hold with step dt:   dA = exp(dt A),  dB = (exp(dt A) - 1) / A
+    kernel  K[l] = 2 Re( sum_n C_n dB_n dA_n^l )     (the Vandermonde product; conjugate pairs halve N)
+    y = K * u (causal convolution, done by FFT) + D u
+
+Bidirectional: a second kernel K' runs anticausally: y[t] += sum_{m>=1} K'[m-1] u[t+m]. Both are done by one
+FFT of length 2L with the second kernel flipped into the upper half.
+
+In eval mode with gradients off, the kernel's FFT is cached per (length, device, dtype) and recomputed when a
+parameter changes (tracked through the tensors' version counters).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class S4DKernel(nn.Module):
+    """Generates the [channels, H, L] convolution kernels of an S4D layer."""
+
+    def __init__(self, d_model: int, d_state: int = 16, channels: int = 2,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__()
+        h, n2 = d_model, d_state // 2
+        log_dt = torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_dt = nn.Parameter(log_dt)
+        # S4D-Lin initialisation: A_n = -1/2 + i * pi * n
+        self.log_a_real = nn.Parameter(torch.log(0.5 * torch.ones(h, n2)))
+        self.a_imag = nn.Parameter(math.pi * torch.arange(n2, dtype=torch.float32).repeat(h, 1))
+        # C complex, stored as (real, imag) pairs; variance 1/2 per part
+        self.c = nn.Parameter(torch.randn(channels, h, n2, 2) * math.sqrt(0.5))
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dA [H, N/2], C*dB [channels, H, N/2]) as complex tensors (fp32 or wider)."""
+        dtype = torch.promote_types(self.log_dt.dtype, torch.float32)
+        dt = torch.exp(self.log_dt.to(dtype))
+        a = torch.complex(-torch.exp(self.log_a_real.to(dtype)), self.a_imag.to(dtype))
+        dta = a * dt.unsqueeze(-1)
+        c = torch.view_as_complex(self.c.to(dtype).contiguous())
+        return torch.exp(dta), c * (torch.exp(dta) - 1.0) / a
+
+    def forward(self, length: int) -> torch.Tensor:
+        da, cdb = self.discrete()
+        # Vandermonde: dA^l for l < L, as exp(l * log dA) to stay stable for long L
+        power = torch.exp(torch.log(da).unsqueeze(-1) * torch.arange(length, device=da.device))  # [H, N2, L]
+        k = torch.einsum("chn,hnl->chl", cdb, power)
+        return 2.0 * k.real
+
+
+class S4D(nn.Module):
+    """Bidirectional S4D layer on [B, H, L] ("transposed") input: conv -> +D u -> GELU -> Linear(H, 2H) -> GLU."""
+
+    def __init__(self, d_model: int, d_state: int = 16, bidirectional: bool = True):
+        super().__init__()
+        self.h = d_model
+        self.bidirectional = bidirectional
+        self.kernel = S4DKernel(d_model, d_state, channels=2 if bidirectional else 1)
+        self.D = nn.Parameter(torch.randn(d_model))
+        self.output_linear = nn.Conv1d(d_model, 2 * d_model, 1)
+        self._cache: dict = {}
+
+    def _version(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.kernel.parameters())
+
+    def kernel_fft(self, length: int, n_fft: int, device, dtype) -> torch.Tensor:
+        """rfft of the (combined, possibly bidirectional) kernel, [H, n_fft//2+1]; cached in inference."""
+        use_cache = not self.training and not torch.is_grad_enabled()
+        key = (length, n_fft, str(device), dtype)
+        if use_cache:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == self._version():
+                return hit[1]
+        k = self.kernel(length)  # [C, H, L]
+        if self.bidirectional:
+            k = F.pad(k[0], (0, n_fft - length)) + F.pad(k[1].flip(-1), (n_fft - length, 0))
+        else:
+            k = F.pad(k[0], (0, n_fft - length))
+        kf = torch.fft.rfft(k, n=n_fft)
+        if use_cache:
+            if len(self._cache) > 8:  # bounded: a long file's few distinct segment lengths
+                self._cache.clear()
+            self._cache[key] = (self._version(), kf)
+        return kf
+
+    def train(self, mode: bool = True):
+        self._cache.clear()
+        return super().train(mode)
+
+    def conv(self, u: torch.Tensor) -> torch.Tensor:
+        """The linear state-space part only: y = K * u (+ anticausal K' * u), no D, no activation."""
+        length = u.shape[-1]
+        n_fft = 2 * length
+        kf = self.kernel_fft(length, n_fft, u.device, u.dtype)
+        uf = torch.fft.rfft(u.float(), n=n_fft)
+        return torch.fft.irfft(uf * kf, n=n_fft)[..., :length].to(u.dtype)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        y = self.conv(u) + u * self.D.unsqueeze(-1)
+        y = F.gelu(y)
+        return F.glu(self.output_linear(y), dim=1)

@@ -1,0 +1,114 @@
+"""Training data: LibriMix-style folders and dynamic mixing from speaker pools.
+
+LibriMix layout: `mix/`, `s1/`, `s2/` (, `s3/`...) with identical file names; `metadata.csv` optional.
+Items are (mix [T], sources [n_src, T]) float32 tensors at the dataset's sample rate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch.utils.data import Dataset
+
+from .mixing import MixOptions, make_mixture, rng_for
+from .speakers import load_pool
+
+AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
+
+
+class DataError(ValueError):
+    """A training/evaluation data folder that cannot be used (message names the folder and the problem)."""
+
+
+def librimix_items(folder: Path) -> tuple[list[Path], list[list[Path]]]:
+    """(mixture paths, per-mixture source paths) of a LibriMix-style folder, sorted by name."""
+    folder = Path(folder)
+    mix_dir = folder / "mix"
+    if not mix_dir.is_dir():
+        # LibriMix proper names it mix_clean / mix_both
+        cands = sorted(p for p in folder.glob("mix*") if p.is_dir())
+        if not cands:
+            raise DataError(f"{folder}: no mix/ folder (expected LibriMix layout: mix/, s1/, s2/)")
+        mix_dir = cands[0]
+    src_dirs = sorted((p for p in folder.glob("s[0-9]*") if p.is_dir()), key=lambda p: int(p.name[1:]))
+    if len(src_dirs) < 2:
+        raise DataError(f"{folder}: expected source folders s1/, s2/ beside {mix_dir.name}/")
+    mixes = sorted(p for p in mix_dir.iterdir() if p.suffix.lower() in AUDIO_EXT)
+    if not mixes:
+        raise DataError(f"{mix_dir}: no audio files")
+    sources = []
+    for m in mixes:
+        srcs = [d / m.name for d in src_dirs]
+        missing = [str(s) for s in srcs if not s.exists()]
+        if missing:
+            raise DataError(f"{m}: missing source file(s) {', '.join(missing[:3])}")
+        sources.append(srcs)
+    return mixes, sources
+
+
+def read_mono(path: Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    x = x.mean(1)
+    if sample_rate and sr != sample_rate:
+        x = soxr.resample(x, sr, sample_rate).astype(np.float32)
+        sr = sample_rate
+    return x, sr
+
+
+class LibriMixDataset(Dataset):
+    """Fixed mixtures from a LibriMix folder; `segment` seconds crops (random, seeded per item) or whole files."""
+
+    def __init__(self, folder: Path, sample_rate: int, segment: float | None = None, seed: int = 0):
+        self.mixes, self.sources = librimix_items(folder)
+        self.sample_rate = sample_rate
+        self.segment = segment
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.mixes)
+
+    def __getitem__(self, i: int):
+        mix, _ = read_mono(self.mixes[i], self.sample_rate)
+        srcs = np.stack([read_mono(p, self.sample_rate)[0][: len(mix)] for p in self.sources[i]])
+        if self.segment:
+            n = int(self.segment * self.sample_rate)
+            if len(mix) > n:
+                start = int(rng_for(self.seed + self.epoch, i).integers(0, len(mix) - n + 1))
+                mix, srcs = mix[start: start + n], srcs[:, start: start + n]
+            elif len(mix) < n:
+                mix = np.pad(mix, (0, n - len(mix)))
+                srcs = np.pad(srcs, ((0, 0), (0, n - srcs.shape[1])))
+        return torch.from_numpy(np.ascontiguousarray(mix)), torch.from_numpy(np.ascontiguousarray(srcs))
+
+
+class DynamicMixDataset(Dataset):
+    """Endless-style dataset: item i is a fresh mixture drawn with rng(seed, i) from a split's speaker pools."""
+
+    def __init__(self, pools: Path, sample_rate: int, options: MixOptions, split: str = "train",
+                 length: int = 10**9, seed: int = 0):
+        sr_pool, speakers, audio = load_pool(Path(pools), split)
+        if len({s.person for s in speakers}) < options.n_src:
+            raise DataError(f"{pools}: split {split!r} has fewer than {options.n_src} persons")
+        if sr_pool != sample_rate:
+            audio = [soxr.resample(np.asarray(a, np.float32), sr_pool, sample_rate).astype(np.float16)
+                     for a in audio]
+        self.audio = audio
+        self.persons = [s.person for s in speakers]
+        self.speakers = speakers
+        self.sample_rate = sample_rate
+        self.options = options
+        self.length = length
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        mix, srcs, _ = make_mixture(rng_for(self.seed, i), self.audio, self.persons, self.sample_rate,
+                                    self.options)
+        return torch.from_numpy(mix), torch.from_numpy(srcs)

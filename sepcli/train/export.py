@@ -1,0 +1,69 @@
+"""Export a trained network as a model folder: config.json + weights.safetensors (fp32) + MODEL_CARD.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: str, history: list | None = None,
+                        train_config: dict | None = None, seconds_per_step: float | None = None,
+                        segment: float = 4.0, overlap: float = 0.25, input_loudness: float | None = -25.0,
+                        extra: dict | None = None) -> Path:
+    """Write the folder atomically (a sibling temp folder renamed over the old one). Returns the folder."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    params = sum(p.numel() for p in model.parameters())
+    last = (history or [{}])[-1]
+    best = max((h for h in history or [] if "si_snri" in h), key=lambda h: h["si_snri"], default=None)
+    config = {
+        "name": name,
+        "arch": meta["arch"],
+        "arch_args": meta["arch_args"],
+        "sample_rate": int(meta["sample_rate"]),
+        "n_src": int(meta.get("n_src", 2)),
+        "segment": segment,
+        "overlap": overlap,
+        "input_loudness": input_loudness,
+        "aliases": [],
+        "description": f"{meta['arch']} network trained with sepcli train",
+        "parameters": params,
+        "provenance": {"exported": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                       "step": last.get("step"), "seconds_per_step": seconds_per_step,
+                       "train_config": train_config or {}},
+        "eval": {"val_si_snri": best["si_snri"] if best else None, "val_step": best["step"] if best else None},
+    }
+    if extra:
+        config.update(extra)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(state, str(tmp / "weights.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        card = folder / "MODEL_CARD.md"
+        if card.exists():  # a hand-written card is kept
+            shutil.copy2(card, tmp / "MODEL_CARD.md")
+        else:
+            (tmp / "MODEL_CARD.md").write_text(
+                f"# {name}\n\n{meta['arch']} network, {params / 1e6:.2f} M parameters, "
+                f"{config['sample_rate']} Hz, {config['n_src']} sources.\n\n"
+                f"Trained with `sepcli train` to step {last.get('step')}; best validation SI-SNRi "
+                f"{config['eval']['val_si_snri']} dB.\n")
+        if folder.exists():
+            old = folder.with_name(folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

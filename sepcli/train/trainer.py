@@ -1,0 +1,313 @@
+"""Training loop: PIT SI-SNR, Adam, clipping, warm-up + plateau-halving schedule, exact checkpoint/resume, DDP.
+
+Resumability: every batch is a pure function of (seed, global step, rank) — dynamic mixtures are drawn with
+rng(seed, index) and LibriMix folders are visited in a per-epoch permutation drawn from rng(seed, epoch) — so a
+run resumed from a checkpoint (weights, Adam state, schedule state, step, torch RNG) continues exactly as a run
+that never stopped. Under torchrun the global batch is split across ranks by index (each rank takes its own
+slice of every step's indices: a distributed sampler without state), gradients are averaged by DDP (gloo on
+CPU, nccl on CUDA), and rank 0 validates, checkpoints and exports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import metrics
+from ..nets import build_network, named_config
+from .data import DataError, DynamicMixDataset, LibriMixDataset
+from .export import export_model_folder
+from .mixing import MixOptions
+
+
+@dataclass
+class TrainConfig:
+    out: Path
+    arch: str | None = None             # a named network configuration (sepcli.nets.configs)
+    init: str | None = None             # or a model (name or folder) to fine-tune
+    arch_args: dict = field(default_factory=dict)  # overrides of the named configuration's arguments
+    data: Path | None = None            # LibriMix-style folder
+    pools: Path | None = None           # or speaker pools for dynamic mixing
+    val_data: Path | None = None        # LibriMix-style folder for validation SI-SNRi
+    sample_rate: int | None = None
+    segment: float = 2.0
+    batch_size: int = 4
+    steps: int | None = None
+    epochs: int | None = None
+    epoch_steps: int = 500              # with dynamic mixing: steps between validations
+    lr: float = 1e-3
+    clip: float = 5.0
+    warmup: int = 200
+    patience: int = 4                   # validations without improvement before the lr halves
+    seed: int = 0
+    ckpt_minutes: float = 5.0
+    max_minutes: float | None = None    # stop cleanly (checkpoint) after this wall time
+    resume: bool = False
+    reverb_prob: float = 0.0
+    noise_prob: float = 0.0
+    speed: float = 0.15
+    name: str | None = None             # exported model name
+    threads: int | None = None
+    bf16: bool = False
+    val_limit: int | None = None
+    log_every: int = 10
+    quiet: bool = False
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+def _dist() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _build(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict, int]:
+    if cfg.init:
+        from ..runtime.loader import load_model_folder_for_training
+
+        model, meta = load_model_folder_for_training(cfg.init)
+        return model, meta["arch"], dict(meta["arch_args"]), int(meta["sample_rate"])
+    if not cfg.arch:
+        raise TrainError("give --arch (a network configuration) or --init (a model to start from)")
+    arch, args, sr = named_config(cfg.arch)
+    args.update(cfg.arch_args)
+    if cfg.sample_rate and cfg.sample_rate != sr:
+        sr = cfg.sample_rate
+        if "sample_rate" in args:
+            args["sample_rate"] = sr
+    return build_network(arch, args), arch, args, sr
+
+
+class Schedule:
+    """lr = base * min(1, (step+1)/warmup) * scale; scale halves after `patience` validations without a new best."""
+
+    def __init__(self, base: float, warmup: int, patience: int):
+        self.base, self.warmup, self.patience = base, warmup, patience
+        self.scale, self.best, self.bad = 1.0, -math.inf, 0
+
+    def lr(self, step: int) -> float:
+        return self.base * min(1.0, (step + 1) / max(1, self.warmup)) * self.scale
+
+    def validated(self, score: float) -> bool:
+        """Record a validation score; True when it is a new best."""
+        if score > self.best:
+            self.best, self.bad = score, 0
+            return True
+        self.bad += 1
+        if self.bad >= self.patience:
+            self.scale, self.bad = self.scale * 0.5, 0
+        return False
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.scale, self.best, self.bad = float(d["scale"]), float(d["best"]), int(d["bad"])
+
+
+def batch_indices(step: int, rank: int, world: int, batch: int, n_items: int | None, seed: int,
+                  steps_per_epoch: int | None) -> list[int]:
+    """The dataset indices of one rank's share of a global step (pure function: exact resume, no overlap)."""
+    if n_items is None:  # dynamic mixing: every index is a new mixture
+        base = (step * world + rank) * batch
+        return list(range(base, base + batch))
+    epoch, pos = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n_items)
+    start = (pos * world + rank) * batch
+    return [int(perm[(start + j) % n_items]) for j in range(batch)]
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, ds: LibriMixDataset, batch: int = 4, limit: int | None = None) -> dict:
+    """Mean SI-SNR and SI-SNRi (dB) of the model on whole validation mixtures (PIT-matched)."""
+    was = model.training
+    model.eval()
+    n = len(ds) if limit is None else min(limit, len(ds))
+    vals, imps = [], []
+    for i in range(0, n, batch):
+        items = [ds[j] for j in range(i, min(n, i + batch))]
+        length = min(m.shape[-1] for m, _ in items)
+        mix = torch.stack([m[:length] for m, _ in items])
+        ref = torch.stack([s[:, :length] for _, s in items])
+        est = model(mix)
+        score, _ = metrics.pit_si_snr(est, ref)
+        base = metrics.si_snr(mix.unsqueeze(1).expand_as(ref), ref).mean(-1)
+        vals += score.tolist()
+        imps += (score - base).tolist()
+    model.train(was)
+    return {"si_snr": float(np.mean(vals)), "si_snri": float(np.mean(imps)), "n": n}
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state()}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training. Returns a summary dict (steps, best validation, export folder)."""
+    rank, world = _dist()
+    torch.set_flush_denormal(True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "last.pt"
+
+    model, arch, arch_args, sr = _build(cfg)
+    n_src = getattr(model, "n_src", 2)
+    opts = MixOptions(n_src=n_src, seconds=cfg.segment, reverb_prob=cfg.reverb_prob, noise_prob=cfg.noise_prob,
+                      speed=cfg.speed)
+    if cfg.data:
+        ds = LibriMixDataset(cfg.data, sr, cfg.segment, cfg.seed)
+        n_items = len(ds)
+        steps_per_epoch = max(1, n_items // (cfg.batch_size * world))
+    elif cfg.pools:
+        ds = DynamicMixDataset(cfg.pools, sr, opts, "train", seed=cfg.seed)
+        n_items, steps_per_epoch = None, cfg.epoch_steps
+    else:
+        raise TrainError("give --data (LibriMix-style folder) or --pools (speaker pools for dynamic mixing)")
+    total = cfg.steps or (cfg.epochs or 1) * steps_per_epoch
+    val_ds = LibriMixDataset(cfg.val_data, sr) if cfg.val_data else None
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = Schedule(cfg.lr, cfg.warmup, cfg.patience)
+    step, history = 0, []
+    if cfg.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state["arch"] != arch or state["arch_args"] != arch_args:
+            raise TrainError(f"{ckpt_path}: checkpoint is of another network ({state['arch']} {state['arch_args']})")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"]["torch"])
+        step, history = int(state["step"]), json.loads(state["history"])
+    elif cfg.resume and rank == 0:
+        print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    model.train()
+
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    meta = {"arch": arch, "arch_args": arch_args, "sample_rate": sr, "n_src": n_src}
+
+    def checkpoint():
+        if rank == 0:
+            _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "schedule": sched.state_dict(), "rng": _rng_state(), "step": step,
+                              "arch": arch, "arch_args": arch_args, "history": json.dumps(history),
+                              "config": json.dumps(asdict(cfg), default=str)})
+
+    def do_validation():
+        nonlocal history
+        if rank != 0:
+            return
+        rec = {"step": step, "train_loss": float(np.mean(recent)) if recent else None}
+        if val_ds is not None:
+            rec.update(validate(model, val_ds, limit=cfg.val_limit))
+            better = sched.validated(rec["si_snri"])
+        else:
+            better = True
+        rec["lr"] = sched.lr(step)
+        history.append(rec)
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if better:
+            export_model_folder(out / "best", model, meta, name=cfg.name or out.name, history=history,
+                                train_config=asdict(cfg), seconds_per_step=sec_per_step())
+        if not cfg.quiet:
+            print(f"[validate] step {step}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in rec.items()), file=sys.stderr, flush=True)
+
+    recent: list[float] = []
+    times: list[float] = []
+
+    def sec_per_step() -> float | None:
+        return float(np.median(times)) if times else None
+
+    t_start = last_ckpt = time.time()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else _null()
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            idx = batch_indices(step, rank, world, cfg.batch_size, n_items, cfg.seed, steps_per_epoch)
+            if isinstance(ds, LibriMixDataset):
+                ds.epoch = step // steps_per_epoch
+            items = [ds[i] for i in idx]
+            mix = torch.stack([m for m, _ in items])
+            ref = torch.stack([s for _, s in items])
+            for g in opt.param_groups:
+                g["lr"] = sched.lr(step)
+            with autocast:
+                est = net(mix)
+            loss = metrics.pit_loss(est.float(), ref)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            step += 1
+            times.append(time.perf_counter() - t0)
+            times[:] = times[-50:]
+            recent.append(loss.item())
+            recent[:] = recent[-100:]
+            if rank == 0 and not cfg.quiet and (step % cfg.log_every == 0 or step == total):
+                eta = sec_per_step() * (total - step)
+                print(f"step {step}/{total} loss {np.mean(recent[-cfg.log_every:]):.3f} "
+                      f"{sec_per_step():.2f} s/step ETA {eta / 3600:.1f} h", file=sys.stderr, flush=True)
+            if step % steps_per_epoch == 0 or step == total:
+                do_validation()
+            want_stop = stop["flag"] or (cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60)
+            if world > 1:
+                flag = torch.tensor([1.0 if want_stop else 0.0])
+                dist.all_reduce(flag)
+                want_stop = bool(flag.item() > 0)
+            if want_stop or time.time() - last_ckpt > cfg.ckpt_minutes * 60 or step == total:
+                checkpoint()
+                last_ckpt = time.time()
+            if want_stop:
+                break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if world > 1:
+        dist.barrier()
+    return {"step": step, "total": total, "best": sched.best, "stopped": step < total,
+            "export": str(out / "best"), "history": history}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+__all__ = ["TrainConfig", "TrainError", "train", "validate", "batch_indices", "Schedule", "DataError"]
