@@ -69,7 +69,7 @@ class S4D(nn.Module):
         self.output_linear = nn.Conv1d(d_model, 2 * d_model, 1)
         self._cache: dict = {}
 
-    def _version(self) -> tuple:
+    def _param_versions(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in self.kernel.parameters())
 
     def kernel_fft(self, length: int, n_fft: int, device, dtype) -> torch.Tensor:
@@ -78,7 +78,7 @@ class S4D(nn.Module):
         key = (length, n_fft, str(device), dtype)
         if use_cache:
             hit = self._cache.get(key)
-            if hit is not None and hit[0] == self._version():
+            if hit is not None and hit[0] == self._param_versions():
                 return hit[1]
         k = self.kernel(length)  # [C, H, L]
         if self.bidirectional:
@@ -89,7 +89,7 @@ class S4D(nn.Module):
         if use_cache:
             if len(self._cache) > 8:  # bounded: a long file's few distinct segment lengths
                 self._cache.clear()
-            self._cache[key] = (self._version(), kf)
+            self._cache[key] = (self._param_versions(), kf)
         return kf
 
     def train(self, mode: bool = True):

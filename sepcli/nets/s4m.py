@@ -142,7 +142,8 @@ class S4M(nn.Module):
         self.norm = GlobalLayerNorm(self.basis)
         self.bottleneck = nn.Conv1d(self.basis, bn_channels, 1)
         self.block = MultiScaleS4Block(bn_channels, hidden, depth, d_state, ff_expand)
-        self.reentry = nn.Sequential(nn.Conv1d(bn_channels, bn_channels, 1, groups=bn_channels), nn.PReLU())
+        self.reentry = (nn.Sequential(nn.Conv1d(bn_channels, bn_channels, 1, groups=bn_channels), nn.PReLU())
+                        if num_blocks > 1 else None)
         self.mask = nn.Sequential(nn.PReLU(), nn.Conv1d(bn_channels, n_src * self.basis, 1))
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:

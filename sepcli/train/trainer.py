@@ -78,10 +78,10 @@ def _dist() -> tuple[int, int]:
 
 def _build(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict, int]:
     if cfg.init:
-        from ..runtime.loader import load_model_folder_for_training
+        from ..runtime.loader import load_model
 
-        model, meta = load_model_folder_for_training(cfg.init)
-        return model, meta["arch"], dict(meta["arch_args"]), int(meta["sample_rate"])
+        loaded = load_model(cfg.init)
+        return loaded.network, loaded.arch, dict(loaded.config["arch_args"]), loaded.sample_rate
     if not cfg.arch:
         raise TrainError("give --arch (a network configuration) or --init (a model to start from)")
     arch, args, sr = named_config(cfg.arch)

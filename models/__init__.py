@@ -1,0 +1,1 @@
+"""The model zoo (installed as the package `sepcli_zoo`): one folder per model."""

@@ -1,0 +1,197 @@
+"""Training: the loss goes down, an interrupted run resumes to exactly the state of an uninterrupted one,
+DDP under torchrun produces a loadable model folder, and the data recipe's split keeps persons apart."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from sepcli.train.mixing import MixOptions, make_mixture, rng_for
+from sepcli.train.speakers import Speaker, assign_splits, check_disjoint, load_pool, write_index
+from sepcli.train.trainer import TrainConfig, batch_indices, train
+
+SR = 8000
+TINY = {"sample_rate": SR, "bn_channels": 8, "hidden": 8, "num_blocks": 1, "depth": 2, "enc_kernel_ms": 2.0}
+
+
+def voice(rng, f0, seconds):
+    """A crude voiced signal: harmonics of a wandering pitch with a syllable envelope."""
+    t = np.arange(int(seconds * SR)) / SR
+    pitch = f0 * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, 6))
+    env = np.clip(np.sin(2 * np.pi * rng.uniform(2, 4) * t + rng.uniform(0, 6)), 0, None)
+    return (x * env).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory):
+    """Four 'persons' (low and high voices) with pools, split 3 train / 1 val."""
+    d = tmp_path_factory.mktemp("pools")
+    rng = np.random.default_rng(0)
+    spk = []
+    for i, f0 in enumerate([100, 120, 220, 260]):
+        np.save(d / f"p{i}.npy", voice(rng, f0, 20).astype(np.float16))
+        spk.append(Speaker(id=f"p{i}", person=f"p{i}", kind="real", split="val" if i == 3 else "train",
+                           seconds=20.0))
+    write_index(d, SR, spk)
+    return d
+
+
+@pytest.fixture(scope="module")
+def librimix(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lm")
+    rng = np.random.default_rng(1)
+    for sub in ("mix", "s1", "s2"):
+        (d / sub).mkdir()
+    for i in range(6):
+        a, b = voice(rng, 110, 1.0), voice(rng, 240, 1.0)
+        sf.write(d / "s1" / f"{i}.wav", a * 0.3, SR, subtype="FLOAT")
+        sf.write(d / "s2" / f"{i}.wav", b * 0.3, SR, subtype="FLOAT")
+        sf.write(d / "mix" / f"{i}.wav", (a + b) * 0.3, SR, subtype="FLOAT")
+    return d
+
+
+def cfg(out, **kw):
+    base = dict(out=out, arch="s4m-tiny-8k", arch_args=TINY, segment=0.5, batch_size=2, lr=3e-3,
+                warmup=1, threads=1, quiet=True, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_the_loss(tmp_path, librimix):
+    r = train(cfg(tmp_path / "run", data=librimix, steps=60, val_data=librimix))
+    hist = [h for h in r["history"] if "si_snri" in h]
+    assert hist[-1]["si_snri"] > hist[0]["si_snri"] + 1.0, hist
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    folder = Path(r["export"])
+    conf = json.loads((folder / "config.json").read_text())
+    assert conf["arch"] == "s4m" and conf["sample_rate"] == SR
+    assert set(load_file(folder / "weights.safetensors")) == set(build_state_keys())
+
+
+def build_state_keys():
+    from sepcli.nets import build_network
+
+    return build_network("s4m", TINY).state_dict().keys()
+
+
+def _weights(run):
+    return torch.load(run / "last.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("source", ["pools", "librimix"])
+def test_interrupt_and_resume_equals_straight_run(tmp_path, pools, librimix, source):
+    data = {"pools": pools} if source == "pools" else {"data": librimix}
+    straight = train(cfg(tmp_path / "a", steps=6, epoch_steps=3, **data))
+    part = cfg(tmp_path / "b", steps=6, epoch_steps=3, **data)
+    part.max_minutes = 0.0  # stops (with a checkpoint) right after the first step
+    first = train(part)
+    assert first["stopped"] and first["step"] == 1
+    resumed = train(cfg(tmp_path / "b", steps=6, epoch_steps=3, resume=True, **data))
+    assert straight["step"] == resumed["step"] == 6
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["schedule"] == b["schedule"]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_resume_refuses_another_network(tmp_path, librimix):
+    train(cfg(tmp_path / "r", data=librimix, steps=1))
+    other = cfg(tmp_path / "r", data=librimix, steps=2, resume=True, arch_args={**TINY, "hidden": 16})
+    with pytest.raises(RuntimeError, match="another network"):
+        train(other)
+
+
+def test_batch_indices_split_ranks_without_overlap():
+    seen = []
+    for step in range(5):
+        for rank in range(3):
+            seen += batch_indices(step, rank, 3, 4, 60, seed=0, steps_per_epoch=5)
+    assert sorted(seen) == list(range(60))  # one epoch: every item exactly once over all ranks
+    dyn = [i for r in range(2) for i in batch_indices(7, r, 2, 3, None, 0, 10)]
+    assert len(set(dyn)) == 6
+
+
+def test_mixtures_are_deterministic_and_of_different_persons(pools):
+    sr, spk, audio = load_pool(pools, "train")
+    persons = [s.person for s in spk]
+    opt = MixOptions(seconds=0.5, reverb_prob=0.5, noise_prob=0.5)
+    for i in range(20):
+        m1, s1, meta = make_mixture(rng_for(9, i), audio, persons, sr, opt)
+        m2, s2, _ = make_mixture(rng_for(9, i), audio, persons, sr, opt)
+        assert np.array_equal(m1, m2) and np.array_equal(s1, s2)
+        assert len(set(meta["speakers"])) == 2
+        assert s1.shape == (2, SR // 2) and np.abs(m1).max() <= 0.95 + 1e-6
+
+
+def test_split_by_person_never_leaks():
+    persons = ["allison", "june", "carlo", "mbrola-us1", "mbrola-us2"]
+    split = assign_splits(persons, {"june": "test", "mbrola-us2": "val"})
+    assert split == {"allison": "train", "june": "test", "carlo": "train", "mbrola-us1": "train",
+                     "mbrola-us2": "val"}
+    # one person with two speaker entries (Allison speaks two languages) cannot straddle splits
+    ok = [Speaker("allison-en", "allison", "real", "train", 1.0), Speaker("allison-es", "allison", "real", "train", 1.0)]
+    check_disjoint(ok)
+    with pytest.raises(ValueError, match="allison"):
+        check_disjoint([ok[0], Speaker("allison-es", "allison", "real", "test", 1.0)])
+
+
+def test_recipe_split_holds_out_real_people(tmp_path):
+    """The recipe's real sources, split by its HELD_OUT table: >= 2 real test people, no person in two splits,
+    and the speaker index refuses a pool where one person straddles splits."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    jobs = make_data.real_jobs()
+    if len(jobs) < 5:
+        pytest.skip("the recipe's Debian speech packages are not installed here")
+    persons = sorted({person for _, person, _ in jobs})
+    split = assign_splits(persons, make_data.HELD_OUT)
+    test_people = [p for p in persons if split[p] == "test"]
+    assert len(test_people) >= 2, test_people
+    speakers = [Speaker(sid, person, "real", split[person], 1.0) for sid, person, _ in jobs]
+    write_index(tmp_path, 16000, speakers)  # raises if a person were in two splits
+    allison = {s.split for s in speakers if s.person == "allison"}
+    assert len([s for s in speakers if s.person == "allison"]) == 2 and len(allison) == 1
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_and_export(tmp_path, librimix):
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import json, sys\nfrom pathlib import Path\nfrom sepcli.train.trainer import TrainConfig, train\n"
+        f"r = train(TrainConfig(out=Path({str(tmp_path / 'run')!r}), arch='s4m-tiny-8k', arch_args={TINY!r},"
+        f" data=Path({str(librimix)!r}), segment=0.5, batch_size=1, steps=3, threads=1, quiet=True))\n"
+        "print(json.dumps({'step': r['step']}))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", str(script)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = tmp_path / "run" / "best"
+    conf = json.loads((folder / "config.json").read_text())
+    from sepcli.runtime.loader import load_model
+
+    loaded = load_model(folder)
+    with torch.no_grad():
+        out = loaded.network(torch.zeros(1, 800))
+    assert conf["provenance"]["step"] == 3
+    assert out.shape == (1, 2, 800)
+
+
+def test_init_from_model_folder_fine_tunes(tmp_path, librimix):
+    first = train(cfg(tmp_path / "a", data=librimix, steps=2))
+    again = train(TrainConfig(out=tmp_path / "b", init=first["export"], data=librimix, segment=0.5, batch_size=2,
+                              steps=1, threads=1, quiet=True))
+    conf = json.loads((Path(again["export"]) / "config.json").read_text())
+    assert conf["arch_args"] == TINY
