@@ -439,5 +439,101 @@ def bench(
 
 
 # ---------------------------------------------------------------------- train / eval
-# >>> The lead adds `train` and `eval` commands here (thin wrappers over sepcli.train / the Separator).
+# >>> train / eval (thin wrappers over sepcli.train and sepcli.evaluate)
+@app.command()
+def train(
+    out: Path = typer.Option(..., "-o", "--out", help="Run folder: checkpoints (last.pt), log.jsonl, best/ model."),
+    arch: str | None = typer.Option(None, help="Network configuration, e.g. s4m-tiny-16k, s4m-16k, spmamba-8k."),
+    init: str | None = typer.Option(None, help="Start from this model (zoo name or folder) instead of --arch."),
+    data: Path | None = typer.Option(None, help="LibriMix-style folder (mix/, s1/, s2/) to train on."),
+    pools: Path | None = typer.Option(None, help="Speaker pools (recipes/make_data.py) for dynamic mixing."),
+    val_data: Path | None = typer.Option(None, help="LibriMix-style folder for validation SI-SNRi."),
+    sample_rate: int | None = typer.Option(None, help="Training rate (default: the configuration's)."),
+    segment: float = typer.Option(2.0, help="Training segment length in seconds."),
+    batch_size: int = typer.Option(4, help="Mixtures per step (per process under torchrun)."),
+    steps: int | None = typer.Option(None, help="Total optimiser steps."),
+    epochs: int | None = typer.Option(None, help="Epochs over --data (or of --epoch-steps with --pools)."),
+    epoch_steps: int = typer.Option(500, help="With --pools: steps between validations."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (Adam), after warm-up; halves on plateaus."),
+    resume: bool = typer.Option(False, help="Continue from OUT/last.pt (same step, identical state)."),
+    name: str | None = typer.Option(None, help="Name of the exported model (default: the run folder's)."),
+    threads: int | None = typer.Option(None, help="CPU threads."),
+    max_minutes: float | None = typer.Option(None, help="Stop cleanly with a checkpoint after this long."),
+    reverb: float = typer.Option(0.0, help="With --pools: share of sources given synthetic reverberation."),
+    noise: float = typer.Option(0.0, help="With --pools: share of mixtures given background noise."),
+    bf16: bool = typer.Option(False, help="bfloat16 autocast on CPU (for CPUs with AMX/AVX512-BF16)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Train a separation network (negative SI-SNR with PIT). Checkpoints every few minutes and on Ctrl-C;
+    `torchrun --nproc_per_node N $(which sepcli) train ...` trains data-parallel (gloo on CPU, nccl on GPU)."""
+    from .train.data import DataError
+    from .train.trainer import TrainConfig, TrainError
+    from .train.trainer import train as run_training
+
+    cfg = TrainConfig(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
+                      sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
+                      epoch_steps=epoch_steps, lr=lr, resume=resume, name=name, threads=threads,
+                      max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, bf16=bf16, quiet=quiet)
+    try:
+        result = run_training(cfg)
+    except (TrainError, DataError, ValueError) as exc:
+        raise _fail(exc, debug, EXIT_USAGE) from None
+    except Exception as exc:  # noqa: BLE001 (one line, not a traceback, unless --debug)
+        raise _fail(exc, debug, EXIT_FAILED) from None
+    state = "stopped (resume with --resume)" if result["stopped"] else "done"
+    best = result["best"]
+    typer.echo(f"{state} at step {result['step']}/{result['total']}; best validation SI-SNRi "
+               f"{'-' if best == float('-inf') else f'{best:.2f} dB'}; model: {result['export']}", err=True)
+
+
+@app.command("eval", epilog=EXIT_HELP)
+def eval_cmd(
+    data_dir: Path = typer.Argument(..., help="LibriMix-style folder: mix/, s1/, s2/ (same file names)."),
+    model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Write per-file scores to this CSV."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (and per-file scores) as JSON."),
+    sdr: bool = typer.Option(True, "--sdr/--no-sdr", help="Also compute BSS-eval SDR(i) (slower)."),
+    limit: int | None = typer.Option(None, help="Only the first N mixtures."),
+    segment: float | None = typer.Option(None, help=SEGMENT_HELP),
+    overlap: float | None = typer.Option(None, help=OVERLAP_HELP),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int | None = typer.Option(None, help="CPU threads."),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+    debug: bool = typer.Option(False, "--debug"),
+) -> None:
+    """Score a model: SI-SNRi and SDRi (permutation-matched, against the mixture) through the same pipeline
+    as `separate`. Prints mean and median, per speaker pair when metadata.csv names them."""
+    from .evaluate import evaluate
+    from .pipeline import SeparationOptions
+    from .train.data import DataError
+
+    sep = _make_separator(model, SeparationOptions(segment=segment, overlap=overlap, device=device,
+                                                   threads=threads), debug)
+    console = _stderr_console(quiet)
+    try:
+        if console is not None:
+            from rich.progress import Progress
+
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task("evaluating", total=None)
+                res = evaluate(sep, data_dir, csv_out, sdr, limit,
+                               progress=lambda i, n: bar.update(task, completed=i, total=n))
+        else:
+            res = evaluate(sep, data_dir, csv_out, sdr, limit)
+    except (DataError, FileNotFoundError) as exc:
+        raise _fail(exc, debug, EXIT_USAGE) from None
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(exc, debug, EXIT_FAILED) from None
+    if as_json:
+        typer.echo(json.dumps({"model": sep.model.name, **res}, indent=2, default=_json_default))
+        return
+    res.pop("files")
+    lines = [f"{sep.model.name} on {res['data']} ({res['n']} mixtures)"]
+    for key in ("si_snri", "sdri", "si_snr", "sdr"):
+        if key in res:
+            lines.append(f"  {key:8s} mean {res[key]['mean']:7.2f} dB   median {res[key]['median']:7.2f} dB")
+    for pair, r in res.get("pairs", {}).items():
+        lines.append(f"  {pair:32s} n={r['n']:3d}  SI-SNRi {r['si_snri']['mean']:6.2f} dB")
+    typer.echo("\n".join(lines))
 # <<<
