@@ -7,6 +7,7 @@ Stages:
   packages  apt-get install the speech packages (enables Debian contrib/non-free for MBROLA)
   pools     data/pools/<speaker>.npy + speakers.json at 16 kHz: real recorded people and synthetic voices
   sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout)
+  example   examples/mix.wav (10 s of two held-out real people) for `make demo`
 
 Split by person (see HELD_OUT): validation and test people never appear in training. Nothing is downloaded
 except Debian packages; generated data stays out of git (data/ is ignored).
@@ -313,10 +314,22 @@ def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
     (base / "README.json").write_text(json.dumps({"held_out": HELD_OUT, "seconds": seconds, "n": n}, indent=1))
 
 
+def build_example(out_file: Path, seconds: float = 10.0) -> None:
+    """examples/mix.wav: two held-out real people (never trained on) talking at once, 16 kHz 16-bit."""
+    sr_pool, spk, audio = load_pool(Path("data") / "pools", "test", ("real",))
+    keep = [i for i, s in enumerate(spk) if s.person in ("carlo", "june")]
+    opt = MixOptions(seconds=seconds, speed=0.0, tilt_prob=0.0, level_db=(-24.0, -24.0), min_active=0.8)
+    mix, _, meta = make_mixture(rng_for(7, 0), [audio[i] for i in keep], [spk[i].person for i in keep],
+                                sr_pool, opt)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(out_file, mix, sr_pool, subtype="PCM_16")
+    print(f"{out_file}: {seconds:.0f} s, {' + '.join(meta['speakers'])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data"))
-    ap.add_argument("--stage", choices=["all", "packages", "pools", "sets"], default="all")
+    ap.add_argument("--stage", choices=["all", "packages", "pools", "sets", "example"], default="all")
     ap.add_argument("--sample-rate", type=int, nargs="+", default=[16000, 8000])
     ap.add_argument("--sentences", type=int, default=60, help="sentences per synthetic voice")
     ap.add_argument("--n", type=int, default=150, help="mixtures per fixed set")
@@ -330,6 +343,8 @@ def main() -> None:
     if a.stage in ("all", "sets"):
         for sr in a.sample_rate:
             build_sets(a.out, sr, a.n, a.seconds)
+    if a.stage == "example":
+        build_example(Path("examples/mix.wav"))
 
 
 if __name__ == "__main__":

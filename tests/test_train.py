@@ -189,6 +189,18 @@ def test_ddp_two_processes_train_and_export(tmp_path, librimix):
     assert out.shape == (1, 2, 800)
 
 
+def test_continue_from_exported_weights_keeps_step_and_schedule(tmp_path, librimix):
+    first = train(cfg(tmp_path / "a", data=librimix, steps=4, epoch_steps=2, val_data=librimix))
+    cont = train(TrainConfig(out=tmp_path / "b", init=first["export"], continue_init=True, data=librimix,
+                             val_data=librimix, segment=0.5, batch_size=2, steps=6, epoch_steps=2, threads=1,
+                             quiet=True, warmup=5))
+    assert cont["step"] == 6 and not cont["stopped"]
+    steps = [h["step"] for h in cont["history"]]
+    assert steps == [3, 4, 6]  # epochs of 3 steps, the end of the first run, then step 6: no restart
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert state["schedule"]["warmup_from"] == 4
+
+
 def test_init_from_model_folder_fine_tunes(tmp_path, librimix):
     first = train(cfg(tmp_path / "a", data=librimix, steps=2))
     again = train(TrainConfig(out=tmp_path / "b", init=first["export"], data=librimix, segment=0.5, batch_size=2,

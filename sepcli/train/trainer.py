@@ -53,6 +53,7 @@ class TrainConfig:
     ckpt_minutes: float = 5.0
     max_minutes: float | None = None    # stop cleanly (checkpoint) after this wall time
     resume: bool = False
+    continue_init: bool = False         # with --init: also take the step and lr schedule from its provenance
     reverb_prob: float = 0.0
     noise_prob: float = 0.0
     speed: float = 0.15
@@ -99,9 +100,10 @@ class Schedule:
     def __init__(self, base: float, warmup: int, patience: int):
         self.base, self.warmup, self.patience = base, warmup, patience
         self.scale, self.best, self.bad = 1.0, -math.inf, 0
+        self.warmup_from = 0  # a run continued from weights alone warms up again from here
 
     def lr(self, step: int) -> float:
-        return self.base * min(1.0, (step + 1) / max(1, self.warmup)) * self.scale
+        return self.base * min(1.0, (step - self.warmup_from + 1) / max(1, self.warmup)) * self.scale
 
     def validated(self, score: float) -> bool:
         """Record a validation score; True when it is a new best."""
@@ -114,10 +116,13 @@ class Schedule:
         return False
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "best": self.best, "bad": self.bad}
+        return {"scale": self.scale, "best": self.best if math.isfinite(self.best) else None, "bad": self.bad,
+                "warmup_from": self.warmup_from}
 
     def load_state_dict(self, d: dict) -> None:
-        self.scale, self.best, self.bad = float(d["scale"]), float(d["best"]), int(d["bad"])
+        best = d.get("best")
+        self.scale, self.best, self.bad = float(d["scale"]), -math.inf if best is None else float(best), int(d["bad"])
+        self.warmup_from = int(d.get("warmup_from", 0))
 
 
 def batch_indices(step: int, rank: int, world: int, batch: int, n_items: int | None, seed: int,
@@ -202,6 +207,19 @@ def train(cfg: TrainConfig) -> dict:
         sched.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"]["torch"])
         step, history = int(state["step"]), json.loads(state["history"])
+    elif cfg.init and cfg.continue_init:
+        # A committed model folder carries no optimiser state (kept small): continue its step count and lr
+        # schedule, and re-warm Adam's moments over `warmup` steps from there.
+        from ..runtime.loader import load_model
+
+        prov = load_model(cfg.init).config.get("provenance") or {}
+        step = int(prov.get("step") or 0)
+        if prov.get("schedule"):
+            sched.load_state_dict(prov["schedule"])
+        history = list(prov.get("history") or [])
+        sched.warmup_from = step
+        if rank == 0:
+            print(f"continuing {cfg.init} from step {step} (optimiser state re-warmed)", file=sys.stderr)
     elif cfg.resume and rank == 0:
         print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
 
@@ -241,7 +259,8 @@ def train(cfg: TrainConfig) -> dict:
             f.write(json.dumps(rec) + "\n")
         if better:
             export_model_folder(out / "best", model, meta, name=cfg.name or out.name, history=history,
-                                train_config=asdict(cfg), seconds_per_step=sec_per_step())
+                                train_config=asdict(cfg), seconds_per_step=sec_per_step(),
+                                schedule=sched.state_dict())
         if not cfg.quiet:
             print(f"[validate] step {step}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in rec.items()), file=sys.stderr, flush=True)
