@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args([] if argv is None else argv)
     seconds = a.seconds or ([4.0] if a.quick or os.environ.get("SEPCLI_BENCH_QUICK") == "1" else SECONDS)
 
-    print(f"threads {a.threads}; ours = default scan backend + fused SPMamba; ref = SEPCLI_SCAN=ref "
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average {load:.1f} on {os.cpu_count()} cores (other work on the machine slows every figure); "
+          f"threads {a.threads}; ours = default scan backend + fused SPMamba; ref = SEPCLI_SCAN=ref "
           f"(+ SEPCLI_SPMAMBA_FUSED=0); RTF = time / audio seconds (lower is faster)", flush=True)
     results: dict = {}
     for net in a.nets:
