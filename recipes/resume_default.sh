@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Start (or resume) training of the default model in the background. Run at the start of every session until
+# the model meets its target:   bash recipes/resume_default.sh [MINUTES]
+# It installs what it needs (make install, the recipe's apt packages), rebuilds the speaker pools and fixed
+# sets if data/ is missing (about 3 minutes, deterministic), then resumes from runs/default/last.pt when this
+# machine has it, else from the committed models/s4m-tiny-16k (weights, step and lr schedule).
+# Before the session ends: python recipes/publish_default.py  (copies the best weights into models/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes="${1:-150}"
+make install >/dev/null
+[ -f data/pools/speakers.json ] || .venv/bin/python recipes/make_data.py --out data --sample-rate 16000 --n 120
+mkdir -p runs/default
+export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_TOP_PAD_=268435456
+nohup setsid .venv/bin/python recipes/train_default.py --threads "${THREADS:-2}" --minutes "$minutes" \
+  >> runs/default/train.log 2>&1 &
+echo "training in the background: tail -f runs/default/train.log"
