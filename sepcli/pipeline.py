@@ -15,6 +15,22 @@ Data flow of one input (nothing holds the whole signal; see DESIGN.md):
                                stream, the gain lowered if the peak would pass -1 dBFS (flag `peak_limited`)
   -> each speaker streamed to its file through a temporary file renamed when complete.
 
+Reliability (see also audio/io.py):
+- every problem with one input is a FileResult with status `error` and a one-line message naming the file;
+  separate_file never raises for a per-file problem (only UsageError for bad options, and
+  KeyboardInterrupt/SystemExit, after cleaning up);
+- no partial output: outputs are written to temporary files, all finished before any is renamed, and if the
+  run fails or is interrupted after some were renamed, those are removed again (all speakers or none);
+- NaN/Inf input samples are replaced by 0 (flag `nonfinite_input_replaced`); a model that produces NaN/Inf is
+  an error, never a file;
+- concurrent processes: an input's outputs are claimed with an O_EXCL lock file `.sepcli-lock-<hash>` in the
+  output folder (stale locks of dead processes on this host are taken over); a busy input is `skipped`
+  (flag `busy`) in batch/resume mode, an error otherwise; outputs are never replaced without --overwrite,
+  even by a race (AtomicWriter.commit);
+- batch: inputs with the same stem in one folder (a.wav, a.flac) are disambiguated by using the full file
+  name as the stem (a.wav_spk1.wav, a.flac_spk1.wav); an output folder equal to the input folder is refused;
+  inputs are never written over (protect covers every input of the run, not just this shard).
+
 `SeparationOptions` carries every user choice; `Separator(model, options)` loads the model once.
 `model` is a zoo name / alias / folder path, a runtime.loader.LoadedModel, or any callable
 [B, T] -> [B, n_src, T] with `sample_rate` and `n_src` attributes (optional `segment`, `overlap`,
@@ -23,10 +39,13 @@ Data flow of one input (nothing holds the whole signal; see DESIGN.md):
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import hashlib
 import json
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +67,7 @@ from .audio.io import (
     AudioInput,
     FloatSpool,
     check_output_format,
+    os_problem,
 )
 from .audio.loudness import StreamingLoudness, db_to_gain, gain_to_db, target_gain
 from .audio.resample import StreamResampler, expected_length
@@ -60,6 +80,14 @@ TEMPLATE_FIELDS = ("stem", "k", "ext")
 
 class UsageError(ValueError):
     """An invalid option value (exit code 2 in the CLI)."""
+
+
+class Cancelled(Exception):
+    """Raised inside a file's processing when Separator.cancel() was called (an interrupted batch)."""
+
+
+class Busy(Exception):
+    """Another live sepcli process holds the claim on an input's outputs."""
 
 
 @dataclass
@@ -142,24 +170,133 @@ def check_template(template: str) -> None:
         name = template.format(stem="x", k=1, ext="wav")
     except (ValueError, IndexError, KeyError) as exc:
         raise UsageError(f"--name {template!r}: {exc}") from None
+    if template.startswith("~"):
+        raise UsageError(f"--name {template!r} must stay inside the output folder ('~' is not expanded)")
     safe_relative(name, template)
 
 
 def safe_relative(name: str, what: str) -> Path:
+    """`name` as a relative path that cannot leave the output folder (no absolute path, no '..' part, no
+    empty name). '~' is not expanded anywhere, so a file name such as "~draft" is an ordinary name; only a
+    template starting with '~' is refused (check_template), since its author expects a home folder."""
     p = Path(name)
-    if p.is_absolute() or ".." in p.parts or name.startswith("~") or not p.parts:
+    if p.is_absolute() or ".." in p.parts or not p.parts or "\0" in name:
         raise UsageError(f"output name {what!r} must stay inside the output folder (no absolute paths or '..')")
     return p
 
 
 def output_paths(template: str, stem: str, ext: str, n_src: int, folder: Path) -> list[Path]:
+    """The n_src output paths for `stem`; UsageError if one would leave `folder` or has a file name the
+    file system cannot hold (over 255 bytes)."""
     out = []
     for k in range(1, n_src + 1):
-        rel = safe_relative(template.format(stem=stem, k=k, ext=ext), template)
+        name = template.format(stem=stem, k=k, ext=ext)
+        rel = safe_relative(name, name)
+        if any(len(os.fsencode(part)) > 255 for part in rel.parts):
+            raise UsageError(f"output name {name!r} is longer than 255 bytes")
         out.append(folder / rel)
     if len(set(out)) != len(out):
         raise UsageError(f"--name {template!r} gives the same file name to several speakers")
     return out
+
+
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` (and parents) if missing; AudioError naming it when that is impossible (a file in the
+    way, permission denied, read-only file system)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else os_problem(exc)
+        raise AudioError(folder, f"cannot create the output folder ({why})") from None
+    return folder
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and check that files can be created in it (a probe file, removed at once).
+    AudioError naming the folder otherwise. Used by the CLI before any work, so an unwritable output folder is
+    one message rather than one per input."""
+    folder = make_output_folder(folder)
+    probe = folder / f".sepcli-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise AudioError(folder, f"cannot write in the output folder ({os_problem(exc)})") from None
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputClaim:
+    """An O_EXCL lock file claiming one input's outputs for this process (removed by release()).
+
+    The lock `.sepcli-lock-<hash of the first output path>` lives in the output folder and holds
+    "<pid> <host>". A lock left by a process that no longer runs on this host (killed with SIGKILL, power
+    loss) is stale and taken over; a live one raises Busy naming the holder."""
+
+    STALE_EMPTY_S = 30.0  # a lock without content (holder died between create and write) after this long
+
+    def __init__(self, outs: list[Path]):
+        first = outs[0]
+        digest = hashlib.sha1(os.path.abspath(first).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        self.path = first.parent / f".sepcli-lock-{digest}"
+        self._held = False
+        first.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale():
+                    try:
+                        self.path.unlink()
+                    except FileNotFoundError:
+                        pass
+                    continue
+                raise Busy(f"another sepcli process is writing its outputs ({self._holder()}; lock file "
+                           f"{self.path})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            self._held = True
+            return
+        raise Busy(f"could not claim the lock file {self.path}")
+
+    def _read(self) -> tuple[int | None, str | None]:
+        try:
+            parts = self.path.read_text().split()
+            return int(parts[0]), parts[1]
+        except (OSError, ValueError, IndexError):
+            return None, None
+
+    def _holder(self) -> str:
+        pid, host = self._read()
+        return f"pid {pid} on {host}" if pid is not None else "unknown holder"
+
+    def _stale(self) -> bool:
+        pid, host = self._read()
+        if pid is None:
+            try:
+                return time.time() - self.path.stat().st_mtime > self.STALE_EMPTY_S
+            except OSError:
+                return True  # vanished meanwhile: retry
+        return host == socket.gethostname() and not _pid_alive(pid)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
 
 
 @dataclass
@@ -188,6 +325,8 @@ class FileResult:
     duration: float | None = None
     timings: dict = field(default_factory=dict)
     rtf: float | None = None
+
+    exception = None  # the unexpected exception behind an error (class attribute default; not serialised)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -232,6 +371,19 @@ class Separator:
             self.model.network.eval().to(self.device)
         self.dtype = inference_dtype(self.device)
         self._lock = threading.Lock()
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Make files being processed in other threads stop at their next block (status `error`,
+        "cancelled", nothing written). Cleared by reset_cancel()."""
+        self._cancel.set()
+
+    def reset_cancel(self) -> None:
+        self._cancel.clear()
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled("cancelled (the run was interrupted)")
 
     # ------------------------------------------------------------------ core stream
     def _forward(self, x: np.ndarray, timer: _Timer) -> np.ndarray:
@@ -246,6 +398,9 @@ class Separator:
         if y.shape != (x.shape[0], self.model.n_src, x.shape[1]):
             raise ModelError(f"model {self.model.name!r} returned shape {tuple(y.shape)} for input "
                              f"{tuple(x.shape)}; expected [B, {self.model.n_src}, T]")
+        if not np.isfinite(y).all():
+            raise ModelError(f"model {self.model.name!r} produced NaN/Inf values for this input; "
+                             f"nothing written")
         return y
 
     def output_rate(self, input_rate: int) -> int:
@@ -277,6 +432,7 @@ class Separator:
         pending: list[tuple[int, np.ndarray, bool]] = []
 
         def run_batch() -> Iterator[np.ndarray]:
+            self._check_cancel()
             lens = [len(s) for _, s, _ in pending]
             x = np.zeros((len(pending), max(lens)), np.float32)
             for i, (_, s, _) in enumerate(pending):
@@ -298,6 +454,7 @@ class Separator:
 
         seen = 0
         for block in src.blocks():
+            self._check_cancel()
             seen += len(block)
             yield from feed(segs.push(fwd.process(block)))
             if progress is not None:
@@ -342,59 +499,96 @@ class Separator:
 
     def separate_file(self, path: str | os.PathLike, out_dir: str | os.PathLike, stem: str | None = None,
                       protect: set[Path] | None = None,
-                      progress: Callable[[float], None] | None = None) -> FileResult:
+                      progress: Callable[[float], None] | None = None, resume: bool = False) -> FileResult:
         """Separate one file into `out_dir`. Never raises for a problem with this input: the result's status
-        is `error` with a one-line message. `protect` lists paths that must never be written (the inputs).
-        UsageError (bad options/template) is raised."""
+        is `error` with a one-line message naming the file (an unexpected exception is kept, for --debug, as
+        `result.exception`). `protect` lists paths that must never be written (the inputs). UsageError (bad
+        options) is raised; so are KeyboardInterrupt/SystemExit, after removing every temporary file and any
+        output of this input already renamed (all speakers or none).
+
+        With `resume` (batch), an input whose outputs all exist is `skipped`, and one whose outputs another
+        live sepcli process is writing is `skipped` with flag `busy`; without it both are errors unless
+        options.overwrite."""
         t_start = time.perf_counter()
         path = Path(path)
         stem = stem if stem is not None else path.stem
         result = FileResult(input=str(path), status="error")
         o = self.options
-        outs = self.planned_outputs(stem, out_dir)
-        protect = {p.resolve() for p in (protect or set())} | {path.resolve()}
-        for p in outs:
-            if p.resolve() in protect:
-                result.error = f"{path}: output {p} would overwrite an input"
-                return result
-            if p.exists() and not o.overwrite:
-                result.error = f"{path}: output {p} exists (use --overwrite to replace it)"
-                return result
         timer = _Timer()
-        writers: list = []
+        writers: list[AtomicWriter] = []
         spools: list[FloatSpool] = []
+        claim: OutputClaim | None = None
         try:
-            with AudioInput(path, channel=o.channel) as src:
+            outs = self.planned_outputs(stem, out_dir)
+            protected = {os.path.realpath(p) for p in (protect or set())} | {os.path.realpath(path)}
+            for p in outs:
+                if os.path.realpath(p) in protected:
+                    raise UsageError(f"output {p} would overwrite an input")
+            if not self._outputs_free(outs, resume, result):
+                return result
+            with AudioInput(path, channel=o.channel) as src:  # a bad input creates no folder and no lock
+                for parent in dict.fromkeys(p.parent for p in outs):
+                    make_output_folder(parent)
+                claim = OutputClaim(outs)
+                if not self._outputs_free(outs, resume, result):  # again, now that no one else can write them
+                    return result
                 result.input_rate, result.input_channels = src.rate, src.channels
                 result.duration = src.frames / src.rate
                 rate = self.output_rate(src.rate)
                 check_output_format(o.format, o.subtype, rate)
-                outs[0].parent.mkdir(parents=True, exist_ok=True)
-                for p in outs:
-                    p.parent.mkdir(parents=True, exist_ok=True)
                 infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress)
+                replaced = src.nonfinite
             result.outputs = infos
             result.status = "ok"
-            result.flags = sorted({f for i in infos for f in i.flags})
+            flags = {f for i in infos for f in i.flags}
+            if replaced:
+                flags.add("nonfinite_input_replaced")
+            result.flags = sorted(flags)
+        except Busy as exc:
+            if resume and not o.overwrite:
+                result.status, result.flags = "skipped", ["busy"]
+            result.error = f"{path}: {exc}"
         except (AudioError, ModelError) as exc:
             result.error = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
-        except UsageError as exc:
+        except (UsageError, Cancelled) as exc:
             result.error = f"{path}: {exc}"
         except OSError as exc:
-            result.error = f"{path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+            where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+            result.error = f"{path}: {os_problem(exc)}{where}"
         except MemoryError:
             result.error = f"{path}: out of memory (try a smaller --segment or --batch-size)"
+        except Exception as exc:  # a bug or an unforeseen library error: still one line for this file  # noqa: BLE001
+            result.error = f"{path}: unexpected error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+            result.exception = exc
         finally:
             for w in writers:
-                w.abort()  # no-op for committed writers (temp already renamed)
-            for s in spools:
-                s.close()
+                w.abort()  # removes the temporary file (no-op after commit)
+                if w.committed and result.status != "ok":
+                    w.path.unlink(missing_ok=True)  # all speakers or none
+            for sp in spools:
+                sp.close()
+            if claim is not None:
+                claim.release()
         total = time.perf_counter() - t_start
         result.timings = {"total_s": round(total, 4), "model_s": round(timer.model, 4),
                           "outside_model_s": round(total - timer.model, 4)}
         if result.duration:
             result.rtf = round(total / result.duration, 5)
         return result
+
+    def _outputs_free(self, outs: list[Path], resume: bool, result: FileResult) -> bool:
+        """False (result marked skipped) when resuming and every output exists; UsageError when one exists
+        and may not be replaced; True when the input is to be processed."""
+        if self.options.overwrite:
+            return True
+        if resume and all(p.exists() for p in outs):
+            result.status = "skipped"
+            result.outputs = [OutputInfo(k + 1, str(q), 0, 0, 0.0, None, None, 0.0) for k, q in enumerate(outs)]
+            return False
+        for p in outs:
+            if p.exists():
+                raise UsageError(f"output {p} exists (use --overwrite to replace it)")
+        return True
 
     def _write_outputs(self, src, outs: list[Path], rate: int, timer: _Timer, writers: list,
                        spools: list, progress) -> list[OutputInfo]:
@@ -445,19 +639,24 @@ class Separator:
                 spools[k].close()
         loud = [m.loudness() for m in meters]
         top = max(loud)
+        silents = [not math.isfinite(loud[k]) or loud[k] < top - o.silent_lu for k in range(n_src)]
+        keep = [not (silents[k] and o.drop_silent) for k in range(n_src)]
+        for k in range(n_src):  # finish every file before renaming any: the renames are then back to back
+            if keep[k]:
+                writers[k].close()
+            else:
+                writers[k].abort()
+        for k in range(n_src):
+            if keep[k]:
+                writers[k].commit(overwrite=o.overwrite)
         infos = []
         for k in range(n_src):
-            silent = not math.isfinite(loud[k]) or loud[k] < top - o.silent_lu
+            silent, written = silents[k], keep[k]
             if silent:
                 flags[k].append("silent")
             if writers[k].clipped:
                 flags[k].append("clipped")
             frames = writers[k].frames
-            written = not (silent and o.drop_silent)
-            if written:
-                writers[k].commit()
-            else:
-                writers[k].abort()
             infos.append(OutputInfo(speaker=k + 1, path=str(outs[k]) if written else None, sample_rate=rate,
                                     frames=frames, duration=frames / rate, loudness_lufs=_finite(loud[k]),
                                     peak_dbfs=_finite(gain_to_db(meters[k].peak)),
@@ -471,12 +670,16 @@ def find_inputs(root: str | os.PathLike, glob: str | None = None,
     """Audio files under root (recursive), sorted; `glob` (e.g. "*.flac" or "a/**/*.wav") filters relative
     paths; files under `exclude` (the output folder) and hidden/temporary files are skipped."""
     root = Path(root)
-    ex = Path(exclude).resolve() if exclude is not None else None
+    real_root = os.path.realpath(root)
+    ex = os.path.realpath(exclude) if exclude is not None else None
+    if ex is not None and not ex.startswith(real_root.rstrip(os.sep) + os.sep):
+        ex = None  # only an output folder strictly inside the tree is excluded (not the root, not an ancestor)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):  # symbolic links to folders are not followed (no loops)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         d = Path(dirpath)
-        if ex is not None and (d.resolve() == ex or ex in d.resolve().parents):
+        real = os.path.realpath(d)
+        if ex is not None and (real == ex or real.startswith(ex.rstrip(os.sep) + os.sep)):
             dirnames[:] = []
             continue
         for f in sorted(filenames):
@@ -519,6 +722,16 @@ def shard_files(files: list[Path], index: int, count: int) -> list[Path]:
     return files[index::count]
 
 
+def batch_stems(files: list[Path]) -> dict[Path, str]:
+    """The output stem of each input: its file stem, or its full file name when several inputs in the same
+    folder share a stem (a.wav and a.flac -> "a.wav", "a.flac"), so no input's outputs replace another's.
+    Computed on the whole file list (before sharding), so every shard names alike."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for f in files:
+        groups.setdefault((f.parent, f.stem), []).append(f)
+    return {f: (f.name if len(groups[(f.parent, f.stem)]) > 1 else f.stem) for f in files}
+
+
 def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.PathLike,
                    glob: str | None = None, jobs: int = 1, shard: tuple[int, int] = (0, 1),
                    manifest: str | os.PathLike | None = None,
@@ -526,33 +739,50 @@ def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.Pa
                    on_plan: Callable[[list[Path]], None] | None = None) -> list[FileResult]:
     """Separate every audio file under root into the mirrored tree under out_dir.
 
-    Inputs whose outputs all exist are `skipped` (a rerun resumes) unless options.overwrite. A bad file is
-    an `error` result and the batch goes on. `jobs` files are decoded/encoded in parallel while the model
-    runs one batch at a time. With `manifest`, one JSON line per input is appended (status, outputs, error).
+    Inputs whose outputs all exist are `skipped` (a rerun resumes) unless options.overwrite; so are inputs
+    another sepcli process is working on (flag `busy`, see OutputClaim). A bad file is an `error` result and
+    the batch goes on. `jobs` files are decoded/encoded in parallel while the model runs one batch at a time.
+    With `manifest`, one JSON line per input is appended (status, outputs, error).
     `on_plan` receives this shard's file list before work starts; `on_result` each result as it finishes.
+    Inputs sharing a stem in one folder are named by their full file name (batch_stems). An output folder
+    equal to root is a UsageError (outputs would become inputs of the next run). KeyboardInterrupt (and
+    SystemExit from a signal handler) stops the batch: files in progress are abandoned without leaving
+    anything, finished ones stay, and the exception propagates.
     """
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
         raise UsageError(f"{root}: not a folder")
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    files = shard_files(find_inputs(root, glob, exclude=out_dir), *shard)
+    if os.path.realpath(root) == os.path.realpath(out_dir):
+        raise UsageError(f"{out_dir}: the output folder is the input folder; outputs would be taken as inputs "
+                         f"by the next run (choose another folder, e.g. {out_dir}/separated)")
+    every = find_inputs(root, glob, exclude=out_dir)
+    stems = batch_stems(every)
+    files = shard_files(every, *shard)
     if on_plan is not None:
         on_plan(files)
-    protect = set(files)
+    protect = set(every)
     lock = threading.Lock()
+    stop = threading.Event()
+    sep.reset_cancel()
     mf = open(manifest, "a", encoding="utf-8") if manifest else None  # noqa: SIM115
 
-    def one(p: Path) -> FileResult:
-        rel = p.relative_to(root)
-        folder = out_dir / rel.parent
-        outs = sep.planned_outputs(p.stem, folder)
-        if not sep.options.overwrite and all(q.exists() for q in outs):
-            r = FileResult(input=str(p), status="skipped",
-                           outputs=[OutputInfo(k + 1, str(q), 0, 0, 0.0, None, None, 0.0) for k, q in
-                                    enumerate(outs)])
-        else:
-            r = sep.separate_file(p, folder, protect=protect)
+    def one(p: Path) -> FileResult | None:
+        if stop.is_set():
+            return None
+        try:
+            rel = p.relative_to(root)
+            folder = out_dir / rel.parent
+            r = sep.separate_file(p, folder, stem=stems[p], protect=protect, resume=True)
+        except UsageError as exc:  # a name this input cannot have (its stem); the options were checked before
+            r = FileResult(input=str(p), status="error", error=f"{p}: {exc}")
+        except Exception as exc:  # noqa: BLE001  (separate_file reports per-file problems itself)
+            r = FileResult(input=str(p), status="error", error=f"{p}: unexpected error ({type(exc).__name__}: "
+                                                               f"{' '.join(str(exc).split())[:300]})")
+            r.exception = exc
+        if stop.is_set():
+            return None  # cancelled mid-way: not a result of this file
         with lock:
             if mf is not None:
                 mf.write(json.dumps({"input": r.input, "status": r.status,
@@ -568,11 +798,19 @@ def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.Pa
             results = [one(p) for p in files]
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                results = list(pool.map(one, files))
+                futures = [pool.submit(one, p) for p in files]
+                try:
+                    results = [f.result() for f in futures]
+                except BaseException:
+                    stop.set()  # queued files return at once; running ones stop at their next block
+                    sep.cancel()
+                    for f in futures:
+                        f.cancel()
+                    raise
     finally:
         if mf is not None:
             mf.close()
-    return results
+    return [r for r in results if r is not None]
 
 
 # ---------------------------------------------------------------------- speed

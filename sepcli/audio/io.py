@@ -8,13 +8,21 @@ Contract:
   name only on `commit()`; `abort()` (or an exception inside a `with` block) removes it, so no partial output
   is ever left under the final name.
 - `FloatSpool` is a raw float32 temporary stream (for outputs whose gain depends on the whole signal).
-- Problems with a file raise `AudioError`, whose message names the file and the problem in one line.
+- Problems with a file raise `AudioError`, whose message names the file and the problem in one line
+  (a folder, a symbolic-link loop, an unreadable or empty file, undecodable bytes, no samples, a rate
+  outside 8-192 kHz). Non-finite samples (NaN/Inf in float files) are replaced by 0 and counted in
+  `AudioInput.nonfinite`, so they never reach a model or an output file.
+- `AtomicWriter` refuses non-finite samples (AudioError) and turns write failures (disk full, I/O errors)
+  into AudioError naming the output; `commit(overwrite=False)` never replaces an existing file (hard link
+  claim, so a concurrent writer of the same name cannot be clobbered).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import uuid
@@ -51,19 +59,62 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
+def _sf_message(exc: BaseException, path: str | os.PathLike) -> str:
+    """libsndfile's message in one line, without soundfile's "Error opening '<path>': " prefix (the caller
+    names the file once)."""
+    text = _one_line(exc)
+    for prefix in (f"Error opening {str(path)!r}: ", f"Error opening {os.fspath(path)!r}:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+    return text
+
+
+_OS_PROBLEMS = {errno.ENOENT: "no such file", errno.ELOOP: "symbolic link loop",
+                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                errno.ENAMETOOLONG: "file name too long", errno.ENOTDIR: "a parent of this path is not a folder"}
+
+
+def os_problem(exc: OSError) -> str:
+    """A short description of an OSError (no path: the caller names the file)."""
+    return _OS_PROBLEMS.get(exc.errno or -1) or (exc.strerror or _one_line(exc)).rstrip(".").lower()
+
+
+def check_readable(path: str | os.PathLike) -> int:
+    """Raise AudioError unless `path` is a readable, non-empty regular file; returns its size in bytes.
+
+    Checked before libsndfile sees the file so that a folder, a link loop, a device, a permission problem or
+    an empty file each get their own one-line message (libsndfile reports most of them as "System error")."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            raise AudioError(path, "broken symbolic link (its target does not exist)") from None
+        raise AudioError(path, os_problem(exc)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(path, "is a folder, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(path, "is not a regular file (devices, pipes and sockets cannot be read twice)")
+    try:
+        with open(path, "rb") as fh:  # permission check that also holds for root-owned mounts
+            fh.read(1)
+    except OSError as exc:
+        raise AudioError(path, f"cannot read ({os_problem(exc)})") from None
+    if st.st_size == 0:
+        raise AudioError(path, "is empty (0 bytes)")
+    return st.st_size
+
+
 class AudioInput:
     """A seekable audio file read in mono float32 blocks. Use as a context manager or call close()."""
 
     def __init__(self, path: str | os.PathLike, channel: int | None = None):
         self.path = Path(path)
-        if self.path.is_dir():
-            raise AudioError(path, "is a folder, not an audio file")
-        if not self.path.exists():
-            raise AudioError(path, "no such file")
+        self.nonfinite = 0  # NaN/Inf samples replaced by 0 in the last pass
+        check_readable(self.path)
         try:
             self._f = sf.SoundFile(str(self.path))
         except Exception as exc:  # libsndfile's messages vary by version; report them in one line  # noqa: BLE001
-            raise AudioError(path, f"cannot decode audio ({_one_line(exc)})") from None
+            raise AudioError(path, f"cannot decode audio ({_sf_message(exc, self.path)})") from None
         self.rate = int(self._f.samplerate)
         self.channels = int(self._f.channels)
         self.frames = int(self._f.frames)
@@ -82,12 +133,18 @@ class AudioInput:
 
     def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
         """Mono float32 blocks from the start of the file (rewinds first)."""
+        blocksize = max(1024, min(blocksize, (1 << 22) // max(self.channels, 1)))  # <= 16 MB per read
+        self.nonfinite = 0
         try:
             self._f.seek(0)
             while True:
                 data = self._f.read(blocksize, dtype="float32", always_2d=True)
                 if len(data) == 0:
                     return
+                bad = ~np.isfinite(data)
+                if bad.any():  # NaN/Inf in a float file: silence them rather than poison every output
+                    self.nonfinite += int(bad.sum())
+                    data[bad] = 0.0
                 if self.channel is not None:
                     yield np.ascontiguousarray(data[:, self.channel - 1])
                 elif data.shape[1] == 1:
@@ -129,7 +186,9 @@ class ArrayInput:
         self.rate, self.channels, self.frames = int(rate), x.shape[1], x.shape[0]
         self.channel = channel
         self.format, self.subtype = "ARRAY", "FLOAT"
-        self._x = x
+        bad = ~np.isfinite(x)
+        self.nonfinite = int(bad.sum())
+        self._x = np.where(bad, np.float32(0), x) if self.nonfinite else x  # never modifies the caller's array
 
     def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
         for i in range(0, self.frames, blocksize):
@@ -183,38 +242,81 @@ def check_output_format(fmt: str, subtype: str | None, rate: int) -> str:
 class AtomicWriter:
     """Stream float32 blocks [k] into `path` through a temporary file renamed on commit().
 
-    Samples are clipped to [-1, 1] for fixed-point and lossy formats; `clipped` counts them.
+    Samples are clipped to [-1, 1] for fixed-point and lossy formats; `clipped` counts them. Non-finite
+    samples are refused (AudioError): a NaN file is never written. Write failures (disk full, I/O error)
+    raise AudioError naming the output. The temporary name is short and fixed-length
+    (`.sepcli-<random>.part` in the destination folder), so any final name the file system accepts works.
     """
 
     def __init__(self, path: str | os.PathLike, rate: int, fmt: str, subtype: str | None = None):
         self.path = Path(path)
         major, _, _ = OUTPUT_FORMATS[fmt]
         subtype = check_output_format(fmt, subtype, rate)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AudioError(self.path.parent, f"cannot create the output folder ({os_problem(exc)})") from None
+        self.tmp = self.path.parent / f".sepcli-{uuid.uuid4().hex[:12]}.part"
         self._clip = subtype != "FLOAT"
         self.clipped = 0
         self.frames = 0
+        self.committed = False
         try:
             self._f = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, format=major, subtype=subtype)
         except Exception as exc:  # noqa: BLE001
             self._remove_tmp()
-            raise AudioError(self.path, f"cannot write ({_one_line(exc)})") from None
+            raise AudioError(self.path, f"cannot write ({self._why(exc)})") from None
+
+    def _why(self, exc: BaseException) -> str:
+        if isinstance(exc, OSError):
+            return os_problem(exc)
+        return _sf_message(exc, self.tmp)
 
     def write(self, block: np.ndarray) -> None:
         block = np.asarray(block, dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise AudioError(self.path, "refusing to write non-finite samples (NaN/Inf)")
         if self._clip:
             over = np.abs(block) > 1.0
             n = int(over.sum())
             if n:
                 self.clipped += n
                 block = np.clip(block, -1.0, 1.0)
-        self._f.write(block)
+        try:
+            self._f.write(block)
+        except Exception as exc:  # noqa: BLE001  (OSError, libsndfile errors, short writes)
+            raise AudioError(self.path, f"cannot write ({self._why(exc)})") from None
         self.frames += len(block)
 
-    def commit(self) -> Path:
-        self._f.close()
-        os.replace(self.tmp, self.path)
+    def close(self) -> None:
+        """Finish the temporary file (flush headers); errors (e.g. disk full) raise AudioError."""
+        if not self._f.closed:
+            try:
+                self._f.close()
+            except Exception as exc:  # noqa: BLE001
+                raise AudioError(self.path, f"cannot write ({self._why(exc)})") from None
+
+    def commit(self, overwrite: bool = True) -> Path:
+        """Give the finished file its final name. With overwrite=False an existing file is never replaced,
+        even one created a moment ago by another process (the name is claimed with a hard link, which fails
+        if it exists); AudioError then."""
+        self.close()
+        if overwrite:
+            os.replace(self.tmp, self.path)
+        else:
+            try:
+                os.link(self.tmp, self.path)
+            except FileExistsError:
+                raise AudioError(self.path, "exists (written by another process meanwhile?); not replaced") from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if self.path.exists():  # a file system without hard links: check, then rename
+                    raise AudioError(self.path, "exists; not replaced") from None
+                os.replace(self.tmp, self.path)
+            else:
+                self._remove_tmp()
+        self.committed = True
         return self.path
 
     def _remove_tmp(self) -> None:
