@@ -6,7 +6,10 @@ a machine-readable summary on stdout. Errors are one line naming the file and th
 traceback).
 
 Exit codes: 0 all inputs done (or skipped as already done), 1 at least one input failed (or the model could not
-be loaded), 2 usage error (bad option, unknown model name, missing argument).
+be loaded, or the output folder cannot be written), 2 usage error (bad option, unknown model name, missing
+argument, -o naming a file, batch output folder equal to the input folder), 130 interrupted by SIGINT (Ctrl-C),
+143 terminated by SIGTERM. An interrupted run keeps every finished output and leaves no partial or temporary
+file; rerunning `batch` completes the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from . import __version__
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 EXIT_HELP = ("Exit codes: 0 = every input done (or skipped as already done); 1 = at least one input failed "
-             "(or the model could not be loaded); 2 = usage error (bad option, unknown model).")
+             "(or the model could not be loaded, or the output folder cannot be written); 2 = usage error (bad "
+             "option, unknown model); 130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM): finished outputs "
+             "are kept, nothing partial is left.")
 
 app = typer.Typer(
     name="sepcli",
@@ -61,6 +66,70 @@ def _fail(exc: BaseException, debug: bool, code: int) -> typer.Exit:
         traceback.print_exception(exc, file=sys.stderr)
     _error(" ".join(str(exc).split()) or type(exc).__name__)
     return typer.Exit(code)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM turned into an exception, so every `finally` (temporary files, locks) runs."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _interruptible:
+    """While active (main thread only), SIGINT and SIGTERM raise Interrupted; further signals are ignored
+    until the command has cleaned up (a second Ctrl-C must not cut the cleanup short). Restores the
+    previous handlers on exit."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+
+        def handler(signum, frame):
+            for sig in self._old:
+                signal.signal(sig, signal.SIG_IGN)
+            raise Interrupted(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+def _interrupt_exit(exc: KeyboardInterrupt) -> typer.Exit:
+    import signal
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    _error(f"interrupted by {signal.Signals(signum).name}: finished outputs kept, unfinished ones removed "
+           f"(rerun to complete)")
+    return typer.Exit(128 + signum)
+
+
+def _check_out(out: Path, debug: bool) -> None:
+    """Fail before any work when the output folder cannot be used: -o naming a file is a usage error (2), a
+    folder that cannot be created or written (permissions, read-only, full) a failure (1)."""
+    from .audio.io import AudioError
+    from .pipeline import check_output_folder
+
+    if out.exists() and not out.is_dir():
+        _error(f"{out}: -o must name a folder, but this is a file")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        check_output_folder(out)
+    except AudioError as exc:
+        raise _fail(exc, debug, EXIT_FAILED) from None
 
 
 def _version_cb(value: bool) -> None:
@@ -113,9 +182,12 @@ def _summary_table(console, results, title: str) -> None:
     console.print(t)
 
 
-def _emit(results, sep, as_json: bool, console, title: str, extra: dict | None = None) -> int:
+def _emit(results, sep, as_json: bool, console, title: str, extra: dict | None = None,
+          debug: bool = False) -> int:
     for r in results:
         if r.status == "error":
+            if debug and r.exception is not None:
+                traceback.print_exception(r.exception, file=sys.stderr)
             _error(r.error or f"{r.input}: failed")
     counts = {s: sum(1 for r in results if r.status == s) for s in ("ok", "error", "skipped")}
     if console is not None and results:
@@ -177,9 +249,6 @@ def separate(
 
     Example: sepcli separate interview.mp3 -o out/   ->  out/interview_spk1.wav, out/interview_spk2.wav
     """
-    from .audio.io import AudioError, spool_stdin
-    from .pipeline import FileResult, UsageError
-
     opts = _options(segment, overlap, batch_size, channel, sample_rate, fmt, subtype, name, loudness,
                     drop_silent, overwrite, device, threads)
     stems = [("stdin" if i == "-" else Path(i).stem) for i in inputs]
@@ -190,7 +259,21 @@ def separate(
     if inputs.count("-") > 1:
         _error("stdin ('-') can be given only once")
         raise typer.Exit(EXIT_USAGE)
-    sep = _make_separator(model, opts, debug)
+    with _interruptible():
+        try:
+            sep = _make_separator(model, opts, debug)  # options and model first: a usage error creates nothing
+            _check_out(out, debug)
+            results = _separate_all(sep, inputs, stems, out, quiet, debug)
+        except KeyboardInterrupt as exc:
+            raise _interrupt_exit(exc) from None
+    raise typer.Exit(_emit(results, sep, as_json, _stderr_console(quiet), "sepcli separate", debug=debug))
+
+
+def _separate_all(sep, inputs: list[str], stems: list[str], out: Path, quiet: bool, debug: bool) -> list:
+    """The per-input loop of `separate`: one FileResult per input, in order."""
+    from .audio.io import AudioError, spool_stdin
+    from .pipeline import FileResult, UsageError
+
     console = _stderr_console(quiet)
     protect = {Path(i) for i in inputs if i != "-"}
     results = []
@@ -222,7 +305,7 @@ def separate(
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
         results.append(r)
-    raise typer.Exit(_emit(results, sep, as_json, console, "sepcli separate"))
+    return results
 
 
 class _progress:
@@ -282,7 +365,7 @@ def batch(
 
     Example: sepcli batch calls/ -o separated/ --manifest separated/manifest.jsonl --jobs 2
     """
-    from .pipeline import UsageError, parse_shard, separate_batch
+    from .pipeline import UsageError, parse_shard
 
     opts = _options(segment, overlap, batch_size, channel, sample_rate, fmt, subtype, name, loudness,
                     drop_silent, overwrite, device, threads)
@@ -293,7 +376,21 @@ def batch(
     if not folder.is_dir():
         _error(f"{folder}: not a folder")
         raise typer.Exit(EXIT_USAGE)
-    sep = _make_separator(model, opts, debug)
+    with _interruptible():
+        try:
+            sep = _make_separator(model, opts, debug)
+            _check_out(out, debug)
+            results, extra = _batch_run(sep, folder, out, glob, jobs, shard_ix, manifest, quiet, debug)
+        except KeyboardInterrupt as exc:
+            raise _interrupt_exit(exc) from None
+    raise typer.Exit(_emit(results, sep, as_json, _stderr_console(quiet),
+                           f"sepcli batch (shard {shard_ix[0]}/{shard_ix[1]})", extra, debug=debug))
+
+
+def _batch_run(sep, folder: Path, out: Path, glob, jobs: int, shard_ix, manifest, quiet: bool, debug: bool):
+    """Run separate_batch with a progress bar on a terminal; (results, extra JSON fields)."""
+    from .pipeline import UsageError, separate_batch
+
     console = _stderr_console(quiet)
     bar = None
     if console is not None:
@@ -312,9 +409,7 @@ def batch(
     finally:
         if bar is not None:
             bar.stop()
-    extra = {"shard": list(shard_ix), "wall_s": round(time.perf_counter() - t0, 3)}
-    raise typer.Exit(_emit(results, sep, as_json, console, f"sepcli batch (shard {shard_ix[0]}/{shard_ix[1]})",
-                           extra))
+    return results, {"shard": list(shard_ix), "wall_s": round(time.perf_counter() - t0, 3)}
 
 
 # ---------------------------------------------------------------------- models
