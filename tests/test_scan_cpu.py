@@ -67,6 +67,14 @@ def test_cpu_exp_accuracy():
     assert np.max(np.abs(got - want) / want) < 2.5e-7  # ~2 ulp of float32
 
 
+def test_cpu_softplus_and_sigmoid_accuracy():
+    x = np.concatenate([np.linspace(-80.0, 40.0, 100_001), [0.0, 19.999, 20.0, 20.001]]).astype(np.float32)
+    got = scan_cpu._softplus_check(x).astype(np.float64)
+    want = torch.nn.functional.softplus(torch.from_numpy(x).double()).numpy()
+    assert np.max(np.abs(got - want) / want) < 5e-7
+    np.testing.assert_allclose(scan_cpu._softplus_check(x.astype(np.float64)), want, rtol=1e-14, atol=0)
+
+
 def _grad_compare(kw, rtol=2e-4, atol=1e-4):
     a, r = grad_inputs(kw), grad_inputs(kw)
     out = selective_scan_cpu(**a)

@@ -83,7 +83,7 @@ def _exp(x):  # pragma: no cover - replaced by the numba overload below
     raise NotImplementedError
 
 
-@overload(_exp, jit_options={"fastmath": False})
+@overload(_exp, jit_options={"fastmath": False, "error_model": "numpy"})
 def _ol_exp(x):
     if x == types.float32:
 
@@ -115,13 +115,112 @@ def _vexp_check(x):
     return out
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+# Cephes logf polynomial, for log(m) with m in [sqrt(1/2), sqrt(2)].
+_L0 = _F32(7.0376836292e-2)
+_L1 = _F32(-1.1514610310e-1)
+_L2 = _F32(1.1676998740e-1)
+_L3 = _F32(-1.2420140846e-1)
+_L4 = _F32(1.4249322787e-1)
+_L5 = _F32(-1.6668057665e-1)
+_L6 = _F32(2.0000714765e-1)
+_L7 = _F32(-2.4999993993e-1)
+_L8 = _F32(3.3333331174e-1)
+_SQRT2 = _F32(1.41421356)
+_ZERO = _F32(0.0)
+_TWENTY = _F32(20.0)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _log1p_unit32(v):
+    """log1p(v) for float32 v in [0, 1], vectorisable: log(u) of u = 1 + v in [1, 2] by the Cephes polynomial,
+    then Goldberg's correction log1p(v) = log(u) * v / (u - 1) (exact to a few ulp; v where u rounds to 1)."""
+    # Branch-free (selects as arithmetic on 0/1 flags) so that LLVM vectorises the loops calling it.
+    uu = _ONE + v
+    e = np.float32(uu > _SQRT2)  # 1: u in (sqrt2, 2], log u = log(u/2) + ln2
+    m = uu * (_ONE - _HALF * e)
+    f = m - _ONE
+    zz = f * f
+    p = (((((((_L0 * f + _L1) * f + _L2) * f + _L3) * f + _L4) * f + _L5) * f + _L6) * f + _L7) * f + _L8
+    y = f * zz * p + e * _LN2_LO - _HALF * zz
+    r = f + y + e * _LN2_HI
+    den = uu - _ONE
+    isz = np.float32(den == _ZERO)  # u rounded to 1: log1p(v) = v (and r = 0)
+    return r * (v / (den + isz)) + isz * v
+
+
+def _softplus(x):  # pragma: no cover - replaced by the numba overload below
+    """torch's softplus (beta 1, threshold 20): x if x > 20 else log1p(exp(x))."""
+    raise NotImplementedError
+
+
+@overload(_softplus, jit_options={"fastmath": False, "error_model": "numpy"})
+def _ol_softplus(x):
+    if x == types.float32:
+
+        def impl32(x):  # max(x, 0) + log1p(exp(-|x|)), blended branch-free with x above the threshold
+            gt = np.float32(x > _TWENTY)
+            return gt * x + (_ONE - gt) * (max(x, _ZERO) + _log1p_unit32(_exp(-abs(x))))
+
+        return impl32
+    if x == types.float64:
+
+        def impl64(x):
+            return x if x > 20.0 else math.log1p(math.exp(x))
+
+        return impl64
+    return None
+
+
+def _sigmoid(x):  # pragma: no cover - replaced by the numba overload below
+    raise NotImplementedError
+
+
+@overload(_sigmoid, jit_options={"fastmath": False, "error_model": "numpy"})
+def _ol_sigmoid(x):
+    if x == types.float32:
+
+        def impl32(x):
+            return _ONE / (_ONE + _exp(-x))
+
+        return impl32
+    if x == types.float64:
+
+        def impl64(x):
+            return 1.0 / (1.0 + math.exp(-x))
+
+        return impl64
+    return None
+
+
+@njit(cache=True)
+def _softplus_check(x):
+    """Test hook: our softplus over a 1-D array."""
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = _softplus(x[i])
+    return out
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _fill_dt(delta, b, d, bd, softplus, DT):
+    """DT[t] = softplus?(delta[b, d, t] + bias): a separate, vectorised pass."""
+    nl = DT.shape[0]
+    if softplus:
+        for t in range(nl):
+            DT[t] = _softplus(delta[b, d, t] + bd)
+    else:
+        for t in range(nl):
+            DT[t] = delta[b, d, t] + bd
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _fwd_rows(r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
               out, last):
     nd = u.shape[1]
     nl = u.shape[2]
     n = A.shape[1]
     h = np.zeros(n, u.dtype)
+    DT = np.empty(nl, u.dtype)
     zro = np.zeros(1, u.dtype)[0]
     for row in range(r0, r1):
         b = row // nd
@@ -133,11 +232,9 @@ def _fwd_rows(r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_
         for k in range(n):
             h[k] = 0.0
         Dd = D[d]
-        bd = bias[d]
-        for t in range(nl):
-            dt = delta[b, d, t] + bd
-            if softplus and dt <= 20.0:
-                dt = math.log1p(math.exp(dt))
+        _fill_dt(delta, b, d, bias[d], softplus, DT)
+        for t in range(nl):  # the sequential part: n states in a small vector
+            dt = DT[t]
             ut = u[b, d, t]
             dtu = dt * ut
             tb = t if var_b else 0
@@ -147,11 +244,11 @@ def _fwd_rows(r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_
                 hk = _exp(dt * A[d, k]) * h[k] + dtu * Bv[bb, gb, tb, k]
                 h[k] = hk
                 y += hk * Cv[bc, gc, tc, k]
-            o = y + Dd * ut
-            if has_z:
+            out[b, d, t] = y + Dd * ut
+        if has_z:  # gate, a separate vectorised pass
+            for t in range(nl):
                 zt = z[b, d, t]
-                o = o * zt / (1.0 + math.exp(-zt))
-            out[b, d, t] = o
+                out[b, d, t] = out[b, d, t] * (zt * _sigmoid(zt))
         for k in range(n):
             last[b, d, k] = h[k]
 
@@ -170,7 +267,7 @@ def _fwd_ser(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_
               var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _bwd_rows(c, r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
               du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
     nd = u.shape[1]
@@ -179,6 +276,8 @@ def _bwd_rows(c, r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, d
     H = np.zeros((nl + 1, n), u.dtype)  # H[t+1] = state after step t; H[0] = 0
     E = np.empty((nl, n), u.dtype)  # exp(dt[t] * A)
     DT = np.empty(nl, u.dtype)
+    SG = np.empty(nl, u.dtype)  # softplus' = sigmoid(delta + bias)
+    SZ = np.empty(nl, u.dtype)  # sigmoid(z)
     Y = np.empty(nl, u.dtype)
     gh = np.empty(n, u.dtype)
     dAacc = np.empty(n, u.dtype)
@@ -192,12 +291,16 @@ def _bwd_rows(c, r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, d
         gc = d // dpg_c if var_c else d
         bd = bias[d]
         Dd = D[d]
+        _fill_dt(delta, b, d, bd, softplus, DT)
+        if softplus:
+            for t in range(nl):
+                SG[t] = _sigmoid(delta[b, d, t] + bd)
+        if has_z:
+            for t in range(nl):
+                SZ[t] = _sigmoid(z[b, d, t])
         # forward recompute, keeping states and decays of this row
         for t in range(nl):
-            dt = delta[b, d, t] + bd
-            if softplus and dt <= 20.0:
-                dt = math.log1p(math.exp(dt))
-            DT[t] = dt
+            dt = DT[t]
             dtu = dt * u[b, d, t]
             tb = t if var_b else 0
             tc = t if var_c else 0
@@ -221,7 +324,7 @@ def _bwd_rows(c, r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, d
             dt = DT[t]
             if has_z:
                 zt = z[b, d, t]
-                s = 1.0 / (1.0 + math.exp(-zt))
+                s = SZ[t]
                 o = Y[t] + Dd * ut
                 dz[b, d, t] = g * o * s * (1.0 + zt * (1.0 - s))
                 go = g * zt * s
@@ -244,10 +347,7 @@ def _bwd_rows(c, r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, d
                 gh[k] = ghk * E[t, k]
             du[b, d, t] = go * Dd + dt * dua
             if softplus:
-                xr = delta[b, d, t] + bd
-                if xr <= 20.0:
-                    ex = math.exp(xr)
-                    ddt = ddt * ex / (ex + 1.0)
+                ddt = ddt * SG[t]
             ddelta[b, d, t] = ddt
             dbacc += ddt
         for k in range(n):
