@@ -102,9 +102,11 @@ def read_config(folder: Path) -> dict:
     except OSError as exc:
         raise _err(path, f"cannot read ({exc.strerror or exc})") from None
     try:
-        cfg = json.loads(text)
+        cfg = json.loads(text)  # data only: JSON has no code, and nothing in it is evaluated or imported
     except ValueError as exc:
         raise _err(path, f"invalid JSON ({exc})") from None
+    except RecursionError:
+        raise _err(path, "invalid JSON (nested too deeply)") from None
     return validate_config(cfg, path)
 
 
@@ -162,10 +164,13 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         raise _err(folder / "config.json", f"'arch_args' do not fit arch {cfg['arch']!r} ({exc})") from None
     except ImportError as exc:
         raise _err(folder / "config.json", f"arch {cfg['arch']!r} is not available ({exc})") from None
+    except Exception as exc:  # noqa: BLE001  (e.g. an 'arch_args' value of the wrong kind or size)
+        raise _err(folder / "config.json", f"cannot build arch {cfg['arch']!r} from 'arch_args' "
+                                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     state = read_state_dict(weights)
     try:
         result = net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
+    except (RuntimeError, ValueError, TypeError) as exc:  # shape or dtype mismatches
         first = " ".join(str(exc).split())[:300]
         raise _err(weights, f"weights do not match the network ({first})") from None
     if result.missing_keys or result.unexpected_keys:

@@ -1,0 +1,497 @@
+"""Bad and degenerate inputs, built at test time: every one gets one stderr line naming the file and the problem
+(no traceback without --debug), the documented exit code, no partial or temporary output, and a batch still
+processes the rest. Degenerate but valid audio gives finite outputs that add up to the input (BandSplit is a
+low band plus its exact complement, so the sum of its outputs is an independent reference: the input itself).
+
+Most cases run the CLI in-process (CliRunner, fast); a few run the real `sepcli` in a subprocess for real exit
+codes and stderr; permission cases run the subprocess as an unprivileged user when the tests run as root."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from sepcli.cli import app
+from tests.faultnets import broken_folder, register
+from tests.testnets import bandsplit_folder, synthetic_sources
+
+register()
+SR = 8000
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_subprocess(*args, user: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HOME=tempfile.gettempdir())
+    return subprocess.run([sys.executable, "-m", "tests.faultnets", *[str(a) for a in args]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False, user=user)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return bandsplit_folder(tmp_path_factory.mktemp("m") / "bandsplit", sample_rate=SR, segment=0.5)
+
+
+def signal(n: int = SR, seed: int = 0) -> np.ndarray:
+    return synthetic_sources(n, SR, seed=seed).sum(0)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files, spools or locks left anywhere under folder."""
+    if not folder.exists():
+        return []
+    return [str(p) for p in folder.rglob("*") if p.name.startswith(".sepcli") or p.name.endswith(".part")]
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("sepcli: error:")]
+
+
+def assert_sums_to(y: np.ndarray, ref: np.ndarray) -> None:
+    """The speakers add up to the input: the error's energy at least 30 dB below the input's (the pipeline's
+    own `match` criterion; the stitcher's per-segment least-squares gains move the sum slightly)."""
+    assert y.shape == ref.shape
+    err, sig = float(np.sum((y - ref) ** 2)), float(np.sum(ref**2))
+    assert err <= 1e-3 * sig + 1e-12, f"error {10 * np.log10(max(err, 1e-30) / max(sig, 1e-30)):.1f} dB"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------- the bad-input corpus
+def _riff_header_only(p: Path) -> None:
+    sf.write(p, signal(100), SR)
+    p.write_bytes(p.read_bytes()[:30])  # inside the fmt chunk
+
+
+def _truncated_data(p: Path) -> None:
+    sf.write(p, signal(4000), SR)
+    p.write_bytes(p.read_bytes()[:-3001])  # mid-sample, data chunk size now larger than the file
+
+
+BAD = {  # name -> (maker, expected words in the message)
+    "empty.wav": (lambda p: p.write_bytes(b""), "empty"),
+    "zero_samples.wav": (lambda p: sf.write(p, np.zeros(0), SR), "no audio samples"),
+    "truncated_header.wav": (_riff_header_only, "cannot decode"),
+    "random_bytes.wav": (lambda p: p.write_bytes(np.random.default_rng(5).bytes(4000)), "cannot decode"),
+    "text.flac": (lambda p: p.write_text("not audio at all\n" * 50), "cannot decode"),
+    "a_folder.wav": (lambda p: p.mkdir(), "is a folder"),
+    "loop.wav": (lambda p: os.symlink(p, p), "symbolic link loop"),
+    "dangling.wav": (lambda p: os.symlink(p.parent / "missing-target.wav", p), "broken symbolic link"),
+    "rate_4000.wav": (lambda p: sf.write(p, signal(800), 4000), "outside"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_one_line_exit_1_no_output(tmp_path, model, name):
+    make, words = BAD[name]
+    src = tmp_path / "in" / name
+    src.parent.mkdir()
+    make(src)
+    out = tmp_path / "out"
+    r = run("separate", src, "-o", out, "-m", model)
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"sepcli: error: {src}: ") and words in lines[0], lines[0]
+    assert files_under(out) == [] and leftovers(tmp_path) == []
+
+
+def test_bad_input_real_subprocess_exit_code_and_debug(tmp_path, model):
+    bad = tmp_path / "noise.wav"
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + bytes(64))
+    p = run_subprocess("separate", bad, "-o", tmp_path / "out", "-m", model)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and str(bad) in p.stderr
+    assert "cannot decode" in p.stderr and "Traceback" not in p.stderr
+    assert files_under(tmp_path / "out") == []
+    q = run_subprocess("separate", tmp_path / "missing.wav", "-o", tmp_path / "out", "-m", tmp_path / "nomodel")
+    assert q.returncode == 2 and "no such model" in q.stderr and "Traceback" not in q.stderr
+
+
+def test_batch_goes_past_every_bad_file(tmp_path, model):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    for name, (make, _) in BAD.items():
+        make(root / name)
+    good = {root / "good1.wav": signal(SR, 1), root / "sub" / "good2.flac": signal(SR // 2, 2)}
+    for p, x in good.items():
+        sf.write(p, x, SR, subtype="FLOAT" if p.suffix == ".wav" else "PCM_24")
+    (root / "notes.txt").write_text("a note")
+    (root / "cover.png").write_bytes(b"\x89PNG\r\n")
+    os.symlink(root, root / "sub" / "up")  # a folder loop: not followed
+    out, man = tmp_path / "out", tmp_path / "m.jsonl"
+    r = run("batch", root, "-o", out, "-m", model, "--manifest", man, "--subtype", "FLOAT", "--loudness", "off")
+    assert r.exit_code == 1
+    errs = error_lines(r.stderr)
+    bad = [n for n in BAD if n != "a_folder.wav"]  # in a batch, a folder named *.wav is walked, not read
+    assert "Traceback" not in r.stderr and len(errs) == len(bad) == len(r.stderr.strip().splitlines())
+    for name in bad:
+        assert sum(f"{root / name}: " in e for e in errs) == 1, name
+    rows = {json.loads(ln)["input"]: json.loads(ln) for ln in man.read_text().splitlines()}
+    assert len(rows) == len(bad) + 2  # the .txt/.png and the folder loop are not inputs
+    for p, x in good.items():
+        assert rows[str(p)]["status"] == "ok"
+        outs = [sf.read(o, dtype="float64")[0] for o in rows[str(p)]["outputs"]]
+        assert len(outs) == 2 and all(len(o) == len(x) for o in outs)
+        assert_sums_to(outs[0] + outs[1], x)
+    assert sorted(f.name for f in files_under(out)) == ["good1_spk1.wav", "good1_spk2.wav", "good2_spk1.wav",
+                                                        "good2_spk2.wav"]
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------- degenerate but valid audio
+def _square() -> np.ndarray:
+    return np.sign(np.sin(2 * np.pi * 200 * np.arange(SR) / SR) + 1e-9)
+
+
+DEGENERATE = {  # name -> (data [T] or [T, C], rate, subtype)
+    "silence.wav": (np.zeros(SR), SR, "PCM_16"),
+    "dc.wav": (np.full(SR, 0.5), SR, "PCM_16"),
+    "square_full_scale.wav": (_square(), SR, "FLOAT"),
+    "one_sample.wav": (np.array([0.25]), SR, "PCM_16"),
+    "five_samples.wav": (np.array([0.1, -0.2, 0.3, -0.1, 0.05]), SR, "PCM_16"),  # < 15-tap receptive field
+    "pcm24.wav": (signal(), SR, "PCM_24"),
+    "pcm32.wav": (signal(), SR, "PCM_32"),
+    "double.wav": (signal(), SR, "DOUBLE"),
+    "8ch_96k.wav": (0.05 * np.random.default_rng(3).standard_normal((96000 // 4, 8)), 96000, "PCM_16"),
+    ("ü naïve talk, 語 " * 20)[:196] + ".wav": (signal(SR // 2), SR, "PCM_16"),  # 200 chars, 231 bytes
+}
+
+
+@pytest.mark.parametrize("name", list(DEGENERATE), ids=lambda n: n[:20])
+def test_degenerate_audio_gives_finite_outputs_that_sum_to_the_input(tmp_path, model, name):
+    x, rate, subtype = DEGENERATE[name]
+    src = tmp_path / "in" / name
+    src.parent.mkdir()
+    sf.write(src, x, rate, subtype=subtype)
+    before = sha(src)
+    out = tmp_path / "out"
+    r = run("separate", src, "-o", out, "-m", model, "--subtype", "FLOAT", "--loudness", "off", "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    outs = [sf.read(o["path"], dtype="float64") for o in res["outputs"]]
+    assert len(outs) == 2 and sha(src) == before
+    ref, _ = sf.read(src, dtype="float64", always_2d=True)
+    ref = ref.mean(axis=1)
+    for y, sr in outs:
+        assert sr == rate and len(y) == len(ref) and np.isfinite(y).all()
+    if rate == SR:
+        assert_sums_to(outs[0][0] + outs[1][0], ref)
+    else:  # resampled to 8 kHz and back: the sum is the input's band below 4 kHz
+        assert np.sqrt(np.mean((outs[0][0] + outs[1][0]) ** 2)) < 1.5 * np.sqrt(np.mean(ref**2))
+    if name == "silence.wav":
+        assert all("silent" in o["flags"] for o in res["outputs"])
+    assert leftovers(tmp_path) == []
+
+
+def test_degenerate_audio_default_options_pcm16(tmp_path, model):
+    """Default `match` loudness into PCM_16: a full-scale square wave is lowered (flag), never clipped."""
+    src = tmp_path / "square.wav"
+    sf.write(src, _square(), SR, subtype="FLOAT")
+    r = run("separate", src, "-o", tmp_path / "out", "-m", model, "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    ys = [sf.read(o["path"])[0] for o in res["outputs"]]
+    assert all(np.isfinite(y).all() and len(y) == SR for y in ys)
+    assert "clipped" not in res["flags"]
+    if "scaled_to_avoid_clipping" in res["flags"]:
+        assert max(np.abs(y).max() for y in ys) <= 1.0
+
+
+def test_nan_and_inf_samples_are_replaced_and_flagged(tmp_path, model):
+    x = signal()
+    bad = x.copy()
+    bad[[10, 500, 4000]] = [np.nan, np.inf, -np.inf]
+    src = tmp_path / "nan.wav"
+    sf.write(src, bad, SR, subtype="FLOAT")
+    r = run("separate", src, "-o", tmp_path / "out", "-m", model, "--subtype", "FLOAT", "--loudness", "off",
+            "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert res["flags"] == ["nonfinite_input_replaced"]
+    ys = [sf.read(o["path"], dtype="float64")[0] for o in res["outputs"]]
+    assert all(np.isfinite(y).all() for y in ys)
+    ref = np.nan_to_num(bad.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # the documented replacement
+    assert_sums_to(ys[0] + ys[1], ref)
+    for loud in ("match", "-23"):  # the loudness paths see no NaN either
+        r = run("separate", src, "-o", tmp_path / loud, "-m", model, "--subtype", "FLOAT", "--loudness", loud)
+        assert r.exit_code == 0, r.stderr
+        assert all(np.isfinite(sf.read(p)[0]).all() for p in (tmp_path / loud).iterdir())
+
+
+def test_model_producing_nan_is_refused_not_written(tmp_path):
+    folder = broken_folder(tmp_path / "nanmodel", arch="test-nan")
+    src = tmp_path / "a.wav"
+    sf.write(src, signal(), SR)
+    r = run("separate", src, "-o", tmp_path / "out", "-m", folder, "--subtype", "FLOAT", "--loudness", "off")
+    assert r.exit_code == 1 and "NaN/Inf" in r.stderr and str(src) in r.stderr
+    assert files_under(tmp_path / "out") == [] and leftovers(tmp_path) == []
+
+
+def test_model_exception_is_one_line_per_file_and_batch_continues(tmp_path):
+    folder = broken_folder(tmp_path / "broken")
+    root = tmp_path / "in"
+    root.mkdir()
+    for k in range(3):
+        sf.write(root / f"f{k}.wav", signal(SR // 2, k), SR)
+    r = run("batch", root, "-o", tmp_path / "out", "-m", folder)
+    errs = error_lines(r.stderr)
+    assert r.exit_code == 1 and len(errs) == 3 and "Traceback" not in r.stderr
+    assert all("deliberate failure inside the model" in e for e in errs)
+    r = run("batch", root, "-o", tmp_path / "out", "-m", folder, "--debug")
+    assert r.exit_code == 1 and r.stderr.count("Traceback") == 3
+    assert files_under(tmp_path / "out") == [] and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------- permissions and output folders
+def _world_dir() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="sepcli-perm-"))
+    d.chmod(0o755)
+    return d
+
+
+def test_unreadable_input_simulated(tmp_path, model, monkeypatch):
+    """open() of the input raises EACCES (what chmod 000 gives a non-root user)."""
+    import builtins
+
+    import sepcli.audio.io as io_mod
+
+    src = tmp_path / "secret.wav"
+    sf.write(src, signal(), SR)
+
+    def deny(path, *a, **k):
+        if Path(path) == src:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return builtins.open(path, *a, **k)
+
+    monkeypatch.setattr(io_mod, "open", deny, raising=False)
+    r = run("separate", src, "-o", tmp_path / "out", "-m", model)
+    assert r.exit_code == 1 and r.stderr.strip() == f"sepcli: error: {src}: cannot read (permission denied)"
+    assert files_under(tmp_path / "out") == []
+
+
+def test_unreadable_input_real(tmp_path, model):
+    """chmod 000 input, read by a real unprivileged process (as root, the subprocess runs as `nobody`)."""
+    user = 65534 if os.geteuid() == 0 else None  # root reads everything: drop privileges in the subprocess
+    d = _world_dir()
+    try:
+        m = shutil.copytree(model, d / "model")
+        src, ok = d / "secret.wav", d / "ok.wav"
+        sf.write(src, signal(), SR)
+        sf.write(ok, signal(), SR)
+        src.chmod(0o000)
+        out = d / "out"
+        out.mkdir()
+        out.chmod(0o777)
+        try:
+            p = run_subprocess("separate", src, ok, "-o", out, "-m", m, user=user)
+        except PermissionError as exc:
+            pytest.skip(f"running as root and `nobody` cannot run this interpreter ({exc}); "
+                        f"test_unreadable_input_simulated covers the path")
+        if p.returncode != 1 or "secret" not in p.stderr:
+            pytest.skip(f"cannot run sepcli as an unprivileged user here: {p.stderr[-300:]}")
+        assert p.stderr.strip() == f"sepcli: error: {src}: cannot read (permission denied)"
+        assert sorted(f.name for f in out.iterdir()) == ["ok_spk1.wav", "ok_spk2.wav"]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _read_only(folder: Path) -> bool:
+    """Make folder unwritable for this process: chmod for a normal user, a read-only bind mount for root."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return True
+    ok = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False)
+    if ok.returncode != 0:
+        return False
+    ro = subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, check=False)
+    if ro.returncode != 0:
+        subprocess.run(["umount", str(folder)], check=False)
+        return False
+    return True
+
+
+def test_unwritable_output_folder_real(tmp_path, model):
+    src = tmp_path / "a.wav"
+    sf.write(src, signal(), SR)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if not _read_only(locked):
+        pytest.skip("running as root without permission to mount a read-only folder; "
+                    "test_unwritable_output_folder_simulated covers the path")
+    try:
+        r = run("separate", src, "-o", locked, "-m", model)
+        assert r.exit_code == 1 and "Traceback" not in r.stderr
+        why = "read-only file system" if os.geteuid() == 0 else "permission denied"
+        assert r.stderr.strip() == f"sepcli: error: {locked}: cannot write in the output folder ({why})"
+        r = run("batch", tmp_path, "-o", locked / "sub", "-m", model)
+        assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1  # one line, not one per input
+        assert list(locked.iterdir()) == []
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(locked)], check=False)
+        else:
+            locked.chmod(0o755)
+
+
+def test_unwritable_output_folder_simulated(tmp_path, model, monkeypatch):
+    """EACCES when creating files in the output folder (os.open of the probe, libsndfile for outputs)."""
+    src = tmp_path / "a.wav"
+    sf.write(src, signal(), SR)
+    out = tmp_path / "out"
+    real_open = os.open
+
+    def deny(path, *a, **k):
+        if str(path).startswith(str(out)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", deny)
+    r = run("separate", src, "-o", out, "-m", model)
+    monkeypatch.undo()
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"sepcli: error: {out}: cannot write in the output folder (permission denied)"
+    assert files_under(out) == []
+
+
+def test_output_folder_problems(tmp_path, model):
+    src = tmp_path / "a.wav"
+    sf.write(src, signal(), SR)
+    before = sha(src)
+    r = run("separate", src, "-o", src, "-m", model)  # -o names a file
+    assert r.exit_code == 2 and r.stderr.strip() == f"sepcli: error: {src}: -o must name a folder, but this is a file"
+    r = run("separate", src, "-o", src / "sub", "-m", model)  # parent is a file
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"sepcli: error: {src / 'sub'}: cannot create the output folder (a file is in the way)"
+    r = run("separate", src, "-o", tmp_path, "-m", model)  # output folder = input folder: allowed for files
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.glob("a*.wav")) == ["a.wav", "a_spk1.wav", "a_spk2.wav"]
+    assert sha(src) == before
+
+
+def test_output_name_that_would_replace_an_input_is_refused(tmp_path, model):
+    a, b = tmp_path / "x.wav", tmp_path / "x_spk1.wav"
+    sf.write(a, signal(), SR)
+    sf.write(b, signal(SR, 7), SR)
+    hb = sha(b)
+    r = run("separate", a, b, "-o", tmp_path, "-m", model)
+    assert r.exit_code == 1 and error_lines(r.stderr) == [
+        f"sepcli: error: {a}: output {b} would overwrite an input"]
+    assert sha(b) == hb and not (tmp_path / "x_spk2.wav").exists()  # all speakers or none
+
+
+def test_batch_output_folder_equal_to_input_is_refused_and_ancestor_works(tmp_path, model):
+    root = tmp_path / "calls" / "2024"
+    root.mkdir(parents=True)
+    sf.write(root / "c.wav", signal(), SR)
+    r = run("batch", root, "-o", root, "-m", model)
+    assert r.exit_code == 2 and "output folder is the input folder" in r.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["c.wav"]
+    r = run("batch", root, "-o", tmp_path / "calls", "-m", model)  # an ancestor of the input folder
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "calls").glob("*.wav")) == ["c_spk1.wav", "c_spk2.wav"]
+
+
+def test_same_stem_inputs(tmp_path, model):
+    """`separate a.wav a.flac` into one folder is a usage error; `batch` names both by their full file name."""
+    root = tmp_path / "in"
+    root.mkdir()
+    xa, xb = signal(SR, 1), signal(SR, 2)
+    sf.write(root / "a.wav", xa, SR, subtype="FLOAT")
+    sf.write(root / "a.flac", xb, SR, subtype="PCM_24")
+    r = run("separate", root / "a.wav", root / "a.flac", "-o", tmp_path / "o1", "-m", model)
+    assert r.exit_code == 2 and "same file name stem" in r.stderr and files_under(tmp_path / "o1") == []
+    r = run("batch", root, "-o", tmp_path / "o2", "-m", model, "--subtype", "FLOAT", "--loudness", "off")
+    assert r.exit_code == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "o2").iterdir())
+    assert names == ["a.flac_spk1.wav", "a.flac_spk2.wav", "a.wav_spk1.wav", "a.wav_spk2.wav"]
+    for tag, x in (("a.wav", xa), ("a.flac", xb)):
+        y = sum(sf.read(tmp_path / "o2" / f"{tag}_spk{k}.wav", dtype="float64")[0] for k in (1, 2))
+        assert_sums_to(y, x)  # each from its own input
+
+
+# ---------------------------------------------------------------------- models and checkpoints
+def test_unknown_model_is_usage_error(tmp_path):
+    src = tmp_path / "a.wav"
+    sf.write(src, signal(), SR)
+    r = run("separate", src, "-o", tmp_path / "out", "-m", "no-such-model")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "unknown model 'no-such-model'" in r.stderr and not (tmp_path / "out").exists()
+
+
+def _bad_model(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    folder = bandsplit_folder(tmp_path / kind, sample_rate=SR)
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if kind == "wrong_shapes":
+        from safetensors.torch import save_file
+
+        save_file({"fir": torch.zeros(1, 1, 31)}, str(folder / "weights.safetensors"))
+        return folder, "weights do not match the network"
+    if kind == "syntax":
+        cfg_path.write_text('{"arch": "test-bandsplit", "sample_rate": 8000,')
+        return folder, "invalid JSON"
+    if kind == "nested":
+        cfg_path.write_text("[" * 100000 + "]" * 100000)
+        return folder, "invalid JSON"
+    if kind == "not_object":
+        cfg_path.write_text("[1, 2, 3]")
+        return folder, "must hold a JSON object"
+    if kind == "bad_rate":
+        cfg["sample_rate"] = "__import__('os').system('true')"
+        cfg_path.write_text(json.dumps(cfg))
+        return folder, "'sample_rate' must be an integer"
+    if kind == "bad_arch_args":
+        cfg["arch_args"] = {"taps": "fifteen"}
+        cfg_path.write_text(json.dumps(cfg))
+        return folder, "'arch_args' do not fit arch 'test-bandsplit'"
+    if kind == "negative_size":
+        cfg["arch_args"] = {"taps": -5}
+        cfg_path.write_text(json.dumps(cfg))
+        return folder, "cannot build arch 'test-bandsplit'"
+    if kind == "unknown_arg":
+        cfg["arch_args"] = {"taps": 15, "exec": "print(1)"}
+        cfg_path.write_text(json.dumps(cfg))
+        return folder, "'arch_args' do not fit"
+    if kind == "unknown_arch":
+        cfg["arch"] = "os.system"
+        cfg_path.write_text(json.dumps(cfg))
+        return folder, "unknown architecture 'os.system'"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["wrong_shapes", "syntax", "nested", "not_object", "bad_rate", "bad_arch_args",
+                                  "negative_size", "unknown_arg", "unknown_arch"])
+def test_bad_model_folder_one_line_exit_1(tmp_path, kind):
+    folder, words = _bad_model(tmp_path, kind)
+    src = tmp_path / "a.wav"
+    sf.write(src, signal(), SR)
+    r = run("separate", src, "-o", tmp_path / "out", "-m", folder)
+    assert r.exit_code == 1, (kind, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr and words in lines[0], lines
+    assert str(folder) in lines[0]
+    assert not (tmp_path / "out").exists()
