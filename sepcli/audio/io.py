@@ -268,8 +268,24 @@ class AtomicWriter:
             raise AudioError(self.path, f"cannot write ({self._why(exc)})") from None
 
     def _why(self, exc: BaseException) -> str:
+        """The cause of a write failure in words. libsndfile reports OS failures (disk full, quota, I/O
+        error) only as "System error.": the C errno it left (read through soundfile's cffi handle) or, failing
+        that, a full file system names the real cause."""
         if isinstance(exc, OSError):
             return os_problem(exc)
+        if "system error" in str(exc).lower():
+            try:
+                code = int(sf._ffi.errno)  # errno of this thread's last C call (cffi saves it per thread)
+            except Exception:  # noqa: BLE001  (private handle: absent in another soundfile version)
+                code = 0
+            if not code:
+                try:
+                    st = os.statvfs(self.tmp.parent)
+                    code = errno.ENOSPC if st.f_bavail * st.f_frsize == 0 else 0
+                except OSError:
+                    code = 0
+            if code:
+                return os_problem(OSError(code, os.strerror(code)))
         return _sf_message(exc, self.tmp)
 
     def write(self, block: np.ndarray) -> None:
@@ -352,11 +368,19 @@ class FloatSpool:
         self.frames = 0
 
     def write(self, block: np.ndarray) -> None:
-        np.asarray(block, dtype=np.float32).tofile(self._f)
+        """Append a block; AudioError naming the folder if the file system refuses (e.g. disk full).
+        (File.write, not ndarray.tofile: tofile's OSError carries no errno, so the cause would be lost.)"""
+        try:
+            self._f.write(np.ascontiguousarray(block, dtype=np.float32).data)
+        except OSError as exc:
+            raise AudioError(self.path.parent, f"cannot write temporary data ({os_problem(exc)})") from None
         self.frames += len(block)
 
     def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
-        self._f.close()
+        try:
+            self._f.close()  # flushes: a full disk may show here
+        except OSError as exc:
+            raise AudioError(self.path.parent, f"cannot write temporary data ({os_problem(exc)})") from None
         with open(self.path, "rb") as f:
             while True:
                 d = np.fromfile(f, dtype=np.float32, count=blocksize)
@@ -366,7 +390,10 @@ class FloatSpool:
 
     def close(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                pass  # the file is being discarded anyway
         try:
             self.path.unlink()
         except FileNotFoundError:
