@@ -437,7 +437,10 @@ class Separator:
             x = np.zeros((len(pending), max(lens)), np.float32)
             for i, (_, s, _) in enumerate(pending):
                 x[i, : len(s)] = s * in_gain
-            y = self._forward(x, timer)
+            if x.shape[1] == 0:  # an input shorter than one sample at the model's rate: nothing to separate
+                y = np.zeros((len(pending), n_src, 0), np.float32)  # (networks need T >= 1); output is silence
+            else:
+                y = self._forward(x, timer)
             for i, (_, s, last) in enumerate(pending):
                 done = stitch.push(y[i, :, : lens[i]], s, last)
                 if done.shape[1]:

@@ -495,3 +495,16 @@ def test_bad_model_folder_one_line_exit_1(tmp_path, kind):
     assert len(lines) == 1 and "Traceback" not in r.stderr and words in lines[0], lines
     assert str(folder) in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_shorter_than_one_sample_at_the_model_rate(tmp_path, model):
+    """5 frames at 192 kHz are 0 samples at the model's 8 kHz: no model call with T=0 (networks need T >= 1);
+    the outputs are silence of the input's exact length, flagged silent."""
+    src = tmp_path / "blip.wav"
+    sf.write(src, np.array([0.1, -0.2, 0.3, -0.1, 0.05]), 192000)
+    r = run("separate", src, "-o", tmp_path / "out", "-m", model, "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    for o in res["outputs"]:
+        y, rate = sf.read(o["path"])
+        assert rate == 192000 and len(y) == 5 and np.all(y == 0) and "silent" in o["flags"]
