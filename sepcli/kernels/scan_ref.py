@@ -27,21 +27,28 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def expand_bc(M: Tensor, batch: int, dim: int, length: int, name: str) -> Tensor:
-    """B or C in any accepted layout -> `(batch, dim, n, length)` view (broadcast, no copy where possible)."""
+def _check_bc_layout(M: Tensor, batch: int, dim: int, length: int, name: str) -> None:
+    """Raise ValueError unless M is (dim, n), (batch, n, length) or (batch, g, n, length) with g | dim."""
     if M.dim() == 2:  # constant (d, n)
         if M.shape[0] != dim:
             raise ValueError(f"{name}: constant shape must be (dim={dim}, n), got {tuple(M.shape)}")
-        return M[None, :, :, None].expand(batch, dim, M.shape[1], length)
-    if M.dim() == 3:  # (b, n, l): one group
-        M = M[:, None]
-    if M.dim() != 4 or M.shape[0] != batch or M.shape[-1] != length:
+        return
+    M4 = M[:, None] if M.dim() == 3 else M
+    if M4.dim() != 4 or M4.shape[0] != batch or M4.shape[-1] != length:
         raise ValueError(f"{name}: expected (d, n), (b, n, l) or (b, g, n, l) with b={batch}, l={length}; "
                          f"got {tuple(M.shape)}")
-    groups = M.shape[1]
-    if dim % groups:
-        raise ValueError(f"{name}: groups g={groups} must divide dim={dim}")
-    return M.repeat_interleave(dim // groups, dim=1)
+    if dim % M4.shape[1]:
+        raise ValueError(f"{name}: groups g={M4.shape[1]} must divide dim={dim}")
+
+
+def expand_bc(M: Tensor, batch: int, dim: int, length: int, name: str) -> Tensor:
+    """B or C in any accepted layout -> `(batch, dim, n, length)` (a broadcast view for constant B/C,
+    a copy with each group repeated over its channels otherwise)."""
+    _check_bc_layout(M, batch, dim, length, name)
+    if M.dim() == 2:
+        return M[None, :, :, None].expand(batch, dim, M.shape[1], length)
+    M4 = M[:, None] if M.dim() == 3 else M
+    return M4.repeat_interleave(dim // M4.shape[1], dim=1)
 
 
 def check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -59,7 +66,7 @@ def check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     for name, M in (("B", B), ("C", C)):
         if M.dim() not in (2, 3, 4) or M.shape[-1 if M.dim() == 2 else -2] != n:
             raise ValueError(f"{name}: state size must match A's n={n}, got {tuple(M.shape)}")
-        expand_bc(M, u.shape[0], u.shape[1], u.shape[2], name)
+        _check_bc_layout(M, u.shape[0], u.shape[1], u.shape[2], name)
     if D is not None and D.shape != (u.shape[1],):
         raise ValueError(f"D must be (dim={u.shape[1]},), got {tuple(D.shape)}")
     if delta_bias is not None and delta_bias.shape != (u.shape[1],):
