@@ -580,16 +580,20 @@ class Separator:
         return result
 
     def _outputs_free(self, outs: list[Path], resume: bool, result: FileResult) -> bool:
-        """False (result marked skipped) when resuming and every output exists; UsageError when one exists
-        and may not be replaced; True when the input is to be processed."""
+        """False (result marked skipped) when resuming and the input is finished (every output exists, or with
+        --drop-silent at least one); UsageError when an output exists and may not be replaced; True when the
+        input is to be processed."""
         if self.options.overwrite:
             return True
-        if resume and all(p.exists() for p in outs):
+        exist = [p.exists() for p in outs]
+        # with --drop-silent a finished input may have fewer outputs than speakers (the silent ones were not
+        # written); since outputs are committed all-or-none, any output present means the input was finished
+        if resume and (all(exist) or (self.options.drop_silent and any(exist))):
             result.status = "skipped"
             result.outputs = [OutputInfo(k + 1, str(q), 0, 0, 0.0, None, None, 0.0) for k, q in enumerate(outs)]
             return False
-        for p in outs:
-            if p.exists():
+        for p, e in zip(outs, exist):
+            if e:
                 raise UsageError(f"output {p} exists (use --overwrite to replace it)")
         return True
 

@@ -205,3 +205,22 @@ def test_two_batch_processes_same_folder(tmp_path):
     for p in out.iterdir():
         y, sr = sf.read(p)
         assert sr == SR and len(y) == SR and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")])
+def test_stdin_copy_interrupted_leaves_nothing(tmp_path, exc):
+    class Stream:
+        def __init__(self):
+            self.n = 0
+
+        def read(self, size=-1):
+            self.n += 1
+            if self.n == 3:
+                raise exc
+            return b"\0" * 1000
+
+    with pytest.raises((KeyboardInterrupt, io_mod.AudioError)) as info:
+        io_mod.spool_stdin(tmp_path, stream=Stream())
+    if isinstance(exc, OSError):
+        assert str(info.value) == "-: cannot store stdin (no space left on device)"
+    assert list(tmp_path.iterdir()) == []

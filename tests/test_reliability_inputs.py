@@ -508,3 +508,20 @@ def test_shorter_than_one_sample_at_the_model_rate(tmp_path, model):
     for o in res["outputs"]:
         y, rate = sf.read(o["path"])
         assert rate == 192000 and len(y) == 5 and np.all(y == 0) and "silent" in o["flags"]
+
+
+def test_batch_resume_after_drop_silent_skips_the_finished_input(tmp_path, model):
+    """A 100 Hz tone has (almost) nothing above the BandSplit cut-off: speaker 2 is silent and --drop-silent
+    does not write it. A rerun must count the input as finished, not fail on the existing speaker 1."""
+    root = tmp_path / "in"
+    root.mkdir()
+    sf.write(root / "tone.wav", 0.3 * np.sin(2 * np.pi * 100 * np.arange(SR) / SR), SR)
+    out = tmp_path / "out"
+    r = run("batch", root, "-o", out, "-m", model, "--drop-silent", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["tone_spk1.wav"]
+    mtime = (out / "tone_spk1.wav").stat().st_mtime_ns
+    r = run("batch", root, "-o", out, "--drop-silent", "-m", model, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["results"][0]["status"] == "skipped"
+    assert (out / "tone_spk1.wav").stat().st_mtime_ns == mtime

@@ -216,8 +216,14 @@ def spool_stdin(directory: str | os.PathLike | None = None, stream=None) -> Path
     """
     stream = stream if stream is not None else sys.stdin.buffer
     fd, name = tempfile.mkstemp(prefix=".sepcli-stdin-", suffix=".audio", dir=directory)
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(stream, out, 1 << 20)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+    except BaseException as exc:  # interrupted or disk full while copying: leave nothing behind
+        os.unlink(name)
+        if isinstance(exc, OSError):
+            raise AudioError("-", f"cannot store stdin ({os_problem(exc)})") from None
+        raise
     if os.path.getsize(name) == 0:
         os.unlink(name)
         raise AudioError("-", "stdin is empty (no audio bytes)")
