@@ -119,7 +119,8 @@ def test_bad_input_one_line_exit_1_no_output(tmp_path, model, name):
     assert files_under(out) == [] and leftovers(tmp_path) == []
 
 
-def test_bad_input_real_subprocess_exit_code_and_debug(tmp_path, model):
+@pytest.mark.slow
+def test_bad_input_real_subprocess_exit_codes(tmp_path, model):
     bad = tmp_path / "noise.wav"
     bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + bytes(64))
     p = run_subprocess("separate", bad, "-o", tmp_path / "out", "-m", model)
