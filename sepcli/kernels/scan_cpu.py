@@ -5,9 +5,13 @@ Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan seman
   the forward's extra memory is O(b·d·n) (the last state) plus, for variable B/C, one `(b, g, l, n)`
   transposed copy of B and C (the size of the inputs themselves);
 - rows (b, d) run in parallel over numba's threads (as many as `torch.get_num_threads()`);
-- exp(dt·A) uses a vectorisable float32 exp (Cephes-style range reduction + degree-6 polynomial, ~1 ulp),
-  computed for all n states of a time step at once; float64 inputs use libm's exp (that path exists for
-  `torch.autograd.gradcheck`).
+- exp(dt·A) uses a vectorisable float32 exp (Cephes expf: Cody-Waite range reduction + degree-6 polynomial,
+  ~1 ulp; arguments are clamped to [-87.3, 88.3], so exp underflows to ~1e-38 rather than 0 and overflows
+  to ~2e38 rather than inf), computed for all n states of a time step at once; softplus(delta + bias) and
+  the silu(z) gate run as separate vectorised passes over a row (branch-free log1p, Cephes logf polynomial),
+  with O(threads·l) scratch. Float64 inputs use libm (that path exists for `torch.autograd.gradcheck`).
+- functions are compiled on first use and cached on disk (numba `cache=True`): one specialisation per dtype
+  (float32, float64); absent D / z / delta_bias are runtime flags, not new specialisations.
 
 Backward (reverse-time scan, per row): the forward is recomputed into a per-thread `(l+1, n)` buffer of states
 and `(l, n)` of exp(dt·A) (O(threads·l·n) scratch, never O(b·d·l·n)), then with g_h the gradient of the state,
@@ -389,10 +393,11 @@ def _plan() -> tuple[bool, int]:
     return nthreads > 1, nthreads
 
 
-def _run(par_fn, ser_fn, *args) -> None:
+def _run(par_fn, ser_fn, nchunks: int, *args) -> None:
+    """Run `par_fn(nchunks, *args)` on numba's threads, or `ser_fn(1, *args)` where parallel is unsafe."""
     global _PAR_PID, _LAYER
     parallel, nthreads = _plan()
-    if not parallel:
+    if not parallel or nchunks < 2:
         ser_fn(1, *args)
         return
     need_lock = _LAYER in (None, "workqueue")
@@ -400,7 +405,7 @@ def _run(par_fn, ser_fn, *args) -> None:
         _LOCK.acquire()
     try:
         numba.set_num_threads(nthreads)
-        par_fn(nthreads, *args)
+        par_fn(nchunks, *args)
         if _LAYER is None:
             _PAR_PID = os.getpid()
             _LAYER = numba.threading_layer()
@@ -477,7 +482,7 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     out = np.empty((b, d, l), p["u"].dtype)
     last = np.zeros((b, d, A.shape[1]), p["u"].dtype)
     if b * d * l:
-        _run(_fwd_par, _fwd_ser, *_kernel_args(p, delta_softplus), out, last)
+        _run(_fwd_par, _fwd_ser, threads_for_call(), *_kernel_args(p, delta_softplus), out, last)
     return torch.from_numpy(out).to(u.dtype), torch.from_numpy(last)
 
 
@@ -498,8 +503,7 @@ class SelectiveScanCPU(torch.autograd.Function):
         p = _prepare(u, delta, A, B, C, D, z, delta_bias)
         dt_np = p["u"].dtype
         b, d, l = u.shape
-        _, nthreads = _plan()
-        nt = nthreads  # number of row chunks == per-thread accumulators
+        nt = threads_for_call()  # number of row chunks == per-chunk accumulators
         dout_np = _as_np(dout, p["cdt"])
         du = np.zeros((b, d, l), dt_np)
         ddelta = np.zeros((b, d, l), dt_np)
@@ -511,10 +515,7 @@ class SelectiveScanCPU(torch.autograd.Function):
         dbias_p = np.zeros((nt, d), dt_np)
         if b * d * l:
             args = _kernel_args(p, ctx.delta_softplus) + (dout_np, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
-            if nt > 1:
-                _run(_bwd_par, _bwd_ser, *args)
-            else:
-                _bwd_ser(1, *args)
+            _run(_bwd_par, _bwd_ser, nt, *args)
         return (
             torch.from_numpy(du).to(u.dtype),
             torch.from_numpy(ddelta).to(delta.dtype),
