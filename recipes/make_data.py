@@ -149,7 +149,7 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
 def build_real(job) -> tuple[str, str, str, np.ndarray]:
     sid, person, files = job
     parts = []
-    for i, f in enumerate(files):
+    for f in files:
         try:
             x, sr = decode(f)
         except Exception:  # a damaged prompt is skipped, not fatal

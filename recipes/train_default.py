@@ -28,7 +28,8 @@ a = ap.parse_args()
 # re-warmed: the repo carries no optimiser state); else a fresh start.
 committed = Path(__file__).resolve().parents[1] / "models" / "s4m-tiny-16k"
 init = str(committed) if not (a.out / "last.pt").exists() and (committed / "weights.safetensors").exists() else None
-cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init, continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
+cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
+                  continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
                   segment=2.0, batch_size=4, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200, patience=4,
                   reverb_prob=0.2, noise_prob=0.1, speed=0.15, ckpt_minutes=10, max_minutes=a.minutes,
                   resume=True, name="s4m-tiny-16k", threads=a.threads, val_limit=a.val_limit, log_every=25)

@@ -24,7 +24,7 @@ def test_crossfade_windows_sum_to_one_and_are_monotone(ov):
     assert fade_out.shape == fade_in.shape == (ov,)
     np.testing.assert_allclose(fade_out + fade_in, 1.0, atol=1e-6)
     assert np.all(np.diff(fade_in) >= 0) and np.all(np.diff(fade_out) <= 0)
-    assert 0 <= fade_in.min() and fade_in.max() <= 1
+    assert fade_in.min() >= 0 and fade_in.max() <= 1
 
 
 def _weight_of_plan(n, length, ov):

@@ -58,7 +58,8 @@ def _wav(path: Path, seconds=1.0, seed=0, rate=SR):
 def test_version():
     r = run("--version")
     assert r.exit_code == 0 and r.stdout.strip() == f"sepcli {__version__}"
-    p = subprocess.run([sys.executable, "-m", "sepcli", "--version"], capture_output=True, text=True, timeout=60, check=False)
+    p = subprocess.run([sys.executable, "-m", "sepcli", "--version"], capture_output=True, text=True, timeout=60,
+                       check=False)
     assert p.returncode == 0 and p.stdout.strip() == f"sepcli {__version__}"
 
 

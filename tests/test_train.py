@@ -140,7 +140,8 @@ def test_split_by_person_never_leaks():
     assert split == {"allison": "train", "june": "test", "carlo": "train", "mbrola-us1": "train",
                      "mbrola-us2": "val"}
     # one person with two speaker entries (Allison speaks two languages) cannot straddle splits
-    ok = [Speaker("allison-en", "allison", "real", "train", 1.0), Speaker("allison-es", "allison", "real", "train", 1.0)]
+    ok = [Speaker("allison-en", "allison", "real", "train", 1.0),
+          Speaker("allison-es", "allison", "real", "train", 1.0)]
     check_disjoint(ok)
     with pytest.raises(ValueError, match="allison"):
         check_disjoint([ok[0], Speaker("allison-es", "allison", "real", "test", 1.0)])
