@@ -184,13 +184,18 @@ def machine_bounds(threads: int) -> dict:
 
 
 def network_rtf(backends: list[str]) -> None:
+    """RTF of each named network with each scan backend, and the share of that time spent in the scan.
+
+    The reference backend materialises (b, d, l, n) tensors and is very slow inside SPMamba, so it runs on
+    a quarter of the audio, once, without warm-up."""
     print("\nEnd-to-end real-time factor (seconds of compute per second of audio, batch 1, no grad):")
     try:
+        import sepcli.kernels as kernels
         from sepcli.nets import build_network, named_config
     except Exception as exc:  # noqa: BLE001 - a missing network must not hide the kernel figures
         print(f"  skipped all networks: sepcli.nets not importable ({type(exc).__name__}: {exc})")
         return
-    print(f"  {'network':<16}{'backend':<10}{'audio s':>8}{'RTF':>10}")
+    print(f"  {'network':<16}{'backend':<10}{'audio s':>8}{'RTF':>10}{'scan share':>12}")
     for name, seconds in NETWORKS:
         try:
             arch, args, sr = named_config(name)
@@ -198,17 +203,32 @@ def network_rtf(backends: list[str]) -> None:
         except Exception as exc:  # noqa: BLE001
             print(f"  {name:<16}skipped: not available yet ({type(exc).__name__}: {str(exc)[:80]})")
             continue
-        mix = torch.randn(1, int(seconds * sr), generator=torch.Generator().manual_seed(0)) * 0.1
         for backend in backends:
+            secs = seconds if backend != "ref" else seconds / 4
+            warmup, runs = (1, 2) if backend != "ref" else (0, 1)
+            mix = torch.randn(1, int(secs * sr), generator=torch.Generator().manual_seed(0)) * 0.1
             old = os.environ.get("SEPCLI_SCAN")
             os.environ["SEPCLI_SCAN"] = backend
+            scan_time = [0.0]
+            real_scan = kernels.selective_scan
+
+            def timed_scan(*a, _real=real_scan, _acc=scan_time, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _real(*a, **k)
+                finally:
+                    _acc[0] += time.perf_counter() - t0
+
+            kernels.selective_scan = timed_scan
             try:
                 with torch.inference_mode():
-                    t = _median_time(lambda net=net, mix=mix: net(mix), 1, 2)
-                print(f"  {name:<16}{backend:<10}{seconds:>8.1f}{t / seconds:>10.3f}")
+                    t = _median_time(lambda net=net, mix=mix: net(mix), warmup, runs)
+                share = scan_time[0] / (t * (warmup + runs)) if t > 0 else 0.0
+                print(f"  {name:<16}{backend:<10}{secs:>8.2f}{t / secs:>10.3f}{100 * share:>11.0f}%", flush=True)
             except Exception as exc:  # noqa: BLE001
                 print(f"  {name:<16}{backend:<10}failed: {type(exc).__name__}: {str(exc)[:80]}")
             finally:
+                kernels.selective_scan = real_scan
                 if old is None:
                     os.environ.pop("SEPCLI_SCAN", None)
                 else:
