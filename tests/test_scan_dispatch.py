@@ -90,3 +90,19 @@ def test_bidirectional_rejects_mismatched_optionals():
     bwd = dict(fwd, D=None)
     with pytest.raises(ValueError, match="D must be given for both"):
         selective_scan_bidirectional(fwd, bwd)
+
+
+def test_cuda_choice_without_mamba_ssm(monkeypatch):
+    # No GPU here, but the choice for a CUDA device is pure logic: mamba_ssm if importable, else Triton.
+    import importlib.util
+
+    from sepcli.kernels import backend_for_device
+
+    monkeypatch.delenv("SEPCLI_SCAN", raising=False)
+    has_mamba = importlib.util.find_spec("mamba_ssm") is not None
+    has_triton = importlib.util.find_spec("triton") is not None
+    want = "mamba_ssm" if has_mamba else ("triton" if has_triton else "ref")
+    assert backend_for_device("cuda") == want
+    monkeypatch.setenv("SEPCLI_SCAN", "cpu")
+    with pytest.raises(ScanBackendError, match="needs CPU tensors"):
+        backend_for_device("cuda")

@@ -32,6 +32,7 @@ ENV_VAR = "SEPCLI_SCAN"
 
 __all__ = [
     "BACKENDS",
+    "backend_for_device",
     "ScanBackendError",
     "available_backends",
     "backend_for",
@@ -94,7 +95,12 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 def backend_for(tensor: Tensor) -> str:
     """Name of the backend `selective_scan` would use for inputs living where `tensor` lives."""
-    dev = tensor.device
+    return backend_for_device(tensor.device)
+
+
+def backend_for_device(device: torch.device | str) -> str:
+    """Name of the backend `selective_scan` would use on `device` (SEPCLI_SCAN honoured)."""
+    dev = torch.device(device)
     forced = os.environ.get(ENV_VAR, "").strip()
     if forced:
         why = _unavailable(forced, dev)
