@@ -166,7 +166,7 @@ def machine_bounds(threads: int) -> dict:
     finally:
         torch.set_num_threads(old_threads)
     tp = _median_time(lambda: body_par(x, A, h, B, C, reps, threads), 1, 5)
-    te = _median_time(lambda: exp_only(x, out, reps), 1, 5)
+    te = min(_median_time(lambda: exp_only(x, out, reps), 0, 1) for _ in range(7))
     big = np.ones(64 * 2**20 // 4, np.float32)
     dst = np.empty_like(big)
     tc = _median_time(lambda: np.copyto(dst, big), 1, 5)
