@@ -196,6 +196,7 @@ def _emit(results, sep, as_json: bool, console, title: str, extra: dict | None =
         m = sep.model
         doc = {"sepcli": __version__,
                "model": {"name": m.name, "arch": m.arch, "sample_rate": m.sample_rate, "n_src": m.n_src},
+               "runtime": sep.runtime_info(),
                "options": {k: v for k, v in vars(sep.options).items()},
                "results": [r.to_dict() for r in results],
                "summary": {"ok": counts["ok"], "failed": counts["error"], "skipped": counts["skipped"]}}

@@ -385,6 +385,17 @@ class Separator:
         if self._cancel.is_set():
             raise Cancelled("cancelled (the run was interrupted)")
 
+    def runtime_info(self) -> dict:
+        """Device, threads, inference dtype and the selective-scan backend that runs (for reports)."""
+        if self.model.arch == "spmamba":
+            from .kernels import backend_for
+
+            backend = backend_for(torch.zeros(1, device=self.device))
+        else:
+            backend = "none (network has no selective scan)"
+        return {"device": str(self.device), "threads": torch.get_num_threads(), "dtype": str(self.dtype),
+                "scan_backend": backend}
+
     # ------------------------------------------------------------------ core stream
     def _forward(self, x: np.ndarray, timer: _Timer) -> np.ndarray:
         """[B, T] float32 -> [B, n_src, T] float32 through the network (serialised across threads)."""
@@ -846,14 +857,8 @@ def bench_model(sep: Separator, seconds: float = 30.0, repeat: int = 3) -> dict:
         totals.append(time.perf_counter() - t0)
         models.append(timer.model)
     total, model_t = float(np.median(totals)), float(np.median(models))
-    try:
-        from .kernels import backend_for
-
-        backend = backend_for(torch.zeros(1, device=sep.device))
-    except Exception:  # kernels may be absent or not apply to this network  # noqa: BLE001
-        backend = "n/a"
     return {"model": m.name, "arch": m.arch, "params_M": round(m.n_params / 1e6, 3), "sample_rate": m.sample_rate,
-            "device": str(sep.device), "threads": torch.get_num_threads(), "scan_backend": backend,
+            **sep.runtime_info(),
             "input_s": seconds, "total_s": round(total, 3), "model_s": round(model_t, 3),
             "rtf_total": round(total / seconds, 4), "rtf_model": round(model_t / seconds, 4),
             "outside_model_share": round(1 - model_t / total, 4) if total > 0 else None}

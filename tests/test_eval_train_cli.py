@@ -104,3 +104,32 @@ def test_train_cli_usage_errors(tmp_path, bands):
     assert res.exit_code == 2 and "--arch" in res.stderr
     res = runner.invoke(app, ["train", "--arch", "nope", "--out", str(tmp_path / "r"), "--data", str(bands)])
     assert res.exit_code == 2 and "unknown network configuration" in res.stderr
+
+
+def test_json_reports_the_scan_backend_that_runs(tmp_path, monkeypatch):
+    """`separate --json` names the selective-scan backend: the CPU kernel by default, the forced one with
+    SEPCLI_SCAN, and none for a network without a scan."""
+    import torch
+
+    from sepcli.nets import build_network
+    from sepcli.train.export import export_model_folder
+
+    args = {"n_srcs": 2, "n_fft": 64, "stride": 32, "n_layers": 1, "lstm_hidden_units": 8, "attn_n_head": 1,
+            "attn_approx_qk_dim": 16, "emb_dim": 4, "emb_ks": 2, "emb_hs": 1, "sample_rate": SR}
+    torch.manual_seed(0)
+    folder = export_model_folder(tmp_path / "spm", build_network("spmamba", args),
+                                 {"arch": "spmamba", "arch_args": args, "sample_rate": SR}, name="tiny-spm",
+                                 segment=1.0, input_loudness=None)
+    x = np.random.default_rng(0).standard_normal(SR // 2).astype(np.float32) * 0.1
+    sf.write(tmp_path / "in.wav", x, SR)
+    for env, want in ((None, "cpu"), ("ref", "ref")):
+        if env:
+            monkeypatch.setenv("SEPCLI_SCAN", env)
+        res = runner.invoke(app, ["separate", str(tmp_path / "in.wav"), "-o", str(tmp_path / f"o{want}"),
+                                  "-m", str(folder), "--json", "--quiet"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["runtime"]["scan_backend"] == want
+    s4m = bandsplit_folder(tmp_path / "bs", sample_rate=SR)
+    res = runner.invoke(app, ["separate", str(tmp_path / "in.wav"), "-o", str(tmp_path / "o3"), "-m", str(s4m),
+                              "--json", "--quiet"])
+    assert json.loads(res.stdout)["runtime"]["scan_backend"].startswith("none")
