@@ -76,7 +76,8 @@ def test_parameter_counts_and_named_configs():
         counts[name] = sum(p.numel() for p in build_network(arch, args).parameters())
     assert counts == {"spmamba-8k": 6_094_498, "spmamba-16k": 6_141_826}
     a8, a16 = CONFIGS["spmamba-8k"][1], CONFIGS["spmamba-16k"][1]
-    assert (a8["n_fft"], a8["stride"], a8["emb_dim"], a8["emb_ks"], a8["emb_hs"], a8["n_layers"]) == (256, 64, 16, 8, 1, 6)
+    got8 = tuple(a8[k] for k in ("n_fft", "stride", "emb_dim", "emb_ks", "emb_hs", "n_layers"))
+    assert got8 == (256, 64, 16, 8, 1, 6)
     assert (a8["attn_n_head"], a8["attn_approx_qk_dim"]) == (4, 512)
     assert (a16["n_fft"], a16["stride"]) == (512, 128)
 

@@ -143,7 +143,8 @@ def import_spmamba(config_yml: Path, checkpoint: Path, out_dir: Path, name: str 
     try:
         model = SPMamba(**args)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{config_yml}: audionet_config does not describe an SPMamba ({_one_line(exc)})") from None
+        raise CheckpointError(f"{config_yml}: audionet_config does not describe an SPMamba "
+                              f"({_one_line(exc)})") from None
     sd, fmt, details = read_checkpoint(checkpoint)
     match_state_dict(model.state_dict(), sd, checkpoint)
     model.load_state_dict(sd, strict=True)  # exact fit checked above
