@@ -557,6 +557,8 @@ def train(
     max_minutes: float | None = typer.Option(None, help="Stop cleanly with a checkpoint after this long."),
     reverb: float = typer.Option(0.0, help="With --pools: share of sources given synthetic reverberation."),
     noise: float = typer.Option(0.0, help="With --pools: share of mixtures given background noise."),
+    real_share: float | None = typer.Option(None, help="With --pools: chance each source is a real recorded "
+                                            "person (default: persons drawn uniformly)."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast on CPU (for CPUs with AMX/AVX512-BF16)."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
     debug: bool = typer.Option(False, "--debug"),
@@ -570,7 +572,8 @@ def train(
     cfg = TrainConfig(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
                       sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
                       epoch_steps=epoch_steps, lr=lr, resume=resume, name=name, threads=threads,
-                      max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, bf16=bf16, quiet=quiet)
+                      max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
+                      bf16=bf16, quiet=quiet)
     try:
         result = run_training(cfg)
     except (TrainError, DataError, ValueError) as exc:

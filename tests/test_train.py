@@ -134,6 +134,23 @@ def test_mixtures_are_deterministic_and_of_different_persons(pools):
         assert s1.shape == (2, SR // 2) and np.abs(m1).max() <= 0.95 + 1e-6
 
 
+def test_real_share_oversamples_real_persons(pools):
+    sr, spk, audio = load_pool(pools, "train")
+    persons = [s.person for s in spk]
+    real = {"p0"}  # one 'real' person among three
+    counts = {True: 0, False: 0}
+    for share in (None, 0.8):
+        n_real = 0
+        for i in range(300):
+            _, _, meta = make_mixture(rng_for(5, i), audio, persons, sr, MixOptions(seconds=0.25, real_share=share),
+                                      real)
+            assert len(set(meta["speakers"])) == 2
+            n_real += "p0" in meta["speakers"]
+        counts[share is None] = n_real / 300
+    assert abs(counts[True] - 2 / 3) < 0.08  # uniform over 3 persons: p0 in 2/3 of the pairs
+    assert counts[False] > 0.9  # 1 - 0.2^2 = 0.96
+
+
 def test_split_by_person_never_leaks():
     persons = ["allison", "june", "carlo", "mbrola-us1", "mbrola-us2"]
     split = assign_splits(persons, {"june": "test", "mbrola-us2": "val"})

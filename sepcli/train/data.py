@@ -99,6 +99,7 @@ class DynamicMixDataset(Dataset):
                      for a in audio]
         self.audio = audio
         self.persons = [s.person for s in speakers]
+        self.real = {s.person for s in speakers if s.kind == "real"}
         self.speakers = speakers
         self.sample_rate = sample_rate
         self.options = options
@@ -110,5 +111,5 @@ class DynamicMixDataset(Dataset):
 
     def __getitem__(self, i: int):
         mix, srcs, _ = make_mixture(rng_for(self.seed, i), self.audio, self.persons, self.sample_rate,
-                                    self.options)
+                                    self.options, self.real)
         return torch.from_numpy(mix), torch.from_numpy(srcs)

@@ -26,6 +26,7 @@ class MixOptions:
     noise_prob: float = 0.0
     level_db: tuple = (-33.0, -17.0)  # mixture RMS in dBFS
     min_active: float = 0.5         # a crop must have at least this share of frames with speech
+    real_share: float | None = None  # chance each source is a real recorded person (None: persons uniformly)
 
 
 def rng_for(seed: int, index: int) -> np.random.Generator:
@@ -85,15 +86,32 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
 
 
+def choose_persons(rng: np.random.Generator, names: list[str], real: set[str], n: int,
+                   real_share: float | None) -> list[int]:
+    """n different indices into `names`: uniformly, or each a real person with probability `real_share`."""
+    if real_share is None or not real or len(real) == len(names):
+        return [int(i) for i in rng.choice(len(names), size=n, replace=False)]
+    out: list[int] = []
+    for _ in range(n):
+        want_real = rng.random() < real_share
+        cands = [i for i, p in enumerate(names) if (p in real) == want_real and i not in out]
+        if not cands:
+            cands = [i for i in range(len(names)) if i not in out]
+        out.append(int(cands[int(rng.integers(0, len(cands)))]))
+    return out
+
+
 def make_mixture(rng: np.random.Generator, pools: list[np.ndarray], persons: list[str], sr: int,
-                 opt: MixOptions) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Draw n_src different persons and mix them. Returns (mix [T], sources [n_src, T], metadata)."""
+                 opt: MixOptions, real: set[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Draw n_src different persons and mix them. Returns (mix [T], sources [n_src, T], metadata).
+
+    `real` names the real recorded persons (for `opt.real_share`)."""
     length = int(round(opt.seconds * sr))
     by_person: dict[str, list[int]] = {}
     for i, p in enumerate(persons):
         by_person.setdefault(p, []).append(i)
     names = sorted(by_person)
-    chosen_persons = rng.choice(len(names), size=opt.n_src, replace=False)
+    chosen_persons = choose_persons(rng, names, real or set(), opt.n_src, opt.real_share)
     srcs, meta = [], {"speakers": [], "gains_db": [], "speed": [], "reverb": []}
     gains = rng.uniform(-opt.gain_db, opt.gain_db, size=opt.n_src)
     gains -= gains.mean()
