@@ -218,3 +218,14 @@ def test_stft_frontend_and_rescaling_reconstruct_the_mixture(length):
     assert y.shape == (2, 2, length)
     torch.testing.assert_close(y[:, 0], x, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(y[:, 1], 0.5 * x, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_in_query_chunks_equals_whole():
+    from sepcli.nets.spmamba import GridNetBlock
+
+    torch.manual_seed(6)
+    q, k, v = torch.randn(3, 50, 12), torch.randn(3, 50, 12), torch.randn(3, 50, 7)
+    want = torch.softmax(q @ k.transpose(1, 2) / 12 ** 0.5, dim=2) @ v
+    with torch.no_grad():
+        torch.testing.assert_close(GridNetBlock._attention(q, k, v, rows=7), want)
+        torch.testing.assert_close(GridNetBlock._attention(q, k, v), want)

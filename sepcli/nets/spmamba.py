@@ -231,6 +231,36 @@ class GridNetBlock(nn.Module):
     def _branch(self, kind: str, ii: int) -> nn.Module:
         return getattr(self, f"attn_conv_{kind}_{ii}")
 
+    def _patch_sequences(self, h: Tensor, mamba: MambaBlock, linear: nn.ConvTranspose1d) -> Tensor:
+        """[N, C, Q] -> unfold into patches of emb_ks -> bidirectional Mamba -> ConvTranspose1d -> [N, C, Q].
+
+        The N sequences are independent, so without gradients they go through in chunks of about
+        `mamba.chunk_tokens` patches: the wide intermediates (patches x 2*C*emb_ks and Mamba's inner
+        tensors) then take bounded memory whatever the input length.
+        """
+        ks, hs = self.emb_ks, self.emb_hs
+
+        def run(part: Tensor) -> Tensor:
+            p = F.unfold(part[..., None], (ks, 1), stride=(hs, 1)).transpose(1, 2)  # [n, L, C*ks]
+            return linear(mamba(p).transpose(1, 2))  # [n, C, Q]
+
+        n_patches = (h.shape[-1] - ks) // hs + 1
+        if torch.is_grad_enabled() or not mamba.fused or h.shape[0] * n_patches <= mamba.chunk_tokens:
+            return run(h)
+        step = max(1, mamba.chunk_tokens // n_patches)
+        return torch.cat([run(h[i:i + step]) for i in range(0, h.shape[0], step)], 0)
+
+    @staticmethod
+    def _attention(q: Tensor, k: Tensor, v: Tensor, rows: int = 1024) -> Tensor:
+        """softmax(q k^T / sqrt(dim)) v over frames, [hB, T, dim]; without gradients, `rows` queries at a
+        time so the T x T scores never exist whole (exact: each query row's softmax is independent)."""
+        norm = q.shape[-1] ** 0.5
+        kt = k.transpose(1, 2)
+        if torch.is_grad_enabled() or q.shape[1] <= rows:
+            return torch.matmul(torch.softmax(torch.matmul(q, kt) / norm, dim=2), v)
+        return torch.cat([torch.matmul(torch.softmax(torch.matmul(q[:, i:i + rows], kt) / norm, dim=2), v)
+                          for i in range(0, q.shape[1], rows)], 1)
+
     def forward(self, x: Tensor) -> Tensor:
         B, C, old_T, old_Q = x.shape
         ks, hs = self.emb_ks, self.emb_hs
@@ -241,16 +271,14 @@ class GridNetBlock(nn.Module):
         # intra-frame: sequences over frequency patches, one per (batch, frame)
         input_ = x
         h = self.intra_norm(input_).transpose(1, 2).reshape(B * T, C, Q)
-        h = F.unfold(h[..., None], (ks, 1), stride=(hs, 1)).transpose(1, 2)  # [BT, L, C*ks]
-        h = self.intra_mamba(h).transpose(1, 2)  # [BT, 2*C*ks, L]
-        h = self.intra_linear(h).view(B, T, C, Q).transpose(1, 2)
+        h = self._patch_sequences(h, self.intra_mamba, self.intra_linear)  # [BT, C, Q]
+        h = h.view(B, T, C, Q).transpose(1, 2)
         intra = h + input_
 
         # inter-frame: sequences over time patches, one per (batch, frequency)
         h = self.inter_norm(intra).permute(0, 3, 1, 2).reshape(B * Q, C, T)
-        h = F.unfold(h[..., None], (ks, 1), stride=(hs, 1)).transpose(1, 2)  # [BQ, L, C*ks]
-        h = self.inter_mamba(h).transpose(1, 2)
-        h = self.inter_linear(h).view(B, Q, C, T).permute(0, 2, 3, 1)
+        h = self._patch_sequences(h, self.inter_mamba, self.inter_linear)  # [BQ, C, T]
+        h = h.view(B, Q, C, T).permute(0, 2, 3, 1)
         inter = (h + intra)[..., :old_T, :old_Q]
 
         # full-band self-attention over frames, heads stacked along the batch
@@ -261,8 +289,7 @@ class GridNetBlock(nn.Module):
         k = k.transpose(1, 2).flatten(2)
         v_shape = v.transpose(1, 2).shape
         v = v.transpose(1, 2).flatten(2)
-        attn = torch.softmax(torch.matmul(q, k.transpose(1, 2)) / (q.shape[-1] ** 0.5), dim=2)
-        v = torch.matmul(attn, v).reshape(v_shape).transpose(1, 2)  # [hB, C/h, T, F]
+        v = self._attention(q, k, v).reshape(v_shape).transpose(1, 2)  # [hB, C/h, T, F]
         ch = v.shape[1]
         batch = v.reshape(self.n_head, B, ch, old_T, -1).transpose(0, 1).reshape(B, self.n_head * ch, old_T, -1)
         return self.attn_concat_proj(batch) + inter
