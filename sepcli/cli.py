@@ -414,6 +414,18 @@ def _batch_run(sep, folder: Path, out: Path, glob, jobs: int, shard_ix, manifest
 
 
 # ---------------------------------------------------------------------- models
+def _quality_summary(ev: dict) -> str:
+    """'SI-SNRi 3.1 dB held-out real, 5.2 dB synthetic' from a config's eval figures, else its plain numbers."""
+    parts = []
+    for key, label in (("test_real", "held-out real"), ("test_synth", "held-out synthetic"), ("val", "validation")):
+        mean = ((ev.get(key) or {}).get("si_snri") or {}).get("mean") if isinstance(ev.get(key), dict) else None
+        if isinstance(mean, (int, float)):
+            parts.append(f"{mean:.1f} dB {label}")
+    if parts:
+        return "SI-SNRi " + ", ".join(parts)
+    return ", ".join(f"{k}={v}" for k, v in ev.items() if isinstance(v, (int, float, str)) and v is not None)
+
+
 @models_app.callback()
 def models(ctx: typer.Context,
            as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
@@ -440,7 +452,7 @@ def models(ctx: typer.Context,
     for col in ("name", "aliases", "arch", "rate", "params", "size", "quality"):
         t.add_column(col)
     for r in rows:
-        quality = ", ".join(f"{k}={v}" for k, v in (r["eval"] or {}).items() if not isinstance(v, (dict, list)))
+        quality = _quality_summary(r["eval"] or {})
         t.add_row(r["name"], ", ".join(r["aliases"]), str(r["arch"]), f"{r['sample_rate']} Hz",
                   f"{r['params'] / 1e6:.2f} M", f"{r['size_bytes'] / 1e6:.1f} MB", quality or "-")
     if not rows:

@@ -133,3 +133,17 @@ def test_json_reports_the_scan_backend_that_runs(tmp_path, monkeypatch):
     res = runner.invoke(app, ["separate", str(tmp_path / "in.wav"), "-o", str(tmp_path / "o3"), "-m", str(s4m),
                               "--json", "--quiet"])
     assert json.loads(res.stdout)["runtime"]["scan_backend"].startswith("none")
+
+
+def test_models_table_summarises_held_out_quality(tmp_path, monkeypatch):
+    zoo = tmp_path / "zoo"
+    folder = bandsplit_folder(zoo / "m1", sample_rate=SR)
+    conf = json.loads((folder / "config.json").read_text())
+    conf["eval"] = {"test_real": {"n": 3, "si_snri": {"mean": 3.14, "median": 3.0}},
+                    "test_synth": {"si_snri": {"mean": 7.25}}, "measured": "2026-11-22"}
+    (folder / "config.json").write_text(json.dumps(conf))
+    monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
+    monkeypatch.setenv("COLUMNS", "200")
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    assert "SI-SNRi 3.1 dB held-out real, 7.2 dB held-out synthetic" in res.output
