@@ -91,6 +91,8 @@ class DynamicMixDataset(Dataset):
 
     def __init__(self, pools: Path, sample_rate: int, options: MixOptions, split: str = "train",
                  length: int = 10**9, seed: int = 0):
+        if not (Path(pools) / "speakers.json").is_file():
+            raise DataError(f"{pools}: not a speaker-pool folder (no speakers.json; recipes/make_data.py makes one)")
         sr_pool, speakers, audio = load_pool(Path(pools), split)
         if len({s.person for s in speakers}) < options.n_src:
             raise DataError(f"{pools}: split {split!r} has fewer than {options.n_src} persons")

@@ -272,6 +272,7 @@ def train(cfg: TrainConfig) -> dict:
     def sec_per_step() -> float | None:
         return float(np.median(times)) if times else None
 
+    bar = _progress_bar(total, step) if rank == 0 and not cfg.quiet and sys.stderr.isatty() else None
     t_start = last_ckpt = time.time()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else _null()
     try:
@@ -297,7 +298,9 @@ def train(cfg: TrainConfig) -> dict:
             times[:] = times[-50:]
             recent.append(loss.item())
             recent[:] = recent[-100:]
-            if rank == 0 and not cfg.quiet and (step % cfg.log_every == 0 or step == total):
+            if bar is not None:
+                bar[0].update(bar[1], completed=step, loss=float(np.mean(recent[-cfg.log_every:])))
+            elif rank == 0 and not cfg.quiet and (step % cfg.log_every == 0 or step == total):
                 eta = sec_per_step() * (total - step)
                 print(f"step {step}/{total} loss {np.mean(recent[-cfg.log_every:]):.3f} "
                       f"{sec_per_step():.2f} s/step ETA {eta / 3600:.1f} h", file=sys.stderr, flush=True)
@@ -314,12 +317,27 @@ def train(cfg: TrainConfig) -> dict:
             if want_stop:
                 break
     finally:
+        if bar is not None:
+            bar[0].stop()
         for s, h in old.items():
             signal.signal(s, h)
     if world > 1:
         dist.barrier()
     return {"step": step, "total": total, "best": sched.best, "stopped": step < total,
             "export": str(out / "best"), "history": history}
+
+
+def _progress_bar(total: int, start: int):
+    """A rich progress bar on stderr (steps, loss, rate, ETA); only used when stderr is a terminal."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    prog = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), transient=False)
+    task = prog.add_task("train", total=total, completed=start, loss=float("nan"))
+    prog.start()
+    return prog, task
 
 
 class _null:
