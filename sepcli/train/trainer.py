@@ -270,7 +270,7 @@ def train(cfg: TrainConfig) -> dict:
     times: list[float] = []
 
     def sec_per_step() -> float | None:
-        return float(np.median(times)) if times else None
+        return float(np.mean(times)) if times else None  # mean: stalls (a busy CPU) must show
 
     bar = _progress_bar(total, step) if rank == 0 and not cfg.quiet and sys.stderr.isatty() else None
     t_start = last_ckpt = time.time()
