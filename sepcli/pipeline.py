@@ -393,7 +393,8 @@ class Separator:
             backend = backend_for(torch.zeros(1, device=self.device))
         else:
             backend = "none (network has no selective scan)"
-        return {"device": str(self.device), "threads": torch.get_num_threads(), "dtype": str(self.dtype),
+        dtype = "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+        return {"device": str(self.device), "threads": torch.get_num_threads(), "dtype": dtype,
                 "scan_backend": backend}
 
     # ------------------------------------------------------------------ core stream
