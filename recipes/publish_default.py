@@ -1,11 +1,13 @@
-"""Publish the training run's best model as the shipped default: models/s4m-tiny-16k (alias `default`).
+"""Publish the default model and the training run's continuation state into the repository.
 
     python recipes/publish_default.py [--run runs/default] [--limit N]
 
-Evaluates the run's best weights on the held-out test sets through the same pipeline as `sepcli separate`
-(`sepcli eval`), then writes config.json (with the measured figures) and weights.safetensors (fp32, no optimiser
-state) into models/s4m-tiny-16k/. MODEL_CARD.md there is written by hand and kept. Prints a one-line summary for
-the commit message.
+1. Exports the run's latest weights (runs/default/last.pt; fp32, no optimiser state) with its step, lr schedule
+   and history to recipes/state/default-latest/: the next session continues training from there.
+2. Scores the run's best-by-validation model and the latest weights on the FULL validation set through the
+   separation pipeline (`sepcli eval`) and ships the better one as models/s4m-tiny-16k (alias `default`).
+   Model selection uses validation only; the held-out test sets are then measured for the card.
+MODEL_CARD.md there is written by hand and kept. Prints one summary line for the commit message.
 """
 
 from __future__ import annotations
@@ -17,36 +19,60 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from sepcli.evaluate import evaluate  # noqa: E402
+from sepcli.nets import build_network  # noqa: E402
 from sepcli.pipeline import SeparationOptions, Separator  # noqa: E402
+from sepcli.train.export import export_model_folder  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", type=Path, default=ROOT / "runs" / "default")
 ap.add_argument("--data", type=Path, default=ROOT / "data" / "16k")
 ap.add_argument("--dest", type=Path, default=ROOT / "models" / "s4m-tiny-16k")
+ap.add_argument("--latest-dest", type=Path, default=ROOT / "recipes" / "state" / "default-latest")
 ap.add_argument("--limit", type=int, default=None)
 ap.add_argument("--threads", type=int, default=1)
 a = ap.parse_args()
 
-src = a.run / "best"
-config = json.loads((src / "config.json").read_text())
-sep = Separator(str(src), SeparationOptions(threads=a.threads, loudness="off"))
-figures = {}
-t0 = time.time()
-for name in ("test_real", "test_synth", "val"):
-    if not (a.data / name).is_dir():
-        continue
-    res = evaluate(sep, a.data / name, with_sdr=True, limit=a.limit)
+
+def score(folder: Path, split: str) -> dict:
+    sep = Separator(str(folder), SeparationOptions(threads=a.threads, loudness="off"))
+    res = evaluate(sep, a.data / split, with_sdr=True, limit=a.limit)
     fig = {"n": res["n"], "si_snri": res["si_snri"], "sdri": res["sdri"]}
     if "pairs" in res:
         fig["pairs"] = {p: r["si_snri"]["mean"] for p, r in res["pairs"].items()}
-    figures[name] = fig
-    print(f"{name}: SI-SNRi mean {res['si_snri']['mean']:.2f} dB, median {res['si_snri']['median']:.2f} dB, "
-          f"SDRi mean {res['sdri']['mean']:.2f} dB (n={res['n']})", flush=True)
+    print(f"{folder.name} {split}: SI-SNRi mean {res['si_snri']['mean']:.2f} dB, median "
+          f"{res['si_snri']['median']:.2f} dB, SDRi mean {res['sdri']['mean']:.2f} dB (n={res['n']})", flush=True)
     for p, r in res.get("pairs", {}).items():
         print(f"  {p:28s} SI-SNRi {r['si_snri']['mean']:6.2f} dB (n={r['n']})")
+    return fig
+
+
+t0 = time.time()
+# 1. the continuation state
+ckpt = torch.load(a.run / "last.pt", map_location="cpu", weights_only=True)
+net = build_network(ckpt["arch"], ckpt["arch_args"])
+net.load_state_dict(ckpt["model"])
+meta = {"arch": ckpt["arch"], "arch_args": ckpt["arch_args"], "sample_rate": ckpt["arch_args"]["sample_rate"],
+        "n_src": net.n_src}
+history = json.loads(ckpt["history"])
+export_model_folder(a.latest_dest, net, meta, name="s4m-tiny-16k-latest", history=history,
+                    train_config=json.loads(ckpt["config"]), schedule=ckpt["schedule"], step=int(ckpt["step"]))
+print(f"continuation state: {a.latest_dest} (step {ckpt['step']})", flush=True)
+
+# 2. choose by the full validation set
+candidates = {"best": a.run / "best", "latest": a.latest_dest}
+val = {k: score(f, "val") for k, f in candidates.items()}
+pick = max(val, key=lambda k: val[k]["si_snri"]["mean"])
+src = candidates[pick]
+config = json.loads((src / "config.json").read_text())
+figures = {"val": val[pick]}
+for split in ("test_real", "test_synth"):
+    if (a.data / split).is_dir():
+        figures[split] = score(src, split)
 
 prov = config.get("provenance", {})
 config.update({
@@ -56,8 +82,9 @@ config.update({
                    "real and synthetic speech. See MODEL_CARD.md.",
     "segment": 4.0, "overlap": 0.25, "input_loudness": -25.0,
 })
+config["provenance"] = {k: v for k, v in prov.items() if k != "history"}
 config["eval"] = {"measured": time.strftime("%Y-%m-%d", time.gmtime()), "step": prov.get("step"),
-                  "val_si_snri_training": config.get("eval", {}).get("val_si_snri"),
+                  "selected": f"{pick} of run checkpoints by full-validation SI-SNRi",
                   "eval_seconds": round(time.time() - t0), **figures}
 a.dest.mkdir(parents=True, exist_ok=True)
 tmp = a.dest / ".weights.safetensors.tmp"
@@ -66,4 +93,5 @@ tmp.replace(a.dest / "weights.safetensors")
 (a.dest / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
 real = figures.get("test_real", {}).get("si_snri", {}).get("mean")
 synth = figures.get("test_synth", {}).get("si_snri", {}).get("mean")
-print(f"SUMMARY step {prov.get('step')}: held-out real SI-SNRi {real} dB, held-out synthetic {synth} dB")
+print(f"SUMMARY shipped {pick} (step {prov.get('step')}; run at step {ckpt['step']}): val SI-SNRi "
+      f"{figures['val']['si_snri']['mean']} dB, held-out real {real} dB, held-out synthetic {synth} dB")

@@ -3,7 +3,7 @@
 # the model meets its target:   bash recipes/resume_default.sh [MINUTES]
 # It installs what it needs (make install, the recipe's apt packages), rebuilds the speaker pools and fixed
 # sets if data/ is missing (about 3 minutes, deterministic), then resumes from runs/default/last.pt when this
-# machine has it, else from the committed models/s4m-tiny-16k (weights, step and lr schedule).
+# machine has it, else from the committed recipes/state/default-latest (weights, step, lr schedule).
 # Before the session ends: python recipes/publish_default.py  (copies the best weights into models/).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -24,10 +24,13 @@ ap.add_argument("--steps", type=int, default=200_000)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--val-limit", type=int, default=60)
 a = ap.parse_args()
-# Resume order: this machine's checkpoint (exact); else the committed model (weights, step and lr schedule; Adam
-# re-warmed: the repo carries no optimiser state); else a fresh start.
-committed = Path(__file__).resolve().parents[1] / "models" / "s4m-tiny-16k"
-init = str(committed) if not (a.out / "last.pt").exists() and (committed / "weights.safetensors").exists() else None
+# Resume order: this machine's checkpoint (exact); else the committed continuation state recipes/state/default-latest
+# (latest weights, step, lr schedule, history; Adam re-warmed: the repo carries no optimiser state), else the
+# shipped model; else a fresh start.
+here = Path(__file__).resolve().parent
+committed = next((p for p in (here / "state" / "default-latest", here.parent / "models" / "s4m-tiny-16k")
+                  if (p / "weights.safetensors").exists()), None)
+init = str(committed) if committed and not (a.out / "last.pt").exists() else None
 cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
                   continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
                   segment=2.0, batch_size=4, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200, patience=4,

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: str, history: list | None = None,
                         train_config: dict | None = None, seconds_per_step: float | None = None,
                         segment: float = 4.0, overlap: float = 0.25, input_loudness: float | None = -25.0,
-                        extra: dict | None = None, schedule: dict | None = None) -> Path:
+                        extra: dict | None = None, schedule: dict | None = None, step: int | None = None) -> Path:
     """Write the folder atomically (a sibling temp folder renamed over the old one). Returns the folder."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,8 @@ def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: 
         "description": f"{meta['arch']} network trained with sepcli train",
         "parameters": params,
         "provenance": {"exported": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                       "step": last.get("step"), "seconds_per_step": seconds_per_step,
+                       "step": step if step is not None else last.get("step"),
+                       "seconds_per_step": seconds_per_step,
                        "schedule": schedule, "history": history or [],
                        "train_config": train_config or {}},
         "eval": {"val_si_snri": best["si_snri"] if best else None, "val_step": best["step"] if best else None},
