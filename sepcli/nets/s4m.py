@@ -42,16 +42,32 @@ class GlobalLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(1, 2), keepdim=True)
-        var = (x - mean).pow(2).mean(dim=(1, 2), keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.gamma + self.beta
+        # gLN is GroupNorm with one group; the fused kernel is about 3x cheaper than the op-by-op formula
+        # (mean, var, scale, shift) in a CPU training step. Parameters keep their [C, 1] shape.
+        return F.group_norm(x, 1, self.gamma.view(-1), self.beta.view(-1), self.eps)
+
+
+class DepthwisePointwise(nn.Conv1d):
+    """A depthwise 1x1 Conv1d (weights [C, 1, 1]) computed as a per-channel scale.
+
+    Same parameters and result as the convolution; PyTorch's CPU path for this shape loops over the groups
+    (hundreds of tiny calls per layer, forward and backward), which cost about a fifth of a training step.
+    """
+
+    def __init__(self, channels: int, bias: bool = True):
+        super().__init__(channels, channels, 1, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.weight.view(1, -1, 1)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1)
 
 
 def conv_gln(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = True):
-    return nn.Sequential(
-        nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=bias),
-        GlobalLayerNorm(c_out),
-    )
+    if kernel == 1 and stride == 1 and groups == c_in == c_out:
+        conv: nn.Module = DepthwisePointwise(c_in, bias=bias)
+    else:
+        conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=bias)
+    return nn.Sequential(conv, GlobalLayerNorm(c_out))
 
 
 class LocalAttentionFusion(nn.Module):
@@ -142,7 +158,7 @@ class S4M(nn.Module):
         self.norm = GlobalLayerNorm(self.basis)
         self.bottleneck = nn.Conv1d(self.basis, bn_channels, 1)
         self.block = MultiScaleS4Block(bn_channels, hidden, depth, d_state, ff_expand)
-        self.reentry = (nn.Sequential(nn.Conv1d(bn_channels, bn_channels, 1, groups=bn_channels), nn.PReLU())
+        self.reentry = (nn.Sequential(DepthwisePointwise(bn_channels), nn.PReLU())
                         if num_blocks > 1 else None)
         self.mask = nn.Sequential(nn.PReLU(), nn.Conv1d(bn_channels, n_src * self.basis, 1))
 
