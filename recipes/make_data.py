@@ -46,7 +46,9 @@ APT_PACKAGES = [
     "asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722", "asterisk-core-sounds-fr-g722",
     "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "asterisk-prompt-it-menardi-wav",
     "asterisk-prompt-fr-armelle", "asterisk-prompt-es-co", "fillets-ng-data-nl", "klettres-data",
+    "ktuberling-data",
 ]
+KTUBERLING = "/usr/share/ktuberling/sounds"
 
 # person -> split. Everything not named here trains.
 HELD_OUT = {
@@ -143,7 +145,29 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
         files = sorted(glob.glob(f"{lang_dir}**/*.ogg", recursive=True))
         if files:
             jobs.append((f"klettres-{lang}", f"klettres-{lang}", files))
+    jobs += ktuberling_jobs()
     return [j for j in jobs if j[2]]
+
+
+def ktuberling_jobs(min_seconds: float = 45.0, min_rate: int = 16000) -> list[tuple[str, str, list[str]]]:
+    """KTuberling's spoken words: one volunteer reader per language folder (a person per folder; the
+    Serbian variants are one recording set and are skipped with the other folders under `min_seconds`).
+    Files below `min_rate` (a few 8 kHz recordings mixed into some folders) are left out."""
+    jobs = []
+    for lang_dir in sorted(glob.glob(f"{KTUBERLING}/*/")):
+        files, seconds = [], 0.0
+        for f in sorted(glob.glob(f"{lang_dir}*.*")):
+            try:
+                info = sf.info(f)
+            except Exception:
+                continue
+            if info.samplerate >= min_rate:
+                files.append(f)
+                seconds += info.duration
+        if seconds >= min_seconds:
+            lang = Path(lang_dir).name
+            jobs.append((f"ktuberling-{lang}", f"ktuberling-{lang}", files))
+    return jobs
 
 
 def build_real(job) -> tuple[str, str, str, np.ndarray]:

@@ -183,6 +183,28 @@ def test_recipe_split_holds_out_real_people(tmp_path):
     assert len([s for s in speakers if s.person == "allison"]) == 2 and len(allison) == 1
 
 
+def test_recipe_ktuberling_takes_folders_with_enough_wideband_speech(tmp_path, monkeypatch):
+    """One person per language folder; 8 kHz files are left out and folders under the minimum are skipped."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    def wav(path, seconds, sr):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, np.zeros(int(seconds * sr), np.float32), sr)
+
+    for i in range(3):
+        wav(tmp_path / "aa" / f"w{i}.wav", 20.0, 44100)  # 60 s wideband: taken
+    wav(tmp_path / "aa" / "narrow.wav", 20.0, 8000)      # 8 kHz: left out
+    wav(tmp_path / "bb" / "w.wav", 30.0, 22050)          # 30 s: too little
+    for i in range(5):
+        wav(tmp_path / "cc" / f"n{i}.wav", 20.0, 8000)   # 100 s, all narrowband: skipped
+    (tmp_path / "aa.soundtheme").write_text("not a folder")
+    monkeypatch.setattr(make_data, "KTUBERLING", str(tmp_path))
+    jobs = make_data.ktuberling_jobs(min_seconds=45.0)
+    assert [(sid, person, [Path(f).name for f in files]) for sid, person, files in jobs] == [
+        ("ktuberling-aa", "ktuberling-aa", ["w0.wav", "w1.wav", "w2.wav"])]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_export(tmp_path, librimix):
     script = tmp_path / "ddp.py"
