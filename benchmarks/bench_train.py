@@ -1,0 +1,87 @@
+"""Training-step cost on CPU: seconds per step and audio throughput for segment length x batch size.
+
+One step = forward, PIT SI-SNR loss, backward, gradient clipping, Adam (what `sepcli train` does per step).
+Median of the timed steps after two warm-up steps. Per-sample cost is what decides the training budget: with a
+convolutional/S4 network it should be nearly flat across segment x batch at the same audio per step, so the
+choice between them is about learning (context per example vs. examples per step), not speed.
+
+    python -m benchmarks.bench_train [--arch s4m-small-16k] [--threads 2] [--grid 1x8 2x4 4x2] [--profile]
+Environment: SEPCLI_BENCH_QUICK=1 (fewer steps, two configurations), SEPCLI_BENCH_THREADS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+
+def time_steps(arch: str, segment: float, batch: int, steps: int, profile: bool = False) -> dict:
+    from sepcli import metrics
+    from sepcli.nets import build_network, named_config
+
+    name, args, sr = named_config(arch)
+    torch.manual_seed(0)
+    net = build_network(name, args).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    t = int(segment * sr)
+    gen = torch.Generator().manual_seed(1)
+    ref = torch.randn(batch, 2, t, generator=gen) * 0.1
+    mix = ref.sum(1)
+
+    def step() -> None:
+        est = net(mix)
+        loss = metrics.pit_loss(est.float(), ref)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    out = {"arch": arch, "segment": segment, "batch": batch, "s_per_step": statistics.median(times),
+           "params": sum(p.numel() for p in net.parameters())}
+    out["audio_s_per_s"] = segment * batch / out["s_per_step"]
+    out["samples_per_s"] = t * batch / out["s_per_step"]
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as prof
+
+        with prof(activities=[ProfilerActivity.CPU]) as p:
+            step()
+        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    quick = os.environ.get("SEPCLI_BENCH_QUICK") == "1"
+    p = argparse.ArgumentParser(prog="bench_train")
+    p.add_argument("--arch", default="s4m-small-16k")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("SEPCLI_BENCH_THREADS", os.cpu_count() or 1)))
+    p.add_argument("--grid", nargs="+", default=["2x4", "4x2"] if quick else ["1x8", "2x4", "4x2", "2x8"],
+                   help="SEGMENTxBATCH, seconds x items")
+    p.add_argument("--steps", type=int, default=3 if quick else 6)
+    p.add_argument("--profile", action="store_true", help="print the top ops of one step per configuration")
+    a = p.parse_args(argv if argv is not None else [])
+    torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)
+    print(f"training step, {a.arch}, {a.threads} thread(s), median of {a.steps} steps after 2 warm-up steps")
+    print(f"{'segment':>8} {'batch':>5} {'s/step':>8} {'audio s/s':>10} {'samples/s':>10}")
+    for cell in a.grid:
+        seg, batch = cell.lower().split("x")
+        r = time_steps(a.arch, float(seg), int(batch), a.steps, a.profile)
+        print(f"{r['segment']:>7.1f}s {r['batch']:>5d} {r['s_per_step']:>8.2f} {r['audio_s_per_s']:>10.1f} "
+              f"{r['samples_per_s']:>10.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
