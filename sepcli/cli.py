@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -221,30 +222,49 @@ LOUD_HELP = ("Output loudness: 'match' (each speaker at its level in the mix, ou
              "a LUFS target such as -23 (each output normalised, peaks <= -1 dBFS, never clipped), "
              "or 'off' (as the model produced).")
 
+# Options shared by `separate` and `batch` (one declaration each; the commands differ only in their own options).
+ModelOpt = Annotated[str, typer.Option("-m", "--model", help="Zoo model name/alias or a model folder path.")]
+SegmentOpt = Annotated[Optional[float], typer.Option(help=SEGMENT_HELP)]  # noqa: UP045 (typer reads it)
+OverlapOpt = Annotated[Optional[float], typer.Option(help=OVERLAP_HELP)]  # noqa: UP045
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Segments per model call.")]
+ChannelOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    help="Use only this input channel (1 = first) instead of the mono downmix.")]
+SampleRateOpt = Annotated[str, typer.Option("--sample-rate", help="Output rate: input, model or Hz.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Output format: wav, flac, ogg, mp3.")]
+SubtypeOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    help="PCM_16, PCM_24 or FLOAT (wav/flac; default PCM_16).")]
+NameOpt = Annotated[str, typer.Option("--name", help="Output name template: {stem}, {k} (speaker, from 1), {ext}.")]
+LoudnessOpt = Annotated[str, typer.Option(help=LOUD_HELP)]
+DropSilentOpt = Annotated[bool, typer.Option("--drop-silent", help="Do not write outputs flagged silent.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="CPU threads for the model.")]  # noqa: UP045
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or table.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+NAME_DEFAULT = "{stem}_spk{k}.{ext}"
+
 
 @app.command(epilog=EXIT_HELP)
 def separate(
     inputs: list[str] = typer.Argument(..., help="Audio files (WAV, FLAC, OGG, Opus, MP3, AIFF); '-' = stdin."),  # noqa: B008
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created if missing)."),  # noqa: B008
-    model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
-    segment: float | None = typer.Option(None, help=SEGMENT_HELP),
-    overlap: float | None = typer.Option(None, help=OVERLAP_HELP),
-    batch_size: int = typer.Option(1, "--batch-size", help="Segments per model call."),
-    channel: int | None = typer.Option(None, help="Use only this input channel (1 = first) instead of "
-                                                    "the mono downmix."),
-    sample_rate: str = typer.Option("input", "--sample-rate", help="Output rate: input, model or Hz."),
-    fmt: str = typer.Option("wav", "--format", help="Output format: wav, flac, ogg, mp3."),
-    subtype: str | None = typer.Option(None, help="PCM_16, PCM_24 or FLOAT (wav/flac; default PCM_16)."),
-    name: str = typer.Option("{stem}_spk{k}.{ext}", "--name", help="Output name template: {stem}, {k} "
-                                                                   "(speaker, from 1), {ext}."),
-    loudness: str = typer.Option("match", help=LOUD_HELP),
-    drop_silent: bool = typer.Option(False, "--drop-silent", help="Do not write outputs flagged silent."),
+    model: ModelOpt = "default",
+    segment: SegmentOpt = None,
+    overlap: OverlapOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    channel: ChannelOpt = None,
+    sample_rate: SampleRateOpt = "input",
+    fmt: FormatOpt = "wav",
+    subtype: SubtypeOpt = None,
+    name: NameOpt = NAME_DEFAULT,
+    loudness: LoudnessOpt = "match",
+    drop_silent: DropSilentOpt = False,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: int | None = typer.Option(None, help="CPU threads for the model."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or table."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Separate each INPUT into one file per speaker under OUT.
 
@@ -344,23 +364,23 @@ def batch(
     jobs: int = typer.Option(1, help="Files decoded/encoded in parallel while one model runs."),
     shard: str | None = typer.Option(None, help="Process only shard I/N of the sorted file list (0 <= I < N); "
                                                   "default: torchrun's RANK/WORLD_SIZE when set."),
-    model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
-    segment: float | None = typer.Option(None, help=SEGMENT_HELP),
-    overlap: float | None = typer.Option(None, help=OVERLAP_HELP),
-    batch_size: int = typer.Option(1, "--batch-size", help="Segments per model call."),
-    channel: int | None = typer.Option(None, help="Use only this input channel (1 = first)."),
-    sample_rate: str = typer.Option("input", "--sample-rate", help="Output rate: input, model or Hz."),
-    fmt: str = typer.Option("wav", "--format", help="Output format: wav, flac, ogg, mp3."),
-    subtype: str | None = typer.Option(None, help="PCM_16, PCM_24 or FLOAT (wav/flac)."),
-    name: str = typer.Option("{stem}_spk{k}.{ext}", "--name", help="Output name template."),
-    loudness: str = typer.Option("match", help=LOUD_HELP),
-    drop_silent: bool = typer.Option(False, "--drop-silent", help="Do not write outputs flagged silent."),
+    model: ModelOpt = "default",
+    segment: SegmentOpt = None,
+    overlap: OverlapOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    channel: ChannelOpt = None,
+    sample_rate: SampleRateOpt = "input",
+    fmt: FormatOpt = "wav",
+    subtype: SubtypeOpt = None,
+    name: NameOpt = NAME_DEFAULT,
+    loudness: LoudnessOpt = "match",
+    drop_silent: DropSilentOpt = False,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: int | None = typer.Option(None, help="CPU threads for the model."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or table."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Separate every audio file under FOLDER into OUT, mirroring the tree; reruns skip finished files.
 
