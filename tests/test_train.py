@@ -77,6 +77,30 @@ def test_training_lowers_the_loss(tmp_path, librimix):
     assert set(load_file(folder / "weights.safetensors")) == set(build_state_keys())
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, librimix):
+    """--compile changes how the step runs, not what it computes: same steps, same weights (float tolerance)."""
+    runs = {}
+    for mode in (False, True):
+        r = train(cfg(tmp_path / f"run{int(mode)}", data=librimix, steps=3, compile=mode))
+        assert r["step"] == 3
+        runs[mode] = _weights(tmp_path / f"run{int(mode)}")["model"]
+    eager, compiled = runs[False], runs[True]
+    assert eager.keys() == compiled.keys()
+    init = build_network_tiny().state_dict()
+    moved = max((eager[k] - init[k]).abs().max().item() for k in eager)
+    assert moved > 1e-3  # the runs trained
+    worst = max((eager[k] - compiled[k]).abs().max().item() for k in eager)
+    assert worst < 0.01 * moved, (worst, moved)
+
+
+def build_network_tiny():
+    from sepcli.nets import build_network
+
+    torch.manual_seed(3)  # the trainer's seed: the same initial weights
+    return build_network("s4m", TINY)
+
+
 def build_state_keys():
     from sepcli.nets import build_network
 

@@ -61,6 +61,8 @@ class TrainConfig:
     name: str | None = None             # exported model name
     threads: int | None = None
     bf16: bool = False
+    compile: bool = False               # torch.compile the training forward (CPU: ~16 % faster steps after
+                                        # a one-off compile of a few minutes; validation stays eager)
     val_limit: int | None = None
     log_every: int = 10
     quiet: bool = False
@@ -227,6 +229,8 @@ def train(cfg: TrainConfig) -> dict:
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
+    if cfg.compile:
+        net = torch.compile(net)  # same parameters: checkpoints and exports read `model`, not `net`
     model.train()
 
     stop = {"flag": False}
