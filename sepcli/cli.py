@@ -593,8 +593,8 @@ def train(
                                             "person (default: persons drawn uniformly)."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast on CPU (for CPUs with AMX/AVX512-BF16)."),
     compile_net: bool = typer.Option(False, "--compile", help="torch.compile the training step's network "
-                                     "(faster steps after a one-off compile of a few minutes; needs a C++ "
-                                     "compiler on CPU)."),
+                                     "(a one-off compile of a few minutes; needs a C++ compiler on CPU; "
+                                     "faster or slower depending on the machine: time a few steps first)."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
