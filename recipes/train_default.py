@@ -34,7 +34,7 @@ init = str(committed) if committed and not (a.out / "last.pt").exists() else Non
 cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
                   continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
                   segment=2.0, batch_size=4, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200, patience=4,
-                  reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.5, ckpt_minutes=10, max_minutes=a.minutes,
+                  reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, ckpt_minutes=10, max_minutes=a.minutes,
                   resume=True, name="s4m-tiny-16k", threads=a.threads, val_limit=a.val_limit,
                   log_every=25)
 print(json.dumps({k: v for k, v in train(cfg).items() if k != "history"}, default=str))
