@@ -20,8 +20,8 @@ import torch
 
 
 def time_steps(arch: str, segment: float, batch: int, steps: int, profile: bool = False) -> dict:
-    from sepcli import metrics
     from sepcli.nets import build_network, named_config
+    from sepcli.train.trainer import train_step
 
     name, args, sr = named_config(arch)
     torch.manual_seed(0)
@@ -33,12 +33,7 @@ def time_steps(arch: str, segment: float, batch: int, steps: int, profile: bool 
     mix = ref.sum(1)
 
     def step() -> None:
-        est = net(mix)
-        loss = metrics.pit_loss(est.float(), ref)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        opt.step()
+        train_step(net, opt, mix, ref, clip=5.0)  # exactly what `sepcli train` runs per step
 
     for _ in range(2):
         step()

@@ -97,7 +97,7 @@ def test_compiled_training_matches_eager(tmp_path, librimix):
 def build_network_tiny():
     from sepcli.nets import build_network
 
-    torch.manual_seed(3)  # the trainer's seed: the same initial weights
+    torch.manual_seed(cfg(None).seed)  # the trainer seeds before building: the same initial weights
     return build_network("s4m", TINY)
 
 

@@ -161,6 +161,19 @@ def validate(model: torch.nn.Module, ds: LibriMixDataset, batch: int = 4, limit:
     return {"si_snr": float(np.mean(vals)), "si_snri": float(np.mean(imps)), "n": n}
 
 
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, mix: torch.Tensor, ref: torch.Tensor,
+               clip: float, autocast=None) -> torch.Tensor:
+    """One optimisation step: forward, PIT SI-SNR loss, backward, gradient clipping, Adam. Returns the loss."""
+    with autocast if autocast is not None else _null():
+        est = net(mix)
+    loss = metrics.pit_loss(est.float(), ref)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+    opt.step()
+    return loss
+
+
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -290,13 +303,7 @@ def train(cfg: TrainConfig) -> dict:
             ref = torch.stack([s for _, s in items])
             for g in opt.param_groups:
                 g["lr"] = sched.lr(step)
-            with autocast:
-                est = net(mix)
-            loss = metrics.pit_loss(est.float(), ref)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
+            loss = train_step(net, opt, mix, ref, cfg.clip, autocast)
             step += 1
             times.append(time.perf_counter() - t0)
             times[:] = times[-50:]
