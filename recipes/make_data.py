@@ -36,7 +36,7 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
-from sepcli.train.speakers import Speaker, assign_splits, load_pool, write_index  # noqa: E402
+from sepcli.train.speakers import Speaker, assign_splits, load_pool, read_index, write_index  # noqa: E402
 
 POOL_SR = 16000
 SND = "/usr/share/asterisk/sounds"
@@ -46,9 +46,10 @@ APT_PACKAGES = [
     "asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722", "asterisk-core-sounds-fr-g722",
     "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "asterisk-prompt-it-menardi-wav",
     "asterisk-prompt-fr-armelle", "asterisk-prompt-es-co", "fillets-ng-data-nl", "klettres-data",
-    "ktuberling-data",
+    "ktuberling-data", "uqm-voice",
 ]
 KTUBERLING = "/usr/share/ktuberling/sounds"
+UQM_VOICE = "/usr/share/games/uqm/content/addons/uqm-0.8.0-voice.uqm"
 
 # person -> split. Everything not named here trains.
 HELD_OUT = {
@@ -83,6 +84,15 @@ def ensure_packages() -> None:
 
 # ----------------------------------------------------------------------------------------------- decoding
 def decode(path: str) -> tuple[np.ndarray, int]:
+    """Mono float32 and its rate. `archive::member` reads a member of a zip archive (the UQM voice pack)."""
+    if "::" in path:
+        import io
+        import zipfile
+
+        archive, member = path.split("::", 1)
+        with zipfile.ZipFile(archive) as z:
+            x, rate = sf.read(io.BytesIO(z.read(member)), dtype="float32", always_2d=True)
+        return x.mean(1), rate
     ext = path.rsplit(".", 1)[-1].lower()
     if ext in ("g722", "gsm"):
         import av
@@ -146,6 +156,7 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
         if files:
             jobs.append((f"klettres-{lang}", f"klettres-{lang}", files))
     jobs += ktuberling_jobs()
+    jobs += uqm_jobs()
     return [j for j in jobs if j[2]]
 
 
@@ -168,6 +179,23 @@ def ktuberling_jobs(min_seconds: float = 45.0, min_rate: int = 16000) -> list[tu
             lang = Path(lang_dir).name
             jobs.append((f"ktuberling-{lang}", f"ktuberling-{lang}", files))
     return jobs
+
+
+def uqm_jobs(archive: str = UQM_VOICE, skip: tuple[str, ...] = ("probe",)) -> list[tuple[str, str, list[str]]]:
+    """The Ur-Quan Masters' 3DO dialogue (package uqm-voice, 11 h, 11.025 kHz): one speaker entry per alien
+    race, voiced by the 3DO cast. Some actors voice more than one race and zoqfotpik holds three characters, so
+    these entries are only ever used for training (none is named in HELD_OUT); `probe` is a machine voice.
+    Licence: CC BY-NC-SA 2.5 (see the model card's data section)."""
+    if not Path(archive).exists():
+        return []
+    import zipfile
+
+    with zipfile.ZipFile(archive) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".ogg") and n.count("/") == 2)
+    races: dict[str, list[str]] = {}
+    for n in names:
+        races.setdefault(n.split("/")[1], []).append(f"{archive}::{n}")
+    return [(f"uqm-{r}", f"uqm-{r}", files) for r, files in sorted(races.items()) if r not in skip]
 
 
 def build_real(job) -> tuple[str, str, str, np.ndarray]:
@@ -262,17 +290,27 @@ def build_synth(job_and_text) -> tuple[str, str, str, np.ndarray]:
     return sid, person, "synthetic", join_utterances(parts, seed=len(sid))
 
 
-def build_pools(out: Path, n_sentences: int, jobs_n: int) -> None:
+def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = None) -> None:
+    """All pools, or with `only` just the speakers whose id starts with it, merged into the existing index
+    (adds a new source without re-rendering the others)."""
     pool_dir = out / "pools"
     pool_dir.mkdir(parents=True, exist_ok=True)
     text = sentences()
     rng = np.random.default_rng(0)
     sj = synth_jobs()
     synth_inputs = [(j, list(rng.choice(text, size=min(n_sentences, len(text)), replace=False))) for j in sj]
+    rj = real_jobs()
     results = []
+    if only:
+        rj = [j for j in rj if j[0].startswith(only)]
+        synth_inputs = [j for j in synth_inputs if j[0][0].startswith(only)]
+        if not rj and not synth_inputs:
+            raise SystemExit(f"no speaker id starts with {only!r}")
+        keep = {j[0] for j in rj} | {j[0][0] for j in synth_inputs}
+        if (pool_dir / "speakers.json").exists():
+            results = [(s.id, s.person, s.kind, s.seconds) for s in read_index(pool_dir)[1] if s.id not in keep]
     with ProcessPoolExecutor(jobs_n) as ex:
-        for sid, person, kind, x in itertools.chain(ex.map(build_real, real_jobs()),
-                                                    ex.map(build_synth, synth_inputs)):
+        for sid, person, kind, x in itertools.chain(ex.map(build_real, rj), ex.map(build_synth, synth_inputs)):
             if len(x) < POOL_SR * 2:
                 print(f"  skip {sid}: {len(x) / POOL_SR:.1f} s", flush=True)
                 continue
@@ -359,11 +397,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150, help="mixtures per fixed set")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--only", help="pools stage: rebuild only the speakers whose id starts with this, "
+                    "keeping the others (e.g. --only uqm-)")
     a = ap.parse_args()
     if a.stage in ("all", "packages"):
         ensure_packages()
     if a.stage in ("all", "pools"):
-        build_pools(a.out, a.sentences, a.jobs)
+        build_pools(a.out, a.sentences, a.jobs, a.only)
     if a.stage in ("all", "sets"):
         for sr in a.sample_rate:
             build_sets(a.out, sr, a.n, a.seconds)

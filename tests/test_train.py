@@ -229,6 +229,64 @@ def test_recipe_ktuberling_takes_folders_with_enough_wideband_speech(tmp_path, m
         ("ktuberling-aa", "ktuberling-aa", ["w0.wav", "w1.wav", "w2.wav"])]
 
 
+
+def test_recipe_uqm_takes_one_speaker_per_race_from_the_archive(tmp_path):
+    """The UQM voice pack is a zip: one training speaker per race folder, the machine voice `probe` and
+    non-audio members left out, and members decode straight from the archive."""
+    import zipfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    sr = 11025
+    tone = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(sr) / sr)).astype(np.float32)
+    archive = tmp_path / "voice.uqm"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("3dovoice/spathi/spathi-002.ogg", "3dovoice/spathi/spathi-001.ogg",
+                     "3dovoice/probe/probe-001.ogg", "3dovoice/vux/vux-001.ogg"):
+            f = tmp_path / "t.ogg"
+            sf.write(f, tone, sr, format="OGG", subtype="VORBIS")
+            z.write(f, name)
+        z.writestr("3dovoice/spathi/spathi.ts", "subtitles")
+        z.writestr("3dovoice/readme.ogg", "not a race")
+    jobs = make_data.uqm_jobs(str(archive))
+    assert [(sid, person, [f.split("::")[1] for f in files]) for sid, person, files in jobs] == [
+        ("uqm-spathi", "uqm-spathi", ["3dovoice/spathi/spathi-001.ogg", "3dovoice/spathi/spathi-002.ogg"]),
+        ("uqm-vux", "uqm-vux", ["3dovoice/vux/vux-001.ogg"])]
+    assert all(assign_splits([p for _, p, _ in jobs], make_data.HELD_OUT)[p] == "train" for _, p, _ in jobs)
+    x, rate = make_data.decode(jobs[1][2][0])
+    assert rate == sr and abs(len(x) - sr) < 64
+    spectrum = np.abs(np.fft.rfft(x))
+    assert abs(np.argmax(spectrum) * sr / len(x) - 440.0) < 2.0
+    assert make_data.uqm_jobs(str(tmp_path / "absent.uqm")) == []
+
+
+def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
+    """`--only PREFIX` renders just those speakers and keeps every other pool file and index entry."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    sr = 16000
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", 0.3 * rng.standard_normal(3 * sr).astype(np.float32), sr)
+    jobs = [("old-a", "person-a", [str(tmp_path / "a.wav")]), ("new-b", "person-b", [str(tmp_path / "b.wav")])]
+    monkeypatch.setattr(make_data, "real_jobs", lambda: list(jobs))
+    monkeypatch.setattr(make_data, "synth_jobs", lambda: [])
+    monkeypatch.setattr(make_data, "sentences", lambda: ["One two three four five."])
+    out = tmp_path / "data"
+    make_data.build_pools(out, n_sentences=1, jobs_n=1)
+    before_a = (out / "pools" / "old-a.npy").read_bytes()
+    sf.write(tmp_path / "b.wav", 0.3 * rng.standard_normal(5 * sr).astype(np.float32), sr)  # b changes
+    sf.write(tmp_path / "a.wav", np.zeros(3 * sr, np.float32), sr)  # a would change too, if it were rebuilt
+    make_data.build_pools(out, n_sentences=1, jobs_n=1, only="new-")
+    index = json.loads((out / "pools" / "speakers.json").read_text())["speakers"]
+    assert sorted(index) == ["new-b", "old-a"]
+    assert (out / "pools" / "old-a.npy").read_bytes() == before_a and index["old-a"]["seconds"] > 2.5
+    assert index["new-b"]["seconds"] > 4.5
+    with pytest.raises(SystemExit, match="nothing"):
+        make_data.build_pools(out, n_sentences=1, jobs_n=1, only="nothing")
+
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_export(tmp_path, librimix):
     script = tmp_path / "ddp.py"
