@@ -1,4 +1,4 @@
-"""Fused Triton selective scan (forward), for CUDA tensors; runs on CPU under `TRITON_INTERPRET=1`.
+"""Fused Triton selective scan (forward and backward), for CUDA tensors; runs on CPU under `TRITON_INTERPRET=1`.
 
 Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan semantics). One program handles
 one batch index and a block of BLOCK_D channels, holding the `(BLOCK_D, n)` state in registers and walking
@@ -6,9 +6,19 @@ time sequentially: no `(b, d, l, n)` intermediate, extra memory O(b·d·n) (the 
 B and C are read through strides, so constant `(d, n)`, variable `(b, n, l)` and grouped `(b, g, n, l)`
 layouts need no copy.
 
-Backward: there is no Triton backward kernel yet. `selective_scan_triton` runs its forward under an autograd
-Function whose backward recomputes the scan with the reference (`scan_ref`) and differentiates that: correct,
-but it costs the reference's O(b·d·l·n) memory during backward.
+Backward (`_scan_bwd_kernel`, same program layout), with no `(b, d, l, n)` tensor either:
+1. recompute the forward, keeping the state at the start of every CHUNK steps: `(b, d, l/CHUNK, n)`;
+2. walk the chunks from last to first: recompute the chunk's states into a `(b, d, CHUNK, n)` scratch, then walk
+   it backwards in time with g_h, the gradient of the state (the formulas of `scan_cpu`'s docstring):
+       g_h[t] = go[t]·C[t] + exp(dt[t+1]·A)·g_h[t+1]
+       dC[t] += go[t]·h[t];   dB[t] += g_h[t]·dt[t]·u[t];   du[t] = go[t]·D + dt[t]·Σ g_h[t]·B[t]
+       ddt[t] = Σ g_h[t]·(h[t-1]·exp(dt[t]·A)·A + B[t]·u[t]);   dA += g_h[t]·h[t-1]·exp(dt[t]·A)·dt[t]
+   go is the gradient of y (through silu(z) when z is given; y before the gate is recomputed from h[t]).
+Per-channel sums (dA, dD, d_bias, constant dB/dC) stay in registers and are added atomically at the end (the
+batch programs share them); variable B/C gradients are summed over the block's channels, which all belong to one
+group (the block size divides the channels per group), and added atomically per time step. Extra memory is
+O(b·d·n·(l/CHUNK + CHUNK)) against the reference's O(b·d·l·n). As in mamba_ssm, the gradient of the returned last
+state is not propagated. Everything is computed in float32; gradients are returned in the inputs' dtypes.
 
 Triton decides between compiling and interpreting when a kernel is *defined*, i.e. when this module is
 imported: `TRITON_INTERPRET=1` must be in the environment before the first import of this module.
@@ -21,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .scan_ref import check_shapes, selective_scan_ref
+from .scan_ref import check_shapes
 
 try:  # triton >= 3.4 keeps its environment switches in `knobs`
     from triton import knobs as _knobs
@@ -118,8 +128,194 @@ def scan_forward_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     return out, last
 
 
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
+    du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, ckpt_ptr, scratch_ptr,
+    dim, length, nstate, chunk, nchunks,
+    s_b, s_d,
+    s_Bb, s_Bg, s_Bn, s_Bl, dpg_B,
+    s_Cb, s_Cg, s_Cn, s_Cl, dpg_C,
+    s_dBb, s_dBg, s_dBn, s_dBl,
+    s_dCb, s_dCg, s_dCn, s_dCl,
+    VAR_B: tl.constexpr, VAR_C: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < nstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * nstate + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BLOCK_D], tl.float32)
+    B_base = B_ptr + pid_b * s_Bb + (offs_d // dpg_B)[:, None] * s_Bg + offs_n[None, :] * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + (offs_d // dpg_C)[:, None] * s_Cg + offs_n[None, :] * s_Cn
+    row = pid_b * s_b + offs_d * s_d
+    state_rows = (pid_b * dim + offs_d)[:, None]
+    ckpt_base = ckpt_ptr + state_rows * nchunks * nstate + offs_n[None, :]
+    scratch_base = scratch_ptr + state_rows * chunk * nstate + offs_n[None, :]
+
+    # 1. forward, keeping the state at the start of each chunk
+    h = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    for c in range(nchunks):
+        tl.store(ckpt_base + c * nstate, h, mask=mask_dn)
+        t0 = c * chunk
+        for t in range(t0, tl.minimum(t0 + chunk, length)):
+            u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+            dt = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
+            h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
+
+    # 2. chunks from last to first
+    gh = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)  # exp(dt[t+1]·A)·g_h[t+1], carried backwards in time
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dBc_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dCc_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], tl.float32)
+    grp_B = (pid_d * BLOCK_D) // dpg_B  # one group per block for variable B/C (the host picks BLOCK_D so)
+    grp_C = (pid_d * BLOCK_D) // dpg_C
+    for cc in range(nchunks):
+        c = nchunks - 1 - cc
+        t0 = c * chunk
+        nt = tl.minimum(chunk, length - t0)
+        h0 = tl.load(ckpt_base + c * nstate, mask=mask_dn, other=0.0)
+        h = h0
+        for j in range(nt):
+            t = t0 + j
+            u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+            dt = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
+            h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
+            tl.store(scratch_base + j * nstate, h, mask=mask_dn)
+        tl.debug_barrier()
+        for jj in range(nt):
+            j = nt - 1 - jj
+            t = t0 + j
+            u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+            raw = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+            else:
+                dt = raw
+            Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
+            Ct = tl.load(C_base + t * s_Cl, mask=mask_dn, other=0.0).to(tl.float32)
+            go = tl.load(dout_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+            h_t = tl.load(scratch_base + j * nstate, mask=mask_dn, other=0.0)
+            h_prev = tl.load(scratch_base + tl.maximum(j - 1, 0) * nstate, mask=mask_dn, other=0.0)
+            h_prev = tl.where(j > 0, h_prev, h0)
+            if HAS_Z:
+                zt = tl.load(z_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+                sz = tl.sigmoid(zt)
+                y0 = tl.sum(h_t * Ct, axis=1) + Dv * u
+                tl.store(dz_ptr + row + t, go * y0 * sz * (1.0 + zt * (1.0 - sz)), mask=mask_d)
+                go = go * zt * sz
+            dA_t = tl.exp(dt[:, None] * A)
+            gh = gh + go[:, None] * Ct
+            dB_t = gh * (dt * u)[:, None]
+            dC_t = go[:, None] * h_t
+            du = go * Dv + dt * tl.sum(gh * Bt, axis=1)
+            ddt = tl.sum(gh * (h_prev * dA_t * A + Bt * u[:, None]), axis=1)
+            dA_acc += gh * h_prev * dA_t * dt[:, None]
+            dD_acc += go * u
+            if SOFTPLUS:
+                ddt = tl.where(raw <= 20.0, ddt * tl.sigmoid(raw), ddt)
+            dbias_acc += ddt
+            tl.store(du_ptr + row + t, du, mask=mask_d)
+            tl.store(ddt_ptr + row + t, ddt, mask=mask_d)
+            if VAR_B:
+                tl.atomic_add(dB_ptr + pid_b * s_dBb + grp_B * s_dBg + offs_n * s_dBn + t * s_dBl,
+                              tl.sum(dB_t, axis=0), mask=mask_n)
+            else:
+                dBc_acc += dB_t
+            if VAR_C:
+                tl.atomic_add(dC_ptr + pid_b * s_dCb + grp_C * s_dCg + offs_n * s_dCn + t * s_dCl,
+                              tl.sum(dC_t, axis=0), mask=mask_n)
+            else:
+                dCc_acc += dC_t
+            gh = gh * dA_t
+        tl.debug_barrier()
+    tl.atomic_add(dA_ptr + offs_d[:, None] * nstate + offs_n[None, :], dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d)
+    if not VAR_B:
+        tl.atomic_add(dB_ptr + offs_d[:, None] * s_dBg + offs_n[None, :] * s_dBn, dBc_acc, mask=mask_dn)
+    if not VAR_C:
+        tl.atomic_add(dC_ptr + offs_d[:, None] * s_dCg + offs_n[None, :] * s_dCn, dCc_acc, mask=mask_dn)
+
+
+def _pow2_dividing(k: int) -> int:
+    return k & -k
+
+
+def scan_backward_triton(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         chunk: int = 64, block_d: int | None = None):
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, d_delta_bias) of sum(out * dout), each in its input's dtype
+    (None for absent inputs)."""
+    check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    b, d, l = u.shape
+    n = A.shape[1]
+    f32 = dict(device=u.device, dtype=torch.float32)
+    u, delta, dout = u.contiguous(), delta.contiguous(), dout.contiguous()
+    z = z.contiguous() if z is not None else None
+    A = A.contiguous()
+    du, ddt = torch.zeros(b, d, l, **f32), torch.zeros(b, d, l, **f32)
+    dz = torch.zeros(b, d, l, **f32) if z is not None else None
+    dA, dD, dbias = torch.zeros(d, n, **f32), torch.zeros(d, **f32), torch.zeros(d, **f32)
+    dB, dC = torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
+    if b * d * l > 0:
+        Bt, sBb, sBg, sBn, sBl, dpgB = _bc_strides(B, d)
+        Ct, sCb, sCg, sCn, sCl, dpgC = _bc_strides(C, d)
+        dBt, sdBb, sdBg, sdBn, sdBl, _ = _bc_strides(dB, d)
+        dCt, sdCb, sdCg, sdCn, sdCl, _ = _bc_strides(dC, d)
+        var_b, var_c = B.dim() > 2, C.dim() > 2
+        block_n = triton.next_power_of_2(n)
+        if block_d is None:
+            block_d = max(1, min(triton.next_power_of_2(d), max(1, 2048 // block_n), 64))
+        for var, dpg in ((var_b, dpgB), (var_c, dpgC)):
+            if var:  # a block's channels must share one group of B/C
+                block_d = min(block_d, _pow2_dividing(dpg))
+        chunk = max(1, min(chunk, l))
+        nchunks = triton.cdiv(l, chunk)
+        ckpt = torch.empty(b, d, nchunks, n, **f32)
+        scratch = torch.empty(b, d, chunk, n, **f32)
+        dummy = u
+        _scan_bwd_kernel[(b, triton.cdiv(d, block_d))](
+            u, delta, A, Bt, Ct, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, dout,
+            du, ddt, dA, dBt, dCt, dD, dz if dz is not None else du, dbias, ckpt, scratch,
+            d, l, n, chunk, nchunks, u.stride(0), u.stride(1),
+            sBb, sBg, sBn, sBl, dpgB, sCb, sCg, sCn, sCl, dpgC,
+            sdBb, sdBg, sdBn, sdBl, sdCb, sdCg, sdCn, sdCl,
+            VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=block_n,
+        )
+
+    def cast(g, like):
+        return None if like is None else g.to(like.dtype)
+
+    return (cast(du, u), cast(ddt, delta), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), cast(dz, z),
+            cast(dbias, delta_bias))
+
+
 class SelectiveScanTriton(torch.autograd.Function):
-    """Triton forward; backward by recomputation through the reference (see the module docstring)."""
+    """Triton forward and backward (see the module docstring); saves only the inputs."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -131,14 +327,8 @@ class SelectiveScanTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlast):
-        saved = ctx.saved_tensors
-        inputs = [t.detach().requires_grad_(True) if t is not None else None for t in saved]
-        with torch.enable_grad():
-            out = selective_scan_ref(*inputs, delta_softplus=ctx.delta_softplus)
-            wanted = [t for t in inputs if t is not None]
-            grads = torch.autograd.grad(out, wanted, dout, allow_unused=True)
-        it = iter(grads)
-        return tuple(next(it) if t is not None else None for t in inputs) + (None,)
+        grads = scan_backward_triton(dout, *ctx.saved_tensors, delta_softplus=ctx.delta_softplus)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,)
 
 
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
