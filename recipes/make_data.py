@@ -6,6 +6,7 @@
 Stages:
   packages  apt-get install the speech packages (enables Debian contrib/non-free for MBROLA)
   pools     data/pools/<speaker>.npy + speakers.json at 16 kHz: real recorded people and synthetic voices
+  update    packages, then only the pools that the index lacks (a source added to the recipe since the build)
   sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout)
   example   examples/mix.wav (10 s of two held-out real people) for `make demo`
 
@@ -46,10 +47,12 @@ APT_PACKAGES = [
     "asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722", "asterisk-core-sounds-fr-g722",
     "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "asterisk-prompt-it-menardi-wav",
     "asterisk-prompt-fr-armelle", "asterisk-prompt-es-co", "fillets-ng-data-nl", "klettres-data",
-    "ktuberling-data", "uqm-voice",
+    "ktuberling-data", "uqm-voice", "tuxpaint-stamps-default", "hedgewars-data",
 ]
 KTUBERLING = "/usr/share/ktuberling/sounds"
 UQM_VOICE = "/usr/share/games/uqm/content/addons/uqm-0.8.0-voice.uqm"
+TUXPAINT_STAMPS = "/usr/share/tuxpaint/stamps"
+HEDGEWARS_VOICES = "/usr/share/games/hedgewars/Data/Sounds/voices"
 
 # person -> split. Everything not named here trains.
 HELD_OUT = {
@@ -157,6 +160,8 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
             jobs.append((f"klettres-{lang}", f"klettres-{lang}", files))
     jobs += ktuberling_jobs()
     jobs += uqm_jobs()
+    jobs += tuxpaint_jobs()
+    jobs += hedgewars_jobs()
     return [j for j in jobs if j[2]]
 
 
@@ -166,18 +171,56 @@ def ktuberling_jobs(min_seconds: float = 45.0, min_rate: int = 16000) -> list[tu
     Files below `min_rate` (a few 8 kHz recordings mixed into some folders) are left out."""
     jobs = []
     for lang_dir in sorted(glob.glob(f"{KTUBERLING}/*/")):
-        files, seconds = [], 0.0
-        for f in sorted(glob.glob(f"{lang_dir}*.*")):
-            try:
-                info = sf.info(f)
-            except Exception:
-                continue
-            if info.samplerate >= min_rate:
-                files.append(f)
-                seconds += info.duration
+        files, seconds = _wideband(sorted(glob.glob(f"{lang_dir}*.*")), min_rate)
         if seconds >= min_seconds:
             lang = Path(lang_dir).name
             jobs.append((f"ktuberling-{lang}", f"ktuberling-{lang}", files))
+    return jobs
+
+
+def _wideband(files: list[str], min_rate: int) -> tuple[list[str], float]:
+    """The files at `min_rate` or above, and their total duration in seconds."""
+    kept, seconds = [], 0.0
+    for f in files:
+        try:
+            info = sf.info(f)
+        except Exception:
+            continue
+        if info.samplerate >= min_rate:
+            kept.append(f)
+            seconds += info.duration
+    return kept, seconds
+
+
+def tuxpaint_jobs(root: str = TUXPAINT_STAMPS, min_seconds: float = 240.0,
+                  min_rate: int = 16000) -> list[tuple[str, str, list[str]]]:
+    """Tux Paint's spoken stamp descriptions (`<stamp>_desc_<lang>.ogg`, 44.1 kHz): recorded by one volunteer per
+    language according to its changelog (bg Krasimir Petkov, be Kseniya Buraya, da Joe Dalton, el Kiriaki
+    Serafeim, es Estefania Ortiz, fr Jacques Chion, ...). Languages with at least `min_seconds` of wideband
+    speech are taken (about 9, 5-30 min each); the few English/Dutch files and `_outline_` variants are not."""
+    by_lang: dict[str, list[str]] = {}
+    for f in sorted(glob.glob(f"{root}/**/*_desc_*.ogg", recursive=True)):
+        m = re.search(r"_desc_([A-Za-z]+(?:_[A-Z]+)?)\.ogg$", f)
+        if m and "_outline_" not in Path(f).name:
+            by_lang.setdefault(m.group(1), []).append(f)
+    jobs = []
+    for lang, files in sorted(by_lang.items()):
+        kept, seconds = _wideband(files, min_rate)
+        if seconds >= min_seconds:
+            jobs.append((f"tuxpaint-{lang}", f"tuxpaint-{lang}", kept))
+    return jobs
+
+
+def hedgewars_jobs(root: str = HEDGEWARS_VOICES,
+                   skip: tuple[str, ...] = ("Robot",)) -> list[tuple[str, str, list[str]]]:
+    """Hedgewars' voice packs: about a minute of acted exclamations each, 44.1/48 kHz, one speaker entry per pack
+    (an actor may have recorded more than one pack, so they only ever train); `Robot` is a processed voice."""
+    jobs = []
+    for pack in sorted(glob.glob(f"{root}/*/")):
+        name = Path(pack).name
+        files = sorted(glob.glob(f"{pack}*.ogg"))
+        if name not in skip and files:
+            jobs.append((f"hedgewars-{name.lower()}", f"hedgewars-{name.lower()}", files))
     return jobs
 
 
@@ -290,9 +333,10 @@ def build_synth(job_and_text) -> tuple[str, str, str, np.ndarray]:
     return sid, person, "synthetic", join_utterances(parts, seed=len(sid))
 
 
-def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = None) -> None:
-    """All pools, or with `only` just the speakers whose id starts with it, merged into the existing index
-    (adds a new source without re-rendering the others)."""
+def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = None, missing: bool = False) -> None:
+    """All pools; or with `only` (comma-separated id prefixes) just those speakers, or with `missing` just the
+    recipe's speakers that the index lacks, merged into the existing index (a source added to the recipe is
+    built without re-rendering the others)."""
     pool_dir = out / "pools"
     pool_dir.mkdir(parents=True, exist_ok=True)
     text = sentences()
@@ -301,14 +345,23 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
     synth_inputs = [(j, list(rng.choice(text, size=min(n_sentences, len(text)), replace=False))) for j in sj]
     rj = real_jobs()
     results = []
-    if only:
-        rj = [j for j in rj if j[0].startswith(only)]
-        synth_inputs = [j for j in synth_inputs if j[0][0].startswith(only)]
-        if not rj and not synth_inputs:
-            raise SystemExit(f"no speaker id starts with {only!r}")
-        keep = {j[0] for j in rj} | {j[0][0] for j in synth_inputs}
-        if (pool_dir / "speakers.json").exists():
-            results = [(s.id, s.person, s.kind, s.seconds) for s in read_index(pool_dir)[1] if s.id not in keep]
+    if only or missing:
+        have = read_index(pool_dir)[1] if (pool_dir / "speakers.json").exists() else []
+        if only:
+            prefixes = tuple(p for p in only.split(",") if p)
+            wanted = {j[0] for j in rj if j[0].startswith(prefixes)} | {
+                j[0][0] for j in synth_inputs if j[0][0].startswith(prefixes)}
+            if not wanted:
+                raise SystemExit(f"no speaker id starts with {only!r}")
+        else:
+            known = {s.id for s in have}
+            wanted = {j[0] for j in rj if j[0] not in known} | {j[0][0] for j in synth_inputs if j[0][0] not in known}
+            if not wanted:
+                print("pools: every speaker of the recipe is built")
+                return
+        rj = [j for j in rj if j[0] in wanted]
+        synth_inputs = [j for j in synth_inputs if j[0][0] in wanted]
+        results = [(s.id, s.person, s.kind, s.seconds) for s in have if s.id not in wanted]
     with ProcessPoolExecutor(jobs_n) as ex:
         for sid, person, kind, x in itertools.chain(ex.map(build_real, rj), ex.map(build_synth, synth_inputs)):
             if len(x) < POOL_SR * 2:
@@ -391,17 +444,20 @@ def build_example(out_file: Path, seconds: float = 10.0) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data"))
-    ap.add_argument("--stage", choices=["all", "packages", "pools", "sets", "example"], default="all")
+    ap.add_argument("--stage", choices=["all", "packages", "pools", "update", "sets", "example"], default="all",
+                    help="update = packages, then only the pools the index lacks (after a source was added)")
     ap.add_argument("--sample-rate", type=int, nargs="+", default=[16000, 8000])
     ap.add_argument("--sentences", type=int, default=60, help="sentences per synthetic voice")
     ap.add_argument("--n", type=int, default=150, help="mixtures per fixed set")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--only", help="pools stage: rebuild only the speakers whose id starts with this, "
-                    "keeping the others (e.g. --only uqm-)")
+    ap.add_argument("--only", help="pools stage: rebuild only the speakers whose id starts with one of these "
+                    "comma-separated prefixes, keeping the others (e.g. --only uqm-,tuxpaint-)")
     a = ap.parse_args()
-    if a.stage in ("all", "packages"):
+    if a.stage in ("all", "packages", "update"):
         ensure_packages()
+    if a.stage == "update":
+        build_pools(a.out, a.sentences, a.jobs, missing=True)
     if a.stage in ("all", "pools"):
         build_pools(a.out, a.sentences, a.jobs, a.only)
     if a.stage in ("all", "sets"):

@@ -261,6 +261,42 @@ def test_recipe_uqm_takes_one_speaker_per_race_from_the_archive(tmp_path):
     assert make_data.uqm_jobs(str(tmp_path / "absent.uqm")) == []
 
 
+
+def test_recipe_tuxpaint_and_hedgewars_sources(tmp_path):
+    """Tux Paint: one person per description language with enough wideband speech (outline variants and 8 kHz
+    files left out); Hedgewars: one entry per voice pack, the processed Robot pack left out."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    def wav(path, seconds, sr):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, np.zeros(int(seconds * sr), np.float32), sr, format="OGG", subtype="VORBIS")
+
+    stamps = tmp_path / "stamps"
+    for i in range(3):
+        wav(stamps / "animals" / f"cat{i}_desc_fr.ogg", 2.0, 44100)
+        wav(stamps / "food" / "fruit" / f"apple{i}_desc_pt_BR.ogg", 2.0, 44100)
+    wav(stamps / "animals" / "cat_outline_desc_fr.ogg", 2.0, 44100)  # outline variant: not taken
+    wav(stamps / "animals" / "dog_desc_fr.ogg", 2.0, 8000)           # narrowband: not taken
+    wav(stamps / "animals" / "dog_desc_da.ogg", 1.0, 44100)          # too little speech in Danish
+    wav(stamps / "animals" / "dog.ogg", 2.0, 44100)                  # a sound effect
+    jobs = make_data.tuxpaint_jobs(str(stamps), min_seconds=5.0)
+    assert [(sid, person, sorted(Path(f).name for f in files)) for sid, person, files in jobs] == [
+        ("tuxpaint-fr", "tuxpaint-fr", ["cat0_desc_fr.ogg", "cat1_desc_fr.ogg", "cat2_desc_fr.ogg"]),
+        ("tuxpaint-pt_BR", "tuxpaint-pt_BR", ["apple0_desc_pt_BR.ogg", "apple1_desc_pt_BR.ogg",
+                                              "apple2_desc_pt_BR.ogg"])]
+
+    voices = tmp_path / "voices"
+    for pack in ("Pirate", "Robot", "Default_es"):
+        wav(voices / pack / "Boom.ogg", 1.0, 44100)
+        wav(voices / pack / "Ooops.ogg", 1.0, 48000)
+    (voices / "Empty").mkdir()
+    jobs = make_data.hedgewars_jobs(str(voices))
+    assert [(sid, [Path(f).name for f in files]) for sid, _, files in jobs] == [
+        ("hedgewars-default_es", ["Boom.ogg", "Ooops.ogg"]), ("hedgewars-pirate", ["Boom.ogg", "Ooops.ogg"])]
+    persons = [p for _, p, _ in make_data.tuxpaint_jobs(str(stamps), min_seconds=5.0) + jobs]
+    assert set(assign_splits(persons, make_data.HELD_OUT).values()) == {"train"}
+
 def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     """`--only PREFIX` renders just those speakers and keeps every other pool file and index entry."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
@@ -279,13 +315,26 @@ def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     before_a = (out / "pools" / "old-a.npy").read_bytes()
     sf.write(tmp_path / "b.wav", 0.3 * rng.standard_normal(5 * sr).astype(np.float32), sr)  # b changes
     sf.write(tmp_path / "a.wav", np.zeros(3 * sr, np.float32), sr)  # a would change too, if it were rebuilt
-    make_data.build_pools(out, n_sentences=1, jobs_n=1, only="new-")
+    make_data.build_pools(out, n_sentences=1, jobs_n=1, only="nothing-,new-")
     index = json.loads((out / "pools" / "speakers.json").read_text())["speakers"]
     assert sorted(index) == ["new-b", "old-a"]
     assert (out / "pools" / "old-a.npy").read_bytes() == before_a and index["old-a"]["seconds"] > 2.5
     assert index["new-b"]["seconds"] > 4.5
     with pytest.raises(SystemExit, match="nothing"):
         make_data.build_pools(out, n_sentences=1, jobs_n=1, only="nothing")
+
+    # `missing` (the update stage): only a source added to the recipe since the index was written is built
+    sf.write(tmp_path / "c.wav", 0.3 * rng.standard_normal(4 * sr).astype(np.float32), sr)
+    jobs.append(("added-c", "person-c", [str(tmp_path / "c.wav")]))
+    before_b = (out / "pools" / "new-b.npy").read_bytes()
+    make_data.build_pools(out, n_sentences=1, jobs_n=1, missing=True)
+    index = json.loads((out / "pools" / "speakers.json").read_text())["speakers"]
+    assert sorted(index) == ["added-c", "new-b", "old-a"] and 3.5 < index["added-c"]["seconds"] < 4.5
+    assert (out / "pools" / "old-a.npy").read_bytes() == before_a
+    assert (out / "pools" / "new-b.npy").read_bytes() == before_b
+    mtime = (out / "pools" / "speakers.json").stat().st_mtime_ns
+    make_data.build_pools(out, n_sentences=1, jobs_n=1, missing=True)  # nothing missing: nothing written
+    assert (out / "pools" / "speakers.json").stat().st_mtime_ns == mtime
 
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_export(tmp_path, librimix):
