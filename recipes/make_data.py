@@ -47,12 +47,13 @@ APT_PACKAGES = [
     "asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722", "asterisk-core-sounds-fr-g722",
     "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "asterisk-prompt-it-menardi-wav",
     "asterisk-prompt-fr-armelle", "asterisk-prompt-es-co", "fillets-ng-data-nl", "klettres-data",
-    "ktuberling-data", "uqm-voice", "tuxpaint-stamps-default", "hedgewars-data",
+    "ktuberling-data", "uqm-voice", "tuxpaint-stamps-default", "hedgewars-data", "flight-of-the-amazon-queen",
 ]
 KTUBERLING = "/usr/share/ktuberling/sounds"
 UQM_VOICE = "/usr/share/games/uqm/content/addons/uqm-0.8.0-voice.uqm"
 TUXPAINT_STAMPS = "/usr/share/tuxpaint/stamps"
 HEDGEWARS_VOICES = "/usr/share/games/hedgewars/Data/Sounds/voices"
+FOTAQ = "/usr/share/scummvm/flight-of-the-amazon-queen/queen.1c"
 
 # person -> split. Everything not named here trains.
 HELD_OUT = {
@@ -93,6 +94,8 @@ def decode(path: str) -> tuple[np.ndarray, int]:
         import zipfile
 
         archive, member = path.split("::", 1)
+        if archive.endswith(".1c"):
+            return decode_queen(archive, member)
         with zipfile.ZipFile(archive) as z:
             x, rate = sf.read(io.BytesIO(z.read(member)), dtype="float32", always_2d=True)
         return x.mean(1), rate
@@ -107,6 +110,52 @@ def decode(path: str) -> tuple[np.ndarray, int]:
         return x / 32768.0 if frames and frames[0].dtype == np.int16 else x, rate
     x, rate = sf.read(path, dtype="float32", always_2d=True)
     return x.mean(1), rate
+
+
+QUEEN_CODECS = {1: "mp3", 2: "ogg", 3: "flac"}  # the compression byte of a compressed (QTBL) queen.1c
+
+
+def queen_table(archive: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    """Codec and {name: (offset, size)} of a compressed Flight of the Amazon Queen resource file. Layout (as read
+    by ScummVM's queen engine): "QTBL", 6-byte version, 2 skipped, compression byte, uint16 BE entry count, then
+    per entry a 12-byte name, a bundle byte, uint32 BE offset and uint32 BE size."""
+    import struct
+
+    with open(archive, "rb") as f:
+        head = f.read(15)
+        if head[:4] != b"QTBL":
+            raise ValueError(f"{archive}: not a compressed queen resource file")
+        codec = QUEEN_CODECS.get(head[12])
+        if codec is None:
+            raise ValueError(f"{archive}: uncompressed speech is not supported")
+        (count,) = struct.unpack(">H", head[13:15])
+        raw = f.read(21 * count)
+    table = {}
+    for i in range(count):
+        e = raw[21 * i: 21 * (i + 1)]
+        offset, size = struct.unpack(">II", e[13:21])
+        table[e[:12].rstrip(b"\0").decode("latin-1")] = (offset, size)
+    return codec, table
+
+
+def decode_queen(archive: str, member: str) -> tuple[np.ndarray, int]:
+    import io
+
+    import av
+
+    codec, table = queen_table(archive)
+    offset, size = table[member]
+    with open(archive, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    parts = []
+    with av.open(io.BytesIO(data), format=codec) as c:
+        rate = c.streams.audio[0].rate
+        for frame in c.decode(audio=0):
+            a = frame.to_ndarray()  # (channels, n) planar or (1, n * channels) packed; mono: speech
+            scale = float(np.iinfo(a.dtype).max + 1) if a.dtype.kind == "i" else 1.0  # FLAC decodes to int16
+            parts.append((a.reshape(a.shape[0], -1).mean(0) / scale).astype(np.float32))
+    return np.concatenate(parts), rate
 
 
 def trim(x: np.ndarray, sr: int, floor_db: float = -40.0) -> np.ndarray:
@@ -162,6 +211,7 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
     jobs += uqm_jobs()
     jobs += tuxpaint_jobs()
     jobs += hedgewars_jobs()
+    jobs += fotaq_jobs()
     return [j for j in jobs if j[2]]
 
 
@@ -222,6 +272,22 @@ def hedgewars_jobs(root: str = HEDGEWARS_VOICES,
         if name not in skip and files:
             jobs.append((f"hedgewars-{name.lower()}", f"hedgewars-{name.lower()}", files))
     return jobs
+
+
+def fotaq_jobs(archive: str = FOTAQ) -> list[tuple[str, str, list[str]]]:
+    """Flight of the Amazon Queen's talkie speech (`RRNNNNXk.SB`, 11 kHz): X = J is Joe King, X = P the other
+    character of conversation file RR; one entry for Joe and one per RR for the others (the cast of about a dozen
+    actors voiced several characters, so these only ever train). Lines of other letters (narration, digits) are
+    not attributed to a speaker and are left out."""
+    if not Path(archive).exists():
+        return []
+    groups: dict[str, list[str]] = {}
+    for name in sorted(queen_table(archive)[1]):
+        m = re.fullmatch(r"([0-9A-Z]{2})[0-9A-F]{4}([JP])\d\.SB", name)
+        if m:
+            who = "joe" if m.group(2) == "J" else m.group(1).lower()
+            groups.setdefault(who, []).append(f"{archive}::{name}")
+    return [(f"fotaq-{who}", f"fotaq-{who}", files) for who, files in sorted(groups.items())]
 
 
 def uqm_jobs(archive: str = UQM_VOICE, skip: tuple[str, ...] = ("probe",)) -> list[tuple[str, str, list[str]]]:

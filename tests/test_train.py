@@ -297,6 +297,47 @@ def test_recipe_tuxpaint_and_hedgewars_sources(tmp_path):
     persons = [p for _, p, _ in make_data.tuxpaint_jobs(str(stamps), min_seconds=5.0) + jobs]
     assert set(assign_splits(persons, make_data.HELD_OUT).values()) == {"train"}
 
+
+def test_recipe_fotaq_reads_the_queen_resource_table(tmp_path):
+    """A QTBL resource file written here byte by byte (FLAC members, so decoding is exact): Joe's lines form one
+    speaker, the other character's lines one per conversation file, unattributed lines are left out, and each
+    member decodes to the samples that were stored."""
+    import io
+    import struct
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    sr = 11025
+    rng = np.random.default_rng(3)
+    members = {}
+    for name in ("020006J1.SB", "020006P1.SB", "020007P2.SB", "05001EP1.SB", "0500011.SB", "020006S1.SB",
+                 "ROOM1.PCX"):
+        buf = io.BytesIO()
+        x = np.round(rng.uniform(-0.5, 0.5, 800) * 32767) / 32768
+        sf.write(buf, x, sr, format="FLAC", subtype="PCM_16")
+        members[name] = (x, buf.getvalue())
+    table, blob = b"", b""
+    header_len = 15 + 21 * len(members)
+    for name, (_, data) in members.items():
+        table += name.encode().ljust(12, b"\0") + b"\x01" + struct.pack(">II", header_len + len(blob), len(data))
+        blob += data
+    archive = tmp_path / "queen.1c"
+    archive.write_bytes(b"QTBL" + b"CEM10\0" + b"\0\0" + bytes([3]) + struct.pack(">H", len(members)) + table + blob)
+
+    jobs = make_data.fotaq_jobs(str(archive))
+    assert [(sid, [f.split("::")[1] for f in files]) for sid, _, files in jobs] == [
+        ("fotaq-02", ["020006P1.SB", "020007P2.SB"]), ("fotaq-05", ["05001EP1.SB"]), ("fotaq-joe", ["020006J1.SB"])]
+    for name in ("020007P2.SB", "05001EP1.SB"):
+        x, rate = make_data.decode(f"{archive}::{name}")
+        assert rate == sr
+        np.testing.assert_allclose(x, members[name][0], atol=1e-6)
+    assert make_data.fotaq_jobs(str(tmp_path / "absent.1c")) == []
+    bad = tmp_path / "bad.1c"
+    bad.write_bytes(b"NOPE" + bytes(11))
+    with pytest.raises(ValueError, match="not a compressed queen"):
+        make_data.queen_table(str(bad))
+
 def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     """`--only PREFIX` renders just those speakers and keeps every other pool file and index entry."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
