@@ -29,6 +29,7 @@ import sys
 import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
-from sepcli.train.speakers import Speaker, assign_splits, load_pool, read_index, write_index  # noqa: E402
+from sepcli.train.speakers import Speaker, assign_splits, load_pool, read_index, read_skipped, write_index  # noqa: E402
 
 POOL_SR = 16000
 SND = "/usr/share/asterisk/sounds"
@@ -50,7 +51,7 @@ APT_PACKAGES = [
     "ktuberling-data", "uqm-voice", "tuxpaint-stamps-default", "hedgewars-data", "flight-of-the-amazon-queen",
 ]
 KTUBERLING = "/usr/share/ktuberling/sounds"
-UQM_VOICE = "/usr/share/games/uqm/content/addons/uqm-0.8.0-voice.uqm"
+UQM_ADDONS = "/usr/share/games/uqm/content/addons"
 TUXPAINT_STAMPS = "/usr/share/tuxpaint/stamps"
 HEDGEWARS_VOICES = "/usr/share/games/hedgewars/Data/Sounds/voices"
 FOTAQ = "/usr/share/scummvm/flight-of-the-amazon-queen/queen.1c"
@@ -91,13 +92,11 @@ def decode(path: str) -> tuple[np.ndarray, int]:
     """Mono float32 and its rate. `archive::member` reads a member of a zip archive (the UQM voice pack)."""
     if "::" in path:
         import io
-        import zipfile
 
         archive, member = path.split("::", 1)
         if archive.endswith(".1c"):
             return decode_queen(archive, member)
-        with zipfile.ZipFile(archive) as z:
-            x, rate = sf.read(io.BytesIO(z.read(member)), dtype="float32", always_2d=True)
+        x, rate = sf.read(io.BytesIO(_zip(archive).read(member)), dtype="float32", always_2d=True)
         return x.mean(1), rate
     ext = path.rsplit(".", 1)[-1].lower()
     if ext in ("g722", "gsm"):
@@ -112,9 +111,23 @@ def decode(path: str) -> tuple[np.ndarray, int]:
     return x.mean(1), rate
 
 
+def _zip(archive: str):
+    """One open ZipFile per archive and process (pool builds read thousands of members). Keyed by the process id:
+    a forked worker must not share its parent's file offset."""
+    return _zip_for(archive, os.getpid())
+
+
+@lru_cache(maxsize=8)
+def _zip_for(archive: str, pid: int):
+    import zipfile
+
+    return zipfile.ZipFile(archive)
+
+
 QUEEN_CODECS = {1: "mp3", 2: "ogg", 3: "flac"}  # the compression byte of a compressed (QTBL) queen.1c
 
 
+@lru_cache(maxsize=4)
 def queen_table(archive: str) -> tuple[str, dict[str, tuple[int, int]]]:
     """Codec and {name: (offset, size)} of a compressed Flight of the Amazon Queen resource file. Layout (as read
     by ScummVM's queen engine): "QTBL", 6-byte version, 2 skipped, compression byte, uint16 BE entry count, then
@@ -275,32 +288,37 @@ def hedgewars_jobs(root: str = HEDGEWARS_VOICES,
 
 
 def fotaq_jobs(archive: str = FOTAQ) -> list[tuple[str, str, list[str]]]:
-    """Flight of the Amazon Queen's talkie speech (`RRNNNNXk.SB`, 11 kHz): X = J is Joe King, X = P the other
-    character of conversation file RR; one entry for Joe and one per RR for the others (the cast of about a dozen
-    actors voiced several characters, so these only ever train). Lines of other letters (narration, digits) are
-    not attributed to a speaker and are left out."""
+    """Flight of the Amazon Queen's talkie speech (`RRNNNNXk.SB`, 11 kHz; NNNN is a line code such as 001E, SSSS or
+    XXXX): X = J is Joe King, X = P the other character of conversation file RR; one entry for Joe and one per RR
+    for the conversation partners (the cast of about a dozen actors voiced several characters, and a character
+    may have several conversation files, so these only ever train). Files named otherwise (cut-scene and
+    narration lines such as C100A032.SB) are not attributed to a speaker and are left out."""
     if not Path(archive).exists():
         return []
     groups: dict[str, list[str]] = {}
     for name in sorted(queen_table(archive)[1]):
-        m = re.fullmatch(r"([0-9A-Z]{2})[0-9A-F]{4}([JP])\d\.SB", name)
+        m = re.fullmatch(r"([0-9A-Z]{2})[0-9A-Z]{4}([JP])\d\.SB", name)
         if m:
             who = "joe" if m.group(2) == "J" else m.group(1).lower()
             groups.setdefault(who, []).append(f"{archive}::{name}")
     return [(f"fotaq-{who}", f"fotaq-{who}", files) for who, files in sorted(groups.items())]
 
 
-def uqm_jobs(archive: str = UQM_VOICE, skip: tuple[str, ...] = ("probe",)) -> list[tuple[str, str, list[str]]]:
-    """The Ur-Quan Masters' 3DO dialogue (package uqm-voice, 11 h, 11.025 kHz): one speaker entry per alien
-    race, voiced by the 3DO cast. Some actors voice more than one race and zoqfotpik holds three characters, so
-    these entries are only ever used for training (none is named in HELD_OUT); `probe` is a machine voice.
+def uqm_jobs(archive: str | None = None, skip: tuple[str, ...] = ("probe",)) -> list[tuple[str, str, list[str]]]:
+    """The Ur-Quan Masters' 3DO dialogue (package uqm-voice, 11 h, 11.025 kHz): one speaker entry per character
+    folder (mostly alien races), voiced by the 3DO cast. Some actors voice more than one folder (commander and
+    starbase are likely the same human captain) and zoqfotpik holds three characters, so these entries are only
+    ever used for training (none is named in HELD_OUT); `probe` is a machine voice.
     Licence: CC BY-NC-SA 2.5 (see the model card's data section)."""
+    if archive is None:  # the package's file name carries its version (uqm-0.8.0-voice.uqm)
+        found = sorted(glob.glob(f"{UQM_ADDONS}/*voice*.uqm"))
+        if not found:
+            print(f"  no UQM voice pack in {UQM_ADDONS} (package uqm-voice): source left out", flush=True)
+            return []
+        archive = found[-1]
     if not Path(archive).exists():
         return []
-    import zipfile
-
-    with zipfile.ZipFile(archive) as z:
-        names = sorted(n for n in z.namelist() if n.endswith(".ogg") and n.count("/") == 2)
+    names = sorted(n for n in _zip(archive).namelist() if n.endswith(".ogg") and n.count("/") == 2)
     races: dict[str, list[str]] = {}
     for n in names:
         races.setdefault(n.split("/")[1], []).append(f"{archive}::{n}")
@@ -410,9 +428,11 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
     sj = synth_jobs()
     synth_inputs = [(j, list(rng.choice(text, size=min(n_sentences, len(text)), replace=False))) for j in sj]
     rj = real_jobs()
-    results = []
+    results, skipped = [], []
     if only or missing:
-        have = read_index(pool_dir)[1] if (pool_dir / "speakers.json").exists() else []
+        index_exists = (pool_dir / "speakers.json").exists()
+        have = read_index(pool_dir)[1] if index_exists else []
+        skipped = read_skipped(pool_dir) if index_exists else []
         if only:
             prefixes = tuple(p for p in only.split(",") if p)
             wanted = {j[0] for j in rj if j[0].startswith(prefixes)} | {
@@ -420,7 +440,7 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
             if not wanted:
                 raise SystemExit(f"no speaker id starts with {only!r}")
         else:
-            known = {s.id for s in have}
+            known = {s.id for s in have} | set(skipped)
             wanted = {j[0] for j in rj if j[0] not in known} | {j[0][0] for j in synth_inputs if j[0][0] not in known}
             if not wanted:
                 print("pools: every speaker of the recipe is built")
@@ -428,18 +448,24 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
         rj = [j for j in rj if j[0] in wanted]
         synth_inputs = [j for j in synth_inputs if j[0][0] in wanted]
         results = [(s.id, s.person, s.kind, s.seconds) for s in have if s.id not in wanted]
+        skipped = [sid for sid in skipped if sid not in wanted]
     with ProcessPoolExecutor(jobs_n) as ex:
         for sid, person, kind, x in itertools.chain(ex.map(build_real, rj), ex.map(build_synth, synth_inputs)):
             if len(x) < POOL_SR * 2:
                 print(f"  skip {sid}: {len(x) / POOL_SR:.1f} s", flush=True)
+                skipped.append(sid)
                 continue
-            np.save(pool_dir / f"{sid}.npy", x.astype(np.float16))
+            # a new file renamed into place: a training run may have the old one memory-mapped
+            tmp = pool_dir / f".{sid}.npy.part"
+            with open(tmp, "wb") as f:
+                np.save(f, x.astype(np.float16))
+            os.replace(tmp, pool_dir / f"{sid}.npy")
             results.append((sid, person, kind, len(x) / POOL_SR))
             print(f"  {sid:28s} {kind:9s} {len(x) / POOL_SR:7.1f} s", flush=True)
     split = assign_splits(sorted({r[1] for r in results}), HELD_OUT)
     speakers = [Speaker(id=sid, person=p, kind=k, split=split[p], seconds=round(s, 1))
                 for sid, p, k, s in results]
-    write_index(pool_dir, POOL_SR, speakers)
+    write_index(pool_dir, POOL_SR, speakers, skipped)
     for name in ("train", "val", "test"):
         sel = [s for s in speakers if s.split == name]
         print(f"{name}: {len({s.person for s in sel})} persons, {sum(s.seconds for s in sel) / 60:.0f} min")
@@ -520,6 +546,8 @@ def main() -> None:
     ap.add_argument("--only", help="pools stage: rebuild only the speakers whose id starts with one of these "
                     "comma-separated prefixes, keeping the others (e.g. --only uqm-,tuxpaint-)")
     a = ap.parse_args()
+    if a.only and a.stage != "pools":
+        ap.error("--only applies to --stage pools")
     if a.stage in ("all", "packages", "update"):
         ensure_packages()
     if a.stage == "update":

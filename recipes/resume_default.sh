@@ -11,7 +11,8 @@ minutes="${1:-150}"
 make install >/dev/null
 [ -f data/pools/speakers.json ] || .venv/bin/python recipes/make_data.py --out data --sample-rate 16000 --n 120
 # pools built before a source was added to the recipe get just the new speakers (the others stay as they are)
-.venv/bin/python recipes/make_data.py --out data --stage update
+.venv/bin/python recipes/make_data.py --out data --stage update \
+  || echo "resume_default.sh: pool update failed; training on the existing pools" >&2
 mkdir -p runs/default
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_TOP_PAD_=268435456
 nohup setsid .venv/bin/python recipes/train_default.py --threads "${THREADS:-2}" --minutes "$minutes" \

@@ -317,22 +317,37 @@ def test_recipe_fotaq_reads_the_queen_resource_table(tmp_path):
         x = np.round(rng.uniform(-0.5, 0.5, 800) * 32767) / 32768
         sf.write(buf, x, sr, format="FLAC", subtype="PCM_16")
         members[name] = (x, buf.getvalue())
-    table, blob = b"", b""
-    header_len = 15 + 21 * len(members)
-    for name, (_, data) in members.items():
-        table += name.encode().ljust(12, b"\0") + b"\x01" + struct.pack(">II", header_len + len(blob), len(data))
-        blob += data
-    archive = tmp_path / "queen.1c"
-    archive.write_bytes(b"QTBL" + b"CEM10\0" + b"\0\0" + bytes([3]) + struct.pack(">H", len(members)) + table + blob)
 
-    jobs = make_data.fotaq_jobs(str(archive))
+    def queen_file(path, codec, entries):
+        table, blob = b"", b""
+        header_len = 15 + 21 * len(entries)
+        for name, data in entries.items():
+            table += name.encode().ljust(12, b"\0") + b"\x01" + struct.pack(">II", header_len + len(blob), len(data))
+            blob += data
+        path.write_bytes(b"QTBL" + b"CEM10\0" + b"\0\0" + bytes([codec]) + struct.pack(">H", len(entries)) + table
+                         + blob)
+        return str(path)
+
+    archive = queen_file(tmp_path / "queen.1c", 3, {k: v[1] for k, v in members.items()})
+    jobs = make_data.fotaq_jobs(archive)
     assert [(sid, [f.split("::")[1] for f in files]) for sid, _, files in jobs] == [
-        ("fotaq-02", ["020006P1.SB", "020007P2.SB"]), ("fotaq-05", ["05001EP1.SB"]), ("fotaq-joe", ["020006J1.SB"])]
+        ("fotaq-02", ["020006P1.SB", "020007P2.SB"]), ("fotaq-05", ["05001EP1.SB"]),
+        ("fotaq-joe", ["020006J1.SB"])]
     for name in ("020007P2.SB", "05001EP1.SB"):
         x, rate = make_data.decode(f"{archive}::{name}")
         assert rate == sr
         np.testing.assert_allclose(x, members[name][0], atol=1e-6)
     assert make_data.fotaq_jobs(str(tmp_path / "absent.1c")) == []
+
+    # the shipped game stores MP3 (codec byte 1): a 440 Hz tone comes back as a 440 Hz tone of the right length
+    buf = io.BytesIO()
+    tone = 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(sr) / sr)
+    sf.write(buf, tone, sr, format="MP3")
+    mp3 = queen_file(tmp_path / "mp3.1c", 1, {"03SSSSJ1.SB": buf.getvalue()})
+    assert [sid for sid, _, _ in make_data.fotaq_jobs(mp3)] == ["fotaq-joe"]  # line codes beyond hex count
+    x, rate = make_data.decode(f"{mp3}::03SSSSJ1.SB")
+    assert rate == sr and x.dtype == np.float32 and abs(len(x) - sr) < 0.1 * sr
+    assert abs(np.argmax(np.abs(np.fft.rfft(x))) * sr / len(x) - 440.0) < 3.0 and 0.3 < np.abs(x).max() < 0.7
     bad = tmp_path / "bad.1c"
     bad.write_bytes(b"NOPE" + bytes(11))
     with pytest.raises(ValueError, match="not a compressed queen"):
@@ -373,9 +388,16 @@ def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     assert sorted(index) == ["added-c", "new-b", "old-a"] and 3.5 < index["added-c"]["seconds"] < 4.5
     assert (out / "pools" / "old-a.npy").read_bytes() == before_a
     assert (out / "pools" / "new-b.npy").read_bytes() == before_b
+    # a speaker with too little audio is recorded as skipped, and not tried again by the next update
+    sf.write(tmp_path / "d.wav", 0.3 * rng.standard_normal(sr // 2).astype(np.float32), sr)
+    jobs.append(("short-d", "person-d", [str(tmp_path / "d.wav")]))
+    make_data.build_pools(out, n_sentences=1, jobs_n=1, missing=True)
+    data = json.loads((out / "pools" / "speakers.json").read_text())
+    assert sorted(data["speakers"]) == ["added-c", "new-b", "old-a"] and data["skipped"] == ["short-d"]
     mtime = (out / "pools" / "speakers.json").stat().st_mtime_ns
     make_data.build_pools(out, n_sentences=1, jobs_n=1, missing=True)  # nothing missing: nothing written
     assert (out / "pools" / "speakers.json").stat().st_mtime_ns == mtime
+    assert not list((out / "pools").glob(".*.part"))
 
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_export(tmp_path, librimix):

@@ -178,6 +178,8 @@ def _scan_bwd_kernel(
             Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
 
+    tl.debug_barrier()  # the checkpoints written above are read back below, possibly by other threads
+
     # 2. chunks from last to first
     gh = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)  # exp(dt[t+1]·A)·g_h[t+1], carried backwards in time
     dA_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)

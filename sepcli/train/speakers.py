@@ -47,11 +47,20 @@ def check_disjoint(speakers: list[Speaker]) -> None:
         raise ValueError(f"persons in more than one split: {leaks}")
 
 
-def write_index(folder: Path, sample_rate: int, speakers: list[Speaker]) -> None:
+def write_index(folder: Path, sample_rate: int, speakers: list[Speaker], skipped: list[str] | None = None) -> None:
+    """Write speakers.json; `skipped` lists ids a recipe tried and left out (too little audio), so that
+    incremental builds know them."""
     check_disjoint(speakers)
     data = {"sample_rate": sample_rate,
             "speakers": {s.id: {k: v for k, v in s.__dict__.items() if k != "id"} for s in speakers}}
+    if skipped:
+        data["skipped"] = sorted(set(skipped))
     (folder / "speakers.json").write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def read_skipped(folder: Path) -> list[str]:
+    """The ids that speakers.json records as tried and left out."""
+    return list(json.loads((Path(folder) / "speakers.json").read_text()).get("skipped", []))
 
 
 def read_index(folder: Path) -> tuple[int, list[Speaker]]:
