@@ -44,6 +44,35 @@ except Exception:  # noqa: BLE001  # pragma: no cover - older triton
 
 
 @triton.jit
+def _channel_params(A_ptr, bias_ptr, D_ptr, offs_d, offs_n, mask_d, mask_dn, nstate,
+                    HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A (BLOCK_D, BLOCK_N), delta_bias and D (BLOCK_D) of a block of channels, float32 (zeros when absent)."""
+    A = tl.load(A_ptr + offs_d[:, None] * nstate + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BLOCK_D], tl.float32)
+    return A, bias, Dv
+
+
+@triton.jit
+def _step_inputs(u_ptr, dt_ptr, B_base, row, t, s_Bl, bias, mask_d, mask_dn, SOFTPLUS: tl.constexpr):
+    """u[t], delta[t] + bias (before softplus), dt[t] and B[t] of a block of channels, float32."""
+    u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+    raw = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
+    if SOFTPLUS:
+        dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+    else:
+        dt = raw
+    Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
+    return u, raw, dt, Bt
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr,
     dim, length, nstate,
@@ -59,25 +88,14 @@ def _scan_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < dim
     mask_dn = mask_d[:, None] & (offs_n < nstate)[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * nstate + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        Dv = tl.zeros([BLOCK_D], tl.float32)
+    A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, offs_d, offs_n, mask_d, mask_dn, nstate,
+                                  HAS_BIAS, HAS_D, BLOCK_D)
     B_base = B_ptr + pid_b * s_Bb + (offs_d // dpg_B)[:, None] * s_Bg + offs_n[None, :] * s_Bn
     C_base = C_ptr + pid_b * s_Cb + (offs_d // dpg_C)[:, None] * s_Cg + offs_n[None, :] * s_Cn
     row = pid_b * s_b + offs_d * s_d
     h = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
     for t in range(length):
-        u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-        Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
+        u, raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_base, row, t, s_Bl, bias, mask_d, mask_dn, SOFTPLUS)
         Ct = tl.load(C_base + t * s_Cl, mask=mask_dn, other=0.0).to(tl.float32)
         h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
         y = tl.sum(h * Ct, axis=1) + Dv * u
@@ -149,15 +167,8 @@ def _scan_bwd_kernel(
     mask_d = offs_d < dim
     mask_n = offs_n < nstate
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * nstate + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        Dv = tl.zeros([BLOCK_D], tl.float32)
+    A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, offs_d, offs_n, mask_d, mask_dn, nstate,
+                                  HAS_BIAS, HAS_D, BLOCK_D)
     B_base = B_ptr + pid_b * s_Bb + (offs_d // dpg_B)[:, None] * s_Bg + offs_n[None, :] * s_Bn
     C_base = C_ptr + pid_b * s_Cb + (offs_d // dpg_C)[:, None] * s_Cg + offs_n[None, :] * s_Cn
     row = pid_b * s_b + offs_d * s_d
@@ -171,11 +182,7 @@ def _scan_bwd_kernel(
         tl.store(ckpt_base + c * nstate, h, mask=mask_dn)
         t0 = c * chunk
         for t in range(t0, tl.minimum(t0 + chunk, length)):
-            u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-            dt = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-            Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
+            u, raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_base, row, t, s_Bl, bias, mask_d, mask_dn, SOFTPLUS)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
 
     tl.debug_barrier()  # the checkpoints written above are read back below, possibly by other threads
@@ -197,24 +204,14 @@ def _scan_bwd_kernel(
         h = h0
         for j in range(nt):
             t = t0 + j
-            u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-            dt = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-            Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
+            u, raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_base, row, t, s_Bl, bias, mask_d, mask_dn, SOFTPLUS)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt
             tl.store(scratch_base + j * nstate, h, mask=mask_dn)
         tl.debug_barrier()
         for jj in range(nt):
             j = nt - 1 - jj
             t = t0 + j
-            u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-            raw = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
-            else:
-                dt = raw
-            Bt = tl.load(B_base + t * s_Bl, mask=mask_dn, other=0.0).to(tl.float32)
+            u, raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_base, row, t, s_Bl, bias, mask_d, mask_dn, SOFTPLUS)
             Ct = tl.load(C_base + t * s_Cl, mask=mask_dn, other=0.0).to(tl.float32)
             go = tl.load(dout_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
             h_t = tl.load(scratch_base + j * nstate, mask=mask_dn, other=0.0)
