@@ -370,6 +370,23 @@ def tts(cmd: list[str], wav: str) -> np.ndarray:
     return to_pool_rate(x.mean(1), sr)
 
 
+def render_mbrola(voice: str, speed: int, pitch: int, text: str, wav: str) -> np.ndarray:
+    """An MBROLA voice in two deterministic steps: espeak-ng writes the phonemes (`--pho`), mbrola renders them
+    (`-e`: a diphone the database lacks becomes a short silence instead of an error).
+
+    espeak-ng's own call of mbrola (`-w` with an mb- voice) is not deterministic when mbrola warns a lot, as the
+    non-English databases do for English text: its wrapper races with mbrola's stderr ("mbrowrap error: mbrola
+    closed stderr") and drops a little audio at random, so the same recipe gave different pools on two builds.
+    The two steps differ from the one-step output by a fixed gain and by the millisecond rounding of the
+    phoneme file's durations."""
+    db = re.match(r"mb-([a-z]+\d)", voice).group(1)
+    pho = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-q", "--pho", text],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    pho_file = f"{wav}.pho"
+    Path(pho_file).write_text(pho)
+    return tts(["mbrola", "-e", f"/usr/share/mbrola/{db}/{db}", pho_file, wav], wav)
+
+
 def synth_jobs(n_sentences: int = 60) -> list[tuple]:
     """(speaker id, person, engine, voice, [(speed, pitch)...]) for every synthetic voice."""
     jobs = []
@@ -378,7 +395,7 @@ def synth_jobs(n_sentences: int = 60) -> list[tuple]:
     for line in voices:
         f = line.split()[4] if len(line.split()) > 4 else ""
         m = re.match(r"mb/(mb-([a-z]+\d)(-en)?)$", f)
-        if m and Path(f"/usr/share/mbrola/{m.group(2)}").exists():
+        if m and Path(f"/usr/share/mbrola/{m.group(2)}/{m.group(2)}").exists():
             by_db.setdefault(m.group(2), []).append(m.group(1))
     for db, vs in sorted(by_db.items()):
         voice = next((v for v in vs if v.endswith("-en")), vs[0])
@@ -403,7 +420,9 @@ def build_synth(job_and_text) -> tuple[str, str, str, np.ndarray]:
             t = " ".join(text[chunk: chunk + 6])
             speed, pitch = int(rng.uniform(130, 200)), int(rng.uniform(25, 75))
             try:
-                if engine == "espeak":
+                if engine == "espeak" and voice.startswith("mb-"):
+                    x = render_mbrola(voice, speed, pitch, t, wav)
+                elif engine == "espeak":
                     x = tts(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", wav, t], wav)
                 elif engine == "flite":
                     x = tts(["flite", "-voice", voice, "-t", t, "-o", wav], wav)
