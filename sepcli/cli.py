@@ -591,6 +591,9 @@ def train(
     noise: float = typer.Option(0.0, help="With --pools: share of mixtures given background noise."),
     real_share: float | None = typer.Option(None, help="With --pools: chance each source is a real recorded "
                                             "person (default: persons drawn uniformly)."),
+    mixed_share: float | None = typer.Option(None, min=0.0, max=1.0, help="With --real-share: chance of a "
+                                             "real+synthetic pair; the other mixtures pair two real or two "
+                                             "synthetic persons (default: each source drawn independently)."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast on CPU (for CPUs with AMX/AVX512-BF16)."),
     compile_net: bool = typer.Option(False, "--compile", help="torch.compile the training step's network "
                                      "(a one-off compile of a few minutes; needs a C++ compiler on CPU; "
@@ -608,7 +611,7 @@ def train(
                       sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
                       epoch_steps=epoch_steps, lr=lr, resume=resume, name=name, threads=threads,
                       max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
-                      bf16=bf16, compile=compile_net, quiet=quiet)
+                      mixed_share=mixed_share, bf16=bf16, compile=compile_net, quiet=quiet)
     try:
         result = run_training(cfg)
     except (TrainError, DataError, ValueError) as exc:

@@ -175,6 +175,25 @@ def test_real_share_oversamples_real_persons(pools):
     assert counts[False] > 0.9  # 1 - 0.2^2 = 0.96
 
 
+
+def test_mixed_share_sets_the_share_of_real_plus_synthetic_pairs(pools):
+    """With mixed_share, pairs are real+synthetic at that rate and otherwise of one kind, real at real_share:
+    counted over 1000 mixtures against those probabilities."""
+    sr, _, audio = load_pool(pools, "train")
+    persons = ["r1", "r2", "s1", "s2"]
+    audio = [audio[0], audio[1], audio[0], audio[1]]
+    kinds = {"rr": 0, "ss": 0, "mixed": 0}
+    n = 1000
+    for i in range(n):
+        _, _, meta = make_mixture(rng_for(8, i), audio, persons, sr,
+                                  MixOptions(seconds=0.25, real_share=0.7, mixed_share=0.1), {"r1", "r2"})
+        a, b = meta["speakers"]
+        assert a != b
+        k = {a[0], b[0]}
+        kinds["mixed" if k == {"r", "s"} else ("rr" if k == {"r"} else "ss")] += 1
+    assert abs(kinds["mixed"] / n - 0.1) < 0.03
+    assert abs(kinds["rr"] / n - 0.9 * 0.7) < 0.05 and abs(kinds["ss"] / n - 0.9 * 0.3) < 0.05
+
 def test_split_by_person_never_leaks():
     persons = ["allison", "june", "carlo", "mbrola-us1", "mbrola-us2"]
     split = assign_splits(persons, {"june": "test", "mbrola-us2": "val"})

@@ -27,6 +27,8 @@ class MixOptions:
     level_db: tuple = (-33.0, -17.0)  # mixture RMS in dBFS
     min_active: float = 0.5         # a crop must have at least this share of frames with speech
     real_share: float | None = None  # chance each source is a real recorded person (None: persons uniformly)
+    mixed_share: float | None = None  # 2 sources with real_share: chance of a real+synthetic pair; otherwise both
+    #                                   sources are of one kind, real with probability real_share
 
 
 def rng_for(seed: int, index: int) -> np.random.Generator:
@@ -87,13 +89,22 @@ def _rms(x: np.ndarray) -> float:
 
 
 def choose_persons(rng: np.random.Generator, names: list[str], real: set[str], n: int,
-                   real_share: float | None) -> list[int]:
-    """n different indices into `names`: uniformly, or each a real person with probability `real_share`."""
+                   real_share: float | None, mixed_share: float | None = None) -> list[int]:
+    """n different indices into `names`: uniformly, or each a real person with probability `real_share`; with
+    `mixed_share` (two sources) a real+synthetic pair with that probability, else a same-kind pair (both real
+    with probability `real_share`). A kind with too few persons falls back to any other person."""
     if real_share is None or not real or len(real) == len(names):
         return [int(i) for i in rng.choice(len(names), size=n, replace=False)]
+    if mixed_share is not None and n == 2:
+        if rng.random() < mixed_share:
+            kinds = [True, False] if rng.random() < 0.5 else [False, True]
+        else:
+            kinds = [rng.random() < real_share] * 2
+    else:
+        kinds = [None] * n
     out: list[int] = []
-    for _ in range(n):
-        want_real = rng.random() < real_share
+    for kind in kinds:
+        want_real = rng.random() < real_share if kind is None else kind
         cands = [i for i, p in enumerate(names) if (p in real) == want_real and i not in out]
         if not cands:
             cands = [i for i in range(len(names)) if i not in out]
@@ -111,7 +122,7 @@ def make_mixture(rng: np.random.Generator, pools: list[np.ndarray], persons: lis
     for i, p in enumerate(persons):
         by_person.setdefault(p, []).append(i)
     names = sorted(by_person)
-    chosen_persons = choose_persons(rng, names, real or set(), opt.n_src, opt.real_share)
+    chosen_persons = choose_persons(rng, names, real or set(), opt.n_src, opt.real_share, opt.mixed_share)
     srcs, meta = [], {"speakers": [], "gains_db": [], "speed": [], "reverb": []}
     gains = rng.uniform(-opt.gain_db, opt.gain_db, size=opt.n_src)
     gains -= gains.mean()
