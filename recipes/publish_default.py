@@ -4,8 +4,9 @@
 
 1. Exports the run's latest weights (runs/default/last.pt; fp32, no optimiser state) with its step, lr schedule
    and history to recipes/state/default-latest/: the next session continues training from there.
-2. Scores the run's best-by-validation model and the latest weights on the FULL validation set through the
-   separation pipeline (`sepcli eval`) and ships the better one as models/s4m-tiny-16k (alias `default`).
+2. Scores the run's best-by-validation model, the latest weights and the model shipped now on the FULL validation
+   set through the separation pipeline (`sepcli eval`) and ships the best on its same-kind pairs (real+real and
+   synthetic+synthetic, what the held-out targets measure) as models/s4m-tiny-16k (alias `default`).
    Model selection uses validation only; the held-out test sets are then measured for the card.
 MODEL_CARD.md there is written by hand and kept. Prints one summary line for the commit message.
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,12 +40,31 @@ ap.add_argument("--threads", type=int, default=1)
 a = ap.parse_args()
 
 
+KIND = {sid: v["kind"] for sid, v in json.loads((ROOT / "data" / "pools" / "speakers.json").read_text())[
+    "speakers"].items()} if (ROOT / "data" / "pools" / "speakers.json").exists() else {}
+
+
+def same_kind_mean(pairs: dict) -> float | None:
+    """n-weighted mean SI-SNRi of the pairs of two real or two synthetic speakers: the held-out targets are
+    real+real and synthetic+synthetic mixtures, while real+synthetic pairs are much easier."""
+    total, n = 0.0, 0
+    for pair, r in pairs.items():
+        kinds = {KIND.get(s) for s in pair.split("+")}
+        if len(kinds) == 1 and None not in kinds:
+            total += r["si_snri"]["mean"] * r["n"]
+            n += r["n"]
+    return total / n if n else None
+
+
 def score(folder: Path, split: str) -> dict:
     sep = Separator(str(folder), SeparationOptions(threads=a.threads, loudness="off"))
     res = evaluate(sep, a.data / split, with_sdr=True, limit=a.limit)
     fig = {"n": res["n"], "si_snri": res["si_snri"], "sdri": res["sdri"]}
     if "pairs" in res:
         fig["pairs"] = {p: r["si_snri"]["mean"] for p, r in res["pairs"].items()}
+        fig["same_kind_si_snri"] = same_kind_mean(res["pairs"])
+        if fig["same_kind_si_snri"] is not None:
+            print(f"{folder.name} {split}: same-kind pairs SI-SNRi {fig['same_kind_si_snri']:.2f} dB", flush=True)
     print(f"{folder.name} {split}: SI-SNRi mean {res['si_snri']['mean']:.2f} dB, median "
           f"{res['si_snri']['median']:.2f} dB, SDRi mean {res['sdri']['mean']:.2f} dB (n={res['n']})", flush=True)
     for p, r in res.get("pairs", {}).items():
@@ -63,10 +84,15 @@ export_model_folder(a.latest_dest, net, meta, name="s4m-tiny-16k-latest", histor
                     train_config=json.loads(ckpt["config"]), schedule=ckpt["schedule"], step=int(ckpt["step"]))
 print(f"continuation state: {a.latest_dest} (step {ckpt['step']})", flush=True)
 
-# 2. choose by the full validation set
+# 2. choose on the full validation set, by its same-kind pairs (real+real, synthetic+synthetic: what the held-out
+#    targets measure), among the run's best, its latest weights and the model shipped now (never ship a regression)
 candidates = {"best": a.run / "best", "latest": a.latest_dest}
+if (a.dest / "weights.safetensors").exists():
+    shipped = Path(tempfile.mkdtemp()) / "shipped"
+    shutil.copytree(a.dest, shipped)
+    candidates["shipped"] = shipped
 val = {k: score(f, "val") for k, f in candidates.items()}
-pick = max(val, key=lambda k: val[k]["si_snri"]["mean"])
+pick = max(val, key=lambda k: val[k].get("same_kind_si_snri") or val[k]["si_snri"]["mean"])
 src = candidates[pick]
 config = json.loads((src / "config.json").read_text())
 figures = {"val": val[pick]}
@@ -84,7 +110,8 @@ config.update({
 })
 config["provenance"] = {k: v for k, v in prov.items() if k != "history"}
 config["eval"] = {"measured": time.strftime("%Y-%m-%d", time.gmtime()), "step": prov.get("step"),
-                  "selected": f"{pick} of run checkpoints by full-validation SI-SNRi",
+                  "selected": f"{pick} of run best / run latest / previously shipped, by the full validation set's "
+                              "same-kind pairs",
                   "eval_seconds": round(time.time() - t0), **figures}
 a.dest.mkdir(parents=True, exist_ok=True)
 tmp = a.dest / ".weights.safetensors.tmp"
