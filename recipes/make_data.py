@@ -442,32 +442,34 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
     built without re-rendering the others)."""
     pool_dir = out / "pools"
     pool_dir.mkdir(parents=True, exist_ok=True)
-    text = sentences()
-    rng = np.random.default_rng(0)
     sj = synth_jobs()
-    synth_inputs = [(j, list(rng.choice(text, size=min(n_sentences, len(text)), replace=False))) for j in sj]
     rj = real_jobs()
+    wanted = None  # None: every speaker
     results, skipped = [], []
     if only or missing:
         index_exists = (pool_dir / "speakers.json").exists()
         have = read_index(pool_dir)[1] if index_exists else []
         skipped = read_skipped(pool_dir) if index_exists else []
+        ids = [j[0] for j in rj] + [j[0] for j in sj]
         if only:
-            prefixes = tuple(p for p in only.split(",") if p)
-            wanted = {j[0] for j in rj if j[0].startswith(prefixes)} | {
-                j[0][0] for j in synth_inputs if j[0][0].startswith(prefixes)}
+            wanted = {i for i in ids if i.startswith(tuple(p for p in only.split(",") if p))}
             if not wanted:
                 raise SystemExit(f"no speaker id starts with {only!r}")
         else:
             known = {s.id for s in have} | set(skipped)
-            wanted = {j[0] for j in rj if j[0] not in known} | {j[0][0] for j in synth_inputs if j[0][0] not in known}
+            wanted = {i for i in ids if i not in known}
             if not wanted:
                 print("pools: every speaker of the recipe is built")
                 return
-        rj = [j for j in rj if j[0] in wanted]
-        synth_inputs = [j for j in synth_inputs if j[0][0] in wanted]
         results = [(s.id, s.person, s.kind, s.seconds) for s in have if s.id not in wanted]
         skipped = [sid for sid in skipped if sid not in wanted]
+    # texts are drawn for every synthetic voice in order, so a voice's sentences do not depend on the selection
+    text = sentences()
+    rng = np.random.default_rng(0)
+    synth_inputs = [(j, list(rng.choice(text, size=min(n_sentences, len(text)), replace=False))) for j in sj]
+    if wanted is not None:
+        rj = [j for j in rj if j[0] in wanted]
+        synth_inputs = [j for j in synth_inputs if j[0][0] in wanted]
     with ProcessPoolExecutor(jobs_n) as ex:
         for sid, person, kind, x in itertools.chain(ex.map(build_real, rj), ex.map(build_synth, synth_inputs)):
             if len(x) < POOL_SR * 2:

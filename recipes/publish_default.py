@@ -29,6 +29,7 @@ from sepcli.evaluate import evaluate  # noqa: E402
 from sepcli.nets import build_network  # noqa: E402
 from sepcli.pipeline import SeparationOptions, Separator  # noqa: E402
 from sepcli.train.export import export_model_folder  # noqa: E402
+from sepcli.train.speakers import read_index  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", type=Path, default=ROOT / "runs" / "default")
@@ -40,8 +41,8 @@ ap.add_argument("--threads", type=int, default=1)
 a = ap.parse_args()
 
 
-KIND = {sid: v["kind"] for sid, v in json.loads((ROOT / "data" / "pools" / "speakers.json").read_text())[
-    "speakers"].items()} if (ROOT / "data" / "pools" / "speakers.json").exists() else {}
+POOLS = ROOT / "data" / "pools"
+KIND = {s.person: s.kind for s in read_index(POOLS)[1]} if (POOLS / "speakers.json").exists() else {}  # by person
 
 
 def same_kind_mean(pairs: dict) -> float | None:
