@@ -6,7 +6,8 @@
 Stages:
   packages  apt-get install the speech packages (enables Debian contrib/non-free for MBROLA)
   pools     data/pools/<speaker>.npy + speakers.json at 16 kHz: real recorded people and synthetic voices
-  update    packages, then only the pools that the index lacks (a source added to the recipe since the build)
+  update    packages, then only the pools that the index lacks (a source added to the recipe since the build),
+            the splits again if HELD_OUT changed, and the fixed sets that an older HELD_OUT/SETS_VERSION made
   sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout)
   example   examples/mix.wav (10 s of two held-out real people) for `make demo`
 
@@ -60,14 +61,20 @@ FOTAQ = "/usr/share/scummvm/flight-of-the-amazon-queen/queen.1c"
 HELD_OUT = {
     # real recorded people, 16 kHz: the test of generalisation to unseen humans
     "carlo": "test", "ivr-ru": "test", "june": "test",
-    # real, 8 kHz, for validation during training
-    "menardi": "val", "armelle": "val",
+    # real, for validation during training: two 8 kHz people and (from session 4) two wideband Tux Paint readers
+    # (Kseniya Buraya, Krasimir Petkov), so the real+real validation pairs include the test's kind of audio
+    "menardi": "val", "armelle": "val", "tuxpaint-be": "val", "tuxpaint-bg": "val",
     # synthetic voices (MBROLA databases = recorded people behind them)
     "mbrola-us2": "test", "mbrola-fr4": "test", "mbrola-de5": "test", "mbrola-it3": "test",
     "mbrola-nl2": "test", "mbrola-pl1": "test",
     "mbrola-us3": "val", "mbrola-de2": "val", "mbrola-es2": "val", "mbrola-fr1": "val",
 }
 
+
+# The fixed sets' layout; recorded in <rate>/README.json with HELD_OUT, and `--stage update` rebuilds sets that
+# were made by another version. 2: validation holds same-kind pairs only (real+real and synthetic+synthetic
+# alternating, each pair of people in turn), the kinds of mixture the test sets measure.
+SETS_VERSION = 2
 
 # ----------------------------------------------------------------------------------------------- packages
 def ensure_packages() -> None:
@@ -528,6 +535,16 @@ def write_set(folder: Path, pools, persons, sr_pool: int, sr: int, n: int, seed:
         w.writerows(rows)
 
 
+def same_kind_pairs(speakers: list[Speaker]) -> list[tuple[str, str]]:
+    """Every pair of real persons and every pair of synthetic ones, alternating real and synthetic (the shorter
+    list cycles), so that any prefix of a set made from them, such as a quick validation, holds both kinds."""
+    by_kind = [list(itertools.combinations(sorted({s.person for s in speakers if s.kind == k}), 2))
+               for k in ("real", "synthetic")]
+    by_kind = [p for p in by_kind if p]
+    longest = max((len(p) for p in by_kind), default=0)
+    return [kind[i % len(kind)] for i in range(longest) for kind in by_kind]
+
+
 def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
     pool_dir = out / "pools"
     base = out / f"{sr // 1000}k"
@@ -536,10 +553,34 @@ def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
                                      ("test_synth", "test", ("synthetic",), 3)):
         sr_pool, spk, audio = load_pool(pool_dir, split, kinds)
         persons = [s.person for s in spk]
-        pairs = list(itertools.combinations(sorted(set(persons)), 2)) if name == "test_real" else None
+        pairs = {"val": same_kind_pairs(spk), "test_real": same_kind_pairs(spk)}.get(name)
         write_set(base / name, audio, persons, sr_pool, sr, n, seed, seconds, pairs)
         print(f"{base / name}: {n} mixtures of {len(set(persons))} persons", flush=True)
-    (base / "README.json").write_text(json.dumps({"held_out": HELD_OUT, "seconds": seconds, "n": n}, indent=1))
+    (base / "README.json").write_text(json.dumps({"held_out": HELD_OUT, "seconds": seconds, "n": n,
+                                                  "version": SETS_VERSION}, indent=1))
+
+
+def resplit(out: Path) -> None:
+    """Re-assign the pools' splits by HELD_OUT when it changed since they were built (no audio is rebuilt)."""
+    pool_dir = out / "pools"
+    sr, speakers = read_index(pool_dir)
+    split = assign_splits(sorted({s.person for s in speakers}), HELD_OUT)
+    moved = [s.id for s in speakers if s.split != split[s.person]]
+    if moved:
+        for s in speakers:
+            s.split = split[s.person]
+        write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
+        print(f"pools: split changed for {', '.join(moved)}")
+
+
+def stale_sets(out: Path) -> list[tuple[int, int, float]]:
+    """(rate, n, seconds) of the built fixed sets that another HELD_OUT or SETS_VERSION made."""
+    stale = []
+    for readme in sorted(out.glob("*k/README.json")):
+        info = json.loads(readme.read_text())
+        if info.get("held_out") != HELD_OUT or info.get("version", 1) != SETS_VERSION:
+            stale.append((int(readme.parent.name[:-1]) * 1000, int(info["n"]), float(info["seconds"])))
+    return stale
 
 
 def build_example(out_file: Path, seconds: float = 10.0) -> None:
@@ -573,6 +614,9 @@ def main() -> None:
         ensure_packages()
     if a.stage == "update":
         build_pools(a.out, a.sentences, a.jobs, missing=True)
+        resplit(a.out)
+        for sr, n, seconds in stale_sets(a.out):
+            build_sets(a.out, sr, n, seconds)
     if a.stage in ("all", "pools"):
         build_pools(a.out, a.sentences, a.jobs, a.only)
     if a.stage in ("all", "sets"):

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from sepcli.train.data import LibriMixDataset
 from sepcli.train.mixing import MixOptions, make_mixture, rng_for
 from sepcli.train.speakers import Speaker, assign_splits, check_disjoint, load_pool, write_index
 from sepcli.train.trainer import TrainConfig, batch_indices, train
@@ -436,6 +437,55 @@ def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     assert (out / "pools" / "speakers.json").stat().st_mtime_ns == mtime
     assert not list((out / "pools").glob(".*.part"))
 
+def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out(tmp_path, monkeypatch):
+    """Validation mixtures pair real with real and synthetic with synthetic, alternating, every pair in turn;
+    a changed HELD_OUT re-splits the pools and marks the built sets stale, and rebuilding them leaves the test
+    sets of unchanged people identical sample for sample."""
+    import csv
+    import itertools
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    out = tmp_path / "data"
+    (out / "pools").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    people = {f"r{i}": "real" for i in range(6)} | {f"s{i}": "synthetic" for i in range(6)}
+    held_out = {"r0": "val", "r1": "val", "r2": "val", "s0": "val", "s1": "val", "s2": "val", "s3": "val",
+                "r4": "test", "r5": "test", "s4": "test", "s5": "test"}
+    speakers = []
+    for j, (p, kind) in enumerate(people.items()):
+        np.save(out / "pools" / f"{p}.npy", voice(rng, 100 + 20 * j, 6.0).astype(np.float16))
+        speakers.append(Speaker(p, p, kind, held_out.get(p, "train"), 6.0))
+    write_index(out / "pools", SR, speakers)
+    monkeypatch.setattr(make_data, "HELD_OUT", held_out)
+    make_data.build_sets(out, SR, n=24, seconds=1.0)
+    with open(out / "8k" / "val" / "metadata.csv") as f:
+        pairs = [(r["speaker_1"], r["speaker_2"]) for r in csv.DictReader(f)]
+    kinds = [{people[a], people[b]} for a, b in pairs]
+    assert kinds == [{"real"}, {"synthetic"}] * 12  # same kind only, alternating from the first mixture
+    real_pairs = {frozenset(p) for p in itertools.combinations(["r0", "r1", "r2"], 2)}
+    synth_pairs = {frozenset(p) for p in itertools.combinations(["s0", "s1", "s2", "s3"], 2)}
+    assert {frozenset(p) for p in pairs[0::2]} == real_pairs and {frozenset(p) for p in pairs[1::2]} == synth_pairs
+    assert make_data.stale_sets(out) == []
+    def test_real():  # samples (float WAV headers carry a write time)
+        return {f.name: sf.read(f)[0].tobytes() for f in sorted((out / "8k" / "test_real" / "mix").iterdir())}
+
+    before = test_real()
+
+    # r2 leaves validation for training: the index follows, the sets are stale, and the rebuilt validation
+    # no longer holds r2 while the test sets (their people unchanged) are the same bytes
+    monkeypatch.setitem(held_out, "r2", "train")
+    make_data.resplit(out)
+    assert json.loads((out / "pools" / "speakers.json").read_text())["speakers"]["r2"]["split"] == "train"
+    assert make_data.stale_sets(out) == [(SR, 24, 1.0)]
+    make_data.build_sets(out, SR, n=24, seconds=1.0)
+    assert make_data.stale_sets(out) == []
+    with open(out / "8k" / "val" / "metadata.csv") as f:
+        assert "r2" not in {r[k] for r in csv.DictReader(f) for k in ("speaker_1", "speaker_2")}
+    assert test_real() == before
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_export(tmp_path, librimix):
     script = tmp_path / "ddp.py"
@@ -470,6 +520,44 @@ def test_continue_from_exported_weights_keeps_step_and_schedule(tmp_path, librim
     assert steps == [3, 4, 6]  # epochs of 3 steps, the end of the first run, then step 6: no restart
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert state["schedule"]["warmup_from"] == 4
+
+
+def test_a_changed_validation_set_restarts_the_best_score(tmp_path, librimix):
+    """The best score (and the patience count) belong to the validation set they were measured on: resuming
+    against an identical copy keeps them, against a changed set starts them again; the lr scale is kept."""
+    import shutil
+
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    shutil.copytree(librimix, same)
+    shutil.copytree(librimix, changed)
+    x, sr = sf.read(changed / "mix" / "0.wav", dtype="float32")
+    sf.write(changed / "mix" / "0.wav", 0.5 * x, sr, subtype="FLOAT")
+    ckpt = tmp_path / "run" / "last.pt"
+    train(cfg(tmp_path / "run", data=librimix, steps=2, val_data=librimix))
+
+    def set_schedule(**kw):  # a best score no tiny run reaches, so a kept one is told from a new one
+        state = torch.load(ckpt, weights_only=True)
+        state["schedule"].update(kw)
+        for k in [k for k, v in kw.items() if v is None]:
+            state["schedule"].pop(k)
+        torch.save(state, ckpt)
+
+    def resume(val, steps):
+        r = train(cfg(tmp_path / "run", data=librimix, steps=steps, val_data=val, resume=True))
+        return r["history"][-1], torch.load(ckpt, weights_only=True)["schedule"]
+
+    fingerprint = LibriMixDataset(librimix, SR).fingerprint()
+    assert torch.load(ckpt, weights_only=True)["schedule"]["val_id"] == fingerprint
+    set_schedule(best=99.0, bad=1, scale=0.5)
+    last, sched = resume(same, 3)  # an identical copy: the same set
+    assert last["step"] == 3 and (sched["best"], sched["bad"], sched["scale"]) == (99.0, 2, 0.5)
+    last, sched = resume(changed, 6)  # validated at step 6: only the new set's score counts
+    assert last["step"] == 6 and sched["best"] == pytest.approx(last["si_snri"]) and sched["bad"] == 0
+    assert sched["val_id"] == LibriMixDataset(changed, SR).fingerprint() != fingerprint and sched["scale"] == 0.5
+    # a checkpoint from before validation sets were recorded: its best is of an unknown set, so it restarts
+    set_schedule(best=99.0, val_id=None)
+    last, sched = resume(changed, 9)
+    assert sched["best"] == pytest.approx(last["si_snri"]) and sched["best"] < 99.0
 
 
 def test_init_from_model_folder_fine_tunes(tmp_path, librimix):

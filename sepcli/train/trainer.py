@@ -105,6 +105,7 @@ class Schedule:
         self.base, self.warmup, self.patience = base, warmup, patience
         self.scale, self.best, self.bad = 1.0, -math.inf, 0
         self.warmup_from = 0  # a run continued from weights alone warms up again from here
+        self.val_id: str | None = None  # fingerprint of the validation set that `best` was measured on
 
     def lr(self, step: int) -> float:
         return self.base * min(1.0, (step - self.warmup_from + 1) / max(1, self.warmup)) * self.scale
@@ -119,14 +120,24 @@ class Schedule:
             self.scale, self.bad = self.scale * 0.5, 0
         return False
 
+    def use_validation_set(self, val_id: str | None) -> bool:
+        """Bind the best score to a validation set. A different (or unrecorded) set than the one `best` was
+        measured on restarts the best score and the patience count; the lr scale is kept. True if it did."""
+        changed = val_id != self.val_id and (self.val_id is not None or math.isfinite(self.best))
+        if changed:
+            self.best, self.bad = -math.inf, 0
+        self.val_id = val_id
+        return changed
+
     def state_dict(self) -> dict:
         return {"scale": self.scale, "best": self.best if math.isfinite(self.best) else None, "bad": self.bad,
-                "warmup_from": self.warmup_from}
+                "warmup_from": self.warmup_from, "val_id": self.val_id}
 
     def load_state_dict(self, d: dict) -> None:
         best = d.get("best")
         self.scale, self.best, self.bad = float(d["scale"]), -math.inf if best is None else float(best), int(d["bad"])
         self.warmup_from = int(d.get("warmup_from", 0))
+        self.val_id = d.get("val_id")
 
 
 def batch_indices(step: int, rank: int, world: int, batch: int, n_items: int | None, seed: int,
@@ -239,6 +250,10 @@ def train(cfg: TrainConfig) -> dict:
             print(f"continuing {cfg.init} from step {step} (optimiser state re-warmed)", file=sys.stderr)
     elif cfg.resume and rank == 0:
         print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
+
+    if val_ds is not None and sched.use_validation_set(val_ds.fingerprint()) and rank == 0:
+        print(f"{cfg.val_data}: not the validation set of the run's best score so far; best score and patience "
+              "start again", file=sys.stderr)
 
     net = model
     if world > 1:
