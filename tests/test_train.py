@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from sepcli.train.data import LibriMixDataset
-from sepcli.train.mixing import MixOptions, make_mixture, rng_for
+from sepcli.train.mixing import MixOptions, choose_persons, make_mixture, rng_for
 from sepcli.train.speakers import Speaker, assign_splits, check_disjoint, load_pool, write_index
 from sepcli.train.trainer import TrainConfig, batch_indices, train
 
@@ -194,6 +194,35 @@ def test_mixed_share_sets_the_share_of_real_plus_synthetic_pairs(pools):
         kinds["mixed" if k == {"r", "s"} else ("rr" if k == {"r"} else "ss")] += 1
     assert abs(kinds["mixed"] / n - 0.1) < 0.03
     assert abs(kinds["rr"] / n - 0.9 * 0.7) < 0.05 and abs(kinds["ss"] / n - 0.9 * 0.3) < 0.05
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_person_power_draws_persons_by_their_seconds_of_speech(power):
+    """Persons are drawn with probability ∝ seconds**power, two different ones per mixture: each person's share
+    of 3000 mixtures matches the exact chance of being in a pair drawn that way without replacement."""
+    rng = np.random.default_rng(0)
+    seconds = {"a": 1.0, "b": 4.0, "c": 16.0, "d": 16.0}
+    persons = ["a", "b", "c", "c2", "d"]  # c has two entries of 8 s: its seconds are their sum
+    lengths = [1.0, 4.0, 8.0, 8.0, 16.0]
+    audio = [voice(rng, 150, s) for s in lengths]
+    persons = [p[0] for p in persons]
+    w = {p: s ** power for p, s in seconds.items()}
+    total = sum(w.values())
+    expect = {p: w[p] / total + sum(w[q] / total * w[p] / (total - w[q]) for q in w if q != p) for p in w}
+    n = 3000
+    counts = dict.fromkeys(w, 0)
+    for i in range(n):
+        _, _, meta = make_mixture(rng_for(4, i), audio, persons, SR, MixOptions(seconds=0.25, person_power=power))
+        assert len(set(meta["speakers"])) == 2
+        for p in meta["speakers"]:
+            counts[p] += 1
+    for p in w:
+        assert abs(counts[p] / n - expect[p]) < 0.035, (p, counts[p] / n, expect[p])
+    # with real_share the weights act within the chosen kind: real persons a, b, synthetic c
+    gen = np.random.default_rng(5)
+    weights = np.array([seconds[p] ** power for p in "abc"])
+    draws = [choose_persons(gen, ["a", "b", "c"], {"a", "b"}, 1, 1.0, None, weights)[0] for _ in range(2000)]
+    assert 2 not in draws and abs(draws.count(0) / 2000 - weights[0] / weights[:2].sum()) < 0.035
+
 
 def test_split_by_person_never_leaks():
     persons = ["allison", "june", "carlo", "mbrola-us1", "mbrola-us2"]

@@ -29,6 +29,9 @@ class MixOptions:
     real_share: float | None = None  # chance each source is a real recorded person (None: persons uniformly)
     mixed_share: float | None = None  # 2 sources with real_share: chance of a real+synthetic pair; otherwise both
     #                                   sources are of one kind, real with probability real_share
+    person_power: float = 0.0       # persons (within a kind) drawn with probability ∝ seconds**person_power:
+    #                                 0 uniformly, 1 by amount of audio, 0.5 in between (many short pools of
+    #                                 one source, e.g. a game's cast, then weigh less than a few long readers)
 
 
 def rng_for(seed: int, index: int) -> np.random.Generator:
@@ -89,12 +92,26 @@ def _rms(x: np.ndarray) -> float:
 
 
 def choose_persons(rng: np.random.Generator, names: list[str], real: set[str], n: int,
-                   real_share: float | None, mixed_share: float | None = None) -> list[int]:
+                   real_share: float | None, mixed_share: float | None = None,
+                   weights: np.ndarray | None = None) -> list[int]:
     """n different indices into `names`: uniformly, or each a real person with probability `real_share`; with
     `mixed_share` (two sources) a real+synthetic pair with that probability, else a same-kind pair (both real
-    with probability `real_share`). A kind with too few persons falls back to any other person."""
+    with probability `real_share`). A kind with too few persons falls back to any other person. `weights`
+    (one per name) makes every draw among the candidates proportional to them instead of uniform."""
+
+    def pick(cands: list[int]) -> int:
+        if weights is None:
+            return int(cands[int(rng.integers(0, len(cands)))])
+        w = weights[cands]
+        return int(cands[int(rng.choice(len(cands), p=w / w.sum()))])
+
     if real_share is None or not real or len(real) == len(names):
-        return [int(i) for i in rng.choice(len(names), size=n, replace=False)]
+        if weights is None:
+            return [int(i) for i in rng.choice(len(names), size=n, replace=False)]
+        out: list[int] = []
+        for _ in range(n):
+            out.append(pick([i for i in range(len(names)) if i not in out]))
+        return out
     if mixed_share is not None and n == 2:
         if rng.random() < mixed_share:
             kinds = [True, False] if rng.random() < 0.5 else [False, True]
@@ -102,13 +119,13 @@ def choose_persons(rng: np.random.Generator, names: list[str], real: set[str], n
             kinds = [rng.random() < real_share] * 2
     else:
         kinds = [None] * n
-    out: list[int] = []
+    out = []
     for kind in kinds:
         want_real = rng.random() < real_share if kind is None else kind
         cands = [i for i, p in enumerate(names) if (p in real) == want_real and i not in out]
         if not cands:
             cands = [i for i in range(len(names)) if i not in out]
-        out.append(int(cands[int(rng.integers(0, len(cands)))]))
+        out.append(pick(cands))
     return out
 
 
@@ -122,7 +139,12 @@ def make_mixture(rng: np.random.Generator, pools: list[np.ndarray], persons: lis
     for i, p in enumerate(persons):
         by_person.setdefault(p, []).append(i)
     names = sorted(by_person)
-    chosen_persons = choose_persons(rng, names, real or set(), opt.n_src, opt.real_share, opt.mixed_share)
+    weights = None
+    if opt.person_power:
+        seconds = np.array([sum(len(pools[i]) for i in by_person[p]) / sr for p in names])
+        weights = seconds ** opt.person_power
+    chosen_persons = choose_persons(rng, names, real or set(), opt.n_src, opt.real_share, opt.mixed_share,
+                                    weights)
     srcs, meta = [], {"speakers": [], "gains_db": [], "speed": [], "reverb": []}
     gains = rng.uniform(-opt.gain_db, opt.gain_db, size=opt.n_src)
     gains -= gains.mean()

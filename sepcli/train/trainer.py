@@ -59,6 +59,7 @@ class TrainConfig:
     speed: float = 0.15
     real_share: float | None = None     # with --pools: chance each source is a real recorded person
     mixed_share: float | None = None    # with real_share: chance of a real+synthetic pair (else same-kind pairs)
+    person_power: float = 0.0           # with pools: persons drawn ∝ seconds**person_power (0: uniformly)
     name: str | None = None             # exported model name
     threads: int | None = None
     bf16: bool = False
@@ -210,7 +211,8 @@ def train(cfg: TrainConfig) -> dict:
     model, arch, arch_args, sr = _build(cfg)
     n_src = getattr(model, "n_src", 2)
     opts = MixOptions(n_src=n_src, seconds=cfg.segment, reverb_prob=cfg.reverb_prob, noise_prob=cfg.noise_prob,
-                      speed=cfg.speed, real_share=cfg.real_share, mixed_share=cfg.mixed_share)
+                      speed=cfg.speed, real_share=cfg.real_share, mixed_share=cfg.mixed_share,
+                      person_power=cfg.person_power)
     if cfg.data:
         ds = LibriMixDataset(cfg.data, sr, cfg.segment, cfg.seed)
         n_items = len(ds)
