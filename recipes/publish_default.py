@@ -45,13 +45,13 @@ POOLS = ROOT / "data" / "pools"
 KIND = {s.person: s.kind for s in read_index(POOLS)[1]} if (POOLS / "speakers.json").exists() else {}  # by person
 
 
-def same_kind_mean(pairs: dict) -> float | None:
-    """n-weighted mean SI-SNRi of the pairs of two real or two synthetic speakers: the held-out targets are
-    real+real and synthetic+synthetic mixtures, while real+synthetic pairs are much easier."""
+def same_kind_mean(pairs: dict, kinds: tuple[str, ...] = ("real", "synthetic")) -> float | None:
+    """n-weighted mean SI-SNRi of the pairs of two speakers of one of `kinds` (by default real+real and
+    synthetic+synthetic: the held-out targets' mixtures; real+synthetic pairs are much easier)."""
     total, n = 0.0, 0
     for pair, r in pairs.items():
-        kinds = {KIND.get(s) for s in pair.split("+")}
-        if len(kinds) == 1 and None not in kinds:
+        pair_kinds = {KIND.get(s) for s in pair.split("+")}
+        if len(pair_kinds) == 1 and pair_kinds <= set(kinds):
             total += r["si_snri"]["mean"] * r["n"]
             n += r["n"]
     return total / n if n else None
@@ -64,8 +64,11 @@ def score(folder: Path, split: str) -> dict:
     if "pairs" in res:
         fig["pairs"] = {p: r["si_snri"]["mean"] for p, r in res["pairs"].items()}
         fig["same_kind_si_snri"] = same_kind_mean(res["pairs"])
+        fig["by_kind"] = {k: same_kind_mean(res["pairs"], (k,)) for k in ("real", "synthetic")}
         if fig["same_kind_si_snri"] is not None:
-            print(f"{folder.name} {split}: same-kind pairs SI-SNRi {fig['same_kind_si_snri']:.2f} dB", flush=True)
+            print(f"{folder.name} {split}: same-kind pairs SI-SNRi {fig['same_kind_si_snri']:.2f} dB ("
+                  + ", ".join(f"{k}+{k} {v:.2f} dB" for k, v in fig["by_kind"].items() if v is not None) + ")",
+                  flush=True)
     print(f"{folder.name} {split}: SI-SNRi mean {res['si_snri']['mean']:.2f} dB, median "
           f"{res['si_snri']['median']:.2f} dB, SDRi mean {res['sdri']['mean']:.2f} dB (n={res['n']})", flush=True)
     for p, r in res.get("pairs", {}).items():

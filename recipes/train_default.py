@@ -39,6 +39,12 @@ if 4 % world:
 # mixed_share 0.15 from step 13250 (before: each source independently, so 42 % of the mixtures paired a real
 # person with a synthetic voice): those pairs separate at 5-7 dB on validation while real+real and
 # synthetic+synthetic pairs, the two held-out targets, stay at 0-3 dB; now 60 % real+real, 25 % synthetic pairs.
+# Session 4 A/B runs from one checkpoint (1 thread each, same steps; the uniform arm is the run itself):
+# - lr x4 (5e-4 instead of 1.25e-4) from step 17250: training loss worse in all 21 logged windows (mean +0.34 dB)
+#   and quick validation 3.82 against 4.46 dB after 500 steps: the low lr is not what holds the run back.
+# - --person-power 0.5 from step 18106 to 20020: quick validation (8 points) 2.57 against 2.44 dB, full
+#   validation of the last weights 2.46 against 2.57 dB (paired difference -0.11 +- 0.09 dB): no measurable gain,
+#   so persons are still drawn uniformly.
 # Resume order: this machine's checkpoint (exact); else the committed continuation state recipes/state/default-latest
 # (latest weights, step, lr schedule, history; Adam re-warmed: the repo carries no optimiser state), else the
 # shipped model; else a fresh start.
