@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="print the top ops of one step per configuration")
     p.add_argument("--ranks", type=int, default=1, help="data-parallel processes (gloo), each with --threads")
     a = p.parse_args(argv if argv is not None else [])
+    if a.ranks > 1 and a.profile:
+        p.error("--profile times one process: leave out --ranks")
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
     ranks = f" x {a.ranks} data-parallel processes" if a.ranks > 1 else ""

@@ -541,23 +541,26 @@ def same_kind_pairs(speakers: list[Speaker]) -> list[tuple[str, str]]:
     by_kind = [list(itertools.combinations(sorted({s.person for s in speakers if s.kind == k}), 2))
                for k in ("real", "synthetic")]
     by_kind = [p for p in by_kind if p]
-    longest = max((len(p) for p in by_kind), default=0)
+    if not by_kind:
+        raise SystemExit("a fixed set needs two persons of one kind: " + ", ".join(sorted(s.id for s in speakers)))
+    longest = max(len(p) for p in by_kind)
     return [kind[i % len(kind)] for i in range(longest) for kind in by_kind]
 
 
 def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
     pool_dir = out / "pools"
+    resplit(out)  # the sets are labelled with HELD_OUT: the pools' splits must follow it
     base = out / f"{sr // 1000}k"
     for name, split, kinds, seed in (("val", "val", ("real", "synthetic"), 1),
                                      ("test_real", "test", ("real",), 2),
                                      ("test_synth", "test", ("synthetic",), 3)):
         sr_pool, spk, audio = load_pool(pool_dir, split, kinds)
         persons = [s.person for s in spk]
-        pairs = {"val": same_kind_pairs(spk), "test_real": same_kind_pairs(spk)}.get(name)
+        pairs = same_kind_pairs(spk) if name in ("val", "test_real") else None
         write_set(base / name, audio, persons, sr_pool, sr, n, seed, seconds, pairs)
         print(f"{base / name}: {n} mixtures of {len(set(persons))} persons", flush=True)
     (base / "README.json").write_text(json.dumps({"held_out": HELD_OUT, "seconds": seconds, "n": n,
-                                                  "version": SETS_VERSION}, indent=1))
+                                                  "sample_rate": sr, "version": SETS_VERSION}, indent=1))
 
 
 def resplit(out: Path) -> None:
@@ -578,8 +581,11 @@ def stale_sets(out: Path) -> list[tuple[int, int, float]]:
     stale = []
     for readme in sorted(out.glob("*k/README.json")):
         info = json.loads(readme.read_text())
-        if info.get("held_out") != HELD_OUT or info.get("version", 1) != SETS_VERSION:
-            stale.append((int(readme.parent.name[:-1]) * 1000, int(info["n"]), float(info["seconds"])))
+        rate = info.get("sample_rate")  # sets from before it was recorded: 8k, 16k
+        if rate is None and re.fullmatch(r"(8|16)k", readme.parent.name):
+            rate = int(readme.parent.name[:-1]) * 1000
+        if rate and (info.get("held_out") != HELD_OUT or info.get("version", 1) != SETS_VERSION):
+            stale.append((int(rate), int(info["n"]), float(info["seconds"])))
     return stale
 
 
@@ -599,7 +605,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data"))
     ap.add_argument("--stage", choices=["all", "packages", "pools", "update", "sets", "example"], default="all",
-                    help="update = packages, then only the pools the index lacks (after a source was added)")
+                    help="update = packages, then only the pools the index lacks (after a source was added), the "
+                    "splits if HELD_OUT changed, and the fixed sets an older HELD_OUT/SETS_VERSION made")
     ap.add_argument("--sample-rate", type=int, nargs="+", default=[16000, 8000])
     ap.add_argument("--sentences", type=int, default=60, help="sentences per synthetic voice")
     ap.add_argument("--n", type=int, default=150, help="mixtures per fixed set")

@@ -26,7 +26,7 @@ ap.add_argument("--data", type=Path, default=Path("data"))
 ap.add_argument("--out", type=Path, default=Path("runs/default"))
 ap.add_argument("--minutes", type=float, default=None)
 ap.add_argument("--steps", type=int, default=200_000)
-ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--threads", type=int, default=None, help="per process (default: 2 cores over the processes)")
 ap.add_argument("--val-limit", type=int, default=60)
 ap.add_argument("--person-power", type=float, default=0.0, help="persons drawn ∝ seconds**power (sepcli train "
                 "--person-power); for A/B runs against the recipe's value")
@@ -34,6 +34,9 @@ a = ap.parse_args()
 world = int(os.environ.get("WORLD_SIZE", "1"))
 if 4 % world:
     ap.error(f"the global batch of 4 mixtures does not split over {world} processes")
+if not 0.0 <= a.person_power <= 1.0:
+    ap.error("--person-power is between 0 and 1")
+threads = a.threads or max(1, 2 // world)
 # patience: 4 validations (1000 steps) until step 10250, then 8: a quick validation (n=60) moves by about
 # +-0.2 dB between neighbours, so four misses in a row were often noise, and new data had just been added.
 # mixed_share 0.15 from step 13250 (before: each source independently, so 42 % of the mixtures paired a real
@@ -58,7 +61,7 @@ cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
                   reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, mixed_share=0.15, ckpt_minutes=10,
                   person_power=a.person_power,
                   max_minutes=a.minutes,
-                  resume=True, name="s4m-tiny-16k", threads=a.threads, val_limit=a.val_limit,
+                  resume=True, name="s4m-tiny-16k", threads=threads, val_limit=a.val_limit,
                   log_every=25)
 summary = train(cfg)
 if int(os.environ.get("RANK", "0")) == 0:

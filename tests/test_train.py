@@ -201,10 +201,9 @@ def test_person_power_draws_persons_by_their_seconds_of_speech(power):
     of 3000 mixtures matches the exact chance of being in a pair drawn that way without replacement."""
     rng = np.random.default_rng(0)
     seconds = {"a": 1.0, "b": 4.0, "c": 16.0, "d": 16.0}
-    persons = ["a", "b", "c", "c2", "d"]  # c has two entries of 8 s: its seconds are their sum
+    persons = ["a", "b", "c", "c", "d"]  # c has two entries of 8 s: its seconds are their sum
     lengths = [1.0, 4.0, 8.0, 8.0, 16.0]
     audio = [voice(rng, 150, s) for s in lengths]
-    persons = [p[0] for p in persons]
     w = {p: s ** power for p, s in seconds.items()}
     total = sum(w.values())
     expect = {p: w[p] / total + sum(w[q] / total * w[p] / (total - w[q]) for q in w if q != p) for p in w}
@@ -222,6 +221,9 @@ def test_person_power_draws_persons_by_their_seconds_of_speech(power):
     weights = np.array([seconds[p] ** power for p in "abc"])
     draws = [choose_persons(gen, ["a", "b", "c"], {"a", "b"}, 1, 1.0, None, weights)[0] for _ in range(2000)]
     assert 2 not in draws and abs(draws.count(0) / 2000 - weights[0] / weights[:2].sum()) < 0.035
+    # persons whose weights are all zero (empty pools) are drawn uniformly rather than failing
+    zero = np.zeros(3)
+    assert sorted(choose_persons(np.random.default_rng(1), ["a", "b", "c"], set(), 3, None, None, zero)) == [0, 1, 2]
 
 
 def test_split_by_person_never_leaks():
@@ -491,16 +493,21 @@ def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out
     make_data.build_sets(out, SR, n=24, seconds=1.0)
     with open(out / "8k" / "val" / "metadata.csv") as f:
         pairs = [(r["speaker_1"], r["speaker_2"]) for r in csv.DictReader(f)]
+    one_real = [Speaker(p, p, k, "val", 6.0) for p, k in (("r0", "real"), ("s0", "synthetic"), ("s1", "synthetic"))]
+    assert make_data.same_kind_pairs(one_real) == [("s0", "s1")]  # a kind with one person has no pairs
+    with pytest.raises(SystemExit, match="two persons of one kind"):
+        make_data.same_kind_pairs(one_real[:2])
     kinds = [{people[a], people[b]} for a, b in pairs]
     assert kinds == [{"real"}, {"synthetic"}] * 12  # same kind only, alternating from the first mixture
     real_pairs = {frozenset(p) for p in itertools.combinations(["r0", "r1", "r2"], 2)}
     synth_pairs = {frozenset(p) for p in itertools.combinations(["s0", "s1", "s2", "s3"], 2)}
     assert {frozenset(p) for p in pairs[0::2]} == real_pairs and {frozenset(p) for p in pairs[1::2]} == synth_pairs
     assert make_data.stale_sets(out) == []
-    def test_real():  # samples (float WAV headers carry a write time)
+
+    def samples_of_test_real():  # samples (float WAV headers carry a write time)
         return {f.name: sf.read(f)[0].tobytes() for f in sorted((out / "8k" / "test_real" / "mix").iterdir())}
 
-    before = test_real()
+    before = samples_of_test_real()
 
     # r2 leaves validation for training: the index follows, the sets are stale, and the rebuilt validation
     # no longer holds r2 while the test sets (their people unchanged) are the same bytes
@@ -510,9 +517,13 @@ def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out
     assert make_data.stale_sets(out) == [(SR, 24, 1.0)]
     make_data.build_sets(out, SR, n=24, seconds=1.0)
     assert make_data.stale_sets(out) == []
+    readme = json.loads((out / "8k" / "README.json").read_text())
+    (out / "8k" / "README.json").write_text(json.dumps({k: v for k, v in readme.items() if k != "version"}))
+    assert make_data.stale_sets(out) == [(SR, 24, 1.0)]  # sets from before the version was recorded are stale
+    (out / "8k" / "README.json").write_text(json.dumps(readme))
     with open(out / "8k" / "val" / "metadata.csv") as f:
         assert "r2" not in {r[k] for r in csv.DictReader(f) for k in ("speaker_1", "speaker_2")}
-    assert test_real() == before
+    assert samples_of_test_real() == before
 
 
 @pytest.mark.slow
@@ -553,12 +564,19 @@ def test_continue_from_exported_weights_keeps_step_and_schedule(tmp_path, librim
 
 def test_a_changed_validation_set_restarts_the_best_score(tmp_path, librimix):
     """The best score (and the patience count) belong to the validation set they were measured on: resuming
-    against an identical copy keeps them, against a changed set starts them again; the lr scale is kept."""
+    against the same set written again (new files, new header times) keeps them, against a changed set starts
+    them again; the lr scale is kept."""
     import shutil
+    import time
 
     same, changed = tmp_path / "same", tmp_path / "changed"
-    shutil.copytree(librimix, same)
     shutil.copytree(librimix, changed)
+    time.sleep(1.1)  # float WAV headers carry the write time, to the second
+    for f in librimix.rglob("*.wav"):
+        x, sr = sf.read(f, dtype="float32")
+        (same / f.parent.name).mkdir(parents=True, exist_ok=True)
+        sf.write(same / f.parent.name / f.name, x, sr, subtype="FLOAT")
+    assert (same / "mix" / "0.wav").read_bytes() != (librimix / "mix" / "0.wav").read_bytes()
     x, sr = sf.read(changed / "mix" / "0.wav", dtype="float32")
     sf.write(changed / "mix" / "0.wav", 0.5 * x, sr, subtype="FLOAT")
     ckpt = tmp_path / "run" / "last.pt"
@@ -578,7 +596,7 @@ def test_a_changed_validation_set_restarts_the_best_score(tmp_path, librimix):
     fingerprint = LibriMixDataset(librimix, SR).fingerprint()
     assert torch.load(ckpt, weights_only=True)["schedule"]["val_id"] == fingerprint
     set_schedule(best=99.0, bad=1, scale=0.5)
-    last, sched = resume(same, 3)  # an identical copy: the same set
+    last, sched = resume(same, 3)  # the same samples: the same set
     assert last["step"] == 3 and (sched["best"], sched["bad"], sched["scale"]) == (99.0, 2, 0.5)
     last, sched = resume(changed, 6)  # validated at step 6: only the new set's score counts
     assert last["step"] == 6 and sched["best"] == pytest.approx(last["si_snri"]) and sched["bad"] == 0

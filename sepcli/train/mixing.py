@@ -100,9 +100,9 @@ def choose_persons(rng: np.random.Generator, names: list[str], real: set[str], n
     (one per name) makes every draw among the candidates proportional to them instead of uniform."""
 
     def pick(cands: list[int]) -> int:
-        if weights is None:
+        w = None if weights is None else weights[cands]
+        if w is None or not w.sum() > 0:  # all-zero weights (empty pools): uniformly
             return int(cands[int(rng.integers(0, len(cands)))])
-        w = weights[cands]
         return int(cands[int(rng.choice(len(cands), p=w / w.sum()))])
 
     if real_share is None or not real or len(real) == len(names):

@@ -253,9 +253,9 @@ def train(cfg: TrainConfig) -> dict:
     elif cfg.resume and rank == 0:
         print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
 
-    if val_ds is not None and sched.use_validation_set(val_ds.fingerprint()) and rank == 0:
-        print(f"{cfg.val_data}: not the validation set of the run's best score so far; best score and patience "
-              "start again", file=sys.stderr)
+    if val_ds is not None and sched.use_validation_set(val_ds.fingerprint(cfg.val_limit)) and rank == 0:
+        print(f"{cfg.val_data}: not the validation set (or --val-limit) of the run's best score so far; best score "
+              "and patience start again", file=sys.stderr)
 
     net = model
     if world > 1:
