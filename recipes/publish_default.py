@@ -45,16 +45,19 @@ POOLS = ROOT / "data" / "pools"
 KIND = {s.person: s.kind for s in read_index(POOLS)[1]} if (POOLS / "speakers.json").exists() else {}  # by person
 
 
-def same_kind_mean(pairs: dict, kinds: tuple[str, ...] = ("real", "synthetic")) -> float | None:
-    """n-weighted mean SI-SNRi of the pairs of two speakers of one of `kinds` (by default real+real and
-    synthetic+synthetic: the held-out targets' mixtures; real+synthetic pairs are much easier)."""
-    total, n = 0.0, 0
+def kind_means(pairs: dict) -> dict[str, float]:
+    """n-weighted mean SI-SNRi of the real+real pairs, the synthetic+synthetic pairs, and of both together
+    ("same"): the held-out targets' mixtures (real+synthetic pairs are much easier). Kinds without pairs are
+    left out."""
+    sums: dict[str, list[float]] = {}
     for pair, r in pairs.items():
-        pair_kinds = {KIND.get(s) for s in pair.split("+")}
-        if len(pair_kinds) == 1 and pair_kinds <= set(kinds):
-            total += r["si_snri"]["mean"] * r["n"]
-            n += r["n"]
-    return total / n if n else None
+        kinds = {KIND.get(s) for s in pair.split("+")}
+        if len(kinds) == 1 and None not in kinds:
+            for k in (kinds.pop(), "same"):
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0] += r["si_snri"]["mean"] * r["n"]
+                acc[1] += r["n"]
+    return {k: total / n for k, (total, n) in sums.items()}
 
 
 def score(folder: Path, split: str) -> dict:
@@ -63,12 +66,12 @@ def score(folder: Path, split: str) -> dict:
     fig = {"n": res["n"], "si_snri": res["si_snri"], "sdri": res["sdri"]}
     if "pairs" in res:
         fig["pairs"] = {p: r["si_snri"]["mean"] for p, r in res["pairs"].items()}
-        fig["same_kind_si_snri"] = same_kind_mean(res["pairs"])
-        fig["by_kind"] = {k: same_kind_mean(res["pairs"], (k,)) for k in ("real", "synthetic")}
+        means = kind_means(res["pairs"])
+        fig["same_kind_si_snri"] = means.pop("same", None)
+        fig["by_kind"] = means
         if fig["same_kind_si_snri"] is not None:
             print(f"{folder.name} {split}: same-kind pairs SI-SNRi {fig['same_kind_si_snri']:.2f} dB ("
-                  + ", ".join(f"{k}+{k} {v:.2f} dB" for k, v in fig["by_kind"].items() if v is not None) + ")",
-                  flush=True)
+                  + ", ".join(f"{k}+{k} {v:.2f} dB" for k, v in means.items()) + ")", flush=True)
     print(f"{folder.name} {split}: SI-SNRi mean {res['si_snri']['mean']:.2f} dB, median "
           f"{res['si_snri']['median']:.2f} dB, SDRi mean {res['sdri']['mean']:.2f} dB (n={res['n']})", flush=True)
     for p, r in res.get("pairs", {}).items():
@@ -96,7 +99,12 @@ if (a.dest / "weights.safetensors").exists():
     shutil.copytree(a.dest, shipped)
     candidates["shipped"] = shipped
 val = {k: score(f, "val") for k, f in candidates.items()}
-pick = max(val, key=lambda k: val[k].get("same_kind_si_snri") or val[k]["si_snri"]["mean"])
+def selection_score(fig: dict) -> float:  # same-kind pairs when the set has any (0.0 is a score, not "none")
+    same = fig.get("same_kind_si_snri")
+    return fig["si_snri"]["mean"] if same is None else same
+
+
+pick = max(val, key=lambda k: selection_score(val[k]))
 src = candidates[pick]
 config = json.loads((src / "config.json").read_text())
 figures = {"val": val[pick]}

@@ -58,10 +58,9 @@ init = str(committed) if committed and not (a.out / "last.pt").exists() else Non
 cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
                   continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
                   segment=2.0, batch_size=4 // world, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200, patience=8,
-                  reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, mixed_share=0.15, ckpt_minutes=10,
-                  person_power=a.person_power,
-                  max_minutes=a.minutes,
-                  resume=True, name="s4m-tiny-16k", threads=threads, val_limit=a.val_limit,
+                  reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, mixed_share=0.15,
+                  person_power=a.person_power, ckpt_minutes=10, max_minutes=a.minutes, resume=True,
+                  name="s4m-tiny-16k", threads=threads, val_limit=a.val_limit,
                   log_every=25)
 summary = train(cfg)
 if int(os.environ.get("RANK", "0")) == 0:
