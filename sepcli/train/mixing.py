@@ -18,7 +18,8 @@ from scipy.signal import fftconvolve, lfilter
 class MixOptions:
     n_src: int = 2
     seconds: float = 2.0
-    gain_db: float = 5.0            # relative gain drawn uniformly in [-gain_db, +gain_db]
+    gain_db: float = 5.0            # each source's gain drawn in [-gain_db, +gain_db], then centred: the level
+    #                                 difference of two sources spans +-2*gain_db (triangular)
     speed: float = 0.15             # speed factor in [1-speed, 1+speed] (0 = off)
     speed_prob: float = 0.7
     tilt_prob: float = 0.3
