@@ -73,8 +73,10 @@ HELD_OUT = {
 
 # The fixed sets' layout; recorded in <rate>/README.json with HELD_OUT, and `--stage update` rebuilds sets that
 # were made by another version. 2: validation holds same-kind pairs only (real+real and synthetic+synthetic
-# alternating, each pair of people in turn), the kinds of mixture the test sets measure.
-SETS_VERSION = 2
+# alternating, each pair of people in turn), the kinds of mixture the test sets measure. 3: the level of one
+# speaker relative to the other is uniform in -5..+5 dB (version 2 drew each source in +-5 dB and centred them,
+# so two speakers differed by up to +-10 dB).
+SETS_VERSION = 3
 
 # ----------------------------------------------------------------------------------------------- packages
 def ensure_packages() -> None:

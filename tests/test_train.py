@@ -159,6 +159,29 @@ def test_mixtures_are_deterministic_and_of_different_persons(pools):
         assert s1.shape == (2, SR // 2) and np.abs(m1).max() <= 0.95 + 1e-6
 
 
+def test_relative_gain_of_two_sources_is_uniform_within_plus_minus_gain_db(pools):
+    """The level difference of the two returned sources (measured on the arrays, not the metadata) lies in
+    -5..+5 dB and is uniform there (Kolmogorov-Smirnov against U(-5, 5)); with three sources any two differ by at
+    most 5 dB. Per-source gains of +-5 dB centred afterwards would give differences up to +-10 dB."""
+    from scipy.stats import kstest
+
+    sr, spk, audio = load_pool(pools, "train")
+    persons = [s.person for s in spk]
+    level = lambda x: 20 * np.log10(np.sqrt(np.mean(np.square(x, dtype=np.float64))))  # noqa: E731
+    diffs = []
+    for i in range(400):
+        _, s, meta = make_mixture(rng_for(4, i), audio, persons, sr, MixOptions(seconds=0.25, reverb_prob=0.3))
+        diffs.append(level(s[0]) - level(s[1]))
+        assert abs(diffs[-1] - (meta["gains_db"][0] - meta["gains_db"][1])) < 0.02
+    diffs = np.array(diffs)
+    assert np.abs(diffs).max() <= 5 + 1e-3
+    assert kstest(diffs, "uniform", args=(-5, 10)).pvalue > 0.01
+    for i in range(100):
+        _, s, _ = make_mixture(rng_for(4, i), audio, persons, sr, MixOptions(seconds=0.25, n_src=3))
+        lv = [level(x) for x in s]
+        assert max(lv) - min(lv) <= 5 + 1e-3
+
+
 def test_real_share_oversamples_real_persons(pools):
     sr, spk, audio = load_pool(pools, "train")
     persons = [s.person for s in spk]

@@ -18,8 +18,8 @@ from scipy.signal import fftconvolve, lfilter
 class MixOptions:
     n_src: int = 2
     seconds: float = 2.0
-    gain_db: float = 5.0            # each source's gain drawn in [-gain_db, +gain_db], then centred: the level
-    #                                 difference of two sources spans +-2*gain_db (triangular)
+    gain_db: float = 5.0            # level of one source relative to another, within [-gain_db, +gain_db]:
+    #                                 uniform for two sources (as wsj0-2mix's 0..5 dB with a random sign)
     speed: float = 0.15             # speed factor in [1-speed, 1+speed] (0 = off)
     speed_prob: float = 0.7
     tilt_prob: float = 0.3
@@ -130,6 +130,15 @@ def choose_persons(rng: np.random.Generator, names: list[str], real: set[str], n
     return out
 
 
+def _relative_gains(rng: np.random.Generator, n: int, gain_db: float) -> np.ndarray:
+    """Per-source gains in dB, centred on 0, any two of which differ by at most `gain_db`."""
+    if n == 2:
+        rel = rng.uniform(-gain_db, gain_db)  # source 1 relative to source 2, uniform
+        return np.array([rel / 2, -rel / 2])
+    gains = rng.uniform(-gain_db / 2, gain_db / 2, size=n)
+    return gains - gains.mean()
+
+
 def make_mixture(rng: np.random.Generator, pools: list[np.ndarray], persons: list[str], sr: int,
                  opt: MixOptions, real: set[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Draw n_src different persons and mix them. Returns (mix [T], sources [n_src, T], metadata).
@@ -147,8 +156,7 @@ def make_mixture(rng: np.random.Generator, pools: list[np.ndarray], persons: lis
     chosen_persons = choose_persons(rng, names, real or set(), opt.n_src, opt.real_share, opt.mixed_share,
                                     weights)
     srcs, meta = [], {"speakers": [], "gains_db": [], "speed": [], "reverb": []}
-    gains = rng.uniform(-opt.gain_db, opt.gain_db, size=opt.n_src)
-    gains -= gains.mean()
+    gains = _relative_gains(rng, opt.n_src, opt.gain_db)
     for k, pi in enumerate(chosen_persons):
         idxs = by_person[names[pi]]
         si = idxs[int(rng.integers(0, len(idxs)))]
