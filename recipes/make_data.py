@@ -8,7 +8,9 @@ Stages:
   pools     data/pools/<speaker>.npy + speakers.json at 16 kHz: real recorded people and synthetic voices
   update    packages, then only the pools that the index lacks (a source added to the recipe since the build),
             the splits again if HELD_OUT changed, and the fixed sets that an older HELD_OUT/SETS_VERSION made
-  sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout)
+  sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout), and
+            seen_real, seen_synth: the same kind of mixture made of training people, to measure how much of the
+            held-out gap is the people being new (a diagnostic; never used for selection)
   example   examples/mix.wav (10 s of two held-out real people) for `make demo`
 
 Split by person (see HELD_OUT): validation and test people never appear in training. Nothing is downloaded
@@ -75,8 +77,12 @@ HELD_OUT = {
 # were made by another version. 2: validation holds same-kind pairs only (real+real and synthetic+synthetic
 # alternating, each pair of people in turn), the kinds of mixture the test sets measure. 3: the level of one
 # speaker relative to the other is uniform in -5..+5 dB (version 2 drew each source in +-5 dB and centred them,
-# so two speakers differed by up to +-10 dB).
-SETS_VERSION = 3
+# so two speakers differed by up to +-10 dB). 4: adds seen_real and seen_synth (sets 1-3 unchanged).
+SETS_VERSION = 4
+
+# Speaker-id prefixes of the sources recorded at 11 kHz (band-limited to 5.5 kHz). They train, but seen_real
+# leaves them out so that it holds wideband speech like the 16 kHz test people.
+NARROWBAND = ("fotaq-", "uqm-")
 
 # ----------------------------------------------------------------------------------------------- packages
 def ensure_packages() -> None:
@@ -561,6 +567,17 @@ def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
         pairs = same_kind_pairs(spk) if name in ("val", "test_real") else None
         write_set(base / name, audio, persons, sr_pool, sr, n, seed, seconds, pairs)
         print(f"{base / name}: {n} mixtures of {len(set(persons))} persons", flush=True)
+    # people heard in training, random pairs of one kind (the test sets' kinds of mixture)
+    for name, kind, seed in (("seen_real", "real", 4), ("seen_synth", "synthetic", 5)):
+        sr_pool, spk, audio = load_pool(pool_dir, "train", (kind,))
+        keep = [i for i, s in enumerate(spk) if not s.id.startswith(NARROWBAND)]
+        persons = [spk[i].person for i in keep]
+        if len(set(persons)) < 2:
+            shutil.rmtree(base / name, ignore_errors=True)
+            print(f"{base / name}: left out (fewer than two {kind} training persons)", flush=True)
+            continue
+        write_set(base / name, [audio[i] for i in keep], persons, sr_pool, sr, n, seed, seconds)
+        print(f"{base / name}: {n} mixtures of {len(set(persons))} training persons", flush=True)
     (base / "README.json").write_text(json.dumps({"held_out": HELD_OUT, "seconds": seconds, "n": n,
                                                   "sample_rate": sr, "version": SETS_VERSION}, indent=1))
 

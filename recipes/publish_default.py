@@ -7,7 +7,8 @@
 2. Scores the run's best-by-validation model, the latest weights and the model shipped now on the FULL validation
    set through the separation pipeline (`sepcli eval`) and ships the best on its same-kind pairs (real+real and
    synthetic+synthetic, what the held-out targets measure) as models/s4m-tiny-16k (alias `default`).
-   Model selection uses validation only; the held-out test sets are then measured for the card.
+   Model selection uses validation only; the held-out test sets are then measured for the card, and the seen
+   sets (the same kinds of mixture made of training people) to show how much of the gap is the people being new.
 MODEL_CARD.md there is written by hand and kept. Prints one summary line for the commit message.
 """
 
@@ -108,7 +109,7 @@ pick = max(val, key=lambda k: selection_score(val[k]))
 src = candidates[pick]
 config = json.loads((src / "config.json").read_text())
 figures = {"val": val[pick]}
-for split in ("test_real", "test_synth"):
+for split in ("test_real", "test_synth", "seen_real", "seen_synth"):  # seen_*: training people (diagnostic)
     if (a.data / split).is_dir():
         figures[split] = score(src, split)
 

@@ -494,7 +494,7 @@ def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
 def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out(tmp_path, monkeypatch):
     """Validation mixtures pair real with real and synthetic with synthetic, alternating, every pair in turn;
     a changed HELD_OUT re-splits the pools and marks the built sets stale, and rebuilding them leaves the test
-    sets of unchanged people identical sample for sample."""
+    sets of unchanged people identical sample for sample. The seen sets hold training people of one kind."""
     import csv
     import itertools
 
@@ -504,7 +504,8 @@ def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out
     out = tmp_path / "data"
     (out / "pools").mkdir(parents=True)
     rng = np.random.default_rng(0)
-    people = {f"r{i}": "real" for i in range(6)} | {f"s{i}": "synthetic" for i in range(6)}
+    people = ({f"r{i}": "real" for i in range(6)} | {f"s{i}": "synthetic" for i in range(6)}
+              | {"r6": "real", "r7": "real", "uqm-x": "real", "s6": "synthetic", "s7": "synthetic"})
     held_out = {"r0": "val", "r1": "val", "r2": "val", "s0": "val", "s1": "val", "s2": "val", "s3": "val",
                 "r4": "test", "r5": "test", "s4": "test", "s5": "test"}
     speakers = []
@@ -526,6 +527,16 @@ def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out
     synth_pairs = {frozenset(p) for p in itertools.combinations(["s0", "s1", "s2", "s3"], 2)}
     assert {frozenset(p) for p in pairs[0::2]} == real_pairs and {frozenset(p) for p in pairs[1::2]} == synth_pairs
     assert make_data.stale_sets(out) == []
+
+    def speakers_of(name):
+        with open(out / "8k" / name / "metadata.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert all(r["speaker_1"] != r["speaker_2"] for r in rows) and len(rows) == 24
+        return {r[k] for r in rows for k in ("speaker_1", "speaker_2")}
+
+    # the seen sets: training people only, one kind, the 11 kHz sources (uqm-x) left out of seen_real
+    assert speakers_of("seen_real") == {"r3", "r6", "r7"}
+    assert speakers_of("seen_synth") == {"s6", "s7"}
 
     def samples_of_test_real():  # samples (float WAV headers carry a write time)
         return {f.name: sf.read(f)[0].tobytes() for f in sorted((out / "8k" / "test_real" / "mix").iterdir())}
