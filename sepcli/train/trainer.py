@@ -298,7 +298,7 @@ def train(cfg: TrainConfig) -> dict:
                                 train_config=asdict(cfg), seconds_per_step=sec_per_step(),
                                 schedule=sched.state_dict())
         if not cfg.quiet:
-            print(f"[validate] step {step}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+            print(f"[validate] step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in rec.items()), file=sys.stderr, flush=True)
 
     recent: list[float] = []
