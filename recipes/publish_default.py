@@ -61,15 +61,22 @@ def kind_means(pairs: dict) -> dict[str, float]:
     return {k: total / n for k, (total, n) in sums.items()}
 
 
+def selection_score(fig: dict) -> float:
+    """The validation figure that picks the shipped model: same-kind pairs when the set has any (0.0 is a
+    score, not "none"), else the overall mean."""
+    same = fig.get("same_kind_si_snri")
+    return fig["si_snri"]["mean"] if same is None else same
+
+
 def score(folder: Path, split: str) -> dict:
     sep = Separator(str(folder), SeparationOptions(threads=a.threads, loudness="off"))
     res = evaluate(sep, a.data / split, with_sdr=True, limit=a.limit)
     fig = {"n": res["n"], "si_snri": res["si_snri"], "sdri": res["sdri"]}
-    if "pairs" in res and split.startswith("seen"):  # random pairs of many people, one or two mixtures each
-        res.pop("pairs")
-    if "pairs" in res:
-        fig["pairs"] = {p: r["si_snri"]["mean"] for p, r in res["pairs"].items()}
-        means = kind_means(res["pairs"])
+    # the seen sets pair many people at random, one or two mixtures each: no per-pair figures
+    pairs = {} if split.startswith("seen") else res.get("pairs", {})
+    if pairs:
+        fig["pairs"] = {p: r["si_snri"]["mean"] for p, r in pairs.items()}
+        means = kind_means(pairs)
         fig["same_kind_si_snri"] = means.pop("same", None)
         fig["by_kind"] = means
         if fig["same_kind_si_snri"] is not None:
@@ -77,7 +84,7 @@ def score(folder: Path, split: str) -> dict:
                   + ", ".join(f"{k}+{k} {v:.2f} dB" for k, v in means.items()) + ")", flush=True)
     print(f"{folder.name} {split}: SI-SNRi mean {res['si_snri']['mean']:.2f} dB, median "
           f"{res['si_snri']['median']:.2f} dB, SDRi mean {res['sdri']['mean']:.2f} dB (n={res['n']})", flush=True)
-    for p, r in res.get("pairs", {}).items():
+    for p, r in pairs.items():
         print(f"  {p:28s} SI-SNRi {r['si_snri']['mean']:6.2f} dB (n={r['n']})")
     return fig
 
@@ -102,11 +109,6 @@ if (a.dest / "weights.safetensors").exists():
     shutil.copytree(a.dest, shipped)
     candidates["shipped"] = shipped
 val = {k: score(f, "val") for k, f in candidates.items()}
-def selection_score(fig: dict) -> float:  # same-kind pairs when the set has any (0.0 is a score, not "none")
-    same = fig.get("same_kind_si_snri")
-    return fig["si_snri"]["mean"] if same is None else same
-
-
 pick = max(val, key=lambda k: selection_score(val[k]))
 src = candidates[pick]
 config = json.loads((src / "config.json").read_text())
