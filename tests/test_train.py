@@ -130,6 +130,37 @@ def test_interrupt_and_resume_equals_straight_run(tmp_path, pools, librimix, sou
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_checkpoints_and_resume_equals_straight_run(tmp_path, librimix, monkeypatch, signum):
+    """Ctrl-C or SIGTERM during step 2 finishes that step, writes a checkpoint and returns; resuming then ends
+    with the same weights as a run never interrupted, and the process's own signal handlers are back."""
+    import signal
+
+    from sepcli.train import trainer
+
+    sig = getattr(signal, signum)
+    straight = train(cfg(tmp_path / "a", data=librimix, steps=5, epoch_steps=3))
+    real_step, calls = trainer.train_step, []
+
+    def step_then_signal(*args, **kw):
+        loss = real_step(*args, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), sig)
+        return loss
+
+    handler_before = signal.getsignal(sig)
+    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    first = train(cfg(tmp_path / "b", data=librimix, steps=5, epoch_steps=3))
+    assert first["stopped"] and first["step"] == 2 and _weights(tmp_path / "b")["step"] == 2
+    assert signal.getsignal(sig) is handler_before
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    resumed = train(cfg(tmp_path / "b", data=librimix, steps=5, epoch_steps=3, resume=True))
+    assert straight["step"] == resumed["step"] == 5
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_resume_refuses_another_network(tmp_path, librimix):
     train(cfg(tmp_path / "r", data=librimix, steps=1))
     other = cfg(tmp_path / "r", data=librimix, steps=2, resume=True, arch_args={**TINY, "hidden": 16})
