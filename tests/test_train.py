@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from sepcli.train.data import LibriMixDataset
 from sepcli.train.mixing import MixOptions, choose_persons, make_mixture, rng_for
 from sepcli.train.speakers import Speaker, assign_splits, check_disjoint, load_pool, write_index
-from sepcli.train.trainer import TrainConfig, batch_indices, train
+from sepcli import metrics
+from sepcli.train.trainer import Schedule, TrainConfig, batch_indices, format_eta, train, train_step
 
 SR = 8000
 TINY = {"sample_rate": SR, "bn_channels": 8, "hidden": 8, "num_blocks": 1, "depth": 2, "enc_kernel_ms": 2.0}
@@ -76,6 +77,78 @@ def test_training_lowers_the_loss(tmp_path, librimix):
     conf = json.loads((folder / "config.json").read_text())
     assert conf["arch"] == "s4m" and conf["sample_rate"] == SR
     assert set(load_file(folder / "weights.safetensors")) == set(build_state_keys())
+    # the optimiser is Adam (its two moment buffers per parameter) at the issue's clipping norm
+    opt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]
+    assert opt["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert all({"exp_avg", "exp_avg_sq"} <= set(st) for st in opt["state"].values())
+    assert json.loads(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"])["clip"] == 5.0
+
+
+class _Fir(torch.nn.Module):
+    """A two-output FIR filter of the mixture: a network whose loss gradient is easy to get and to make large."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv1d(1, 2, 9, padding=4)
+        with torch.no_grad():
+            self.conv.weight.mul_(scale)
+            self.conv.bias.zero_()
+
+    def forward(self, mix):
+        return self.conv(mix.unsqueeze(1))
+
+
+@pytest.mark.parametrize("scale", [1e-4, 10.0])
+def test_train_step_clips_the_global_gradient_norm(scale):
+    """With plain SGD (lr 1) the step moves the weights by exactly the clipped gradient: g * min(1, 5 / |g|)."""
+    rng = np.random.default_rng(1)
+    ref = torch.tensor(rng.standard_normal((2, 2, 400)), dtype=torch.float32)
+    mix = ref.sum(1)
+    net = _Fir(scale)
+    params = [p.detach().clone() for p in net.parameters()]
+    probe = _Fir(scale)  # the unclipped gradient, computed separately
+    metrics.pit_loss(probe(mix), ref).backward()
+    grads = [p.grad for p in probe.parameters()]
+    norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+    train_step(net, torch.optim.SGD(net.parameters(), lr=1.0), mix, ref, clip=5.0)
+    factor = min(1.0, 5.0 / norm)
+    assert (norm > 50) if scale < 1 else (norm < 5)  # SI-SNR's gradient scales as 1/filter: clipped / not
+    for before, after, g in zip(params, net.parameters(), grads):
+        torch.testing.assert_close(before - after.detach(), g * factor, rtol=1e-4, atol=1e-7)
+
+
+def test_schedule_warms_up_linearly_and_halves_after_patience_validations_without_a_new_best():
+    s = Schedule(base=1e-3, warmup=10, patience=3)
+    assert [s.lr(k) for k in (0, 4, 9, 500)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3])
+    assert s.validated(2.0) and not s.validated(1.9) and not s.validated(2.0)  # equal is not a new best
+    assert s.lr(500) == pytest.approx(1e-3)
+    assert not s.validated(1.0)  # third miss in a row: halve
+    assert s.lr(500) == pytest.approx(5e-4)
+    assert not s.validated(1.5) and not s.validated(1.5) and s.validated(2.5)  # a new best resets the count
+    assert not s.validated(0) and not s.validated(0) and s.lr(500) == pytest.approx(5e-4)
+    assert not s.validated(0) and s.lr(500) == pytest.approx(2.5e-4)
+    restored = Schedule(1e-3, 10, 3)
+    restored.load_state_dict(s.state_dict())
+    assert (restored.scale, restored.best, restored.bad, restored.lr(7)) == (s.scale, s.best, s.bad, s.lr(7))
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0s"), (44.6, "45s"), (59.6, "1m00s"), (725, "12m05s"),
+                                          (3599.6, "1h00m"), (11220, "3h07m"), (151_200, "42h00m")])
+def test_format_eta(seconds, text):
+    assert format_eta(seconds) == text
+
+
+def test_progress_lines_show_step_loss_speed_and_eta(tmp_path, librimix, capsys):
+    """Without a terminal (a log file, CI) training prints one line per `log_every` steps."""
+    import re
+
+    train(cfg(tmp_path / "run", data=librimix, steps=3, log_every=1, quiet=False))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"]
+    pat = re.compile(r"step \d+/3 loss -?\d+\.\d{3} \d+\.\d{2} s/step ETA (\d+s|\d+m\d\ds|\d+h\d\dm)$")
+    assert all(pat.match(ln) for ln in lines), lines
+    assert lines[-1].endswith("ETA 0s")
 
 
 @pytest.mark.slow

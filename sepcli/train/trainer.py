@@ -330,9 +330,9 @@ def train(cfg: TrainConfig) -> dict:
             if bar is not None:
                 bar[0].update(bar[1], completed=step, loss=float(np.mean(recent[-cfg.log_every:])))
             elif rank == 0 and not cfg.quiet and (step % cfg.log_every == 0 or step == total):
-                eta = sec_per_step() * (total - step)
                 print(f"step {step}/{total} loss {np.mean(recent[-cfg.log_every:]):.3f} "
-                      f"{sec_per_step():.2f} s/step ETA {eta / 3600:.1f} h", file=sys.stderr, flush=True)
+                      f"{sec_per_step():.2f} s/step ETA {format_eta(sec_per_step() * (total - step))}",
+                      file=sys.stderr, flush=True)
             if step % steps_per_epoch == 0 or step == total:
                 do_validation()
             want_stop = stop["flag"] or (cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60)
@@ -356,6 +356,17 @@ def train(cfg: TrainConfig) -> dict:
             "export": str(out / "best"), "history": history}
 
 
+def format_eta(seconds: float) -> str:
+    """Remaining time for the log line: "45s", "12m05s", "3h07m" (rounded to the unit shown)."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    m = int(round(s / 60))
+    return f"{m // 60}h{m % 60:02d}m"
+
+
 def _progress_bar(total: int, start: int):
     """A rich progress bar on stderr (steps, loss, rate, ETA); only used when stderr is a terminal."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -377,4 +388,4 @@ class _null:
         return False
 
 
-__all__ = ["TrainConfig", "TrainError", "train", "validate", "batch_indices", "Schedule", "DataError"]
+__all__ = ["TrainConfig", "TrainError", "train", "validate", "batch_indices", "Schedule", "DataError", "format_eta"]
