@@ -52,12 +52,16 @@ APT_PACKAGES = [
     "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "asterisk-prompt-it-menardi-wav",
     "asterisk-prompt-fr-armelle", "asterisk-prompt-es-co", "fillets-ng-data-nl", "klettres-data",
     "ktuberling-data", "uqm-voice", "tuxpaint-stamps-default", "hedgewars-data", "flight-of-the-amazon-queen",
+    "fillets-ng-data-cs", "festvox-ru",
 ]
 KTUBERLING = "/usr/share/ktuberling/sounds"
 UQM_ADDONS = "/usr/share/games/uqm/content/addons"
 TUXPAINT_STAMPS = "/usr/share/tuxpaint/stamps"
 HEDGEWARS_VOICES = "/usr/share/games/hedgewars/Data/Sounds/voices"
 FOTAQ = "/usr/share/scummvm/flight-of-the-amazon-queen/queen.1c"
+FILLETS = "/usr/share/games/fillets-ng/sound"
+# the recordings festvox-ru's unit-selection voice was cut from: Nickolay Shmyrev reading 620 Russian sentences
+FESTVOX_RU = "/usr/share/festival/voices/russian/msu_ru_nsh_clunits/wav"
 
 # person -> split. Everything not named here trains.
 HELD_OUT = {
@@ -227,9 +231,8 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
         ("armelle", "armelle", sorted(glob.glob(f"{SND}/fr/**/*.gsm", recursive=True))),
         ("es-co", "es-co", sorted(glob.glob(f"{SND}/es/**/*.gsm", recursive=True))),
     ]
-    fil = sorted(glob.glob("/usr/share/games/fillets-ng/sound/*/nl/*.ogg"))
-    for code, person in (("m", "fillets-small-fish"), ("v", "fillets-big-fish")):
-        jobs.append((person, person, [f for f in fil if re.match(rf"^[a-z0-9]+-{code}-", Path(f).name)]))
+    jobs += fillets_jobs()
+    jobs.append(("festvox-ru-nsh", "festvox-ru-nsh", sorted(glob.glob(f"{FESTVOX_RU}/*.wav"))))
     for lang_dir in sorted(glob.glob("/usr/share/klettres/*/")):
         lang = Path(lang_dir).name
         files = sorted(glob.glob(f"{lang_dir}**/*.ogg", recursive=True))
@@ -241,6 +244,19 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
     jobs += hedgewars_jobs()
     jobs += fotaq_jobs()
     return [j for j in jobs if j[2]]
+
+
+def fillets_jobs(root: str = FILLETS) -> list[tuple[str, str, list[str]]]:
+    """Fish Fillets NG's two heroes in each dubbed language (Dutch, from session 6 Czech: other actors, so other
+    persons). Files are <level>/<lang>/<level>-m-*.ogg (the small fish) and -v- (the big fish); the side roles'
+    actors are not credited, so they are left out."""
+    jobs = []
+    for lang, prefix in (("nl", "fillets"), ("cs", "fillets-cs")):  # the Dutch ids predate the Czech dub
+        files = sorted(glob.glob(f"{root}/*/{lang}/*.ogg"))
+        for code, role in (("m", "small-fish"), ("v", "big-fish")):
+            sid = f"{prefix}-{role}"
+            jobs.append((sid, sid, [f for f in files if re.match(rf"^[a-z0-9]+-{code}-", Path(f).name)]))
+    return jobs
 
 
 def ktuberling_jobs(min_seconds: float = 45.0, min_rate: int = 16000) -> list[tuple[str, str, list[str]]]:

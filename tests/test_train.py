@@ -385,6 +385,30 @@ def test_recipe_split_holds_out_real_people(tmp_path):
     assert len([s for s in speakers if s.person == "allison"]) == 2 and len(allison) == 1
 
 
+def test_recipe_fillets_takes_each_dubs_two_heroes_as_their_own_persons(tmp_path):
+    """Fish Fillets: per dub (nl, cs) the small fish (-m-) and the big fish (-v-) are two persons; the Czech
+    actors are other persons than the Dutch; side roles (other codes) and other languages are left out."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    names = {"nl": ["city-m-hi.ogg", "city-v-no.ogg", "city-hs-boss.ogg"],
+             "cs": ["let-m-oko.ogg", "let-m-divna.ogg", "let-v-oko.ogg", "let-4-robot.ogg"],
+             "de": ["let-m-oko.ogg"]}
+    for lang, files in names.items():
+        for name in files:
+            level = name.split("-")[0]
+            (tmp_path / level / lang).mkdir(parents=True, exist_ok=True)
+            (tmp_path / level / lang / name).write_bytes(b"")
+    jobs = make_data.fillets_jobs(str(tmp_path))
+    assert [(sid, person, [Path(f).name for f in files]) for sid, person, files in jobs] == [
+        ("fillets-small-fish", "fillets-small-fish", ["city-m-hi.ogg"]),
+        ("fillets-big-fish", "fillets-big-fish", ["city-v-no.ogg"]),
+        ("fillets-cs-small-fish", "fillets-cs-small-fish", ["let-m-divna.ogg", "let-m-oko.ogg"]),
+        ("fillets-cs-big-fish", "fillets-cs-big-fish", ["let-v-oko.ogg"])]
+    assert all(make_data.assign_splits([p for _, p, _ in jobs], make_data.HELD_OUT)[p] == "train"
+               for _, p, _ in jobs)
+
+
 def test_recipe_ktuberling_takes_folders_with_enough_wideband_speech(tmp_path, monkeypatch):
     """One person per language folder; 8 kHz files are left out and folders under the minimum are skipped."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
