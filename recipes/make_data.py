@@ -52,7 +52,7 @@ APT_PACKAGES = [
     "asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-g722", "asterisk-prompt-it-menardi-wav",
     "asterisk-prompt-fr-armelle", "asterisk-prompt-es-co", "fillets-ng-data-nl", "klettres-data",
     "ktuberling-data", "uqm-voice", "tuxpaint-stamps-default", "hedgewars-data", "flight-of-the-amazon-queen",
-    "fillets-ng-data-cs", "festvox-ru",
+    "fillets-ng-data-cs", "festvox-ru", "drascula", "drascula-spanish",
 ]
 KTUBERLING = "/usr/share/ktuberling/sounds"
 UQM_ADDONS = "/usr/share/games/uqm/content/addons"
@@ -60,6 +60,7 @@ TUXPAINT_STAMPS = "/usr/share/tuxpaint/stamps"
 HEDGEWARS_VOICES = "/usr/share/games/hedgewars/Data/Sounds/voices"
 FOTAQ = "/usr/share/scummvm/flight-of-the-amazon-queen/queen.1c"
 FILLETS = "/usr/share/games/fillets-ng/sound"
+DRASCULA = "/usr/share/scummvm/drascula"
 # the recordings festvox-ru's unit-selection voice was cut from: Nickolay Shmyrev reading 620 Russian sentences
 FESTVOX_RU = "/usr/share/festival/voices/russian/msu_ru_nsh_clunits/wav"
 
@@ -86,7 +87,7 @@ SETS_VERSION = 4
 
 # Speaker-id prefixes of the sources recorded at 11 kHz (band-limited to 5.5 kHz). They train, but seen_real
 # leaves them out so that it holds wideband speech like the 16 kHz test people.
-NARROWBAND = ("fotaq-", "uqm-")
+NARROWBAND = ("fotaq-", "uqm-", "drascula-")
 
 # ----------------------------------------------------------------------------------------------- packages
 def ensure_packages() -> None:
@@ -118,6 +119,8 @@ def decode(path: str) -> tuple[np.ndarray, int]:
         x, rate = sf.read(io.BytesIO(_zip(archive).read(member)), dtype="float32", always_2d=True)
         return x.mean(1), rate
     ext = path.rsplit(".", 1)[-1].lower()
+    if ext == "als":  # Drascula's speech: raw unsigned 8-bit PCM at 11025 Hz, no header
+        return (np.fromfile(path, np.uint8).astype(np.float32) - 128.0) / 128.0, 11025
     if ext in ("g722", "gsm"):
         import av
 
@@ -233,6 +236,7 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
     ]
     jobs += fillets_jobs()
     jobs.append(("festvox-ru-nsh", "festvox-ru-nsh", sorted(glob.glob(f"{FESTVOX_RU}/*.wav"))))
+    jobs += drascula_jobs()
     for lang_dir in sorted(glob.glob("/usr/share/klettres/*/")):
         lang = Path(lang_dir).name
         files = sorted(glob.glob(f"{lang_dir}**/*.ogg", recursive=True))
@@ -256,6 +260,18 @@ def fillets_jobs(root: str = FILLETS) -> list[tuple[str, str, list[str]]]:
         for code, role in (("m", "small-fish"), ("v", "big-fish")):
             sid = f"{prefix}-{role}"
             jobs.append((sid, sid, [f for f in files if re.match(rf"^[a-z0-9]+-{code}-", Path(f).name)]))
+    return jobs
+
+
+def drascula_jobs(root: str = DRASCULA) -> list[tuple[str, str, list[str]]]:
+    """Drascula's hero, John Hacker, in the English and the Spanish release (two casts, so two persons): the
+    numbered speech files <n>.ALS of each language folder (ScummVM's engines/drascula/talk.cpp names a line of the
+    hero "<n>.als" and, e.g., one of Igor "I<n>.als"). The other characters' files carry a letter prefix
+    (D, VB, I, ...) and are left out, as are sound effects (S): the cast list does not say who voiced whom."""
+    jobs = []
+    for lang in ("en", "es"):
+        files = sorted(f for f in glob.glob(f"{root}/{lang}/*") if re.fullmatch(r"\d+\.ALS", Path(f).name))
+        jobs.append((f"drascula-{lang}-hero", f"drascula-{lang}-hero", files))
     return jobs
 
 

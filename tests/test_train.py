@@ -409,6 +409,30 @@ def test_recipe_fillets_takes_each_dubs_two_heroes_as_their_own_persons(tmp_path
                for _, p, _ in jobs)
 
 
+def test_recipe_drascula_takes_each_releases_hero_and_decodes_raw_8_bit_speech(tmp_path):
+    """Drascula: the numbered files (<n>.ALS) of the English and the Spanish release are the hero, one person per
+    cast; letter-prefixed files (other characters, S = effects) and other folders are left out. An .ALS file is
+    raw unsigned 8-bit PCM at 11025 Hz: 128 is silence."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    tone = np.round(128 + 100 * np.sin(2 * np.pi * 440 * np.arange(11025) / 11025)).astype(np.uint8)
+    for lang, names in {"en": ["1.ALS", "12.ALS", "D3.ALS", "S1.ALS", "1.ALD"], "es": ["7.ALS", "VB2.ALS"],
+                        "audio": ["track1.ogg"]}.items():
+        (tmp_path / lang).mkdir()
+        for name in names:
+            tone.tofile(tmp_path / lang / name)
+    jobs = make_data.drascula_jobs(str(tmp_path))
+    assert [(sid, person, [Path(f).name for f in files]) for sid, person, files in jobs] == [
+        ("drascula-en-hero", "drascula-en-hero", ["1.ALS", "12.ALS"]),
+        ("drascula-es-hero", "drascula-es-hero", ["7.ALS"])]
+    assert all(sid.startswith(make_data.NARROWBAND) for sid, _, _ in jobs)  # 11 kHz: not in seen_real
+    x, rate = make_data.decode(jobs[0][2][0])
+    assert rate == 11025 and x.dtype == np.float32
+    np.testing.assert_allclose(x, (tone.astype(np.float32) - 128) / 128)
+    assert abs(x.max() - 100 / 128) < 1 / 128 and abs(x.mean()) < 1e-3
+
+
 def test_recipe_ktuberling_takes_folders_with_enough_wideband_speech(tmp_path, monkeypatch):
     """One person per language folder; 8 kHz files are left out and folders under the minimum are skipped."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
