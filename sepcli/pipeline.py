@@ -20,7 +20,11 @@ Reliability (see also audio/io.py):
   separate_file never raises for a per-file problem (only UsageError for bad options, and
   KeyboardInterrupt/SystemExit, after cleaning up);
 - no partial output: outputs are written to temporary files, all finished before any is renamed, and if the
-  run fails or is interrupted after some were renamed, those are removed again (all speakers or none);
+  run fails or is interrupted after some were renamed, those are removed again (all speakers or none); a
+  process killed outright (SIGKILL, the OOM killer, power loss) cannot clean up, so its claim's lock file
+  journals the temporary files and, during the renames, the outputs: the next run that claims the input removes
+  what was left and separates it again (flag `recovered_interrupted_run`), or keeps the outputs if all were
+  renamed;
 - NaN/Inf input samples are replaced by 0 (flag `nonfinite_input_replaced`); a model that produces NaN/Inf is
   an error, never a file;
 - concurrent processes: an input's outputs are claimed with an O_EXCL lock file `.sepcli-lock-<hash>` in the
@@ -237,26 +241,59 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _clean_after_dead_holder(journal: dict, outs: list[Path]) -> bool:
+    """Remove what a process killed while writing these outputs left (its claim's journal): its temporary
+    files, and, if it died while renaming the outputs into place, the ones it had renamed, unless all were
+    (all speakers or none). Only names of this input's outputs and sepcli temporary files in their folders are
+    touched, whatever the journal says. True if anything was removed."""
+    folders = {os.path.abspath(p.parent) for p in outs}
+    planned = {os.path.abspath(p) for p in outs}
+    temps = [Path(t) for t in journal.get("temps", []) if isinstance(t, str)
+             and os.path.dirname(t) in folders and fnmatch.fnmatch(os.path.basename(t), ".sepcli-*.part")]
+    committing = [Path(c) for c in journal.get("committing", []) if isinstance(c, str) and c in planned]
+    # a temporary file that still exists was not renamed yet (commit moves it, or links it and then removes it)
+    finished = all(c.exists() for c in committing) and not any(t.exists() for t in temps)
+    removed = False
+    for f in temps + ([] if finished else committing):
+        try:
+            f.unlink()
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 class OutputClaim:
     """An O_EXCL lock file claiming one input's outputs for this process (removed by release()).
 
     The lock `.sepcli-lock-<hash of the first output path>` lives in the output folder and holds
-    "<pid> <host>". A lock left by a process that no longer runs on this host (killed with SIGKILL, power
-    loss) is stale and taken over; a live one raises Busy naming the holder."""
+    "<pid> <host>", then a line of JSON, the journal (`record`): the temporary files being written and, while
+    the outputs are being renamed into place, their final names. A lock left by a process that no longer runs
+    on this host (killed with SIGKILL, power loss) is stale and taken over, and its journal is kept in
+    `recovered`, so the new holder can remove what the dead one left; a live lock raises Busy naming the
+    holder."""
 
     STALE_EMPTY_S = 30.0  # a lock without content (holder died between create and write) after this long
 
-    def __init__(self, outs: list[Path]):
+    @staticmethod
+    def lock_path(outs: list[Path]) -> Path:
         first = outs[0]
         digest = hashlib.sha1(os.path.abspath(first).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        self.path = first.parent / f".sepcli-lock-{digest}"
+        return first.parent / f".sepcli-lock-{digest}"
+
+    def __init__(self, outs: list[Path]):
+        first = outs[0]
+        self.path = self.lock_path(outs)
         self._held = False
+        self._journal: dict = {}
+        self.recovered: dict = {}  # the journal of a dead holder whose lock was taken over
         first.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if self._stale():
+                    self.recovered = self._read_journal()
                     try:
                         self.path.unlink()
                     except FileNotFoundError:
@@ -272,10 +309,24 @@ class OutputClaim:
 
     def _read(self) -> tuple[int | None, str | None]:
         try:
-            parts = self.path.read_text().split()
+            parts = self.path.read_text().split("\n", 1)[0].split()
             return int(parts[0]), parts[1]
         except (OSError, ValueError, IndexError):
             return None, None
+
+    def _read_journal(self) -> dict:
+        try:
+            j = json.loads(self.path.read_text().split("\n")[1])
+        except (OSError, ValueError, IndexError):
+            return {}
+        return j if isinstance(j, dict) else {}
+
+    def record(self, **entries: list[str]) -> None:
+        """Add to the journal (absolute paths) and rewrite the lock with it in one atomic rename."""
+        self._journal.update(entries)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{os.getpid()} {socket.gethostname()}\n{json.dumps(self._journal)}\n")
+        os.replace(tmp, self.path)
 
     def _holder(self) -> str:
         pid, host = self._read()
@@ -539,25 +590,29 @@ class Separator:
             for p in outs:
                 if os.path.realpath(p) in protected:
                     raise UsageError(f"output {p} would overwrite an input")
-            if not self._outputs_free(outs, resume, result):
+            # a lock file means another process is at it, or one died there: decided once the claim is held
+            if not OutputClaim.lock_path(outs).exists() and not self._outputs_free(outs, resume, result):
                 return result
             with AudioInput(path, channel=o.channel) as src:  # a bad input creates no folder and no lock
                 for parent in dict.fromkeys(p.parent for p in outs):
                     make_output_folder(parent)
                 claim = OutputClaim(outs)
+                recovered = _clean_after_dead_holder(claim.recovered, outs)
                 if not self._outputs_free(outs, resume, result):  # again, now that no one else can write them
                     return result
                 result.input_rate, result.input_channels = src.rate, src.channels
                 result.duration = src.frames / src.rate
                 rate = self.output_rate(src.rate)
                 check_output_format(o.format, o.subtype, rate)
-                infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress)
+                infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record)
                 replaced = src.nonfinite
             result.outputs = infos
             result.status = "ok"
             flags = {f for i in infos for f in i.flags}
             if replaced:
                 flags.add("nonfinite_input_replaced")
+            if recovered:
+                flags.add("recovered_interrupted_run")
             result.flags = sorted(flags)
         except Busy as exc:
             if resume and not o.overwrite:
@@ -610,20 +665,27 @@ class Separator:
         return True
 
     def _write_outputs(self, src, outs: list[Path], rate: int, timer: _Timer, writers: list,
-                       spools: list, progress) -> list[OutputInfo]:
+                       spools: list, progress, journal: Callable[..., None]) -> list[OutputInfo]:
+        """Stream the speakers into `outs` (temporary files, renamed when all are finished). `journal(temps=...,
+        committing=...)` records in the claim what a SIGKILL could leave behind (see _clean_after_dead_holder)."""
         o = self.options
         n_src = self.model.n_src
         meters = [StreamingLoudness(rate) for _ in range(n_src)]
         gains = [1.0] * n_src
         flags: list[list[str]] = [[] for _ in range(n_src)]
+        def temps():
+            journal(temps=[os.path.abspath(x.path) for x in spools] + [os.path.abspath(w.tmp) for w in writers])
+
         if o.loudness == "off":  # one pass straight into the files
             writers.extend(AtomicWriter(p, rate, o.format, o.subtype) for p in outs)
+            temps()
             for block in self._stream(src, timer, progress):
                 for k in range(n_src):
                     writers[k].write(block[k])
                     meters[k].update(block[k])
         else:  # raw float stream first; the gain depends on the whole output
             spools.extend(FloatSpool(p.parent) for p in outs)
+            temps()
             measure = o.loudness != "match"  # `match` needs only the peaks of the raw streams
             raw = [StreamingLoudness(rate) for _ in range(n_src)]
             peaks = [0.0] * n_src
@@ -650,6 +712,7 @@ class Separator:
                     if limited:
                         flags[k].append("peak_limited")
             writers.extend(AtomicWriter(p, rate, o.format, o.subtype) for p in outs)
+            temps()
             for k in range(n_src):
                 for block in spools[k].blocks():
                     block = block * np.float32(gains[k])
@@ -665,6 +728,7 @@ class Separator:
                 writers[k].close()
             else:
                 writers[k].abort()
+        journal(committing=[os.path.abspath(outs[k]) for k in range(n_src) if keep[k]])
         for k in range(n_src):
             if keep[k]:
                 writers[k].commit(overwrite=o.overwrite)

@@ -167,6 +167,32 @@ def test_claims_busy_and_stale(tmp_path, model):
     assert sorted(p.name for p in out.iterdir()) == ["f0_spk1.wav", "f0_spk2.wav"]
 
 
+def test_a_stale_locks_journal_only_ever_removes_this_inputs_outputs_and_temporaries(tmp_path, model):
+    """The journal in a dead holder's lock is read from disk (anyone could have written it): only this input's
+    planned outputs and sepcli temporary files in the output folder may be removed, never other files."""
+    src = _inputs(tmp_path / "in", 1)[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    sep = Separator(model)
+    outs = sep.planned_outputs("f0", out)
+    victims = [tmp_path / "elsewhere.part", out / "notes.txt", out / "other_spk1.wav", tmp_path / "f0_spk1.wav",
+               out / ".sepcli-1234.part.keep"]
+    for v in victims:
+        v.write_bytes(b"keep me")
+    ours = out / ".sepcli-0123456789ab.part"
+    ours.write_bytes(b"left by the dead process")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    journal = {"temps": [str(v) for v in victims] + [str(ours)], "committing": [str(v) for v in victims]}
+    OutputClaim.lock_path(outs).write_text(f"{dead.pid} {__import__('socket').gethostname()}\n"
+                                           f"{json.dumps(journal)}\n")
+    res = sep.separate_file(src, out)
+    assert res.status == "ok" and res.flags == ["recovered_interrupted_run"], (res.error, res.flags)
+    assert all(v.read_bytes() == b"keep me" for v in victims) and not ours.exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(["f0_spk1.wav", "f0_spk2.wav", "notes.txt",
+                                                            "other_spk1.wav", ".sepcli-1234.part.keep"])
+
+
 def test_commit_never_replaces_a_file_created_meanwhile(tmp_path):
     dest = tmp_path / "o.wav"
     w = io_mod.AtomicWriter(dest, SR, "wav")

@@ -112,3 +112,94 @@ def test_batch_interrupted_then_resumed(tmp_path, slow_model, sig, jobs):
         assert len(finished(out)) == 2 * n and temporaries(tmp_path) == []
         check_complete(finished(out), SR)
         assert {p: p.stat().st_mtime_ns for p in done} == mtimes
+
+
+# ---------------------------------------------------------------------- SIGKILL (no handler can run)
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+import sepcli.audio.io as io_mod
+from sepcli.pipeline import Separator
+from tests.testnets import register_test_archs
+
+register_test_archs()
+where, src, out, model = sys.argv[1:5]
+real_commit, real_write = io_mod.AtomicWriter.commit, io_mod.AtomicWriter.write
+
+def commit(self, overwrite=True):
+    p = real_commit(self, overwrite)
+    if where == p.name.split("_")[-1]:  # "spk1.wav": between the renames; "spk2.wav": after both
+        os.kill(os.getpid(), signal.SIGKILL)
+    return p
+
+def write(self, block):
+    real_write(self, block)
+    if where == "writing":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+io_mod.AtomicWriter.commit, io_mod.AtomicWriter.write = commit, write
+Separator(Path(model), loudness=sys.argv[5]).separate_file(src, out)
+"""
+
+
+def killed_run(tmp_path: Path, model: Path, where: str, loudness: str = "match") -> tuple[Path, Path]:
+    src = tmp_path / "in" / "f0.wav"
+    src.parent.mkdir(parents=True)
+    sf.write(src, synthetic_sources(2 * SR, SR, seed=1).sum(0), SR)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HOME=tempfile.gettempdir())
+    p = subprocess.run([sys.executable, "-c", KILLER, where, str(src), str(out), str(model), loudness], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    return src, out
+
+
+@pytest.fixture(scope="module")
+def quick_model(tmp_path_factory):
+    from tests.testnets import bandsplit_folder
+
+    return bandsplit_folder(tmp_path_factory.mktemp("m") / "bandsplit", sample_rate=SR, segment=0.5)
+
+
+@pytest.mark.parametrize("loudness,resume", [("match", True), ("off", False)])
+def test_sigkill_between_the_renames_then_rerun_gives_all_speakers(tmp_path, quick_model, loudness, resume):
+    """Killed after the first speaker was renamed: one output, a temporary file and a lock remain. A rerun
+    (`batch`'s resume, or `separate` without --overwrite) removes that lone speaker and the temporary file and
+    separates the input again: both speakers, complete, summing to the input (the test model splits the input
+    into a low band and its complement)."""
+    from sepcli.pipeline import Separator
+
+    src, out = killed_run(tmp_path, quick_model, "spk1.wav", loudness)
+    assert [p.name for p in finished(out)] == ["f0_spk1.wav"] and temporaries(out)
+    res = Separator(quick_model, loudness=loudness).separate_file(src, out, resume=resume)
+    assert res.status == "ok" and "recovered_interrupted_run" in res.flags, res.error
+    outs = finished(out)
+    assert [p.name for p in outs] == ["f0_spk1.wav", "f0_spk2.wav"] and temporaries(out) == []
+    x, _ = sf.read(src)
+    ys = [sf.read(p)[0] for p in outs]
+    assert all(len(y) == len(x) for y in ys)
+    if loudness == "off":
+        np.testing.assert_allclose(ys[0] + ys[1], x, atol=2e-3)
+
+
+def test_sigkill_after_both_renames_keeps_the_finished_outputs(tmp_path, quick_model):
+    """Killed after the last rename, before the lock was removed: the input is finished, so a `batch` rerun
+    skips it and keeps its outputs untouched (same bytes), removing only the lock."""
+    from sepcli.pipeline import Separator
+
+    src, out = killed_run(tmp_path, quick_model, "spk2.wav")
+    before = {p.name: p.read_bytes() for p in finished(out)}
+    assert sorted(before) == ["f0_spk1.wav", "f0_spk2.wav"]
+    res = Separator(quick_model).separate_file(src, out, resume=True)
+    assert res.status == "skipped" and {p.name: p.read_bytes() for p in finished(out)} == before
+    assert temporaries(out) == []
+
+
+def test_sigkill_while_writing_leaves_temporaries_that_a_rerun_removes(tmp_path, quick_model):
+    from sepcli.pipeline import Separator
+
+    src, out = killed_run(tmp_path, quick_model, "writing", "off")
+    assert finished(out) == [] and any(p.name.endswith(".part") for p in temporaries(out))
+    res = Separator(quick_model, loudness="off").separate_file(src, out)
+    assert res.status == "ok" and res.flags == ["recovered_interrupted_run"], (res.error, res.flags)
+    assert len(finished(out)) == 2 and temporaries(out) == []
