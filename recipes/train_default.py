@@ -28,6 +28,8 @@ ap.add_argument("--minutes", type=float, default=None)
 ap.add_argument("--steps", type=int, default=200_000)
 ap.add_argument("--threads", type=int, default=None, help="per process (default: 2 cores over the processes)")
 ap.add_argument("--val-limit", type=int, default=60)
+ap.add_argument("--lr-scale", type=float, default=None, help="set the lr scale when resuming (sepcli train "
+                "--lr-scale), e.g. after new training data")
 ap.add_argument("--person-power", type=float, default=0.0, help="persons drawn ∝ seconds**power (sepcli train "
                 "--person-power); for A/B runs against the recipe's value")
 a = ap.parse_args()
@@ -59,7 +61,7 @@ cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
                   continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
                   segment=2.0, batch_size=4 // world, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200, patience=8,
                   reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, mixed_share=0.15,
-                  person_power=a.person_power, ckpt_minutes=10, max_minutes=a.minutes, resume=True,
+                  person_power=a.person_power, lr_scale=a.lr_scale, ckpt_minutes=10, max_minutes=a.minutes, resume=True,
                   name="s4m-tiny-16k", threads=threads, val_limit=a.val_limit,
                   log_every=25)
 summary = train(cfg)

@@ -584,6 +584,8 @@ def train(
     epoch_steps: int = typer.Option(500, help="With --pools: steps between validations."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (Adam), after warm-up; halves on plateaus."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt (same step, identical state)."),
+    lr_scale: float | None = typer.Option(None, help="With --resume: set the lr to --lr times this from here on "
+                                          "(e.g. after adding training data; it still halves on plateaus)."),
     name: str | None = typer.Option(None, help="Name of the exported model (default: the run folder's)."),
     threads: int | None = typer.Option(None, help="CPU threads."),
     max_minutes: float | None = typer.Option(None, help="Stop cleanly with a checkpoint after this long."),
@@ -612,7 +614,7 @@ def train(
 
     cfg = TrainConfig(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
                       sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
-                      epoch_steps=epoch_steps, lr=lr, resume=resume, name=name, threads=threads,
+                      epoch_steps=epoch_steps, lr=lr, resume=resume, lr_scale=lr_scale, name=name, threads=threads,
                       max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
                       mixed_share=mixed_share, person_power=person_power, bf16=bf16, compile=compile_net,
                       quiet=quiet)

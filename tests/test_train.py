@@ -234,6 +234,23 @@ def test_a_signal_checkpoints_and_resume_equals_straight_run(tmp_path, librimix,
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_resume_with_lr_scale_sets_the_lr_from_there_on(tmp_path, librimix):
+    """--lr-scale on resume: the schedule's scale is replaced (patience restarts) and the steps after it run at
+    lr * scale; without it the saved scale is kept."""
+    from sepcli.train.trainer import TrainError
+
+    run = tmp_path / "run"
+    train(cfg(run, data=librimix, steps=2, resume=True))
+    train(cfg(run, data=librimix, steps=4, resume=True, lr_scale=0.25))
+    ck = _weights(run)
+    assert ck["step"] == 4 and ck["schedule"]["scale"] == 0.25 and ck["schedule"]["bad"] == 0
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.25)
+    train(cfg(run, data=librimix, steps=5, resume=True))
+    assert _weights(run)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.25)
+    with pytest.raises(TrainError, match="lr-scale"):
+        train(cfg(run, data=librimix, steps=6, resume=True, lr_scale=0.0))
+
+
 def test_resume_refuses_another_network(tmp_path, librimix):
     train(cfg(tmp_path / "r", data=librimix, steps=1))
     other = cfg(tmp_path / "r", data=librimix, steps=2, resume=True, arch_args={**TINY, "hidden": 16})

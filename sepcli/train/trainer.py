@@ -54,6 +54,8 @@ class TrainConfig:
     max_minutes: float | None = None    # stop cleanly (checkpoint) after this wall time
     resume: bool = False
     continue_init: bool = False         # with --init: also take the step and lr schedule from its provenance
+    lr_scale: float | None = None       # when continuing: set the schedule's lr scale (e.g. after new training
+                                        # data) and restart its patience count; None keeps the saved scale
     reverb_prob: float = 0.0
     noise_prob: float = 0.0
     speed: float = 0.15
@@ -252,6 +254,13 @@ def train(cfg: TrainConfig) -> dict:
             print(f"continuing {cfg.init} from step {step} (optimiser state re-warmed)", file=sys.stderr)
     elif cfg.resume and rank == 0:
         print(f"no checkpoint in {out}; starting from step 0", file=sys.stderr)
+
+    if cfg.lr_scale is not None:
+        if not cfg.lr_scale > 0:
+            raise TrainError(f"--lr-scale must be positive, not {cfg.lr_scale}")
+        sched.scale, sched.bad = float(cfg.lr_scale), 0
+        if rank == 0:
+            print(f"lr scale set to {cfg.lr_scale:g}: lr {sched.lr(step):.4g} from step {step}", file=sys.stderr)
 
     if val_ds is not None and sched.use_validation_set(val_ds.fingerprint(cfg.val_limit)) and rank == 0:
         print(f"{cfg.val_data}: not the validation set (or --val-limit) of the run's best score so far; best score "
