@@ -269,8 +269,8 @@ class OutputClaim:
     The lock `.sepcli-lock-<hash of the first output path>` lives in the output folder and holds
     "<pid> <host>", then a line of JSON, the journal (`record`): the temporary files being written and, while
     the outputs are being renamed into place, their final names. A lock left by a process that no longer runs
-    on this host (killed with SIGKILL, power loss) is stale and taken over, and its journal is kept in
-    `recovered`, so the new holder can remove what the dead one left; a live lock raises Busy naming the
+    on this host (killed with SIGKILL, power loss) is stale and taken over: the new holder removes what its
+    journal says the dead one left (`recovered` tells whether anything was); a live lock raises Busy naming the
     holder."""
 
     STALE_EMPTY_S = 30.0  # a lock without content (holder died between create and write) after this long
@@ -286,40 +286,47 @@ class OutputClaim:
         self.path = self.lock_path(outs)
         self._held = False
         self._journal: dict = {}
-        self.recovered: dict = {}  # the journal of a dead holder whose lock was taken over
+        self.recovered = False  # files left by a dead holder were removed
+        left: dict = {}  # the journal of a dead holder whose lock is taken over
         first.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if self._stale():
-                    self.recovered = self._read_journal()
+                pid, host, journal = self._read()
+                if self._stale(pid, host):
+                    left = journal
                     try:
                         self.path.unlink()
                     except FileNotFoundError:
                         pass
                     continue
-                raise Busy(f"another sepcli process is writing its outputs ({self._holder()}; lock file "
+                holder = f"pid {pid} on {host}" if pid is not None else "unknown holder"
+                raise Busy(f"another sepcli process is writing its outputs ({holder}; lock file "
                            f"{self.path})") from None
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()} {socket.gethostname()}\n")
             self._held = True
+            self.recovered = _clean_after_dead_holder(left, outs)  # only once the claim is ours
             return
         raise Busy(f"could not claim the lock file {self.path}")
 
-    def _read(self) -> tuple[int | None, str | None]:
+    def _read(self) -> tuple[int | None, str | None, dict]:
+        """The lock's holder (pid, host; None if unreadable) and journal ({} if none or unreadable)."""
         try:
-            parts = self.path.read_text().split("\n", 1)[0].split()
-            return int(parts[0]), parts[1]
-        except (OSError, ValueError, IndexError):
-            return None, None
-
-    def _read_journal(self) -> dict:
+            lines = self.path.read_text().split("\n")
+        except OSError:
+            return None, None, {}
         try:
-            j = json.loads(self.path.read_text().split("\n")[1])
-        except (OSError, ValueError, IndexError):
-            return {}
-        return j if isinstance(j, dict) else {}
+            pid, host = lines[0].split()[:2]
+            holder = (int(pid), host)
+        except ValueError:
+            holder = (None, None)
+        try:
+            journal = json.loads(lines[1])
+        except (ValueError, IndexError):
+            journal = {}
+        return *holder, journal if isinstance(journal, dict) else {}
 
     def record(self, **entries: list[str]) -> None:
         """Add to the journal (absolute paths) and rewrite the lock with it in one atomic rename."""
@@ -328,12 +335,7 @@ class OutputClaim:
         tmp.write_text(f"{os.getpid()} {socket.gethostname()}\n{json.dumps(self._journal)}\n")
         os.replace(tmp, self.path)
 
-    def _holder(self) -> str:
-        pid, host = self._read()
-        return f"pid {pid} on {host}" if pid is not None else "unknown holder"
-
-    def _stale(self) -> bool:
-        pid, host = self._read()
+    def _stale(self, pid: int | None, host: str | None) -> bool:
         if pid is None:
             try:
                 return time.time() - self.path.stat().st_mtime > self.STALE_EMPTY_S
@@ -597,7 +599,6 @@ class Separator:
                 for parent in dict.fromkeys(p.parent for p in outs):
                     make_output_folder(parent)
                 claim = OutputClaim(outs)
-                recovered = _clean_after_dead_holder(claim.recovered, outs)
                 if not self._outputs_free(outs, resume, result):  # again, now that no one else can write them
                     return result
                 result.input_rate, result.input_channels = src.rate, src.channels
@@ -611,7 +612,7 @@ class Separator:
             flags = {f for i in infos for f in i.flags}
             if replaced:
                 flags.add("nonfinite_input_replaced")
-            if recovered:
+            if claim.recovered:
                 flags.add("recovered_interrupted_run")
             result.flags = sorted(flags)
         except Busy as exc:

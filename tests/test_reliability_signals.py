@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sepcli.pipeline import Separator
 from tests.faultnets import slow_folder
-from tests.testnets import synthetic_sources
+from tests.testnets import bandsplit_folder, synthetic_sources
 
 pytestmark = pytest.mark.slow
 SR = 8000
@@ -156,8 +157,6 @@ def killed_run(tmp_path: Path, model: Path, where: str, loudness: str = "match")
 
 @pytest.fixture(scope="module")
 def quick_model(tmp_path_factory):
-    from tests.testnets import bandsplit_folder
-
     return bandsplit_folder(tmp_path_factory.mktemp("m") / "bandsplit", sample_rate=SR, segment=0.5)
 
 
@@ -167,8 +166,6 @@ def test_sigkill_between_the_renames_then_rerun_gives_all_speakers(tmp_path, qui
     (`batch`'s resume, or `separate` without --overwrite) removes that lone speaker and the temporary file and
     separates the input again: both speakers, complete, summing to the input (the test model splits the input
     into a low band and its complement)."""
-    from sepcli.pipeline import Separator
-
     src, out = killed_run(tmp_path, quick_model, "spk1.wav", loudness)
     assert [p.name for p in finished(out)] == ["f0_spk1.wav"] and temporaries(out)
     res = Separator(quick_model, loudness=loudness).separate_file(src, out, resume=resume)
@@ -185,8 +182,6 @@ def test_sigkill_between_the_renames_then_rerun_gives_all_speakers(tmp_path, qui
 def test_sigkill_after_both_renames_keeps_the_finished_outputs(tmp_path, quick_model):
     """Killed after the last rename, before the lock was removed: the input is finished, so a `batch` rerun
     skips it and keeps its outputs untouched (same bytes), removing only the lock."""
-    from sepcli.pipeline import Separator
-
     src, out = killed_run(tmp_path, quick_model, "spk2.wav")
     before = {p.name: p.read_bytes() for p in finished(out)}
     assert sorted(before) == ["f0_spk1.wav", "f0_spk2.wav"]
@@ -196,8 +191,6 @@ def test_sigkill_after_both_renames_keeps_the_finished_outputs(tmp_path, quick_m
 
 
 def test_sigkill_while_writing_leaves_temporaries_that_a_rerun_removes(tmp_path, quick_model):
-    from sepcli.pipeline import Separator
-
     src, out = killed_run(tmp_path, quick_model, "writing", "off")
     assert finished(out) == [] and any(p.name.endswith(".part") for p in temporaries(out))
     res = Separator(quick_model, loudness="off").separate_file(src, out)

@@ -78,10 +78,10 @@ def test_training_lowers_the_loss(tmp_path, librimix):
     assert conf["arch"] == "s4m" and conf["sample_rate"] == SR
     assert set(load_file(folder / "weights.safetensors")) == set(build_state_keys())
     # the optimiser is Adam (its two moment buffers per parameter) at the clipping norm
-    opt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]
-    assert opt["param_groups"][0]["betas"] == (0.9, 0.999)
-    assert all({"exp_avg", "exp_avg_sq"} <= set(st) for st in opt["state"].values())
-    assert json.loads(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"])["clip"] == 5.0
+    ck = _weights(tmp_path / "run")
+    assert ck["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert all({"exp_avg", "exp_avg_sq"} <= set(st) for st in ck["optimizer"]["state"].values())
+    assert json.loads(ck["config"])["clip"] == 5.0
 
 
 class _Fir(torch.nn.Module):

@@ -339,9 +339,9 @@ def train(cfg: TrainConfig) -> dict:
             if bar is not None:
                 bar[0].update(bar[1], completed=step, loss=float(np.mean(recent[-cfg.log_every:])))
             elif rank == 0 and not cfg.quiet and (step % cfg.log_every == 0 or step == total):
-                print(f"step {step}/{total} loss {np.mean(recent[-cfg.log_every:]):.3f} "
-                      f"{sec_per_step():.2f} s/step ETA {format_eta(sec_per_step() * (total - step))}",
-                      file=sys.stderr, flush=True)
+                sps = sec_per_step()
+                print(f"step {step}/{total} loss {np.mean(recent[-cfg.log_every:]):.3f} {sps:.2f} s/step "
+                      f"ETA {format_eta(sps * (total - step))}", file=sys.stderr, flush=True)
             if step % steps_per_epoch == 0 or step == total:
                 do_validation()
             want_stop = stop["flag"] or (cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60)
