@@ -77,6 +77,8 @@ def test_training_lowers_the_loss(tmp_path, librimix):
     conf = json.loads((folder / "config.json").read_text())
     assert conf["arch"] == "s4m" and conf["sample_rate"] == SR
     assert set(load_file(folder / "weights.safetensors")) == set(build_state_keys())
+    card = (folder / "MODEL_CARD.md").read_text()  # the exported folder is a complete model folder
+    assert f"step {conf['provenance']['step']}" in card and f"{conf['eval']['val_si_snri']} dB" in card
     # the optimiser is Adam (its two moment buffers per parameter) at the issue's clipping norm
     ck = _weights(tmp_path / "run")
     assert ck["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
@@ -232,6 +234,35 @@ def test_a_signal_checkpoints_and_resume_equals_straight_run(tmp_path, librimix,
     assert straight["step"] == resumed["step"] == 5
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.parametrize("minutes,saved_at", [(1e-9, [1, 2, 3]), (60.0, [3])])
+def test_checkpoints_are_written_every_ckpt_minutes_and_at_the_end(tmp_path, librimix, monkeypatch, minutes,
+                                                                    saved_at):
+    """A checkpoint whenever `ckpt_minutes` have passed since the last one (every step when that is ~0), and
+    always at the end."""
+    from sepcli.train import trainer
+
+    steps, real_save = [], trainer._save
+    monkeypatch.setattr(trainer, "_save", lambda path, state: (steps.append(state["step"]), real_save(path, state)))
+    train(cfg(tmp_path / "run", data=librimix, steps=3, ckpt_minutes=minutes))
+    assert steps == saved_at
+
+
+def test_export_rewrites_its_own_card_and_keeps_a_hand_written_one(tmp_path):
+    from sepcli.train.export import export_model_folder
+
+    meta = {"arch": "s4m", "arch_args": TINY, "sample_rate": SR, "n_src": 2}
+    folder, net = tmp_path / "best", build_network_tiny()
+
+    def export(step):
+        export_model_folder(folder, net, meta, name="m", history=[{"step": step, "si_snri": step / 10}])
+        return (folder / "MODEL_CARD.md").read_text()
+
+    assert "to step 3;" in export(3) and "0.3 dB" in export(3)
+    assert "to step 7;" in export(7) and "to step 3;" not in export(7)  # its own card describes the new export
+    (folder / "MODEL_CARD.md").write_text("# mine\nWritten by hand.\n")
+    assert export(9) == "# mine\nWritten by hand.\n"
 
 
 def test_resume_with_lr_scale_sets_the_lr_from_there_on(tmp_path, librimix):

@@ -13,6 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 
+# marks the card export_model_folder writes itself (replaced at each export); a card without it is kept
+AUTO_CARD = "<!-- written by sepcli train at export; replace this card by hand to keep your own -->"
+
+
 def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: str, history: list | None = None,
                         train_config: dict | None = None, seconds_per_step: float | None = None,
                         segment: float = 4.0, overlap: float = 0.25, input_loudness: float | None = -25.0,
@@ -50,11 +54,11 @@ def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: 
         save_file(state, str(tmp / "weights.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         card = folder / "MODEL_CARD.md"
-        if card.exists():  # a hand-written card is kept
+        if card.exists() and AUTO_CARD not in card.read_text(errors="replace"):  # a hand-written card is kept
             shutil.copy2(card, tmp / "MODEL_CARD.md")
-        else:
+        else:  # written anew at every export, so it never describes an older one
             (tmp / "MODEL_CARD.md").write_text(
-                f"# {name}\n\n{meta['arch']} network, {params / 1e6:.2f} M parameters, "
+                f"# {name}\n{AUTO_CARD}\n\n{meta['arch']} network, {params / 1e6:.2f} M parameters, "
                 f"{config['sample_rate']} Hz, {config['n_src']} sources.\n\n"
                 f"Trained with `sepcli train` to step {last.get('step')}; best validation SI-SNRi "
                 f"{config['eval']['val_si_snri']} dB.\n")
