@@ -8,6 +8,8 @@ Stages:
   pools     data/pools/<speaker>.npy + speakers.json at 16 kHz: real recorded people and synthetic voices
   update    packages, then only the pools that the index lacks (a source added to the recipe since the build),
             the splits again if HELD_OUT changed, and the fixed sets that an older HELD_OUT/SETS_VERSION made
+  variants  data/pools/<speaker>.v.npy: each real training person's speech with formants and pitch shifted
+            (sepcli/train/variants.py), used by `sepcli train --variants`; only the ones the index lacks
   sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout), and
             seen_real, seen_synth: the same kind of mixture made of training people, to measure how much of the
             held-out gap is the people being new (a diagnostic; never used for selection)
@@ -42,6 +44,7 @@ import soxr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
 from sepcli.train.speakers import Speaker, assign_splits, load_pool, read_index, read_skipped, write_index  # noqa: E402
+from sepcli.train.variants import choose_shift, make_variant, pitch_median  # noqa: E402
 
 POOL_SR = 16000
 SND = "/usr/share/asterisk/sounds"
@@ -510,7 +513,9 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
             if not wanted:
                 print("pools: every speaker of the recipe is built")
                 return
-        results = [(s.id, s.person, s.kind, s.seconds) for s in have if s.id not in wanted]
+        # a rebuilt speaker's variant is dropped with it (`--stage variants` makes it again from the new pool)
+        results = [(s.id, s.person, s.kind, s.seconds, s.source) for s in have
+                   if s.id not in wanted and s.id.removesuffix(".v") not in wanted]
         skipped = [sid for sid in skipped if sid not in wanted]
     # texts are drawn for every synthetic voice in order, so a voice's sentences do not depend on the selection
     text = sentences()
@@ -530,15 +535,64 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
             with open(tmp, "wb") as f:
                 np.save(f, x.astype(np.float16))
             os.replace(tmp, pool_dir / f"{sid}.npy")
-            results.append((sid, person, kind, len(x) / POOL_SR))
+            results.append((sid, person, kind, len(x) / POOL_SR, ""))
             print(f"  {sid:28s} {kind:9s} {len(x) / POOL_SR:7.1f} s", flush=True)
     split = assign_splits(sorted({r[1] for r in results}), HELD_OUT)
-    speakers = [Speaker(id=sid, person=p, kind=k, split=split[p], seconds=round(s, 1))
-                for sid, p, k, s in results]
+    speakers = [Speaker(id=sid, person=p, kind=k, split=split[p], seconds=round(s, 1), source=src)
+                for sid, p, k, s, src in results]
     write_index(pool_dir, POOL_SR, speakers, skipped)
     for name in ("train", "val", "test"):
         sel = [s for s in speakers if s.split == name]
         print(f"{name}: {len({s.person for s in sel})} persons, {sum(s.seconds for s in sel) / 60:.0f} min")
+
+
+# ----------------------------------------------------------------------------------------------- voice variants
+VARIANT_SECONDS = 600.0  # of each speaker entry (a variant is one more voice, not more hours of the same)
+
+
+def _build_variant(job) -> tuple[str, float]:
+    pool_dir, sr, sid, shift, median = job
+    x = np.load(pool_dir / f"{sid}.npy", mmap_mode="r")[: int(VARIANT_SECONDS * sr)]
+    y = make_variant(np.asarray(x, np.float32), sr, shift, median)
+    tmp = pool_dir / f".{sid}.v.npy.part"
+    with open(tmp, "wb") as f:
+        np.save(f, y.astype(np.float16))
+    os.replace(tmp, pool_dir / f"{sid}.v.npy")
+    return sid, len(y) / sr
+
+
+def build_variants(out: Path, jobs_n: int) -> None:
+    """One variant voice per real training person (all of the person's entries shifted alike), added to the
+    index as kind "variant" under the person's own name, so it stays in the person's split."""
+    pool_dir = out / "pools"
+    sr, speakers = read_index(pool_dir)
+    have = {s.id for s in speakers}
+    todo = [s for s in speakers if s.kind == "real" and s.split == "train" and f"{s.id}.v" not in have]
+    if not todo:
+        print("variants: every real training person has one")
+        return
+    longest: dict[str, Speaker] = {}
+    for s in speakers:
+        if s.kind == "real" and (s.person not in longest or s.seconds > longest[s.person].seconds):
+            longest[s.person] = s
+    median = {p: pitch_median(np.asarray(np.load(pool_dir / f"{s.id}.npy", mmap_mode="r")[: 120 * sr], np.float32),
+                              sr) for p, s in longest.items() if p in {t.person for t in todo}}
+    jobs = []
+    for s in todo:
+        if not np.isfinite(median[s.person]):
+            print(f"  skip {s.id}: no voiced frames", flush=True)
+            continue
+        jobs.append((pool_dir, sr, s.id, choose_shift(s.person, median[s.person]), median[s.person]))
+    by_id = {s.id: s for s in todo}
+    with ProcessPoolExecutor(jobs_n) as ex:
+        for (sid, seconds), job in zip(ex.map(_build_variant, jobs), jobs):
+            base, shift = by_id[sid], job[3]
+            speakers.append(Speaker(id=f"{sid}.v", person=base.person, kind="variant", split=base.split,
+                                    seconds=round(seconds, 1),
+                                    source=f"{sid}: formants x{shift.formant_ratio}, pitch x{shift.pitch_ratio}"))
+            print(f"  {sid + '.v':28s} {seconds:7.1f} s  formants x{shift.formant_ratio} pitch "
+                  f"x{shift.pitch_ratio} (median {job[4]:.0f} Hz)", flush=True)
+    write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
 
 
 # ----------------------------------------------------------------------------------------------- fixed sets
@@ -657,7 +711,8 @@ def build_example(out_file: Path, seconds: float = 10.0) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data"))
-    ap.add_argument("--stage", choices=["all", "packages", "pools", "update", "sets", "example"], default="all",
+    ap.add_argument("--stage", choices=["all", "packages", "pools", "update", "variants", "sets", "example"],
+                    default="all",
                     help="update = packages, then only the pools the index lacks (after a source was added), the "
                     "splits if HELD_OUT changed, and the fixed sets an older HELD_OUT/SETS_VERSION made")
     ap.add_argument("--sample-rate", type=int, nargs="+", default=[16000, 8000])
@@ -679,6 +734,8 @@ def main() -> None:
             build_sets(a.out, sr, n, seconds)
     if a.stage in ("all", "pools"):
         build_pools(a.out, a.sentences, a.jobs, a.only)
+    if a.stage == "variants":
+        build_variants(a.out, a.jobs)
     if a.stage in ("all", "sets"):
         for sr in a.sample_rate:
             build_sets(a.out, sr, a.n, a.seconds)

@@ -599,6 +599,9 @@ def train(
     person_power: float = typer.Option(0.0, min=0.0, max=1.0, help="With --pools: draw persons with probability "
                                        "proportional to their seconds of speech to this power (0: every person "
                                        "alike; 1: by amount of audio; 0.5: in between)."),
+    variants: bool = typer.Option(False, "--variants", help="With --pools: also train on the pools' voice "
+                                  "variants (each real person with formants and pitch shifted; recipes/make_data.py "
+                                  "--stage variants)."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast on CPU (for CPUs with AMX/AVX512-BF16)."),
     compile_net: bool = typer.Option(False, "--compile", help="torch.compile the training step's network "
                                      "(a one-off compile of a few minutes; needs a C++ compiler on CPU; "
@@ -616,8 +619,8 @@ def train(
                       sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
                       epoch_steps=epoch_steps, lr=lr, resume=resume, lr_scale=lr_scale, name=name, threads=threads,
                       max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
-                      mixed_share=mixed_share, person_power=person_power, bf16=bf16, compile=compile_net,
-                      quiet=quiet)
+                      mixed_share=mixed_share, person_power=person_power, variants=variants, bf16=bf16,
+                      compile=compile_net, quiet=quiet)
     try:
         result = run_training(cfg)
     except (TrainError, DataError, ValueError) as exc:

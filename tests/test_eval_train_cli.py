@@ -104,6 +104,17 @@ def test_train_cli_usage_errors(tmp_path, bands):
     assert res.exit_code == 2 and "--arch" in res.stderr
     res = runner.invoke(app, ["train", "--arch", "nope", "--out", str(tmp_path / "r"), "--data", str(bands)])
     assert res.exit_code == 2 and "unknown network configuration" in res.stderr
+    # --variants on pools that have none: one line naming the folder and the stage that makes them
+    from sepcli.train.speakers import Speaker, write_index
+    pools = tmp_path / "pools"
+    pools.mkdir()
+    for p in ("a", "b"):
+        np.save(pools / f"{p}.npy", np.random.default_rng(0).standard_normal(SR * 5).astype(np.float16) * 0.1)
+    write_index(pools, SR, [Speaker(p, p, "real", "train", 5.0) for p in ("a", "b")])
+    res = runner.invoke(app, ["train", "--arch", "s4m-tiny-8k", "--out", str(tmp_path / "r"), "--pools", str(pools),
+                              "--variants", "--steps", "1"])
+    assert res.exit_code == 2 and f"{pools}: no voice variants" in res.stderr and "--stage variants" in res.stderr
+    assert "Traceback" not in res.output
 
 
 def test_json_reports_the_scan_backend_that_runs(tmp_path, monkeypatch):

@@ -102,10 +102,13 @@ class DynamicMixDataset(Dataset):
     """Endless-style dataset: item i is a fresh mixture drawn with rng(seed, i) from a split's speaker pools."""
 
     def __init__(self, pools: Path, sample_rate: int, options: MixOptions, split: str = "train",
-                 length: int = 10**9, seed: int = 0):
+                 length: int = 10**9, seed: int = 0, variants: bool = False):
         if not (Path(pools) / "speakers.json").is_file():
             raise DataError(f"{pools}: not a speaker-pool folder (no speakers.json; recipes/make_data.py makes one)")
-        sr_pool, speakers, audio = load_pool(Path(pools), split)
+        kinds = ("real", "synthetic", "variant") if variants else ("real", "synthetic")
+        sr_pool, speakers, audio = load_pool(Path(pools), split, kinds)
+        if variants and not any(s.kind == "variant" for s in speakers):
+            raise DataError(f"{pools}: no voice variants in split {split!r} (recipes/make_data.py --stage variants)")
         if len({s.person for s in speakers}) < options.n_src:
             raise DataError(f"{pools}: split {split!r} has fewer than {options.n_src} persons")
         if sr_pool != sample_rate:

@@ -2,10 +2,12 @@
 
 A pool folder holds `<speaker>.npy` (float16 mono at `speakers.json`'s sample rate: the person's utterances,
 trimmed and joined with short pauses) and `speakers.json`:
-    {"sample_rate": 16000, "speakers": {"<id>": {"person": ..., "kind": "real"|"synthetic", "split": ...,
+    {"sample_rate": 16000, "speakers": {"<id>": {"person": ..., "kind": "real"|"synthetic"|"variant", "split": ...,
                                                  "seconds": ..., "source": ...}}}
 Several speaker entries may share one `person` (e.g. the same voice database in two languages, or one
-recorded person in two packages); splits are assigned per person so no person is in two splits.
+recorded person in two packages); splits are assigned per person so no person is in two splits. Kind "variant"
+is a real person's speech with formants and pitch shifted (variants.py): it keeps the person's name, so its split,
+and `load_pool` leaves it out unless asked for.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class TrainConfig:
     real_share: float | None = None     # with --pools: chance each source is a real recorded person
     mixed_share: float | None = None    # with real_share: chance of a real+synthetic pair (else same-kind pairs)
     person_power: float = 0.0           # with pools: persons drawn ∝ seconds**person_power (0: uniformly)
+    variants: bool = False              # with pools: also draw the pools' voice variants (kind "variant")
     name: str | None = None             # exported model name
     threads: int | None = None
     bf16: bool = False
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig) -> dict:
         n_items = len(ds)
         steps_per_epoch = max(1, n_items // (cfg.batch_size * world))
     elif cfg.pools:
-        ds = DynamicMixDataset(cfg.pools, sr, opts, "train", seed=cfg.seed)
+        ds = DynamicMixDataset(cfg.pools, sr, opts, "train", seed=cfg.seed, variants=cfg.variants)
         n_items, steps_per_epoch = None, cfg.epoch_steps
     else:
         raise TrainError("give --data (LibriMix-style folder) or --pools (speaker pools for dynamic mixing)")

@@ -1,0 +1,82 @@
+"""Voice variants: a real person's speech with formants and pitch moved apart, as a further voice to train on.
+
+Speed perturbation (mixing.py) moves tempo, pitch and formants together by one factor. A variant moves them
+independently, the way a different speaker differs: formants (vocal-tract length) by one ratio, the pitch median by
+another, tempo unchanged. It uses Praat's "Change gender" (PSOLA resynthesis; Boersma & Weenink, Praat manual,
+"Sound: Change gender...") through praat-parselmouth. Each person gets one variant, pushed across towards the
+other end of the pitch range (a low voice up, a high voice down), which makes a voice far from every original.
+
+A variant keeps its person's name, so it is in that person's split (never in two splits) and is never mixed with
+its own original; pools mark it with kind "variant", and training uses variants only when asked (`--variants`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+PITCH_FLOOR, PITCH_CEILING = 75.0, 600.0
+LOW_VOICE_HZ = 165.0  # pitch median below this: shifted up, else down
+
+
+@dataclass(frozen=True)
+class VariantShift:
+    formant_ratio: float
+    pitch_ratio: float
+
+
+def _parselmouth():
+    try:
+        import parselmouth
+        from parselmouth.praat import call
+    except ImportError as e:  # pragma: no cover - the dev extra installs it
+        raise RuntimeError("voice variants need praat-parselmouth (pip install praat-parselmouth)") from e
+    return parselmouth, call
+
+
+def pitch_median(x: np.ndarray, sr: int, seconds: float = 120.0) -> float:
+    """Median f0 (Hz) of the voiced frames in the first `seconds`; nan if none is voiced."""
+    parselmouth, call = _parselmouth()
+    snd = parselmouth.Sound(np.asarray(x[: int(seconds * sr)], np.float64), sampling_frequency=sr)
+    pitch = snd.to_pitch(pitch_floor=PITCH_FLOOR, pitch_ceiling=PITCH_CEILING)
+    return float(call(pitch, "Get quantile", 0, 0, 0.5, "Hertz"))
+
+
+def choose_shift(person: str, median_hz: float) -> VariantShift:
+    """The person's variant, deterministic in the name: a low voice gets formants x1.12-1.20 and pitch x1.5-1.8,
+    a high voice formants x0.83-0.90 and pitch x0.55-0.70 (the new median kept within 85-300 Hz)."""
+    rng = np.random.default_rng(zlib.crc32(person.encode()))
+    if median_hz < LOW_VOICE_HZ:
+        formant, pitch = rng.uniform(1.12, 1.20), rng.uniform(1.5, 1.8)
+    else:
+        formant, pitch = rng.uniform(0.83, 0.90), rng.uniform(0.55, 0.70)
+    pitch = float(np.clip(median_hz * pitch, 85.0, 300.0) / median_hz)
+    return VariantShift(round(float(formant), 3), round(pitch, 3))
+
+
+def make_variant(x: np.ndarray, sr: int, shift: VariantShift, median_hz: float,
+                 block_seconds: float = 60.0) -> np.ndarray:
+    """`x` resynthesised with formants x`shift.formant_ratio` and the pitch median moved to
+    `median_hz * shift.pitch_ratio`, same length and rate. Done in blocks, so memory stays small on long pools."""
+    parselmouth, call = _parselmouth()
+    x = np.asarray(x, np.float64)
+    out = np.zeros(len(x), np.float32)
+    block = int(block_seconds * sr)
+    for start in range(0, len(x), block):
+        part = x[start: start + block]
+        if len(part) < sr // 10:  # too short to analyse: left silent rather than unshifted
+            continue
+        snd = parselmouth.Sound(part, sampling_frequency=sr)
+        new = call(snd, "Change gender", PITCH_FLOOR, PITCH_CEILING, shift.formant_ratio,
+                   median_hz * shift.pitch_ratio, 1.0, 1.0)
+        y = new.values[0]
+        if new.sampling_frequency != sr:  # Change gender keeps the rate; guard against a Praat change
+            raise RuntimeError(f"Change gender returned {new.sampling_frequency} Hz, expected {sr}")
+        n = min(len(y), len(part))
+        out[start: start + n] = y[:n]
+    peak = np.abs(out).max()
+    if peak > 0.99:
+        out *= 0.99 / peak
+    return out
