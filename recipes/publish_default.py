@@ -43,7 +43,9 @@ a = ap.parse_args()
 
 
 POOLS = ROOT / "data" / "pools"
-KIND = {s.person: s.kind for s in read_index(POOLS)[1]} if (POOLS / "speakers.json").exists() else {}  # by person
+# by person; a person's voice variants (kind "variant") keep the person's own kind
+KIND = ({s.person: s.kind for s in read_index(POOLS)[1] if s.kind in ("real", "synthetic")}
+        if (POOLS / "speakers.json").exists() else {})
 
 
 def kind_means(pairs: dict) -> dict[str, float]:
