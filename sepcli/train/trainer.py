@@ -379,12 +379,15 @@ def format_eta(seconds: float) -> str:
 
 def _progress_bar(total: int, start: int):
     """A rich progress bar on stderr (steps, loss, rate, ETA); only used when stderr is a terminal."""
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    # on stderr, the terminal that was checked (rich's default console is stdout: with stdout redirected the bar
+    # was drawn nowhere and the log lines were off too)
     prog = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), transient=False)
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
     task = prog.add_task("train", total=total, completed=start, loss=float("nan"))
     prog.start()
     return prog, task
