@@ -58,6 +58,15 @@ def register() -> None:
     nets._ARCH_CLASSES.setdefault("test-nan", ("tests.faultnets", "NanNet"))
 
 
+def run_cli(*args):
+    """`sepcli ARGS` in-process (typer's CliRunner, exceptions not caught): the reliability tests' harness."""
+    from typer.testing import CliRunner
+
+    from sepcli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
 def slow_folder(folder, sample_rate: int = 8000, segment: float = 0.25, delay: float = 0.2):
     """A model folder whose forward takes `delay` s per call (segment 0.25 s: 1 s of audio = ~5 calls)."""
     return write_model_folder(folder, "test-slow", {"taps": 15, "delay": delay}, {"fir": lowpass_taps(15)},

@@ -24,21 +24,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 import sepcli.audio.io as io_mod
-from sepcli.cli import app
 from sepcli.pipeline import Busy, OutputClaim, Separator
-from tests.faultnets import slow_folder
+from tests.faultnets import run_cli, slow_folder
 from tests.testnets import bandsplit_folder, synthetic_sources
 
 SR = 8000
 ROOT = Path(__file__).resolve().parent.parent
-runner = CliRunner()
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+run = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -21,20 +21,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from typer.testing import CliRunner
 
-from sepcli.cli import app
-from tests.faultnets import register
+from tests.faultnets import register, run_cli
 from tests.testnets import bandsplit_folder, synthetic_sources
 
 register()
 SR = 8000
 ROOT = Path(__file__).resolve().parent.parent
-runner = CliRunner()
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+run = run_cli
 
 
 @pytest.fixture(scope="module")
