@@ -7,7 +7,8 @@ Stages:
   packages  apt-get install the speech packages (enables Debian contrib/non-free for MBROLA)
   pools     data/pools/<speaker>.npy + speakers.json at 16 kHz: real recorded people and synthetic voices
   update    packages, then only the pools that the index lacks (a source added to the recipe since the build),
-            the splits again if HELD_OUT changed, and the fixed sets that an older HELD_OUT/SETS_VERSION made
+            the splits again if HELD_OUT changed, the missing voice variants, and the fixed sets that an older
+            HELD_OUT/SETS_VERSION made
   variants  data/pools/<speaker>.v.npy: each real training person's speech with formants and pitch shifted
             (sepcli/train/variants.py), used by `sepcli train --variants`; only the ones the index lacks
   sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout), and
@@ -730,11 +731,12 @@ def main() -> None:
     if a.stage == "update":
         build_pools(a.out, a.sentences, a.jobs, missing=True)
         resplit(a.out)
+        build_variants(a.out, a.jobs)
         for sr, n, seconds in stale_sets(a.out):
             build_sets(a.out, sr, n, seconds)
     if a.stage in ("all", "pools"):
         build_pools(a.out, a.sentences, a.jobs, a.only)
-    if a.stage == "variants":
+    if a.stage in ("all", "variants"):
         build_variants(a.out, a.jobs)
     if a.stage in ("all", "sets"):
         for sr in a.sample_rate:

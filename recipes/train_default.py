@@ -32,8 +32,9 @@ ap.add_argument("--lr-scale", type=float, default=None, help="set the lr scale w
                 "--lr-scale), e.g. after new training data")
 ap.add_argument("--person-power", type=float, default=0.0, help="persons drawn ∝ seconds**power (sepcli train "
                 "--person-power); for A/B runs against the recipe's value")
-ap.add_argument("--variants", action="store_true", help="also draw the pools' voice variants (sepcli train "
-                "--variants; recipes/make_data.py --stage variants makes them)")
+ap.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
+                help="also draw the pools' voice variants (sepcli train --variants; recipes/make_data.py --stage "
+                "variants makes them); on since session 7")
 a = ap.parse_args()
 world = int(os.environ.get("WORLD_SIZE", "1"))
 if 4 % world:
@@ -52,6 +53,10 @@ threads = a.threads or max(1, 2 // world)
 # - --person-power 0.5 from step 18106 to 20020: quick validation (8 points) 2.57 against 2.44 dB, full
 #   validation of the last weights 2.46 against 2.57 dB (paired difference -0.11 +- 0.09 dB): no measurable gain,
 #   so persons are still drawn uniformly.
+# Session 7 A/B from step 37201 (1 thread each, 3,600 steps, same batches): voice variants (each real training person
+# once more with formants and pitch shifted, half of a real person's draws) against none: quick validation +0.078 +-
+# 0.026 dB over 15 paired validations; on the full sets, validation same-kind +0.20 +- 0.08 dB (real+real 2.21
+# against 1.77), held-out real people +0.33 +- 0.10 dB, held-out synthetic +0.05 +- 0.05 dB: variants are on.
 # Resume order: this machine's checkpoint (exact); else the committed continuation state recipes/state/default-latest
 # (latest weights, step, lr schedule, history; Adam re-warmed: the repo carries no optimiser state), else the
 # shipped model; else a fresh start.

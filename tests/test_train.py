@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from sepcli.train.data import LibriMixDataset
 from sepcli.train.mixing import MixOptions, choose_persons, make_mixture, rng_for
-from sepcli.train.speakers import Speaker, assign_splits, check_disjoint, load_pool, write_index
+from sepcli.train.speakers import Speaker, assign_splits, check_disjoint, load_pool, read_index, write_index
 from sepcli import metrics
 from sepcli.train.trainer import Schedule, TrainConfig, batch_indices, format_eta, train, train_step
 
@@ -690,6 +690,22 @@ def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     make_data.build_pools(out, n_sentences=1, jobs_n=1, missing=True)  # nothing missing: nothing written
     assert (out / "pools" / "speakers.json").stat().st_mtime_ns == mtime
     assert not list((out / "pools").glob(".*.part"))
+
+    # voice variants (kind "variant", not made by these jobs): an update keeps them with their source; rebuilding
+    # their speaker with --only drops them with it (they were made from the old pool)
+    sr_i, spk = read_index(out / "pools")
+    for base in ("old-a", "new-b"):
+        np.save(out / "pools" / f"{base}.v.npy", np.zeros(3 * sr, np.float16))
+        spk.append(Speaker(f"{base}.v", f"person-{base[-1]}", "variant", "train", 3.0, f"{base}: formants x1.1"))
+    write_index(out / "pools", sr_i, spk, ["short-d"])
+    jobs.append(("later-e", "person-e", [str(tmp_path / "c.wav")]))
+    make_data.build_pools(out, n_sentences=1, jobs_n=1, missing=True)
+    index = json.loads((out / "pools" / "speakers.json").read_text())["speakers"]
+    assert index["old-a.v"]["source"] == "old-a: formants x1.1" and index["old-a.v"]["kind"] == "variant"
+    assert "later-e" in index and "new-b.v" in index
+    make_data.build_pools(out, n_sentences=1, jobs_n=1, only="new-")
+    index = json.loads((out / "pools" / "speakers.json").read_text())["speakers"]
+    assert "new-b.v" not in index and "old-a.v" in index and "new-b" in index
 
 def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out(tmp_path, monkeypatch):
     """Validation mixtures pair real with real and synthetic with synthetic, alternating, every pair in turn;
