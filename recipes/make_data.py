@@ -715,7 +715,8 @@ def main() -> None:
     ap.add_argument("--stage", choices=["all", "packages", "pools", "update", "variants", "sets", "example"],
                     default="all",
                     help="update = packages, then only the pools the index lacks (after a source was added), the "
-                    "splits if HELD_OUT changed, and the fixed sets an older HELD_OUT/SETS_VERSION made")
+                    "splits if HELD_OUT changed, the missing voice variants, and the fixed sets an older "
+                    "HELD_OUT/SETS_VERSION made")
     ap.add_argument("--sample-rate", type=int, nargs="+", default=[16000, 8000])
     ap.add_argument("--sentences", type=int, default=60, help="sentences per synthetic voice")
     ap.add_argument("--n", type=int, default=150, help="mixtures per fixed set")
