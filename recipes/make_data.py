@@ -551,15 +551,16 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
 VARIANT_SECONDS = 600.0  # of each speaker entry (a variant is one more voice, not more hours of the same)
 
 
-def _build_variant(job) -> tuple[str, float]:
+def _build_variant(job) -> float:
+    """Write `<sid>.v.npy`; returns its seconds."""
     pool_dir, sr, sid, shift, median = job
     x = np.load(pool_dir / f"{sid}.npy", mmap_mode="r")[: int(VARIANT_SECONDS * sr)]
-    y = make_variant(np.asarray(x, np.float32), sr, shift, median)
+    y = make_variant(x, sr, shift, median)
     tmp = pool_dir / f".{sid}.v.npy.part"
     with open(tmp, "wb") as f:
         np.save(f, y.astype(np.float16))
     os.replace(tmp, pool_dir / f"{sid}.v.npy")
-    return sid, len(y) / sr
+    return len(y) / sr
 
 
 def build_variants(out: Path, jobs_n: int) -> None:
@@ -572,27 +573,27 @@ def build_variants(out: Path, jobs_n: int) -> None:
     if not todo:
         print("variants: every real training person has one")
         return
+    # each person's shift follows the pitch of its longest entry
+    persons = {s.person for s in todo}
     longest: dict[str, Speaker] = {}
     for s in speakers:
-        if s.kind == "real" and (s.person not in longest or s.seconds > longest[s.person].seconds):
+        if s.kind == "real" and s.person in persons and s.seconds > getattr(longest.get(s.person), "seconds", -1):
             longest[s.person] = s
-    median = {p: pitch_median(np.asarray(np.load(pool_dir / f"{s.id}.npy", mmap_mode="r")[: 120 * sr], np.float32),
-                              sr) for p, s in longest.items() if p in {t.person for t in todo}}
-    jobs = []
-    for s in todo:
-        if not np.isfinite(median[s.person]):
-            print(f"  skip {s.id}: no voiced frames", flush=True)
-            continue
-        jobs.append((pool_dir, sr, s.id, choose_shift(s.person, median[s.person]), median[s.person]))
-    by_id = {s.id: s for s in todo}
+    median = {p: pitch_median(np.load(pool_dir / f"{s.id}.npy", mmap_mode="r")[: 120 * sr], sr)
+              for p, s in longest.items()}
+    for s in [s for s in todo if not np.isfinite(median[s.person])]:
+        print(f"  skip {s.id}: no voiced frames")
+    todo = [s for s in todo if np.isfinite(median[s.person])]
+    shifts = {s.id: choose_shift(s.person, median[s.person]) for s in todo}
+    jobs = [(pool_dir, sr, s.id, shifts[s.id], median[s.person]) for s in todo]
     with ProcessPoolExecutor(jobs_n) as ex:
-        for (sid, seconds), job in zip(ex.map(_build_variant, jobs), jobs):
-            base, shift = by_id[sid], job[3]
-            speakers.append(Speaker(id=f"{sid}.v", person=base.person, kind="variant", split=base.split,
-                                    seconds=round(seconds, 1),
-                                    source=f"{sid}: formants x{shift.formant_ratio}, pitch x{shift.pitch_ratio}"))
-            print(f"  {sid + '.v':28s} {seconds:7.1f} s  formants x{shift.formant_ratio} pitch "
-                  f"x{shift.pitch_ratio} (median {job[4]:.0f} Hz)", flush=True)
+        for s, seconds in zip(todo, ex.map(_build_variant, jobs)):
+            shift = shifts[s.id]
+            source = f"{s.id}: formants x{shift.formant_ratio}, pitch x{shift.pitch_ratio}"
+            speakers.append(Speaker(id=f"{s.id}.v", person=s.person, kind="variant", split=s.split,
+                                    seconds=round(seconds, 1), source=source))
+            print(f"  {s.id + '.v':28s} {seconds:7.1f} s  {source.split(': ')[1]} (median {median[s.person]:.0f} "
+                  "Hz)", flush=True)
     write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
 
 

@@ -12,7 +12,7 @@ from scipy.signal import lfilter
 pytest.importorskip("parselmouth")
 
 from sepcli.train.data import DataError, DynamicMixDataset  # noqa: E402
-from sepcli.train.mixing import MixOptions  # noqa: E402
+from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
 from sepcli.train.speakers import Speaker, load_pool, read_index, write_index  # noqa: E402
 from sepcli.train.variants import VariantShift, choose_shift, make_variant, pitch_median  # noqa: E402
 
@@ -118,7 +118,6 @@ def test_recipe_variants_stage_adds_one_variant_per_real_training_person(tmp_pat
     assert {s.id for s in ds.speakers} == {"a-en", "a-es", "b", "s", "t", "a-en.v", "a-es.v", "b.v"}
     assert ds.real == {"a", "b"}
     # real pairs are always a+b: a variant is its person, never its own partner
-    from sepcli.train.mixing import make_mixture, rng_for
     for i in range(30):
         _, _, meta = make_mixture(rng_for(0, i), ds.audio, ds.persons, SR, ds.options, ds.real)
         assert sorted(meta["speakers"]) == ["a", "b"]

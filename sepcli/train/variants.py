@@ -59,13 +59,13 @@ def choose_shift(person: str, median_hz: float) -> VariantShift:
 def make_variant(x: np.ndarray, sr: int, shift: VariantShift, median_hz: float,
                  block_seconds: float = 60.0) -> np.ndarray:
     """`x` resynthesised with formants x`shift.formant_ratio` and the pitch median moved to
-    `median_hz * shift.pitch_ratio`, same length and rate. Done in blocks, so memory stays small on long pools."""
+    `median_hz * shift.pitch_ratio`, same length and rate. Done in blocks (each converted to float64 on its own),
+    so a memory-mapped float16 pool is never copied whole."""
     parselmouth, call = _parselmouth()
-    x = np.asarray(x, np.float64)
     out = np.zeros(len(x), np.float32)
     block = int(block_seconds * sr)
     for start in range(0, len(x), block):
-        part = x[start: start + block]
+        part = np.asarray(x[start: start + block], np.float64)
         if len(part) < sr // 10:  # too short to analyse: left silent rather than unshifted
             continue
         snd = parselmouth.Sound(part, sampling_frequency=sr)
@@ -76,7 +76,7 @@ def make_variant(x: np.ndarray, sr: int, shift: VariantShift, median_hz: float,
             raise RuntimeError(f"Change gender returned {new.sampling_frequency} Hz, expected {sr}")
         n = min(len(y), len(part))
         out[start: start + n] = y[:n]
-    peak = np.abs(out).max()
+    peak = np.abs(out).max(initial=0.0)
     if peak > 0.99:
         out *= 0.99 / peak
     return out
