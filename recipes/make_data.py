@@ -9,8 +9,9 @@ Stages:
   update    packages, then only the pools that the index lacks (a source added to the recipe since the build),
             the splits again if HELD_OUT changed, the missing voice variants, and the fixed sets that an older
             HELD_OUT/SETS_VERSION made
-  variants  data/pools/<speaker>.v.npy: each real training person's speech with formants and pitch shifted
-            (sepcli/train/variants.py), used by `sepcli train --variants`; only the ones the index lacks
+  variants  data/pools/<speaker>.v.npy and .v2.npy: each real training person's speech with formants and pitch
+            shifted two ways (sepcli/train/variants.py), used by `sepcli train --variants`; only the ones the
+            index lacks
   sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout), and
             seen_real, seen_synth: the same kind of mixture made of training people, to measure how much of the
             held-out gap is the people being new (a diagnostic; never used for selection)
@@ -45,7 +46,8 @@ import soxr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
 from sepcli.train.speakers import Speaker, assign_splits, load_pool, read_index, read_skipped, write_index  # noqa: E402
-from sepcli.train.variants import choose_shift, make_variant, pitch_median  # noqa: E402
+from sepcli.train.variants import (VARIANTS_PER_PERSON, choose_shift, make_variant, pitch_median,  # noqa: E402
+                                   variant_id, variant_source)
 
 POOL_SR = 16000
 SND = "/usr/share/asterisk/sounds"
@@ -514,9 +516,9 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
             if not wanted:
                 print("pools: every speaker of the recipe is built")
                 return
-        # a rebuilt speaker's variant is dropped with it (`--stage variants` makes it again from the new pool)
+        # a rebuilt speaker's variants are dropped with it (`--stage variants` makes it again from the new pool)
         results = [(s.id, s.person, s.kind, s.seconds, s.source) for s in have
-                   if s.id not in wanted and s.id.removesuffix(".v") not in wanted]
+                   if s.id not in wanted and variant_source(s.id) not in wanted]
         skipped = [sid for sid in skipped if sid not in wanted]
     # texts are drawn for every synthetic voice in order, so a voice's sentences do not depend on the selection
     text = sentences()
@@ -552,48 +554,52 @@ VARIANT_SECONDS = 600.0  # of each speaker entry (a variant is one more voice, n
 
 
 def _build_variant(job) -> float:
-    """Write `<sid>.v.npy`; returns its seconds."""
-    pool_dir, sr, sid, shift, median = job
+    """Write the variant's `<vid>.npy`; returns its seconds."""
+    pool_dir, sr, sid, vid, shift, median = job
     x = np.load(pool_dir / f"{sid}.npy", mmap_mode="r")[: int(VARIANT_SECONDS * sr)]
     y = make_variant(x, sr, shift, median)
-    tmp = pool_dir / f".{sid}.v.npy.part"
+    tmp = pool_dir / f".{vid}.npy.part"
     with open(tmp, "wb") as f:
         np.save(f, y.astype(np.float16))
-    os.replace(tmp, pool_dir / f"{sid}.v.npy")
+    os.replace(tmp, pool_dir / f"{vid}.npy")
     return len(y) / sr
 
 
-def build_variants(out: Path, jobs_n: int) -> None:
-    """One variant voice per real training person (all of the person's entries shifted alike), added to the
-    index as kind "variant" under the person's own name, so it stays in the person's split."""
+def build_variants(out: Path, jobs_n: int, per_person: int = VARIANTS_PER_PERSON) -> None:
+    """`per_person` variant voices per real training person (all of the person's entries shifted alike by the
+    n-th shift), added to the index as kind "variant" under the person's own name, so they stay in the person's
+    split. Only the variants the index lacks are made."""
     pool_dir = out / "pools"
     sr, speakers = read_index(pool_dir)
     have = {s.id for s in speakers}
-    todo = [s for s in speakers if s.kind == "real" and s.split == "train" and f"{s.id}.v" not in have]
+    todo = [(s, n) for n in range(1, per_person + 1) for s in speakers
+            if s.kind == "real" and s.split == "train" and variant_id(s.id, n) not in have]
     if not todo:
-        print("variants: every real training person has one")
+        print(f"variants: every real training person has {per_person}")
         return
-    # each person's shift follows the pitch of its longest entry
-    persons = {s.person for s in todo}
+    # each person's shifts follow the pitch of its longest entry
+    persons = {s.person for s, _ in todo}
     longest: dict[str, Speaker] = {}
     for s in speakers:
         if s.kind == "real" and s.person in persons and s.seconds > getattr(longest.get(s.person), "seconds", -1):
             longest[s.person] = s
     median = {p: pitch_median(np.load(pool_dir / f"{s.id}.npy", mmap_mode="r")[: 120 * sr], sr)
               for p, s in longest.items()}
-    for s in [s for s in todo if not np.isfinite(median[s.person])]:
+    for s in {s.id: s for s, _ in todo if not np.isfinite(median[s.person])}.values():
         print(f"  skip {s.id}: no voiced frames")
-    todo = [s for s in todo if np.isfinite(median[s.person])]
-    shifts = {s.id: choose_shift(s.person, median[s.person]) for s in todo}
-    jobs = [(pool_dir, sr, s.id, shifts[s.id], median[s.person]) for s in todo]
+    todo = [(s, n) for s, n in todo if np.isfinite(median[s.person])]
+    shifts = {(s.id, n): choose_shift(s.person, median[s.person], n) for s, n in todo}
+    jobs = [(pool_dir, sr, s.id, variant_id(s.id, n), shifts[s.id, n], median[s.person]) for s, n in todo]
     with ProcessPoolExecutor(jobs_n) as ex:
-        for s, seconds in zip(todo, ex.map(_build_variant, jobs)):
-            shift = shifts[s.id]
+        for (s, n), job, seconds in zip(todo, jobs, ex.map(_build_variant, jobs)):
+            shift = shifts[s.id, n]
             source = f"{s.id}: formants x{shift.formant_ratio}, pitch x{shift.pitch_ratio}"
-            speakers.append(Speaker(id=f"{s.id}.v", person=s.person, kind="variant", split=s.split,
+            speakers.append(Speaker(id=job[3], person=s.person, kind="variant", split=s.split,
                                     seconds=round(seconds, 1), source=source))
-            print(f"  {s.id + '.v':28s} {seconds:7.1f} s  {source.split(': ')[1]} (median {median[s.person]:.0f} "
+            print(f"  {job[3]:28s} {seconds:7.1f} s  {source.split(': ')[1]} (median {median[s.person]:.0f} "
                   "Hz)", flush=True)
+            if len(speakers) % 20 == 0:  # a long stage keeps what it made if it is stopped
+                write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
     write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
 
 

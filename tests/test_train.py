@@ -695,8 +695,9 @@ def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     # their speaker with --only drops them with it (they were made from the old pool)
     sr_i, spk = read_index(out / "pools")
     for base in ("old-a", "new-b"):
-        np.save(out / "pools" / f"{base}.v.npy", np.zeros(3 * sr, np.float16))
-        spk.append(Speaker(f"{base}.v", f"person-{base[-1]}", "variant", "train", 3.0, f"{base}: formants x1.1"))
+        for vid in (f"{base}.v", f"{base}.v2"):
+            np.save(out / "pools" / f"{vid}.npy", np.zeros(3 * sr, np.float16))
+            spk.append(Speaker(vid, f"person-{base[-1]}", "variant", "train", 3.0, f"{base}: formants x1.1"))
     write_index(out / "pools", sr_i, spk, ["short-d"])
     jobs.append(("later-e", "person-e", [str(tmp_path / "c.wav")]))
     make_data.build_pools(out, n_sentences=1, jobs_n=1, missing=True)
@@ -705,7 +706,8 @@ def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     assert "later-e" in index and "new-b.v" in index
     make_data.build_pools(out, n_sentences=1, jobs_n=1, only="new-")
     index = json.loads((out / "pools" / "speakers.json").read_text())["speakers"]
-    assert "new-b.v" not in index and "old-a.v" in index and "new-b" in index
+    assert "new-b.v" not in index and "new-b.v2" not in index and "new-b" in index
+    assert "old-a.v" in index and "old-a.v2" in index
 
 def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out(tmp_path, monkeypatch):
     """Validation mixtures pair real with real and synthetic with synthetic, alternating, every pair in turn;

@@ -14,7 +14,8 @@ pytest.importorskip("parselmouth")
 from sepcli.train.data import DataError, DynamicMixDataset  # noqa: E402
 from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
 from sepcli.train.speakers import Speaker, load_pool, read_index, write_index  # noqa: E402
-from sepcli.train.variants import VariantShift, choose_shift, make_variant, pitch_median  # noqa: E402
+from sepcli.train.variants import (VariantShift, choose_shift, make_variant, pitch_median,  # noqa: E402
+                                   variant_id, variant_source)
 
 SR = 16000
 
@@ -33,7 +34,10 @@ def f0_autocorrelation(x: np.ndarray) -> float:
     z = x[SR // 2: SR] - x[SR // 2: SR].mean()
     ac = np.correlate(z, z, "full")[len(z) - 1:]
     lo, hi = SR // 500, SR // 60
-    return SR / (lo + int(np.argmax(ac[lo:hi])))
+    r = ac[lo:hi]
+    # the first local maximum within 10 % of the highest: a multiple of the period can score as high
+    peaks = [k for k in range(1, len(r) - 1) if r[k - 1] <= r[k] >= r[k + 1] and r[k] >= 0.9 * r.max()]
+    return SR / (lo + peaks[0])
 
 
 def lpc_formants(x: np.ndarray, order: int = 4) -> np.ndarray:
@@ -82,8 +86,24 @@ def test_shift_crosses_towards_the_other_end_of_the_pitch_range():
     assert choose_shift("shrill", 600.0).pitch_ratio * 600.0 == pytest.approx(300.0, abs=0.2)
 
 
-def test_recipe_variants_stage_adds_one_variant_per_real_training_person(tmp_path):
-    """Only real training persons get a variant; it keeps the person's name and split, all of a person's entries
+def test_second_variant_moves_less_far_the_other_way():
+    low = [choose_shift(f"m{i}", 110.0, 2) for i in range(20)]
+    high = [choose_shift(f"f{i}", 220.0, 2) for i in range(20)]
+    assert all(0.88 <= s.formant_ratio <= 0.93 and 0.72 <= s.pitch_ratio <= 0.85 for s in low)
+    assert all(1.07 <= s.formant_ratio <= 1.12 and 1.15 <= s.pitch_ratio <= 1.30 for s in high)
+    assert choose_shift("m3", 110.0, 2) == low[3] and len({s.pitch_ratio for s in high}) > 10
+    # the first variant is unchanged by the second's existence (pools built before keep their files)
+    assert choose_shift("m3", 110.0, 1) == choose_shift("m3", 110.0)
+    assert choose_shift("deep", 95.0, 2).pitch_ratio * 95.0 == pytest.approx(85.0, abs=0.1)
+    with pytest.raises(ValueError):
+        choose_shift("m3", 110.0, 3)
+    assert [variant_id("a-en", n) for n in (1, 2)] == ["a-en.v", "a-en.v2"]
+    assert [variant_source(v) for v in ("a-en.v", "a-en.v2", "a-en", "x.vowels")] == ["a-en", "a-en", "a-en",
+                                                                                        "x.vowels"]
+
+
+def test_recipe_variants_stage_adds_two_variants_per_real_training_person(tmp_path):
+    """Only real training persons get variants; they keep the person's name and split, all of a person's entries
     are shifted alike, training loads variants only when asked, and a mixture never pairs a person with itself."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
     import make_data
@@ -101,13 +121,22 @@ def test_recipe_variants_stage_adds_one_variant_per_real_training_person(tmp_pat
     with pytest.raises(DataError, match="no voice variants"):
         DynamicMixDataset(pools, SR, MixOptions(seconds=1.0), variants=True)
 
-    make_data.build_variants(tmp_path / "data", jobs_n=1)
+    make_data.build_variants(tmp_path / "data", jobs_n=1, per_person=1)  # a pool built before session 8
+    assert sorted(s.id for s in read_index(pools)[1] if s.kind == "variant") == ["a-en.v", "a-es.v", "b.v"]
+    first = np.load(pools / "b.v.npy")
+    make_data.build_variants(tmp_path / "data", jobs_n=1)  # the update adds only the second variants
     sr, index = read_index(pools)
     variants = {s.id: s for s in index if s.kind == "variant"}
-    assert sorted(variants) == ["a-en.v", "a-es.v", "b.v"]
-    assert all(v.person == v.id.split("-")[0].removesuffix(".v") and v.split == "train" for v in variants.values())
-    assert variants["a-en.v"].source.split(": ")[1] == variants["a-es.v"].source.split(": ")[1]  # one new voice
-    assert "formants x1.1" in variants["a-en.v"].source and "formants x0.8" in variants["b.v"].source
+    assert sorted(variants) == ["a-en.v", "a-en.v2", "a-es.v", "a-es.v2", "b.v", "b.v2"]
+    assert np.array_equal(np.load(pools / "b.v.npy"), first)
+    assert all(v.person == variant_source(v.id).split("-")[0] and v.split == "train" for v in variants.values())
+    for n in ("v", "v2"):  # one new voice per person and variant
+        assert variants[f"a-en.{n}"].source.split(": ")[1] == variants[f"a-es.{n}"].source.split(": ")[1]
+    ratio = {v: float(variants[v].source.split("formants x")[1].split(",")[0]) for v in variants}
+    assert ratio["a-en.v"] > 1.1 and ratio["a-en.v2"] < 0.95  # the low voice: up, then down
+    assert ratio["b.v"] < 0.9 and ratio["b.v2"] > 1.05  # the high voice: down, then up
+    y2 = np.load(pools / "b.v2.npy").astype(np.float32)
+    assert len(y2) == 5 * SR and f0_autocorrelation(y2) > 1.1 * 230
     y = np.load(pools / "b.v.npy").astype(np.float32)
     assert len(y) == 5 * SR and f0_autocorrelation(y) < 0.75 * 230
     make_data.build_variants(tmp_path / "data", jobs_n=1)  # nothing left to do
@@ -115,7 +144,7 @@ def test_recipe_variants_stage_adds_one_variant_per_real_training_person(tmp_pat
 
     assert [s.id for s in load_pool(pools, "train")[1]] == ["a-en", "a-es", "b", "s", "t"]
     ds = DynamicMixDataset(pools, SR, MixOptions(seconds=1.0, real_share=1.0), variants=True)
-    assert {s.id for s in ds.speakers} == {"a-en", "a-es", "b", "s", "t", "a-en.v", "a-es.v", "b.v"}
+    assert {s.id for s in ds.speakers} == {"a-en", "a-es", "b", "s", "t", *variants}
     assert ds.real == {"a", "b"}
     # real pairs are always a+b: a variant is its person, never its own partner
     for i in range(30):

@@ -4,7 +4,9 @@ Speed perturbation (mixing.py) moves tempo, pitch and formants together by one f
 independently, the way a different speaker differs: formants (vocal-tract length) by one ratio, the pitch median by
 another, tempo unchanged. It uses Praat's "Change gender" (PSOLA resynthesis; Boersma & Weenink, Praat manual,
 "Sound: Change gender...") through praat-parselmouth. Each person gets one variant, pushed across towards the
-other end of the pitch range (a low voice up, a high voice down), which makes a voice far from every original.
+other end of the pitch range (a low voice up, a high voice down), which makes a voice far from every original;
+a second variant moves it less far the other way (a low voice lower, a high voice higher), a neighbour of the same
+pitch class that is neither the person nor the first variant.
 
 A variant keeps its person's name, so it is in that person's split (never in two splits) and is never mixed with
 its own original; pools mark it with kind "variant", and training uses variants only when asked (`--variants`).
@@ -12,6 +14,7 @@ its own original; pools mark it with kind "variant", and training uses variants 
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -44,14 +47,34 @@ def pitch_median(x: np.ndarray, sr: int, seconds: float = 120.0) -> float:
     return float(call(pitch, "Get quantile", 0, 0, 0.5, "Hertz"))
 
 
-def choose_shift(person: str, median_hz: float) -> VariantShift:
-    """The person's variant, deterministic in the name: a low voice gets formants x1.12-1.20 and pitch x1.5-1.8,
-    a high voice formants x0.83-0.90 and pitch x0.55-0.70 (the new median kept within 85-300 Hz)."""
-    rng = np.random.default_rng(zlib.crc32(person.encode()))
-    if median_hz < LOW_VOICE_HZ:
-        formant, pitch = rng.uniform(1.12, 1.20), rng.uniform(1.5, 1.8)
+VARIANTS_PER_PERSON = 2
+
+
+def variant_id(sid: str, n: int) -> str:
+    """Pool id of speaker entry `sid`'s n-th variant: "<sid>.v", "<sid>.v2", ..."""
+    return f"{sid}.v" if n == 1 else f"{sid}.v{n}"
+
+
+def variant_source(vid: str) -> str:
+    """The speaker entry a variant id was made from ("a-en.v2" -> "a-en"); other ids unchanged."""
+    return re.sub(r"\.v\d*$", "", vid)
+
+
+def choose_shift(person: str, median_hz: float, n: int = 1) -> VariantShift:
+    """The person's n-th variant, deterministic in the name (the new median kept within 85-300 Hz).
+    n=1 crosses over: a low voice gets formants x1.12-1.20 and pitch x1.5-1.8, a high voice formants x0.83-0.90
+    and pitch x0.55-0.70. n=2 moves less far the other way: a low voice formants x0.88-0.93 and pitch x0.72-0.85,
+    a high voice formants x1.07-1.12 and pitch x1.15-1.30."""
+    if n not in (1, 2):
+        raise ValueError(f"variant {n}: only 1 and 2 are defined")
+    rng = np.random.default_rng(zlib.crc32(person.encode() if n == 1 else f"{person}#{n}".encode()))
+    low = median_hz < LOW_VOICE_HZ
+    if n == 1:
+        formant, pitch = (rng.uniform(1.12, 1.20), rng.uniform(1.5, 1.8)) if low else \
+            (rng.uniform(0.83, 0.90), rng.uniform(0.55, 0.70))
     else:
-        formant, pitch = rng.uniform(0.83, 0.90), rng.uniform(0.55, 0.70)
+        formant, pitch = (rng.uniform(0.88, 0.93), rng.uniform(0.72, 0.85)) if low else \
+            (rng.uniform(1.07, 1.12), rng.uniform(1.15, 1.30))
     pitch = float(np.clip(median_hz * pitch, 85.0, 300.0) / median_hz)
     return VariantShift(round(float(formant), 3), round(pitch, 3))
 
