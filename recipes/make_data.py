@@ -98,21 +98,71 @@ SETS_VERSION = 5
 NARROWBAND = ("fotaq-", "uqm-", "drascula-")
 
 # ----------------------------------------------------------------------------------------------- packages
+APT_DIR = Path("/etc/apt")
+OS_RELEASE = Path("/etc/os-release")
+
+
+def _apt_enables_contrib_non_free(apt_dir: Path) -> bool:
+    """Whether some apt source already has both the contrib and the non-free component (deb822 or one-line)."""
+    files = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.sources")),
+             *sorted((apt_dir / "sources.list.d").glob("*.list"))]
+    for f in files:
+        if not f.is_file():
+            continue
+        text = f.read_text(errors="replace")
+        if f.suffix == ".sources":  # deb822 stanzas separated by blank lines; "Enabled: no" switches one off
+            stanzas = [st for st in re.split(r"\n\s*\n", text) if not re.search(r"^Enabled:\s*no", st, re.M | re.I)]
+            lines = [ln.split(":", 1)[1] for st in stanzas for ln in st.splitlines()
+                     if ln.lower().startswith("components:")]
+        else:
+            lines = [ln for ln in text.splitlines() if ln.strip().startswith("deb ")]
+        if any({"contrib", "non-free"} <= set(ln.split()) for ln in lines):
+            return True
+    return False
+
+
+def _codename() -> str:
+    m = re.search(r"^VERSION_CODENAME=\"?(\w+)", OS_RELEASE.read_text() if OS_RELEASE.is_file() else "", re.M)
+    return m.group(1) if m else "bookworm"
+
+
+def _apt(*args: str) -> subprocess.CompletedProcess:
+    """Run apt-get; a failure ends the recipe with one line (the usual causes: not root, no network)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        r = subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SystemExit("make_data: apt-get not found: the recipe installs Debian packages (install them by hand: "
+                         + " ".join(APT_PACKAGES) + ")") from None
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"make_data: apt-get {args[0]} failed (exit {r.returncode}: {last}); run the recipe as root "
+                         "or install the packages it names (recipes/make_data.py APT_PACKAGES)")
+    return r
+
+
+def _mbrola_voices() -> list[str]:
+    r = subprocess.run(["apt-cache", "search", "--names-only", "^mbrola-"], capture_output=True, text=True)
+    return sorted(line.split()[0] for line in r.stdout.splitlines() if line.strip())
+
+
 def ensure_packages() -> None:
+    """Install the recipe's Debian packages and every MBROLA voice when any is missing. MBROLA lives in Debian's
+    contrib/non-free sections: a sources file enables them unless an apt source already does."""
     missing = [p for p in APT_PACKAGES if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode]
-    mbrola_voices = subprocess.run(["bash", "-c", "apt-cache search '^mbrola-' | cut -d' ' -f1"],
-                                   capture_output=True, text=True).stdout.split()
-    if missing or not glob.glob("/usr/share/mbrola/*/"):
-        src = Path("/etc/apt/sources.list.d/sepcli-contrib.sources")
-        if not src.exists():
-            src.write_text("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n"
-                           "Components: contrib non-free\n"
+    if not missing and glob.glob("/usr/share/mbrola/*/"):
+        return
+    if not _apt_enables_contrib_non_free(APT_DIR):
+        src = APT_DIR / "sources.list.d" / "sepcli-contrib.sources"
+        try:
+            src.write_text(f"Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {_codename()} "
+                           f"{_codename()}-updates\nComponents: contrib non-free\n"
                            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        mbrola_voices = subprocess.run(["bash", "-c", "apt-cache search '^mbrola-' | cut -d' ' -f1"],
-                                       capture_output=True, text=True).stdout.split()
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "install", "-y", "-q", *APT_PACKAGES, *mbrola_voices], check=True, env=env)
+        except OSError as e:
+            raise SystemExit(f"make_data: cannot write {src} ({e.strerror}): run the recipe as root, or enable "
+                             "Debian's contrib and non-free sections and install the packages it names") from None
+    _apt("update", "-qq")
+    _apt("install", "-y", "-q", *APT_PACKAGES, *_mbrola_voices())
 
 
 # ----------------------------------------------------------------------------------------------- decoding
