@@ -729,16 +729,23 @@ def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
 
 
 def resplit(out: Path) -> None:
-    """Re-assign the pools' splits by HELD_OUT when it changed since they were built (no audio is rebuilt)."""
+    """Re-assign the pools' splits by HELD_OUT when it changed since they were built (no audio is rebuilt). Voice
+    variants exist for training only: those of a person who leaves training are deleted (a person who joins it
+    gets them from the variants stage)."""
     pool_dir = out / "pools"
     sr, speakers = read_index(pool_dir)
     split = assign_splits(sorted({s.person for s in speakers}), HELD_OUT)
-    moved = [s.id for s in speakers if s.split != split[s.person]]
-    if moved:
+    moved = [s.id for s in speakers if s.split != split[s.person] and s.kind != "variant"]
+    dropped = [s.id for s in speakers if s.kind == "variant" and split[s.person] != "train"]
+    if moved or dropped:
+        speakers = [s for s in speakers if s.id not in dropped]
         for s in speakers:
             s.split = split[s.person]
         write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
-        print(f"pools: split changed for {', '.join(moved)}")
+        for sid in dropped:
+            (pool_dir / f"{sid}.npy").unlink(missing_ok=True)
+        print(f"pools: split changed for {', '.join(moved)}"
+              + (f"; voice variants removed: {', '.join(dropped)}" if dropped else ""))
 
 
 def stale_sets(out: Path) -> list[tuple[int, int, float]]:

@@ -763,9 +763,18 @@ def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out
 
     # r2 leaves validation for training: the index follows, the sets are stale, and the rebuilt validation
     # no longer holds r2 while the test sets (their people unchanged) are the same bytes
+    # r3 (training, with a voice variant) moves to validation: its variant, made for training only, goes
+    sr_i, spk = read_index(out / "pools")
+    np.save(out / "pools" / "r3.v.npy", np.zeros(SR, np.float16))
+    write_index(out / "pools", sr_i, [*spk, Speaker("r3.v", "r3", "variant", "train", 1.0, "r3: formants x1.1")])
     monkeypatch.setitem(held_out, "r2", "train")
+    monkeypatch.setitem(held_out, "r3", "val")
     make_data.resplit(out)
-    assert json.loads((out / "pools" / "speakers.json").read_text())["speakers"]["r2"]["split"] == "train"
+    index = json.loads((out / "pools" / "speakers.json").read_text())["speakers"]
+    assert index["r2"]["split"] == "train" and index["r3"]["split"] == "val"
+    assert "r3.v" not in index and not (out / "pools" / "r3.v.npy").exists()
+    monkeypatch.setitem(held_out, "r3", "train")  # back to the table the rest of this test was written for
+    make_data.resplit(out)
     assert make_data.stale_sets(out) == [(SR, 24, 1.0)]
     make_data.build_sets(out, SR, n=24, seconds=1.0)
     assert make_data.stale_sets(out) == []
