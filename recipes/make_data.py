@@ -9,9 +9,9 @@ Stages:
   update    packages, then only the pools that the index lacks (a source added to the recipe since the build),
             the splits again if HELD_OUT changed, the missing voice variants, and the fixed sets that an older
             HELD_OUT/SETS_VERSION made
-  variants  data/pools/<speaker>.v.npy and .v2.npy: each real training person's speech with formants and pitch
-            shifted two ways (sepcli/train/variants.py), used by `sepcli train --variants`; only the ones the
-            index lacks
+  variants  data/pools/<speaker>.v.npy (and .v2.npy with --variants-per-person 2): each real training person's
+            speech with formants and pitch shifted (sepcli/train/variants.py), used by `sepcli train --variants`;
+            makes the ones the index lacks and removes those beyond the count
   sets      data/<rate>/{val,test_real,test_synth}/{mix,s1,s2}/*.wav + metadata.csv (LibriMix layout), and
             seen_real, seen_synth: the same kind of mixture made of training people, to measure how much of the
             held-out gap is the people being new (a diagnostic; never used for selection)
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
 from sepcli.train.speakers import Speaker, assign_splits, load_pool, read_index, read_skipped, write_index  # noqa: E402
 from sepcli.train.variants import (VARIANTS_PER_PERSON, choose_shift, make_variant, pitch_median,  # noqa: E402
-                                   variant_id, variant_source)
+                                   variant_id, variant_number, variant_source)
 
 POOL_SR = 16000
 SND = "/usr/share/asterisk/sounds"
@@ -618,9 +618,16 @@ def _build_variant(job) -> float:
 def build_variants(out: Path, jobs_n: int, per_person: int = VARIANTS_PER_PERSON) -> None:
     """`per_person` variant voices per real training person (all of the person's entries shifted alike by the
     n-th shift), added to the index as kind "variant" under the person's own name, so they stay in the person's
-    split. Only the variants the index lacks are made."""
+    split. Only the variants the index lacks are made; those beyond `per_person` are removed."""
     pool_dir = out / "pools"
     sr, speakers = read_index(pool_dir)
+    extra = [s.id for s in speakers if s.kind == "variant" and variant_number(s.id) > per_person]
+    if extra:
+        speakers = [s for s in speakers if s.id not in extra]
+        write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
+        for sid in extra:
+            (pool_dir / f"{sid}.npy").unlink(missing_ok=True)
+        print(f"variants: removed {len(extra)} beyond {per_person} per person")
     have = {s.id for s in speakers}
     todo = [(s, n) for n in range(1, per_person + 1) for s in speakers
             if s.kind == "real" and s.split == "train" and variant_id(s.id, n) not in have]
@@ -786,6 +793,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150, help="mixtures per fixed set")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--variants-per-person", type=int, choices=[0, 1, 2], default=VARIANTS_PER_PERSON,
+                    help=f"voice variants per real training person (default {VARIANTS_PER_PERSON}; 2 measured no "
+                    "better in session 8)")
     ap.add_argument("--only", help="pools stage: rebuild only the speakers whose id starts with one of these "
                     "comma-separated prefixes, keeping the others (e.g. --only uqm-,tuxpaint-)")
     a = ap.parse_args()
@@ -796,13 +806,13 @@ def main() -> None:
     if a.stage == "update":
         build_pools(a.out, a.sentences, a.jobs, missing=True)
         resplit(a.out)
-        build_variants(a.out, a.jobs)
+        build_variants(a.out, a.jobs, a.variants_per_person)
         for sr, n, seconds in stale_sets(a.out):
             build_sets(a.out, sr, n, seconds)
     if a.stage in ("all", "pools"):
         build_pools(a.out, a.sentences, a.jobs, a.only)
     if a.stage in ("all", "variants"):
-        build_variants(a.out, a.jobs)
+        build_variants(a.out, a.jobs, a.variants_per_person)
     if a.stage in ("all", "sets"):
         for sr in a.sample_rate:
             build_sets(a.out, sr, a.n, a.seconds)

@@ -15,7 +15,7 @@ from sepcli.train.data import DataError, DynamicMixDataset  # noqa: E402
 from sepcli.train.mixing import MixOptions, make_mixture, rng_for  # noqa: E402
 from sepcli.train.speakers import Speaker, load_pool, read_index, write_index  # noqa: E402
 from sepcli.train.variants import (VariantShift, choose_shift, make_variant, pitch_median,  # noqa: E402
-                                   variant_id, variant_source)
+                                   variant_id, variant_number, variant_source)
 
 SR = 16000
 
@@ -100,9 +100,12 @@ def test_second_variant_moves_less_far_the_other_way():
     assert [variant_id("a-en", n) for n in (1, 2)] == ["a-en.v", "a-en.v2"]
     assert [variant_source(v) for v in ("a-en.v", "a-en.v2", "a-en", "x.vowels")] == ["a-en", "a-en", "a-en",
                                                                                         "x.vowels"]
+    assert [variant_number(v) for v in ("a-en.v", "a-en.v2")] == [1, 2]
+    with pytest.raises(ValueError):
+        variant_number("a-en")
 
 
-def test_recipe_variants_stage_adds_two_variants_per_real_training_person(tmp_path):
+def test_recipe_variants_stage_makes_the_asked_variants_per_real_training_person(tmp_path):
     """Only real training persons get variants; they keep the person's name and split, all of a person's entries
     are shifted alike, training loads variants only when asked, and a mixture never pairs a person with itself."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
@@ -124,7 +127,7 @@ def test_recipe_variants_stage_adds_two_variants_per_real_training_person(tmp_pa
     make_data.build_variants(tmp_path / "data", jobs_n=1, per_person=1)  # a pool built before session 8
     assert sorted(s.id for s in read_index(pools)[1] if s.kind == "variant") == ["a-en.v", "a-es.v", "b.v"]
     first = np.load(pools / "b.v.npy")
-    make_data.build_variants(tmp_path / "data", jobs_n=1)  # the update adds only the second variants
+    make_data.build_variants(tmp_path / "data", jobs_n=1, per_person=2)  # adds only the second variants
     sr, index = read_index(pools)
     variants = {s.id: s for s in index if s.kind == "variant"}
     assert sorted(variants) == ["a-en.v", "a-en.v2", "a-es.v", "a-es.v2", "b.v", "b.v2"]
@@ -139,8 +142,13 @@ def test_recipe_variants_stage_adds_two_variants_per_real_training_person(tmp_pa
     assert len(y2) == 5 * SR and f0_autocorrelation(y2) > 1.1 * 230
     y = np.load(pools / "b.v.npy").astype(np.float32)
     assert len(y) == 5 * SR and f0_autocorrelation(y) < 0.75 * 230
-    make_data.build_variants(tmp_path / "data", jobs_n=1)  # nothing left to do
+    make_data.build_variants(tmp_path / "data", jobs_n=1, per_person=2)  # nothing left to do
     assert len(read_index(pools)[1]) == len(index)
+    make_data.build_variants(tmp_path / "data", jobs_n=1, per_person=1)  # back to the recipe's count
+    assert sorted(s.id for s in read_index(pools)[1] if s.kind == "variant") == ["a-en.v", "a-es.v", "b.v"]
+    assert not list(pools.glob("*.v2.npy")) and np.array_equal(np.load(pools / "b.v.npy"), first)
+    make_data.build_variants(tmp_path / "data", jobs_n=1, per_person=2)  # and again: the same second variants
+    assert np.array_equal(np.load(pools / "b.v2.npy").astype(np.float32), y2)
 
     assert [s.id for s in load_pool(pools, "train")[1]] == ["a-en", "a-es", "b", "s", "t"]
     ds = DynamicMixDataset(pools, SR, MixOptions(seconds=1.0, real_share=1.0), variants=True)
