@@ -48,7 +48,6 @@ def person_kinds(pools: Path = POOLS) -> dict[str, str]:
     return {s.person: s.kind for s in read_index(pools)[1] if s.kind in ("real", "synthetic")}
 
 
-
 def same_kind(pair: str, kind: dict[str, str]) -> str | None:
     """The kind both people of `pair` ("a+b") share, or None (mixed kinds or an unknown person)."""
     kinds = {kind.get(s) for s in pair.split("+")}
