@@ -153,10 +153,10 @@ def ensure_packages() -> None:
     if not missing and glob.glob("/usr/share/mbrola/*/"):
         return
     if not _apt_enables_contrib_non_free(APT_DIR):
-        src = APT_DIR / "sources.list.d" / "sepcli-contrib.sources"
+        src, release = APT_DIR / "sources.list.d" / "sepcli-contrib.sources", _codename()
         try:
-            src.write_text(f"Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {_codename()} "
-                           f"{_codename()}-updates\nComponents: contrib non-free\n"
+            src.write_text(f"Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {release} {release}-updates\n"
+                           "Components: contrib non-free\n"
                            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
         except OSError as e:
             raise SystemExit(f"make_data: cannot write {src} ({e.strerror}): run the recipe as root, or enable "
@@ -623,10 +623,7 @@ def build_variants(out: Path, jobs_n: int, per_person: int = VARIANTS_PER_PERSON
     sr, speakers = read_index(pool_dir)
     extra = [s.id for s in speakers if s.kind == "variant" and variant_number(s.id) > per_person]
     if extra:
-        speakers = [s for s in speakers if s.id not in extra]
-        write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
-        for sid in extra:
-            (pool_dir / f"{sid}.npy").unlink(missing_ok=True)
+        speakers = _remove_from_pool(pool_dir, sr, speakers, set(extra))
         print(f"variants: removed {len(extra)} beyond {per_person} per person")
     have = {s.id for s in speakers}
     todo = [(s, n) for n in range(1, per_person + 1) for s in speakers
@@ -648,13 +645,12 @@ def build_variants(out: Path, jobs_n: int, per_person: int = VARIANTS_PER_PERSON
     shifts = {(s.id, n): choose_shift(s.person, median[s.person], n) for s, n in todo}
     jobs = [(pool_dir, sr, s.id, variant_id(s.id, n), shifts[s.id, n], median[s.person]) for s, n in todo]
     with ProcessPoolExecutor(jobs_n) as ex:
-        for (s, n), job, seconds in zip(todo, jobs, ex.map(_build_variant, jobs)):
-            shift = shifts[s.id, n]
-            source = f"{s.id}: formants x{shift.formant_ratio}, pitch x{shift.pitch_ratio}"
-            speakers.append(Speaker(id=job[3], person=s.person, kind="variant", split=s.split,
-                                    seconds=round(seconds, 1), source=source))
-            print(f"  {job[3]:28s} {seconds:7.1f} s  {source.split(': ')[1]} (median {median[s.person]:.0f} "
-                  "Hz)", flush=True)
+        for (s, n), seconds in zip(todo, ex.map(_build_variant, jobs)):
+            vid, shift = variant_id(s.id, n), shifts[s.id, n]
+            ratios = f"formants x{shift.formant_ratio}, pitch x{shift.pitch_ratio}"
+            speakers.append(Speaker(id=vid, person=s.person, kind="variant", split=s.split,
+                                    seconds=round(seconds, 1), source=f"{s.id}: {ratios}"))
+            print(f"  {vid:28s} {seconds:7.1f} s  {ratios} (median {median[s.person]:.0f} Hz)", flush=True)
             if len(speakers) % 20 == 0:  # a long stage keeps what it made if it is stopped
                 write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
     write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
@@ -735,6 +731,16 @@ def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
                                                   "sample_rate": sr, "version": SETS_VERSION}, indent=1))
 
 
+def _remove_from_pool(pool_dir: Path, sr: int, speakers: list[Speaker], ids: set[str]) -> list[Speaker]:
+    """Write the index of `speakers` without `ids`, then delete those entries' audio (so the index never names a
+    missing file); returns the speakers kept."""
+    kept = [s for s in speakers if s.id not in ids]
+    write_index(pool_dir, sr, kept, read_skipped(pool_dir))
+    for sid in ids:
+        (pool_dir / f"{sid}.npy").unlink(missing_ok=True)
+    return kept
+
+
 def resplit(out: Path) -> None:
     """Re-assign the pools' splits by HELD_OUT when it changed since they were built (no audio is rebuilt). Voice
     variants exist for training only: those of a person who leaves training are deleted (a person who joins it
@@ -745,12 +751,9 @@ def resplit(out: Path) -> None:
     moved = [s.id for s in speakers if s.split != split[s.person] and s.kind != "variant"]
     dropped = [s.id for s in speakers if s.kind == "variant" and split[s.person] != "train"]
     if moved or dropped:
-        speakers = [s for s in speakers if s.id not in dropped]
         for s in speakers:
             s.split = split[s.person]
-        write_index(pool_dir, sr, speakers, read_skipped(pool_dir))
-        for sid in dropped:
-            (pool_dir / f"{sid}.npy").unlink(missing_ok=True)
+        _remove_from_pool(pool_dir, sr, speakers, set(dropped))
         print(f"pools: split changed for {', '.join(moved)}"
               + (f"; voice variants removed: {', '.join(dropped)}" if dropped else ""))
 

@@ -57,17 +57,27 @@ def variant_id(sid: str, n: int) -> str:
     return f"{sid}.v" if n == 1 else f"{sid}.v{n}"
 
 
+_VARIANT_SUFFIX = re.compile(r"\.v(\d*)$")
+
+
 def variant_source(vid: str) -> str:
     """The speaker entry a variant id was made from ("a-en.v2" -> "a-en"); other ids unchanged."""
-    return re.sub(r"\.v\d*$", "", vid)
+    return _VARIANT_SUFFIX.sub("", vid)
 
 
 def variant_number(vid: str) -> int:
     """n of a variant id ("a-en.v" -> 1, "a-en.v2" -> 2)."""
-    m = re.search(r"\.v(\d*)$", vid)
+    m = _VARIANT_SUFFIX.search(vid)
     if not m:
         raise ValueError(f"{vid}: not a variant id")
     return int(m.group(1) or 1)
+
+
+# (n, low voice) -> (formant ratio range, pitch ratio range)
+_SHIFT_RANGES = {
+    (1, True): ((1.12, 1.20), (1.5, 1.8)), (1, False): ((0.83, 0.90), (0.55, 0.70)),
+    (2, True): ((0.88, 0.93), (0.72, 0.85)), (2, False): ((1.07, 1.12), (1.15, 1.30)),
+}
 
 
 def choose_shift(person: str, median_hz: float, n: int = 1) -> VariantShift:
@@ -75,16 +85,11 @@ def choose_shift(person: str, median_hz: float, n: int = 1) -> VariantShift:
     n=1 crosses over: a low voice gets formants x1.12-1.20 and pitch x1.5-1.8, a high voice formants x0.83-0.90
     and pitch x0.55-0.70. n=2 moves less far the other way: a low voice formants x0.88-0.93 and pitch x0.72-0.85,
     a high voice formants x1.07-1.12 and pitch x1.15-1.30."""
-    if n not in (1, 2):
+    if (n, True) not in _SHIFT_RANGES:
         raise ValueError(f"variant {n}: only 1 and 2 are defined")
     rng = np.random.default_rng(zlib.crc32(person.encode() if n == 1 else f"{person}#{n}".encode()))
-    low = median_hz < LOW_VOICE_HZ
-    if n == 1:
-        formant, pitch = (rng.uniform(1.12, 1.20), rng.uniform(1.5, 1.8)) if low else \
-            (rng.uniform(0.83, 0.90), rng.uniform(0.55, 0.70))
-    else:
-        formant, pitch = (rng.uniform(0.88, 0.93), rng.uniform(0.72, 0.85)) if low else \
-            (rng.uniform(1.07, 1.12), rng.uniform(1.15, 1.30))
+    formant_range, pitch_range = _SHIFT_RANGES[n, bool(median_hz < LOW_VOICE_HZ)]
+    formant, pitch = rng.uniform(*formant_range), rng.uniform(*pitch_range)
     pitch = float(np.clip(median_hz * pitch, 85.0, 300.0) / median_hz)
     return VariantShift(round(float(formant), 3), round(pitch, 3))
 
