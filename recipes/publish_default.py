@@ -4,7 +4,8 @@
 
 1. Exports the run's latest weights (runs/default/last.pt; fp32, no optimiser state) with its step, lr schedule
    and history to recipes/state/default-latest/: the next session continues training from there.
-2. Scores the run's best-by-validation model, the latest weights and the model shipped now on the FULL validation
+2. Scores the run's best-by-validation model, the latest weights (and their moving average when the run keeps one:
+   train --ema) and the model shipped now on the FULL validation
    set through the separation pipeline (`sepcli eval`), on its same-kind pairs (real+real and synthetic+synthetic,
    what the held-out targets measure), and ships the winner as models/s4m-tiny-16k (alias `default`).
    Model selection uses validation only; the held-out test sets are then measured for the card, and the seen
@@ -152,6 +153,12 @@ def main() -> None:
     #    held-out targets measure), among the run's best, its latest weights and the model shipped now; the
     #    shipped model stays unless a challenger beats it by the margin (never ship a regression or noise)
     candidates = {"best": a.run / "best", "latest": a.latest_dest}
+    if ckpt.get("ema"):  # the run's latest moving average of the weights (train --ema)
+        net.load_state_dict(ckpt["ema"]["shadow"])
+        candidates["latest-average"] = export_model_folder(
+            Path(tempfile.mkdtemp()) / "latest-average", net, meta, name="s4m-tiny-16k-latest-average",
+            history=history, train_config=json.loads(ckpt["config"]), schedule=ckpt["schedule"],
+            step=int(ckpt["step"]))
     if (a.dest / "weights.safetensors").exists():
         shipped = Path(tempfile.mkdtemp()) / "shipped"
         shutil.copytree(a.dest, shipped)
@@ -179,7 +186,7 @@ def main() -> None:
     })
     config["provenance"] = {k: v for k, v in prov.items() if k != "history"}
     config["eval"] = {"measured": time.strftime("%Y-%m-%d", time.gmtime()), "step": prov.get("step"),
-                      "selected": f"{pick} of run best / run latest / previously shipped: the shipped model stays "
+                      "selected": f"{pick} of {' / '.join(candidates)}: the shipped model stays "
                                   f"unless another beats it by {a.margin:g} paired standard errors on the full "
                                   "validation set's same-kind pairs",
                       "challengers": {k: {m: round(v, 3) for m, v in st.items()} for k, st in stats.items()},

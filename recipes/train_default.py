@@ -35,6 +35,8 @@ ap.add_argument("--person-power", type=float, default=0.0, help="persons drawn â
 ap.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
                 help="also draw the pools' voice variants (sepcli train --variants; recipes/make_data.py --stage "
                 "variants makes them); on since session 7")
+ap.add_argument("--ema", type=float, default=0.999, help="decay of the weight average that is validated and "
+                "exported (sepcli train --ema); on since session 9")
 a = ap.parse_args()
 world = int(os.environ.get("WORLD_SIZE", "1"))
 if 4 % world:
@@ -68,7 +70,7 @@ cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
                   continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
                   segment=2.0, batch_size=4 // world, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200, patience=8,
                   reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, mixed_share=0.15,
-                  person_power=a.person_power, variants=a.variants, lr_scale=a.lr_scale, ckpt_minutes=10,
+                  person_power=a.person_power, variants=a.variants, ema=a.ema, lr_scale=a.lr_scale, ckpt_minutes=10,
                   max_minutes=a.minutes, resume=True, name="s4m-tiny-16k", threads=threads, val_limit=a.val_limit,
                   log_every=25)
 summary = train(cfg)

@@ -602,6 +602,9 @@ def train(
     variants: bool = typer.Option(False, "--variants", help="With --pools: also train on the pools' voice "
                                   "variants (each real person with formants and pitch shifted; recipes/make_data.py "
                                   "--stage variants)."),
+    ema: float | None = typer.Option(None, min=0.0, max=0.99999, help="Validate and export a moving average of "
+                                     "the weights with this decay per step (e.g. 0.999: about the last 1000 "
+                                     "steps) instead of the raw weights; log.jsonl also shows the raw score."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast on CPU (for CPUs with AMX/AVX512-BF16)."),
     compile_net: bool = typer.Option(False, "--compile", help="torch.compile the training step's network "
                                      "(a one-off compile of a few minutes; needs a C++ compiler on CPU; "
@@ -619,7 +622,7 @@ def train(
                       sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
                       epoch_steps=epoch_steps, lr=lr, resume=resume, lr_scale=lr_scale, name=name, threads=threads,
                       max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
-                      mixed_share=mixed_share, person_power=person_power, variants=variants, bf16=bf16,
+                      mixed_share=mixed_share, person_power=person_power, variants=variants, ema=ema, bf16=bf16,
                       compile=compile_net, quiet=quiet)
     try:
         result = run_training(cfg)

@@ -104,6 +104,10 @@ def test_train_cli_usage_errors(tmp_path, bands):
     assert res.exit_code == 2 and "--arch" in res.stderr
     res = runner.invoke(app, ["train", "--arch", "nope", "--out", str(tmp_path / "r"), "--data", str(bands)])
     assert res.exit_code == 2 and "unknown network configuration" in res.stderr
+    res = runner.invoke(app, ["train", "--arch", "s4m-tiny-8k", "--out", str(tmp_path / "r"), "--data", str(bands),
+                              "--ema", "0"])
+    assert res.exit_code == 2 and "decay is between 0 and 1" in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "r" / "last.pt").exists()
     # --variants on pools that have none: one line naming the folder and the stage that makes them
     from sepcli.train.speakers import Speaker, write_index
     pools = tmp_path / "pools"

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from .. import metrics
 from ..nets import build_network, named_config
 from .data import DataError, DynamicMixDataset, LibriMixDataset
+from .ema import WeightAverage
 from .export import export_model_folder
 from .mixing import MixOptions
 
@@ -63,6 +64,8 @@ class TrainConfig:
     mixed_share: float | None = None    # with real_share: chance of a real+synthetic pair (else same-kind pairs)
     person_power: float = 0.0           # with pools: persons drawn ∝ seconds**person_power (0: uniformly)
     variants: bool = False              # with pools: also draw the pools' voice variants (kind "variant")
+    ema: float | None = None            # decay of a moving average of the weights (e.g. 0.999) that is validated
+                                        # and exported instead of the raw weights (sepcli.train.ema)
     name: str | None = None             # exported model name
     threads: int | None = None
     bf16: bool = False
@@ -230,7 +233,7 @@ def train(cfg: TrainConfig) -> dict:
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = Schedule(cfg.lr, cfg.warmup, cfg.patience)
-    step, history = 0, []
+    step, history, saved_average = 0, [], None
     if cfg.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if state["arch"] != arch or state["arch_args"] != arch_args:
@@ -240,6 +243,7 @@ def train(cfg: TrainConfig) -> dict:
         sched.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"]["torch"])
         step, history = int(state["step"]), json.loads(state["history"])
+        saved_average = state.get("ema")
     elif cfg.init and cfg.continue_init:
         # A committed model folder carries no optimiser state (kept small): continue its step count and lr
         # schedule, and re-warm Adam's moments over `warmup` steps from there.
@@ -267,6 +271,12 @@ def train(cfg: TrainConfig) -> dict:
         print(f"{cfg.val_data}: not the validation set (or --val-limit) of the run's best score so far; best score "
               "and patience start again", file=sys.stderr)
 
+    average = None
+    if cfg.ema is not None:
+        average = WeightAverage(model, cfg.ema)  # starts from the weights loaded above (init, continuation)
+        if saved_average is not None:
+            average.load_state_dict(saved_average)
+
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
@@ -287,7 +297,8 @@ def train(cfg: TrainConfig) -> dict:
             _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                               "schedule": sched.state_dict(), "rng": _rng_state(), "step": step,
                               "arch": arch, "arch_args": arch_args, "history": json.dumps(history),
-                              "config": json.dumps(asdict(cfg), default=str)})
+                              "config": json.dumps(asdict(cfg), default=str),
+                              "ema": average.state_dict() if average is not None else None})
 
     def do_validation():
         nonlocal history
@@ -295,7 +306,10 @@ def train(cfg: TrainConfig) -> dict:
             return
         rec = {"step": step, "train_loss": float(np.mean(recent)) if recent else None}
         if val_ds is not None:
-            rec.update(validate(model, val_ds, limit=cfg.val_limit))
+            with average.applied(model) if average is not None else _null():
+                rec.update(validate(model, val_ds, limit=cfg.val_limit))
+            if average is not None:  # the raw weights too, to show what the average buys
+                rec["raw_si_snri"] = validate(model, val_ds, limit=cfg.val_limit)["si_snri"]
             better = sched.validated(rec["si_snri"])
         else:
             better = True
@@ -304,9 +318,10 @@ def train(cfg: TrainConfig) -> dict:
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         if better:
-            export_model_folder(out / "best", model, meta, name=cfg.name or out.name, history=history,
-                                train_config=asdict(cfg), seconds_per_step=sec_per_step(),
-                                schedule=sched.state_dict())
+            with average.applied(model) if average is not None else _null():
+                export_model_folder(out / "best", model, meta, name=cfg.name or out.name, history=history,
+                                    train_config=asdict(cfg), seconds_per_step=sec_per_step(),
+                                    schedule=sched.state_dict())
         if not cfg.quiet:
             print(f"[validate] step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in rec.items()), file=sys.stderr, flush=True)
@@ -332,6 +347,8 @@ def train(cfg: TrainConfig) -> dict:
             for g in opt.param_groups:
                 g["lr"] = sched.lr(step)
             loss = train_step(net, opt, mix, ref, cfg.clip, autocast)
+            if average is not None:
+                average.update(model)
             step += 1
             times.append(time.perf_counter() - t0)
             times[:] = times[-50:]
