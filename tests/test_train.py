@@ -17,7 +17,9 @@ from sepcli.train.data import LibriMixDataset
 from sepcli.train.mixing import MixOptions, choose_persons, make_mixture, rng_for
 from sepcli.train.speakers import Speaker, assign_splits, check_disjoint, load_pool, read_index, write_index
 from sepcli import metrics
-from sepcli.train.trainer import Schedule, TrainConfig, batch_indices, format_eta, train, train_step
+from sepcli.train import trainer
+from sepcli.train.trainer import Schedule, TrainConfig, batch_indices, format_eta, train, train_step, validate
+from tests.test_ema import reference_average as ema_reference
 
 SR = 8000
 TINY = {"sample_rate": SR, "bn_channels": 8, "hidden": 8, "num_blocks": 1, "depth": 2, "enc_kernel_ms": 2.0}
@@ -874,3 +876,69 @@ def test_init_from_model_folder_fine_tunes(tmp_path, librimix):
                               steps=1, threads=1, quiet=True))
     conf = json.loads((Path(again["export"]) / "config.json").read_text())
     assert conf["arch_args"] == TINY
+
+
+# --ema: the moving average of the weights (sepcli/train/ema.py; its update alone: tests/test_ema.py)
+def ema_cfg(out, data, **kw):
+    return cfg(out, data=data, val_data=data, ema=kw.pop("ema", 0.8), ckpt_minutes=60, **kw)
+
+
+def test_training_validates_and_exports_the_average_of_every_steps_weights(tmp_path, librimix, monkeypatch):
+    snaps = []
+    real_step = trainer.train_step
+
+    def recording_step(net, *args, **kw):
+        if not snaps:  # the weights the average starts from
+            snaps.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        loss = real_step(net, *args, **kw)
+        snaps.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", recording_step)
+    out = train(ema_cfg(tmp_path / "run", librimix, steps=6, epoch_steps=6))
+    assert out["step"] == 6 and len(snaps) == 7
+    ref = ema_reference(snaps, 0.8)
+    exported = load_file(tmp_path / "run" / "best" / "weights.safetensors")
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    for k, v in ref.items():
+        torch.testing.assert_close(exported[k].double(), v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ckpt["ema"]["shadow"][k].double(), v, rtol=1e-5, atol=1e-6)
+        assert torch.equal(ckpt["model"][k], snaps[-1][k])  # training keeps stepping the raw weights
+    assert not all(torch.equal(exported[k], snaps[-1][k]) for k in exported)
+
+    # the log's score is the average's, and the raw weights' score is beside it
+    rec = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    from sepcli.nets import build_network
+
+    net = build_network(ckpt["arch"], ckpt["arch_args"])
+    ds = LibriMixDataset(librimix, SR)
+    net.load_state_dict(exported)
+    assert rec["si_snri"] == pytest.approx(validate(net, ds)["si_snri"], abs=1e-4)
+    net.load_state_dict(ckpt["model"])
+    assert rec["raw_si_snri"] == pytest.approx(validate(net, ds)["si_snri"], abs=1e-4)
+    assert rec["si_snri"] != pytest.approx(rec["raw_si_snri"], abs=1e-6)
+
+
+def test_interrupt_and_resume_keeps_the_same_average(tmp_path, librimix):
+    straight = train(ema_cfg(tmp_path / "a", librimix, steps=5, epoch_steps=3))
+    part = ema_cfg(tmp_path / "b", librimix, steps=5, epoch_steps=3)
+    part.max_minutes = 0.0  # stops with a checkpoint after the first step
+    assert train(part)["step"] == 1
+    resumed = train(ema_cfg(tmp_path / "b", librimix, steps=5, epoch_steps=3, resume=True))
+    assert straight["step"] == resumed["step"] == 5
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["ema"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["ema"]
+    assert a["updates"] == b["updates"] == 5
+    assert all(torch.equal(a["shadow"][k], b["shadow"][k]) for k in a["shadow"])
+
+
+def test_resuming_a_run_without_an_average_starts_it_from_the_checkpoints_weights(tmp_path, librimix):
+    train(ema_cfg(tmp_path / "r", librimix, steps=2, epoch_steps=2, ema=None))
+    before = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert before["ema"] is None
+    part = ema_cfg(tmp_path / "r", librimix, steps=3, epoch_steps=5, resume=True)
+    train(part)
+    after = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    # one update at decay min(0.8, 1/10) = 0.1 from the resumed weights w2 towards the new w3
+    for k, w2 in before["model"].items():
+        torch.testing.assert_close(after["ema"]["shadow"][k], 0.1 * w2 + 0.9 * after["model"][k])
