@@ -146,11 +146,11 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_cb, 
 
 
 # ---------------------------------------------------------------------- shared options
-def _options(segment, overlap, batch_size, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
+def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
              overwrite, device, threads):
     from .pipeline import SeparationOptions
 
-    return SeparationOptions(segment=segment, overlap=overlap, batch_size=batch_size, channel=channel,
+    return SeparationOptions(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, channel=channel,
                              sample_rate=sample_rate, format=fmt, subtype=subtype, name=name, loudness=loudness,
                              drop_silent=drop_silent, overwrite=overwrite, device=device, threads=threads)
 
@@ -227,6 +227,9 @@ ModelOpt = Annotated[str, typer.Option("-m", "--model", help="Zoo model name/ali
 SegmentOpt = Annotated[Optional[float], typer.Option(help=SEGMENT_HELP)]  # noqa: UP045 (typer reads it)
 OverlapOpt = Annotated[Optional[float], typer.Option(help=OVERLAP_HELP)]  # noqa: UP045
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Segments per model call.")]
+ShiftsOpt = Annotated[int, typer.Option("--shifts", help="Average this many passes over the input delayed by "
+                                        "0, 0.5, 1, ... ms: slightly better separation (default model: +0.1 dB "
+                                        "at 4) for N times the model time.")]
 ChannelOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
     help="Use only this input channel (1 = first) instead of the mono downmix.")]
 SampleRateOpt = Annotated[str, typer.Option("--sample-rate", help="Output rate: input, model or Hz.")]
@@ -252,6 +255,7 @@ def separate(
     segment: SegmentOpt = None,
     overlap: OverlapOpt = None,
     batch_size: BatchSizeOpt = 1,
+    shifts: ShiftsOpt = 1,
     channel: ChannelOpt = None,
     sample_rate: SampleRateOpt = "input",
     fmt: FormatOpt = "wav",
@@ -270,7 +274,7 @@ def separate(
 
     Example: sepcli separate interview.mp3 -o out/   ->  out/interview_spk1.wav, out/interview_spk2.wav
     """
-    opts = _options(segment, overlap, batch_size, channel, sample_rate, fmt, subtype, name, loudness,
+    opts = _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness,
                     drop_silent, overwrite, device, threads)
     stems = [("stdin" if i == "-" else Path(i).stem) for i in inputs]
     if len(set(stems)) != len(stems):
@@ -368,6 +372,7 @@ def batch(
     segment: SegmentOpt = None,
     overlap: OverlapOpt = None,
     batch_size: BatchSizeOpt = 1,
+    shifts: ShiftsOpt = 1,
     channel: ChannelOpt = None,
     sample_rate: SampleRateOpt = "input",
     fmt: FormatOpt = "wav",
@@ -388,7 +393,7 @@ def batch(
     """
     from .pipeline import UsageError, parse_shard
 
-    opts = _options(segment, overlap, batch_size, channel, sample_rate, fmt, subtype, name, loudness,
+    opts = _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness,
                     drop_silent, overwrite, device, threads)
     try:
         shard_ix = parse_shard(shard)
@@ -646,6 +651,7 @@ def eval_cmd(
     limit: int | None = typer.Option(None, help="Only the first N mixtures."),
     segment: float | None = typer.Option(None, help=SEGMENT_HELP),
     overlap: float | None = typer.Option(None, help=OVERLAP_HELP),
+    shifts: ShiftsOpt = 1,
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int | None = typer.Option(None, help="CPU threads."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
@@ -657,7 +663,7 @@ def eval_cmd(
     from .pipeline import SeparationOptions
     from .train.data import DataError
 
-    sep = _make_separator(model, SeparationOptions(segment=segment, overlap=overlap, device=device,
+    sep = _make_separator(model, SeparationOptions(segment=segment, overlap=overlap, shifts=shifts, device=device,
                                                    threads=threads), debug)
     console = _stderr_console(quiet)
     try:

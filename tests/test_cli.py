@@ -107,7 +107,7 @@ def test_exit_code_1_when_some_input_fails(tmp_path, fast_model):
 @pytest.mark.parametrize("args", [["--overlap", "0.9"], ["--segment", "-1"], ["--format", "aac"],
                                   ["--loudness", "loud"], ["--name", "../{stem}{k}.{ext}"],
                                   ["--sample-rate", "1000"], ["--subtype", "FLOAT", "--format", "flac"],
-                                  ["--batch-size", "0"], ["-m", "no-such-model"]])
+                                  ["--batch-size", "0"], ["--shifts", "0"], ["-m", "no-such-model"]])
 def test_exit_code_2_for_usage_errors(tmp_path, fast_model, args):
     good = _wav(tmp_path / "g.wav")
     full = ["separate", good, "-o", tmp_path / "out"] + (["-m", fast_model] if "-m" not in args else []) + args

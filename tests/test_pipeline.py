@@ -258,3 +258,55 @@ def test_si_snr_of_double_without_alignment_is_poor(tmp_path):
     naive = np.concatenate(pieces, axis=1)
     assert np.min(_scores(naive, src)) < 10
     assert float(si_snr(torch.from_numpy(src[0]), torch.from_numpy(src[0]))) > 60
+
+
+class _DelayFlips(torch.nn.Module):
+    """A small real network (random S4M, shift-variant through its strided encoder) that also puts its sources in
+    the other order whenever the input starts with an exact zero, as a delayed (zero-padded) input does: the
+    passes of --shifts must be put back in order before they are averaged."""
+
+    sample_rate, n_src = SR, 2
+
+    def __init__(self):
+        super().__init__()
+        from sepcli.nets import build_network
+
+        torch.manual_seed(5)
+        self.net = build_network("s4m", {"sample_rate": SR, "bn_channels": 8, "hidden": 8, "num_blocks": 1,
+                                         "depth": 2, "enc_kernel_ms": 2.0})
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        y = self.net(x)
+        return y.flip(1) if bool((x[:, 0] == 0).all()) else y
+
+
+@pytest.mark.parametrize("shifts", [1, 3])
+def test_shifts_average_the_delayed_passes_in_the_first_passes_order(shifts):
+    net = _DelayFlips()
+    x = synthetic_sources(SR, SR, seed=4).sum(0)[None].astype(np.float32) + 0.01  # never starts at an exact zero
+    sep = Separator(net, shifts=shifts, loudness="off")
+    from sepcli.pipeline import _Timer
+
+    got = sep._forward(x, _Timer())
+    # reference, plainly: pass k delays the input by k * 0.5 ms (4 samples at 8 kHz), drops the delay from the
+    # output, and is flipped back (this network flips delayed inputs); then the mean
+    with torch.inference_mode():
+        passes = []
+        for k in range(shifts):
+            d = 4 * k
+            y = net.net(torch.from_numpy(np.pad(x, ((0, 0), (d, 0)))))[0, :, d:].numpy()
+            passes.append(y)
+    want = np.mean(passes, axis=0)
+    assert got.shape == (1, 2, SR)
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5)
+    assert [c[1] for c in net.calls] == [SR + 4 * k for k in range(shifts)]
+    if shifts > 1:  # the passes differ (else the test would show nothing)
+        assert np.abs(passes[1] - passes[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("shifts", [0, 17])
+def test_shifts_out_of_range_is_a_usage_error(shifts):
+    with pytest.raises(UsageError, match="--shifts must be between 1 and 16"):
+        Separator(OracleSeparator(synthetic_sources(SR, SR), SR), shifts=shifts)
