@@ -4,7 +4,7 @@
     python recipes/train_default.py --minutes 150     # resumes runs/default/last.pt when present
 
 Same as `sepcli train --arch s4m-small-16k --pools data/pools --val-data data/16k/val --out runs/default --resume`.
-Under `torchrun --standalone --nproc_per_node N` (N = 1, 2 or 4) the global batch of 4 mixtures is split across
+Under `torchrun --standalone --nproc_per_node N` (N = 1, 2 or 4) the global batch (4 mixtures of 2 s) is split across
 the N processes: the same mixtures, step for step. On this 2-core CPU two processes at one thread each are only
 4 % faster than one at two threads (0.86 vs 0.90 s/step, `benchmarks/bench_train.py --ranks 2 --threads 1`), so
 resume_default.sh runs one process.
@@ -35,12 +35,17 @@ ap.add_argument("--person-power", type=float, default=0.0, help="persons drawn â
 ap.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
                 help="also draw the pools' voice variants (sepcli train --variants; recipes/make_data.py --stage "
                 "variants makes them); on since session 7")
+ap.add_argument("--segment", type=float, default=2.0, help="training segment in seconds; the batch keeps 8 s of "
+                "audio per step (2 s x 4, 4 s x 2); for A/B runs against the recipe's value")
 ap.add_argument("--ema", type=float, default=0.999, help="decay of the weight average that is validated and "
                 "exported (sepcli train --ema); on since session 9")
 a = ap.parse_args()
 world = int(os.environ.get("WORLD_SIZE", "1"))
-if 4 % world:
-    ap.error(f"the global batch of 4 mixtures does not split over {world} processes")
+batch = round(8.0 / a.segment)
+if batch < 1 or abs(batch * a.segment - 8.0) > 1e-9:
+    ap.error(f"--segment {a.segment:g} does not divide 8 s of audio per step")
+if batch % world:
+    ap.error(f"the global batch of {batch} mixtures does not split over {world} processes")
 if not 0.0 <= a.person_power <= 1.0:
     ap.error("--person-power is between 0 and 1")
 threads = a.threads or max(1, 2 // world)
@@ -68,8 +73,8 @@ committed = next((p for p in (here / "state" / "default-latest", here.parent / "
 init = str(committed) if committed and not (a.out / "last.pt").exists() else None
 cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
                   continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
-                  segment=2.0, batch_size=4 // world, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200, patience=8,
-                  reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, mixed_share=0.15,
+                  segment=a.segment, batch_size=batch // world, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200,
+                  patience=8, reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, mixed_share=0.15,
                   person_power=a.person_power, variants=a.variants, ema=a.ema, lr_scale=a.lr_scale, ckpt_minutes=10,
                   max_minutes=a.minutes, resume=True, name="s4m-tiny-16k", threads=threads, val_limit=a.val_limit,
                   log_every=25)
