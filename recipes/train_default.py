@@ -3,11 +3,12 @@
     python recipes/make_data.py --out data            # once: pools + fixed val/test sets
     python recipes/train_default.py --minutes 150     # resumes runs/default/last.pt when present
 
-Same as `sepcli train --arch s4m-small-16k --pools data/pools --val-data data/16k/val --out runs/default --resume`.
-Under `torchrun --standalone --nproc_per_node N` (N = 1, 2 or 4) the global batch (4 mixtures of 2 s) is split across
-the N processes: the same mixtures, step for step. On this 2-core CPU two processes at one thread each are only
-4 % faster than one at two threads (0.86 vs 0.90 s/step, `benchmarks/bench_train.py --ranks 2 --threads 1`), so
-resume_default.sh runs one process.
+Same as `sepcli train --arch s4m-small-16k --pools data/pools --val-data data/16k/val --out runs/default --resume
+--segment 4 --batch-size 2 --ema 0.999` (and the mixing options below). Under `torchrun --standalone
+--nproc_per_node N` (N = 1 or 2; before session 9, with 2 s segments, 4 too) the global batch (2 mixtures of 4 s)
+is split across the N processes: the same mixtures, step for step. On this 2-core CPU two processes at one
+thread each are only 4 % faster than one at two threads (0.86 vs 0.90 s/step, `benchmarks/bench_train.py --ranks 2
+--threads 1`), so resume_default.sh runs one process.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ ap.add_argument("--person-power", type=float, default=0.0, help="persons drawn â
 ap.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
                 help="also draw the pools' voice variants (sepcli train --variants; recipes/make_data.py --stage "
                 "variants makes them); on since session 7")
-ap.add_argument("--segment", type=float, default=2.0, help="training segment in seconds; the batch keeps 8 s of "
+ap.add_argument("--segment", type=float, default=4.0, help="training segment in seconds; the batch keeps 8 s of "
                 "audio per step (2 s x 4, 4 s x 2); for A/B runs against the recipe's value")
 ap.add_argument("--ema", type=float, default=0.999, help="decay of the weight average that is validated and "
                 "exported (sepcli train --ema); on since session 9")
@@ -64,6 +65,12 @@ threads = a.threads or max(1, 2 // world)
 # once more with formants and pitch shifted, half of a real person's draws) against none: quick validation +0.078 +-
 # 0.026 dB over 15 paired validations; on the full sets, validation same-kind +0.20 +- 0.08 dB (real+real 2.21
 # against 1.77), held-out real people +0.33 +- 0.10 dB, held-out synthetic +0.05 +- 0.05 dB: variants are on.
+# Session 9 A/B from step 49275 (1 thread each, 63-65 minutes of wall time each; the EMA on in both): 4 s x 2
+# segments against 2 s x 4 (the same 8 s of audio per step, 1.68 against 1.57 s per step, so 2,126 against 2,348
+# steps): quick validation higher in all 8 paired validations (+0.14 dB; neighbours are correlated); the latest
+# weight averages on the full sets, paired per mixture: validation same-kind +0.09 +- 0.07 dB (3.23 against 3.14),
+# held-out real +0.14 +- 0.08 dB, held-out synthetic +0.00 +- 0.04 dB. Not significant alone, but no measure shows
+# harm, inference runs 4 s segments (where a 2 s context scores 0.33 dB less than 4 s on validation), so 4 s it is.
 # Resume order: this machine's checkpoint (exact); else the committed continuation state recipes/state/default-latest
 # (latest weights, step, lr schedule, history; Adam re-warmed: the repo carries no optimiser state), else the
 # shipped model; else a fresh start.
