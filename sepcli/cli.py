@@ -607,7 +607,7 @@ def train(
     variants: bool = typer.Option(False, "--variants", help="With --pools: also train on the pools' voice "
                                   "variants (each real person with formants and pitch shifted; recipes/make_data.py "
                                   "--stage variants)."),
-    ema: float | None = typer.Option(None, min=0.0, max=0.99999, help="Validate and export a moving average of "
+    ema: float | None = typer.Option(None, help="Validate and export a moving average of "
                                      "the weights with this decay per step (e.g. 0.999: about the last 1000 "
                                      "steps) instead of the raw weights; log.jsonl also shows the raw score."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast on CPU (for CPUs with AMX/AVX512-BF16)."),

@@ -46,7 +46,7 @@ class WeightAverage:
             model.load_state_dict(own)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+        return {"updates": self.updates, "shadow": self.shadow}  # the decay is the run's option
 
     def load_state_dict(self, state: dict) -> None:
         if set(state["shadow"]) != set(self.shadow):

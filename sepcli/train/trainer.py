@@ -305,20 +305,23 @@ def train(cfg: TrainConfig) -> dict:
         if rank != 0:
             return
         rec = {"step": step, "train_loss": float(np.mean(recent)) if recent else None}
-        if val_ds is not None:
-            with average.applied(model) if average is not None else _null():
+        # the raw weights' score first, to show what the average buys; the rest runs on the average
+        raw = None
+        if val_ds is not None and average is not None:
+            raw = validate(model, val_ds, limit=cfg.val_limit)["si_snri"]
+        with average.applied(model) if average is not None else _null():
+            if val_ds is not None:
                 rec.update(validate(model, val_ds, limit=cfg.val_limit))
-            if average is not None:  # the raw weights too, to show what the average buys
-                rec["raw_si_snri"] = validate(model, val_ds, limit=cfg.val_limit)["si_snri"]
-            better = sched.validated(rec["si_snri"])
-        else:
-            better = True
-        rec["lr"] = sched.lr(step)
-        history.append(rec)
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if better:
-            with average.applied(model) if average is not None else _null():
+                if raw is not None:
+                    rec["raw_si_snri"] = raw
+                better = sched.validated(rec["si_snri"])
+            else:
+                better = True
+            rec["lr"] = sched.lr(step)
+            history.append(rec)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if better:
                 export_model_folder(out / "best", model, meta, name=cfg.name or out.name, history=history,
                                     train_config=asdict(cfg), seconds_per_step=sec_per_step(),
                                     schedule=sched.state_dict())
