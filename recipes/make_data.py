@@ -444,8 +444,20 @@ def build_real(job) -> tuple[str, str, str, np.ndarray]:
     return sid, person, "real", join_utterances(parts, seed=len(sid))
 
 
+# The synthetic voices' text, frozen: what docstring_sentences() gave on Python 3.11.7, the interpreter that built
+# this project's pools. Derived afresh, the text changed with the interpreter's patch release (3.11.2 gave 1695
+# sentences against 1711, session 10), so every synthetic pool came out different on another machine.
+SENTENCES = Path(__file__).with_name("sentences.txt")
+
+
 def sentences() -> list[str]:
-    """English sentences from the docstrings of Python's standard library (offline text)."""
+    """The English sentences the synthetic voices read (recipes/sentences.txt, sorted, one per line)."""
+    return [line for line in SENTENCES.read_text(encoding="utf-8").splitlines() if line]
+
+
+def docstring_sentences() -> list[str]:
+    """English sentences from the docstrings of Python's standard library (offline text); how sentences.txt was
+    made: python -c 'import make_data; print(*make_data.docstring_sentences(), sep="\\n")' > sentences.txt"""
     import pydoc  # noqa: F401  (forces many stdlib modules to be importable)
 
     mods = ["os", "re", "json", "collections", "itertools", "functools", "pathlib", "subprocess", "argparse",

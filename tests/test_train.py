@@ -3,6 +3,7 @@ DDP under torchrun produces a loadable model folder, and the data recipe's split
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -646,6 +647,21 @@ def test_recipe_mbrola_rendering_is_deterministic(tmp_path):
     assert len(runs[0]) > make_data.POOL_SR * 3 and np.abs(runs[0]).max() > 0.05
     for other in runs[1:]:
         np.testing.assert_array_equal(other, runs[0])
+
+def test_recipe_text_does_not_depend_on_the_interpreter(monkeypatch):
+    """The synthetic voices read the committed sentences.txt, not docstrings of the running Python (which changed
+    between patch releases and made every synthetic pool differ on another machine)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    lines = make_data.SENTENCES.read_text(encoding="utf-8").splitlines()
+    assert len(lines) > 1000 and lines == sorted(set(lines))
+    assert all(5 <= len(s.split()) <= 25 and re.fullmatch(r"[A-Za-z ,;:'\-.()!?]+", s) for s in lines)
+    before = make_data.sentences()
+    monkeypatch.setattr(json, "__doc__", "A sentence that a different Python release might carry here.")
+    assert "A sentence that a different Python release might carry here." in make_data.docstring_sentences()
+    assert make_data.sentences() == before == lines
+
 
 def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     """`--only PREFIX` renders just those speakers and keeps every other pool file and index entry."""

@@ -158,3 +158,15 @@ def test_recipe_variants_stage_makes_the_asked_variants_per_real_training_person
     for i in range(30):
         _, _, meta = make_mixture(rng_for(0, i), ds.audio, ds.persons, SR, ds.options, ds.real)
         assert sorted(meta["speakers"]) == ["a", "b"]
+
+
+def test_variant_is_the_same_on_every_run_whatever_praat_drew_before():
+    # a voiced vowel, then noise (an unvoiced stretch, where Change gender's resynthesis draws random numbers)
+    rng = np.random.default_rng(3)
+    x = np.concatenate([vowel(140.0, [700.0, 1200.0], seconds=1.5), 0.1 * rng.standard_normal(SR)]).astype(np.float32)
+    first = make_variant(x, SR, VariantShift(0.86, 0.6), 140.0, block_seconds=1.0)
+    from parselmouth.praat import run
+
+    run("for i to 1000\n  x = randomUniform (0, 1)\nendfor")  # move Praat's generator on
+    second = make_variant(x, SR, VariantShift(0.86, 0.6), 140.0, block_seconds=1.0)
+    np.testing.assert_array_equal(first, second)

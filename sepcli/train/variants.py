@@ -39,6 +39,22 @@ def _parselmouth():
     return parselmouth, call
 
 
+def _seed_praat(seed: int) -> None:
+    """Seed Praat's process-wide random generator. "Change gender" draws random numbers in its resynthesis, so
+    without a seed the same call gave samples up to 1.0 apart run to run (session 10: one person's variant built
+    twice on one machine); seeded, it repeats exactly. Praat scripting function, Praat 6.1.28 and later."""
+    from parselmouth.praat import run
+
+    run(f"random_initializeWithSeedUnsafelyButPredictably({int(seed)})")
+
+
+def _seed_praat_unpredictably() -> None:
+    """Give Praat's generator back its own unpredictable state, for other Praat work in the same process."""
+    from parselmouth.praat import run
+
+    run("random_initializeSafelyAndUnpredictably()")
+
+
 def pitch_median(x: np.ndarray, sr: int, seconds: float = 120.0) -> float:
     """Median f0 (Hz) of the voiced frames in the first `seconds`; nan if none is voiced."""
     parselmouth, call = _parselmouth()
@@ -98,7 +114,8 @@ def make_variant(x: np.ndarray, sr: int, shift: VariantShift, median_hz: float,
                  block_seconds: float = 60.0) -> np.ndarray:
     """`x` resynthesised with formants x`shift.formant_ratio` and the pitch median moved to
     `median_hz * shift.pitch_ratio`, same length and rate. Done in blocks (each converted to float64 on its own),
-    so a memory-mapped float16 pool is never copied whole."""
+    so a memory-mapped float16 pool is never copied whole. Deterministic: Praat's random generator is seeded
+    from the block's position and the shift, so a block's output does not depend on what ran before it."""
     parselmouth, call = _parselmouth()
     out = np.zeros(len(x), np.float32)
     block = int(block_seconds * sr)
@@ -107,6 +124,7 @@ def make_variant(x: np.ndarray, sr: int, shift: VariantShift, median_hz: float,
         if len(part) < sr // 10:  # too short to analyse: left silent rather than unshifted
             continue
         snd = parselmouth.Sound(part, sampling_frequency=sr)
+        _seed_praat(zlib.crc32(f"{start}:{shift.formant_ratio}:{shift.pitch_ratio}:{median_hz:.3f}".encode()))
         new = call(snd, "Change gender", PITCH_FLOOR, PITCH_CEILING, shift.formant_ratio,
                    median_hz * shift.pitch_ratio, 1.0, 1.0)
         y = new.values[0]
@@ -114,6 +132,7 @@ def make_variant(x: np.ndarray, sr: int, shift: VariantShift, median_hz: float,
             raise RuntimeError(f"Change gender returned {new.sampling_frequency} Hz, expected {sr}")
         n = min(len(y), len(part))
         out[start: start + n] = y[:n]
+    _seed_praat_unpredictably()
     peak = np.abs(out).max(initial=0.0)
     if peak > 0.99:
         out *= 0.99 / peak
