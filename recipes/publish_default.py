@@ -152,7 +152,10 @@ def main() -> None:
     # 2. choose on the full validation set, by its same-kind pairs (real+real, synthetic+synthetic: what the
     #    held-out targets measure), among the run's best, its latest weights and the model shipped now; the
     #    shipped model stays unless a challenger beats it by the margin (never ship a regression or noise)
-    candidates = {"best": a.run / "best", "latest": a.latest_dest}
+    # a run continued from the committed state on a new machine has no best/ until it beats the best score it
+    # carried over
+    candidates = {"best": a.run / "best"} if (a.run / "best" / "weights.safetensors").exists() else {}
+    candidates["latest"] = a.latest_dest
     if ckpt.get("ema"):  # the run's latest moving average of the weights (train --ema)
         net.load_state_dict(ckpt["ema"]["shadow"])
         candidates["latest-average"] = export_model_folder(

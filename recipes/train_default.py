@@ -38,6 +38,8 @@ ap.add_argument("--variants", action=argparse.BooleanOptionalAction, default=Tru
                 "variants makes them); on since session 7")
 ap.add_argument("--segment", type=float, default=4.0, help="training segment in seconds; the batch keeps 8 s of "
                 "audio per step (2 s x 4, 4 s x 2); for A/B runs against the recipe's value")
+ap.add_argument("--num-blocks", type=int, default=None, help="passes of the shared S4M block (default: the "
+                "configuration's, or the checkpoint's); for A/B runs against the recipe's value")
 ap.add_argument("--ema", type=float, default=0.999, help="decay of the weight average that is validated and "
                 "exported (sepcli train --ema); on since session 9")
 a = ap.parse_args()
@@ -47,6 +49,8 @@ if batch < 1 or abs(batch * a.segment - 8.0) > 1e-9:
     ap.error(f"--segment {a.segment:g} does not divide 8 s of audio per step")
 if batch % world:
     ap.error(f"the global batch of {batch} mixtures does not split over {world} processes")
+if a.num_blocks is not None and a.num_blocks < 1:
+    ap.error("--num-blocks is at least 1")
 if not 0.0 <= a.person_power <= 1.0:
     ap.error("--person-power is between 0 and 1")
 threads = a.threads or max(1, 2 // world)
@@ -79,6 +83,7 @@ committed = next((p for p in (here / "state" / "default-latest", here.parent / "
                   if (p / "weights.safetensors").exists()), None)
 init = str(committed) if committed and not (a.out / "last.pt").exists() else None
 cfg = TrainConfig(out=a.out, arch=None if init else "s4m-small-16k", init=init,
+                  arch_args={} if a.num_blocks is None else {"num_blocks": a.num_blocks},
                   continue_init=bool(init), pools=a.data / "pools", val_data=a.data / "16k" / "val",
                   segment=a.segment, batch_size=batch // world, steps=a.steps, epoch_steps=250, lr=1e-3, warmup=200,
                   patience=8, reverb_prob=0.2, noise_prob=0.1, speed=0.15, real_share=0.7, mixed_share=0.15,
