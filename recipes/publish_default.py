@@ -100,6 +100,14 @@ def choose(files: dict[str, dict[str, float]], incumbent: str | None = "shipped"
     return (max(winners, key=lambda k: stats[k]["diff"]) if winners else incumbent), stats
 
 
+def run_candidates(run: Path, latest: Path) -> dict[str, Path]:
+    """The run's model folders to score: its best-by-validation export when it has one (a run continued from the
+    committed state on a new machine has no best/ until it beats the best score it carried over), and the
+    exported latest weights."""
+    found = {"best": run / "best"} if (run / "best" / "weights.safetensors").exists() else {}
+    return {**found, "latest": latest}
+
+
 def score(folder: Path, data: Path, threads: int, limit: int | None, kind: dict[str, str]) -> dict:
     """Evaluate the model folder on one LibriMix folder through the separation pipeline; prints and returns its
     figures (with the per-mixture rows under "files")."""
@@ -152,10 +160,7 @@ def main() -> None:
     # 2. choose on the full validation set, by its same-kind pairs (real+real, synthetic+synthetic: what the
     #    held-out targets measure), among the run's best, its latest weights and the model shipped now; the
     #    shipped model stays unless a challenger beats it by the margin (never ship a regression or noise)
-    # a run continued from the committed state on a new machine has no best/ until it beats the best score it
-    # carried over
-    candidates = {"best": a.run / "best"} if (a.run / "best" / "weights.safetensors").exists() else {}
-    candidates["latest"] = a.latest_dest
+    candidates = run_candidates(a.run, a.latest_dest)
     if ckpt.get("ema"):  # the run's latest moving average of the weights (train --ema)
         net.load_state_dict(ckpt["ema"]["shadow"])
         candidates["latest-average"] = export_model_folder(

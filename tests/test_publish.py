@@ -88,3 +88,12 @@ def test_selection_uses_the_same_kind_pairs_and_falls_back_to_all():
     pairs = {"ann+bob": {"n": 3, "si_snri": {"mean": 1.0}}, "kal+rms": {"n": 1, "si_snri": {"mean": 5.0}},
              "ann+kal": {"n": 9, "si_snri": {"mean": 20.0}}}
     assert pub.kind_means(pairs, kind) == pytest.approx({"real": 1.0, "synthetic": 5.0, "same": (3 + 5) / 4})
+
+
+def test_run_candidates_include_best_only_when_the_run_exported_one(tmp_path):
+    run, latest = tmp_path / "run", tmp_path / "latest"
+    (run / "best").mkdir(parents=True)  # an empty folder (an interrupted export) is no candidate
+    assert pub.run_candidates(run, latest) == {"latest": latest}
+    (run / "best" / "weights.safetensors").write_bytes(b"x")
+    assert pub.run_candidates(run, latest) == {"best": run / "best", "latest": latest}
+    assert list(pub.run_candidates(run, latest)) == ["best", "latest"]
