@@ -75,6 +75,13 @@ threads = a.threads or max(1, 2 // world)
 # weight averages on the full sets, paired per mixture: validation same-kind +0.09 +- 0.07 dB (3.23 against 3.14),
 # held-out real +0.14 +- 0.08 dB, held-out synthetic +0.00 +- 0.04 dB. Not significant alone, but no measure shows
 # harm, inference runs 4 s segments (where a 2 s context scores 0.33 dB less than 4 s on validation), so 4 s it is.
+# Session 11 A/B from step 56834 (1 thread each, 62 minutes of wall time each; the EMA on in both): the shared block
+# applied 12 times instead of 8 (--num-blocks 12; same weights, so the arm started from the run's own; 2.1 against
+# 1.4 s per step, 1,758 against 2,612 steps). Zero-shot, the 8-pass weights at 6 / 10 / 12 passes score -0.81 / -0.12
+# / -0.46 dB on validation; the 12-pass arm's training loss on the same batches was behind by 0.32 dB in its first 250
+# steps and still by 0.03-0.05 dB (+- 0.03) at steps 57500-58500. The latest averages on the full sets, paired per
+# mixture, 12 minus 8 passes: validation -0.01 +- 0.06 dB, held-out real -0.30 +- 0.14 dB, held-out synthetic +0.01 +-
+# 0.05 dB. No gain per step and 1.5x the cost, so 8 passes stay.
 # Resume order: this machine's checkpoint (exact); else the committed continuation state recipes/state/default-latest
 # (latest weights, step, lr schedule, history; Adam re-warmed: the repo carries no optimiser state), else the
 # shipped model; else a fresh start.
