@@ -139,11 +139,28 @@ def solve_gains(cur: np.ndarray, mix: np.ndarray, prev_tail: np.ndarray | None) 
     return np.linalg.solve(a + np.diag(ridge), b)
 
 
+# The order is kept unless the overlap shows that another order continues the previous segment better:
+# - CONTENT_FLOOR: sources whose zero-mean energy is below this share of their energy (silence, a constant offset,
+#   rounding noise) carry nothing SI-SNR can match; it would follow the noise;
+# - TIE_DB: orders whose summed SI-SNR differ by less than this are a tie, e.g. two estimates that are scaled
+#   copies of each other on the overlap (SI-SNR ignores the scale and the sign), decided otherwise by rounding.
+CONTENT_FLOOR = 1e-8
+TIE_DB = 1e-3
+
+
 def align_order(prev_tail: np.ndarray, cur_head: np.ndarray) -> tuple[int, ...]:
-    """Order of cur's sources that best continues prev: returns perm with cur[perm[i]] matching prev[i]."""
-    score = pairwise_si_snr(torch.from_numpy(prev_tail.astype(np.float64))[None],
-                            torch.from_numpy(cur_head.astype(np.float64))[None])[0].numpy()
-    return best_permutation(score)
+    """Order of cur's sources that best continues prev: returns perm with cur[perm[i]] matching prev[i]; the
+    identity when the overlap cannot tell the orders apart (see CONTENT_FLOOR and TIE_DB)."""
+    prev, cur = prev_tail.astype(np.float64), cur_head.astype(np.float64)
+    keep = tuple(range(prev.shape[0]))
+    for x in (prev, cur):
+        z = x - x.mean(axis=-1, keepdims=True)
+        if not (z * z).sum() > CONTENT_FLOOR * (x * x).sum():
+            return keep
+    score = pairwise_si_snr(torch.from_numpy(prev)[None], torch.from_numpy(cur)[None])[0].numpy()
+    perm = best_permutation(score)
+    gain = sum(score[i, perm[i]] - score[i, i] for i in range(len(perm)))
+    return perm if gain > TIE_DB else keep
 
 
 class Stitcher:
