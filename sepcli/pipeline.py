@@ -43,6 +43,7 @@ Reliability (see also audio/io.py):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
@@ -609,6 +610,7 @@ class Separator:
         timer = _Timer()
         writers: list[AtomicWriter] = []
         spools: list[FloatSpool] = []
+        temporaries: list[Path] = []  # every temporary file's name, given before the file is created
         claim: OutputClaim | None = None
         try:
             outs = self.planned_outputs(stem, out_dir)
@@ -629,7 +631,8 @@ class Separator:
                 result.duration = src.frames / src.rate
                 rate = self.output_rate(src.rate)
                 check_output_format(o.format, o.subtype, rate)
-                infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record)
+                infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record,
+                                            temporaries.append)
                 replaced = src.nonfinite
             result.outputs = infos
             result.status = "ok"
@@ -662,6 +665,9 @@ class Separator:
                     w.path.unlink(missing_ok=True)  # all speakers or none
             for sp in spools:
                 sp.close()
+            for t in temporaries:  # one an interruption caught between its creation and its owner's list
+                with contextlib.suppress(OSError):
+                    t.unlink(missing_ok=True)
             if claim is not None:
                 claim.release()
         total = time.perf_counter() - t_start
@@ -690,7 +696,8 @@ class Separator:
         return True
 
     def _write_outputs(self, src, outs: list[Path], rate: int, timer: _Timer, writers: list,
-                       spools: list, progress, journal: Callable[..., None]) -> list[OutputInfo]:
+                       spools: list, progress, journal: Callable[..., None],
+                       register: Callable[[Path], None] | None = None) -> list[OutputInfo]:
         """Stream the speakers into `outs` (temporary files, renamed when all are finished). `journal(temps=...,
         committing=...)` records in the claim what a SIGKILL could leave behind (see _clean_after_dead_holder)."""
         o = self.options
@@ -702,14 +709,14 @@ class Separator:
             journal(temps=[os.path.abspath(x.path) for x in spools] + [os.path.abspath(w.tmp) for w in writers])
 
         if o.loudness == "off":  # one pass straight into the files
-            writers.extend(AtomicWriter(p, rate, o.format, o.subtype) for p in outs)
+            writers.extend(AtomicWriter(p, rate, o.format, o.subtype, register) for p in outs)
             temps()
             for block in self._stream(src, timer, progress):
                 for k in range(n_src):
                     writers[k].write(block[k])
                     meters[k].update(block[k])
         else:  # raw float stream first; the gain depends on the whole output
-            spools.extend(FloatSpool(p.parent) for p in outs)
+            spools.extend(FloatSpool(p.parent, register) for p in outs)
             temps()
             measure = o.loudness != "match"  # `match` needs only the peaks of the raw streams
             raw = [StreamingLoudness(rate) for _ in range(n_src)]
@@ -736,7 +743,7 @@ class Separator:
                     gains[k], limited = target_gain(loud[k], raw[k].peak, float(o.loudness))
                     if limited:
                         flags[k].append("peak_limited")
-            writers.extend(AtomicWriter(p, rate, o.format, o.subtype) for p in outs)
+            writers.extend(AtomicWriter(p, rate, o.format, o.subtype, register) for p in outs)
             temps()
             for k in range(n_src):
                 for block in spools[k].blocks():

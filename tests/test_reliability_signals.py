@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sepcli.pipeline import Separator
+from sepcli.pipeline import SeparationOptions, Separator
 from tests.faultnets import slow_folder
 from tests.testnets import bandsplit_folder, synthetic_sources
 
@@ -196,3 +196,42 @@ def test_sigkill_while_writing_leaves_temporaries_that_a_rerun_removes(tmp_path,
     res = Separator(quick_model, loudness="off").separate_file(src, out)
     assert res.status == "ok" and res.flags == ["recovered_interrupted_run"], (res.error, res.flags)
     assert len(finished(out)) == 2 and temporaries(out) == []
+
+
+@pytest.mark.parametrize("loudness", ["off", "match"])  # off: straight into the outputs; match: spools first
+def test_a_signal_while_temporary_files_are_created_leaves_none(tmp_path, monkeypatch, loudness):
+    """SIGINT lands right after a temporary file (an output's or a spool's) is created, before its owner holds
+    it: the handler's exception must still find the file in the cleanup lists (it leaked on the old code)."""
+    import sepcli.audio.io as audio_io
+
+    model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=0.5)
+    src = tmp_path / "in.wav"
+    sf.write(src, synthetic_sources(SR, SR, seed=1).sum(0), SR)
+    out = tmp_path / "out"
+    created = []
+
+    def signalled(make):
+        def wrapper(*args, **kwargs):
+            made = make(*args, **kwargs)
+            name = str(args[0]) if args else ""
+            if name.endswith(".part"):  # a temporary file, not the input being opened
+                created.append(name)
+                os.kill(os.getpid(), signal.SIGINT)
+            return made
+        return wrapper
+
+    monkeypatch.setattr(audio_io.os, "open", signalled(os.open))
+    monkeypatch.setattr(audio_io.sf, "SoundFile", signalled(sf.SoundFile))
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, interrupt)
+    try:
+        sep = Separator(str(model), SeparationOptions(loudness=loudness))
+        with pytest.raises(KeyboardInterrupt):
+            sep.separate_file(src, out)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert created  # the signal did come while a temporary file was being made
+    assert temporaries(tmp_path) == [] and finished(out) == []

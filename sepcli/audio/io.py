@@ -26,7 +26,7 @@ import stat
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +254,10 @@ class AtomicWriter:
     (`.sepcli-<random>.part` in the destination folder), so any final name the file system accepts works.
     """
 
-    def __init__(self, path: str | os.PathLike, rate: int, fmt: str, subtype: str | None = None):
+    def __init__(self, path: str | os.PathLike, rate: int, fmt: str, subtype: str | None = None,
+                 register: Callable[[Path], None] | None = None):
+        """`register(tmp)` is called with the temporary file's name before the file is created, so that an owner
+        who removes the names it was given leaves nothing behind even when interrupted in between."""
         self.path = Path(path)
         major, _, _ = OUTPUT_FORMATS[fmt]
         subtype = check_output_format(fmt, subtype, rate)
@@ -263,6 +266,8 @@ class AtomicWriter:
         except OSError as exc:
             raise AudioError(self.path.parent, f"cannot create the output folder ({os_problem(exc)})") from None
         self.tmp = self.path.parent / f".sepcli-{uuid.uuid4().hex[:12]}.part"
+        if register is not None:
+            register(self.tmp)
         self._clip = subtype != "FLOAT"
         self.clipped = 0
         self.frames = 0
@@ -367,10 +372,12 @@ class AtomicWriter:
 class FloatSpool:
     """A temporary raw float32 stream on disk: write blocks, then read them back in blocks once."""
 
-    def __init__(self, directory: str | os.PathLike):
-        fd, name = tempfile.mkstemp(prefix=".sepcli-", suffix=".f32.part", dir=directory)
-        self.path = Path(name)
-        self._f = os.fdopen(fd, "wb")
+    def __init__(self, directory: str | os.PathLike, register: Callable[[Path], None] | None = None):
+        """`register(path)`: as for AtomicWriter, called with the name before the file exists."""
+        self.path = Path(directory) / f".sepcli-{uuid.uuid4().hex[:12]}.f32.part"
+        if register is not None:
+            register(self.path)
+        self._f = os.fdopen(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb")
         self.frames = 0
 
     def write(self, block: np.ndarray) -> None:
