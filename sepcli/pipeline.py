@@ -632,7 +632,7 @@ class Separator:
                 rate = self.output_rate(src.rate)
                 check_output_format(o.format, o.subtype, rate)
                 infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record,
-                                            temporaries.append)
+                                            temporaries)
                 replaced = src.nonfinite
             result.outputs = infos
             result.status = "ok"
@@ -697,16 +697,19 @@ class Separator:
 
     def _write_outputs(self, src, outs: list[Path], rate: int, timer: _Timer, writers: list,
                        spools: list, progress, journal: Callable[..., None],
-                       register: Callable[[Path], None] | None = None) -> list[OutputInfo]:
-        """Stream the speakers into `outs` (temporary files, renamed when all are finished). `journal(temps=...,
-        committing=...)` records in the claim what a SIGKILL could leave behind (see _clean_after_dead_holder)."""
+                       temporaries: list[Path]) -> list[OutputInfo]:
+        """Stream the speakers into `outs` (temporary files, renamed when all are finished). Every temporary file's
+        name goes into `temporaries` before the file is created; `journal(temps=..., committing=...)` records in the
+        claim what a SIGKILL could leave behind (see _clean_after_dead_holder)."""
         o = self.options
         n_src = self.model.n_src
         meters = [StreamingLoudness(rate) for _ in range(n_src)]
         gains = [1.0] * n_src
         flags: list[list[str]] = [[] for _ in range(n_src)]
+        register = temporaries.append
+
         def temps():
-            journal(temps=[os.path.abspath(x.path) for x in spools] + [os.path.abspath(w.tmp) for w in writers])
+            journal(temps=[os.path.abspath(t) for t in temporaries])
 
         if o.loudness == "off":  # one pass straight into the files
             writers.extend(AtomicWriter(p, rate, o.format, o.subtype, register) for p in outs)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import sepcli.audio.io as audio_io
 from sepcli.pipeline import SeparationOptions, Separator
 from tests.faultnets import slow_folder
 from tests.testnets import bandsplit_folder, synthetic_sources
@@ -202,8 +203,6 @@ def test_sigkill_while_writing_leaves_temporaries_that_a_rerun_removes(tmp_path,
 def test_a_signal_while_temporary_files_are_created_leaves_none(tmp_path, monkeypatch, loudness):
     """SIGINT lands right after a temporary file (an output's or a spool's) is created, before its owner holds
     it: the handler's exception must still find the file in the cleanup lists (it leaked on the old code)."""
-    import sepcli.audio.io as audio_io
-
     model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=0.5)
     src = tmp_path / "in.wav"
     sf.write(src, synthetic_sources(SR, SR, seed=1).sum(0), SR)
