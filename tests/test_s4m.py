@@ -55,3 +55,76 @@ def test_gradients_reach_every_parameter():
     m(torch.randn(2, 200)).square().mean().backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
+
+
+# The CPU fast paths (sepcli/nets/s4m.py upsample_nearest / pool_to, s4.shared_kernels) against the plain
+# formulation they replace: PyTorch's own interpolate / adaptive pooling, and the S4 kernel recomputed per pass.
+
+@pytest.mark.parametrize("n,length", [(1, 1), (1, 8), (3, 6), (5, 20), (251, 2008), (251, 502), (7, 21),
+                                      (5, 15), (251, 2003), (501, 1002), (1002, 2003), (4, 7), (6, 5)])
+def test_upsample_nearest_equals_interpolate(n, length):
+    from sepcli.nets.s4m import upsample_nearest
+
+    x = torch.randn(2, 3, n, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, length, dtype=torch.float64)
+    got = upsample_nearest(x, length)
+    (gx,) = torch.autograd.grad(got, x, g)
+    want = torch.nn.functional.interpolate(x, size=length, mode="nearest")
+    (wx,) = torch.autograd.grad(want, x, g)
+    assert torch.equal(got, want)
+    assert torch.allclose(gx, wx, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,length", [(8, 1), (2008, 251), (502, 251), (251, 251), (2003, 251), (1002, 251),
+                                      (7, 3), (5, 7)])
+def test_pool_to_equals_adaptive_average_pooling(n, length):
+    from sepcli.nets.s4m import pool_to
+
+    x = torch.randn(2, 3, n, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, length, dtype=torch.float64)
+    got = pool_to(x, length)
+    (gx,) = torch.autograd.grad(got, x, g)
+    want = torch.nn.functional.adaptive_avg_pool1d(x, length)
+    (wx,) = torch.autograd.grad(want, x, g)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(gx, wx, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1000, 1280])  # 128 frames, divisible by 8 (every fast path); 163 (fallbacks)
+def test_training_forward_and_gradients_equal_the_plain_formulation(monkeypatch, length):
+    import contextlib
+
+    import sepcli.nets.s4m as s4m
+
+    torch.manual_seed(3)
+    net = build_network("s4m", dict(sample_rate=8000, bn_channels=8, hidden=12, num_blocks=3, depth=4)).double()
+    frames = net.encoder(torch.zeros(1, 1, -(-length // net.stride) * net.stride, dtype=torch.float64)).shape[-1]
+    assert (frames % 8 == 0) == (length == 1000)
+    x = torch.randn(2, length, dtype=torch.float64)
+
+    def run():
+        net.zero_grad()
+        out = net(x)
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    out, grads = run()
+    monkeypatch.setattr(s4m, "upsample_nearest", lambda t, n: torch.nn.functional.interpolate(t, size=n))
+    monkeypatch.setattr(s4m, "pool_to", torch.nn.functional.adaptive_avg_pool1d)
+    monkeypatch.setattr(s4m, "shared_kernels", lambda m: contextlib.nullcontext())
+    ref_out, ref_grads = run()
+    assert torch.allclose(out, ref_out, rtol=1e-10, atol=1e-12)
+    for n, g in ref_grads.items():
+        assert torch.allclose(grads[n], g, rtol=1e-8, atol=1e-12), n
+
+
+def test_the_shared_block_computes_its_s4_kernel_once_per_forward():
+    torch.manual_seed(4)
+    net = build_network("s4m", dict(sample_rate=8000, bn_channels=8, hidden=8, num_blocks=4, depth=2)).train()
+    calls = []
+    net.block.s4.layer.kernel.register_forward_hook(lambda *a: calls.append(1))
+    net(torch.randn(1, 400)).sum().backward()
+    assert len(calls) == 1  # 4 passes, one kernel
+    assert net.block.s4.layer._memo is None  # nothing of this pass's graph is kept after it
+    net(torch.randn(1, 400)).sum().backward()
+    assert len(calls) == 2  # each forward computes it afresh (the parameters may have changed in between)

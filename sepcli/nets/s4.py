@@ -13,12 +13,16 @@ Bidirectional: a second kernel K' runs anticausally: y[t] += sum_{m>=1} K'[m-1] 
 FFT of length 2L with the second kernel flipped into the upper half.
 
 In eval mode with gradients off, the kernel's FFT is cached per (length, device, dtype) and recomputed when a
-parameter changes (tracked through the tensors' version counters).
+parameter changes (tracked through the tensors' version counters). Inside `shared_kernels(net)` (training too)
+each layer computes its kernel once and reuses it: for a network that applies one layer several times in a
+forward pass (S4M's shared block), so the kernel's generation and its backward run once, not once per pass.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -57,6 +61,24 @@ class S4DKernel(nn.Module):
         return 2.0 * k.real
 
 
+@contextmanager
+def shared_kernels(module: nn.Module) -> Iterator[None]:
+    """Within the block, every S4D layer of `module` computes its kernel once per length and reuses it.
+
+    For one forward pass whose parameters do not change inside it (the kernel is a function of them only): the
+    reused tensor stays in the autograd graph, so the gradients of all its uses add up in one backward through
+    the kernel's generation, exactly as if it had been recomputed for each use.
+    """
+    layers = [m for m in module.modules() if isinstance(m, S4D)]
+    for m in layers:
+        m._memo = {}
+    try:
+        yield
+    finally:
+        for m in layers:
+            m._memo = None
+
+
 class S4D(nn.Module):
     """Bidirectional S4D layer on [B, H, L] ("transposed") input: conv -> +D u -> GELU -> Linear(H, 2H) -> GLU."""
 
@@ -68,6 +90,7 @@ class S4D(nn.Module):
         self.D = nn.Parameter(torch.randn(d_model))
         self.output_linear = nn.Conv1d(d_model, 2 * d_model, 1)
         self._cache: dict = {}
+        self._memo: dict | None = None  # set by shared_kernels: this forward pass's kernels, graph included
 
     def _param_versions(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in self.kernel.parameters())
@@ -76,6 +99,8 @@ class S4D(nn.Module):
         """rfft of the (combined, possibly bidirectional) kernel, [H, n_fft//2+1]; cached in inference."""
         use_cache = not self.training and not torch.is_grad_enabled()
         key = (length, n_fft, str(device), dtype)
+        if self._memo is not None and key in self._memo:
+            return self._memo[key]
         if use_cache:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == self._param_versions():
@@ -86,6 +111,8 @@ class S4D(nn.Module):
         else:
             k = F.pad(k[0], (0, n_fft - length))
         kf = torch.fft.rfft(k, n=n_fft)
+        if self._memo is not None:
+            self._memo[key] = kf
         if use_cache:
             if len(self._cache) > 8:  # bounded: a long file's few distinct segment lengths
                 self._cache.clear()
