@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -157,8 +158,11 @@ def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, su
 
 def _make_separator(model: str, opts, debug: bool):
     from .pipeline import Separator, UsageError
+    from .runtime.device import threads_for_idle_cpus
     from .runtime.loader import ModelError
 
+    if opts.threads is None:  # not more threads than idle CPUs: spinning OpenMP threads on busy cores are slow
+        opts = replace(opts, threads=threads_for_idle_cpus())
     try:
         return Separator(model, opts)
     except UsageError as exc:
@@ -240,7 +244,8 @@ NameOpt = Annotated[str, typer.Option("--name", help="Output name template: {ste
 LoudnessOpt = Annotated[str, typer.Option(help=LOUD_HELP)]
 DropSilentOpt = Annotated[bool, typer.Option("--drop-silent", help="Do not write outputs flagged silent.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="CPU threads for the model.")]  # noqa: UP045
+ThreadsOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    help="CPU threads for the model [default: one per idle core, at most PyTorch's default].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
@@ -554,7 +559,7 @@ def bench(
     model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
     seconds: float = typer.Option(30.0, help="Length of the synthetic input."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: int | None = typer.Option(None, help="CPU threads."),
+    threads: ThreadsOpt = None,
     repeat: int = typer.Option(3, help="Timed runs after one warm-up (the median is reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     debug: bool = typer.Option(False, "--debug"),
@@ -653,7 +658,7 @@ def eval_cmd(
     overlap: float | None = typer.Option(None, help=OVERLAP_HELP),
     shifts: ShiftsOpt = 1,
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: int | None = typer.Option(None, help="CPU threads."),
+    threads: ThreadsOpt = None,
     quiet: bool = typer.Option(False, "-q", "--quiet"),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:

@@ -303,3 +303,24 @@ def test_import_spmamba_calls_the_converter(tmp_path, monkeypatch):
     assert calls[-1] == (cfg, ck, tmp_path / "spm", "spm")
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "broken")
     assert r.exit_code == 1 and r.stderr.startswith("sepcli: error: ") and "not an SPMamba" in r.stderr
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("idle,flag,want", [(0.2, [], 1), (3.0, [], 2), (0.2, ["--threads", "2"], 2)])
+def test_default_threads_are_the_idle_cpus_unless_told(tmp_path, fast_model, monkeypatch, restore_threads,
+                                                       idle, flag, want):
+    from sepcli.runtime import device
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(device, "DEFAULT_THREADS", 2)
+    monkeypatch.setattr(device, "idle_cpus", lambda: idle)
+    src = _wav(tmp_path / "a.wav")
+    r = run("separate", src, "-o", tmp_path / "out", "-m", fast_model, "--json", *flag)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["runtime"]["threads"] == want
