@@ -15,6 +15,6 @@ make install >/dev/null
   || echo "resume_default.sh: pool update failed; training on the existing pools" >&2
 mkdir -p runs/default
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_TOP_PAD_=268435456
-nohup setsid .venv/bin/python recipes/train_default.py --threads "${THREADS:-2}" --minutes "$minutes" \
+nohup setsid .venv/bin/python recipes/train_default.py ${THREADS:+--threads "$THREADS"} --minutes "$minutes" \
   >> runs/default/train.log 2>&1 &
 echo "training in the background: tail -f runs/default/train.log"

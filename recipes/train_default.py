@@ -27,7 +27,8 @@ ap.add_argument("--data", type=Path, default=Path("data"))
 ap.add_argument("--out", type=Path, default=Path("runs/default"))
 ap.add_argument("--minutes", type=float, default=None)
 ap.add_argument("--steps", type=int, default=200_000)
-ap.add_argument("--threads", type=int, default=None, help="per process (default: 2 cores over the processes)")
+ap.add_argument("--threads", type=int, default=None, help="per process (default: one process follows the idle "
+                "CPUs, as sepcli train without --threads does; under torchrun, 2 cores over the processes)")
 ap.add_argument("--val-limit", type=int, default=60)
 ap.add_argument("--lr-scale", type=float, default=None, help="set the lr scale when resuming (sepcli train "
                 "--lr-scale), e.g. after new training data")
@@ -53,7 +54,7 @@ if a.num_blocks is not None and a.num_blocks < 1:
     ap.error("--num-blocks is at least 1")
 if not 0.0 <= a.person_power <= 1.0:
     ap.error("--person-power is between 0 and 1")
-threads = a.threads or max(1, 2 // world)
+threads = a.threads or (max(1, 2 // world) if world > 1 else None)
 # patience: 4 validations (1000 steps) until step 10250, then 8: a quick validation (n=60) moves by about
 # +-0.2 dB between neighbours, so four misses in a row were often noise, and new data had just been added.
 # mixed_share 0.15 from step 13250 (before: each source independently, so 42 % of the mixtures paired a real

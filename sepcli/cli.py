@@ -597,7 +597,8 @@ def train(
     lr_scale: float | None = typer.Option(None, help="With --resume: set the lr to --lr times this from here on "
                                           "(e.g. after adding training data; it still halves on plateaus)."),
     name: str | None = typer.Option(None, help="Name of the exported model (default: the run folder's)."),
-    threads: int | None = typer.Option(None, help="CPU threads."),
+    threads: int | None = typer.Option(None, help="CPU threads [default: PyTorch's count, lowered while other "
+                                       "processes keep CPUs busy, and raised again when they stop]."),
     max_minutes: float | None = typer.Option(None, help="Stop cleanly with a checkpoint after this long."),
     reverb: float = typer.Option(0.0, help="With --pools: share of sources given synthetic reverberation."),
     noise: float = typer.Option(0.0, help="With --pools: share of mixtures given background noise."),

@@ -62,3 +62,116 @@ def test_an_explicit_omp_num_threads_is_kept(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     monkeypatch.setattr(device, "DEFAULT_THREADS", 4)
     assert threads_for_idle_cpus(lambda: 0.0) == 4
+
+
+class FakeMachine:
+    """Two CPUs with a wall clock, this process's CPU clock and /proc/stat counters (100 jiffies per second)."""
+
+    def __init__(self):
+        self.t, self.cpu, self.idle, self.total, self.readable = 0.0, 0.0, 0, 0, True
+        self.set_calls = []
+
+    def run(self, seconds, own_cpus, other_cpus):
+        """`seconds` pass with this process using `own_cpus` CPUs and the others `other_cpus` (of 2)."""
+        self.t += seconds
+        self.cpu += own_cpus * seconds
+        self.total += int(2 * 100 * seconds)
+        self.idle += int(round((2 - own_cpus - other_cpus) * 100 * seconds))
+
+    def stat(self):
+        if not self.readable:
+            raise OSError("no /proc/stat")
+        # split over the two CPU lines; only the sums matter
+        i0, t0 = self.idle // 2, self.total // 2
+        return stat((t0 - i0, i0, 0, 0), (self.total - t0 - (self.idle - i0), self.idle - i0, 0, 0))
+
+    def governor(self, most=2, every=30.0):
+        return device.ThreadGovernor(most=most, every=every, read=self.stat, cpus={0, 1}, clock=lambda: self.t,
+                                     cpu_clock=lambda: self.cpu, set_threads=self.set_calls.append)
+
+
+def test_governor_follows_the_cpus_other_processes_leave():
+    m = FakeMachine()
+    g = m.governor()
+    assert m.set_calls == [2] and g.threads == 2
+    m.run(10, own_cpus=2, other_cpus=0)
+    assert g.poll() is None and m.set_calls == [2]  # not yet `every` seconds
+    m.run(25, own_cpus=1.1, other_cpus=0.9)  # another job takes most of a CPU (our spinning threads get the rest)
+    assert g.poll() == 1 and m.set_calls == [2, 1]
+    # over the 35 s: 10 s alone on 2 CPUs, 25 s beside 0.9 CPUs -> others 22.5 CPU-s / 35 s
+    assert g.others == pytest.approx(22.5 / 35, abs=1e-3)
+    m.run(30, own_cpus=1, other_cpus=1)
+    assert g.poll() is None and g.threads == 1 and g.others == pytest.approx(1.0)
+    m.run(30, own_cpus=1, other_cpus=0)  # the other job ended: back to 2
+    assert g.poll() == 2 and m.set_calls == [2, 1, 2] and g.others == pytest.approx(0.0)
+    m.run(30, own_cpus=2, other_cpus=0)  # our own use never counts against us
+    assert g.poll() is None and g.threads == 2
+
+
+def test_governor_keeps_its_count_where_nothing_can_be_measured():
+    m = FakeMachine()
+    m.readable = False
+    g = m.governor(most=2)
+    m.run(60, own_cpus=1, other_cpus=1)
+    assert g.poll() is None and m.set_calls == [2]
+    m.readable = True
+    m.run(60, own_cpus=1, other_cpus=1)
+    assert g.poll() is None  # the first readable sample has nothing to compare with
+    m.run(60, own_cpus=1, other_cpus=1)
+    assert g.poll() == 1
+
+
+def test_governor_never_goes_below_one_or_above_its_most():
+    m = FakeMachine()
+    g = m.governor(most=1)
+    m.run(30, own_cpus=1, other_cpus=0)
+    assert g.poll() is None and g.threads == 1  # 2 CPUs idle enough, but at most 1
+    g = m.governor(most=2)
+    m.run(30, own_cpus=0.2, other_cpus=1.8)
+    assert g.poll() == 1 and g.others == pytest.approx(1.8)
+
+
+def test_training_without_threads_is_governed_and_with_threads_is_not(tmp_path, monkeypatch, capsys):
+    from sepcli.train import trainer
+    from tests.test_train import cfg as train_cfg
+
+    made = []
+
+    class Fake:
+        cpus = {0, 1}
+
+        def __init__(self):
+            made.append(self)
+            self.threads, self.others, self.polls = 2, None, 0
+
+        def poll(self):
+            self.polls += 1
+            if self.polls == 2:
+                self.threads, self.others = 1, 1.2
+                return 1
+            return None
+
+    monkeypatch.setattr(trainer, "ThreadGovernor", Fake)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    data = tmp_path / "lm"
+    _librimix(data)
+    trainer.train(train_cfg(tmp_path / "a", data=data, steps=3, threads=None, quiet=False))
+    assert len(made) == 1 and made[0].polls == 3
+    assert "threads: 1 (other processes kept 1.2 of 2 CPUs busy)" in capsys.readouterr().err
+    trainer.train(train_cfg(tmp_path / "b", data=data, steps=3, threads=1))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    trainer.train(train_cfg(tmp_path / "c", data=data, steps=3, threads=None))
+    assert len(made) == 1  # an explicit count (option or OMP_NUM_THREADS) is kept
+
+
+def _librimix(d):
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    for sub in ("mix", "s1", "s2"):
+        (d / sub).mkdir(parents=True)
+    for i in range(2):
+        a, b = rng.standard_normal(4000) * 0.1, rng.standard_normal(4000) * 0.1
+        for sub, x in (("s1", a), ("s2", b), ("mix", a + b)):
+            sf.write(d / sub / f"{i}.wav", x, 8000, subtype="FLOAT")

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from .. import metrics
 from ..nets import build_network, named_config
+from ..runtime.device import ThreadGovernor
 from .data import DataError, DynamicMixDataset, LibriMixDataset
 from .ema import WeightAverage
 from .export import export_model_folder
@@ -67,7 +68,8 @@ class TrainConfig:
     ema: float | None = None            # decay of a moving average of the weights (e.g. 0.999) that is validated
                                         # and exported instead of the raw weights (sepcli.train.ema)
     name: str | None = None             # exported model name
-    threads: int | None = None
+    threads: int | None = None          # None: PyTorch's count, lowered while other processes keep CPUs busy
+                                        # (runtime.device.ThreadGovernor; not with OMP_NUM_THREADS, e.g. torchrun)
     bf16: bool = False
     compile: bool = False               # torch.compile the training forward (validation stays eager). On this
                                         # 2-core CPU: 16 % faster at 1 thread, 12 % slower at 2; measure first
@@ -207,8 +209,11 @@ def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training. Returns a summary dict (steps, best validation, export folder)."""
     rank, world = _dist()
     torch.set_flush_denormal(True)
+    governor = None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        governor = ThreadGovernor()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -353,6 +358,9 @@ def train(cfg: TrainConfig) -> dict:
             if average is not None:
                 average.update(model)
             step += 1
+            if governor is not None and governor.poll() is not None and rank == 0 and not cfg.quiet:
+                print(f"threads: {governor.threads} (other processes kept {governor.others:.1f} of "
+                      f"{len(governor.cpus)} CPUs busy)", file=sys.stderr, flush=True)
             times.append(time.perf_counter() - t0)
             times[:] = times[-50:]
             recent.append(loss.item())
