@@ -83,6 +83,9 @@ threads = a.threads or (max(1, 2 // world) if world > 1 else None)
 # steps and still by 0.03-0.05 dB (+- 0.03) at steps 57500-58500. The latest averages on the full sets, paired per
 # mixture, 12 minus 8 passes: validation -0.01 +- 0.06 dB, held-out real -0.30 +- 0.14 dB, held-out synthetic +0.01 +-
 # 0.05 dB. No gain per step and 1.5x the cost, so 8 passes stay.
+# Session 12 A/B from step 62841 (same seed, 1 thread each, about 3,700 steps): --lr-scale 0.125 (1.25e-4) against
+# the run's 3.1e-5 without new data: training loss behind by 0.17-0.19 dB for 2,000 steps, then 0.05; the latest
+# averages, paired: validation +0.01 +- 0.07 dB, held-out real -0.10 +- 0.04 dB. The low rate stays.
 # Resume order: this machine's checkpoint (exact); else the committed continuation state recipes/state/default-latest
 # (latest weights, step, lr schedule, history; Adam re-warmed: the repo carries no optimiser state), else the
 # shipped model; else a fresh start.
