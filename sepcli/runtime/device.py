@@ -59,6 +59,22 @@ def configure(threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
+PROC_STAT = Path("/proc/stat")
+
+
+def omp_threads_fixed() -> bool:
+    """Whether the user fixed the thread count through OMP_NUM_THREADS (torchrun does too): then it is kept."""
+    return "OMP_NUM_THREADS" in os.environ
+
+
+def _affinity() -> set[int]:
+    """The CPUs this process may run on; empty where that is unknown (not Linux): nothing to measure."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return set()
+
+
 def _cpu_times(stat_text: str, cpus: set[int]) -> tuple[int, int] | None:
     """(idle, total) jiffies of the given CPUs from /proc/stat text; idle counts iowait, total leaves out guest
     time (already in user and nice). None if a CPU is missing."""
@@ -75,33 +91,47 @@ def _cpu_times(stat_text: str, cpus: set[int]) -> tuple[int, int] | None:
     return (idle, total) if found == cpus else None
 
 
+def _sample(read: Callable[[], str], cpus: set[int]) -> tuple[int, int] | None:
+    """_cpu_times of one reading; None when there is nothing to read."""
+    if not cpus:
+        return None
+    try:
+        return _cpu_times(read(), cpus)
+    except (OSError, ValueError):
+        return None
+
+
+def _idle_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The idle share of the jiffies between two samples; None when it cannot be told."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def _threads_for(free_cpus: float, most: int) -> int:
+    return max(1, min(most, round(free_cpus)))
+
+
 def idle_cpus(interval: float = 0.1, read: Callable[[], str] | None = None,
               cpus: set[int] | None = None) -> float | None:
     """How many of this process's CPUs were idle over `interval` seconds (Linux /proc/stat); None when that
     cannot be measured (another system, no change in the counters)."""
-    try:
-        cpus = cpus if cpus is not None else set(os.sched_getaffinity(0))
-        read = read or Path("/proc/stat").read_text
-        before = _cpu_times(read(), cpus)
-        time.sleep(interval)
-        after = _cpu_times(read(), cpus)
-    except (OSError, AttributeError, ValueError):
-        return None
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return len(cpus) * (after[0] - before[0]) / (after[1] - before[1])
+    cpus = cpus if cpus is not None else _affinity()
+    read = read or PROC_STAT.read_text
+    before = _sample(read, cpus)
+    time.sleep(interval)
+    share = _idle_share(before, _sample(read, cpus))
+    return None if share is None else len(cpus) * share
 
 
 def threads_for_idle_cpus(measure: Callable[[], float | None] | None = None) -> int:
     """PyTorch's default thread count, lowered to the CPUs idle right now (`measure`, default idle_cpus; at least
     1). An explicit OMP_NUM_THREADS is the user's choice and is kept, as is the default where idleness cannot be
     measured."""
-    if "OMP_NUM_THREADS" in os.environ:
+    if omp_threads_fixed():
         return DEFAULT_THREADS
     free = (measure or idle_cpus)()
-    if free is None:
-        return DEFAULT_THREADS
-    return max(1, min(DEFAULT_THREADS, round(free)))
+    return DEFAULT_THREADS if free is None else _threads_for(free, DEFAULT_THREADS)
 
 
 class ThreadGovernor:
@@ -123,34 +153,27 @@ class ThreadGovernor:
         self.every = every
         self.threads = self.most
         self.others: float | None = None  # CPUs the other processes kept busy in the last interval
-        self._read = read or Path("/proc/stat").read_text
-        try:
-            self.cpus = cpus if cpus is not None else set(os.sched_getaffinity(0))
-        except AttributeError:  # no sched_getaffinity (not Linux): nothing to measure
-            self.cpus = set()
+        self._read = read or PROC_STAT.read_text
+        self.cpus = cpus if cpus is not None else _affinity()
         self._clock, self._cpu_clock, self._set = clock, cpu_clock, set_threads
         self._set(self.threads)
-        self._last = self._sample()
+        self._last = self._now()
 
-    def _sample(self) -> tuple[float, float, tuple[int, int] | None]:
-        try:
-            stat = _cpu_times(self._read(), self.cpus) if self.cpus else None
-        except (OSError, ValueError):
-            stat = None
-        return self._clock(), self._cpu_clock(), stat
+    def _now(self) -> tuple[float, float, tuple[int, int] | None]:
+        return self._clock(), self._cpu_clock(), _sample(self._read, self.cpus)
 
     def poll(self) -> int | None:
         """Measure if `every` seconds have passed; the new thread count if it changed, else None."""
         if self._clock() - self._last[0] < self.every:
             return None
-        (t0, c0, s0), (t1, c1, s1) = self._last, self._sample()
+        (t0, c0, s0), (t1, c1, s1) = self._last, self._now()
         self._last = (t1, c1, s1)
-        if s0 is None or s1 is None or s1[1] <= s0[1] or t1 <= t0:
+        share = _idle_share(s0, s1)
+        if share is None or t1 <= t0:
             return None
         n = len(self.cpus)
-        busy = n * (1.0 - (s1[0] - s0[0]) / (s1[1] - s0[1]))
-        self.others = max(0.0, busy - (c1 - c0) / (t1 - t0))
-        want = max(1, min(self.most, round(n - self.others)))
+        self.others = max(0.0, n * (1.0 - share) - (c1 - c0) / (t1 - t0))
+        want = _threads_for(n - self.others, self.most)
         if want == self.threads:
             return None
         self._set(want)

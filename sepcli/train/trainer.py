@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from .. import metrics
 from ..nets import build_network, named_config
-from ..runtime.device import ThreadGovernor
+from ..runtime.device import ThreadGovernor, omp_threads_fixed
 from .data import DataError, DynamicMixDataset, LibriMixDataset
 from .ema import WeightAverage
 from .export import export_model_folder
@@ -212,7 +212,7 @@ def train(cfg: TrainConfig) -> dict:
     governor = None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
+    elif not omp_threads_fixed():
         governor = ThreadGovernor()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
