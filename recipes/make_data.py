@@ -4,7 +4,8 @@
     python recipes/make_data.py --out data --stage sets --sample-rate 8000
 
 Stages:
-  packages  apt-get install the speech packages (enables Debian contrib/non-free for MBROLA)
+  packages  apt-get install the speech packages (enables Debian contrib/non-free for MBROLA), and unpack the
+            speech of the packages in UNPACK into <out>/unpacked/ (apt-get download; not installed)
   pools     data/pools/<speaker>.npy + speakers.json at 16 kHz: real recorded people and synthetic voices
   update    packages, then only the pools that the index lacks (a source added to the recipe since the build),
             the splits again if HELD_OUT changed, the missing voice variants, and the fixed sets that an older
@@ -33,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -67,6 +69,15 @@ HEDGEWARS_VOICES = "/usr/share/games/hedgewars/Data/Sounds/voices"
 FOTAQ = "/usr/share/scummvm/flight-of-the-amazon-queen/queen.1c"
 FILLETS = "/usr/share/games/fillets-ng/sound"
 DRASCULA = "/usr/share/scummvm/drascula"
+# Packages whose speech the recipe unpacks (apt-get download, dpkg-deb) into <out>/unpacked/<package>/ instead of
+# installing them: installing would pull in a game engine, Qt or 456 MB of textures for a few minutes of speech.
+# Found by session 13's survey of Debian's Contents files (the model card's data section).
+UNPACK = {
+    "kajongg": ("usr/share/kajongg/voices/",),
+    "nexuiz-data": ("usr/share/games/nexuiz/data/data.pk3",),
+    "warzone2100-data": ("usr/share/games/warzone2100/base.wz",),
+}
+UNPACKED = Path("data") / "unpacked"  # main() puts it under --out
 # the recordings festvox-ru's unit-selection voice was cut from: Nickolay Shmyrev reading 620 Russian sentences
 FESTVOX_RU = "/usr/share/festival/voices/russian/msu_ru_nsh_clunits/wav"
 
@@ -95,7 +106,7 @@ SETS_VERSION = 5
 
 # Speaker-id prefixes of the sources recorded at 11 kHz (band-limited to 5.5 kHz). They train, but seen_real
 # leaves them out so that it holds wideband speech like the 16 kHz test people.
-NARROWBAND = ("fotaq-", "uqm-", "drascula-")
+NARROWBAND = ("fotaq-", "uqm-", "drascula-", "warzone-")
 
 # ----------------------------------------------------------------------------------------------- packages
 APT_DIR = Path("/etc/apt")
@@ -126,11 +137,11 @@ def _codename() -> str:
     return m.group(1) if m else "bookworm"
 
 
-def _apt(*args: str) -> subprocess.CompletedProcess:
+def _apt(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run apt-get; a failure ends the recipe with one line (the usual causes: not root, no network)."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
-        r = subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True)
+        r = subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True, cwd=cwd)
     except FileNotFoundError:
         raise SystemExit("make_data: apt-get not found: the recipe installs Debian packages (install them by hand: "
                          + " ".join(APT_PACKAGES) + ")") from None
@@ -163,6 +174,58 @@ def ensure_packages() -> None:
                              "Debian's contrib and non-free sections and install the packages it names") from None
     _apt("update", "-qq")
     _apt("install", "-y", "-q", *APT_PACKAGES, *_mbrola_voices())
+
+
+def ensure_unpacked(root: Path) -> None:
+    """Each UNPACK package's named files under root/<package>/ (their paths inside the package kept): downloaded
+    with `apt-get download` (no root needed) and read with `dpkg-deb --fsys-tarfile`, never installed. A package is
+    unpacked once; its folder appears complete or not at all."""
+    for pkg, wanted in UNPACK.items():
+        dest = root / pkg
+        if (dest / ".complete").exists():
+            continue
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{pkg}.") as tmp:
+            _apt("download", "-q", pkg, cwd=tmp)
+            debs = sorted(Path(tmp).glob(f"{pkg}_*.deb"))
+            if not debs:
+                raise SystemExit(f"make_data: apt-get download {pkg} left no .deb file")
+            tree = Path(tmp) / "tree"
+            if not _extract_deb(debs[0], wanted, tree):
+                raise SystemExit(f"make_data: {debs[0].name} holds none of {', '.join(wanted)}")
+            (tree / ".complete").touch()
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tree, dest)
+        print(f"unpacked {pkg} into {dest}", flush=True)
+
+
+def _extract_deb(deb: Path, wanted: tuple[str, ...], dest: Path) -> int:
+    """Copy the regular files of `deb` whose paths start with one of `wanted` to dest/<path>; returns how many.
+    Only plain files are written (no links, no paths leaving dest)."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    n = 0
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for m in tar:
+                name = m.name.removeprefix("./")
+                if not (m.isfile() and name.startswith(wanted)) or ".." in Path(name).parts:
+                    continue
+                out = dest / name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(out, "wb") as f:
+                    shutil.copyfileobj(src, f)
+                n += 1
+    except tarfile.TarError as e:
+        proc.kill()
+        raise SystemExit(f"make_data: cannot read {deb.name} ({e})") from None
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+    if proc.wait():
+        raise SystemExit(f"make_data: dpkg-deb cannot read {deb.name}: {(err.splitlines() or ['no message'])[-1]}")
+    return n
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -305,7 +368,53 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
     jobs += tuxpaint_jobs()
     jobs += hedgewars_jobs()
     jobs += fotaq_jobs()
+    jobs += kajongg_jobs()
+    jobs += nexuiz_jobs()
+    jobs += warzone_jobs()
     return [j for j in jobs if j[2]]
+
+
+# Kajongg's spoken mahjong calls (44.1 kHz, about 40 words and phrases per folder): the files' ARTIST tags name
+# the readers; Petra, Maria and Wolfgang read the English and the German set. The English male2 folder carries
+# no name ("Processed by SoX", a digitally silent floor: perhaps synthetic) and is left out.
+KAJONGG_READERS = {"female1": "petra", "female2": "maria", "male1": "wolfgang",
+                   "de/female1": "petra", "de/female2": "maria", "de/male1": "wolfgang", "de/male2": "klaus"}
+
+
+def kajongg_jobs(root: Path | None = None) -> list[tuple[str, str, list[str]]]:
+    """One entry per reader and language (kajongg-petra-en, kajongg-petra-de: person kajongg-petra)."""
+    root = UNPACKED / "kajongg" / "usr/share/kajongg/voices" if root is None else root
+    jobs = []
+    for folder, reader in KAJONGG_READERS.items():
+        lang = folder.split("/")[0] if "/" in folder else "en"
+        files = sorted(str(f) for f in (root / folder).glob("*.ogg"))
+        jobs.append((f"kajongg-{reader}-{lang}", f"kajongg-{reader}", files))
+    return jobs
+
+
+def _members(archive: Path, pattern: str) -> list[str]:
+    """`archive::member` paths of the zip members whose names match `pattern` entirely; [] without the archive."""
+    if not archive.exists():
+        return []
+    return [f"{archive}::{n}" for n in sorted(_zip(str(archive)).namelist()) if re.fullmatch(pattern, n)]
+
+
+def nexuiz_jobs(archive: Path | None = None) -> list[tuple[str, str, list[str]]]:
+    """Nexuiz (data.pk3, a zip; 44.1/48 kHz): the tutorial's narrator (7 min of sentences, one voice), the player
+    models' team commands and taunts (5 min; the credits name one actor for the player voices, Michael Quinn), and
+    the male announcer (Amos Dudley). Three entries; the narrator is not credited and may be one of the two, so
+    they only ever train. Grunts (sound/player/*/player), the robotic announcer and coms/ideas are left out."""
+    archive = UNPACKED / "nexuiz-data" / "usr/share/games/nexuiz/data/data.pk3" if archive is None else archive
+    return [("nexuiz-tutorial", "nexuiz-tutorial", _members(archive, r"sound/tutorial/[^/]+\.ogg")),
+            ("nexuiz-coms", "nexuiz-coms", _members(archive, r"sound/player/[^/]+/coms/[^/]+\.ogg")),
+            ("nexuiz-announcer", "nexuiz-announcer", _members(archive, r"sound/announcer/male/[^/]+\.ogg"))]
+
+
+def warzone_jobs(archive: Path | None = None) -> list[tuple[str, str, list[str]]]:
+    """Warzone 2100 (base.wz, a zip; 11 kHz): the female announcer of every in-game message (audio/memressp, 4.4
+    min, one voice by pitch in every folder). The three taunt voices (14 s each) are left out."""
+    archive = UNPACKED / "warzone2100-data" / "usr/share/games/warzone2100/base.wz" if archive is None else archive
+    return [("warzone-announcer", "warzone-announcer", _members(archive, r"audio/memressp/.+\.ogg"))]
 
 
 def fillets_jobs(root: str = FILLETS) -> list[tuple[str, str, list[str]]]:
@@ -816,8 +925,11 @@ def main() -> None:
     a = ap.parse_args()
     if a.only and a.stage != "pools":
         ap.error("--only applies to --stage pools")
+    global UNPACKED
+    UNPACKED = a.out / "unpacked"
     if a.stage in ("all", "packages", "update"):
         ensure_packages()
+        ensure_unpacked(UNPACKED)
     if a.stage == "update":
         build_pools(a.out, a.sentences, a.jobs, missing=True)
         resplit(a.out)

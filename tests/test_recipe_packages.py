@@ -2,7 +2,9 @@
 programs on PATH: what it installs, when it enables contrib/non-free, and how it fails."""
 
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +20,9 @@ FAKES = {
                  'printf "mbrola-us1 - American English male voice\\nmbrola-de4 - German voice\\n"',
     "apt-get": 'echo "$DEBIAN_FRONTEND $*" >> "$FAKE_LOG"\n'
                '[ "$1" = "install" ] && [ -n "$FAKE_FAIL" ] && { echo "E: Could not open lock file" >&2; exit 100; }\n'
+               # download -q PKG: the test's package file (built with the real dpkg-deb) into the working folder
+               '[ "$1" = "download" ] && [ -n "$FAKE_FAIL" ] && { echo "E: Unable to locate package $3" >&2; exit 100; }\n'
+               '[ "$1" = "download" ] && cp "$FAKE_DEB" "./$3_1.0_all.deb"\n'
                'exit 0',
 }
 
@@ -111,3 +116,58 @@ def test_unwritable_apt_folder_is_one_line(apt, monkeypatch):
     with pytest.raises(SystemExit, match=r"cannot write .*sepcli-contrib.sources .*as root"):
         make_data.ensure_packages()
     assert _calls(log) == []
+
+
+def _deb(tmp_path: Path, files: dict[str, bytes], links: dict[str, str] = {}) -> Path:
+    """A real Debian package (dpkg-deb --build) holding `files` and symbolic `links` (path -> target)."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    root = tmp_path / "pkgroot"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: speechpkg\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: t <t@t>\nDescription: test\n")
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    for path, target in links.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).symlink_to(target)
+    out = tmp_path / "speechpkg.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+def test_unpack_takes_only_the_named_files_once_without_installing(apt, tmp_path, monkeypatch):
+    """A package in UNPACK is downloaded (not installed) and only the regular files under its named paths are
+    copied out, byte for byte; links are not followed or made; a second run downloads nothing."""
+    _, log = apt
+    files = {"usr/share/speech/voices/a.ogg": b"first", "usr/share/speech/voices/de/b.ogg": b"second",
+             "usr/share/speech/other.txt": b"not wanted", "usr/share/speech/voices.txt": b"prefix only"}
+    monkeypatch.setenv("FAKE_DEB", str(_deb(tmp_path, files, {"usr/share/speech/voices/link.ogg": "/etc/passwd"})))
+    monkeypatch.setattr(make_data, "UNPACK", {"speechpkg": ("usr/share/speech/voices/",)})
+    root = tmp_path / "unpacked"
+    make_data.ensure_unpacked(root)
+    got = {str(f.relative_to(root / "speechpkg")): f.read_bytes()
+           for f in (root / "speechpkg").rglob("*") if f.is_file() or f.is_symlink()}
+    assert got == {"usr/share/speech/voices/a.ogg": b"first", "usr/share/speech/voices/de/b.ogg": b"second",
+                   ".complete": b""}
+    assert _calls(log) == ["noninteractive download -q speechpkg"]
+    assert sorted(p.name for p in root.iterdir()) == ["speechpkg"]  # the download folder is gone
+    make_data.ensure_unpacked(root)
+    assert len(_calls(log)) == 1
+
+
+def test_unpack_failures_are_one_line_and_leave_nothing(apt, tmp_path, monkeypatch):
+    monkeypatch.setattr(make_data, "UNPACK", {"speechpkg": ("usr/share/speech/voices/",)})
+    root = tmp_path / "unpacked"
+    monkeypatch.setenv("FAKE_DEB", str(_deb(tmp_path, {"usr/share/speech/readme": b"no voices"})))
+    with pytest.raises(SystemExit) as e:  # the package does not hold the named files
+        make_data.ensure_unpacked(root)
+    assert "\n" not in str(e.value) and "holds none of usr/share/speech/voices/" in str(e.value)
+    assert list(root.iterdir()) == []
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    with pytest.raises(SystemExit) as e:  # apt-get download fails
+        make_data.ensure_unpacked(root)
+    assert "\n" not in str(e.value) and "apt-get download failed (exit 100: E: Unable to locate package" in str(e.value)
+    assert list(root.iterdir()) == []

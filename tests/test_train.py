@@ -575,6 +575,64 @@ def test_recipe_tuxpaint_and_hedgewars_sources(tmp_path):
     assert set(assign_splits(persons, make_data.HELD_OUT).values()) == {"train"}
 
 
+def test_recipe_session_13_sources_kajongg_nexuiz_warzone(tmp_path):
+    """Kajongg: one entry per named reader and language, a reader's two languages one person, the unnamed English
+    male2 folder left out. Nexuiz and Warzone 2100: entries from members of their zip archives (narrator, team
+    commands, male announcer; the message announcer), grunts, sub-folders and other members left out, members
+    decoded from the archive; Warzone's 11 kHz speech counts as narrowband. A missing archive gives no files."""
+    import zipfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import make_data
+
+    sr = 11025
+    tone = (0.5 * np.sin(2 * np.pi * 300.0 * np.arange(sr) / sr)).astype(np.float32)
+    ogg = tmp_path / "t.ogg"
+    sf.write(ogg, tone, sr, format="OGG", subtype="VORBIS")
+    voices = tmp_path / "voices"
+    for folder in ("female1", "male2", "de/female1", "de/male2"):
+        (voices / folder).mkdir(parents=True)
+        for name in ("b1.ogg", "b2.ogg"):
+            (voices / folder / name).write_bytes(ogg.read_bytes())
+        (voices / folder / "COPYRIGHT").write_text("GPL")
+    jobs = make_data.kajongg_jobs(voices)
+    assert [(sid, person, [Path(f).relative_to(voices).as_posix() for f in files]) for sid, person, files in jobs
+            if files] == [
+        ("kajongg-petra-en", "kajongg-petra", ["female1/b1.ogg", "female1/b2.ogg"]),
+        ("kajongg-petra-de", "kajongg-petra", ["de/female1/b1.ogg", "de/female1/b2.ogg"]),
+        ("kajongg-klaus-de", "kajongg-klaus", ["de/male2/b1.ogg", "de/male2/b2.ogg"])]
+
+    pk3 = tmp_path / "data.pk3"
+    with zipfile.ZipFile(pk3, "w") as z:
+        for name in ("sound/tutorial/t02.ogg", "sound/tutorial/t01.ogg", "sound/player/marine/coms/yes.ogg",
+                     "sound/player/fricka/coms/no.ogg", "sound/player/soldier/coms/ideas/x.ogg",
+                     "sound/player/marine/player/pain.ogg", "sound/announcer/male/03kills.ogg",
+                     "sound/announcer/robotic/03kills.ogg"):
+            z.write(ogg, name)
+        z.writestr("sound/tutorial/", "")
+    jobs = make_data.nexuiz_jobs(pk3)
+    assert [(sid, person, [f.split("::")[1] for f in files]) for sid, person, files in jobs] == [
+        ("nexuiz-tutorial", "nexuiz-tutorial", ["sound/tutorial/t01.ogg", "sound/tutorial/t02.ogg"]),
+        ("nexuiz-coms", "nexuiz-coms", ["sound/player/fricka/coms/no.ogg", "sound/player/marine/coms/yes.ogg"]),
+        ("nexuiz-announcer", "nexuiz-announcer", ["sound/announcer/male/03kills.ogg"])]
+    x, rate = make_data.decode(jobs[0][2][0])
+    assert rate == sr and abs(len(x) - sr) < 64
+    assert abs(np.argmax(np.abs(np.fft.rfft(x))) * sr / len(x) - 300.0) < 2.0
+
+    wz = tmp_path / "base.wz"
+    with zipfile.ZipFile(wz, "w") as z:
+        for name in ("audio/memressp/research/rescomp.ogg", "audio/memressp/power/pwrlow.ogg",
+                     "audio/taunts/taunt1/t.ogg", "audio/sfx/boom.ogg"):
+            z.write(ogg, name)
+    jobs = make_data.warzone_jobs(wz)
+    assert [(sid, [f.split("::")[1] for f in files]) for sid, _, files in jobs] == [
+        ("warzone-announcer", ["audio/memressp/power/pwrlow.ogg", "audio/memressp/research/rescomp.ogg"])]
+    assert jobs[0][0].startswith(make_data.NARROWBAND)
+    assert make_data.nexuiz_jobs(tmp_path / "absent.pk3")[0][2] == [] == make_data.warzone_jobs(tmp_path / "no")[0][2]
+    persons = [p for _, p, _ in make_data.kajongg_jobs(voices) + make_data.nexuiz_jobs(pk3) + jobs]
+    assert set(assign_splits(persons, make_data.HELD_OUT).values()) == {"train"}
+
+
 def test_recipe_fotaq_reads_the_queen_resource_table(tmp_path):
     """A QTBL resource file written here byte by byte (FLAC members, so decoding is exact): Joe's lines form one
     speaker, the other character's lines one per conversation file, unattributed lines are left out, and each
