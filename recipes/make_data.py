@@ -71,7 +71,7 @@ FILLETS = "/usr/share/games/fillets-ng/sound"
 DRASCULA = "/usr/share/scummvm/drascula"
 # Packages whose speech the recipe unpacks (apt-get download, dpkg-deb) into <out>/unpacked/<package>/ instead of
 # installing them: installing would pull in a game engine, Qt or 456 MB of textures for a few minutes of speech.
-# Found by session 13's survey of Debian's Contents files (the model card's data section).
+# Found by session 13's survey of Debian's Contents files: recipes/SPEECH_SOURCES.md (also what was left out and why).
 UNPACK = {
     "kajongg": ("usr/share/kajongg/voices/",),
     "nexuiz-data": ("usr/share/games/nexuiz/data/data.pk3",),

@@ -21,7 +21,8 @@ FAKES = {
     "apt-get": 'echo "$DEBIAN_FRONTEND $*" >> "$FAKE_LOG"\n'
                '[ "$1" = "install" ] && [ -n "$FAKE_FAIL" ] && { echo "E: Could not open lock file" >&2; exit 100; }\n'
                # download -q PKG: the test's package file (built with the real dpkg-deb) into the working folder
-               '[ "$1" = "download" ] && [ -n "$FAKE_FAIL" ] && { echo "E: Unable to locate package $3" >&2; exit 100; }\n'
+               '[ "$1" = "download" ] && [ -n "$FAKE_FAIL" ] && '
+               '{ echo "E: Unable to locate package $3" >&2; exit 100; }\n'
                '[ "$1" = "download" ] && cp "$FAKE_DEB" "./$3_1.0_all.deb"\n'
                'exit 0',
 }
@@ -118,7 +119,7 @@ def test_unwritable_apt_folder_is_one_line(apt, monkeypatch):
     assert _calls(log) == []
 
 
-def _deb(tmp_path: Path, files: dict[str, bytes], links: dict[str, str] = {}) -> Path:
+def _deb(tmp_path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
     """A real Debian package (dpkg-deb --build) holding `files` and symbolic `links` (path -> target)."""
     if shutil.which("dpkg-deb") is None:
         pytest.skip("dpkg-deb is not installed")
@@ -129,7 +130,7 @@ def _deb(tmp_path: Path, files: dict[str, bytes], links: dict[str, str] = {}) ->
     for path, data in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
-    for path, target in links.items():
+    for path, target in (links or {}).items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).symlink_to(target)
     out = tmp_path / "speechpkg.deb"
