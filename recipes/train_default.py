@@ -86,6 +86,10 @@ threads = a.threads or (max(1, 2 // world) if world > 1 else None)
 # Session 12 A/B from step 62841 (same seed, 1 thread each, about 3,700 steps): --lr-scale 0.125 (1.25e-4) against
 # the run's 3.1e-5 without new data: training loss behind by 0.17-0.19 dB for 2,000 steps, then 0.05; the latest
 # averages, paired: validation +0.01 +- 0.07 dB, held-out real -0.10 +- 0.04 dB. The low rate stays.
+# Session 13 A/B from step 67450 (1 thread each, about 4,150 steps, both at --lr-scale 0.03125, 3.1e-5 from 7.8e-6):
+# the recipe's 8 new real persons (Kajongg, Nexuiz, Warzone 2100; 20 min) against none: validation +0.01 +- 0.03 dB,
+# held-out real -0.03 +- 0.04 dB, held-out synthetic -0.01 +- 0.02 dB: no measurable effect; the run keeps them.
+# Both arms gained about +0.1 dB on validation over the start at the raised rate, neither on held-out real people.
 # Resume order: this machine's checkpoint (exact); else the committed continuation state recipes/state/default-latest
 # (latest weights, step, lr schedule, history; Adam re-warmed: the repo carries no optimiser state), else the
 # shipped model; else a fresh start.
