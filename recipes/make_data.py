@@ -34,7 +34,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -77,7 +76,6 @@ UNPACK = {
     "nexuiz-data": ("usr/share/games/nexuiz/data/data.pk3",),
     "warzone2100-data": ("usr/share/games/warzone2100/base.wz",),
 }
-UNPACKED = Path("data") / "unpacked"  # main() puts it under --out
 # the recordings festvox-ru's unit-selection voice was cut from: Nickolay Shmyrev reading 620 Russian sentences
 FESTVOX_RU = "/usr/share/festival/voices/russian/msu_ru_nsh_clunits/wav"
 
@@ -178,7 +176,7 @@ def ensure_packages() -> None:
 
 def ensure_unpacked(root: Path) -> None:
     """Each UNPACK package's named files under root/<package>/ (their paths inside the package kept): downloaded
-    with `apt-get download` (no root needed) and read with `dpkg-deb --fsys-tarfile`, never installed. A package is
+    with `apt-get download` (no root needed) and unpacked with `dpkg-deb -x`, never installed. A package is
     unpacked once; its folder appears complete or not at all."""
     for pkg, wanted in UNPACK.items():
         dest = root / pkg
@@ -200,31 +198,20 @@ def ensure_unpacked(root: Path) -> None:
 
 
 def _extract_deb(deb: Path, wanted: tuple[str, ...], dest: Path) -> int:
-    """Copy the regular files of `deb` whose paths start with one of `wanted` to dest/<path>; returns how many.
-    Only plain files are written (no links, no paths leaving dest)."""
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    """Move the regular files of `deb` whose paths start with one of `wanted` to dest/<path>; returns how many.
+    `dpkg-deb -x` unpacks beside dest (it keeps paths inside its folder); links are not taken."""
+    raw = dest.with_name("raw")
+    r = subprocess.run(["dpkg-deb", "-x", str(deb), str(raw)], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"make_data: dpkg-deb cannot read {deb.name}: "
+                         f"{(r.stderr.strip().splitlines() or ['no message'])[-1]}")
     n = 0
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for m in tar:
-                name = m.name.removeprefix("./")
-                if not (m.isfile() and name.startswith(wanted)) or ".." in Path(name).parts:
-                    continue
-                out = dest / name
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as src, open(out, "wb") as f:
-                    shutil.copyfileobj(src, f)
-                n += 1
-    except tarfile.TarError as e:
-        proc.kill()
-        raise SystemExit(f"make_data: cannot read {deb.name} ({e})") from None
-    finally:
-        proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace").strip()
-        proc.stderr.close()
-    if proc.wait():
-        raise SystemExit(f"make_data: dpkg-deb cannot read {deb.name}: {(err.splitlines() or ['no message'])[-1]}")
+    for f in sorted(raw.rglob("*")):
+        name = f.relative_to(raw).as_posix()
+        if name.startswith(wanted) and f.is_file() and not f.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest / name)
+            n += 1
     return n
 
 
@@ -343,8 +330,9 @@ def to_pool_rate(x: np.ndarray, sr: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def real_jobs() -> list[tuple[str, str, list[str]]]:
-    """(speaker id, person, files). Folder names are per person; symlinked duplicates are skipped."""
+def real_jobs(unpacked: Path = Path("data") / "unpacked") -> list[tuple[str, str, list[str]]]:
+    """(speaker id, person, files). Folder names are per person; symlinked duplicates are skipped. `unpacked`: where
+    ensure_unpacked put the UNPACK packages."""
     jobs = [
         ("allison-en", "allison", sorted(glob.glob(f"{SND}/en_US_f_Allison/**/*.g722", recursive=True))),
         ("allison-es", "allison", sorted(glob.glob(f"{SND}/es_MX_f_Allison/**/*.g722", recursive=True))),
@@ -368,9 +356,9 @@ def real_jobs() -> list[tuple[str, str, list[str]]]:
     jobs += tuxpaint_jobs()
     jobs += hedgewars_jobs()
     jobs += fotaq_jobs()
-    jobs += kajongg_jobs()
-    jobs += nexuiz_jobs()
-    jobs += warzone_jobs()
+    jobs += kajongg_jobs(unpacked / "kajongg" / UNPACK["kajongg"][0])
+    jobs += nexuiz_jobs(unpacked / "nexuiz-data" / UNPACK["nexuiz-data"][0])
+    jobs += warzone_jobs(unpacked / "warzone2100-data" / UNPACK["warzone2100-data"][0])
     return [j for j in jobs if j[2]]
 
 
@@ -381,9 +369,8 @@ KAJONGG_READERS = {"female1": "petra", "female2": "maria", "male1": "wolfgang",
                    "de/female1": "petra", "de/female2": "maria", "de/male1": "wolfgang", "de/male2": "klaus"}
 
 
-def kajongg_jobs(root: Path | None = None) -> list[tuple[str, str, list[str]]]:
+def kajongg_jobs(root: Path) -> list[tuple[str, str, list[str]]]:
     """One entry per reader and language (kajongg-petra-en, kajongg-petra-de: person kajongg-petra)."""
-    root = UNPACKED / "kajongg" / "usr/share/kajongg/voices" if root is None else root
     jobs = []
     for folder, reader in KAJONGG_READERS.items():
         lang = folder.split("/")[0] if "/" in folder else "en"
@@ -399,21 +386,19 @@ def _members(archive: Path, pattern: str) -> list[str]:
     return [f"{archive}::{n}" for n in sorted(_zip(str(archive)).namelist()) if re.fullmatch(pattern, n)]
 
 
-def nexuiz_jobs(archive: Path | None = None) -> list[tuple[str, str, list[str]]]:
+def nexuiz_jobs(archive: Path) -> list[tuple[str, str, list[str]]]:
     """Nexuiz (data.pk3, a zip; 44.1/48 kHz): the tutorial's narrator (7 min of sentences, one voice), the player
     models' team commands and taunts (5 min; the credits name one actor for the player voices, Michael Quinn), and
     the male announcer (Amos Dudley). Three entries; the narrator is not credited and may be one of the two, so
     they only ever train. Grunts (sound/player/*/player), the robotic announcer and coms/ideas are left out."""
-    archive = UNPACKED / "nexuiz-data" / "usr/share/games/nexuiz/data/data.pk3" if archive is None else archive
     return [("nexuiz-tutorial", "nexuiz-tutorial", _members(archive, r"sound/tutorial/[^/]+\.ogg")),
             ("nexuiz-coms", "nexuiz-coms", _members(archive, r"sound/player/[^/]+/coms/[^/]+\.ogg")),
             ("nexuiz-announcer", "nexuiz-announcer", _members(archive, r"sound/announcer/male/[^/]+\.ogg"))]
 
 
-def warzone_jobs(archive: Path | None = None) -> list[tuple[str, str, list[str]]]:
+def warzone_jobs(archive: Path) -> list[tuple[str, str, list[str]]]:
     """Warzone 2100 (base.wz, a zip; 11 kHz): the female announcer of every in-game message (audio/memressp, 4.4
     min, one voice by pitch in every folder). The three taunt voices (14 s each) are left out."""
-    archive = UNPACKED / "warzone2100-data" / "usr/share/games/warzone2100/base.wz" if archive is None else archive
     return [("warzone-announcer", "warzone-announcer", _members(archive, r"audio/memressp/.+\.ogg"))]
 
 
@@ -669,7 +654,7 @@ def build_pools(out: Path, n_sentences: int, jobs_n: int, only: str | None = Non
     pool_dir = out / "pools"
     pool_dir.mkdir(parents=True, exist_ok=True)
     sj = synth_jobs()
-    rj = real_jobs()
+    rj = real_jobs(out / "unpacked")
     wanted = None  # None: every speaker
     results, skipped = [], []
     if only or missing:
@@ -925,11 +910,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.only and a.stage != "pools":
         ap.error("--only applies to --stage pools")
-    global UNPACKED
-    UNPACKED = a.out / "unpacked"
     if a.stage in ("all", "packages", "update"):
         ensure_packages()
-        ensure_unpacked(UNPACKED)
+        ensure_unpacked(a.out / "unpacked")
     if a.stage == "update":
         build_pools(a.out, a.sentences, a.jobs, missing=True)
         resplit(a.out)

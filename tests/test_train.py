@@ -731,7 +731,7 @@ def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     for name in ("a", "b"):
         sf.write(tmp_path / f"{name}.wav", 0.3 * rng.standard_normal(3 * sr).astype(np.float32), sr)
     jobs = [("old-a", "person-a", [str(tmp_path / "a.wav")]), ("new-b", "person-b", [str(tmp_path / "b.wav")])]
-    monkeypatch.setattr(make_data, "real_jobs", lambda: list(jobs))
+    monkeypatch.setattr(make_data, "real_jobs", lambda unpacked: list(jobs))
     monkeypatch.setattr(make_data, "synth_jobs", lambda: [])
     monkeypatch.setattr(make_data, "sentences", lambda: ["One two three four five."])
     out = tmp_path / "data"
