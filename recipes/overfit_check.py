@@ -5,8 +5,9 @@ validation mixtures and watch it fit them (MODEL_CARD.md, target point 13).
 
 The same S4M configuration as models/s4m-tiny-16k (arch and arch_args from its config.json), Adam, gradient
 clipping at 5, negative SI-SNR with PIT, one full batch of every chosen item per step. Items are the validation
-set's mixtures of two real persons (kinds from data/pools/speakers.json), every second one, cropped to the middle
-`--seconds`. Prints the SI-SNRi on those same items every 25 steps: a memorisation test, not a generalisation one.
+set's mixtures of two real persons (kinds from data/pools/speakers.json, as publish_default.py reads them), every
+second one, cropped to the middle `--seconds`. Prints the SI-SNRi on those same items every 25 steps: a memorisation
+test, not a generalisation one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from sepcli.metrics import pit_loss, pit_si_snr  # noqa: E402
 from sepcli.nets import build_network  # noqa: E402
 from sepcli.train.data import read_mono  # noqa: E402
 
+from publish_default import person_kinds, same_kind  # noqa: E402  (this folder is on sys.path)
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", type=Path, default=Path("data"))
 ap.add_argument("--model", type=Path, default=Path("models/s4m-tiny-16k"))
@@ -41,10 +44,10 @@ torch.set_flush_denormal(True)
 torch.manual_seed(0)
 cfg = json.loads((a.model / "config.json").read_text())
 sr = cfg["sample_rate"]
-kinds = {s["person"]: s["kind"] for s in json.loads((a.data / "pools/speakers.json").read_text())["speakers"].values()}
+kinds = person_kinds(a.data / "pools")
 val = a.data / f"{sr // 1000}k/val"
 rows = list(csv.DictReader((val / "metadata.csv").read_text().splitlines()))
-real = [r for r in rows if kinds.get(r["speaker_1"]) == kinds.get(r["speaker_2"]) == "real"]
+real = [r for r in rows if same_kind(f"{r['speaker_1']}+{r['speaker_2']}", kinds) == "real"]
 chosen = real[::2][: a.items]
 if len(chosen) < a.items:
     sys.exit(f"{val}: only {len(chosen)} real+real items to choose from, asked for {a.items}")
