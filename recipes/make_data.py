@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import hashlib
 import itertools
 import json
 import os
@@ -99,10 +100,10 @@ HELD_OUT = {
 # speaker relative to the other is uniform in -5..+5 dB (version 2 drew each source in +-5 dB and centred them,
 # so two speakers differed by up to +-10 dB). 4: adds seen_real and seen_synth (sets 1-3 unchanged). 5: seen_real
 # drawn from the training persons of session 6's sources too (Czech Fillets-NG heroes, festvox-ru's reader); the
-# other sets are unchanged. 6: seen_real drawn from session 13's training persons too (Kajongg, Nexuiz, Warzone 2100);
-# a machine that built version 5 before they were added kept the older seen_real, a fresh build did not (session 16:
-# 5.07 against 5.12 dB for one model); validation and test unchanged.
-SETS_VERSION = 6
+# other sets are unchanged. A change of the pools' people (pool_digest) marks the sets stale too: session 13 added
+# training persons without a new version, and a machine that had built the sets before kept the older seen_real
+# while a fresh build drew them (session 16: 5.07 against 5.12 dB for one model).
+SETS_VERSION = 5
 
 # Speaker-id prefixes of the sources recorded at 11 kHz (band-limited to 5.5 kHz). They train, but seen_real
 # leaves them out so that it holds wideband speech like the 16 kHz test people.
@@ -836,7 +837,18 @@ def build_sets(out: Path, sr: int, n: int, seconds: float) -> None:
         write_set(base / name, [audio[i] for i in keep], persons, sr_pool, sr, n, seed, seconds)
         print(f"{base / name}: {n} mixtures of {len(set(persons))} training persons", flush=True)
     (base / "README.json").write_text(json.dumps({"held_out": HELD_OUT, "seconds": seconds, "n": n,
-                                                  "sample_rate": sr, "version": SETS_VERSION}, indent=1))
+                                                  "sample_rate": sr, "version": SETS_VERSION,
+                                                  "pools": pool_digest(pool_dir)}, indent=1))
+
+
+def pool_digest(pool_dir: Path) -> str | None:
+    """A digest of the pool entries the fixed sets draw from (voice variants are for training only), or None
+    without an index: the sets record it, so adding, removing or re-splitting people makes them stale."""
+    if not (pool_dir / "speakers.json").exists():
+        return None
+    entries = sorted((s.id, s.person, s.kind, s.split, s.seconds) for s in read_index(pool_dir)[1]
+                     if s.kind != "variant")
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def _remove_from_pool(pool_dir: Path, sr: int, speakers: list[Speaker], ids: set[str]) -> list[Speaker]:
@@ -867,14 +879,16 @@ def resplit(out: Path) -> None:
 
 
 def stale_sets(out: Path) -> list[tuple[int, int, float]]:
-    """(rate, n, seconds) of the built fixed sets that another HELD_OUT or SETS_VERSION made."""
+    """(rate, n, seconds) of the built fixed sets that another HELD_OUT, SETS_VERSION or pool (pool_digest) made."""
     stale = []
+    pools = pool_digest(out / "pools")
     for readme in sorted(out.glob("*k/README.json")):
         info = json.loads(readme.read_text())
         rate = info.get("sample_rate")  # sets from before it was recorded: 8k, 16k
         if rate is None and re.fullmatch(r"(8|16)k", readme.parent.name):
             rate = int(readme.parent.name[:-1]) * 1000
-        if rate and (info.get("held_out") != HELD_OUT or info.get("version", 1) != SETS_VERSION):
+        if rate and (info.get("held_out") != HELD_OUT or info.get("version", 1) != SETS_VERSION
+                     or info.get("pools") != pools):
             stale.append((int(rate), int(info["n"]), float(info["seconds"])))
     return stale
 

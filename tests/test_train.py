@@ -862,6 +862,19 @@ def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out
         assert "r2" not in {r[k] for r in csv.DictReader(f) for k in ("speaker_1", "speaker_2")}
     assert samples_of_test_real() == before
 
+    # a new training person in the pools (a source added to the recipe, HELD_OUT unchanged) makes the sets stale,
+    # and the rebuilt seen_real draws them; a voice variant (training only) does not
+    sr_i, spk = read_index(out / "pools")
+    np.save(out / "pools" / "r3.v.npy", np.zeros(SR, np.float16))
+    write_index(out / "pools", sr_i, [*spk, Speaker("r3.v", "r3", "variant", "train", 1.0, "r3: formants x1.1")])
+    assert make_data.stale_sets(out) == []
+    np.save(out / "pools" / "r8.npy", voice(rng, 500, 6.0).astype(np.float16))
+    write_index(out / "pools", sr_i, [*read_index(out / "pools")[1], Speaker("r8", "r8", "real", "train", 6.0)])
+    assert make_data.stale_sets(out) == [(SR, 24, 1.0)]
+    make_data.build_sets(out, SR, n=24, seconds=1.0)
+    assert make_data.stale_sets(out) == [] and "r8" in speakers_of("seen_real")
+    assert samples_of_test_real() == before
+
 
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_export(tmp_path, librimix):
