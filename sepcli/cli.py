@@ -245,7 +245,8 @@ LoudnessOpt = Annotated[str, typer.Option(help=LOUD_HELP)]
 DropSilentOpt = Annotated[bool, typer.Option("--drop-silent", help="Do not write outputs flagged silent.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
-    help="CPU threads for the model [default: one per idle core, at most PyTorch's default].")]
+    help="CPU threads for the model [default: one per idle core, at most PyTorch's default and a container's "
+         "CPU quota].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
@@ -597,7 +598,8 @@ def train(
     lr_scale: float | None = typer.Option(None, help="With --resume: set the lr to --lr times this from here on "
                                           "(e.g. after adding training data; it still halves on plateaus)."),
     name: str | None = typer.Option(None, help="Name of the exported model (default: the run folder's)."),
-    threads: int | None = typer.Option(None, help="CPU threads [default: PyTorch's count, lowered while other "
+    threads: int | None = typer.Option(None, help="CPU threads [default: PyTorch's count, at most a container's CPU "
+                                       "quota, lowered while other "
                                        "processes keep CPUs busy, and raised again when they stop]."),
     max_minutes: float | None = typer.Option(None, help="Stop cleanly with a checkpoint after this long."),
     reverb: float = typer.Option(0.0, help="With --pools: share of sources given synthetic reverberation."),

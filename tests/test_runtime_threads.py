@@ -175,3 +175,41 @@ def _librimix(d):
         a, b = rng.standard_normal(4000) * 0.1, rng.standard_normal(4000) * 0.1
         for sub, x in (("s1", a), ("s2", b), ("mix", a + b)):
             sf.write(d / sub / f"{i}.wav", x, 8000, subtype="FLOAT")
+
+
+def cgroup(tmp_path, v2=None, quota=None, period=None):
+    """A fake cgroup tree: v2's cpu.max holding `v2`, or v1's cpu/cpu.cfs_quota_us and cpu.cfs_period_us."""
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2 + "\n")
+    v1 = tmp_path / "cpu"
+    if quota is not None:
+        v1.mkdir()
+        (v1 / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+        (v1 / "cpu.cfs_period_us").write_text(f"{period}\n")
+    return dict(v2=tmp_path / "cpu.max", v1=v1)
+
+
+@pytest.mark.parametrize("text,want", [("200000 100000", 2),  # docker --cpus 2
+                                       ("250000 100000", 3),  # --cpus 2.5: the partial CPU still needs a thread
+                                       ("50000 100000", 1),
+                                       ("max 100000", None),  # no quota
+                                       ("garbage", None)])
+def test_cgroup_v2_quota_is_read_as_cpus_rounded_up(tmp_path, text, want):
+    assert device.cgroup_cpu_limit(**cgroup(tmp_path, v2=text)) == want
+
+
+@pytest.mark.parametrize("quota,period,want", [(300000, 100000, 3), (-1, 100000, None), (150000, 100000, 2)])
+def test_cgroup_v1_quota_is_read_when_there_is_no_v2(tmp_path, quota, period, want):
+    assert device.cgroup_cpu_limit(**cgroup(tmp_path, quota=quota, period=period)) == want
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path):
+    assert device.cgroup_cpu_limit(**cgroup(tmp_path)) is None
+
+
+@pytest.mark.parametrize("torch_default,limit,fixed,want", [(32, 2, False, 2),    # a quota caps the host's cores
+                                                            (2, 8, False, 2),     # a loose quota changes nothing
+                                                            (32, None, False, 32),
+                                                            (32, 2, True, 32)])   # OMP_NUM_THREADS is the user's
+def test_default_threads_are_capped_by_the_quota_unless_omp_fixed_them(torch_default, limit, fixed, want):
+    assert device.default_threads(torch_default, limit, fixed) == want

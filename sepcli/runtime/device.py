@@ -6,7 +6,8 @@
   through `autocast(device, dtype)` so weights stay fp32 and numerically sensitive ops keep fp32.
 - `configure(threads)`: torch.set_flush_denormal(True) (denormals slow small models 20-30x on x86 CPUs, see
   /work/shared/ANCHORS.md) and the intra-op thread count.
-- `threads_for_idle_cpus()`: the thread count the CLI uses when --threads is not given: PyTorch's default, less
+- `DEFAULT_THREADS`: PyTorch's default thread count capped at a container's cgroup CPU quota (`cgroup_cpu_limit`).
+- `threads_for_idle_cpus()`: the thread count the CLI uses when --threads is not given: DEFAULT_THREADS, less
   the CPUs that other processes keep busy. PyTorch's OpenMP threads spin at their barriers, so a process with as
   many threads as cores next to a busy one runs several times slower than with fewer threads (10 s of audio on
   this 2-core machine beside a 2-thread training run: 16.6 s with 2 threads, 4.1 s with 1).
@@ -22,8 +23,55 @@ from pathlib import Path
 
 import torch
 
-# PyTorch's own choice (its physical cores, or OMP_NUM_THREADS), read before anything here changes it
-DEFAULT_THREADS = torch.get_num_threads()
+CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+def _read_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_limit(v2: Path = CGROUP_V2_CPU_MAX, v1: Path = CGROUP_V1_CPU) -> int | None:
+    """The CPUs a container's cgroup CPU quota grants, rounded up (`docker run --cpus 2.5` gives 3); None with
+    no quota or no cgroup. OpenMP, and so PyTorch, sizes its thread pool by the host's cores and ignores the
+    quota: 32 spinning threads throttled to 2 CPUs run many times slower than 2 threads. Reads cgroup v2's
+    cpu.max ("QUOTA PERIOD" or "max PERIOD") or v1's cpu.cfs_quota_us / cpu.cfs_period_us (-1 is no quota), at
+    the cgroup root a container sees."""
+    quota = period = None
+    text = _read_or_none(v2)
+    if text is not None:
+        parts = text.split()
+        if len(parts) == 2 and parts[0] != "max":
+            quota, period = parts
+    else:
+        q, p = _read_or_none(v1 / "cpu.cfs_quota_us"), _read_or_none(v1 / "cpu.cfs_period_us")
+        if q is not None and p is not None:
+            quota, period = q.strip(), p.strip()
+    try:
+        quota_us, period_us = int(quota), int(period)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return max(1, -(-quota_us // period_us))
+
+
+def default_threads(torch_default: int, limit: int | None, omp_fixed: bool) -> int:
+    """PyTorch's own thread count (its cores, or OMP_NUM_THREADS), capped at a cgroup CPU quota unless the user
+    fixed it with OMP_NUM_THREADS."""
+    return torch_default if omp_fixed or limit is None else max(1, min(torch_default, limit))
+
+
+def omp_threads_fixed() -> bool:
+    """Whether the user fixed the thread count through OMP_NUM_THREADS (torchrun does too): then it is kept."""
+    return "OMP_NUM_THREADS" in os.environ
+
+
+# read before anything here changes PyTorch's count
+DEFAULT_THREADS = default_threads(torch.get_num_threads(), cgroup_cpu_limit(), omp_threads_fixed())
 
 
 def select_device(pref: str = "auto") -> torch.device:
@@ -60,11 +108,6 @@ def configure(threads: int | None = None) -> None:
 
 
 PROC_STAT = Path("/proc/stat")
-
-
-def omp_threads_fixed() -> bool:
-    """Whether the user fixed the thread count through OMP_NUM_THREADS (torchrun does too): then it is kept."""
-    return "OMP_NUM_THREADS" in os.environ
 
 
 def _affinity() -> set[int]:
