@@ -1,4 +1,5 @@
-# Every target creates .venv and installs on first use; later runs only re-install when pyproject.toml changes.
+# Every target creates .venv and installs on first use; later runs only re-install when pyproject.toml or
+# constraints.txt (the tested versions of every dependency but torch) changes.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,13 +8,13 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4000000000
 export MALLOC_TOP_PAD_ ?= 268435456
 
-.PHONY: demo test bench lint install
+.PHONY: demo test bench lint install lock
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,3 +29,10 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sepcli tests benchmarks recipes
+
+# re-resolve the dependencies from pyproject.toml's ranges in a scratch venv and record the versions
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q torch==2.13.0 && .venv-lock/bin/pip install -q -e '.[dev]'
+	{ head -2 constraints.txt; .venv-lock/bin/pip freeze | grep -v '^-e\|^sepcli\|^torch==\|^#'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-lock
