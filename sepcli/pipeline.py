@@ -755,8 +755,8 @@ class Separator:
                     meters[k].update(block)
                 spools[k].close()
         loud = [m.loudness() for m in meters]
-        top = max(loud)
-        silents = [not math.isfinite(loud[k]) or loud[k] < top - o.silent_lu for k in range(n_src)]
+        level = [m.level() for m in meters]  # the loudness, or for outputs under 400 ms their ungated level
+        silents = [not math.isfinite(level[k]) or level[k] < max(level) - o.silent_lu for k in range(n_src)]
         keep = [not (silents[k] and o.drop_silent) for k in range(n_src)]
         for k in range(n_src):  # finish every file before renaming any: the renames are then back to back
             if keep[k]:
@@ -767,6 +767,8 @@ class Separator:
         for k in range(n_src):
             if keep[k]:
                 writers[k].commit(overwrite=o.overwrite)
+            elif o.overwrite and os.path.lexists(outs[k]):
+                os.unlink(outs[k])  # replacing this input's outputs: a dropped speaker's old file goes too
         infos = []
         for k in range(n_src):
             silent, written = silents[k], keep[k]

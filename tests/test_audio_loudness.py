@@ -49,6 +49,21 @@ def test_silence_and_short_signals_are_minus_inf():
     assert integrated_loudness(np.ones(100) * 0.1, 16000) == -math.inf  # shorter than one 400 ms block
 
 
+def test_level_of_short_signals_is_the_ungated_k_weighted_mean_square():
+    rate = 48000
+    t = np.arange(int(0.2 * rate)) / rate
+    m = StreamingLoudness(rate)
+    m.update(np.sin(2 * np.pi * 997 * t))  # 200 ms of a 0 dBFS 997 Hz sine: about -3.01, as in 5 s of it
+    assert m.loudness() == -math.inf and m.level() == pytest.approx(-3.01, abs=0.1)
+    quiet = StreamingLoudness(rate)
+    quiet.update(1e-5 * np.sin(2 * np.pi * 997 * t))  # -103 LUFS-like: below the absolute gate
+    assert quiet.level() == -math.inf
+    assert StreamingLoudness(rate).level() == -math.inf
+    long = StreamingLoudness(rate)
+    long.update(np.sin(2 * np.pi * 997 * np.arange(2 * rate) / rate))
+    assert long.level() == long.loudness()
+
+
 def test_target_gain_reaches_target_without_peak_problem(rng):
     x = 0.01 * rng.standard_normal(32000)
     lufs = integrated_loudness(x, 16000)

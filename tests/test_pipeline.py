@@ -198,6 +198,36 @@ def test_silent_speaker_flagged_and_dropped(tmp_path):
     assert sorted(f.name for f in (tmp_path / "b").iterdir()) == ["mix_spk1.wav"]
 
 
+@pytest.mark.parametrize("seconds", [0.05, 0.3])
+def test_short_speech_is_not_flagged_silent_and_short_silence_is(tmp_path, seconds):
+    # under 400 ms BS.1770 loudness is undefined; silence is still told apart by the ungated level
+    src = synthetic_sources(int(seconds * SR), SR, seed=21)
+    src[1] = 0.0
+    p = _mixture_file(tmp_path, src)
+    res = Separator(OracleSeparator(src, SR, segment=0.5), drop_silent=True).separate_file(p, tmp_path / "a")
+    assert res.status == "ok", res.error
+    assert ["silent" in o.flags for o in res.outputs] == [False, True]
+    assert [o.written for o in res.outputs] == [True, False]
+    assert res.outputs[0].loudness_lufs is None  # still no loudness figure under 400 ms
+
+
+def test_overwrite_with_drop_silent_removes_the_dropped_speakers_old_output(tmp_path):
+    src = synthetic_sources(int(2 * SR), SR, seed=22)
+    p = _mixture_file(tmp_path, src)
+    out = tmp_path / "o"
+    assert Separator(OracleSeparator(src, SR, segment=0.5)).separate_file(p, out).status == "ok"
+    assert (out / "mix_spk2.wav").exists()
+    quiet = src.copy()
+    quiet[1] = 0.0  # the same input now holds one talker
+    p = _mixture_file(tmp_path, quiet)
+    res = Separator(OracleSeparator(quiet, SR, segment=0.5), drop_silent=True, overwrite=True).separate_file(p, out)
+    assert [o.written for o in res.outputs] == [True, False]
+    assert sorted(f.name for f in out.iterdir()) == ["mix_spk1.wav"]  # no stale spk2 from the old content
+    # without --overwrite nothing is replaced, so nothing is removed either
+    res = Separator(OracleSeparator(quiet, SR, segment=0.5), drop_silent=True).separate_file(p, out)
+    assert res.status == "error" and (out / "mix_spk1.wav").exists()
+
+
 def test_refuses_to_overwrite_outputs_and_inputs(tmp_path):
     src = synthetic_sources(SR, SR, seed=14)
     p = _mixture_file(tmp_path, src)

@@ -91,6 +91,17 @@ class StreamingLoudness:
             return -math.inf
         return float(-0.691 + 10 * np.log10(z[keep].mean()))
 
+    def level(self) -> float:
+        """A loudness-like level for telling silence from sound at any length: the integrated loudness when the
+        signal holds a 400 ms block, else the ungated K-weighted mean square in the same units (-0.691 + 10 log10
+        of the mean square); -inf when nothing was seen or it is below the absolute gate (-70)."""
+        if self.n >= BLOCK_S * self.rate:
+            return self.loudness()
+        if self.n == 0 or self._energy <= 0.0:
+            return -math.inf
+        lvl = -0.691 + 10 * math.log10(self._energy / self.n)
+        return lvl if lvl >= ABS_GATE else -math.inf
+
 
 def integrated_loudness(x: np.ndarray, rate: int) -> float:
     """Integrated loudness of a whole mono signal (convenience over StreamingLoudness)."""
