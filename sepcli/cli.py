@@ -656,7 +656,7 @@ def eval_cmd(
     csv_out: Path | None = typer.Option(None, "--csv", help="Write per-file scores to this CSV."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary (and per-file scores) as JSON."),
     sdr: bool = typer.Option(True, "--sdr/--no-sdr", help="Also compute BSS-eval SDR(i) (slower)."),
-    limit: int | None = typer.Option(None, help="Only the first N mixtures."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N mixtures."),
     segment: float | None = typer.Option(None, help=SEGMENT_HELP),
     overlap: float | None = typer.Option(None, help=OVERLAP_HELP),
     shifts: ShiftsOpt = 1,
@@ -693,10 +693,15 @@ def eval_cmd(
         return
     res.pop("files")
     lines = [f"{sep.model.name} on {res['data']} ({res['n']} mixtures)"]
+    def db(v, width):
+        return f"{'-':>{width}s}" if v is None else f"{v:{width}.2f}"
+
     for key in ("si_snri", "sdri", "si_snr", "sdr"):
         if key in res:
-            lines.append(f"  {key:8s} mean {res[key]['mean']:7.2f} dB   median {res[key]['median']:7.2f} dB")
+            st = res[key]
+            skipped = f"   ({res['n'] - st['n']} files without a finite score)" if st["n"] < res["n"] else ""
+            lines.append(f"  {key:8s} mean {db(st['mean'], 7)} dB   median {db(st['median'], 7)} dB{skipped}")
     for pair, r in res.get("pairs", {}).items():
-        lines.append(f"  {pair:32s} n={r['n']:3d}  SI-SNRi {r['si_snri']['mean']:6.2f} dB")
+        lines.append(f"  {pair:32s} n={r['n']:3d}  SI-SNRi {db(r['si_snri']['mean'], 6)} dB")
     typer.echo("\n".join(lines))
 # <<<

@@ -8,15 +8,17 @@ CSV, and a per speaker-pair breakdown when metadata.csv names the speakers.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .metrics import separation_scores
-from .train.data import librimix_items, read_mono
+from .train.data import DataError, librimix_items, read_mono
 
 
 def _speaker_pairs(folder: Path) -> dict[str, str]:
@@ -34,42 +36,109 @@ def _speaker_pairs(folder: Path) -> dict[str, str]:
     return out
 
 
-def _stats(values: list[float]) -> dict:
+def _finite_or_none(v: float) -> float | None:
+    """Scores of degenerate files (a silent reference: SDR -inf) are kept as missing, so the CSV and the JSON
+    (which has no NaN or Infinity) stay valid; the means skip them and say how many they cover."""
+    return v if math.isfinite(v) else None
+
+
+def _stats(values: list[float | None]) -> dict:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if v.size == 0:
-        return {"mean": None, "median": None}
-    return {"mean": round(float(v.mean()), 3), "median": round(float(np.median(v)), 3)}
+        return {"n": 0, "mean": None, "median": None}
+    return {"n": int(v.size), "mean": round(float(v.mean()), 3), "median": round(float(np.median(v)), 3)}
+
+
+def _read_item(mix_path: Path, src_paths: list[Path]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The mixture and its references at the mixture's rate; ValueError (without the path) on unusable data."""
+    mix, sr = read_mono(mix_path, None)
+    if len(mix) == 0:
+        raise ValueError("the mixture has no samples")
+    refs = []
+    for p in src_paths:
+        ref = read_mono(p, sr)[0]
+        if len(ref) < len(mix):
+            raise ValueError(f"reference {p} is shorter than the mixture ({len(ref)} < {len(mix)} samples at "
+                             f"{sr} Hz)")
+        refs.append(ref[: len(mix)])
+    refs = np.stack(refs)
+    if not (np.isfinite(mix).all() and np.isfinite(refs).all()):
+        raise ValueError("non-finite samples (NaN or Inf) in the mixture or a reference")
+    return mix, refs, sr
+
+
+class _CsvFile:
+    """The per-file CSV, written to a temporary file beside its target and renamed when complete: an unwritable
+    path fails before any scoring, and a failed run leaves no partial CSV."""
+
+    def __init__(self, path: str | Path):
+        import tempfile
+
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise DataError(f"{self.path}: --csv names a folder, not a file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            raise DataError(f"{self.path}: cannot write the CSV here ({exc.strerror or exc})") from None
+        self.f = os.fdopen(fd, "w", newline="")
+
+    def commit(self, rows: list[dict]) -> None:
+        with self.f:
+            w = csv.DictWriter(self.f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
 
 
 def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None, with_sdr: bool = True,
              limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Score `separator` (a pipeline.Separator) on every mixture of `data_dir`. Returns a summary dict."""
+    """Score `separator` (a pipeline.Separator) on every mixture of `data_dir`. Returns a summary dict. A mixture
+    that cannot be scored stops the run with a ValueError naming it (a mean over the rest would mislead)."""
     data_dir = Path(data_dir)
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1, got {limit}")
     mixes, sources = librimix_items(data_dir)
     if limit:
         mixes, sources = mixes[:limit], sources[:limit]
     pairs = _speaker_pairs(data_dir)
+    out = _CsvFile(csv_path) if csv_path else None
     rows = []
-    for i, (mix_path, src_paths) in enumerate(zip(mixes, sources)):
-        mix, sr = read_mono(mix_path, None)
-        refs = np.stack([read_mono(p, sr)[0][: len(mix)] for p in src_paths])
-        est = separator.separate_array(mix, sr)  # [n_src, T] at the input's rate and length
-        if est.shape[0] != refs.shape[0]:
-            raise ValueError(f"{mix_path}: model gives {est.shape[0]} outputs, folder has {refs.shape[0]} sources")
-        s = separation_scores(est[:, : refs.shape[1]], refs, mix[: refs.shape[1]], with_sdr=with_sdr)
-        row = {"file": mix_path.name, "pair": pairs.get(mix_path.stem, ""),
-               "si_snr": float(np.mean(s["si_snr"])), "si_snri": float(np.mean(s["si_snri"]))}
-        if with_sdr:
-            row.update(sdr=float(np.mean(s["sdr"])), sdri=float(np.mean(s["sdri"])))
-        rows.append(row)
-        if progress:
-            progress(i + 1, len(mixes))
-    if csv_path:
-        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    try:
+        for i, (mix_path, src_paths) in enumerate(zip(mixes, sources)):
+            try:
+                mix, refs, sr = _read_item(mix_path, src_paths)
+                est = separator.separate_array(mix, sr)  # [n_src, T] at the input's rate and length
+                if est.shape[0] != refs.shape[0]:
+                    raise ValueError(f"model gives {est.shape[0]} outputs, folder has {refs.shape[0]} sources")
+                with np.errstate(divide="ignore", invalid="ignore"):  # a silent reference: SDR -inf, reported
+                    s = separation_scores(est[:, : refs.shape[1]], refs, mix[: refs.shape[1]], with_sdr=with_sdr)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 (named and re-raised: which file, what problem)
+                msg = " ".join(str(exc).split()) or type(exc).__name__
+                raise ValueError(msg if str(mix_path) in msg else f"{mix_path}: {msg}") from exc
+            row = {"file": mix_path.name, "pair": pairs.get(mix_path.stem, ""),
+                   "si_snr": _finite_or_none(float(np.mean(s["si_snr"]))),
+                   "si_snri": _finite_or_none(float(np.mean(s["si_snri"])))}
+            if with_sdr:
+                row.update(sdr=_finite_or_none(float(np.mean(s["sdr"]))),
+                           sdri=_finite_or_none(float(np.mean(s["sdri"]))))
+            rows.append(row)
+            if progress:
+                progress(i + 1, len(mixes))
+        if out is not None:
+            out.commit(rows)
+    except BaseException:
+        if out is not None:
+            out.abort()
+        raise
     keys = ["si_snr", "si_snri"] + (["sdr", "sdri"] if with_sdr else [])
     summary = {"data": str(data_dir), "n": len(rows), **{k: _stats([r[k] for r in rows]) for k in keys}}
     by_pair: dict[str, list] = {}

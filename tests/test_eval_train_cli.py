@@ -84,6 +84,65 @@ def test_eval_text_summary_and_bad_folder(tmp_path, bands):
     assert "no mix/ folder" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def _copy_folder(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage,problem", [
+    (lambda d: sf.write(d / "s1" / "1.wav", np.zeros(SR, np.float32), SR), "shorter than the mixture"),
+    (lambda d: sf.write(d / "mix" / "1.wav", np.full(2 * SR, np.nan, np.float32), SR, subtype="FLOAT"),
+     "non-finite"),
+    (lambda d: sf.write(d / "mix" / "1.wav", np.zeros(0, np.float32), SR), "no samples"),
+])
+def test_eval_names_the_mixture_it_cannot_score_and_writes_no_csv(tmp_path, bands, damage, problem):
+    d = _copy_folder(bands, tmp_path / "d")
+    damage(d)
+    model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=2.0)
+    res = runner.invoke(app, ["eval", str(d), "-m", str(model), "--quiet", "--csv", str(tmp_path / "s.csv")])
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(d / "mix" / "1.wav") in lines[0] and problem in lines[0], res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m"]  # no CSV, no temporary left
+
+
+def test_eval_json_stays_valid_with_a_silent_reference(tmp_path, bands):
+    d = _copy_folder(bands, tmp_path / "d")
+    mix = sf.read(d / "s2" / "0.wav", dtype="float32")[0]
+    sf.write(d / "s1" / "0.wav", np.zeros_like(mix), SR, subtype="FLOAT")  # talker 1 silent: SDR is -inf
+    sf.write(d / "mix" / "0.wav", mix, SR, subtype="FLOAT")
+    model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=2.0)
+    res = runner.invoke(app, ["eval", str(d), "-m", str(model), "--segment", "0", "--json", "--quiet",
+                              "--csv", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    assert res.stderr == ""  # no numpy warnings
+    doc = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert doc["files"][0]["sdr"] is None and doc["n"] == 3 and doc["sdr"]["n"] == 2
+    assert doc["si_snri"]["n"] == 3  # SI-SNR stays finite (its epsilon); only the SDR of that file is missing
+    text = runner.invoke(app, ["eval", str(d), "-m", str(model), "--segment", "0", "--quiet"])
+    assert text.exit_code == 0 and "1 files without a finite score" in text.stdout
+
+
+def test_eval_usage_errors_come_before_any_scoring(tmp_path, bands):
+    model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=2.0)
+    for limit in ("0", "-1"):
+        res = runner.invoke(app, ["eval", str(bands), "-m", str(model), "--quiet", "--limit", limit])
+        assert res.exit_code == 2, res.output
+    (tmp_path / "dir.csv").mkdir()
+    res = runner.invoke(app, ["eval", str(bands), "-m", str(model), "--quiet", "--csv", str(tmp_path / "dir.csv")])
+    assert res.exit_code == 2 and "names a folder" in res.stderr and "Errno" not in res.stderr
+    (tmp_path / "afile").write_text("x")
+    res = runner.invoke(app, ["eval", str(bands), "-m", str(model), "--quiet",
+                              "--csv", str(tmp_path / "afile" / "s.csv")])
+    assert res.exit_code == 2 and "cannot write the CSV" in res.stderr and "Errno" not in res.stderr
+    res = runner.invoke(app, ["eval", str(bands), "-m", str(model), "--quiet", "--limit", "2",
+                              "--csv", str(tmp_path / "new" / "s.csv")])
+    assert res.exit_code == 0 and len((tmp_path / "new" / "s.csv").read_text().splitlines()) == 3
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["s.csv"]
+
+
 def test_train_cli_runs_resumes_and_exports(tmp_path, bands):
     out = tmp_path / "run"
     common = ["train", "--arch", "s4m-small-8k", "--data", str(bands), "--segment", "0.25", "--batch-size", "1",
