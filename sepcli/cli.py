@@ -245,8 +245,8 @@ LoudnessOpt = Annotated[str, typer.Option(help=LOUD_HELP)]
 DropSilentOpt = Annotated[bool, typer.Option("--drop-silent", help="Do not write outputs flagged silent.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
-    help="CPU threads for the model [default: one per idle core, at most PyTorch's default and a container's "
-         "CPU quota].")]
+    help="CPU threads for the model (default: one per idle core, at most PyTorch's default and a container's "
+         "CPU quota).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
@@ -493,7 +493,7 @@ def models(ctx: typer.Context,
 
 @models_app.command("info")
 def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model folder path."),
-                debug: bool = typer.Option(False, "--debug")) -> None:
+                debug: DebugOpt = False) -> None:
     """Show one model: its config and its model card."""
     from .runtime.loader import ModelError, _locate, read_config, weights_summary
     from .runtime.registry import ModelNotFound, resolve
@@ -529,7 +529,7 @@ def models_import_spmamba(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="best_model.pth or a Lightning .ckpt."),  # noqa: B008
     name: str | None = typer.Option(None, "--name", help="Install into the zoo under this name."),
     out: Path | None = typer.Option(None, "--out", help="Write the model folder here instead."),  # noqa: B008
-    debug: bool = typer.Option(False, "--debug"),
+    debug: DebugOpt = False,
 ) -> None:
     """Convert an official SPMamba checkpoint (JusperLee/SPMamba) into a sepcli model folder."""
     if (name is None) == (out is None):
@@ -563,7 +563,7 @@ def bench(
     threads: ThreadsOpt = None,
     repeat: int = typer.Option(3, help="Timed runs after one warm-up (the median is reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
-    debug: bool = typer.Option(False, "--debug"),
+    debug: DebugOpt = False,
 ) -> None:
     """Measure the real-time factor of a model on a synthetic input (RTF < 1 is faster than real time)."""
     from .pipeline import SeparationOptions, bench_model
@@ -598,9 +598,9 @@ def train(
     lr_scale: float | None = typer.Option(None, help="With --resume: set the lr to --lr times this from here on "
                                           "(e.g. after adding training data; it still halves on plateaus)."),
     name: str | None = typer.Option(None, help="Name of the exported model (default: the run folder's)."),
-    threads: int | None = typer.Option(None, help="CPU threads [default: PyTorch's count, at most a container's CPU "
+    threads: int | None = typer.Option(None, help="CPU threads (default: PyTorch's count, at most a container's CPU "
                                        "quota, lowered while other "
-                                       "processes keep CPUs busy, and raised again when they stop]."),
+                                       "processes keep CPUs busy, and raised again when they stop)."),
     max_minutes: float | None = typer.Option(None, help="Stop cleanly with a checkpoint after this long."),
     reverb: float = typer.Option(0.0, help="With --pools: share of sources given synthetic reverberation."),
     noise: float = typer.Option(0.0, help="With --pools: share of mixtures given background noise."),
@@ -622,8 +622,8 @@ def train(
     compile_net: bool = typer.Option(False, "--compile", help="torch.compile the training step's network "
                                      "(a one-off compile of a few minutes; needs a C++ compiler on CPU; "
                                      "faster or slower depending on the machine: time a few steps first)."),
-    quiet: bool = typer.Option(False, "-q", "--quiet"),
-    debug: bool = typer.Option(False, "--debug"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+    debug: DebugOpt = False,
 ) -> None:
     """Train a separation network (negative SI-SNR with PIT). Checkpoints every few minutes and on Ctrl-C;
     `torchrun --nproc_per_node N $(which sepcli) train ...` trains data-parallel (gloo on CPU, nccl on GPU)."""
@@ -649,7 +649,13 @@ def train(
                f"{'-' if best == float('-inf') else f'{best:.2f} dB'}; model: {result['export']}", err=True)
 
 
-@app.command("eval", epilog=EXIT_HELP)
+EVAL_EXIT_HELP = ("Exit codes: 0 = every mixture scored; 1 = a mixture could not be read or scored (the message "
+                  "names it), or the model could not be loaded; 2 = usage error (bad option, unknown model, not a "
+                  "LibriMix folder, unwritable --csv); 130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM). "
+                  "The CSV is written only when every mixture was scored.")
+
+
+@app.command("eval", epilog=EVAL_EXIT_HELP)
 def eval_cmd(
     data_dir: Path = typer.Argument(..., help="LibriMix-style folder: mix/, s1/, s2/ (same file names)."),
     model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
@@ -662,8 +668,8 @@ def eval_cmd(
     shifts: ShiftsOpt = 1,
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: ThreadsOpt = None,
-    quiet: bool = typer.Option(False, "-q", "--quiet"),
-    debug: bool = typer.Option(False, "--debug"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+    debug: DebugOpt = False,
 ) -> None:
     """Score a model: SI-SNRi and SDRi (permutation-matched, against the mixture) through the same pipeline
     as `separate`. Prints mean and median, per speaker pair when metadata.csv names them."""
@@ -675,15 +681,22 @@ def eval_cmd(
                                                    threads=threads), debug)
     console = _stderr_console(quiet)
     try:
-        if console is not None:
-            from rich.progress import Progress
+        with _interruptible():
+            if console is not None:
+                from rich.progress import Progress
 
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task("evaluating", total=None)
-                res = evaluate(sep, data_dir, csv_out, sdr, limit,
-                               progress=lambda i, n: bar.update(task, completed=i, total=n))
-        else:
-            res = evaluate(sep, data_dir, csv_out, sdr, limit)
+                with Progress(console=console, transient=True) as bar:
+                    task = bar.add_task("evaluating", total=None)
+                    res = evaluate(sep, data_dir, csv_out, sdr, limit,
+                                   progress=lambda i, n: bar.update(task, completed=i, total=n))
+            else:
+                res = evaluate(sep, data_dir, csv_out, sdr, limit)
+    except KeyboardInterrupt as exc:
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        _error(f"interrupted by {signal.Signals(signum).name}: no scores written")
+        raise typer.Exit(128 + signum) from None
     except (DataError, FileNotFoundError) as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
     except Exception as exc:  # noqa: BLE001

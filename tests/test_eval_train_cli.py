@@ -221,3 +221,29 @@ def test_models_table_summarises_held_out_quality(tmp_path, monkeypatch):
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0
     assert "SI-SNRi 3.1 dB held-out real, 7.2 dB held-out synthetic" in res.output
+
+
+def test_help_texts_show_in_full():
+    # square brackets in a help text are rich markup: a "[default: ...]" there vanished from --help
+    for cmd, wanted in (("separate", "one per idle core"), ("eval", "every mixture scored"),
+                        ("train", "raised again when they stop")):
+        res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "250"})
+        assert res.exit_code == 0 and wanted in res.output, (cmd, res.output)
+    res = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "250"})
+    assert "Show tracebacks on errors" in res.output and "No progress bar" in res.output
+
+
+def test_eval_interrupted_exits_with_the_signal_and_writes_nothing(tmp_path, bands, monkeypatch):
+    import signal
+
+    import sepcli.evaluate
+    from sepcli.cli import Interrupted
+
+    def interrupted(*a, **k):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(sepcli.evaluate, "evaluate", interrupted)
+    model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=2.0)
+    res = runner.invoke(app, ["eval", str(bands), "-m", str(model), "--quiet", "--csv", str(tmp_path / "s.csv")])
+    assert res.exit_code == 143 and "interrupted by SIGTERM" in res.stderr
+    assert not (tmp_path / "s.csv").exists()
