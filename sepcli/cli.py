@@ -441,6 +441,10 @@ def _batch_run(sep, folder: Path, out: Path, glob, jobs: int, shard_ix, manifest
     finally:
         if bar is not None:
             bar.stop()
+    if not results:  # a typo in --glob or an empty drop folder: say so, a silent success hides it from scripts
+        where = f" matching --glob {glob!r}" if glob else ""
+        part = f" in shard {shard_ix[0]}/{shard_ix[1]}" if shard_ix[1] > 1 else ""
+        typer.echo(f"sepcli: warning: no audio files under {folder}{where}{part}; nothing to do", err=True)
     return results, {"shard": list(shard_ix), "wall_s": round(time.perf_counter() - t0, 3)}
 
 

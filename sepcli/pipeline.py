@@ -630,7 +630,10 @@ class Separator:
                 result.input_rate, result.input_channels = src.rate, src.channels
                 result.duration = src.frames / src.rate
                 rate = self.output_rate(src.rate)
-                check_output_format(o.format, o.subtype, rate)
+                try:
+                    check_output_format(o.format, o.subtype, rate)
+                except ValueError as exc:  # mp3 and an input rate it cannot store: this file's problem
+                    raise UsageError(f"{exc} ({src.rate} Hz input)") from None
                 infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record,
                                             temporaries)
                 replaced = src.nonfinite
@@ -875,8 +878,10 @@ def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.Pa
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if os.path.realpath(root) == os.path.realpath(out_dir):
+        real = Path(os.path.realpath(root))
+        sibling = real.parent / f"{real.name}-separated"
         raise UsageError(f"{out_dir}: the output folder is the input folder; outputs would be taken as inputs "
-                         f"by the next run (choose another folder, e.g. {out_dir}/separated)")
+                         f"by the next run (choose a folder outside it, e.g. {sibling})")
     every = find_inputs(root, glob, exclude=out_dir)
     stems = batch_stems(every)
     files = shard_files(every, *shard)

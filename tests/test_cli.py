@@ -217,6 +217,19 @@ def test_batch_output_inside_input_tree_is_not_reprocessed(tmp_path, fast_model)
     assert json.loads(r.stdout)["summary"] == {"ok": 0, "failed": 0, "skipped": 4}
 
 
+def test_batch_with_nothing_to_do_warns_and_succeeds(tmp_path, fast_model):
+    root = tmp_path / "in"
+    _tree(root)
+    r = run("batch", root, "-o", tmp_path / "out", "-m", fast_model, "--glob", "*.flca", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["summary"] == {"ok": 0, "failed": 0, "skipped": 0}
+    assert f"sepcli: warning: no audio files under {root} matching --glob '*.flca'; nothing to do" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run("batch", tmp_path / "empty", "-o", tmp_path / "out", "-m", fast_model, "--quiet")
+    assert r.exit_code == 0 and "no audio files under" in r.stderr
+    r = run("batch", root, "-o", tmp_path / "out", "-m", fast_model, "--glob", "*.wav", "--json")
+    assert "warning" not in r.stderr
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_shards_cover_every_file_exactly_once(tmp_path, fast_model, n):
     root = tmp_path / "in"

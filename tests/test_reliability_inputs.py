@@ -406,6 +406,7 @@ def test_batch_output_folder_equal_to_input_is_refused_and_ancestor_works(tmp_pa
     sf.write(root / "c.wav", signal(), SR)
     r = run("batch", root, "-o", root, "-m", model)
     assert r.exit_code == 2 and "output folder is the input folder" in r.stderr
+    assert f"e.g. {tmp_path.resolve() / 'calls' / '2024-separated'}" in r.stderr  # outside the tree, not in it
     assert sorted(p.name for p in root.iterdir()) == ["c.wav"]
     r = run("batch", root, "-o", tmp_path / "calls", "-m", model)  # an ancestor of the input folder
     assert r.exit_code == 0, r.stderr
@@ -522,3 +523,14 @@ def test_batch_resume_after_drop_silent_skips_the_finished_input(tmp_path, model
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["results"][0]["status"] == "skipped"
     assert (out / "tone_spk1.wav").stat().st_mtime_ns == mtime
+
+
+def test_mp3_output_of_an_input_rate_it_cannot_store_is_named_not_unexpected(tmp_path, model):
+    p = tmp_path / "hi.wav"
+    sf.write(p, signal(96000, 3), 96000)
+    r = run("separate", p, "-o", tmp_path / "o", "-m", model, "--format", "mp3")
+    assert r.exit_code == 1
+    assert error_lines(r.stderr) == [f"sepcli: error: {p}: mp3 cannot store 96000 Hz (use --sample-rate with one of "
+                                     f"(8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)) "
+                                     f"(96000 Hz input)"]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
