@@ -467,12 +467,16 @@ def models(ctx: typer.Context,
     """List the zoo: name, architecture, sample rate, parameters, size, measured quality."""
     if ctx.invoked_subcommand is not None:
         return
-    from .runtime.loader import weights_summary
+    from .runtime.loader import ModelError, weights_summary
     from .runtime.registry import list_zoo
 
     rows = []
     for e in list_zoo():
-        n, size = weights_summary(e.folder)
+        try:
+            n, size = weights_summary(e.folder)
+        except ModelError as exc:  # one unreadable model (a Git LFS pointer, garbage) must not hide the others
+            typer.echo(f"sepcli: warning: skipped zoo model {e.folder}: {' '.join(str(exc).split())}", err=True)
+            continue
         cfg = e.config
         rows.append({"name": e.name, "aliases": e.aliases, "arch": cfg.get("arch"),
                      "sample_rate": cfg.get("sample_rate"), "n_src": cfg.get("n_src"), "params": n,
@@ -509,7 +513,10 @@ def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model f
         raise _fail(exc, debug, EXIT_USAGE) from None
     except ModelError as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
-    n, size = weights_summary(folder)
+    try:
+        n, size = weights_summary(folder)
+    except ModelError as exc:  # e.g. a Git LFS pointer or garbage in weights.safetensors
+        raise _fail(exc, debug, EXIT_FAILED) from None
     typer.echo(f"{cfg['name']}  ({folder})")
     typer.echo(f"  arch {cfg['arch']}, {cfg['sample_rate']} Hz, {cfg['n_src']} speakers, {n / 1e6:.2f} M params, "
                f"{size / 1e6:.1f} MB")
@@ -535,24 +542,38 @@ def models_import_spmamba(
     out: Path | None = typer.Option(None, "--out", help="Write the model folder here instead."),  # noqa: B008
     debug: DebugOpt = False,
 ) -> None:
-    """Convert an official SPMamba checkpoint (JusperLee/SPMamba) into a sepcli model folder."""
+    """Convert an official SPMamba checkpoint (JusperLee/SPMamba) into a sepcli model folder.
+
+    --name is one plain folder name that no zoo model uses as folder, name or alias (a new model must not
+    shadow `default`). Exit 1 for a checkpoint that cannot be imported, 2 for a bad name or conf.yml."""
     if (name is None) == (out is None):
         _error("give exactly one of --name (install into the zoo) or --out (a folder)")
         raise typer.Exit(EXIT_USAGE)
-    from .runtime.registry import zoo_dirs
+    from .runtime.registry import new_name_problem, zoo_dirs
 
+    dirs = zoo_dirs()
     if out is None:
-        dirs = zoo_dirs()
         if not dirs:
             _error("no zoo folder found; use --out")
             raise typer.Exit(EXIT_USAGE)
+        problem = new_name_problem(name)
+        if problem:
+            _error(f"--name: {problem}")
+            raise typer.Exit(EXIT_USAGE)
         out = dirs[0] / name
+    elif out.parent.resolve() in {d.resolve() for d in dirs}:  # --out into a zoo folder: the same rules
+        problem = new_name_problem(out.name)
+        if problem:
+            _error(f"--out {out}: {problem}")
+            raise typer.Exit(EXIT_USAGE)
     try:
-        from .runtime.spmamba_import import CheckpointError, import_spmamba
+        from .runtime.spmamba_import import CheckpointError, ConfigError, import_spmamba
     except ImportError as exc:
         raise _fail(RuntimeError(f"SPMamba import is not available ({exc})"), debug, EXIT_FAILED) from None
     try:
         folder = import_spmamba(config, checkpoint, out, name or out.name)
+    except ConfigError as exc:  # conf.yml is a bad argument (a usage error), like a bad option value
+        raise _fail(exc, debug, EXIT_USAGE) from None
     except CheckpointError as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
     typer.echo(f"wrote {folder}")
@@ -562,10 +583,10 @@ def models_import_spmamba(
 @app.command()
 def bench(
     model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
-    seconds: float = typer.Option(30.0, help="Length of the synthetic input."),
+    seconds: float = typer.Option(30.0, min=0.1, help="Length of the synthetic input in seconds (at least 0.1)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: ThreadsOpt = None,
-    repeat: int = typer.Option(3, help="Timed runs after one warm-up (the median is reported)."),
+    repeat: int = typer.Option(3, min=1, help="Timed runs after one warm-up (the median is reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     debug: DebugOpt = False,
 ) -> None:
@@ -583,7 +604,12 @@ def bench(
 
 # ---------------------------------------------------------------------- train / eval
 # >>> train / eval (thin wrappers over sepcli.train and sepcli.evaluate)
-@app.command()
+TRAIN_EXIT_HELP = ("Exit codes: 0 = done, or stopped by --max-minutes (checkpoint saved); 1 = failed; 2 = usage "
+                   "error (bad option, unknown model, unusable data folder, a run folder without --resume); "
+                   "130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM): a checkpoint is saved, --resume goes on.")
+
+
+@app.command(epilog=TRAIN_EXIT_HELP)
 def train(
     out: Path = typer.Option(..., "-o", "--out", help="Run folder: checkpoints (last.pt), log.jsonl, best/ model."),
     arch: str | None = typer.Option(None, help="Network configuration, e.g. s4m-tiny-16k, s4m-16k, spmamba-8k."),
@@ -592,13 +618,14 @@ def train(
     pools: Path | None = typer.Option(None, help="Speaker pools (recipes/make_data.py) for dynamic mixing."),
     val_data: Path | None = typer.Option(None, help="LibriMix-style folder for validation SI-SNRi."),
     sample_rate: int | None = typer.Option(None, help="Training rate (default: the configuration's)."),
-    segment: float = typer.Option(2.0, help="Training segment length in seconds."),
-    batch_size: int = typer.Option(4, help="Mixtures per step (per process under torchrun)."),
-    steps: int | None = typer.Option(None, help="Total optimiser steps."),
-    epochs: int | None = typer.Option(None, help="Epochs over --data (or of --epoch-steps with --pools)."),
-    epoch_steps: int = typer.Option(500, help="With --pools: steps between validations."),
+    segment: float = typer.Option(2.0, min=0.01, help="Training segment length in seconds."),
+    batch_size: int = typer.Option(4, min=1, help="Mixtures per step (per process under torchrun)."),
+    steps: int | None = typer.Option(None, min=1, help="Total optimiser steps."),
+    epochs: int | None = typer.Option(None, min=1, help="Epochs over --data (or of --epoch-steps with --pools)."),
+    epoch_steps: int = typer.Option(500, min=1, help="With --pools: steps between validations."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (Adam), after warm-up; halves on plateaus."),
-    resume: bool = typer.Option(False, help="Continue from OUT/last.pt (same step, identical state)."),
+    resume: bool = typer.Option(False, help="Continue from OUT/last.pt (same step, identical state); without it "
+                                "a folder holding a run is refused."),
     lr_scale: float | None = typer.Option(None, help="With --resume: set the lr to --lr times this from here on "
                                           "(e.g. after adding training data; it still halves on plateaus)."),
     name: str | None = typer.Option(None, help="Name of the exported model (default: the run folder's)."),
@@ -630,7 +657,8 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train a separation network (negative SI-SNR with PIT). Checkpoints every few minutes and on Ctrl-C;
-    `torchrun --nproc_per_node N $(which sepcli) train ...` trains data-parallel (gloo on CPU, nccl on GPU)."""
+    `torchrun --nproc_per_node N $(which sepcli) train ...` trains data-parallel (gloo on CPU, nccl on GPU).
+    OUT/best/ is the model of the best validation so far, or the latest weights without --val-data."""
     from .train.data import DataError
     from .train.trainer import TrainConfig, TrainError
     from .train.trainer import train as run_training
@@ -641,16 +669,24 @@ def train(
                       max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
                       mixed_share=mixed_share, person_power=person_power, variants=variants, ema=ema, bf16=bf16,
                       compile=compile_net, quiet=quiet)
+    from .runtime.loader import ModelError
+
     try:
         result = run_training(cfg)
     except (TrainError, DataError, ValueError) as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
+    except ModelError as exc:  # --init: an unknown name is a usage error, an unreadable model a failure
+        unknown = str(exc).startswith("unknown model") or "no such model" in str(exc)
+        raise _fail(exc, debug, EXIT_USAGE if unknown else EXIT_FAILED) from None
     except Exception as exc:  # noqa: BLE001 (one line, not a traceback, unless --debug)
         raise _fail(exc, debug, EXIT_FAILED) from None
     state = "stopped (resume with --resume)" if result["stopped"] else "done"
     best = result["best"]
+    model_dir = result["export"] if Path(result["export"]).is_dir() else "none yet (no validation has run)"
     typer.echo(f"{state} at step {result['step']}/{result['total']}; best validation SI-SNRi "
-               f"{'-' if best == float('-inf') else f'{best:.2f} dB'}; model: {result['export']}", err=True)
+               f"{'-' if best == float('-inf') else f'{best:.2f} dB'}; model: {model_dir}", err=True)
+    if result.get("signal"):  # stopped by Ctrl-C or SIGTERM (checkpoint saved): scripts must tell it from done
+        raise typer.Exit(128 + int(result["signal"]))
 
 
 EVAL_EXIT_HELP = ("Exit codes: 0 = every mixture scored; 1 = a mixture could not be read or scored (the message "

@@ -278,6 +278,44 @@ def test_models_list_and_info(tmp_path, fast_model, monkeypatch):
     assert (out / "z_spk2.wav").is_file()
 
 
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
+               "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 2212908\n")
+
+
+def test_unreadable_weights_are_skipped_by_models_and_one_line_elsewhere(tmp_path, monkeypatch):
+    """A Git LFS pointer or garbage in weights.safetensors: `models` lists the good models and warns once per bad
+    one; `models info` and `separate -m` say what is wrong in one line, exit 1."""
+    zoo = tmp_path / "zoo"
+    bandsplit_folder(zoo / "good-band", sample_rate=SR)
+    lfs = bandsplit_folder(zoo / "lfs-band", sample_rate=SR)
+    (lfs / "weights.safetensors").write_text(LFS_POINTER)
+    junk = bandsplit_folder(zoo / "junk-band", sample_rate=SR)
+    (junk / "weights.safetensors").write_bytes(np.random.default_rng(0).bytes(3000))
+    monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
+
+    for args in (["models", "--json"], ["models"]):
+        r = run(*args)
+        assert r.exit_code == 0, r.stderr
+        if args[-1] == "--json":
+            names = {m["name"] for m in json.loads(r.stdout)}
+            assert "good-band" in names and not names & {"lfs-band", "junk-band"}
+        else:
+            assert "good-band" in r.stdout and "lfs-band" not in r.stdout
+        warnings = r.stderr.strip().splitlines()
+        assert len(warnings) == 2 and all(w.startswith("sepcli: warning: ") for w in warnings), warnings
+        for folder, w in zip((junk, lfs), warnings):  # listed in folder order: junk-band, lfs-band
+            assert str(folder) in w and "not a readable safetensors file" in w
+        assert "git lfs pull" in warnings[1]
+
+    for folder in (lfs, junk):
+        want = f"sepcli: error: {folder / 'weights.safetensors'}: not a readable safetensors file ("
+        r = run("models", "info", folder)
+        assert r.exit_code == 1 and r.stderr.startswith(want) and r.stderr.count("\n") == 1, r.stderr
+        r = run("separate", _wav(tmp_path / "a.wav"), "-o", tmp_path / "out", "-m", folder)
+        assert r.exit_code == 1 and r.stderr.startswith(want) and r.stderr.count("\n") == 1, r.stderr
+    assert run("models", "info", "lfs-band").exit_code == 1  # by zoo name too
+
+
 def test_bench_reports_rtf(fast_model):
     r = run("bench", "-m", fast_model, "--seconds", "2", "--repeat", "1", "--json")
     assert r.exit_code == 0, r.stderr
@@ -286,14 +324,23 @@ def test_bench_reports_rtf(fast_model):
     assert "scan_backend" in fig
 
 
+@pytest.mark.parametrize("args,option", [(["--seconds", "0"], "--seconds"), (["--seconds", "-3"], "--seconds"),
+                                         (["--repeat", "0"], "--repeat"), (["--repeat", "-1"], "--repeat")])
+def test_bench_refuses_lengths_and_repeats_below_the_minimum(fast_model, args, option):
+    r = run("bench", "-m", fast_model, "--repeat", "1", "--json", *args)  # the last --repeat wins
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert r.stdout == "" and "Invalid value" in r.stderr and option in r.stderr
+
+
 def test_import_spmamba_needs_name_or_out(tmp_path):
     r = run("models", "import-spmamba", "--config", tmp_path / "c.yml", "--checkpoint", tmp_path / "x.pth")
     assert r.exit_code == 2
 
 
-def test_import_spmamba_calls_the_converter(tmp_path, monkeypatch):
-    """The command is wired to sepcli.runtime.spmamba_import.import_spmamba (a stand-in module here, so the test
-    checks the CLI's wiring and error handling, not the converter)."""
+@pytest.fixture
+def fake_converter(monkeypatch):
+    """A stand-in for sepcli.runtime.spmamba_import (so tests check the CLI's wiring and error handling, not the
+    converter); returns the list of its calls. Out folders named 'broken' and 'badconf' raise its errors."""
     import types
 
     calls = []
@@ -302,20 +349,70 @@ def test_import_spmamba_calls_the_converter(tmp_path, monkeypatch):
     class CheckpointError(Exception):
         pass
 
+    class ConfigError(CheckpointError):
+        pass
+
     def import_spmamba(config_yml, checkpoint, out_dir, name):
         calls.append((Path(config_yml), Path(checkpoint), Path(out_dir), name))
         if name == "broken":
             raise CheckpointError(f"{checkpoint}: not an SPMamba checkpoint")
+        if name == "badconf":
+            raise ConfigError(f"{config_yml}: audionet.audionet_config.emb_dim must be a positive integer, got -4")
         return Path(out_dir)
 
-    fake.CheckpointError, fake.import_spmamba = CheckpointError, import_spmamba
+    fake.CheckpointError, fake.ConfigError, fake.import_spmamba = CheckpointError, ConfigError, import_spmamba
     monkeypatch.setitem(sys.modules, "sepcli.runtime.spmamba_import", fake)
+    return calls
+
+
+def test_import_spmamba_calls_the_converter(tmp_path, fake_converter):
+    """The command is wired to sepcli.runtime.spmamba_import.import_spmamba: a checkpoint it cannot import exits 1,
+    a bad conf.yml (ConfigError) is a usage error, exit 2."""
+    calls = fake_converter
     cfg, ck = tmp_path / "conf.yml", tmp_path / "best_model.pth"
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "spm")
     assert r.exit_code == 0 and str(tmp_path / "spm") in r.stdout
     assert calls[-1] == (cfg, ck, tmp_path / "spm", "spm")
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "broken")
     assert r.exit_code == 1 and r.stderr.startswith("sepcli: error: ") and "not an SPMamba" in r.stderr
+    r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "badconf")
+    assert r.exit_code == 2 and r.stderr == f"sepcli: error: {cfg}: audionet.audionet_config.emb_dim must be a " \
+                                           "positive integer, got -4\n"
+
+
+@pytest.mark.parametrize("name", ["../escaped", "..", ".", ".hidden", "a/b", "a\\b", "", " ", "tab\tname",
+                                  "x.safetensors", "w.pt", "default", "fast", "band-folder", "band-name"])
+def test_import_spmamba_name_is_a_new_plain_folder_name(tmp_path, monkeypatch, fake_converter, name):
+    """--name is one folder-name component (nothing written outside the zoo) that no zoo model uses as its folder,
+    name or alias (a new model must not shadow `default`): refused with exit 2 before any work."""
+    zoo = tmp_path / "zoo"
+    folder = bandsplit_folder(zoo / "band-folder", sample_rate=SR, name="band-name")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["aliases"] = ["fast"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
+    before = sorted(tmp_path.rglob("*"))
+    r = run("models", "import-spmamba", "--config", tmp_path / "c.yml", "--checkpoint", tmp_path / "x.pth",
+            "--name", name)
+    assert r.exit_code == 2, (name, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sepcli: error: --name: ")
+    assert fake_converter == [] and sorted(tmp_path.rglob("*")) == before
+
+
+def test_import_spmamba_accepts_a_new_name_and_guards_out_into_the_zoo(tmp_path, monkeypatch, fake_converter):
+    zoo = tmp_path / "zoo"
+    bandsplit_folder(zoo / "band", sample_rate=SR)
+    monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
+    cfg, ck = tmp_path / "c.yml", tmp_path / "x.pth"
+    r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--name", "spmamba-libri2mix")
+    assert r.exit_code == 0, r.stderr
+    assert fake_converter[-1] == (cfg, ck, zoo / "spmamba-libri2mix", "spmamba-libri2mix")
+    # --out straight into a zoo folder follows the same rules; elsewhere any folder name is fine
+    r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", zoo / "default")
+    assert r.exit_code == 2 and "already" in r.stderr and len(fake_converter) == 1
+    r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "mine" / "default")
+    assert r.exit_code == 0 and fake_converter[-1][2] == tmp_path / "mine" / "default"
 
 
 @pytest.fixture

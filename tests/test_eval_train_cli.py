@@ -180,6 +180,110 @@ def test_train_cli_usage_errors(tmp_path, bands):
     assert "Traceback" not in res.output
 
 
+def _train(tmp_path, *extra, data=None, out="r"):
+    args = ["train", "--arch", "s4m-small-8k", "--segment", "0.25", "--batch-size", "1", "--threads", "1",
+            "--quiet", "--out", str(tmp_path / out)]
+    return runner.invoke(app, args + (["--data", str(data)] if data is not None else []) + [str(a) for a in extra])
+
+
+def test_train_refuses_bad_options_before_writing_anything(tmp_path, bands):
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--steps", "0"], "--steps"), (["--batch-size", "0"], "--batch-size"), (["--segment", "-1"], "--segment"),
+        (["--pools", str(tmp_path)], "not both"),  # with --data
+    ]
+    for extra, words in cases:
+        res = _train(tmp_path, *extra, data=bands)
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, (extra, res.output)
+        assert not (tmp_path / "r").exists(), extra  # no empty run folder left behind
+    res = _train(tmp_path, data=bands, out="afile")
+    assert res.exit_code == 2 and "must name a folder" in res.stderr
+    res = runner.invoke(app, ["train", "--init", "default", "--arch", "s4m-small-8k", "--data", str(bands),
+                              "--out", str(tmp_path / "r"), "--quiet"])
+    assert res.exit_code == 2 and "not both" in res.stderr and not (tmp_path / "r").exists()
+    for extra, words in ((["--init", "nosuch"], "nosuch"), (["--init", "default", "--sample-rate", "8000"],
+                                                            "is a 16000 Hz model")):
+        res = runner.invoke(app, ["train", *extra, "--data", str(bands), "--out", str(tmp_path / "r"), "--quiet"])
+        assert res.exit_code == 2 and words in res.stderr and not (tmp_path / "r").exists(), res.output
+
+
+def test_train_protects_an_existing_run_and_names_a_corrupt_checkpoint(tmp_path, bands):
+    assert _train(tmp_path, "--steps", "1", data=bands).exit_code == 0
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    res = _train(tmp_path, "--steps", "1", data=bands)  # no --resume: the run is not overwritten
+    assert res.exit_code == 2 and "holds a run already" in res.stderr and "--resume" in res.stderr
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before
+    res = _train(tmp_path, "--steps", "2", "--resume", "--batch-size", "2", data=bands)  # changed: a warning
+    assert res.exit_code == 0 and "changed options (batch_size 1 -> 2)" in res.stderr
+    (tmp_path / "r" / "last.pt").write_bytes(before[:1000])  # truncated
+    res = _train(tmp_path, "--steps", "3", "--resume", data=bands)
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path / 'r' / 'last.pt'}: not a readable training checkpoint" in res.stderr
+    (tmp_path / "r" / "last.pt").write_text("garbage")
+    res = _train(tmp_path, "--steps", "3", "--resume", data=bands)
+    assert res.exit_code == 2 and "not a readable training checkpoint" in res.stderr
+    assert "weights_only=False" not in res.stderr
+
+
+def _variant_folder(src, dst, change):
+    import shutil
+
+    shutil.copytree(src, dst)
+    change(dst)
+    return dst
+
+
+def test_train_checks_the_data_folder_layout(tmp_path, bands):
+    import shutil
+
+    def third_source(d):
+        shutil.copytree(d / "s1", d / "s3")
+
+    def short_source(d):
+        sf.write(d / "s2" / "1.wav", np.zeros(SR // 2, np.float32), SR)
+
+    def reverb_targets(d):  # WHAMR: s1_reverb/ beside s1/ is another target, not a third speaker
+        shutil.copytree(d / "s1", d / "s1_reverb")
+
+    def libri_names(d):  # LibriMix proper: mix_clean/ and mix_both/, no mix/
+        shutil.copytree(d / "mix", d / "mix_both")
+        (d / "mix").rename(d / "mix_clean")
+
+    def two_unknown(d):
+        shutil.copytree(d / "mix", d / "mix_a")
+        (d / "mix").rename(d / "mix_b")
+
+    three = _variant_folder(bands, tmp_path / "three", third_source)
+    res = _train(tmp_path, "--steps", "1", data=three)
+    assert res.exit_code == 2 and f"{three}: 3 source folders" in res.stderr and "separates 2" in res.stderr
+    short = _variant_folder(bands, tmp_path / "short", short_source)
+    for opt in ("--data", "--val-data"):  # found before training, not at the first validation
+        res = _train(tmp_path, "--steps", "1", opt, short, data=None if opt == "--data" else bands)
+        assert res.exit_code == 2 and f"source {short / 's2' / '1.wav'} is shorter than the mixture" in res.stderr
+        assert not (tmp_path / "r").exists()
+    ok = _variant_folder(bands, tmp_path / "whamr", reverb_targets)
+    assert _train(tmp_path, "--steps", "1", data=ok, out="w").exit_code == 0
+    ok = _variant_folder(bands, tmp_path / "libri", libri_names)
+    assert _train(tmp_path, "--steps", "1", data=ok, out="l").exit_code == 0
+    bad = _variant_folder(bands, tmp_path / "two", two_unknown)
+    res = _train(tmp_path, "--steps", "1", data=bad)
+    assert res.exit_code == 2 and "several mixture folders (mix_a/, mix_b/)" in res.stderr
+
+
+def test_train_stopped_by_a_signal_exits_with_it(tmp_path, bands, monkeypatch):
+    import signal
+
+    import sepcli.train.trainer as trainer
+
+    def stopped(cfg):
+        return {"step": 1, "total": 5, "best": float("-inf"), "stopped": True, "export": str(tmp_path / "none"),
+                "history": [], "signal": signal.SIGINT}
+
+    monkeypatch.setattr(trainer, "train", stopped)
+    res = _train(tmp_path, "--steps", "5", data=bands)
+    assert res.exit_code == 130 and "stopped (resume with --resume)" in res.stderr and "none yet" in res.stderr
+
+
 def test_json_reports_the_scan_backend_that_runs(tmp_path, monkeypatch):
     """`separate --json` names the selective-scan backend: the CPU kernel by default, the forced one with
     SEPCLI_SCAN, and none for a network without a scan."""

@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
+from sepcli.cli import app
 from sepcli.nets.spmamba import SPMamba
-from sepcli.runtime.spmamba_import import CheckpointError, import_spmamba
+from sepcli.runtime.spmamba_import import CheckpointError, ConfigError, import_spmamba
 
 torch.set_num_threads(1)
+runner = CliRunner()
 
 # The official configs/spmamba-librimix.yml network and data sections (JusperLee/SPMamba), as data.
 OFFICIAL_LIBRIMIX_YML = """\
@@ -198,9 +202,67 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     yml = write(tmp_path / "conf.yml", small_yml())
     ckpt = tmp_path / "best_model.pth"
     torch.save({"state_dict": {"conv.0.weight": torch.zeros(1)}, "payload": _Evil(str(marker))}, ckpt)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only") as info:
         import_spmamba(yml, ckpt, tmp_path / "out")
     assert not marker.exists() and not (tmp_path / "out").exists()
+    # one line: the file, what it is, the global torch refused; never torch's advice to load it unsafely
+    msg = str(info.value)
+    assert msg.startswith(f"{ckpt}: not a plain weights checkpoint") and "\n" not in msg
+    assert "refused global io.open" in msg or "refused global builtins.open" in msg, msg
+    assert "False" not in msg and "trust" not in msg
+    r = runner.invoke(app, ["models", "import-spmamba", "--config", str(yml), "--checkpoint", str(ckpt),
+                            "--out", str(tmp_path / "out")], catch_exceptions=False)
+    assert r.exit_code == 1 and r.stderr == f"sepcli: error: {msg}\n"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("key,value", [("emb_dim", "-4"), ("n_layers", "0"), ("emb_ks", "2.5"),
+                                       ("attn_n_head", "true"), ("eps", "-1.0"), ("window", "[1, 2]")])
+def test_nonsensical_config_values_are_one_line_usage_errors(tmp_path, key, value):
+    """A value no SPMamba can have (e.g. emb_dim: -4 made torch raise a RuntimeError traceback) is refused as data:
+    one line naming conf.yml, the key and the value; the CLI exits 2 and writes nothing."""
+    import re
+
+    text = small_yml()
+    text, n = re.subn(rf"^(\s+{key}:) .*$", rf"\1 {value}", text, flags=re.M)
+    assert n == 1
+    yml = write(tmp_path / "conf.yml", text)
+    ckpt = save_best_model(official_model(small_yml()), tmp_path / "best_model.pth")
+    with pytest.raises(ConfigError) as info:
+        import_spmamba(yml, ckpt, tmp_path / "out")
+    msg = str(info.value)
+    assert msg.startswith(f"{yml}: audionet.audionet_config.{key} must be ") and "\n" not in msg
+    assert msg.endswith(f"got {yaml_value(value)!r}"), msg
+    r = runner.invoke(app, ["models", "import-spmamba", "--config", str(yml), "--checkpoint", str(ckpt),
+                            "--out", str(tmp_path / "out")], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stderr == f"sepcli: error: {msg}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pth", "conf.yml"]
+
+
+def yaml_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_imported_folder_gets_the_modes_of_the_umask(tmp_path, umask):
+    """Not tempfile's 0700 folder and safetensors' 0600 file: the folder and files an ordinary mkdir / open
+    would make, so other users can read an installed model (0755/0644 under umask 022)."""
+    import os
+    import stat
+
+    yml = write(tmp_path / "conf.yml", small_yml())
+    ckpt = save_best_model(official_model(small_yml()), tmp_path / "best_model.pth")
+    old = os.umask(umask)
+    try:
+        folder = import_spmamba(yml, ckpt, tmp_path / "zoo" / "spm")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o777 & ~umask  # the parent it created
+    for f in ("config.json", "weights.safetensors"):
+        assert stat.S_IMODE((folder / f).stat().st_mode) == 0o666 & ~umask, f
 
 
 def test_bad_config_and_files(tmp_path):

@@ -268,6 +268,23 @@ def test_export_rewrites_its_own_card_and_keeps_a_hand_written_one(tmp_path):
     assert export(9) == "# mine\nWritten by hand.\n"
 
 
+@pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_exported_model_folder_has_the_modes_of_the_umask(tmp_path, umask, dir_mode, file_mode):
+    import os
+
+    from sepcli.train.export import export_model_folder
+
+    meta = {"arch": "s4m", "arch_args": TINY, "sample_rate": SR, "n_src": 2}
+    old = os.umask(umask)
+    try:
+        folder = export_model_folder(tmp_path / "best", build_network_tiny(), meta, name="m")
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == dir_mode  # mkdtemp alone gave 0700, save_file 0600
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        n: file_mode for n in ("weights.safetensors", "config.json", "MODEL_CARD.md")}
+
+
 def test_resume_with_lr_scale_sets_the_lr_from_there_on(tmp_path, librimix):
     """--lr-scale on resume: the schedule's scale is replaced (patience restarts) and the steps after it run at
     lr * scale; without it the saved scale is kept."""

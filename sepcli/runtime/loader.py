@@ -5,12 +5,20 @@ loaded with safetensors only. A .pt/.pth file (with config.json beside it) is re
 torch.load(weights_only=True), never unpickling arbitrary objects; a `state_dict` or `model` entry is used when
 the file holds a training checkpoint. config.json is validated as data: every problem is a ModelError naming the
 file and the key. The network is built with sepcli.nets.build_network(arch, arch_args).
+
+A weights file that cannot be read (garbage bytes, a truncated download, a Git LFS pointer left by a clone
+without LFS) is a ModelError `<file>: not a readable safetensors file (...)`, also from `weights_summary`, so
+listings can skip it. A pickle that torch.load(weights_only=True) refuses is described by
+`torch_load_problem`: it names the refused global and never repeats torch's advice to load with
+weights_only=False.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,52 @@ class LoadedModel:
 
 def _err(path: Path, msg: str) -> ModelError:
     return ModelError(f"{path}: {msg}")
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _unreadable_safetensors(path: Path, exc: BaseException) -> ModelError:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LFS_POINTER))
+    except OSError:
+        head = b""
+    if head == _LFS_POINTER:
+        why = "a Git LFS pointer, not the weights: fetch them with `git lfs pull`"
+    elif isinstance(exc, OSError):
+        why = exc.strerror or _one_line(exc)
+    else:
+        why = _one_line(exc)
+    return _err(path, f"not a readable safetensors file ({why})")
+
+
+def torch_load_problem(exc: BaseException) -> str:
+    """One line saying why torch.load(weights_only=True) refused or failed to read a file (no file name).
+
+    A refused pickle is 'not a plain weights checkpoint', with the global torch names when it names one;
+    torch's own text (which suggests loading with weights_only=False) is not repeated."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+        m = (re.search(r"GLOBAL (\S+) was not an allowed global", text)
+             or re.search(r"unsupported GLOBAL (\S+) whose module", text))
+        if m:
+            detail = f"refused global {m.group(1)}"
+        else:  # torch appends the unpickler's own message after a blank line, then a link to its docs
+            body = text.split("\n\nCheck the documentation")[0]
+            inner = body.rsplit("\n\n", 1)[-1] if "\n\n" in body else ""
+            inner = _one_line(inner, 120).removeprefix("WeightsUnpickler error: ") if inner.strip() else ""
+            detail = inner if inner and "weights_only" not in inner else "refused content"
+        return ("not a plain weights checkpoint: it holds Python objects besides tensors, which "
+                f"torch.load(weights_only=True) does not load ({detail})")
+    line = _one_line(exc)
+    if "weights_only" in line:  # never pass on advice to load unsafely
+        line = type(exc).__name__
+    return f"not a readable PyTorch checkpoint ({type(exc).__name__}: {line})"
 
 
 def _num(v) -> bool:
@@ -120,13 +174,12 @@ def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(weights))
         except Exception as exc:  # noqa: BLE001
-            raise _err(weights, f"not a valid safetensors file ({' '.join(str(exc).split())})") from None
+            raise _unreadable_safetensors(weights, exc) from None
     if weights.suffix in (".pt", ".pth", ".ckpt"):
         try:
             obj = torch.load(str(weights), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
-            raise _err(weights, f"cannot load safely with weights_only=True "
-                                f"({' '.join(str(exc).split())[:200]})") from None
+            raise _err(weights, torch_load_problem(exc)) from None
         for key in ("state_dict", "model"):
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
@@ -186,14 +239,20 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
 
 
 def weights_summary(folder: Path) -> tuple[int, int]:
-    """(parameter count, weights file size in bytes) read from the safetensors header without loading."""
+    """(parameter count, weights file size in bytes) read from the safetensors header without loading.
+
+    (0, 0) when the folder has no weights.safetensors; ModelError when it is not a readable safetensors file."""
     w = folder / "weights.safetensors"
     if not w.is_file():
         return 0, 0
     from safetensors import safe_open
 
     n = 0
-    with safe_open(str(w), framework="pt") as f:
-        for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-            n += math.prod(f.get_slice(k).get_shape())
-    return n, w.stat().st_size
+    try:
+        with safe_open(str(w), framework="pt") as f:
+            for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                n += math.prod(f.get_slice(k).get_shape())
+        size = w.stat().st_size
+    except Exception as exc:  # noqa: BLE001 (SafetensorError, OSError, ...)
+        raise _unreadable_safetensors(w, exc) from None
+    return n, size

@@ -8,6 +8,10 @@ package. A zoo model is one sub-folder holding config.json.
 `resolve(name)` accepts, in this order: a path to a model folder (or to a .safetensors/.pt/.pth file with a
 config.json beside it), a zoo folder name, a zoo model's config `name`, one of its `aliases` (e.g. `default`).
 Unknown names raise ModelNotFound listing what exists.
+
+`new_name_problem(name)` says why a name cannot be given to a new zoo model: it must be one plain folder-name
+component (no path separators, `..`, leading dot, or weights-file suffix) and not already a zoo folder name,
+model name or alias (a new model must not shadow `default`).
 """
 
 from __future__ import annotations
@@ -103,3 +107,19 @@ def resolve(name: str | os.PathLike) -> Path:
                 return e.folder
     known = ", ".join(sorted({e.name for e in zoo} | {a for e in zoo for a in e.aliases})) or "none installed"
     raise ModelNotFound(f"unknown model {text!r} (zoo models: {known}; or give a path to a model folder)")
+
+
+def new_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a new zoo model (its folder and its config name), or None when it can."""
+    if not name or not name.strip():
+        return "a model name must not be empty"
+    if (name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or os.sep in name
+            or (os.altsep and os.altsep in name) or any(ord(c) < 32 or ord(c) == 127 for c in name)
+            or name != name.strip() or Path(name).name != name or looks_like_path(name)):
+        return (f"{name!r} is not a plain model name: give one folder name (no '/', '\\', leading '.', "
+                f"control characters, or .safetensors/.pt/.pth ending)")
+    for e in list_zoo():
+        if name in (e.folder.name, e.name) or name in e.aliases:
+            what = "an alias of" if name in e.aliases and name not in (e.folder.name, e.name) else "taken by"
+            return f"{name!r} is already {what} zoo model {e.name!r} ({e.folder}); choose another name"
+    return None

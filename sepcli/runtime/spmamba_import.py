@@ -10,13 +10,19 @@ either released format:
 The checkpoint is read with `torch.load(weights_only=True)` only (no arbitrary unpickling). The tensors must
 match sepcli's SPMamba built from the config key for key and shape (strict), else CheckpointError lists the
 first problems. The folder gets config.json (arch "spmamba", arch_args = audionet_config + sample_rate) and
-weights.safetensors (fp32), written to a temporary folder first and renamed into place when complete.
+weights.safetensors (fp32), written to a temporary folder first and renamed into place when complete, with the
+modes of ordinary files under the user's umask (sepcli.runtime.permissions), so other users can read the model.
+
+Problems in conf.yml (unreadable, not SPMamba, a value such as `emb_dim: -4`) raise ConfigError, a CheckpointError
+the CLI reports as a usage error; a checkpoint holding pickled Python objects is refused with a message naming
+the refused global (sepcli.runtime.loader.torch_load_problem).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .loader import torch_load_problem
+from .permissions import apply_default_modes
 
 PREFIX = "audio_model."
 DEFAULT_SEGMENT = 4.0
@@ -33,6 +42,45 @@ _SHOW = 5  # problems listed in an error
 
 class CheckpointError(ValueError):
     """The config or checkpoint cannot be imported; str() names the file and the problem in one line."""
+
+
+class ConfigError(CheckpointError):
+    """conf.yml cannot be read or does not describe an SPMamba that can be built."""
+
+
+# audionet_config keys of the official SPMamba and the values they accept (others are left to SPMamba itself)
+_POSITIVE_INTS = ("n_srcs", "n_fft", "stride", "n_imics", "n_layers", "lstm_hidden_units", "attn_n_head",
+                  "attn_approx_qk_dim", "emb_dim", "emb_ks", "emb_hs")
+
+
+def _check_audionet_config(args: dict, config_yml: Path) -> dict:
+    """Values of audionet_config checked as data before any tensor is made; returns them (eps as a float)."""
+    where = f"{config_yml}: audionet.audionet_config"
+    out = dict(args)
+    for key in _POSITIVE_INTS:
+        if key in out:
+            v = out[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{where}.{key} must be a positive integer, got {v!r}")
+    if out.get("input_dim") is not None:
+        v = out["input_dim"]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{where}.input_dim must be a positive integer or null, got {v!r}")
+    if "eps" in out:
+        v = out["eps"]
+        try:  # YAML reads 1e-5 (no dot) as a string
+            eps = float(v) if isinstance(v, str) else v
+        except ValueError:
+            eps = None
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
+            raise ConfigError(f"{where}.eps must be a positive number, got {v!r}")
+        out["eps"] = float(eps)
+    for key in ("window", "activation"):
+        if key in out and not isinstance(out[key], str):
+            raise ConfigError(f"{where}.{key} must be a string, got {out[key]!r}")
+    if "use_builtin_complex" in out and not isinstance(out["use_builtin_complex"], bool):
+        raise ConfigError(f"{where}.use_builtin_complex must be true or false, got {out['use_builtin_complex']!r}")
+    return out
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:
@@ -46,21 +94,24 @@ def read_official_config(config_yml: Path) -> tuple[dict, int, dict]:
     try:
         doc = yaml.safe_load(Path(config_yml).read_text())
     except OSError as exc:
-        raise CheckpointError(f"{config_yml}: cannot read ({exc.strerror or exc})") from None
+        raise ConfigError(f"{config_yml}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{config_yml}: not a text file (not UTF-8)") from None
     except yaml.YAMLError as exc:
-        raise CheckpointError(f"{config_yml}: invalid YAML ({_one_line(exc)})") from None
+        raise ConfigError(f"{config_yml}: invalid YAML ({_one_line(exc)})") from None
     net = doc.get("audionet") if isinstance(doc, dict) else None
     if not isinstance(net, dict) or not isinstance(net.get("audionet_config"), dict):
-        raise CheckpointError(f"{config_yml}: no 'audionet.audionet_config' section (not an SPMamba conf.yml?)")
+        raise ConfigError(f"{config_yml}: no 'audionet.audionet_config' section (not an SPMamba conf.yml?)")
     model_name = net.get("audionet_name", "SPMamba")
     if model_name != "SPMamba":
-        raise CheckpointError(f"{config_yml}: audionet_name is {model_name!r}, only 'SPMamba' can be imported")
-    args = dict(net["audionet_config"])
+        raise ConfigError(f"{config_yml}: audionet_name is {model_name!r}, only 'SPMamba' can be imported")
+    args = _check_audionet_config(net["audionet_config"], config_yml)
     datamodule = doc.get("datamodule") if isinstance(doc.get("datamodule"), dict) else {}
     data_cfg = datamodule.get("data_config") if isinstance(datamodule.get("data_config"), dict) else {}
     sr = data_cfg.get("sample_rate", args.get("sample_rate"))
-    if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
-        raise CheckpointError(f"{config_yml}: no valid datamodule.data_config.sample_rate (got {sr!r})")
+    if not isinstance(sr, int) or isinstance(sr, bool) or not (1000 <= sr <= 192000):  # as loader.validate_config
+        raise ConfigError(f"{config_yml}: no valid datamodule.data_config.sample_rate, an integer in Hz "
+                          f"1000-192000 (got {sr!r})")
     args["sample_rate"] = sr
     extra = {}
     exp = doc.get("exp")
@@ -78,8 +129,7 @@ def read_checkpoint(checkpoint: Path) -> tuple[dict[str, torch.Tensor], str, dic
     try:
         obj = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError for unsafe content, zip or EOF errors, ...
-        raise CheckpointError(f"{checkpoint}: cannot be loaded safely with torch.load(weights_only=True) "
-                              f"({_one_line(exc)})") from None
+        raise CheckpointError(f"{checkpoint}: {torch_load_problem(exc)}") from None
     details: dict[str, Any] = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         sd = obj["state_dict"]
@@ -142,9 +192,9 @@ def import_spmamba(config_yml: Path, checkpoint: Path, out_dir: Path, name: str 
     args, sr, extra = read_official_config(config_yml)
     try:
         model = SPMamba(**args)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{config_yml}: audionet_config does not describe an SPMamba "
-                              f"({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - unknown keys (TypeError), values SPMamba refuses, torch errors
+        raise ConfigError(f"{config_yml}: audionet_config does not describe an SPMamba "
+                          f"({type(exc).__name__}: {_one_line(exc)})") from None
     sd, fmt, details = read_checkpoint(checkpoint)
     match_state_dict(model.state_dict(), sd, checkpoint)
     model.load_state_dict(sd, strict=True)  # exact fit checked above
@@ -179,9 +229,9 @@ def import_spmamba(config_yml: Path, checkpoint: Path, out_dir: Path, name: str 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        os.chmod(tmp, 0o755)
         save_file(tensors, str(tmp / "weights.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        apply_default_modes(tmp)  # mkdtemp made it 0700, save_file 0600: readable by others as umask allows
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.replace(tmp, out_dir)

@@ -7,6 +7,7 @@ Items are (mix [T], sources [n_src, T]) float32 tensors at the dataset's sample 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,23 @@ class DataError(ValueError):
 def librimix_items(folder: Path) -> tuple[list[Path], list[list[Path]]]:
     """(mixture paths, per-mixture source paths) of a LibriMix-style folder, sorted by name."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
     mix_dir = folder / "mix"
     if not mix_dir.is_dir():
-        # LibriMix proper names it mix_clean / mix_both
+        # LibriMix proper has mix_clean/ (the sources' own mixture: its separation task), mix_both/ (with noise),
+        # mix_single/: take mix_clean, else the only one there is; several others are ambiguous
         cands = sorted(p for p in folder.glob("mix*") if p.is_dir())
         if not cands:
             raise DataError(f"{folder}: no mix/ folder (expected LibriMix layout: mix/, s1/, s2/)")
-        mix_dir = cands[0]
-    src_dirs = sorted((p for p in folder.glob("s[0-9]*") if p.is_dir()), key=lambda p: int(p.name[1:]))
+        clean = [p for p in cands if p.name == "mix_clean"]
+        if not clean and len(cands) > 1:
+            raise DataError(f"{folder}: several mixture folders ({', '.join(p.name + '/' for p in cands)}); keep "
+                            "the one to use as mix/ (a symbolic link will do)")
+        mix_dir = (clean or cands)[0]
+    # s1/, s2/, ... only: WHAMR's s1_reverb/ and the like are other targets, not more speakers
+    src_dirs = sorted((p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"s[0-9]+", p.name)),
+                      key=lambda p: int(p.name[1:]))
     if len(src_dirs) < 2:
         raise DataError(f"{folder}: expected source folders s1/, s2/ beside {mix_dir.name}/")
     mixes = sorted(p for p in mix_dir.iterdir() if p.suffix.lower() in AUDIO_EXT)
@@ -49,6 +59,21 @@ def librimix_items(folder: Path) -> tuple[list[Path], list[list[Path]]]:
             raise DataError(f"{m}: missing source file(s) {', '.join(missing[:3])}")
         sources.append(srcs)
     return mixes, sources
+
+
+def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> None:
+    """From the file headers (fast): every source lasts at least as long as its mixture, every file decodes."""
+    for m, srcs in zip(mixes, sources):
+        try:
+            info = sf.info(str(m))
+            need = info.frames / info.samplerate
+            for p in srcs:
+                si = sf.info(str(p))
+                if si.frames / si.samplerate < need - 1.0 / info.samplerate:
+                    raise DataError(f"{m}: source {p} is shorter than the mixture ({si.frames / si.samplerate:.3f} "
+                                    f"against {need:.3f} s)")
+        except RuntimeError as exc:  # soundfile.LibsndfileError: names the file
+            raise DataError(" ".join(str(exc).split())) from None
 
 
 def read_mono(path: Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
@@ -65,6 +90,7 @@ class LibriMixDataset(Dataset):
 
     def __init__(self, folder: Path, sample_rate: int, segment: float | None = None, seed: int = 0):
         self.mixes, self.sources = librimix_items(folder)
+        check_lengths(self.mixes, self.sources)
         self.sample_rate = sample_rate
         self.segment = segment
         self.seed = seed

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..runtime.permissions import apply_default_modes
+
 
 # marks the card export_model_folder writes itself (replaced at each export); a card without it is kept
 AUTO_CARD = "<!-- written by sepcli train at export; replace this card by hand to keep your own -->"
@@ -62,6 +64,7 @@ def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: 
                 f"{config['sample_rate']} Hz, {config['n_src']} sources.\n\n"
                 f"Trained with `sepcli train` to step {last.get('step')}; best validation SI-SNRi "
                 f"{config['eval']['val_si_snri']} dB.\n")
+        apply_default_modes(tmp)  # mkdtemp's 0700 and save_file's 0600 would hide the model from other users
         if folder.exists():
             old = folder.with_name(folder.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

@@ -95,6 +95,9 @@ def _build(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict, int]:
         from ..runtime.loader import load_model
 
         loaded = load_model(cfg.init)
+        if cfg.sample_rate and cfg.sample_rate != loaded.sample_rate:
+            raise TrainError(f"--init {cfg.init} is a {loaded.sample_rate} Hz model; --sample-rate {cfg.sample_rate} "
+                             "would need a new network (--arch)")
         return loaded.network, loaded.arch, dict(loaded.config["arch_args"]), loaded.sample_rate
     if not cfg.arch:
         raise TrainError("give --arch (a network configuration) or --init (a model to start from)")
@@ -205,8 +208,66 @@ def _rng_state() -> dict:
     return {"torch": torch.get_rng_state()}
 
 
+# options whose change on --resume makes it no longer the same run (--lr-scale is the way to change the rate; the
+# network itself is compared with the checkpoint's)
+RUN_OPTIONS = ("data", "pools", "sample_rate", "segment", "batch_size", "lr", "reverb_prob",
+               "noise_prob", "real_share", "mixed_share", "person_power", "variants", "ema")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Usage errors, found before anything is written (TrainError, one line)."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"{out}: --out must name a folder, but this is a file")
+    if cfg.data and cfg.pools:
+        raise TrainError("give --data (a LibriMix-style folder) or --pools (speaker pools), not both")
+    if not cfg.data and not cfg.pools:
+        raise TrainError("give --data (LibriMix-style folder) or --pools (speaker pools for dynamic mixing)")
+    if cfg.init and cfg.arch:
+        raise TrainError("give --arch (a new network) or --init (a model to start from), not both")
+    for opt, value, low in (("--batch-size", cfg.batch_size, 1), ("--steps", cfg.steps, 1),
+                            ("--epochs", cfg.epochs, 1), ("--epoch-steps", cfg.epoch_steps, 1)):
+        if value is not None and value < low:
+            raise TrainError(f"{opt} must be at least {low}, got {value}")
+    if not cfg.segment > 0:
+        raise TrainError(f"--segment must be positive, got {cfg.segment}")
+    if not cfg.lr > 0:
+        raise TrainError(f"--lr must be positive, got {cfg.lr}")
+    if (out / "last.pt").exists() and not cfg.resume:
+        raise TrainError(f"{out}: holds a run already (last.pt); continue it with --resume or choose another --out")
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """A run's last.pt, loaded without unpickling code; TrainError naming it when it cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"model", "optimizer", "step", "arch"} <= set(state):
+            raise ValueError("not a sepcli training checkpoint")
+    except Exception as exc:  # noqa: BLE001 (a truncated zip, a pickle with foreign globals, ...)
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text here advises weights_only=False: not for us
+            why = "garbage, or objects other than tensors, which are never unpickled"
+        else:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise TrainError(f"{path}: not a readable training checkpoint ({why}); move it away to start again") from None
+    return state
+
+
+def _changed_options(saved_json: str | None, cfg: TrainConfig) -> list[str]:
+    """'batch_size 4 -> 2' for each RUN_OPTIONS entry that differs from the checkpoint's saved configuration."""
+    try:
+        saved = json.loads(saved_json) if saved_json else {}
+    except ValueError:
+        return []
+    now = json.loads(json.dumps(asdict(cfg), default=str))
+    return [f"{k} {saved[k]} -> {now[k]}" for k in RUN_OPTIONS if k in saved and saved[k] != now.get(k)]
+
+
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) training. Returns a summary dict (steps, best validation, export folder)."""
+    """Run (or resume) training. Returns a summary dict (steps, best validation, export folder; `signal` when
+    SIGINT or SIGTERM stopped it)."""
+    check_config(cfg)
     rank, world = _dist()
     torch.set_flush_denormal(True)
     governor = None
@@ -216,7 +277,6 @@ def train(cfg: TrainConfig) -> dict:
         governor = ThreadGovernor()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "last.pt"
 
     model, arch, arch_args, sr = _build(cfg)
@@ -235,12 +295,21 @@ def train(cfg: TrainConfig) -> dict:
         raise TrainError("give --data (LibriMix-style folder) or --pools (speaker pools for dynamic mixing)")
     total = cfg.steps or (cfg.epochs or 1) * steps_per_epoch
     val_ds = LibriMixDataset(cfg.val_data, sr) if cfg.val_data else None
+    for folder, d in ((cfg.data, ds if cfg.data else None), (cfg.val_data, val_ds)):
+        if d is not None and len(d.sources[0]) != n_src:
+            raise TrainError(f"{folder}: {len(d.sources[0])} source folders (s1/ ...) but the network separates "
+                             f"{n_src} speakers")
+    out.mkdir(parents=True, exist_ok=True)
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = Schedule(cfg.lr, cfg.warmup, cfg.patience)
     step, history, saved_average = 0, [], None
     if cfg.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(ckpt_path)
+        changed = _changed_options(state.get("config"), cfg)
+        if changed and rank == 0:
+            print(f"warning: resuming {ckpt_path} with changed options ({'; '.join(changed)}): the run goes on "
+                  "from its saved state but is no longer the run it started as", file=sys.stderr)
         if state["arch"] != arch or state["arch_args"] != arch_args:
             raise TrainError(f"{ckpt_path}: checkpoint is of another network ({state['arch']} {state['arch_args']})")
         model.load_state_dict(state["model"])
@@ -289,10 +358,10 @@ def train(cfg: TrainConfig) -> dict:
         net = torch.compile(net)  # same parameters: checkpoints and exports read `model`, not `net`
     model.train()
 
-    stop = {"flag": False}
+    stop = {"flag": False, "signal": None}
 
     def on_signal(signum, frame):
-        stop["flag"] = True
+        stop["flag"], stop["signal"] = True, signum
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     meta = {"arch": arch, "arch_args": arch_args, "sample_rate": sr, "n_src": n_src}
@@ -327,7 +396,7 @@ def train(cfg: TrainConfig) -> dict:
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if better:
-                export_model_folder(out / "best", model, meta, name=cfg.name or out.name, history=history,
+                export_model_folder(out / "best", model, meta, name=cfg.name or out.resolve().name, history=history,
                                     train_config=asdict(cfg), seconds_per_step=sec_per_step(),
                                     schedule=sched.state_dict())
         if not cfg.quiet:
@@ -391,7 +460,7 @@ def train(cfg: TrainConfig) -> dict:
     if world > 1:
         dist.barrier()
     return {"step": step, "total": total, "best": sched.best, "stopped": step < total,
-            "export": str(out / "best"), "history": history}
+            "export": str(out / "best"), "history": history, "signal": stop["signal"]}
 
 
 def format_eta(seconds: float) -> str:
