@@ -473,6 +473,8 @@ def models(ctx: typer.Context,
     rows = []
     for e in list_zoo():
         try:
+            if e.problem:
+                raise ModelError(e.problem)
             n, size = weights_summary(e.folder)
         except ModelError as exc:  # one unreadable model (a Git LFS pointer, garbage) must not hide the others
             typer.echo(f"sepcli: warning: skipped zoo model {e.folder}: {' '.join(str(exc).split())}", err=True)

@@ -316,6 +316,18 @@ def test_unreadable_weights_are_skipped_by_models_and_one_line_elsewhere(tmp_pat
     assert run("models", "info", "lfs-band").exit_code == 1  # by zoo name too
 
 
+def test_unreadable_config_is_skipped_by_models_with_a_warning(tmp_path, monkeypatch):
+    zoo = tmp_path / "zoo"
+    bandsplit_folder(zoo / "good-band", sample_rate=SR)
+    bad = bandsplit_folder(zoo / "bad-band", sample_rate=SR)
+    (bad / "config.json").write_text("{ not json")
+    monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
+    r = run("models", "--json")
+    names = [m["name"] for m in json.loads(r.stdout)]
+    assert r.exit_code == 0 and "good-band" in names and "bad-band" not in names
+    assert r.stderr.startswith(f"sepcli: warning: skipped zoo model {bad}: {bad / 'config.json'}: not readable JSON")
+
+
 def test_bench_reports_rtf(fast_model):
     r = run("bench", "-m", fast_model, "--seconds", "2", "--repeat", "1", "--json")
     assert r.exit_code == 0, r.stderr

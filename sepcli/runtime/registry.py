@@ -35,6 +35,7 @@ class ZooEntry:
     name: str
     aliases: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    problem: str | None = None  # why config.json could not be read (the entry then has its folder's name only)
 
 
 def zoo_dirs() -> list[Path]:
@@ -70,19 +71,20 @@ def list_zoo() -> list[ZooEntry]:
             cfg_path = sub / "config.json"
             if not cfg_path.is_file():
                 continue
+            problem = None
             try:
                 cfg = json.loads(cfg_path.read_text())
-            except (OSError, ValueError):
-                cfg = {}
+            except (OSError, ValueError) as exc:
+                cfg, problem = {}, f"{cfg_path}: not readable JSON ({' '.join(str(exc).split())[:120]})"
             if not isinstance(cfg, dict):
-                cfg = {}
+                cfg, problem = {}, f"{cfg_path}: not a JSON object"
             name = str(cfg.get("name") or sub.name)
             if name in names:
                 continue
             names.add(name)
             aliases = cfg.get("aliases") or []
             aliases = [str(a) for a in aliases] if isinstance(aliases, list) else []
-            entries.append(ZooEntry(sub, name, aliases, cfg))
+            entries.append(ZooEntry(sub, name, aliases, cfg, problem))
     return entries
 
 
