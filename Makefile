@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# This project's machines find the CPU build of torch==2.13.0 on local disk; on stock PyPI the same pin is a
+# CUDA build of several GB: there, make TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
+TORCH  ?= torch==2.13.0
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4000000000
 export MALLOC_TOP_PAD_ ?= 268435456
@@ -13,7 +16,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
@@ -33,6 +36,6 @@ lint: $(STAMP)
 # re-resolve the dependencies from pyproject.toml's ranges in a scratch venv and record the versions
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install -q torch==2.13.0 && .venv-lock/bin/pip install -q -e '.[dev]'
+	.venv-lock/bin/pip install -q $(TORCH) && .venv-lock/bin/pip install -q -e '.[dev]'
 	{ head -2 constraints.txt; .venv-lock/bin/pip freeze | grep -v '^-e\|^sepcli\|^torch==\|^#'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .venv-lock

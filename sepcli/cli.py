@@ -232,8 +232,8 @@ SegmentOpt = Annotated[Optional[float], typer.Option(help=SEGMENT_HELP)]  # noqa
 OverlapOpt = Annotated[Optional[float], typer.Option(help=OVERLAP_HELP)]  # noqa: UP045
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Segments per model call.")]
 ShiftsOpt = Annotated[int, typer.Option("--shifts", help="Average this many passes over the input delayed by "
-                                        "0, 0.5, 1, ... ms: slightly better separation (default model: +0.1 dB "
-                                        "at 4) for N times the model time.")]
+                                        "0, 0.5, 1, ... ms: slightly better separation (+0.1 dB at 4 for an "
+                                        "earlier default model) for N times the model time.")]
 ChannelOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
     help="Use only this input channel (1 = first) instead of the mono downmix.")]
 SampleRateOpt = Annotated[str, typer.Option("--sample-rate", help="Output rate: input, model or Hz.")]
