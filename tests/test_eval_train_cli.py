@@ -270,6 +270,16 @@ def test_train_checks_the_data_folder_layout(tmp_path, bands):
     assert res.exit_code == 2 and "several mixture folders (mix_a/, mix_b/)" in res.stderr
 
 
+def test_model_exported_from_run_folder_dot_is_named_after_the_folder(tmp_path, bands, monkeypatch):
+    run_dir = tmp_path / "myrun"
+    run_dir.mkdir()
+    monkeypatch.chdir(run_dir)
+    res = runner.invoke(app, ["train", "--arch", "s4m-small-8k", "--segment", "0.25", "--batch-size", "1",
+                              "--threads", "1", "--quiet", "--out", ".", "--data", str(bands), "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run_dir / "best" / "config.json").read_text())["name"] == "myrun"  # was ""
+
+
 def test_train_stopped_by_a_signal_exits_with_it(tmp_path, bands, monkeypatch):
     import signal
 
