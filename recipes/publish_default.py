@@ -114,6 +114,8 @@ def score(folder: Path, data: Path, threads: int, limit: int | None, kind: dict[
     split = data.name
     sep = Separator(str(folder), SeparationOptions(threads=threads, loudness="off"))
     res = evaluate(sep, data, with_sdr=True, limit=limit)
+    if res["failed"]:  # the recipe's own sets: every mixture must score, or the comparison is not paired
+        raise SystemExit("; ".join(f["error"] for f in res["failed"]))
     fig = {"n": res["n"], "si_snri": res["si_snri"], "sdri": res["sdri"], "files": res["files"]}
     # the seen sets pair many people at random, one or two mixtures each: no per-pair figures
     pairs = {} if split.startswith("seen") else res.get("pairs", {})

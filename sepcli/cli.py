@@ -691,10 +691,10 @@ def train(
         raise typer.Exit(128 + int(result["signal"]))
 
 
-EVAL_EXIT_HELP = ("Exit codes: 0 = every mixture scored; 1 = a mixture could not be read or scored (the message "
-                  "names it), or the model could not be loaded; 2 = usage error (bad option, unknown model, not a "
-                  "LibriMix folder, unwritable --csv); 130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM). "
-                  "The CSV is written only when every mixture was scored.")
+EVAL_EXIT_HELP = ("Exit codes: 0 = every mixture scored; 1 = a mixture could not be read or scored (one line "
+                  "names each; the figures and the CSV cover the others), or the model could not be loaded; 2 = "
+                  "usage error (bad option, unknown model, not a LibriMix folder, unwritable --csv); 130 = "
+                  "interrupted (Ctrl-C), 143 = terminated (SIGTERM): no CSV is written.")
 
 
 @app.command("eval", epilog=EVAL_EXIT_HELP)
@@ -743,11 +743,16 @@ def eval_cmd(
         raise _fail(exc, debug, EXIT_USAGE) from None
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc, debug, EXIT_FAILED) from None
+    for f in res["failed"]:  # one line each; the figures cover the other mixtures
+        _error(f["error"])
+    code = EXIT_FAILED if res["failed"] else EXIT_OK
     if as_json:
         typer.echo(json.dumps({"model": sep.model.name, **res}, indent=2, default=_json_default))
-        return
+        raise typer.Exit(code)
     res.pop("files")
-    lines = [f"{sep.model.name} on {res['data']} ({res['n']} mixtures)"]
+    not_scored = f", {len(res['failed'])} could not be scored" if res["failed"] else ""
+    lines = [f"{sep.model.name} on {res['data']} ({res['n']} mixtures{not_scored})"]
+
     def db(v, width):
         return f"{'-':>{width}s}" if v is None else f"{v:{width}.2f}"
 
@@ -759,4 +764,5 @@ def eval_cmd(
     for pair, r in res.get("pairs", {}).items():
         lines.append(f"  {pair:32s} n={r['n']:3d}  SI-SNRi {db(r['si_snri']['mean'], 6)} dB")
     typer.echo("\n".join(lines))
+    raise typer.Exit(code)
 # <<<

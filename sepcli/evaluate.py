@@ -100,7 +100,8 @@ class _CsvFile:
 def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None, with_sdr: bool = True,
              limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Score `separator` (a pipeline.Separator) on every mixture of `data_dir`. Returns a summary dict. A mixture
-    that cannot be scored stops the run with a ValueError naming it (a mean over the rest would mislead)."""
+    that cannot be scored is listed under "failed" ({"file", "error"}, the error naming it) and left out of the
+    figures, as `batch` goes past a bad file; when none can be scored, a ValueError with the first error."""
     data_dir = Path(data_dir)
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1, got {limit}")
@@ -109,9 +110,11 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
         mixes, sources = mixes[:limit], sources[:limit]
     pairs = _speaker_pairs(data_dir)
     out = _CsvFile(csv_path) if csv_path else None
-    rows = []
+    rows, failed = [], []
     try:
         for i, (mix_path, src_paths) in enumerate(zip(mixes, sources)):
+            if progress:
+                progress(i, len(mixes))
             try:
                 mix, refs, sr = _read_item(mix_path, src_paths)
                 est = separator.separate_array(mix, sr)  # [n_src, T] at the input's rate and length
@@ -121,9 +124,10 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
                     s = separation_scores(est[:, : refs.shape[1]], refs, mix[: refs.shape[1]], with_sdr=with_sdr)
             except (KeyboardInterrupt, MemoryError):
                 raise
-            except Exception as exc:  # noqa: BLE001 (named and re-raised: which file, what problem)
+            except Exception as exc:  # noqa: BLE001 (named: which file, what problem)
                 msg = " ".join(str(exc).split()) or type(exc).__name__
-                raise ValueError(msg if str(mix_path) in msg else f"{mix_path}: {msg}") from exc
+                failed.append({"file": str(mix_path), "error": msg if str(mix_path) in msg else f"{mix_path}: {msg}"})
+                continue
             row = {"file": mix_path.name, "pair": pairs.get(mix_path.stem, ""),
                    "si_snr": _finite_or_none(float(np.mean(s["si_snr"]))),
                    "si_snri": _finite_or_none(float(np.mean(s["si_snri"])))}
@@ -131,8 +135,10 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
                 row.update(sdr=_finite_or_none(float(np.mean(s["sdr"]))),
                            sdri=_finite_or_none(float(np.mean(s["sdri"]))))
             rows.append(row)
-            if progress:
-                progress(i + 1, len(mixes))
+        if progress:
+            progress(len(mixes), len(mixes))
+        if not rows:
+            raise ValueError(failed[0]["error"] + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
         if out is not None:
             out.commit(rows)
     except BaseException:
@@ -148,5 +154,6 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
     if by_pair:
         summary["pairs"] = {p: {"n": len(rs), **{k: _stats([r[k] for r in rs]) for k in keys}}
                             for p, rs in sorted(by_pair.items())}
+    summary["failed"] = failed
     summary["files"] = rows
     return summary

@@ -97,15 +97,32 @@ def _copy_folder(src, dst):
      "non-finite"),
     (lambda d: sf.write(d / "mix" / "1.wav", np.zeros(0, np.float32), SR), "no samples"),
 ])
-def test_eval_names_the_mixture_it_cannot_score_and_writes_no_csv(tmp_path, bands, damage, problem):
+def test_eval_names_the_mixture_it_cannot_score_and_scores_the_others(tmp_path, bands, damage, problem):
     d = _copy_folder(bands, tmp_path / "d")
     damage(d)
     model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=2.0)
-    res = runner.invoke(app, ["eval", str(d), "-m", str(model), "--quiet", "--csv", str(tmp_path / "s.csv")])
-    assert res.exit_code == 1
+    res = runner.invoke(app, ["eval", str(d), "-m", str(model), "--quiet", "--json", "--csv", str(tmp_path / "s.csv")])
+    assert res.exit_code == 1  # as batch: the bad file is reported, the others are done
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and str(d / "mix" / "1.wav") in lines[0] and problem in lines[0], res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m"]  # no CSV, no temporary left
+    doc = json.loads(res.stdout)
+    assert doc["n"] == 2 and [f["file"] for f in doc["files"]] == ["0.wav", "2.wav"]
+    assert doc["failed"] == [{"file": str(d / "mix" / "1.wav"), "error": lines[0].removeprefix("sepcli: error: ")}]
+    with open(tmp_path / "s.csv") as f:
+        assert [r["file"] for r in csv.DictReader(f)] == ["0.wav", "2.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m", "s.csv"]  # no temporary left
+    text = runner.invoke(app, ["eval", str(d), "-m", str(model), "--quiet", "--no-sdr"])
+    assert text.exit_code == 1 and "(2 mixtures, 1 could not be scored)" in text.stdout
+
+
+def test_eval_with_no_mixture_scored_fails_without_a_csv(tmp_path, bands):
+    d = _copy_folder(bands, tmp_path / "d")
+    for i in range(3):
+        sf.write(d / "s1" / f"{i}.wav", np.zeros(SR, np.float32), SR)
+    model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=2.0)
+    res = runner.invoke(app, ["eval", str(d), "-m", str(model), "--quiet", "--csv", str(tmp_path / "s.csv")])
+    assert res.exit_code == 1 and "shorter than the mixture" in res.stderr and "(and 2 more)" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m"]
 
 
 def test_eval_json_stays_valid_with_a_silent_reference(tmp_path, bands):
