@@ -110,13 +110,19 @@ class _interruptible:
             signal.signal(sig, h)
 
 
-def _interrupt_exit(exc: KeyboardInterrupt) -> typer.Exit:
+def _interrupt_exit(exc: KeyboardInterrupt,
+                    what: str = "finished outputs kept, unfinished ones removed (rerun to complete)") -> typer.Exit:
     import signal
 
     signum = getattr(exc, "signum", signal.SIGINT)
-    _error(f"interrupted by {signal.Signals(signum).name}: finished outputs kept, unfinished ones removed "
-           f"(rerun to complete)")
+    _error(f"interrupted by {signal.Signals(signum).name}: {what}")
     return typer.Exit(128 + signum)
+
+
+def _model_error_exit(exc: BaseException, debug: bool) -> typer.Exit:
+    """A ModelError: an unknown name is a usage error (2), a model that cannot be loaded a failure (1)."""
+    unknown = str(exc).startswith("unknown model") or "no such model" in str(exc)
+    return _fail(exc, debug, EXIT_USAGE if unknown else EXIT_FAILED)
 
 
 def _check_out(out: Path, debug: bool) -> None:
@@ -168,8 +174,7 @@ def _make_separator(model: str, opts, debug: bool):
     except UsageError as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
     except ModelError as exc:
-        unknown = str(exc).startswith("unknown model") or "no such model" in str(exc)
-        raise _fail(exc, debug, EXIT_USAGE if unknown else EXIT_FAILED) from None
+        raise _model_error_exit(exc, debug) from None
 
 
 def _summary_table(console, results, title: str) -> None:
@@ -677,9 +682,8 @@ def train(
         result = run_training(cfg)
     except (TrainError, DataError, ValueError) as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
-    except ModelError as exc:  # --init: an unknown name is a usage error, an unreadable model a failure
-        unknown = str(exc).startswith("unknown model") or "no such model" in str(exc)
-        raise _fail(exc, debug, EXIT_USAGE if unknown else EXIT_FAILED) from None
+    except ModelError as exc:  # --init
+        raise _model_error_exit(exc, debug) from None
     except Exception as exc:  # noqa: BLE001 (one line, not a traceback, unless --debug)
         raise _fail(exc, debug, EXIT_FAILED) from None
     state = "stopped (resume with --resume)" if result["stopped"] else "done"
@@ -734,11 +738,7 @@ def eval_cmd(
             else:
                 res = evaluate(sep, data_dir, csv_out, sdr, limit)
     except KeyboardInterrupt as exc:
-        import signal
-
-        signum = getattr(exc, "signum", signal.SIGINT)
-        _error(f"interrupted by {signal.Signals(signum).name}: no scores written")
-        raise typer.Exit(128 + signum) from None
+        raise _interrupt_exit(exc, "no scores written") from None
     except (DataError, FileNotFoundError) as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
     except Exception as exc:  # noqa: BLE001

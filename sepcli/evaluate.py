@@ -122,7 +122,7 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
                     raise ValueError(f"model gives {est.shape[0]} outputs, folder has {refs.shape[0]} sources")
                 with np.errstate(divide="ignore", invalid="ignore"):  # a silent reference: SDR -inf, reported
                     s = separation_scores(est[:, : refs.shape[1]], refs, mix[: refs.shape[1]], with_sdr=with_sdr)
-            except (KeyboardInterrupt, MemoryError):
+            except MemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 (named: which file, what problem)
                 msg = " ".join(str(exc).split()) or type(exc).__name__

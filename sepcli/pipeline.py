@@ -759,7 +759,8 @@ class Separator:
                 spools[k].close()
         loud = [m.loudness() for m in meters]
         level = [m.level() for m in meters]  # the loudness, or for outputs under 400 ms their ungated level
-        silents = [not math.isfinite(level[k]) or level[k] < max(level) - o.silent_lu for k in range(n_src)]
+        top = max(level)
+        silents = [not math.isfinite(level[k]) or level[k] < top - o.silent_lu for k in range(n_src)]
         keep = [not (silents[k] and o.drop_silent) for k in range(n_src)]
         for k in range(n_src):  # finish every file before renaming any: the renames are then back to back
             if keep[k]:

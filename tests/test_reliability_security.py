@@ -199,3 +199,14 @@ def test_output_symlink_is_replaced_not_written_through(tmp_path, model):
     assert r.exit_code == 0, r.stderr
     assert victim.read_text() == "precious" and not (out / "a_spk1.wav").is_symlink()
     assert np.isfinite(sf.read(out / "a_spk1.wav")[0]).all()
+
+
+def test_garbage_checkpoint_is_not_described_as_holding_python_objects(tmp_path):
+    from sepcli.runtime.loader import torch_load_problem
+
+    (tmp_path / "g.pt").write_text("garbage")
+    with pytest.raises(Exception) as info:
+        torch.load(tmp_path / "g.pt", weights_only=True)
+    msg = torch_load_problem(info.value)
+    assert msg.startswith("not a readable PyTorch checkpoint (damaged, or not a checkpoint") and "\n" not in msg
+    assert "weights_only=False" not in msg

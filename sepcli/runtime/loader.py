@@ -61,7 +61,8 @@ def _err(path: Path, msg: str) -> ModelError:
     return ModelError(f"{path}: {msg}")
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line, at most `limit` characters (its type name when it has none)."""
     return " ".join(str(exc).split())[:limit] or type(exc).__name__
 
 
@@ -77,31 +78,33 @@ def _unreadable_safetensors(path: Path, exc: BaseException) -> ModelError:
     if head == _LFS_POINTER:
         why = "a Git LFS pointer, not the weights: fetch them with `git lfs pull`"
     elif isinstance(exc, OSError):
-        why = exc.strerror or _one_line(exc)
+        why = exc.strerror or one_line(exc)
     else:
-        why = _one_line(exc)
+        why = one_line(exc)
     return _err(path, f"not a readable safetensors file ({why})")
 
 
 def torch_load_problem(exc: BaseException) -> str:
     """One line saying why torch.load(weights_only=True) refused or failed to read a file (no file name).
 
-    A refused pickle is 'not a plain weights checkpoint', with the global torch names when it names one;
-    torch's own text (which suggests loading with weights_only=False) is not repeated."""
+    A pickle whose global torch refused is 'not a plain weights checkpoint' naming that global; anything else
+    (garbage, a damaged file) 'not a readable PyTorch checkpoint'. torch's own text (which suggests loading
+    with weights_only=False) is not repeated."""
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
         m = (re.search(r"GLOBAL (\S+) was not an allowed global", text)
              or re.search(r"unsupported GLOBAL (\S+) whose module", text))
         if m:
-            detail = f"refused global {m.group(1)}"
-        else:  # torch appends the unpickler's own message after a blank line, then a link to its docs
-            body = text.split("\n\nCheck the documentation")[0]
-            inner = body.rsplit("\n\n", 1)[-1] if "\n\n" in body else ""
-            inner = _one_line(inner, 120).removeprefix("WeightsUnpickler error: ") if inner.strip() else ""
-            detail = inner if inner and "weights_only" not in inner else "refused content"
-        return ("not a plain weights checkpoint: it holds Python objects besides tensors, which "
-                f"torch.load(weights_only=True) does not load ({detail})")
-    line = _one_line(exc)
+            return ("not a plain weights checkpoint: it holds Python objects besides tensors, which "
+                    f"torch.load(weights_only=True) does not load (refused global {m.group(1)})")
+        # no global named: garbage or a damaged pickle; torch appends the unpickler's own message after a blank
+        # line, then a link to its docs
+        body = text.split("\n\nCheck the documentation")[0]
+        inner = body.rsplit("\n\n", 1)[-1] if "\n\n" in body else ""
+        inner = one_line(inner, 120).removeprefix("WeightsUnpickler error: ") if inner.strip() else ""
+        detail = inner if inner and "weights_only" not in inner else "unreadable content"
+        return f"not a readable PyTorch checkpoint (damaged, or not a checkpoint: {detail})"
+    line = one_line(exc)
     if "weights_only" in line:  # never pass on advice to load unsafely
         line = type(exc).__name__
     return f"not a readable PyTorch checkpoint ({type(exc).__name__}: {line})"

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .loader import torch_load_problem
+from .loader import one_line, torch_load_problem
 from .permissions import apply_default_modes
 
 PREFIX = "audio_model."
@@ -83,10 +83,6 @@ def _check_audionet_config(args: dict, config_yml: Path) -> dict:
     return out
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    return " ".join(str(exc).split())[:limit] or type(exc).__name__
-
-
 def read_official_config(config_yml: Path) -> tuple[dict, int, dict]:
     """(arch_args, sample_rate, extra provenance) from an official conf.yml. Raises CheckpointError."""
     import yaml
@@ -98,7 +94,7 @@ def read_official_config(config_yml: Path) -> tuple[dict, int, dict]:
     except UnicodeDecodeError:
         raise ConfigError(f"{config_yml}: not a text file (not UTF-8)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_yml}: invalid YAML ({_one_line(exc)})") from None
+        raise ConfigError(f"{config_yml}: invalid YAML ({one_line(exc)})") from None
     net = doc.get("audionet") if isinstance(doc, dict) else None
     if not isinstance(net, dict) or not isinstance(net.get("audionet_config"), dict):
         raise ConfigError(f"{config_yml}: no 'audionet.audionet_config' section (not an SPMamba conf.yml?)")
@@ -194,7 +190,7 @@ def import_spmamba(config_yml: Path, checkpoint: Path, out_dir: Path, name: str 
         model = SPMamba(**args)
     except Exception as exc:  # noqa: BLE001 - unknown keys (TypeError), values SPMamba refuses, torch errors
         raise ConfigError(f"{config_yml}: audionet_config does not describe an SPMamba "
-                          f"({type(exc).__name__}: {_one_line(exc)})") from None
+                          f"({type(exc).__name__}: {one_line(exc)})") from None
     sd, fmt, details = read_checkpoint(checkpoint)
     match_state_dict(model.state_dict(), sd, checkpoint)
     model.load_state_dict(sd, strict=True)  # exact fit checked above

@@ -239,19 +239,17 @@ def check_config(cfg: TrainConfig) -> None:
 
 def _load_checkpoint(path: Path) -> dict:
     """A run's last.pt, loaded without unpickling code; TrainError naming it when it cannot be read."""
+    from ..runtime.loader import torch_load_problem
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not {"model", "optimizer", "step", "arch"} <= set(state):
-            raise ValueError("not a sepcli training checkpoint")
     except Exception as exc:  # noqa: BLE001 (a truncated zip, a pickle with foreign globals, ...)
-        import pickle
-
-        if isinstance(exc, pickle.UnpicklingError):  # torch's text here advises weights_only=False: not for us
-            why = "garbage, or objects other than tensors, which are never unpickled"
-        else:
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise TrainError(f"{path}: not a readable training checkpoint ({why}); move it away to start again") from None
-    return state
+        why = torch_load_problem(exc)
+    else:
+        if isinstance(state, dict) and {"model", "optimizer", "step", "arch"} <= set(state):
+            return state
+        why = "not a sepcli training checkpoint"
+    raise TrainError(f"{path}: not a readable training checkpoint ({why}); move it away to start again")
 
 
 def _changed_options(saved_json: str | None, cfg: TrainConfig) -> list[str]:
@@ -288,11 +286,9 @@ def train(cfg: TrainConfig) -> dict:
         ds = LibriMixDataset(cfg.data, sr, cfg.segment, cfg.seed)
         n_items = len(ds)
         steps_per_epoch = max(1, n_items // (cfg.batch_size * world))
-    elif cfg.pools:
+    else:  # --pools (check_config: exactly one of the two)
         ds = DynamicMixDataset(cfg.pools, sr, opts, "train", seed=cfg.seed, variants=cfg.variants)
         n_items, steps_per_epoch = None, cfg.epoch_steps
-    else:
-        raise TrainError("give --data (LibriMix-style folder) or --pools (speaker pools for dynamic mixing)")
     total = cfg.steps or (cfg.epochs or 1) * steps_per_epoch
     val_ds = LibriMixDataset(cfg.val_data, sr) if cfg.val_data else None
     for folder, d in ((cfg.data, ds if cfg.data else None), (cfg.val_data, val_ds)):
