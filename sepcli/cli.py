@@ -121,8 +121,9 @@ def _interrupt_exit(exc: KeyboardInterrupt,
 
 def _model_error_exit(exc: BaseException, debug: bool) -> typer.Exit:
     """A ModelError: an unknown name is a usage error (2), a model that cannot be loaded a failure (1)."""
-    unknown = str(exc).startswith("unknown model") or "no such model" in str(exc)
-    return _fail(exc, debug, EXIT_USAGE if unknown else EXIT_FAILED)
+    from .runtime.loader import UnknownModel
+
+    return _fail(exc, debug, EXIT_USAGE if isinstance(exc, UnknownModel) else EXIT_FAILED)
 
 
 def _check_out(out: Path, debug: bool) -> None:

@@ -11,7 +11,7 @@ import torch
 import sepcli
 from sepcli.runtime import registry
 from sepcli.runtime.device import inference_dtype, select_device
-from sepcli.runtime.loader import ModelError, load_model, read_config, weights_summary
+from sepcli.runtime.loader import ModelError, UnknownModel, load_model, read_config, weights_summary
 from tests.testnets import BandSplit, bandsplit_folder, lowpass_taps
 
 
@@ -95,7 +95,7 @@ def test_registry_resolves_names_aliases_and_paths(tmp_path, monkeypatch):
         registry.resolve(str(tmp_path / "missing"))
     with pytest.raises(registry.ModelNotFound, match="no config.json"):
         registry.resolve(str(tmp_path))
-    with pytest.raises(ModelError, match="unknown model"):
+    with pytest.raises(UnknownModel, match="unknown model"):  # a ModelError the CLI maps to exit 2
         load_model("nope")
 
 

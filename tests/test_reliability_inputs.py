@@ -438,6 +438,11 @@ def test_unknown_model_is_usage_error(tmp_path):
     r = run("separate", src, "-o", tmp_path / "out", "-m", "no-such-model")
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "unknown model 'no-such-model'" in r.stderr and not (tmp_path / "out").exists()
+    empty = tmp_path / "empty_folder"  # a path that exists but holds no model: also a usage error (as models info)
+    empty.mkdir()
+    r = run("separate", src, "-o", tmp_path / "out", "-m", empty)
+    assert r.exit_code == 2 and r.stderr.strip() == f"sepcli: error: {empty}: not a model folder (no config.json)"
+    assert not (tmp_path / "out").exists()
 
 
 def _bad_model(tmp_path: Path, kind: str) -> tuple[Path, str]:

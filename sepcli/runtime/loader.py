@@ -32,6 +32,10 @@ class ModelError(Exception):
     """A model folder or checkpoint that cannot be used; str() names the file and the problem."""
 
 
+class UnknownModel(ModelError):
+    """The name or path given names no model (a usage error, unlike a model that exists but cannot be loaded)."""
+
+
 @dataclass
 class LoadedModel:
     """A separation network plus what the pipeline needs to know about it.
@@ -207,7 +211,7 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     try:
         target = registry.resolve(name)
     except registry.ModelNotFound as exc:
-        raise ModelError(str(exc)) from None
+        raise UnknownModel(str(exc)) from None
     folder, weights = _locate(target)
     cfg = read_config(folder)
     from ..nets import build_network
