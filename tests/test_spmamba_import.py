@@ -285,3 +285,16 @@ def test_bad_config_and_files(tmp_path):
     garbage = write(tmp_path / "garbage.pth", "not a checkpoint")
     with pytest.raises(CheckpointError, match="garbage.pth"):
         import_spmamba(tmp_path / "c.yml", garbage, tmp_path / "o5")
+
+
+def test_absurd_config_sizes_are_refused_without_allocating(tmp_path):
+    # A config whose network would need terabytes (embedding width 2**20) against a small checkpoint: shapes are
+    # compared on the meta device before any memory is allocated, so this is a shape mismatch, not a failed (or,
+    # with overcommit, an OOM-killing) allocation.
+    yml = write(tmp_path / "conf.yml", small_yml(emb_dim=2**20))
+    ckpt = save_best_model(official_model(small_yml()), tmp_path / "best_model.pth")
+    with pytest.raises(CheckpointError) as info:
+        import_spmamba(yml, ckpt, tmp_path / "out")
+    msg = str(info.value)
+    assert not isinstance(info.value, ConfigError) and "wrong shape (checkpoint != config)" in msg, msg
+    assert str(2**20) in msg and not (tmp_path / "out").exists()

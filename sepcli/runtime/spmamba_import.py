@@ -186,13 +186,15 @@ def import_spmamba(config_yml: Path, checkpoint: Path, out_dir: Path, name: str 
 
     config_yml, checkpoint, out_dir = Path(config_yml), Path(checkpoint), Path(out_dir)
     args, sr, extra = read_official_config(config_yml)
-    try:
-        model = SPMamba(**args)
+    try:  # on the meta device first: shapes only, no memory, so a config with absurd sizes cannot exhaust RAM
+        with torch.device("meta"):
+            expected = SPMamba(**args).state_dict()
     except Exception as exc:  # noqa: BLE001 - unknown keys (TypeError), values SPMamba refuses, torch errors
         raise ConfigError(f"{config_yml}: audionet_config does not describe an SPMamba "
                           f"({type(exc).__name__}: {one_line(exc)})") from None
     sd, fmt, details = read_checkpoint(checkpoint)
-    match_state_dict(model.state_dict(), sd, checkpoint)
+    match_state_dict(expected, sd, checkpoint)  # the network is now known to be the checkpoint's size
+    model = SPMamba(**args)
     model.load_state_dict(sd, strict=True)  # exact fit checked above
 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
