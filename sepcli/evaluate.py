@@ -37,9 +37,16 @@ def _speaker_pairs(folder: Path) -> dict[str, str]:
 
 
 def _finite_or_none(v: float) -> float | None:
-    """Scores of degenerate files (a silent reference: SDR -inf) are kept as missing, so the CSV and the JSON
+    """Scores of degenerate files (a silent reference: SDR -inf, SI-SNR undefined) are kept as missing, so the CSV and the JSON
     (which has no NaN or Infinity) stay valid; the means skip them and say how many they cover."""
     return v if math.isfinite(v) else None
+
+
+def _silent_reference(refs: np.ndarray, mix: np.ndarray) -> bool:
+    """True when a reference is silent: its zero-mean energy 100 dB or more below the mixture's (or zero)."""
+    energy = lambda x: float(np.sum((x - x.mean()) ** 2, dtype=np.float64))  # noqa: E731
+    floor = 1e-10 * energy(mix)
+    return any(energy(r) <= floor for r in refs)
 
 
 def _stats(values: list[float | None]) -> dict:
@@ -82,7 +89,8 @@ class _CsvFile:
             fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         except OSError as exc:
             raise DataError(f"{self.path}: cannot write the CSV here ({exc.strerror or exc})") from None
-        self.f = os.fdopen(fd, "w", newline="")
+        # surrogateescape: a file name that is not UTF-8 is written as its own bytes, as the file system has it
+        self.f = os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape")
 
     def commit(self, rows: list[dict]) -> None:
         with self.f:
@@ -128,9 +136,10 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
                 msg = " ".join(str(exc).split()) or type(exc).__name__
                 failed.append({"file": str(mix_path), "error": msg if str(mix_path) in msg else f"{mix_path}: {msg}"})
                 continue
+            undefined = _silent_reference(refs, mix)  # SI-SNR against silence is only its epsilon: not a score
             row = {"file": mix_path.name, "pair": pairs.get(mix_path.stem, ""),
-                   "si_snr": _finite_or_none(float(np.mean(s["si_snr"]))),
-                   "si_snri": _finite_or_none(float(np.mean(s["si_snri"])))}
+                   "si_snr": None if undefined else _finite_or_none(float(np.mean(s["si_snr"]))),
+                   "si_snri": None if undefined else _finite_or_none(float(np.mean(s["si_snri"])))}
             if with_sdr:
                 row.update(sdr=_finite_or_none(float(np.mean(s["sdr"]))),
                            sdri=_finite_or_none(float(np.mean(s["sdri"]))))

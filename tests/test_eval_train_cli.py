@@ -137,7 +137,9 @@ def test_eval_json_stays_valid_with_a_silent_reference(tmp_path, bands):
     assert res.stderr == ""  # no numpy warnings
     doc = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert doc["files"][0]["sdr"] is None and doc["n"] == 3 and doc["sdr"]["n"] == 2
-    assert doc["si_snri"]["n"] == 3  # SI-SNR stays finite (its epsilon); only the SDR of that file is missing
+    # SI-SNR against silence would be its epsilon (about -40 dB, an 'improvement' of whatever): missing too
+    assert doc["files"][0]["si_snr"] is None and doc["files"][0]["si_snri"] is None
+    assert doc["si_snri"]["n"] == 2 and doc["files"][1]["si_snri"] is not None
     text = runner.invoke(app, ["eval", str(d), "-m", str(model), "--segment", "0", "--quiet"])
     assert text.exit_code == 0 and "1 files without a finite score" in text.stdout
 
@@ -378,3 +380,30 @@ def test_eval_interrupted_exits_with_the_signal_and_writes_nothing(tmp_path, ban
     res = runner.invoke(app, ["eval", str(bands), "-m", str(model), "--quiet", "--csv", str(tmp_path / "s.csv")])
     assert res.exit_code == 143 and "interrupted by SIGTERM" in res.stderr
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_quiet_reference_is_scored_and_only_silence_is_not():
+    from sepcli.evaluate import _silent_reference
+
+    rng = np.random.default_rng(3)
+    mix = rng.standard_normal(SR)
+    quiet = 10 ** (-90 / 20) * rng.standard_normal(SR)  # 90 dB below the mixture: a real, very quiet talker
+    assert not _silent_reference(np.stack([mix, quiet]), mix)
+    assert _silent_reference(np.stack([mix, np.zeros(SR)]), mix)
+    assert _silent_reference(np.stack([mix, np.full(SR, 0.3)]), mix)  # a DC offset is silence after zero-mean
+    assert _silent_reference(np.stack([mix, 1e-6 * quiet]), mix)  # 210 dB below: numerically silent
+
+
+def test_eval_of_file_names_that_are_not_utf8(tmp_path, bands):
+    import os
+
+    d = _copy_folder(bands, tmp_path / "d")
+    name = os.fsdecode(b"M\xfcller.wav")
+    for sub in ("mix", "s1", "s2"):
+        os.rename(d / sub / "0.wav", d / sub / name)
+    model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=2.0)
+    res = runner.invoke(app, ["eval", str(d), "-m", str(model), "--segment", "0", "--json", "--quiet",
+                              "--csv", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n"] == 3
+    assert b"\nM\xfcller.wav," in (tmp_path / "s.csv").read_bytes()  # the name's own bytes, as on disk

@@ -539,3 +539,21 @@ def test_mp3_output_of_an_input_rate_it_cannot_store_is_named_not_unexpected(tmp
                                      f"(8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)) "
                                      f"(96000 Hz input)"]
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_file_names_that_are_not_utf8(tmp_path, model):
+    # Latin-1 names from old archives: Python sees them as surrogate escapes; libsndfile must get the bytes.
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    sf.write(tmp_path / "x.wav", signal(), SR)
+    name = os.fsdecode(b"M\xfcller")
+    os.rename(tmp_path / "x.wav", src_dir / f"{name}.wav")
+    r = run("separate", src_dir / f"{name}.wav", "-o", tmp_path / "o1", "-m", model)
+    assert r.exit_code == 0, r.stderr
+    assert sorted(os.listdir(os.fsencode(tmp_path / "o1"))) == [b"M\xfcller_spk1.wav", b"M\xfcller_spk2.wav"]
+    y = sum(sf.read(os.fsencode(tmp_path / "o1" / f"{name}_spk{k}.wav"), dtype="float64")[0] for k in (1, 2))
+    assert_sums_to(y, sf.read(os.fsencode(src_dir / f"{name}.wav"), dtype="float64")[0])
+    r = run("batch", src_dir, "-o", tmp_path / "o2", "-m", model, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert [f["status"] for f in json.loads(r.stdout)["results"]] == ["ok"]
+    assert sorted(os.listdir(os.fsencode(tmp_path / "o2"))) == [b"M\xfcller_spk1.wav", b"M\xfcller_spk2.wav"]

@@ -112,7 +112,7 @@ class AudioInput:
         self.nonfinite = 0  # NaN/Inf samples replaced by 0 in the last pass
         check_readable(self.path)
         try:
-            self._f = sf.SoundFile(str(self.path))
+            self._f = sf.SoundFile(os.fsencode(self.path))  # bytes: names that are not UTF-8 open too
         except Exception as exc:  # libsndfile's messages vary by version; report them in one line  # noqa: BLE001
             raise AudioError(path, f"cannot decode audio ({_sf_message(exc, self.path)})") from None
         self.rate = int(self._f.samplerate)
@@ -273,7 +273,8 @@ class AtomicWriter:
         self.frames = 0
         self.committed = False
         try:
-            self._f = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, format=major, subtype=subtype)
+            self._f = sf.SoundFile(os.fsencode(self.tmp), "w", samplerate=rate, channels=1, format=major,
+                                   subtype=subtype)
         except Exception as exc:  # noqa: BLE001
             self._remove_tmp()
             raise AudioError(self.path, f"cannot write ({self._why(exc)})") from None

@@ -7,6 +7,7 @@ Items are (mix [T], sources [n_src, T]) float32 tensors at the dataset's sample 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -65,10 +66,10 @@ def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> None:
     """From the file headers (fast): every source lasts at least as long as its mixture, every file decodes."""
     for m, srcs in zip(mixes, sources):
         try:
-            info = sf.info(str(m))
+            info = sf.info(os.fsencode(m))
             need = info.frames / info.samplerate
             for p in srcs:
-                si = sf.info(str(p))
+                si = sf.info(os.fsencode(p))
                 if si.frames / si.samplerate < need - 1.0 / info.samplerate:
                     raise DataError(f"{m}: source {p} is shorter than the mixture ({si.frames / si.samplerate:.3f} "
                                     f"against {need:.3f} s)")
@@ -77,7 +78,7 @@ def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> None:
 
 
 def read_mono(path: Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
-    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    x, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     x = x.mean(1)
     if sample_rate and sr != sample_rate:
         x = soxr.resample(x, sr, sample_rate).astype(np.float32)
@@ -106,8 +107,8 @@ class LibriMixDataset(Dataset):
         n = len(self) if limit is None else min(limit, len(self))
         h = hashlib.sha256(f"{n} {self.sample_rate}".encode())
         for path in self.mixes[:n] + [p for srcs in self.sources[:n] for p in srcs]:
-            x, sr = sf.read(path, dtype="float32", always_2d=True)
-            h.update(Path(path).name.encode() + b"\0" + str(sr).encode() + x.tobytes())
+            x, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
+            h.update(os.fsencode(Path(path).name) + b"\0" + str(sr).encode() + x.tobytes())
         return h.hexdigest()[:16]
 
     def __getitem__(self, i: int):
