@@ -37,8 +37,8 @@ def _speaker_pairs(folder: Path) -> dict[str, str]:
 
 
 def _finite_or_none(v: float) -> float | None:
-    """Scores of degenerate files (a silent reference: SDR -inf, SI-SNR undefined) are kept as missing, so the CSV and the JSON
-    (which has no NaN or Infinity) stay valid; the means skip them and say how many they cover."""
+    """Scores of degenerate files (a silent reference: SDR -inf, SI-SNR undefined) are kept as missing, so the CSV
+    and the JSON (which has no NaN or Infinity) stay valid; the means skip them and say how many they cover."""
     return v if math.isfinite(v) else None
 
 
