@@ -369,7 +369,7 @@ class OutputInfo:
     duration: float
     loudness_lufs: float | None
     peak_dbfs: float | None
-    gain_db: float
+    gain_db: float | None  # None for the outputs of a skipped input (measured when they were written)
     flags: list[str] = field(default_factory=list)
     written: bool = True
 
@@ -395,6 +395,23 @@ class FileResult:
 
 def _finite(v: float) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
+
+
+def _existing_output(speaker: int, path: Path) -> OutputInfo:
+    """A finished output a resumed batch skips: its rate and length as the file has them; its loudness, peak and
+    gain were measured when it was written and are not known now (None)."""
+    try:
+        with AudioInput(path) as f:
+            rate, frames = f.rate, f.frames
+    except AudioError:  # damaged since it was written: say what is known, the path
+        rate, frames = 0, 0
+    return OutputInfo(speaker, str(path), rate, frames, frames / rate if rate else 0.0, None, None, None)
+
+
+def _dropped_output(speaker: int) -> OutputInfo:
+    """A speaker a finished --drop-silent run did not write (outputs are committed all or none, so a missing one
+    of a finished input was silent)."""
+    return OutputInfo(speaker, None, 0, 0, 0.0, None, None, None, flags=["silent"], written=False)
 
 
 class _Timer:
@@ -691,7 +708,8 @@ class Separator:
         # written); since outputs are committed all-or-none, any output present means the input was finished
         if resume and (all(exist) or (self.options.drop_silent and any(exist))):
             result.status = "skipped"
-            result.outputs = [OutputInfo(k + 1, str(q), 0, 0, 0.0, None, None, 0.0) for k, q in enumerate(outs)]
+            result.outputs = [_existing_output(k + 1, q) if e else _dropped_output(k + 1)
+                              for k, (q, e) in enumerate(zip(outs, exist))]
             return False
         for p, e in zip(outs, exist):
             if e:

@@ -524,10 +524,19 @@ def test_batch_resume_after_drop_silent_skips_the_finished_input(tmp_path, model
     assert r.exit_code == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["tone_spk1.wav"]
     mtime = (out / "tone_spk1.wav").stat().st_mtime_ns
-    r = run("batch", root, "-o", out, "--drop-silent", "-m", model, "--json")
+    r = run("batch", root, "-o", out, "--drop-silent", "-m", model, "--json", "--manifest", tmp_path / "m.jsonl")
     assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["results"][0]["status"] == "skipped"
+    res = json.loads(r.stdout)["results"][0]
+    assert res["status"] == "skipped"
     assert (out / "tone_spk1.wav").stat().st_mtime_ns == mtime
+    # what the skipped input reports is what is on disk: speaker 1's file as it is, speaker 2 not written
+    spk1, spk2 = res["outputs"]
+    assert spk1["path"] == str(out / "tone_spk1.wav") and spk1["written"] is True
+    assert (spk1["sample_rate"], spk1["frames"], spk1["duration"]) == (SR, SR, 1.0)
+    assert spk1["loudness_lufs"] is None and spk1["gain_db"] is None  # measured when written, not known now
+    assert spk2["path"] is None and spk2["written"] is False and spk2["flags"] == ["silent"]
+    line = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
+    assert line["status"] == "skipped" and line["outputs"] == [str(out / "tone_spk1.wav")]
 
 
 def test_mp3_output_of_an_input_rate_it_cannot_store_is_named_not_unexpected(tmp_path, model):

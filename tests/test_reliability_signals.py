@@ -212,7 +212,7 @@ def test_a_signal_while_temporary_files_are_created_leaves_none(tmp_path, monkey
     def signalled(make):
         def wrapper(*args, **kwargs):
             made = make(*args, **kwargs)
-            name = str(args[0]) if args else ""
+            name = os.fsdecode(args[0]) if args and isinstance(args[0], (str, bytes, os.PathLike)) else ""
             if name.endswith(".part"):  # a temporary file, not the input being opened
                 created.append(name)
                 os.kill(os.getpid(), signal.SIGINT)
