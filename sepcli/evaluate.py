@@ -58,6 +58,9 @@ def _stats(values: list[float | None]) -> dict:
 
 def _read_item(mix_path: Path, src_paths: list[Path]) -> tuple[np.ndarray, np.ndarray, int]:
     """The mixture and its references at the mixture's rate; ValueError (without the path) on unusable data."""
+    missing = [str(p) for p in src_paths if not p.exists()]
+    if missing:
+        raise ValueError(f"missing source file(s) {', '.join(missing[:3])}")
     mix, sr = read_mono(mix_path, None)
     if len(mix) == 0:
         raise ValueError("the mixture has no samples")
@@ -113,7 +116,7 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
     data_dir = Path(data_dir)
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1, got {limit}")
-    mixes, sources = librimix_items(data_dir)
+    mixes, sources = librimix_items(data_dir, missing_ok=True)
     if limit:
         mixes, sources = mixes[:limit], sources[:limit]
     pairs = _speaker_pairs(data_dir)

@@ -96,6 +96,7 @@ def _copy_folder(src, dst):
     (lambda d: sf.write(d / "mix" / "1.wav", np.full(2 * SR, np.nan, np.float32), SR, subtype="FLOAT"),
      "non-finite"),
     (lambda d: sf.write(d / "mix" / "1.wav", np.zeros(0, np.float32), SR), "no samples"),
+    (lambda d: (d / "s2" / "1.wav").unlink(), "missing source file(s)"),
 ])
 def test_eval_names_the_mixture_it_cannot_score_and_scores_the_others(tmp_path, bands, damage, problem):
     d = _copy_folder(bands, tmp_path / "d")

@@ -27,8 +27,9 @@ class DataError(ValueError):
     """A training/evaluation data folder that cannot be used (message names the folder and the problem)."""
 
 
-def librimix_items(folder: Path) -> tuple[list[Path], list[list[Path]]]:
-    """(mixture paths, per-mixture source paths) of a LibriMix-style folder, sorted by name."""
+def librimix_items(folder: Path, missing_ok: bool = False) -> tuple[list[Path], list[list[Path]]]:
+    """(mixture paths, per-mixture source paths) of a LibriMix-style folder, sorted by name. A mixture without
+    its source files is a DataError, unless `missing_ok` (eval names it and scores the others)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
@@ -56,7 +57,7 @@ def librimix_items(folder: Path) -> tuple[list[Path], list[list[Path]]]:
     for m in mixes:
         srcs = [d / m.name for d in src_dirs]
         missing = [str(s) for s in srcs if not s.exists()]
-        if missing:
+        if missing and not missing_ok:
             raise DataError(f"{m}: missing source file(s) {', '.join(missing[:3])}")
         sources.append(srcs)
     return mixes, sources
