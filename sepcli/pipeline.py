@@ -9,8 +9,8 @@ Data flow of one input (nothing holds the whole signal; see DESIGN.md):
   -> output loudness:  off   = written as produced (one pass)
                        match = each speaker at its level in the mix (the stitcher makes the speakers add up to
                                the mixture); a raw float32 temporary stream is written first, and if a speaker
-                               would clip a fixed-point file all speakers are lowered by one common gain (flag
-                               `scaled_to_avoid_clipping`);
+                               would clip a fixed-point file (pass -1 dBFS in a lossy one) all speakers are
+                               lowered by one common gain (flag `scaled_to_avoid_clipping`);
                        LUFS  = each speaker normalised to that integrated loudness from the raw temporary
                                stream, the gain lowered if the peak would pass -1 dBFS (flag `peak_limited`)
   -> each speaker streamed to its file through a temporary file renamed when complete.
@@ -70,11 +70,12 @@ from .audio.io import (
     AtomicWriter,
     AudioError,
     AudioInput,
+    LOSSY_FORMATS,
     FloatSpool,
     check_output_format,
     os_problem,
 )
-from .audio.loudness import StreamingLoudness, db_to_gain, gain_to_db, target_gain
+from .audio.loudness import PEAK_CEILING_DB, StreamingLoudness, db_to_gain, gain_to_db, target_gain
 from .audio.resample import StreamResampler, expected_length
 from .runtime.device import autocast, configure, inference_dtype, select_device
 from .runtime.loader import LoadedModel, ModelError, load_model
@@ -754,8 +755,11 @@ class Separator:
                         peaks[k] = max(peaks[k], float(np.abs(block[k]).max()))
             if o.loudness == "match":
                 peak = max(peaks)
-                if o.subtype != "FLOAT" and peak > 1.0:
-                    g = (1.0 - 1e-6) / peak
+                # a lossy file decodes with overshoots of a few percent above its encoded peak (measured: +0.3 dB
+                # Vorbis, +0.07 dB MP3): it keeps the -1 dBFS headroom of the LUFS mode, a PCM file the full scale
+                ceiling = db_to_gain(PEAK_CEILING_DB) if o.format in LOSSY_FORMATS else 1.0
+                if o.subtype != "FLOAT" and peak > ceiling:
+                    g = ceiling * (1.0 - 1e-6) / peak
                     gains = [g] * n_src
                     flags = [["scaled_to_avoid_clipping"] for _ in range(n_src)]
             else:

@@ -41,6 +41,7 @@ OUTPUT_FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "ogg": ("OGG", ("VORBIS",), "VORBIS"),
     "mp3": ("MP3", ("MPEG_LAYER_III",), "MPEG_LAYER_III"),
 }
+LOSSY_FORMATS = ("ogg", "mp3")  # their decoders overshoot the encoded peak: outputs keep headroom (pipeline)
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 MIN_RATE, MAX_RATE = 8000, 192000
 
