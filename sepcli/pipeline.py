@@ -146,7 +146,8 @@ class SeparationOptions:
         if o.format not in OUTPUT_FORMATS:
             raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {o.format!r}")
         try:
-            o.subtype = check_output_format(o.format, o.subtype, 16000)
+            # a fixed --sample-rate the format cannot store is an option error, not every input's (16 kHz: any)
+            o.subtype = check_output_format(o.format, o.subtype, sr if isinstance(sr, int) else 16000)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         lo = o.loudness

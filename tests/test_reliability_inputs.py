@@ -548,6 +548,11 @@ def test_mp3_output_of_an_input_rate_it_cannot_store_is_named_not_unexpected(tmp
                                      f"(8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)) "
                                      f"(96000 Hz input)"]
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    # a --sample-rate mp3 cannot store fails whatever the input: a usage error before any file is read
+    r = run("separate", p, "-o", tmp_path / "o2", "-m", model, "--format", "mp3", "--sample-rate", "22000")
+    assert r.exit_code == 2 and not (tmp_path / "o2").exists()
+    assert r.stderr.strip() == ("sepcli: error: mp3 cannot store 22000 Hz (use --sample-rate with one of "
+                                "(8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000))"), r.stderr
 
 
 def test_file_names_that_are_not_utf8(tmp_path, model):
