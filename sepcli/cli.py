@@ -515,15 +515,15 @@ def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model f
     from .runtime.registry import ModelNotFound, resolve
 
     try:
-        folder, _ = _locate(resolve(name))
+        folder, weights = _locate(resolve(name))
         cfg = read_config(folder)
     except ModelNotFound as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
     except ModelError as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
     try:
-        n, size = weights_summary(folder)
-    except ModelError as exc:  # e.g. a Git LFS pointer or garbage in weights.safetensors
+        n, size = weights_summary(weights)
+    except ModelError as exc:  # e.g. a Git LFS pointer or garbage in the weights, a .pth holding Python objects
         raise _fail(exc, debug, EXIT_FAILED) from None
     typer.echo(f"{cfg['name']}  ({folder})")
     typer.echo(f"  arch {cfg['arch']}, {cfg['sample_rate']} Hz, {cfg['n_src']} speakers, {n / 1e6:.2f} M params, "

@@ -278,6 +278,24 @@ def test_models_list_and_info(tmp_path, fast_model, monkeypatch):
     assert (out / "z_spk2.wav").is_file()
 
 
+def test_models_info_of_a_pt_weights_file(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from sepcli.runtime.loader import weights_summary
+
+    folder = bandsplit_folder(tmp_path / "band", sample_rate=SR)
+    state = load_file(folder / "weights.safetensors")
+    torch.save(state, folder / "model.pt")
+    r = run("models", "info", folder / "model.pt")
+    assert r.exit_code == 0 and "test-bandsplit" in r.stdout, r.stdout
+    # the figures it prints (15 parameters show as 0.00 M here) come from the .pt itself, not a missing safetensors
+    assert weights_summary(folder / "model.pt") == (15, (folder / "model.pt").stat().st_size)
+    torch.save({"state": state, "extra": LFS_POINTER.__class__}, folder / "objects.pth")  # a pickled class
+    r = run("models", "info", folder / "objects.pth")  # refused as `separate -m` refuses it
+    assert r.exit_code == 1 and r.stderr.startswith(f"sepcli: error: {folder / 'objects.pth'}: not a plain weights")
+
+
 LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
                "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 2212908\n")
 

@@ -245,13 +245,18 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
                        config=cfg, path=folder)
 
 
-def weights_summary(folder: Path) -> tuple[int, int]:
-    """(parameter count, weights file size in bytes) read from the safetensors header without loading.
+def weights_summary(target: Path) -> tuple[int, int]:
+    """(parameter count, weights file size in bytes) of a model folder's weights.safetensors (read from its header
+    without loading) or of a weights file given directly (a .pt/.pth is loaded as `separate` would load it).
 
-    (0, 0) when the folder has no weights.safetensors; ModelError when it is not a readable safetensors file."""
-    w = folder / "weights.safetensors"
+    (0, 0) when a folder has no weights.safetensors; ModelError when the weights cannot be read."""
+    target = Path(target)
+    w = target / "weights.safetensors" if target.is_dir() else target
     if not w.is_file():
         return 0, 0
+    if w.suffix != ".safetensors":
+        state = read_state_dict(w)  # torch.load(weights_only=True): refuses what separate refuses
+        return sum(v.numel() for v in state.values()), w.stat().st_size
     from safetensors import safe_open
 
     n = 0
