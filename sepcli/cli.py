@@ -290,7 +290,9 @@ def separate(
                     drop_silent, overwrite, device, threads)
     stems = [("stdin" if i == "-" else Path(i).stem) for i in inputs]
     if len(set(stems)) != len(stems):
-        _error("several inputs have the same file name stem; their outputs would collide "
+        stem = next(s for s in stems if stems.count(s) > 1)
+        same = [i for i, s in zip(inputs, stems) if s == stem]
+        _error(f"{', '.join(same[:3])}: the same file name stem {stem!r}, so their outputs would collide "
                "(separate them into different output folders)")
         raise typer.Exit(EXIT_USAGE)
     if inputs.count("-") > 1:

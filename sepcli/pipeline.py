@@ -854,13 +854,15 @@ def parse_shard(text: str | None, env: dict | None = None) -> tuple[int, int]:
         if n < 1 or not (0 <= i < n):
             raise UsageError(f"--shard {text}: need 0 <= I < N")
         return i, n
-    if "WORLD_SIZE" in env and "RANK" in env:
+    if "WORLD_SIZE" in env and "RANK" in env:  # both set (as torchrun sets them): they must make sense
         try:
             i, n = int(env["RANK"]), int(env["WORLD_SIZE"])
         except ValueError:
-            return 0, 1
+            raise UsageError(f"RANK={env['RANK']} WORLD_SIZE={env['WORLD_SIZE']} in the environment: not integers "
+                             "(torchrun sets them; or give --shard I/N)") from None
         if n >= 1 and 0 <= i < n:
             return i, n
+        raise UsageError(f"RANK={i} WORLD_SIZE={n} in the environment: need 0 <= RANK < WORLD_SIZE (or give --shard)")
     return 0, 1
 
 

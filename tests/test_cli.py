@@ -255,6 +255,12 @@ def test_torchrun_environment_selects_the_shard(tmp_path, fast_model):
         seen += [x["input"] for x in doc["results"]]
     assert sorted(seen) == sorted(str(f) for f in files)
     assert run("batch", root, "-o", tmp_path / "o", "-m", fast_model, "--shard", "2/2").exit_code == 2
+    for env in ({"RANK": "5", "WORLD_SIZE": "2"}, {"RANK": "x", "WORLD_SIZE": "2"}):  # not a shard: say so
+        r = run("batch", root, "-o", tmp_path / "o", "-m", fast_model, env=env)
+        assert r.exit_code == 2 and r.stderr.startswith(f"sepcli: error: RANK={env['RANK']} WORLD_SIZE=2 ")
+        assert not (tmp_path / "o").exists()
+    r = run("batch", root, "-o", tmp_path / "o", "-m", fast_model, "--json", env={"WORLD_SIZE": "3"})  # no RANK
+    assert r.exit_code == 0 and json.loads(r.stdout)["shard"] == [0, 1]
 
 
 def test_models_list_and_info(tmp_path, fast_model, monkeypatch):
