@@ -926,6 +926,10 @@ def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.Pa
             rel = p.relative_to(root)
             folder = out_dir / rel.parent
             r = sep.separate_file(p, folder, stem=stems[p], protect=protect, resume=True)
+            if r.status == "ok" and stems[p] != p.stem and any(q.exists() for q in sep.planned_outputs(p.stem, folder)):
+                # named by its full name since another file of its stem arrived: the short-named outputs of an
+                # earlier run are left as they are (they may be either file's); say so, as scripts glob them
+                r.flags = sorted({*r.flags, "older_outputs_under_stem"})
         except UsageError as exc:  # a name this input cannot have (its stem); the options were checked before
             r = FileResult(input=str(p), status="error", error=f"{p}: {exc}")
         except Exception as exc:  # noqa: BLE001  (separate_file reports per-file problems itself)

@@ -432,6 +432,26 @@ def test_same_stem_inputs(tmp_path, model):
         assert_sums_to(y, x)  # each from its own input
 
 
+def test_a_file_of_the_same_stem_arriving_later_is_flagged(tmp_path, model):
+    """a.wav was separated as a_spk*.wav; then a.flac arrives: both are now named by their full file names, and
+    the short-named outputs of the earlier run are left alone but flagged, since scripts glob *_spk1.wav."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    sf.write(root / "a.wav", signal(SR, 1), SR)
+    assert run("batch", root, "-o", out, "-m", model).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["a_spk1.wav", "a_spk2.wav"]
+    sf.write(root / "a.flac", signal(SR, 2), SR)
+    r = run("batch", root, "-o", out, "-m", model, "--json")
+    assert r.exit_code == 0, r.stderr
+    res = {Path(x["input"]).name: x for x in json.loads(r.stdout)["results"]}
+    assert {k: (v["status"], v["flags"]) for k, v in res.items()} == {
+        "a.wav": ("ok", ["older_outputs_under_stem"]), "a.flac": ("ok", ["older_outputs_under_stem"])}
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith("a_")} == before  # untouched
+    r = run("batch", root, "-o", tmp_path / "fresh", "-m", model, "--json")  # no earlier outputs: no flag
+    assert all(x["flags"] == [] for x in json.loads(r.stdout)["results"])
+
+
 # ---------------------------------------------------------------------- models and checkpoints
 def test_unknown_model_is_usage_error(tmp_path):
     src = tmp_path / "a.wav"
