@@ -738,9 +738,8 @@ class Separator:
             writers.extend(AtomicWriter(p, rate, o.format, o.subtype, register) for p in outs)
             temps()
             for block in self._stream(src, timer, progress):
-                for k in range(n_src):
-                    writers[k].write(block[k])
-                    meters[k].update(block[k])
+                for k in range(n_src):  # the loudness and peak reported are the file's: measured after clipping
+                    meters[k].update(writers[k].write(block[k]))
         else:  # raw float stream first; the gain depends on the whole output
             spools.extend(FloatSpool(p.parent, register) for p in outs)
             temps()
@@ -777,8 +776,7 @@ class Separator:
             for k in range(n_src):
                 for block in spools[k].blocks():
                     block = block * np.float32(gains[k])
-                    writers[k].write(block)
-                    meters[k].update(block)
+                    meters[k].update(writers[k].write(block))
                 spools[k].close()
         loud = [m.loudness() for m in meters]
         level = [m.level() for m in meters]  # the loudness, or for outputs under 400 ms their ungated level

@@ -592,3 +592,20 @@ def test_file_names_that_are_not_utf8(tmp_path, model):
     assert r.exit_code == 0, r.stderr
     assert [f["status"] for f in json.loads(r.stdout)["results"]] == ["ok"]
     assert sorted(os.listdir(os.fsencode(tmp_path / "o2"))) == [b"M\xfcller_spk1.wav", b"M\xfcller_spk2.wav"]
+
+
+def test_loudness_off_into_pcm_reports_the_clipped_file(tmp_path, model):
+    """--loudness off writes what the model gives, clipped to full scale in a PCM file (flag): the peak and
+    loudness reported are those of the file, measured here independently with pyloudnorm."""
+    import pyloudnorm
+
+    src = tmp_path / "hot.wav"
+    sf.write(src, 4.0 * signal(2 * SR, 5), SR, subtype="FLOAT")
+    r = run("separate", src, "-o", tmp_path / "out", "-m", model, "--loudness", "off", "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert "clipped" in res["flags"]
+    for o in res["outputs"]:
+        y = sf.read(o["path"], dtype="float64")[0]
+        assert o["peak_dbfs"] <= 0.0 and o["peak_dbfs"] == pytest.approx(20 * np.log10(np.abs(y).max()), abs=0.01)
+        assert o["loudness_lufs"] == pytest.approx(pyloudnorm.Meter(SR).integrated_loudness(y), abs=0.1)

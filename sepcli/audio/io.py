@@ -301,7 +301,8 @@ class AtomicWriter:
                 return os_problem(OSError(code, os.strerror(code)))
         return _sf_message(exc, self.tmp)
 
-    def write(self, block: np.ndarray) -> None:
+    def write(self, block: np.ndarray) -> np.ndarray:
+        """Append `block`; returns the samples as written (clipped for fixed-point and lossy formats)."""
         block = np.asarray(block, dtype=np.float32)
         if not np.isfinite(block).all():
             raise AudioError(self.path, "refusing to write non-finite samples (NaN/Inf)")
@@ -316,6 +317,7 @@ class AtomicWriter:
         except Exception as exc:  # noqa: BLE001  (OSError, libsndfile errors, short writes)
             raise AudioError(self.path, f"cannot write ({self._why(exc)})") from None
         self.frames += len(block)
+        return block
 
     def close(self) -> None:
         """Finish the temporary file (flush headers); errors (e.g. disk full) raise AudioError."""
