@@ -288,6 +288,10 @@ def test_train_checks_the_data_folder_layout(tmp_path, bands):
     bad = _variant_folder(bands, tmp_path / "two", two_unknown)
     res = _train(tmp_path, "--steps", "1", data=bad)
     assert res.exit_code == 2 and "several mixture folders (mix_a/, mix_b/)" in res.stderr
+    junk = _variant_folder(bands, tmp_path / "junk", lambda d: (d / "s1" / "2.wav").write_bytes(b"junk" * 50))
+    res = _train(tmp_path, "--steps", "1", data=junk)
+    want = f"sepcli: error: {junk / 's1' / '2.wav'}: cannot decode audio (Format not recognised.)"
+    assert res.exit_code == 2 and res.stderr.strip() == want, res.stderr
 
 
 def test_model_exported_from_run_folder_dot_is_named_after_the_folder(tmp_path, bands, monkeypatch):

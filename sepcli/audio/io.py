@@ -60,11 +60,12 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def _sf_message(exc: BaseException, path: str | os.PathLike) -> str:
+def sf_message(exc: BaseException, path: str | os.PathLike) -> str:
     """libsndfile's message in one line, without soundfile's "Error opening '<path>': " prefix (the caller
-    names the file once)."""
+    names the file once; the path may have been given to soundfile as str or as bytes)."""
     text = _one_line(exc)
-    for prefix in (f"Error opening {str(path)!r}: ", f"Error opening {os.fspath(path)!r}:"):
+    for prefix in (f"Error opening {str(path)!r}: ", f"Error opening {os.fspath(path)!r}:",
+                   f"Error opening {os.fsencode(path)!r}:"):
         if text.startswith(prefix):
             text = text[len(prefix):].strip()
     return text
@@ -115,7 +116,7 @@ class AudioInput:
         try:
             self._f = sf.SoundFile(os.fsencode(self.path))  # bytes: names that are not UTF-8 open too
         except Exception as exc:  # libsndfile's messages vary by version; report them in one line  # noqa: BLE001
-            raise AudioError(path, f"cannot decode audio ({_sf_message(exc, self.path)})") from None
+            raise AudioError(path, f"cannot decode audio ({sf_message(exc, self.path)})") from None
         self.rate = int(self._f.samplerate)
         self.channels = int(self._f.channels)
         self.frames = int(self._f.frames)
@@ -299,7 +300,7 @@ class AtomicWriter:
                     code = 0
             if code:
                 return os_problem(OSError(code, os.strerror(code)))
-        return _sf_message(exc, self.tmp)
+        return sf_message(exc, self.tmp)
 
     def write(self, block: np.ndarray) -> np.ndarray:
         """Append `block`; returns the samples as written (clipped for fixed-point and lossy formats)."""

@@ -17,6 +17,7 @@ import soxr
 import torch
 from torch.utils.data import Dataset
 
+from ..audio.io import sf_message
 from .mixing import MixOptions, make_mixture, rng_for
 from .speakers import load_pool
 
@@ -66,16 +67,20 @@ def librimix_items(folder: Path, missing_ok: bool = False) -> tuple[list[Path], 
 def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> None:
     """From the file headers (fast): every source lasts at least as long as its mixture, every file decodes."""
     for m, srcs in zip(mixes, sources):
-        try:
-            info = sf.info(os.fsencode(m))
-            need = info.frames / info.samplerate
-            for p in srcs:
-                si = sf.info(os.fsencode(p))
-                if si.frames / si.samplerate < need - 1.0 / info.samplerate:
-                    raise DataError(f"{m}: source {p} is shorter than the mixture ({si.frames / si.samplerate:.3f} "
-                                    f"against {need:.3f} s)")
-        except RuntimeError as exc:  # soundfile.LibsndfileError: names the file
-            raise DataError(" ".join(str(exc).split())) from None
+        info = _info(m)
+        need = info.frames / info.samplerate
+        for p in srcs:
+            si = _info(p)
+            if si.frames / si.samplerate < need - 1.0 / info.samplerate:
+                raise DataError(f"{m}: source {p} is shorter than the mixture ({si.frames / si.samplerate:.3f} "
+                                f"against {need:.3f} s)")
+
+
+def _info(path: Path):
+    try:
+        return sf.info(os.fsencode(path))
+    except RuntimeError as exc:  # soundfile.LibsndfileError
+        raise DataError(f"{path}: cannot decode audio ({sf_message(exc, path)})") from None
 
 
 def read_mono(path: Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
