@@ -670,7 +670,7 @@ def train(
     `torchrun --nproc_per_node N $(which sepcli) train ...` trains data-parallel (gloo on CPU, nccl on GPU).
     OUT/best/ is the model of the best validation so far, or the latest weights without --val-data."""
     from .train.data import DataError
-    from .train.trainer import TrainConfig, TrainError
+    from .train.trainer import TrainConfig, TrainDiverged, TrainError
     from .train.trainer import train as run_training
 
     cfg = TrainConfig(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
@@ -683,19 +683,25 @@ def train(
 
     try:
         result = run_training(cfg)
+    except TrainDiverged as exc:
+        raise _fail(exc, debug, EXIT_FAILED) from None
     except (TrainError, DataError, ValueError) as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
     except ModelError as exc:  # --init
         raise _model_error_exit(exc, debug) from None
     except Exception as exc:  # noqa: BLE001 (one line, not a traceback, unless --debug)
         raise _fail(exc, debug, EXIT_FAILED) from None
+    if result.get("rank", 0) != 0:  # under torchrun rank 0 reports for the run
+        if result.get("signal") and result["stopped"]:
+            raise typer.Exit(128 + int(result["signal"]))
+        return
     state = "stopped (resume with --resume)" if result["stopped"] else "done"
     best = result["best"]
     model_dir = result["export"] if Path(result["export"]).is_dir() else "none yet (no validation has run)"
     typer.echo(f"{state} at step {result['step']}/{result['total']}; best validation SI-SNRi "
                f"{'-' if best == float('-inf') else f'{best:.2f} dB'}; model: {model_dir}", err=True)
-    if result.get("signal"):  # stopped by Ctrl-C or SIGTERM (checkpoint saved): scripts must tell it from done
-        raise typer.Exit(128 + int(result["signal"]))
+    if result.get("signal") and result["stopped"]:  # stopped by Ctrl-C or SIGTERM (checkpoint saved): scripts must
+        raise typer.Exit(128 + int(result["signal"]))  # tell it from done (a signal after the last step stops nothing)
 
 
 EVAL_EXIT_HELP = ("Exit codes: 0 = every mixture scored; 1 = a mixture could not be read or scored (one line "

@@ -211,6 +211,9 @@ def test_train_refuses_bad_options_before_writing_anything(tmp_path, bands):
     cases = [
         (["--steps", "0"], "--steps"), (["--batch-size", "0"], "--batch-size"), (["--segment", "-1"], "--segment"),
         (["--pools", str(tmp_path)], "not both"),  # with --data
+        (["--lr", "inf"], "--lr must be a positive number"), (["--sample-rate", "100"], "--sample-rate must be"),
+        (["--sample-rate", "0"], "--sample-rate must be"), (["--threads", "0"], "--threads must be at least 1"),
+        (["--max-minutes", "-1"], "--max-minutes must be positive"), (["--steps", "2", "--epochs", "5"], "not both"),
     ]
     for extra, words in cases:
         res = _train(tmp_path, *extra, data=bands)
@@ -316,6 +319,29 @@ def test_train_stopped_by_a_signal_exits_with_it(tmp_path, bands, monkeypatch):
     monkeypatch.setattr(trainer, "train", stopped)
     res = _train(tmp_path, "--steps", "5", data=bands)
     assert res.exit_code == 130 and "stopped (resume with --resume)" in res.stderr and "none yet" in res.stderr
+
+
+def test_train_diverged_is_a_failure_and_other_ranks_stay_quiet(tmp_path, bands, monkeypatch):
+    import signal
+
+    import sepcli.train.trainer as trainer
+
+    def diverged(cfg):
+        raise trainer.TrainDiverged("training diverged at step 7: the loss is not finite; r/last.pt holds ...")
+
+    monkeypatch.setattr(trainer, "train", diverged)
+    res = _train(tmp_path, "--steps", "9", data=bands)
+    assert res.exit_code == 1 and res.stderr.startswith("sepcli: error: training diverged at step 7")
+
+    def rank_one(signum):
+        return lambda cfg: {"step": 3, "total": 3 if signum is None else 5, "best": 1.0, "stopped": signum is not None,
+                            "export": str(tmp_path), "history": [], "signal": signum, "rank": 1}
+
+    monkeypatch.setattr(trainer, "train", rank_one(None))
+    res = _train(tmp_path, "--steps", "3", data=bands)
+    assert res.exit_code == 0 and res.stderr == ""  # rank 0 prints the run's summary, once
+    monkeypatch.setattr(trainer, "train", rank_one(signal.SIGTERM))
+    assert _train(tmp_path, "--steps", "5", data=bands).exit_code == 143
 
 
 def test_json_reports_the_scan_backend_that_runs(tmp_path, monkeypatch):

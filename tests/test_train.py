@@ -1046,3 +1046,97 @@ def test_resuming_a_run_without_an_average_starts_it_from_the_checkpoints_weight
     # one update at decay min(0.8, 1/10) = 0.1 from the resumed weights w2 towards the new w3
     for k, w2 in before["model"].items():
         torch.testing.assert_close(after["ema"]["shadow"][k], 0.1 * w2 + 0.9 * after["model"][k])
+
+
+# ---------------------------------------------------------------------- review of session 18
+def test_validation_scores_each_mixture_on_its_whole_length(tmp_path):
+    """Mixtures of different lengths: the batched validation equals the mean of each file scored alone."""
+    from sepcli.train.data import LibriMixDataset
+
+    rng = np.random.default_rng(5)
+    d = tmp_path / "v"
+    for sub in ("mix", "s1", "s2"):
+        (d / sub).mkdir(parents=True)
+    for i, seconds in enumerate([1.0, 0.3, 1.0, 0.7, 1.0]):
+        a, b = voice(rng, 110, seconds) * 0.3, voice(rng, 240, seconds) * 0.3
+        for sub, x in (("s1", a), ("s2", b), ("mix", a + b)):
+            sf.write(d / sub / f"{i}.wav", x, SR, subtype="FLOAT")
+    net = trainer._build(cfg(tmp_path / "r"))[0].eval()
+    ds = LibriMixDataset(d, SR)
+    alone = []
+    with torch.no_grad():
+        for j in range(len(ds)):
+            mix, ref = ds[j]
+            assert mix.shape[-1] == ref.shape[-1]  # whole files
+            score, _ = metrics.pit_si_snr(net(mix[None]), ref[None])
+            alone.append(float(score - metrics.si_snr(mix[None, None].expand(1, 2, -1), ref[None]).mean(-1)))
+    got = validate(net, ds, batch=4)
+    assert got["n"] == 5 and got["si_snri"] == pytest.approx(np.mean(alone), abs=1e-4)
+
+
+def test_resuming_without_validation_keeps_the_validated_best(tmp_path, librimix, capsys):
+    out = tmp_path / "r"
+    first = train(cfg(out, data=librimix, val_data=librimix, steps=3, epoch_steps=3))
+    best = (out / "best" / "weights.safetensors").read_bytes()
+    card = json.loads((out / "best" / "config.json").read_text())
+    resumed = train(cfg(out, data=librimix, steps=6, epoch_steps=3, resume=True))
+    assert resumed["step"] == 6 and resumed["best"] == first["best"]
+    assert (out / "best" / "weights.safetensors").read_bytes() == best  # not the unscored latest weights
+    assert json.loads((out / "best" / "config.json").read_text()) == card
+    assert "keeps the run's validated best" in capsys.readouterr().err
+    fresh = train(cfg(tmp_path / "n", data=librimix, steps=3, epoch_steps=3))  # never validated: latest exported
+    assert fresh["step"] == 3 and (tmp_path / "n" / "best" / "weights.safetensors").is_file()
+
+
+def test_a_diverged_run_stops_without_saving_its_nan_weights(tmp_path, librimix, monkeypatch):
+    out = tmp_path / "r"
+    train(cfg(out, data=librimix, steps=2, epoch_steps=10))
+    saved = (out / "last.pt").read_bytes()
+    real_step, calls = trainer.train_step, []
+
+    def nan_at_step_4(net, *args, **kw):
+        loss = real_step(net, *args, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.fill_(float("nan"))
+            return torch.tensor(float("nan"))
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", nan_at_step_4)
+    with pytest.raises(trainer.TrainDiverged, match="diverged at step 4: the loss is not finite"):
+        train(cfg(out, data=librimix, val_data=librimix, steps=8, epoch_steps=2, resume=True))
+    # the checkpoint of step 2 and the best of step 3's validation stay; nothing of step 4's NaN was written
+    assert (out / "last.pt").read_bytes() == saved
+    from safetensors.torch import load_file
+
+    best = load_file(out / "best" / "weights.safetensors")
+    assert all(torch.isfinite(v).all() for v in best.values())
+    assert json.loads((out / "best" / "config.json").read_text())["eval"]["val_step"] == 3
+    for line in (out / "log.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_a_signal_during_validation_stops_at_once_and_resume_validates_first(tmp_path, librimix, monkeypatch):
+    import signal
+
+    out = tmp_path / "r"
+    straight = train(cfg(tmp_path / "a", data=librimix, val_data=librimix, steps=4, epoch_steps=2))
+    real_validate, calls = trainer.validate, []
+
+    def signal_inside(model, ds, *args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the second validation (step 4, the last one): Ctrl-C arrives while it runs
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_validate(model, ds, *args, **kw)
+
+    monkeypatch.setattr(trainer, "validate", signal_inside)
+    first = train(cfg(out, data=librimix, val_data=librimix, steps=4, epoch_steps=2))
+    assert first["step"] == 4 and first["stopped"] and first["signal"] == signal.SIGINT
+    assert len(first["history"]) == 1 and _weights(out)["pending_validation"] == 4
+    monkeypatch.setattr(trainer, "validate", real_validate)
+    resumed = train(cfg(out, data=librimix, val_data=librimix, steps=4, epoch_steps=2, resume=True))
+    assert not resumed["stopped"] and [h["step"] for h in resumed["history"]] == [3, 4]  # an epoch: 6 items / 2
+    assert resumed["history"][1]["si_snri"] == pytest.approx(straight["history"][1]["si_snri"], abs=1e-5)
+    assert _weights(out)["pending_validation"] is None

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .. import metrics
+from ..audio.io import MAX_RATE, MIN_RATE
 from ..nets import build_network, named_config
 from ..runtime.device import ThreadGovernor, omp_threads_fixed
 from .data import DataError, DynamicMixDataset, LibriMixDataset
@@ -82,6 +83,14 @@ class TrainError(RuntimeError):
     pass
 
 
+class TrainDiverged(TrainError):
+    """The loss became NaN/Inf: a failure of the run (exit 1), not a usage error."""
+
+
+def _finite_or_none(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def _dist() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if not dist.is_initialized():
@@ -95,7 +104,7 @@ def _build(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict, int]:
         from ..runtime.loader import load_model
 
         loaded = load_model(cfg.init)
-        if cfg.sample_rate and cfg.sample_rate != loaded.sample_rate:
+        if cfg.sample_rate is not None and cfg.sample_rate != loaded.sample_rate:
             raise TrainError(f"--init {cfg.init} is a {loaded.sample_rate} Hz model; --sample-rate {cfg.sample_rate} "
                              "would need a new network (--arch)")
         return loaded.network, loaded.arch, dict(loaded.config["arch_args"]), loaded.sample_rate
@@ -103,7 +112,7 @@ def _build(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict, int]:
         raise TrainError("give --arch (a network configuration) or --init (a model to start from)")
     arch, args, sr = named_config(cfg.arch)
     args.update(cfg.arch_args)
-    if cfg.sample_rate and cfg.sample_rate != sr:
+    if cfg.sample_rate is not None and cfg.sample_rate != sr:
         sr = cfg.sample_rate
         if "sample_rate" in args:
             args["sample_rate"] = sr
@@ -165,22 +174,30 @@ def batch_indices(step: int, rank: int, world: int, batch: int, n_items: int | N
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, ds: LibriMixDataset, batch: int = 4, limit: int | None = None) -> dict:
-    """Mean SI-SNR and SI-SNRi (dB) of the model on whole validation mixtures (PIT-matched)."""
+def validate(model: torch.nn.Module, ds: LibriMixDataset, batch: int = 4, limit: int | None = None,
+             should_stop=None) -> dict | None:
+    """Mean SI-SNR and SI-SNRi (dB) of the model on whole validation mixtures (PIT-matched); None when
+    `should_stop()` turns true between batches (a signal: the run stops without waiting for the whole set)."""
     was = model.training
     model.eval()
     n = len(ds) if limit is None else min(limit, len(ds))
     vals, imps = [], []
     for i in range(0, n, batch):
-        items = [ds[j] for j in range(i, min(n, i + batch))]
-        length = min(m.shape[-1] for m, _ in items)
-        mix = torch.stack([m[:length] for m, _ in items])
-        ref = torch.stack([s[:, :length] for _, s in items])
-        est = model(mix)
-        score, _ = metrics.pit_si_snr(est, ref)
-        base = metrics.si_snr(mix.unsqueeze(1).expand_as(ref), ref).mean(-1)
-        vals += score.tolist()
-        imps += (score - base).tolist()
+        if should_stop is not None and should_stop():
+            model.train(was)
+            return None
+        by_length: dict[int, list] = {}  # whole files: only mixtures of one length share a forward pass
+        for j in range(i, min(n, i + batch)):
+            m, src = ds[j]
+            by_length.setdefault(m.shape[-1], []).append((m, src))
+        for items in by_length.values():
+            mix = torch.stack([m for m, _ in items])
+            ref = torch.stack([s[:, : m.shape[-1]] for m, s in items])
+            est = model(mix)
+            score, _ = metrics.pit_si_snr(est, ref)
+            base = metrics.si_snr(mix.unsqueeze(1).expand_as(ref), ref).mean(-1)
+            vals += score.tolist()
+            imps += (score - base).tolist()
     model.train(was)
     return {"si_snr": float(np.mean(vals)), "si_snri": float(np.mean(imps)), "n": n}
 
@@ -229,10 +246,18 @@ def check_config(cfg: TrainConfig) -> None:
                             ("--epochs", cfg.epochs, 1), ("--epoch-steps", cfg.epoch_steps, 1)):
         if value is not None and value < low:
             raise TrainError(f"{opt} must be at least {low}, got {value}")
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise TrainError("give --steps or --epochs, not both")
     if not cfg.segment > 0:
         raise TrainError(f"--segment must be positive, got {cfg.segment}")
-    if not cfg.lr > 0:
-        raise TrainError(f"--lr must be positive, got {cfg.lr}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise TrainError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.sample_rate is not None and not (MIN_RATE <= cfg.sample_rate <= MAX_RATE):
+        raise TrainError(f"--sample-rate must be between {MIN_RATE} and {MAX_RATE} Hz, got {cfg.sample_rate}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise TrainError(f"--threads must be at least 1, got {cfg.threads}")
+    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+        raise TrainError(f"--max-minutes must be positive, got {cfg.max_minutes}")
     if (out / "last.pt").exists() and not cfg.resume:
         raise TrainError(f"{out}: holds a run already (last.pt); continue it with --resume or choose another --out")
 
@@ -269,7 +294,7 @@ def train(cfg: TrainConfig) -> dict:
     rank, world = _dist()
     torch.set_flush_denormal(True)
     governor = None
-    if cfg.threads:
+    if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     elif not omp_threads_fixed():
         governor = ThreadGovernor()
@@ -300,6 +325,7 @@ def train(cfg: TrainConfig) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = Schedule(cfg.lr, cfg.warmup, cfg.patience)
     step, history, saved_average = 0, [], None
+    pending: dict = {"step": None}
     if cfg.resume and ckpt_path.exists():
         state = _load_checkpoint(ckpt_path)
         changed = _changed_options(state.get("config"), cfg)
@@ -314,6 +340,7 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_rng_state(state["rng"]["torch"])
         step, history = int(state["step"]), json.loads(state["history"])
         saved_average = state.get("ema")
+        pending["step"] = state.get("pending_validation")  # a validation a signal cut short: it runs first
     elif cfg.init and cfg.continue_init:
         # A committed model folder carries no optimiser state (kept small): continue its step count and lr
         # schedule, and re-warm Adam's moments over `warmup` steps from there.
@@ -337,6 +364,10 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             print(f"lr scale set to {cfg.lr_scale:g}: lr {sched.lr(step):.4g} from step {step}", file=sys.stderr)
 
+    keep_best = val_ds is None and math.isfinite(sched.best)  # a validated best/ is not replaced by unscored weights
+    if keep_best and rank == 0:
+        print(f"no --val-data: {out / 'best'} keeps the run's validated best ({sched.best:.2f} dB SI-SNRi); the "
+              f"latest weights are in {ckpt_path.name} (give --val-data to go on selecting)", file=sys.stderr)
     if val_ds is not None and sched.use_validation_set(val_ds.fingerprint(cfg.val_limit)) and rank == 0:
         print(f"{cfg.val_data}: not the validation set (or --val-limit) of the run's best score so far; best score "
               "and patience start again", file=sys.stderr)
@@ -368,33 +399,48 @@ def train(cfg: TrainConfig) -> dict:
                               "schedule": sched.state_dict(), "rng": _rng_state(), "step": step,
                               "arch": arch, "arch_args": arch_args, "history": json.dumps(history),
                               "config": json.dumps(asdict(cfg), default=str),
-                              "ema": average.state_dict() if average is not None else None})
+                              "ema": average.state_dict() if average is not None else None,
+                              "pending_validation": pending["step"]})
 
     def do_validation():
         nonlocal history
         if rank != 0:
             return
         rec = {"step": step, "train_loss": float(np.mean(recent)) if recent else None}
+        pending["step"] = step  # until it is recorded: a checkpoint taken meanwhile (a signal) redoes it
+
+        def cut_short() -> bool:
+            if stop["flag"] and not cfg.quiet:
+                print(f"validation of step {step} interrupted; it runs first on --resume", file=sys.stderr)
+            return stop["flag"]
+
         # the raw weights' score first, to show what the average buys; the rest runs on the average
         raw = None
         if val_ds is not None and average is not None:
-            raw = validate(model, val_ds, limit=cfg.val_limit)["si_snri"]
+            scores = validate(model, val_ds, limit=cfg.val_limit, should_stop=cut_short)
+            if scores is None:
+                return
+            raw = scores["si_snri"]
         with average.applied(model) if average is not None else _null():
             if val_ds is not None:
-                rec.update(validate(model, val_ds, limit=cfg.val_limit))
+                scores = validate(model, val_ds, limit=cfg.val_limit, should_stop=cut_short)
+                if scores is None:
+                    return
+                rec.update(scores)
                 if raw is not None:
                     rec["raw_si_snri"] = raw
                 better = sched.validated(rec["si_snri"])
             else:
-                better = True
+                better = not keep_best
             rec["lr"] = sched.lr(step)
             history.append(rec)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            with open(out / "log.jsonl", "a") as f:  # strict JSON: a non-finite figure is null, not NaN
+                f.write(json.dumps({k: _finite_or_none(v) for k, v in rec.items()}) + "\n")
             if better:
                 export_model_folder(out / "best", model, meta, name=cfg.name or out.resolve().name, history=history,
                                     train_config=asdict(cfg), seconds_per_step=sec_per_step(),
                                     schedule=sched.state_dict())
+        pending["step"] = None
         if not cfg.quiet:
             print(f"[validate] step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in rec.items()), file=sys.stderr, flush=True)
@@ -409,7 +455,10 @@ def train(cfg: TrainConfig) -> dict:
     t_start = last_ckpt = time.time()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else _null()
     try:
-        while step < total:
+        if pending["step"] == step:  # cut short by a signal before the checkpoint: redo it on the same weights
+            do_validation()
+            checkpoint()  # done (or cut short again): the checkpoint says which
+        while step < total and pending["step"] is None:
             t0 = time.perf_counter()
             idx = batch_indices(step, rank, world, cfg.batch_size, n_items, cfg.seed, steps_per_epoch)
             if isinstance(ds, LibriMixDataset):
@@ -439,10 +488,14 @@ def train(cfg: TrainConfig) -> dict:
             if step % steps_per_epoch == 0 or step == total:
                 do_validation()
             want_stop = stop["flag"] or (cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60)
+            diverged = not math.isfinite(recent[-1])
             if world > 1:
-                flag = torch.tensor([1.0 if want_stop else 0.0])
+                flag = torch.tensor([1.0 if want_stop else 0.0, 1.0 if diverged else 0.0])
                 dist.all_reduce(flag)
-                want_stop = bool(flag.item() > 0)
+                want_stop, diverged = bool(flag[0].item() > 0), bool(flag[1].item() > 0)
+            if diverged:  # the weights are lost: stop before a checkpoint or an export takes them
+                raise TrainDiverged(f"training diverged at step {step}: the loss is not finite; {ckpt_path} holds "
+                                    f"the last checkpoint before it (resume with a lower --lr or --lr-scale)")
             if want_stop or time.time() - last_ckpt > cfg.ckpt_minutes * 60 or step == total:
                 checkpoint()
                 last_ckpt = time.time()
@@ -455,8 +508,8 @@ def train(cfg: TrainConfig) -> dict:
             signal.signal(s, h)
     if world > 1:
         dist.barrier()
-    return {"step": step, "total": total, "best": sched.best, "stopped": step < total,
-            "export": str(out / "best"), "history": history, "signal": stop["signal"]}
+    return {"step": step, "total": total, "best": sched.best, "stopped": step < total or pending["step"] is not None,
+            "export": str(out / "best"), "history": history, "signal": stop["signal"], "rank": rank}
 
 
 def format_eta(seconds: float) -> str:
