@@ -728,7 +728,7 @@ def eval_cmd(
 ) -> None:
     """Score a model: SI-SNRi and SDRi (permutation-matched, against the mixture) through the same pipeline
     as `separate`. Prints mean and median, per speaker pair when metadata.csv names them."""
-    from .evaluate import evaluate
+    from .evaluate import NothingScored, evaluate
     from .pipeline import SeparationOptions
     from .train.data import DataError
 
@@ -750,6 +750,12 @@ def eval_cmd(
         raise _interrupt_exit(exc, "no scores written") from None
     except (DataError, FileNotFoundError) as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
+    except NothingScored as exc:  # every mixture named, one line each
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        for f in exc.failed:
+            _error(f["error"])
+        raise typer.Exit(EXIT_FAILED) from None
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc, debug, EXIT_FAILED) from None
     for f in res["failed"]:  # one line each; the figures cover the other mixtures

@@ -21,6 +21,15 @@ from .metrics import separation_scores
 from .train.data import DataError, librimix_items, read_mono
 
 
+class NothingScored(ValueError):
+    """No mixture could be scored; `failed` lists each ({"file", "error"}), str() the first (and how many more)."""
+
+    def __init__(self, failed: list[dict]):
+        self.failed = failed
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        super().__init__(failed[0]["error"] + more)
+
+
 def _speaker_pairs(folder: Path) -> dict[str, str]:
     """mixture file stem -> 'spkA+spkB' (sorted) from metadata.csv, if it has speaker columns."""
     meta = folder / "metadata.csv"
@@ -117,6 +126,10 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1, got {limit}")
     mixes, sources = librimix_items(data_dir, missing_ok=True)
+    n_src = getattr(getattr(separator, "model", None), "n_src", None)
+    if n_src is not None and len(sources[0]) != n_src:  # every mixture would fail after its separation
+        raise DataError(f"{data_dir}: {len(sources[0])} source folders (s1/ ...) but the model separates {n_src} "
+                        "speakers")
     if limit:
         mixes, sources = mixes[:limit], sources[:limit]
     pairs = _speaker_pairs(data_dir)
@@ -150,7 +163,7 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
         if progress:
             progress(len(mixes), len(mixes))
         if not rows:
-            raise ValueError(failed[0]["error"] + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+            raise NothingScored(failed)
         if out is not None:
             out.commit(rows)
     except BaseException:

@@ -6,6 +6,7 @@ from its definition."""
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -122,8 +123,18 @@ def test_eval_with_no_mixture_scored_fails_without_a_csv(tmp_path, bands):
         sf.write(d / "s1" / f"{i}.wav", np.zeros(SR, np.float32), SR)
     model = bandsplit_folder(tmp_path / "m", sample_rate=SR, segment=2.0)
     res = runner.invoke(app, ["eval", str(d), "-m", str(model), "--quiet", "--csv", str(tmp_path / "s.csv")])
-    assert res.exit_code == 1 and "shorter than the mixture" in res.stderr and "(and 2 more)" in res.stderr
+    assert res.exit_code == 1 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()  # each mixture named on its own line
+    named = [ln.removeprefix("sepcli: error: ").split(": ")[0] for ln in lines]
+    assert named == [str(d / "mix" / f"{i}.wav") for i in range(3)], lines
+    assert all("shorter than the mixture" in ln for ln in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m"]
+    three = _copy_folder(bands, tmp_path / "three")  # more sources than the model's outputs: refused before any
+    shutil.copytree(three / "s1", three / "s3")       # separation, as train refuses it
+    res = runner.invoke(app, ["eval", str(three), "-m", str(model), "--quiet", "--json"])
+    assert res.exit_code == 2 and res.stdout == ""
+    want = f"sepcli: error: {three}: 3 source folders (s1/ ...) but the model separates 2 speakers"
+    assert res.stderr.strip() == want
 
 
 def test_eval_json_stays_valid_with_a_silent_reference(tmp_path, bands):
