@@ -224,7 +224,8 @@ def test_train_refuses_bad_options_before_writing_anything(tmp_path, bands):
         (["--pools", str(tmp_path)], "not both"),  # with --data
         (["--lr", "inf"], "--lr must be a positive number"), (["--sample-rate", "100"], "--sample-rate must be"),
         (["--sample-rate", "0"], "--sample-rate must be"), (["--threads", "0"], "--threads must be at least 1"),
-        (["--max-minutes", "-1"], "--max-minutes must be positive"), (["--steps", "2", "--epochs", "5"], "not both"),
+        (["--max-minutes", "-1"], "--max-minutes must not be negative"),
+        (["--steps", "2", "--epochs", "5"], "not both"),
     ]
     for extra, words in cases:
         res = _train(tmp_path, *extra, data=bands)
@@ -242,6 +243,11 @@ def test_train_refuses_bad_options_before_writing_anything(tmp_path, bands):
 
 
 def test_train_protects_an_existing_run_and_names_a_corrupt_checkpoint(tmp_path, bands):
+    (tmp_path / "logonly").mkdir()  # a run's log without its checkpoint: still that run's folder
+    (tmp_path / "logonly" / "log.jsonl").write_text('{"step": 3}\n')
+    res = _train(tmp_path, "--steps", "1", data=bands, out="logonly")
+    assert res.exit_code == 2 and "holds a run already (log.jsonl)" in res.stderr
+    assert (tmp_path / "logonly" / "log.jsonl").read_text() == '{"step": 3}\n'
     assert _train(tmp_path, "--steps", "1", data=bands).exit_code == 0
     before = (tmp_path / "r" / "last.pt").read_bytes()
     res = _train(tmp_path, "--steps", "1", data=bands)  # no --resume: the run is not overwritten

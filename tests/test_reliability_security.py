@@ -210,3 +210,15 @@ def test_garbage_checkpoint_is_not_described_as_holding_python_objects(tmp_path)
     msg = torch_load_problem(info.value)
     assert msg.startswith("not a readable PyTorch checkpoint (damaged, or not a checkpoint") and "\n" not in msg
     assert "weights_only=False" not in msg
+
+
+def test_truncated_checkpoint_message_ends_on_a_whole_sentence(tmp_path):
+    from sepcli.runtime.loader import torch_load_problem
+
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "full.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:2000])  # a copy cut short
+    with pytest.raises(Exception) as info:
+        torch.load(tmp_path / "cut.pt", weights_only=True)
+    msg = torch_load_problem(info.value)
+    assert msg.startswith("not a readable PyTorch checkpoint (RuntimeError: PytorchStreamReader failed"), msg
+    assert msg.endswith(")") and not msg.endswith("file is)") and len(msg) < 240 and "\n" not in msg, msg

@@ -206,6 +206,8 @@ def test_interrupt_and_resume_equals_straight_run(tmp_path, pools, librimix, sou
     assert a["schedule"] == b["schedule"]
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    # the logged training loss (a mean over recent steps) is the same as well: its window is checkpointed
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
 
 
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])

@@ -108,9 +108,12 @@ def torch_load_problem(exc: BaseException) -> str:
         inner = one_line(inner, 120).removeprefix("WeightsUnpickler error: ") if inner.strip() else ""
         detail = inner if inner and "weights_only" not in inner else "unreadable content"
         return f"not a readable PyTorch checkpoint (damaged, or not a checkpoint: {detail})"
-    line = one_line(exc)
+    line = one_line(exc, 1000)
     if "weights_only" in line:  # never pass on advice to load unsafely
         line = type(exc).__name__
+    elif len(line) > 160:  # whole sentences: torch's zip reader appends advice that one_line would cut mid-word
+        end = line.rfind(". ", 0, 160)
+        line = line[:end] if end > 0 else line[:160]
     return f"not a readable PyTorch checkpoint ({type(exc).__name__}: {line})"
 
 

@@ -256,10 +256,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(f"--sample-rate must be between {MIN_RATE} and {MAX_RATE} Hz, got {cfg.sample_rate}")
     if cfg.threads is not None and cfg.threads < 1:
         raise TrainError(f"--threads must be at least 1, got {cfg.threads}")
-    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
-        raise TrainError(f"--max-minutes must be positive, got {cfg.max_minutes}")
-    if (out / "last.pt").exists() and not cfg.resume:
-        raise TrainError(f"{out}: holds a run already (last.pt); continue it with --resume or choose another --out")
+    if cfg.max_minutes is not None and not cfg.max_minutes >= 0:  # 0: one step, then a checkpoint
+        raise TrainError(f"--max-minutes must not be negative, got {cfg.max_minutes}")
+    for held in ("last.pt", "log.jsonl"):  # a run's log without its checkpoint is still that run's folder
+        if (out / held).exists() and not cfg.resume:
+            raise TrainError(f"{out}: holds a run already ({held}); continue it with --resume or choose another --out")
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -326,6 +327,7 @@ def train(cfg: TrainConfig) -> dict:
     sched = Schedule(cfg.lr, cfg.warmup, cfg.patience)
     step, history, saved_average = 0, [], None
     pending: dict = {"step": None}
+    recent_losses: list[float] = []
     if cfg.resume and ckpt_path.exists():
         state = _load_checkpoint(ckpt_path)
         changed = _changed_options(state.get("config"), cfg)
@@ -341,6 +343,7 @@ def train(cfg: TrainConfig) -> dict:
         step, history = int(state["step"]), json.loads(state["history"])
         saved_average = state.get("ema")
         pending["step"] = state.get("pending_validation")  # a validation a signal cut short: it runs first
+        recent_losses = list(state.get("recent_losses") or [])  # the logged train_loss goes on as if never stopped
     elif cfg.init and cfg.continue_init:
         # A committed model folder carries no optimiser state (kept small): continue its step count and lr
         # schedule, and re-warm Adam's moments over `warmup` steps from there.
@@ -400,7 +403,7 @@ def train(cfg: TrainConfig) -> dict:
                               "arch": arch, "arch_args": arch_args, "history": json.dumps(history),
                               "config": json.dumps(asdict(cfg), default=str),
                               "ema": average.state_dict() if average is not None else None,
-                              "pending_validation": pending["step"]})
+                              "pending_validation": pending["step"], "recent_losses": list(recent)})
 
     def do_validation():
         nonlocal history
@@ -445,7 +448,7 @@ def train(cfg: TrainConfig) -> dict:
             print(f"[validate] step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in rec.items()), file=sys.stderr, flush=True)
 
-    recent: list[float] = []
+    recent: list[float] = recent_losses
     times: list[float] = []
 
     def sec_per_step() -> float | None:
