@@ -135,9 +135,10 @@ def commit(self, overwrite=True):
     return p
 
 def write(self, block):
-    real_write(self, block)
+    written = real_write(self, block)
     if where == "writing":
         os.kill(os.getpid(), signal.SIGKILL)
+    return written
 
 io_mod.AtomicWriter.commit, io_mod.AtomicWriter.write = commit, write
 Separator(Path(model), loudness=sys.argv[5]).separate_file(src, out)
