@@ -621,6 +621,7 @@ TRAIN_EXIT_HELP = ("Exit codes: 0 = done, or stopped by --max-minutes (checkpoin
 
 @app.command(epilog=TRAIN_EXIT_HELP)
 def train(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "-o", "--out", help="Run folder: checkpoints (last.pt), log.jsonl, best/ model."),
     arch: str | None = typer.Option(None, help="Network configuration, e.g. s4m-tiny-16k, s4m-16k, spmamba-8k."),
     init: str | None = typer.Option(None, help="Start from this model (zoo name or folder) instead of --arch."),
@@ -673,16 +674,22 @@ def train(
     from .train.trainer import TrainConfig, TrainDiverged, TrainError
     from .train.trainer import train as run_training
 
-    cfg = TrainConfig(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
-                      sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
-                      epoch_steps=epoch_steps, lr=lr, resume=resume, lr_scale=lr_scale, name=name, threads=threads,
-                      max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
-                      mixed_share=mixed_share, person_power=person_power, variants=variants, ema=ema, bf16=bf16,
-                      compile=compile_net, quiet=quiet)
     from .runtime.loader import ModelError
+    from .train.trainer import saved_options
 
+    kw = dict(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
+              sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
+              epoch_steps=epoch_steps, lr=lr, resume=resume, lr_scale=lr_scale, name=name, threads=threads,
+              max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
+              mixed_share=mixed_share, person_power=person_power, variants=variants, ema=ema, bf16=bf16,
+              compile=compile_net, quiet=quiet)
     try:
-        result = run_training(cfg)
+        if resume:  # what the command line does not give again is the run's own (its checkpoint's config)
+            renamed = {"reverb": "reverb_prob", "noise": "noise_prob", "compile_net": "compile"}
+            sources = {p: getattr(ctx.get_parameter_source(p), "name", "DEFAULT") for p in ctx.params}
+            given = {renamed.get(p, p) for p, src in sources.items() if src not in ("DEFAULT", "DEFAULT_MAP")}
+            kw.update(saved_options(out, given))
+        result = run_training(TrainConfig(**kw))
     except TrainDiverged as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
     except (TrainError, DataError, ValueError) as exc:

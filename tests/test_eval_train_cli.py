@@ -455,3 +455,18 @@ def test_eval_of_file_names_that_are_not_utf8(tmp_path, bands):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["n"] == 3
     assert b"\nM\xfcller.wav," in (tmp_path / "s.csv").read_bytes()  # the name's own bytes, as on disk
+
+
+def test_resume_takes_the_runs_own_options(tmp_path, bands):
+    """`train -o RUN --resume` alone continues the run as it was started (arch, data, segment, batch, ...);
+    what is given again replaces the saved value (here --steps: one more step)."""
+    assert _train(tmp_path, "--steps", "1", "--val-data", str(bands), data=bands).exit_code == 0
+    res = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--resume", "--steps", "2", "--quiet",
+                              "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "changed options" not in res.stderr and "done at step 2/2" in res.stderr
+    log = [json.loads(ln) for ln in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]  # --val-data came from the checkpoint too
+    res = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--resume", "--steps", "3", "--segment", "0.5",
+                              "--quiet", "--threads", "1"])
+    assert res.exit_code == 0 and "changed options (segment 0.25 -> 0.5)" in res.stderr, res.stderr

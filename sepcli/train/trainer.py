@@ -278,6 +278,34 @@ def _load_checkpoint(path: Path) -> dict:
     raise TrainError(f"{path}: not a readable training checkpoint ({why}); move it away to start again")
 
 
+# what `--resume` takes from the run's checkpoint when the command line does not give it again
+RESUMED_OPTIONS = ("arch", "init", "data", "pools", "val_data", "sample_rate", "segment", "batch_size", "steps",
+                   "epochs", "epoch_steps", "lr", "reverb_prob", "noise_prob", "real_share", "mixed_share",
+                   "person_power", "variants", "ema", "name", "val_limit")
+_EITHER = (("arch", "init"), ("data", "pools"), ("steps", "epochs"))  # giving one of a pair replaces both
+
+
+def saved_options(out: Path, given: set[str]) -> dict:
+    """The options OUT/last.pt's run was started with, for those of RESUMED_OPTIONS not in `given` (the
+    TrainConfig fields given on the command line), so `sepcli train -o RUN --resume` alone continues the run.
+    {} when there is no checkpoint."""
+    ckpt = Path(out) / "last.pt"
+    if not ckpt.is_file():
+        return {}
+    saved = json.loads(_load_checkpoint(ckpt).get("config") or "{}")
+    skip = set(given)
+    for pair in _EITHER:
+        if skip & set(pair):
+            skip |= set(pair)
+    found = {}
+    for k in RESUMED_OPTIONS:
+        if k in skip or k not in saved:
+            continue
+        v = saved[k]
+        found[k] = Path(v) if k in ("data", "pools", "val_data") and v is not None else v
+    return found
+
+
 def _changed_options(saved_json: str | None, cfg: TrainConfig) -> list[str]:
     """'batch_size 4 -> 2' for each RUN_OPTIONS entry that differs from the checkpoint's saved configuration."""
     try:
