@@ -470,3 +470,10 @@ def test_resume_takes_the_runs_own_options(tmp_path, bands):
     res = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--resume", "--steps", "3", "--segment", "0.5",
                               "--quiet", "--threads", "1"])
     assert res.exit_code == 0 and "changed options (segment 0.25 -> 0.5)" in res.stderr, res.stderr
+
+
+def test_train_warns_when_a_step_needs_more_mixtures_than_the_folder_has(tmp_path, bands):
+    res = _train(tmp_path, "--steps", "1", "--batch-size", "5", data=bands)
+    assert res.exit_code == 0 and f"warning: {bands} holds 3 mixtures, fewer than a step's 5" in res.stderr
+    res = _train(tmp_path, "--steps", "1", "--batch-size", "3", data=bands, out="r3")
+    assert res.exit_code == 0 and "warning" not in res.stderr

@@ -340,6 +340,10 @@ def train(cfg: TrainConfig) -> dict:
         ds = LibriMixDataset(cfg.data, sr, cfg.segment, cfg.seed)
         n_items = len(ds)
         steps_per_epoch = max(1, n_items // (cfg.batch_size * world))
+        if n_items < cfg.batch_size * world and rank == 0:
+            print(f"warning: {cfg.data} holds {n_items} mixtures, fewer than a step's {cfg.batch_size * world}: "
+                  "mixtures repeat within each step (a smaller --batch-size trains as fast per mixture)",
+                  file=sys.stderr)
     else:  # --pools (check_config: exactly one of the two)
         ds = DynamicMixDataset(cfg.pools, sr, opts, "train", seed=cfg.seed, variants=cfg.variants)
         n_items, steps_per_epoch = None, cfg.epoch_steps
