@@ -225,7 +225,7 @@ def test_train_refuses_bad_options_before_writing_anything(tmp_path, bands):
         (["--lr", "inf"], "--lr must be a positive number"), (["--sample-rate", "100"], "--sample-rate must be"),
         (["--sample-rate", "0"], "--sample-rate must be"), (["--threads", "0"], "--threads must be at least 1"),
         (["--max-minutes", "-1"], "--max-minutes must not be negative"),
-        (["--steps", "2", "--epochs", "5"], "not both"),
+        (["--steps", "2", "--epochs", "5"], "not both"), (["--lr-scale", "0.5"], "give it with --resume"),
     ]
     for extra, words in cases:
         res = _train(tmp_path, *extra, data=bands)

@@ -248,6 +248,9 @@ def check_config(cfg: TrainConfig) -> None:
             raise TrainError(f"{opt} must be at least {low}, got {value}")
     if cfg.steps is not None and cfg.epochs is not None:
         raise TrainError("give --steps or --epochs, not both")
+    if cfg.lr_scale is not None and not (cfg.resume or cfg.continue_init):
+        raise TrainError("--lr-scale changes the lr of a run being continued: give it with --resume (a new run "
+                         "takes --lr)")
     if not cfg.segment > 0:
         raise TrainError(f"--segment must be positive, got {cfg.segment}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
