@@ -472,8 +472,17 @@ def test_resume_takes_the_runs_own_options(tmp_path, bands):
     assert res.exit_code == 0 and "changed options (segment 0.25 -> 0.5)" in res.stderr, res.stderr
 
 
-def test_train_warns_when_a_step_needs_more_mixtures_than_the_folder_has(tmp_path, bands):
+def test_train_warns_about_data_that_trains_other_than_expected(tmp_path, bands):
     res = _train(tmp_path, "--steps", "1", "--batch-size", "5", data=bands)
     assert res.exit_code == 0 and f"warning: {bands} holds 3 mixtures, fewer than a step's 5" in res.stderr
     res = _train(tmp_path, "--steps", "1", "--batch-size", "3", data=bands, out="r3")
     assert res.exit_code == 0 and "warning" not in res.stderr
+    res = _train(tmp_path, "--steps", "1", "--segment", "3", data=bands, out="r4")  # the mixtures last 2 s
+    assert res.exit_code == 0 and "warning: --segment 3 s is longer than every mixture" in res.stderr
+    assert "(the longest lasts 2.00 s)" in res.stderr
+    d = _copy_folder(bands, tmp_path / "rates")
+    x = sf.read(d / "s2" / "0.wav", dtype="float32")[0]
+    sf.write(d / "s2" / "0.wav", np.repeat(x, 2), 2 * SR, subtype="FLOAT")  # the same 2 s at 16 kHz
+    res = _train(tmp_path, "--steps", "1", data=d, out="r5")
+    assert res.exit_code == 0
+    assert f"warning: {d / 's2' / '0.wav'} is at 16000 Hz, its mixture at 8000 Hz: sources are resampled" in res.stderr

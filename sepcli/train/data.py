@@ -64,16 +64,23 @@ def librimix_items(folder: Path, missing_ok: bool = False) -> tuple[list[Path], 
     return mixes, sources
 
 
-def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> None:
-    """From the file headers (fast): every source lasts at least as long as its mixture, every file decodes."""
+def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> dict:
+    """From the file headers (fast): every source lasts at least as long as its mixture, every file decodes.
+    Returns {"longest": the longest mixture in seconds, "other_rate": the first source whose rate differs from
+    its mixture's (it is resampled; LibriMix folders have one rate), or None}."""
+    longest, other_rate = 0.0, None
     for m, srcs in zip(mixes, sources):
         info = _info(m)
         need = info.frames / info.samplerate
+        longest = max(longest, need)
         for p in srcs:
             si = _info(p)
             if si.frames / si.samplerate < need - 1.0 / info.samplerate:
                 raise DataError(f"{m}: source {p} is shorter than the mixture ({si.frames / si.samplerate:.3f} "
                                 f"against {need:.3f} s)")
+            if other_rate is None and si.samplerate != info.samplerate:
+                other_rate = f"{p} is at {si.samplerate} Hz, its mixture at {info.samplerate} Hz"
+    return {"longest": longest, "other_rate": other_rate}
 
 
 def _info(path: Path):
@@ -97,7 +104,7 @@ class LibriMixDataset(Dataset):
 
     def __init__(self, folder: Path, sample_rate: int, segment: float | None = None, seed: int = 0):
         self.mixes, self.sources = librimix_items(folder)
-        check_lengths(self.mixes, self.sources)
+        self.summary = check_lengths(self.mixes, self.sources)
         self.sample_rate = sample_rate
         self.segment = segment
         self.seed = seed

@@ -87,6 +87,21 @@ class TrainDiverged(TrainError):
     """The loss became NaN/Inf: a failure of the run (exit 1), not a usage error."""
 
 
+def data_warnings(cfg: TrainConfig, ds: LibriMixDataset, n_items: int, per_step: int) -> list[str]:
+    """What about a --data folder trains other than a user would guess (it still trains)."""
+    out = []
+    if n_items < per_step:
+        out.append(f"{cfg.data} holds {n_items} mixtures, fewer than a step's {per_step}: mixtures repeat within "
+                   "each step (a smaller --batch-size trains as fast per mixture)")
+    longest = ds.summary["longest"]
+    if cfg.segment > longest + 1e-6:
+        out.append(f"--segment {cfg.segment:g} s is longer than every mixture of {cfg.data} (the longest lasts "
+                   f"{longest:.2f} s): every crop is zero-padded to it")
+    if ds.summary["other_rate"]:
+        out.append(f"{ds.summary['other_rate']}: sources are resampled to their mixture's rate")
+    return out
+
+
 def _finite_or_none(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
@@ -343,10 +358,9 @@ def train(cfg: TrainConfig) -> dict:
         ds = LibriMixDataset(cfg.data, sr, cfg.segment, cfg.seed)
         n_items = len(ds)
         steps_per_epoch = max(1, n_items // (cfg.batch_size * world))
-        if n_items < cfg.batch_size * world and rank == 0:
-            print(f"warning: {cfg.data} holds {n_items} mixtures, fewer than a step's {cfg.batch_size * world}: "
-                  "mixtures repeat within each step (a smaller --batch-size trains as fast per mixture)",
-                  file=sys.stderr)
+        if rank == 0:
+            for warning in data_warnings(cfg, ds, n_items, cfg.batch_size * world):
+                print(f"warning: {warning}", file=sys.stderr)
     else:  # --pools (check_config: exactly one of the two)
         ds = DynamicMixDataset(cfg.pools, sr, opts, "train", seed=cfg.seed, variants=cfg.variants)
         n_items, steps_per_epoch = None, cfg.epoch_steps
