@@ -692,6 +692,11 @@ def train(
         result = run_training(TrainConfig(**kw))
     except TrainDiverged as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
+    except OSError as exc:  # the run folder cannot be created or written (permissions, read-only, full)
+        from .audio.io import os_problem
+
+        where = exc.filename if exc.filename is not None else out
+        raise _fail(OSError(f"{where}: {os_problem(exc)}"), debug, EXIT_FAILED) from None
     except (TrainError, DataError, ValueError) as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
     except ModelError as exc:  # --init

@@ -486,3 +486,11 @@ def test_train_warns_about_data_that_trains_other_than_expected(tmp_path, bands)
     res = _train(tmp_path, "--steps", "1", data=d, out="r5")
     assert res.exit_code == 0
     assert f"warning: {d / 's2' / '0.wav'} is at 16000 Hz, its mixture at 8000 Hz: sources are resampled" in res.stderr
+
+
+def test_train_into_a_folder_it_cannot_create_is_one_line(tmp_path, bands):
+    (tmp_path / "afile").write_text("x")
+    res = _train(tmp_path, "--steps", "1", data=bands, out="afile/run")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.strip().splitlines()[-1] == f"sepcli: error: {tmp_path / 'afile' / 'run'}: a parent of this " \
+        "path is not a folder", res.stderr
