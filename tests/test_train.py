@@ -917,6 +917,20 @@ def test_ddp_two_processes_train_and_export(tmp_path, librimix):
         out = loaded.network(torch.zeros(1, 800))
     assert conf["provenance"]["step"] == 3
     assert out.shape == (1, 2, 800)
+    # a validation a signal cut short runs first on resume, on rank 0 only; the other rank must not wait for
+    # it in another collective (it hung before)
+    ckpt = tmp_path / "run" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["pending_validation"] = 3
+    torch.save(state, ckpt)
+    resumed = f"steps=4, resume=True, val_data=Path({str(librimix)!r}),"
+    script.write_text(script.read_text().replace("steps=3,", resumed))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29518", str(script)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][-2:] == [3, 4] and all("si_snri" in r for r in log[-2:])
 
 
 def test_continue_from_exported_weights_keeps_step_and_schedule(tmp_path, librimix):
@@ -1142,3 +1156,58 @@ def test_a_signal_during_validation_stops_at_once_and_resume_validates_first(tmp
     assert not resumed["stopped"] and [h["step"] for h in resumed["history"]] == [3, 4]  # an epoch: 6 items / 2
     assert resumed["history"][1]["si_snri"] == pytest.approx(straight["history"][1]["si_snri"], abs=1e-5)
     assert _weights(out)["pending_validation"] is None
+
+
+def test_a_nan_loss_at_a_validation_step_exports_nothing(tmp_path, librimix, monkeypatch):
+    """No --val-data: the latest weights would be exported at each epoch's end; a NaN there must not be."""
+    real_step, calls = trainer.train_step, []
+
+    def nan_at_step_3(net, *args, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # the last step of the first epoch (6 mixtures, 2 per step)
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.fill_(float("nan"))
+            return torch.tensor(float("nan"))
+        return real_step(net, *args, **kw)
+
+    monkeypatch.setattr(trainer, "train_step", nan_at_step_3)
+    with pytest.raises(trainer.TrainDiverged, match="step 3: .*no checkpoint was written before it"):
+        train(cfg(tmp_path / "r", data=librimix, steps=6))
+    assert not (tmp_path / "r" / "best").exists() and not (tmp_path / "r" / "log.jsonl").exists()
+
+
+def test_a_run_continued_from_init_without_validation_exports_its_weights(tmp_path, librimix):
+    train(cfg(tmp_path / "a", data=librimix, val_data=librimix, steps=3))
+    c = cfg(tmp_path / "b", data=librimix, steps=6, init=str(tmp_path / "a" / "best"), continue_init=True)
+    c.arch = None
+    train(c)
+    assert (tmp_path / "b" / "best" / "weights.safetensors").is_file()
+
+
+def test_saved_options_of_older_runs_and_other_working_directories(tmp_path, librimix, monkeypatch):
+    from sepcli.train.trainer import saved_options
+
+    monkeypatch.chdir(librimix.parent)
+    train(cfg(tmp_path / "r", data=Path(librimix.name), steps=1))  # a relative --data
+    monkeypatch.chdir(tmp_path)
+    assert saved_options(tmp_path / "r", set())["data"] == librimix  # absolute in the checkpoint
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    old = json.loads(state["config"])
+    old.update(sample_rate=0, steps=5, epochs=2)  # what the previous version accepted
+    state["config"] = json.dumps(old)
+    torch.save(state, tmp_path / "r" / "last.pt")
+    got = saved_options(tmp_path / "r", set())
+    assert got["sample_rate"] is None and got["steps"] == 5 and got["epochs"] is None
+    assert saved_options(tmp_path / "r", {"epochs"}).get("steps") is None  # giving one of a pair replaces both
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_problem(tmp_path, monkeypatch):
+    def refuse(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                           "Permission denied")
+
+    monkeypatch.setattr(trainer.torch, "save", refuse)
+    with pytest.raises(OSError, match=r"^cannot write the checkpoint \(Permission denied\)$"):
+        trainer._save(tmp_path / "last.pt", {})
+    assert list(tmp_path.iterdir()) == []

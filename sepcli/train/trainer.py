@@ -232,7 +232,12 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, mix: torch.Tens
 
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    try:
+        torch.save(state, tmp)
+    except RuntimeError as exc:  # torch's C++ writer: "open file failed with strerror: Permission denied", ...
+        tmp.unlink(missing_ok=True)
+        why = str(exc).rsplit("strerror:", 1)[-1].strip() if "strerror:" in str(exc) else " ".join(str(exc).split())
+        raise OSError(f"cannot write the checkpoint ({why})") from None
     os.replace(tmp, path)
 
 
@@ -321,6 +326,11 @@ def saved_options(out: Path, given: set[str]) -> dict:
             continue
         v = saved[k]
         found[k] = Path(v) if k in ("data", "pools", "val_data") and v is not None else v
+    # runs of earlier versions: --sample-rate 0 meant the configuration's rate; --steps won over --epochs
+    if found.get("sample_rate") == 0:
+        found["sample_rate"] = None
+    if found.get("steps") is not None and found.get("epochs") is not None:
+        found["epochs"] = None
     return found
 
 
@@ -330,8 +340,18 @@ def _changed_options(saved_json: str | None, cfg: TrainConfig) -> list[str]:
         saved = json.loads(saved_json) if saved_json else {}
     except ValueError:
         return []
-    now = json.loads(json.dumps(asdict(cfg), default=str))
+    now = _saved_config(cfg)
     return [f"{k} {saved[k]} -> {now[k]}" for k in RUN_OPTIONS if k in saved and saved[k] != now.get(k)]
+
+
+def _saved_config(cfg: TrainConfig) -> dict:
+    """The run's configuration as its checkpoint keeps it: JSON, folders absolute (so `--resume` from another
+    working directory finds them, and a folder given relative or absolute compares equal)."""
+    d = json.loads(json.dumps(asdict(cfg), default=str))
+    for k in ("data", "pools", "val_data", "init"):
+        if d.get(k) and (k != "init" or Path(d[k]).exists()):  # init may be a zoo name
+            d[k] = os.path.abspath(d[k])
+    return d
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -377,7 +397,8 @@ def train(cfg: TrainConfig) -> dict:
     step, history, saved_average = 0, [], None
     pending: dict = {"step": None}
     recent_losses: list[float] = []
-    if cfg.resume and ckpt_path.exists():
+    resumed = cfg.resume and ckpt_path.exists()
+    if resumed:
         state = _load_checkpoint(ckpt_path)
         changed = _changed_options(state.get("config"), cfg)
         if changed and rank == 0:
@@ -391,7 +412,8 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_rng_state(state["rng"]["torch"])
         step, history = int(state["step"]), json.loads(state["history"])
         saved_average = state.get("ema")
-        pending["step"] = state.get("pending_validation")  # a validation a signal cut short: it runs first
+        if rank == 0:  # a validation a signal cut short runs first (only rank 0 validates; the others go on)
+            pending["step"] = state.get("pending_validation")
         recent_losses = list(state.get("recent_losses") or [])  # the logged train_loss goes on as if never stopped
     elif cfg.init and cfg.continue_init:
         # A committed model folder carries no optimiser state (kept small): continue its step count and lr
@@ -416,7 +438,8 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             print(f"lr scale set to {cfg.lr_scale:g}: lr {sched.lr(step):.4g} from step {step}", file=sys.stderr)
 
-    keep_best = val_ds is None and math.isfinite(sched.best)  # a validated best/ is not replaced by unscored weights
+    # a validated best/ of this run is not replaced by unscored weights (a run continued from --init has its own)
+    keep_best = val_ds is None and resumed and (out / "best").is_dir() and math.isfinite(sched.best)
     if keep_best and rank == 0:
         print(f"no --val-data: {out / 'best'} keeps the run's validated best ({sched.best:.2f} dB SI-SNRi); the "
               f"latest weights are in {ckpt_path.name} (give --val-data to go on selecting)", file=sys.stderr)
@@ -450,7 +473,7 @@ def train(cfg: TrainConfig) -> dict:
             _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                               "schedule": sched.state_dict(), "rng": _rng_state(), "step": step,
                               "arch": arch, "arch_args": arch_args, "history": json.dumps(history),
-                              "config": json.dumps(asdict(cfg), default=str),
+                              "config": json.dumps(_saved_config(cfg)),
                               "ema": average.state_dict() if average is not None else None,
                               "pending_validation": pending["step"], "recent_losses": list(recent)})
 
@@ -506,11 +529,17 @@ def train(cfg: TrainConfig) -> dict:
     bar = _progress_bar(total, step) if rank == 0 and not cfg.quiet and sys.stderr.isatty() else None
     t_start = last_ckpt = time.time()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else _null()
+    stop_now = False
     try:
         if pending["step"] == step:  # cut short by a signal before the checkpoint: redo it on the same weights
             do_validation()
             checkpoint()  # done (or cut short again): the checkpoint says which
-        while step < total and pending["step"] is None:
+        stop_now = pending["step"] is not None  # cut short again (rank 0 validates; every rank must agree)
+        if world > 1:
+            agree = torch.tensor([1.0 if stop_now else 0.0])
+            dist.broadcast(agree, 0)
+            stop_now = bool(agree.item() > 0)
+        while step < total and not stop_now:
             t0 = time.perf_counter()
             idx = batch_indices(step, rank, world, cfg.batch_size, n_items, cfg.seed, steps_per_epoch)
             if isinstance(ds, LibriMixDataset):
@@ -537,17 +566,23 @@ def train(cfg: TrainConfig) -> dict:
                 sps = sec_per_step()
                 print(f"step {step}/{total} loss {np.mean(recent[-cfg.log_every:]):.3f} {sps:.2f} s/step "
                       f"ETA {format_eta(sps * (total - step))}", file=sys.stderr, flush=True)
+            diverged = not math.isfinite(recent[-1])
+            if world > 1:  # one rank's NaN reaches every rank's weights through the gradients
+                flag = torch.tensor([1.0 if diverged else 0.0])
+                dist.all_reduce(flag)
+                diverged = bool(flag.item() > 0)
+            if diverged:  # the weights are lost: stop before a validation, checkpoint or export takes them
+                before = (f"{ckpt_path} holds the last checkpoint before it" if ckpt_path.exists()
+                          else "no checkpoint was written before it")
+                raise TrainDiverged(f"training diverged at step {step}: the loss is not finite; {before} "
+                                    "(start again or resume with a lower --lr or --lr-scale)")
             if step % steps_per_epoch == 0 or step == total:
                 do_validation()
             want_stop = stop["flag"] or (cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60)
-            diverged = not math.isfinite(recent[-1])
             if world > 1:
-                flag = torch.tensor([1.0 if want_stop else 0.0, 1.0 if diverged else 0.0])
+                flag = torch.tensor([1.0 if want_stop else 0.0])
                 dist.all_reduce(flag)
-                want_stop, diverged = bool(flag[0].item() > 0), bool(flag[1].item() > 0)
-            if diverged:  # the weights are lost: stop before a checkpoint or an export takes them
-                raise TrainDiverged(f"training diverged at step {step}: the loss is not finite; {ckpt_path} holds "
-                                    f"the last checkpoint before it (resume with a lower --lr or --lr-scale)")
+                want_stop = bool(flag.item() > 0)
             if want_stop or time.time() - last_ckpt > cfg.ckpt_minutes * 60 or step == total:
                 checkpoint()
                 last_ckpt = time.time()
@@ -560,7 +595,8 @@ def train(cfg: TrainConfig) -> dict:
             signal.signal(s, h)
     if world > 1:
         dist.barrier()
-    return {"step": step, "total": total, "best": sched.best, "stopped": step < total or pending["step"] is not None,
+    return {"step": step, "total": total, "best": sched.best,
+            "stopped": step < total or pending["step"] is not None or stop_now,
             "export": str(out / "best"), "history": history, "signal": stop["signal"], "rank": rank}
 
 
