@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import separation_scores
+from .metrics import finite_or_none, separation_scores
 from .train.data import DataError, librimix_items, read_mono
 
 
@@ -43,12 +43,6 @@ def _speaker_pairs(folder: Path) -> dict[str, str]:
             if spk and stem:
                 out[stem] = "+".join(spk)
     return out
-
-
-def _finite_or_none(v: float) -> float | None:
-    """Scores of degenerate files (a silent reference: SDR -inf, SI-SNR undefined) are kept as missing, so the CSV
-    and the JSON (which has no NaN or Infinity) stay valid; the means skip them and say how many they cover."""
-    return v if math.isfinite(v) else None
 
 
 def _silent_reference(refs: np.ndarray, mix: np.ndarray) -> bool:
@@ -126,8 +120,8 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1, got {limit}")
     mixes, sources = librimix_items(data_dir, missing_ok=True)
-    n_src = getattr(getattr(separator, "model", None), "n_src", None)
-    if n_src is not None and len(sources[0]) != n_src:  # every mixture would fail after its separation
+    n_src = separator.model.n_src
+    if len(sources[0]) != n_src:  # every mixture would fail after its separation
         raise DataError(f"{data_dir}: {len(sources[0])} source folders (s1/ ...) but the model separates {n_src} "
                         "speakers")
     if limit:
@@ -152,13 +146,15 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
                 msg = " ".join(str(exc).split()) or type(exc).__name__
                 failed.append({"file": str(mix_path), "error": msg if str(mix_path) in msg else f"{mix_path}: {msg}"})
                 continue
-            undefined = _silent_reference(refs, mix)  # SI-SNR against silence is only its epsilon: not a score
+            # degenerate files (a silent reference: SDR -inf, SI-SNR only its epsilon) are kept as missing, so the
+            # CSV and the JSON stay valid; the means skip them and say how many they cover
+            undefined = _silent_reference(refs, mix)
             row = {"file": mix_path.name, "pair": pairs.get(mix_path.stem, ""),
-                   "si_snr": None if undefined else _finite_or_none(float(np.mean(s["si_snr"]))),
-                   "si_snri": None if undefined else _finite_or_none(float(np.mean(s["si_snri"])))}
+                   "si_snr": None if undefined else finite_or_none(float(np.mean(s["si_snr"]))),
+                   "si_snri": None if undefined else finite_or_none(float(np.mean(s["si_snri"])))}
             if with_sdr:
-                row.update(sdr=_finite_or_none(float(np.mean(s["sdr"]))),
-                           sdri=_finite_or_none(float(np.mean(s["sdri"]))))
+                row.update(sdr=finite_or_none(float(np.mean(s["sdr"]))),
+                           sdri=finite_or_none(float(np.mean(s["sdri"]))))
             rows.append(row)
         if progress:
             progress(len(mixes), len(mixes))

@@ -8,6 +8,7 @@ SDR is BSS-eval v4's (time-invariant 512-tap distortion filter) through fast_bss
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import torch
@@ -95,3 +96,9 @@ def separation_scores(est: np.ndarray, ref: np.ndarray, mix: np.ndarray, with_sd
         d0 = sdr(np.broadcast_to(mix_t.numpy(), ref_t.shape).copy(), ref_t.numpy())
         out["sdr"], out["sdri"] = d, d - d0
     return out
+
+
+def finite_or_none(v):
+    """A score as JSON and CSV can hold it: a non-finite float (a degenerate file's -inf, a diverged run's NaN)
+    becomes None; anything else is returned as it is."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v

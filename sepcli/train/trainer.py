@@ -87,11 +87,11 @@ class TrainDiverged(TrainError):
     """The loss became NaN/Inf: a failure of the run (exit 1), not a usage error."""
 
 
-def data_warnings(cfg: TrainConfig, ds: LibriMixDataset, n_items: int, per_step: int) -> list[str]:
+def data_warnings(cfg: TrainConfig, ds: LibriMixDataset, per_step: int) -> list[str]:
     """What about a --data folder trains other than a user would guess (it still trains)."""
     out = []
-    if n_items < per_step:
-        out.append(f"{cfg.data} holds {n_items} mixtures, fewer than a step's {per_step}: mixtures repeat within "
+    if len(ds) < per_step:
+        out.append(f"{cfg.data} holds {len(ds)} mixtures, fewer than a step's {per_step}: mixtures repeat within "
                    "each step (a smaller --batch-size trains as fast per mixture)")
     longest = ds.summary["longest"]
     if cfg.segment > longest + 1e-6:
@@ -102,8 +102,13 @@ def data_warnings(cfg: TrainConfig, ds: LibriMixDataset, n_items: int, per_step:
     return out
 
 
-def _finite_or_none(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+def _any_rank(world: int, *flags: bool) -> list[bool]:
+    """Each flag, true when it is true on any rank (one all_reduce under torchrun): ranks decide together."""
+    if world == 1:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
+    dist.all_reduce(t)
+    return [bool(v > 0) for v in t.tolist()]
 
 
 def _dist() -> tuple[int, int]:
@@ -379,7 +384,7 @@ def train(cfg: TrainConfig) -> dict:
         n_items = len(ds)
         steps_per_epoch = max(1, n_items // (cfg.batch_size * world))
         if rank == 0:
-            for warning in data_warnings(cfg, ds, n_items, cfg.batch_size * world):
+            for warning in data_warnings(cfg, ds, cfg.batch_size * world):
                 print(f"warning: {warning}", file=sys.stderr)
     else:  # --pools (check_config: exactly one of the two)
         ds = DynamicMixDataset(cfg.pools, sr, opts, "train", seed=cfg.seed, variants=cfg.variants)
@@ -510,7 +515,7 @@ def train(cfg: TrainConfig) -> dict:
             rec["lr"] = sched.lr(step)
             history.append(rec)
             with open(out / "log.jsonl", "a") as f:  # strict JSON: a non-finite figure is null, not NaN
-                f.write(json.dumps({k: _finite_or_none(v) for k, v in rec.items()}) + "\n")
+                f.write(json.dumps({k: metrics.finite_or_none(v) for k, v in rec.items()}) + "\n")
             if better:
                 export_model_folder(out / "best", model, meta, name=cfg.name or out.resolve().name, history=history,
                                     train_config=asdict(cfg), seconds_per_step=sec_per_step(),
@@ -534,11 +539,7 @@ def train(cfg: TrainConfig) -> dict:
         if pending["step"] == step:  # cut short by a signal before the checkpoint: redo it on the same weights
             do_validation()
             checkpoint()  # done (or cut short again): the checkpoint says which
-        stop_now = pending["step"] is not None  # cut short again (rank 0 validates; every rank must agree)
-        if world > 1:
-            agree = torch.tensor([1.0 if stop_now else 0.0])
-            dist.broadcast(agree, 0)
-            stop_now = bool(agree.item() > 0)
+        stop_now, = _any_rank(world, pending["step"] is not None)  # cut short again (only rank 0 validates)
         while step < total and not stop_now:
             t0 = time.perf_counter()
             idx = batch_indices(step, rank, world, cfg.batch_size, n_items, cfg.seed, steps_per_epoch)
@@ -566,23 +567,17 @@ def train(cfg: TrainConfig) -> dict:
                 sps = sec_per_step()
                 print(f"step {step}/{total} loss {np.mean(recent[-cfg.log_every:]):.3f} {sps:.2f} s/step "
                       f"ETA {format_eta(sps * (total - step))}", file=sys.stderr, flush=True)
-            diverged = not math.isfinite(recent[-1])
-            if world > 1:  # one rank's NaN reaches every rank's weights through the gradients
-                flag = torch.tensor([1.0 if diverged else 0.0])
-                dist.all_reduce(flag)
-                diverged = bool(flag.item() > 0)
+            # one rank's NaN reaches every rank's weights through the gradients; one collective per step decides both
+            out_of_time = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60
+            diverged, want_stop = _any_rank(world, not math.isfinite(recent[-1]), stop["flag"] or out_of_time)
             if diverged:  # the weights are lost: stop before a validation, checkpoint or export takes them
                 before = (f"{ckpt_path} holds the last checkpoint before it" if ckpt_path.exists()
                           else "no checkpoint was written before it")
                 raise TrainDiverged(f"training diverged at step {step}: the loss is not finite; {before} "
                                     "(start again or resume with a lower --lr or --lr-scale)")
             if step % steps_per_epoch == 0 or step == total:
-                do_validation()
-            want_stop = stop["flag"] or (cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60)
-            if world > 1:
-                flag = torch.tensor([1.0 if want_stop else 0.0])
-                dist.all_reduce(flag)
-                want_stop = bool(flag.item() > 0)
+                do_validation()  # a signal during it (rank 0) must stop every rank: decide again
+                want_stop, = _any_rank(world, want_stop or stop["flag"])
             if want_stop or time.time() - last_ckpt > cfg.ckpt_minutes * 60 or step == total:
                 checkpoint()
                 last_ckpt = time.time()
