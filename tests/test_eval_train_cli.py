@@ -472,6 +472,29 @@ def test_resume_takes_the_runs_own_options(tmp_path, bands):
     assert res.exit_code == 0 and "changed options (segment 0.25 -> 0.5)" in res.stderr, res.stderr
 
 
+def test_resume_of_a_checkpoint_with_relative_folders_sees_no_change(tmp_path, bands, monkeypatch):
+    """Checkpoints written before folders were stored absolute hold them as given (relative): resuming from the same
+    directory with the same folders is no change of options."""
+    import os
+    import shutil
+
+    import torch
+
+    shutil.copytree(bands, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert _train(tmp_path, "--steps", "1", data="data").exit_code == 0
+    ckpt = tmp_path / "r" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    saved = json.loads(state["config"])
+    assert saved["data"] == os.path.abspath("data")
+    state["config"] = json.dumps({**saved, "data": "data"})  # as an older version wrote it
+    torch.save(state, ckpt)
+    res = _train(tmp_path, "--steps", "2", "--resume", data="data")
+    assert res.exit_code == 0 and "changed options" not in res.stderr, res.stderr
+    res = _train(tmp_path, "--steps", "3", "--resume", data=bands)  # another folder is still a change
+    assert res.exit_code == 0 and f"data {tmp_path / 'data'} -> {bands}" in res.stderr, res.stderr
+
+
 def test_train_warns_about_data_that_trains_other_than_expected(tmp_path, bands):
     res = _train(tmp_path, "--steps", "1", "--batch-size", "5", data=bands)
     assert res.exit_code == 0 and f"warning: {bands} holds 3 mixtures, fewer than a step's 5" in res.stderr

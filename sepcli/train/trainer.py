@@ -345,14 +345,17 @@ def _changed_options(saved_json: str | None, cfg: TrainConfig) -> list[str]:
         saved = json.loads(saved_json) if saved_json else {}
     except ValueError:
         return []
-    now = _saved_config(cfg)
+    saved, now = _absolute_folders(saved), _saved_config(cfg)  # older checkpoints kept folders as given
     return [f"{k} {saved[k]} -> {now[k]}" for k in RUN_OPTIONS if k in saved and saved[k] != now.get(k)]
 
 
 def _saved_config(cfg: TrainConfig) -> dict:
     """The run's configuration as its checkpoint keeps it: JSON, folders absolute (so `--resume` from another
     working directory finds them, and a folder given relative or absolute compares equal)."""
-    d = json.loads(json.dumps(asdict(cfg), default=str))
+    return _absolute_folders(json.loads(json.dumps(asdict(cfg), default=str)))
+
+
+def _absolute_folders(d: dict) -> dict:
     for k in ("data", "pools", "val_data", "init"):
         if d.get(k) and (k != "init" or Path(d[k]).exists()):  # init may be a zoo name
             d[k] = os.path.abspath(d[k])
