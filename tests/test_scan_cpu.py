@@ -73,6 +73,11 @@ def test_cpu_softplus_and_sigmoid_accuracy():
     want = torch.nn.functional.softplus(torch.from_numpy(x).double()).numpy()
     assert np.max(np.abs(got - want) / want) < 5e-7
     np.testing.assert_allclose(scan_cpu._softplus_check(x.astype(np.float64)), want, rtol=1e-14, atol=0)
+    above = np.linspace(20.0, 1e4, 10_001).astype(np.float32)  # torch returns x itself above its threshold
+    np.testing.assert_array_equal(scan_cpu._softplus_check(above), above)
+    for dtype in (np.float32, np.float64):
+        got = scan_cpu._softplus_check(np.array([-np.inf, np.inf], dtype))  # float32 exp stops near 2**-126
+        np.testing.assert_allclose(got, [0.0, np.inf], rtol=0, atol=2e-38)
 
 
 def _grad_compare(kw, rtol=2e-4, atol=1e-4):

@@ -131,7 +131,6 @@ _L7 = _F32(-2.4999993993e-1)
 _L8 = _F32(3.3333331174e-1)
 _SQRT2 = _F32(1.41421356)
 _ZERO = _F32(0.0)
-_TWENTY = _F32(20.0)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -161,9 +160,11 @@ def _softplus(x):  # pragma: no cover - replaced by the numba overload below
 def _ol_softplus(x):
     if x == types.float32:
 
-        def impl32(x):  # max(x, 0) + log1p(exp(-|x|)), blended branch-free with x above the threshold
-            gt = np.float32(x > _TWENTY)
-            return gt * x + (_ONE - gt) * (max(x, _ZERO) + _log1p_unit32(_exp(-abs(x))))
+        def impl32(x):
+            # max(x, 0) + log1p(exp(-|x|)): above torch's threshold of 20, log1p(exp(-x)) < 2.1e-9 is below half an
+            # ulp of x, so the sum is x exactly, as torch returns; -inf gives 0 and +inf gives inf (a 0/1 blend
+            # with x, as before, made both NaN).
+            return max(x, _ZERO) + _log1p_unit32(_exp(-abs(x)))
 
         return impl32
     if x == types.float64:
