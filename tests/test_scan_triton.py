@@ -76,6 +76,14 @@ def _grad_case(L, d, layout, flags):
     return kw, torch.randn(2, d, L, generator=torch.Generator().manual_seed(L + 1))
 
 
+def _strided_inputs():
+    """D and delta_bias as strided views (every second float of a longer vector)."""
+    kw = make_inputs(2, 4, 9, 3, "var", "var", True, False, True, True, seed=3)
+    g = torch.Generator().manual_seed(4)
+    kw["D"], kw["delta_bias"] = torch.randn(8, generator=g)[::2], torch.rand(8, generator=g)[::2]
+    return kw, torch.randn(2, 4, 9, generator=g)
+
+
 def _bidir_inputs():
     return make_inputs(2, 4, 11, 5, "var", "g2", seed=1), make_inputs(2, 4, 11, 5, "var", "g2", seed=2)
 
@@ -101,6 +109,9 @@ def _worker(path: str) -> None:
         kw, dout = _grad_case(L, d, layout, flags)
         res["grad_cases"].append(st.scan_backward_triton(dout, **{k: kw[k] for k in TENSOR_KEYS}, chunk=chunk,
                                                           block_d=block_d, delta_softplus=kw["delta_softplus"]))
+    kw, dout = _strided_inputs()
+    res["strided"] = (st.selective_scan_triton(**kw),
+                      st.scan_backward_triton(dout, **{k: kw[k] for k in TENSOR_KEYS}, chunk=4, delta_softplus=True))
     # both directions of a bidirectional Mamba in one Triton call (stacked groups), forward and backward
     from sepcli.kernels import selective_scan_bidirectional
 
@@ -220,3 +231,15 @@ def test_triton_bidirectional_scan_and_its_gradients(triton_out):
         if fwd[key] is not None:
             torch.testing.assert_close(g_f[key], fwd[key].grad, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(g_b[key], bwd[key].grad, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_reads_strided_D_and_delta_bias_as_their_values(triton_out):
+    kw, dout = _strided_inputs()
+    assert not kw["D"].is_contiguous()
+    out, grads = triton_out["strided"]
+    torch.testing.assert_close(out, selective_scan_ref(**kw), rtol=RTOL, atol=ATOL)
+    r = grad_inputs(kw)
+    (selective_scan_ref(**r) * dout).sum().backward()
+    for key, got in zip(TENSOR_KEYS, grads):
+        if got is not None:
+            torch.testing.assert_close(got, r[key].grad, rtol=1e-4, atol=1e-4, msg=lambda m, key=key: f"{key}: {m}")

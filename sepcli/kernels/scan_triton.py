@@ -114,6 +114,12 @@ def _bc_strides(M: Tensor, dim: int) -> tuple[Tensor, int, int, int, int, int]:
     return M4, M4.stride(0), M4.stride(1), M4.stride(2), M4.stride(3), dim // M4.shape[1]
 
 
+def _contiguous_channels(*vectors):
+    """D and delta_bias as the kernels index them: one float per channel at stride 1 (a strided view, e.g. D[::2],
+    would otherwise be read as its neighbours)."""
+    return tuple(v.contiguous() if v is not None else None for v in vectors)
+
+
 def scan_forward_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                         block_d: int | None = None):
     """Forward only: returns (out in u's dtype, last_state (b, d, n) float32)."""
@@ -124,6 +130,7 @@ def scan_forward_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     delta = delta.contiguous()
     z = z.contiguous() if z is not None else None
     A = A.contiguous()
+    D, delta_bias = _contiguous_channels(D, delta_bias)
     out = torch.empty_like(u)
     last = torch.zeros(b, d, n, device=u.device, dtype=torch.float32)
     if b * d * l == 0:
@@ -274,6 +281,7 @@ def scan_backward_triton(dout, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     u, delta, dout = u.contiguous(), delta.contiguous(), dout.contiguous()
     z = z.contiguous() if z is not None else None
     A = A.contiguous()
+    D, delta_bias = _contiguous_channels(D, delta_bias)
     du, ddt = torch.zeros(b, d, l, **f32), torch.zeros(b, d, l, **f32)
     dz = torch.zeros(b, d, l, **f32) if z is not None else None
     dA, dD, dbias = torch.zeros(d, n, **f32), torch.zeros(d, **f32), torch.zeros(d, **f32)
