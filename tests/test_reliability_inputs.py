@@ -500,6 +500,10 @@ def _bad_model(tmp_path: Path, kind: str) -> tuple[Path, str]:
         cfg["arch_args"] = {"taps": 15, "exec": "print(1)"}
         cfg_path.write_text(json.dumps(cfg))
         return folder, "'arch_args' do not fit"
+    if kind == "huge_config":  # built first on the meta device: refused before 400 GB are asked for
+        cfg["arch_args"] = {"taps": 10**11}
+        cfg_path.write_text(json.dumps(cfg))
+        return folder, "weights do not match the network: 1 wrong shape (file != network): fir (1, 1, 15) != (1, 1, "
     if kind == "unknown_arch":
         cfg["arch"] = "os.system"
         cfg_path.write_text(json.dumps(cfg))
@@ -508,7 +512,7 @@ def _bad_model(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("kind", ["wrong_shapes", "syntax", "nested", "not_object", "bad_rate", "bad_arch_args",
-                                  "negative_size", "unknown_arg", "unknown_arch"])
+                                  "negative_size", "unknown_arg", "unknown_arch", "huge_config"])
 def test_bad_model_folder_one_line_exit_1(tmp_path, kind):
     folder, words = _bad_model(tmp_path, kind)
     src = tmp_path / "a.wav"
@@ -518,6 +522,26 @@ def test_bad_model_folder_one_line_exit_1(tmp_path, kind):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr and words in lines[0], lines
     assert str(folder) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change", [{"n_src": 3}, {"sample_rate": 8000}])
+def test_model_config_that_contradicts_its_network_is_refused_at_load(tmp_path, change):
+    """config.json's n_src and sample_rate are what the pipeline trusts: they must be the network's own (here the
+    shipped S4M: 2 outputs at 16 kHz), or every file would fail later with a shape error."""
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "s4m-tiny-16k", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **change}))
+    src = tmp_path / "a.wav"
+    sf.write(src, signal(), SR)
+    r = run("separate", src, "-o", tmp_path / "out", "-m", folder)
+    lines = r.stderr.strip().splitlines()
+    key = next(iter(change))
+    assert r.exit_code == 1 and len(lines) == 1 and f"{folder / 'config.json'}: '{key}' {change[key]} differs" \
+        in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -138,6 +138,9 @@ def validate_config(cfg: Any, path: Path) -> dict:
     n = out.get("n_src")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise _err(path, f"'n_src' must be a positive integer, got {n!r}")
+    if "sample_rate" in args and args["sample_rate"] != sr:
+        raise _err(path, f"'sample_rate' {sr} differs from the network's 'arch_args' sample_rate "
+                         f"{args['sample_rate']!r}")
     seg = out.setdefault("segment", 4.0)
     if not _num(seg) or seg < 0:
         raise _err(path, f"'segment' must be a number of seconds >= 0, got {seg!r}")
@@ -209,18 +212,32 @@ def _locate(target: Path) -> tuple[Path, Path]:
     return target.parent, target
 
 
-def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Resolve `name` (zoo name, alias or path), build its network, load its weights, move it to `device`."""
-    try:
-        target = registry.resolve(name)
-    except registry.ModelNotFound as exc:
-        raise UnknownModel(str(exc)) from None
-    folder, weights = _locate(target)
-    cfg = read_config(folder)
+def state_dict_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], show: int = 3,
+                        names: tuple[str, str] = ("file", "network")) -> str:
+    """'' when `got` has exactly `expected`'s keys and shapes, else the first wrongly shaped, missing and unexpected
+    keys ('2 wrong shape (file != network): a (3,) != (4,) | 1 missing: b'; `names` for got and expected)."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [f"{k} {tuple(got[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+              if k in got and tuple(got[k].shape) != tuple(v.shape)]
+    parts = []
+    labels = (f"wrong shape ({names[0]} != {names[1]})", "missing", "unexpected")
+    for label, items in zip(labels, (shapes, missing, unexpected)):
+        if items:
+            more = f", ... ({len(items) - show} more)" if len(items) > show else ""
+            parts.append(f"{len(items)} {label}: {'; '.join(items[:show])}{more}")
+    return " | ".join(parts)
+
+
+def _build(cfg: dict, folder: Path, meta: bool = False) -> torch.nn.Module:
+    """The config's network; on the meta device (shapes only, no memory) when `meta`."""
     from ..nets import build_network
 
     try:
-        net = build_network(cfg["arch"], cfg["arch_args"])
+        if meta:
+            with torch.device("meta"):
+                return build_network(cfg["arch"], cfg["arch_args"])
+        return build_network(cfg["arch"], cfg["arch_args"])
     except ValueError as exc:
         raise _err(folder / "config.json", str(exc)) from None
     except TypeError as exc:
@@ -230,17 +247,34 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     except Exception as exc:  # noqa: BLE001  (e.g. an 'arch_args' value of the wrong kind or size)
         raise _err(folder / "config.json", f"cannot build arch {cfg['arch']!r} from 'arch_args' "
                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
-    state = read_state_dict(weights)
+
+
+def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Resolve `name` (zoo name, alias or path), build its network, load its weights, move it to `device`.
+
+    The network is first built on the meta device and compared with the weights' names and shapes, so a config
+    from an untrusted folder with huge sizes is refused before anything is allocated."""
     try:
-        result = net.load_state_dict(state, strict=False)
-    except (RuntimeError, ValueError, TypeError) as exc:  # shape or dtype mismatches
-        first = " ".join(str(exc).split())[:300]
-        raise _err(weights, f"weights do not match the network ({first})") from None
-    if result.missing_keys or result.unexpected_keys:
-        miss, unexp = result.missing_keys, result.unexpected_keys
-        raise _err(weights, f"weights do not match the network: {len(miss)} missing "
-                            f"({', '.join(miss[:3])}{'...' if len(miss) > 3 else ''}), {len(unexp)} unexpected "
-                            f"({', '.join(unexp[:3])}{'...' if len(unexp) > 3 else ''})")
+        target = registry.resolve(name)
+    except registry.ModelNotFound as exc:
+        raise UnknownModel(str(exc)) from None
+    folder, weights = _locate(target)
+    cfg = read_config(folder)
+    shape_only = _build(cfg, folder, meta=True)
+    outputs = getattr(shape_only, "n_src", getattr(shape_only, "n_srcs", None))
+    if outputs is not None and outputs != cfg["n_src"]:
+        raise _err(folder / "config.json", f"'n_src' {cfg['n_src']} differs from the {outputs} outputs of the "
+                                           "network its 'arch_args' describe")
+    expected = shape_only.state_dict()
+    state = read_state_dict(weights)
+    problem = state_dict_mismatch(expected, state)
+    if problem:
+        raise _err(weights, f"weights do not match the network: {problem}")
+    net = _build(cfg, folder)
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError) as exc:  # e.g. a dtype torch cannot copy
+        raise _err(weights, f"weights do not match the network ({' '.join(str(exc).split())[:300]})") from None
     net.eval().to(device)
     return LoadedModel(network=net, sample_rate=cfg["sample_rate"], n_src=cfg["n_src"],
                        segment=float(cfg["segment"]), overlap=float(cfg["overlap"]),

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .loader import one_line, torch_load_problem
+from .loader import one_line, state_dict_mismatch, torch_load_problem
 from .permissions import apply_default_modes
 
 PREFIX = "audio_model."
@@ -150,20 +150,10 @@ def read_checkpoint(checkpoint: Path) -> tuple[dict[str, torch.Tensor], str, dic
 
 
 def match_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], checkpoint: Path) -> None:
-    """Raise CheckpointError listing the first missing, unexpected and wrongly shaped keys, if any."""
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    shapes = [f"{k} {tuple(got[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-              if k in got and tuple(got[k].shape) != tuple(v.shape)]
-    if not (missing or unexpected or shapes):
-        return
-    parts = []
-    for label, items in (("wrong shape (checkpoint != config)", shapes), ("missing", missing),
-                         ("unexpected", unexpected)):
-        if items:
-            more = f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
-            parts.append(f"{len(items)} {label}: {'; '.join(items[:_SHOW])}{more}")
-    raise CheckpointError(f"{checkpoint}: does not match the SPMamba described by the config: " + " | ".join(parts))
+    """Raise CheckpointError listing the first wrongly shaped, missing and unexpected keys, if any."""
+    problem = state_dict_mismatch(expected, got, show=_SHOW, names=("checkpoint", "config"))
+    if problem:
+        raise CheckpointError(f"{checkpoint}: does not match the SPMamba described by the config: {problem}")
 
 
 def _sha256(path: Path) -> str:
