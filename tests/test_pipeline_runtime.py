@@ -97,6 +97,20 @@ def test_registry_resolves_names_aliases_and_paths(tmp_path, monkeypatch):
         registry.resolve(str(tmp_path))
     with pytest.raises(UnknownModel, match="unknown model"):  # a ModelError the CLI maps to exit 2
         load_model("nope")
+    # in a working directory that happens to hold an empty folder `default/` and a file `fast`: still the zoo's
+    work = tmp_path / "work"
+    (work / "default").mkdir(parents=True)
+    (work / "fast").write_text("notes")
+    (work / "nope").mkdir()
+    monkeypatch.chdir(work)
+    for name in ("default", "fast"):
+        assert registry.resolve(name).resolve() == folder.resolve()
+    with pytest.raises(registry.ModelNotFound, match="no config.json"):  # no zoo model of that name: as before
+        registry.resolve("nope")
+    with pytest.raises(registry.ModelNotFound, match="no config.json"):  # a path is a path
+        registry.resolve("./default")
+    local = bandsplit_folder(work / "band-name")  # a model folder here wins over the zoo's name
+    assert registry.resolve("band-name").resolve() == local.resolve()
 
 
 def test_zoo_includes_the_repository_models_folder():

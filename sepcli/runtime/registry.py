@@ -92,22 +92,36 @@ def looks_like_path(name: str) -> bool:
     return os.sep in name or "/" in name or name.startswith(".") or name.endswith((".safetensors", ".pt", ".pth"))
 
 
-def resolve(name: str | os.PathLike) -> Path:
-    """Path of the model folder (or weights file) named by `name`."""
-    text = str(name)
-    p = Path(text).expanduser()
-    if p.exists():
-        if p.is_dir() and not (p / "config.json").is_file():
-            raise ModelNotFound(f"{p}: not a model folder (no config.json)")
-        return p
-    if looks_like_path(text):
-        raise ModelNotFound(f"{text}: no such model folder or file")
+def _zoo_folder(text: str) -> Path | None:
     zoo = list_zoo()
     for match in (lambda e: e.folder.name == text, lambda e: e.name == text, lambda e: text in e.aliases):
         for e in zoo:
             if match(e):
                 return e.folder
-    known = ", ".join(sorted({e.name for e in zoo} | {a for e in zoo for a in e.aliases})) or "none installed"
+    return None
+
+
+def resolve(name: str | os.PathLike) -> Path:
+    """Path of the model folder (or weights file) named by `name`: an existing path that holds a model, else a zoo
+    name or alias. A plain name (no '/', no weights ending) that exists here but holds no model, e.g. an empty
+    folder `default/` in the working directory, does not hide the zoo model of that name."""
+    text = str(name)
+    p = Path(text).expanduser()
+    if p.exists():
+        holds_model = (p / "config.json").is_file() if p.is_dir() else p.name.endswith((".safetensors", ".pt", ".pth"))
+        zoo = None if holds_model or looks_like_path(text) else _zoo_folder(text)
+        if zoo is not None:
+            return zoo
+        if p.is_dir() and not holds_model:
+            raise ModelNotFound(f"{p}: not a model folder (no config.json)")
+        return p
+    if looks_like_path(text):
+        raise ModelNotFound(f"{text}: no such model folder or file")
+    zoo = _zoo_folder(text)
+    if zoo is not None:
+        return zoo
+    entries = list_zoo()
+    known = ", ".join(sorted({e.name for e in entries} | {a for e in entries for a in e.aliases})) or "none installed"
     raise ModelNotFound(f"unknown model {text!r} (zoo models: {known}; or give a path to a model folder)")
 
 
