@@ -128,3 +128,14 @@ def test_the_shared_block_computes_its_s4_kernel_once_per_forward():
     assert net.block.s4.layer._memo is None  # nothing of this pass's graph is kept after it
     net(torch.randn(1, 400)).sum().backward()
     assert len(calls) == 2  # each forward computes it afresh (the parameters may have changed in between)
+
+
+def test_named_configurations_table_is_a_full_mapping_before_first_use():
+    """`CONFIGS` is gathered from the network modules on first use, whichever mapping method comes first."""
+    from sepcli.nets import configs, s4m, spmamba
+
+    fresh = configs._Lazy()
+    want = {**s4m.CONFIGS, **spmamba.CONFIGS}
+    assert len(fresh) == len(want) > 0 and bool(configs._Lazy())
+    assert configs._Lazy().get("s4m-small-16k") == want["s4m-small-16k"]
+    assert dict(configs._Lazy().items()) == want and list(configs._Lazy().values()) == list(want.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 def _gather() -> dict:
     out: dict = {}
@@ -12,30 +14,25 @@ def _gather() -> dict:
     return out
 
 
-class _Lazy(dict):
-    def _fill(self):
-        if not self:
-            self.update(_gather())
+class _Lazy(Mapping):
+    """A read-only mapping gathered from the network modules on first use (importing them is slow)."""
 
-    def __contains__(self, k):
-        self._fill()
-        return super().__contains__(k)
+    def __init__(self):
+        self._table: dict | None = None
+
+    def _filled(self) -> dict:
+        if self._table is None:
+            self._table = _gather()
+        return self._table
 
     def __getitem__(self, k):
-        self._fill()
-        return super().__getitem__(k)
+        return self._filled()[k]
 
     def __iter__(self):
-        self._fill()
-        return super().__iter__()
+        return iter(self._filled())
 
-    def keys(self):
-        self._fill()
-        return super().keys()
-
-    def items(self):
-        self._fill()
-        return super().items()
+    def __len__(self):
+        return len(self._filled())
 
 
 # name -> (arch, arch_args, sample_rate)
