@@ -74,6 +74,8 @@ def test_pt_files_load_with_weights_only(tmp_path):
     torch.save({"state_dict": {"fir": lowpass_taps(15) * 2}}, folder / "ckpt.pt")
     m = load_model(folder / "ckpt.pt")
     torch.testing.assert_close(m.network.fir.data, lowpass_taps(15) * 2)
+    torch.save({"model": {"module.fir": lowpass_taps(15) * 3}}, folder / "ddp.pt")  # saved from a DDP wrapper
+    torch.testing.assert_close(load_model(folder / "ddp.pt").network.fir.data, lowpass_taps(15) * 3)
     torch.save({"fir": _Evil()}, folder / "evil.pth")
     with pytest.raises(ModelError, match="weights_only"):
         load_model(folder / "evil.pth")

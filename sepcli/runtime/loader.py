@@ -177,6 +177,13 @@ def read_config(folder: Path) -> dict:
     return validate_config(cfg, path)
 
 
+def without_ddp_prefix(sd: dict) -> dict:
+    """A state_dict saved from a DistributedDataParallel wrapper (every key 'module.<name>') as the network's own."""
+    if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
 def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file, or from a .pt/.pth file through torch.load(weights_only=True)."""
     if not weights.is_file():
@@ -198,7 +205,7 @@ def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise _err(weights, "does not hold a state_dict of tensors")
-        return obj
+        return without_ddp_prefix(obj)
     raise _err(weights, "unsupported weights format (use .safetensors, or .pt/.pth)")
 
 

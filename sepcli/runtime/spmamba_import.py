@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .loader import one_line, state_dict_mismatch, torch_load_problem
+from .loader import one_line, state_dict_mismatch, torch_load_problem, without_ddp_prefix
 from .permissions import apply_default_modes
 
 PREFIX = "audio_model."
@@ -141,8 +141,7 @@ def read_checkpoint(checkpoint: Path) -> tuple[dict[str, torch.Tensor], str, dic
         sd = {k[len(PREFIX):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(PREFIX)}
     else:
         fmt = "best_model" if "model_name" in details or "infos" in obj else "state_dict"
-        if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):  # saved from DDP
-            sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = without_ddp_prefix(sd)
     bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{checkpoint}: state_dict entries that are not tensors: {', '.join(bad[:_SHOW])}")
