@@ -543,15 +543,19 @@ class Separator:
         def run_batch() -> Iterator[np.ndarray]:
             self._check_cancel()
             lens = [len(s) for _, s, _ in pending]
-            x = np.zeros((len(pending), max(lens)), np.float32)
-            for i, (_, s, _) in enumerate(pending):
-                x[i, : len(s)] = s * in_gain
-            if x.shape[1] == 0:  # an input shorter than one sample at the model's rate: nothing to separate
-                y = np.zeros((len(pending), n_src, 0), np.float32)  # (networks need T >= 1); output is silence
-            else:
-                y = self._forward(x, timer)
+            ys: list = [None] * len(pending)
+            # one model call per segment length: a short last segment zero-padded to its batch's length would be
+            # separated with that padding in view (the networks are not causal), so --batch-size changed the output
+            for n in dict.fromkeys(lens):
+                idx = [i for i, k in enumerate(lens) if k == n]
+                if n == 0:  # an input shorter than one sample at the model's rate: nothing to separate
+                    y = np.zeros((len(idx), n_src, 0), np.float32)  # (networks need T >= 1); output is silence
+                else:
+                    y = self._forward(np.stack([pending[i][1] for i in idx]) * np.float32(in_gain), timer)
+                for j, i in enumerate(idx):
+                    ys[i] = y[j]
             for i, (_, s, last) in enumerate(pending):
-                done = stitch.push(y[i, :, : lens[i]], s, last)
+                done = stitch.push(ys[i], s, last)
                 if done.shape[1]:
                     out = back.process(done.T if n_src > 1 else done[0])
                     if len(out):
@@ -581,6 +585,9 @@ class Separator:
             total = fwd.n_out
         else:
             total = expected_length(fwd.n_in, src.rate, out_rate)
+        if total == 0:
+            raise AudioError(src.path, f"too short: {fwd.n_in} sample(s) at {src.rate} Hz are no sample at the "
+                                       f"output rate of {out_rate} Hz")
         tail = back.finish(total)
         if len(tail):
             yield tail.T if n_src > 1 else tail[None]
@@ -597,11 +604,10 @@ class Separator:
         y = np.concatenate(list(self._stream(src, timer)), axis=1)
         lo = self.options.loudness
         if isinstance(lo, float):
-            rate = self.output_rate(sample_rate)
-            for k in range(len(y)):
-                meter = StreamingLoudness(rate)
+            meters = [StreamingLoudness(self.output_rate(sample_rate)) for _ in range(len(y))]
+            for k, meter in enumerate(meters):
                 meter.update(y[k])
-                g, _ = target_gain(meter.loudness(), meter.peak, lo)
+            for k, (g, _) in enumerate(_lufs_gains(meters, lo, self.options.silent_lu)):
                 y[k] *= g
         return y
 
@@ -655,12 +661,15 @@ class Separator:
                     raise UsageError(f"{exc} ({src.rate} Hz input)") from None
                 infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record,
                                             temporaries)
-                replaced = src.nonfinite
+                replaced, decoded, declared = src.nonfinite, src.decoded, src.frames
             result.outputs = infos
             result.status = "ok"
             flags = {f for i in infos for f in i.flags}
             if replaced:
                 flags.add("nonfinite_input_replaced")
+            if decoded < declared:  # a cut or damaged file (mp3 most often): the outputs hold what decodes
+                flags.add("truncated_input")
+                result.duration = decoded / result.input_rate
             if claim.recovered:
                 flags.add("recovered_interrupted_run")
             result.flags = sorted(flags)
@@ -763,12 +772,8 @@ class Separator:
                     gains = [g] * n_src
                     flags = [["scaled_to_avoid_clipping"] for _ in range(n_src)]
             else:
-                loud = [r.loudness() for r in raw]
-                top = max(loud)
-                for k in range(n_src):
-                    if not math.isfinite(loud[k]) or loud[k] < top - o.silent_lu:
-                        continue  # a silent output is not amplified to the target
-                    gains[k], limited = target_gain(loud[k], raw[k].peak, float(o.loudness))
+                for k, (g, limited) in enumerate(_lufs_gains(raw, float(o.loudness), o.silent_lu)):
+                    gains[k] = g
                     if limited:
                         flags[k].append("peak_limited")
             writers.extend(AtomicWriter(p, rate, o.format, o.subtype, register) for p in outs)
@@ -807,6 +812,15 @@ class Separator:
                                     peak_dbfs=_finite(gain_to_db(meters[k].peak)),
                                     gain_db=round(gain_to_db(gains[k]), 3), flags=flags[k], written=written))
         return infos
+
+
+def _lufs_gains(meters: list[StreamingLoudness], target: float, silent_lu: float) -> list[tuple[float, bool]]:
+    """(gain, peak_limited) per output measured by `meters` to reach `target` LUFS; a silent output (no loudness,
+    or `silent_lu` or more below the loudest) is not amplified to the target: gain 1."""
+    loud = [m.loudness() for m in meters]
+    top = max(loud)
+    return [(1.0, False) if not math.isfinite(lk) or lk < top - silent_lu else target_gain(lk, m.peak, target)
+            for lk, m in zip(loud, meters)]
 
 
 # ---------------------------------------------------------------------- batches

@@ -133,3 +133,38 @@ def test_float_spool_and_stdin(tmp_path, rng):
         assert a.frames == len(x) and a.format == "FLAC"
     with pytest.raises(AudioError, match="empty"):
         spool_stdin(tmp_path, stream=io.BytesIO(b""))
+
+
+@pytest.mark.parametrize("fmt,sub,ext", [("WAV", "GSM610", "wav"), ("AU", "G721_32", "au"), ("WAV", "NMS_ADPCM_16",
+                                                                                            "wav")])
+def test_codecs_libsndfile_cannot_seek_in_are_read_twice(tmp_path, fmt, sub, ext):
+    """GSM 6.10, G.721 and NMS-ADPCM (telephony, call-centre recordings): libsndfile refuses to seek in them, and
+    the pipeline reads an input twice (loudness, then separation)."""
+    if sub not in sf.available_subtypes(fmt):
+        pytest.skip(f"this libsndfile has no {sub}")
+    p = tmp_path / f"a.{ext}"
+    sf.write(p, (0.2 * np.random.default_rng(1).standard_normal(16037)).astype(np.float32), 8000, format=fmt,
+             subtype=sub)
+    want, _ = sf.read(p, dtype="float32")  # soundfile's own single pass, no seek
+    with AudioInput(p) as a:
+        for _ in range(2):
+            np.testing.assert_array_equal(np.concatenate(list(a.blocks(1000))), want)
+            assert a.decoded == len(want)
+
+
+def test_truncated_file_decodes_fewer_frames_than_its_header_says(tmp_path):
+    p = tmp_path / "full.mp3"
+    sf.write(p, (0.2 * np.random.default_rng(0).standard_normal(3 * 44100)).astype(np.float32), 44100)
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with AudioInput(cut) as a:
+        n = len(np.concatenate(list(a.blocks())))
+        assert a.decoded == n == len(sf.read(cut)[0]) and n < 0.6 * a.frames  # the header keeps the full length
+
+
+def test_array_input_refuses_a_channels_first_array():
+    x = np.zeros((2, 32000), np.float32)  # [channels, T], e.g. torchaudio's layout
+    with pytest.raises(AudioError, match=r"more channels than samples: pass \[T, channels\]"):
+        ArrayInput(x, 16000)
+    assert ArrayInput(x.T, 16000).channels == 2
+    assert ArrayInput(np.zeros((1, 2), np.float32), 16000).frames == 1  # one stereo sample is still audio

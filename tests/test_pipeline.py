@@ -353,3 +353,74 @@ def test_shifts_average_the_delayed_passes_in_the_first_passes_order(shifts):
 def test_shifts_out_of_range_is_a_usage_error(shifts):
     with pytest.raises(UsageError, match="--shifts must be between 1 and 16"):
         Separator(OracleSeparator(synthetic_sources(SR, SR), SR), shifts=shifts)
+
+
+class _WholeRowGain:
+    """A non-causal double: each output sample depends on the whole row the model is given (its RMS), as in a
+    real network; a segment zero-padded to a longer one in its batch comes out different."""
+
+    sample_rate, n_src = SR, 2
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        a = x * x.pow(2).mean(dim=1, keepdim=True).sqrt() * 3.0
+        return torch.stack([a, x - a], dim=1)
+
+
+def test_output_does_not_depend_on_batch_size():
+    """3.3 s in 1 s segments: the last segment is short; batched with full ones it must not be padded."""
+    x = synthetic_sources(round(3.3 * SR), SR, seed=3).sum(0)
+    want = Separator(_WholeRowGain(), segment=1.0, batch_size=1, loudness="off").separate_array(x, SR)
+    for batch in (2, 3, 8):
+        got = Separator(_WholeRowGain(), segment=1.0, batch_size=batch, loudness="off").separate_array(x, SR)
+        np.testing.assert_array_equal(got, want)
+        got = Separator(_WholeRowGain(), segment=1.0, batch_size=batch, loudness="off", shifts=2).separate_array(x, SR)
+        np.testing.assert_array_equal(got, Separator(_WholeRowGain(), segment=1.0, loudness="off",
+                                                     shifts=2).separate_array(x, SR))
+
+
+class _QuietSecond:
+    sample_rate, n_src = SR, 2
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        r = 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))  # a faint residual, about
+        return torch.stack([x - r, r], dim=1)  # 40 LU below speaker 1; the two add up to the mixture (gains 1)
+
+
+def test_separate_array_does_not_amplify_a_silent_output_to_the_target(tmp_path):
+    """As for files: an output 30 LU or more below the loudest keeps its level (gain 1, flag silent in files)."""
+    x = synthetic_sources(2 * SR, SR, seed=5).sum(0)
+    off = Separator(_QuietSecond(), loudness="off").separate_array(x, SR)
+    got = Separator(_QuietSecond(), loudness=-23.0).separate_array(x, SR)
+    np.testing.assert_array_equal(got[1], off[1])
+    assert pyloudnorm.Meter(SR).integrated_loudness(got[0].astype(np.float64)) == pytest.approx(-23.0, abs=0.05)
+    res = Separator(_QuietSecond(), loudness=-23.0).separate_file(_mixture_file(tmp_path, x[None]), tmp_path / "o")
+    assert res.outputs[1].gain_db == 0.0 and "silent" in res.outputs[1].flags  # the file rule it now shares
+
+
+def test_truncated_input_is_separated_as_far_as_it_decodes_and_flagged(tmp_path):
+    p = tmp_path / "full.mp3"
+    sf.write(p, synthetic_sources(3 * 44100, 44100, seed=6).sum(0), 44100)
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    decoded = len(sf.read(cut)[0])
+    res = Separator(OracleSeparator(synthetic_sources(SR, SR), SR), loudness="off").separate_file(cut, tmp_path / "o")
+    assert res.status == "ok" and "truncated_input" in res.flags, (res.error, res.flags)
+    assert res.duration == pytest.approx(decoded / 44100) and [o.frames for o in res.outputs] == [decoded] * 2
+    res = Separator(OracleSeparator(synthetic_sources(SR, SR), SR), loudness="off").separate_file(p, tmp_path / "f")
+    assert res.status == "ok" and "truncated_input" not in res.flags
+
+
+@pytest.mark.parametrize("rate_option", ["model", 8000])
+def test_input_with_no_sample_at_the_output_rate_is_an_error(tmp_path, rate_option):
+    """One sample at 48 kHz is no sample at 8 kHz: an error naming the file, not an empty output file."""
+    p = tmp_path / "blip.wav"
+    sf.write(p, np.array([0.3]), 48000)
+    sep = Separator(OracleSeparator(synthetic_sources(SR, SR), SR), sample_rate=rate_option)
+    res = sep.separate_file(p, tmp_path / "o")
+    assert res.status == "error" and res.error == f"{p}: too short: 1 sample(s) at 48000 Hz are no sample at the " \
+                                                  "output rate of 8000 Hz"
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    from sepcli.audio.io import AudioError
+
+    with pytest.raises(AudioError, match="too short"):
+        sep.separate_array(np.array([0.3], np.float32), 48000)

@@ -44,6 +44,7 @@ OUTPUT_FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {
 LOSSY_FORMATS = ("ogg", "mp3")  # their decoders overshoot the encoded peak: outputs keep headroom (pipeline)
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 MIN_RATE, MAX_RATE = 8000, 192000
+_MANY_CHANNELS = 64  # an array with more channels than this and than samples is taken for channels-first
 
 
 class AudioError(Exception):
@@ -112,11 +113,10 @@ class AudioInput:
     def __init__(self, path: str | os.PathLike, channel: int | None = None):
         self.path = Path(path)
         self.nonfinite = 0  # NaN/Inf samples replaced by 0 in the last pass
+        self.decoded = 0  # frames the last full pass decoded (frames is the header's count)
+        self._passes = 0
         check_readable(self.path)
-        try:
-            self._f = sf.SoundFile(os.fsencode(self.path))  # bytes: names that are not UTF-8 open too
-        except Exception as exc:  # libsndfile's messages vary by version; report them in one line  # noqa: BLE001
-            raise AudioError(path, f"cannot decode audio ({sf_message(exc, self.path)})") from None
+        self._f = self._open()
         self.rate = int(self._f.samplerate)
         self.channels = int(self._f.channels)
         self.frames = int(self._f.frames)
@@ -133,16 +133,29 @@ class AudioInput:
             raise AudioError(path, f"has {self.channels} channel(s); --channel {channel} does not exist")
         self.channel = channel
 
+    def _open(self) -> sf.SoundFile:
+        try:
+            return sf.SoundFile(os.fsencode(self.path))  # bytes: names that are not UTF-8 open too
+        except Exception as exc:  # libsndfile's messages vary by version; report them in one line  # noqa: BLE001
+            raise AudioError(self.path, f"cannot decode audio ({sf_message(exc, self.path)})") from None
+
     def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
-        """Mono float32 blocks from the start of the file (rewinds first)."""
+        """Mono float32 blocks from the start of the file. A later pass opens the file again rather than seek:
+        libsndfile cannot seek in GSM 6.10, G.721 or NMS-ADPCM audio."""
         blocksize = max(1024, min(blocksize, (1 << 22) // max(self.channels, 1)))  # <= 16 MB per read
         self.nonfinite = 0
+        decoded = 0
+        if self._passes:  # (tell() too fails on those)
+            self._f.close()
+            self._f = self._open()
+        self._passes += 1
         try:
-            self._f.seek(0)
             while True:
                 data = self._f.read(blocksize, dtype="float32", always_2d=True)
                 if len(data) == 0:
+                    self.decoded = decoded
                     return
+                decoded += len(data)
                 bad = ~np.isfinite(data)
                 if bad.any():  # NaN/Inf in a float file: silence them rather than poison every output
                     self.nonfinite += int(bad.sum())
@@ -180,12 +193,16 @@ class ArrayInput:
             x = x[:, None]
         if x.ndim != 2 or x.shape[0] == 0:
             raise AudioError(name, f"expected a non-empty [T] or [T, channels] array, got shape {x.shape}")
+        if x.shape[1] > max(x.shape[0], _MANY_CHANNELS):
+            raise AudioError(name, f"shape {x.shape} has more channels than samples: pass [T, channels] (the "
+                                   f"transpose of a channels-first [channels, T] array)")
         if not (MIN_RATE <= int(rate) <= MAX_RATE):
             raise AudioError(name, f"sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
         if channel is not None and not (1 <= channel <= x.shape[1]):
             raise AudioError(name, f"has {x.shape[1]} channel(s); channel {channel} does not exist")
         self.path = Path(name)
         self.rate, self.channels, self.frames = int(rate), x.shape[1], x.shape[0]
+        self.decoded = self.frames
         self.channel = channel
         self.format, self.subtype = "ARRAY", "FLOAT"
         bad = ~np.isfinite(x)
