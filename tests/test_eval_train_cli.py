@@ -226,6 +226,8 @@ def test_train_refuses_bad_options_before_writing_anything(tmp_path, bands):
         (["--sample-rate", "0"], "--sample-rate must be"), (["--threads", "0"], "--threads must be at least 1"),
         (["--max-minutes", "-1"], "--max-minutes must not be negative"),
         (["--steps", "2", "--epochs", "5"], "not both"), (["--lr-scale", "0.5"], "give it with --resume"),
+        (["--epoch-steps", "50"], "--epoch-steps apply to dynamic mixing (--pools) only"),
+        (["--reverb", "0.3", "--variants"], "--reverb, --variants apply to dynamic mixing (--pools) only"),
     ]
     for extra, words in cases:
         res = _train(tmp_path, *extra, data=bands)
