@@ -619,6 +619,10 @@ TRAIN_EXIT_HELP = ("Exit codes: 0 = done, or stopped by --max-minutes (checkpoin
                    "130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM): a checkpoint is saved, --resume goes on.")
 
 
+# options of dynamic mixing (--pools), refused with --data, where they would be ignored
+POOLS_ONLY = ("epoch_steps", "reverb", "noise", "real_share", "mixed_share", "person_power", "variants")
+
+
 @app.command(epilog=TRAIN_EXIT_HELP)
 def train(
     ctx: typer.Context,
@@ -683,12 +687,16 @@ def train(
               max_minutes=max_minutes, reverb_prob=reverb, noise_prob=noise, real_share=real_share,
               mixed_share=mixed_share, person_power=person_power, variants=variants, ema=ema, bf16=bf16,
               compile=compile_net, quiet=quiet)
+    sources = {p: getattr(ctx.get_parameter_source(p), "name", "DEFAULT") for p in ctx.params}
+    given = {p for p, src in sources.items() if src not in ("DEFAULT", "DEFAULT_MAP")}
     try:
         if resume:  # what the command line does not give again is the run's own (its checkpoint's config)
             renamed = {"reverb": "reverb_prob", "noise": "noise_prob", "compile_net": "compile"}
-            sources = {p: getattr(ctx.get_parameter_source(p), "name", "DEFAULT") for p in ctx.params}
-            given = {renamed.get(p, p) for p, src in sources.items() if src not in ("DEFAULT", "DEFAULT_MAP")}
-            kw.update(saved_options(out, given))
+            kw.update(saved_options(out, {renamed.get(p, p) for p in given}))
+        mixing = [f"--{p.replace('_', '-')}" for p in POOLS_ONLY if p in given]
+        if kw["data"] and mixing:  # they would be ignored
+            raise TrainError(f"{', '.join(mixing)} apply to dynamic mixing (--pools) only; with --data the "
+                             "mixtures are the folder's and an epoch is one pass over it")
         result = run_training(TrainConfig(**kw))
     except TrainDiverged as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None

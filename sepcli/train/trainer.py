@@ -256,9 +256,6 @@ RUN_OPTIONS = ("data", "pools", "sample_rate", "segment", "batch_size", "lr", "r
                "noise_prob", "real_share", "mixed_share", "person_power", "variants", "ema")
 
 
-POOLS_ONLY = ("epoch_steps", "reverb_prob", "noise_prob", "real_share", "mixed_share", "person_power", "variants")
-
-
 def check_config(cfg: TrainConfig) -> None:
     """Usage errors, found before anything is written (TrainError, one line)."""
     out = Path(cfg.out)
@@ -270,13 +267,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError("give --data (LibriMix-style folder) or --pools (speaker pools for dynamic mixing)")
     if cfg.init and cfg.arch:
         raise TrainError("give --arch (a new network) or --init (a model to start from), not both")
-    if cfg.data:
-        defaults = TrainConfig(out=cfg.out)
-        mixing = [f"--{k.removesuffix('_prob').replace('_', '-')}" for k in POOLS_ONLY
-                  if getattr(cfg, k) != getattr(defaults, k)]
-        if mixing:
-            raise TrainError(f"{', '.join(mixing)} apply to dynamic mixing (--pools) only; with --data the mixtures "
-                             "are the folder's and an epoch is one pass over it")
     for opt, value, low in (("--batch-size", cfg.batch_size, 1), ("--steps", cfg.steps, 1),
                             ("--epochs", cfg.epochs, 1), ("--epoch-steps", cfg.epoch_steps, 1)):
         if value is not None and value < low:
