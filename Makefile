@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 # This project's machines find the CPU build of torch==2.13.0 on local disk; on stock PyPI the same pin is a
 # CUDA build of several GB: there, make TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
@@ -14,13 +15,19 @@ export MALLOC_TOP_PAD_ ?= 268435456
 .PHONY: demo test bench lint install lock
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# the tool alone (what `make demo` needs), then the dev extras (tests, Triton's interpreter, the recipe's
+# praat-parselmouth, ruff)
+$(BASE): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(VENV)/bin/sepcli separate examples/mix.wav -o out/demo --overwrite
 	@ls -l out/demo
 

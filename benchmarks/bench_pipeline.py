@@ -4,7 +4,8 @@ gain fitting, crossfades, encode). Target: outside the model < 10 % of the total
 
 If the zoo has no `default` model yet, a small S4M built with random weights stands in (said in the output):
 the speed of the pipeline around it does not depend on the weights.
-Environment: BENCH_PIPELINE_MINUTES (default 10), BENCH_THREADS (default: torch's default).
+Environment: BENCH_PIPELINE_MINUTES (default 10), SEPCLI_BENCH_THREADS (default: torch's default), as the other
+benchmarks. One timed run after a warm-up: a long file is itself many segments.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main() -> None:
     from sepcli.pipeline import Separator, synthetic_mixture
 
     minutes = float(os.environ.get("BENCH_PIPELINE_MINUTES", "10"))
-    threads = os.environ.get("BENCH_THREADS")
+    threads = os.environ.get("SEPCLI_BENCH_THREADS") or os.environ.get("BENCH_THREADS")  # (the old name)
     torch.set_flush_denormal(True)
     model, note = _model()
     rate = model.sample_rate

@@ -16,6 +16,12 @@ import benchmarks
 def main(argv: list[str]) -> int:
     names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
     if argv:
+        short = {n.removeprefix("bench_") for n in names}
+        unknown = [a for a in argv if a not in short and a not in names]
+        if unknown:
+            print(f"benchmarks.run: no benchmark {', '.join(unknown)} (known: {', '.join(sorted(short))})",
+                  file=sys.stderr)
+            return 2
         names = [n for n in names if n.removeprefix("bench_") in argv or n in argv]
     failed = 0
     for name in names:

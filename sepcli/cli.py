@@ -479,7 +479,12 @@ def models(ctx: typer.Context,
     from .runtime.registry import list_zoo
 
     rows = []
-    for e in list_zoo():
+    zoo = list_zoo()
+    for e in zoo:
+        for alias in e.hidden:
+            owner = next(o for o in zoo if alias in o.aliases)
+            typer.echo(f"sepcli: warning: alias {alias!r} of {e.folder} is taken by {owner.folder} (SEPCLI_ZOO is "
+                       "searched first)", err=True)
         try:
             if e.problem:
                 raise ModelError(e.problem)
@@ -593,7 +598,8 @@ def models_import_spmamba(
 @app.command()
 def bench(
     model: str = typer.Option("default", "-m", "--model", help="Zoo model name/alias or a model folder path."),
-    seconds: float = typer.Option(30.0, min=0.1, help="Length of the synthetic input in seconds (at least 0.1)."),
+    seconds: float = typer.Option(30.0, min=0.1, max=3600.0, help="Length of the synthetic input in seconds "
+                                  "(0.1-3600; it is held in memory)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: ThreadsOpt = None,
     repeat: int = typer.Option(3, min=1, help="Timed runs after one warm-up (the median is reported)."),
@@ -604,12 +610,17 @@ def bench(
     from .pipeline import SeparationOptions, bench_model
 
     sep = _make_separator(model, SeparationOptions(device=device, threads=threads), debug)
-    fig = bench_model(sep, seconds=seconds, repeat=repeat)
+    try:
+        fig = bench_model(sep, seconds=seconds, repeat=repeat)
+    except MemoryError:
+        raise _fail(MemoryError(f"out of memory for {seconds:g} s of input (try a smaller --seconds)"), debug,
+                    EXIT_FAILED) from None
     if as_json:
         typer.echo(json.dumps(fig, indent=2))
         return
+    width = max(map(len, fig))
     for k, v in fig.items():
-        typer.echo(f"{k:>16}: {v}")
+        typer.echo(f"{k:>{width}}: {v}")
 
 
 # ---------------------------------------------------------------------- train / eval

@@ -340,6 +340,22 @@ def test_unreadable_weights_are_skipped_by_models_and_one_line_elsewhere(tmp_pat
     assert run("models", "info", "lfs-band").exit_code == 1  # by zoo name too
 
 
+def test_an_extra_zoo_taking_the_default_alias_is_said(tmp_path, monkeypatch):
+    zoo = tmp_path / "zoo"
+    mine = bandsplit_folder(zoo / "site-band", sample_rate=SR)
+    cfg = json.loads((mine / "config.json").read_text())
+    (mine / "config.json").write_text(json.dumps({**cfg, "aliases": ["default"]}))
+    monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
+    r = run("models", "--json")
+    rows = {m["name"]: m for m in json.loads(r.stdout)}
+    assert r.exit_code == 0 and rows["site-band"]["aliases"] == ["default"] and rows["s4m-tiny-16k"]["aliases"] == []
+    shipped = Path(rows["s4m-tiny-16k"]["path"])
+    assert r.stderr == f"sepcli: warning: alias 'default' of {shipped} is taken by {mine} (SEPCLI_ZOO is searched " \
+                       "first)\n"
+    r = run("models", "info", "default")
+    assert r.exit_code == 0 and str(mine) in r.stdout and "site-band" in r.stdout
+
+
 def test_unreadable_config_is_skipped_by_models_with_a_warning(tmp_path, monkeypatch):
     zoo = tmp_path / "zoo"
     bandsplit_folder(zoo / "good-band", sample_rate=SR)
@@ -361,8 +377,10 @@ def test_bench_reports_rtf(fast_model):
 
 
 @pytest.mark.parametrize("args,option", [(["--seconds", "0"], "--seconds"), (["--seconds", "-3"], "--seconds"),
+                                         (["--seconds", "inf"], "--seconds"), (["--seconds", "nan"], "--seconds"),
+                                         (["--seconds", "1e9"], "--seconds"),  # held in memory: 116 TiB
                                          (["--repeat", "0"], "--repeat"), (["--repeat", "-1"], "--repeat")])
-def test_bench_refuses_lengths_and_repeats_below_the_minimum(fast_model, args, option):
+def test_bench_refuses_lengths_and_repeats_out_of_range(fast_model, args, option):
     r = run("bench", "-m", fast_model, "--repeat", "1", "--json", *args)  # the last --repeat wins
     assert r.exit_code == 2, (r.stdout, r.stderr)
     assert r.stdout == "" and "Invalid value" in r.stderr and option in r.stderr

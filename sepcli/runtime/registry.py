@@ -7,6 +7,8 @@ package. A zoo model is one sub-folder holding config.json.
 
 `resolve(name)` accepts, in this order: a path to a model folder (or to a .safetensors/.pt/.pth file with a
 config.json beside it), a zoo folder name, a zoo model's config `name`, one of its `aliases` (e.g. `default`).
+The folder named by the environment variable SEPCLI_ZOO (e.g. a shared models mount) is searched first, so its
+models may take a name or alias (`default`) from the shipped ones; `sepcli models` warns when one does.
 Unknown names raise ModelNotFound listing what exists.
 
 `new_name_problem(name)` says why a name cannot be given to a new zoo model: it must be one plain folder-name
@@ -36,6 +38,7 @@ class ZooEntry:
     aliases: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     problem: str | None = None  # why config.json could not be read (the entry then has its folder's name only)
+    hidden: list[str] = field(default_factory=list)  # its aliases that an earlier zoo's model already takes
 
 
 def zoo_dirs() -> list[Path]:
@@ -64,8 +67,11 @@ def zoo_dirs() -> list[Path]:
 
 
 def list_zoo() -> list[ZooEntry]:
+    """Every zoo model, in the order of zoo_dirs() (SEPCLI_ZOO first): a model name seen before is left out, and an
+    alias seen before stays with the earlier model (listed in the later one's `hidden`)."""
     entries: list[ZooEntry] = []
     names: set[str] = set()
+    taken: set[str] = set()
     for d in zoo_dirs():
         for sub in sorted(d.iterdir()):
             cfg_path = sub / "config.json"
@@ -84,7 +90,9 @@ def list_zoo() -> list[ZooEntry]:
             names.add(name)
             aliases = cfg.get("aliases") or []
             aliases = [str(a) for a in aliases] if isinstance(aliases, list) else []
-            entries.append(ZooEntry(sub, name, aliases, cfg, problem))
+            hidden = [a for a in aliases if a in taken]
+            taken.update(aliases)
+            entries.append(ZooEntry(sub, name, [a for a in aliases if a not in hidden], cfg, problem, hidden))
     return entries
 
 
