@@ -7,7 +7,9 @@
 2. Scores the run's best-by-validation model, the latest weights (and their moving average when the run keeps one:
    train --ema) and the model shipped now on the FULL validation
    set through the separation pipeline (`sepcli eval`), on its same-kind pairs (real+real and synthetic+synthetic,
-   what the held-out targets measure), and ships the winner as models/s4m-tiny-16k (alias `default`).
+   what the held-out targets measure) outside the first `val_limit` mixtures, on which the run picks its best
+   (there the best's score is biased upward), and ships the winner as models/s4m-tiny-16k (alias `default`),
+   folder replaced whole. With --limit (a quick look) models/ is left alone.
    Model selection uses validation only; the held-out test sets are then measured for the card, and the seen
    sets (the same kinds of mixture made of training people) to show how much of the gap is the people being new.
    The shipped model is replaced only when a challenger beats it on the same validation mixtures by more than
@@ -36,6 +38,7 @@ from sepcli.evaluate import evaluate  # noqa: E402
 from sepcli.nets import build_network  # noqa: E402
 from sepcli.pipeline import SeparationOptions, Separator  # noqa: E402
 from sepcli.train.export import export_model_folder  # noqa: E402
+from sepcli.train.data import librimix_items  # noqa: E402
 from sepcli.train.speakers import read_index  # noqa: E402
 
 POOLS = ROOT / "data" / "pools"
@@ -98,6 +101,39 @@ def choose(files: dict[str, dict[str, float]], incumbent: str | None = "shipped"
     stats = {k: paired_difference(v, files[incumbent]) for k, v in files.items() if k != incumbent}
     winners = [k for k, st in stats.items() if st["diff"] > 0 and st["diff"] > margin * st["se"]]
     return (max(winners, key=lambda k: stats[k]["diff"]) if winners else incumbent), stats
+
+
+def unselected(files: dict[str, float], used: set[str]) -> dict[str, float]:
+    """The mixtures the run did not pick its best on: its best is the top of hundreds of validations on the first
+    `val_limit` validation mixtures, so on those its score is biased upward, and a paired test there would favour
+    it. Every candidate is compared on the rest."""
+    rest = {f: v for f, v in files.items() if f not in used}
+    if not rest:
+        raise ValueError("every validation mixture was used to select the run's best: nothing is left to compare on")
+    return rest
+
+
+def write_model(dest: Path, weights: Path, config: dict) -> None:
+    """Replace the model folder `dest` (weights and config.json; other files, e.g. the hand-written MODEL_CARD.md,
+    kept) by a folder built beside it and renamed into place, so a kill leaves the old folder or the new one,
+    never new weights under the old config or a truncated config."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    old = dest.parent / f".{dest.name}.old"
+    try:
+        if dest.is_dir():
+            for f in dest.iterdir():
+                if f.is_file() and f.name not in ("weights.safetensors", "config.json"):
+                    shutil.copy2(f, tmp / f.name)
+        shutil.copyfile(weights, tmp / "weights.safetensors")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        tmp.chmod(0o755)
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def run_candidates(run: Path, latest: Path) -> dict[str, Path]:
@@ -174,7 +210,12 @@ def main() -> None:
         shutil.copytree(a.dest, shipped)
         candidates["shipped"] = shipped
     val = {k: score(f, a.data / "val", a.threads, a.limit, kind) for k, f in candidates.items()}
-    pick, stats = choose({k: selection_files(v.pop("files"), kind) for k, v in val.items()}, "shipped", a.margin)
+    # the run validates (and picks best/) on its first val_limit mixtures; a quick look (--limit) scores only
+    # first ones, so it compares on all it has (and writes nothing into models/)
+    used_n = 0 if a.limit else json.loads(ckpt["config"]).get("val_limit") or 0
+    used = {p.name for p in librimix_items(a.data / "val")[0][:used_n]} if used_n else set()
+    pick, stats = choose({k: unselected(selection_files(v.pop("files"), kind), used) for k, v in val.items()},
+                         "shipped", a.margin)
     for k, st in stats.items():
         print(f"{k} minus shipped on validation: {st['diff']:+.3f} dB, paired SE {st['se']:.3f} dB (n={st['n']}); "
               f"needs > {a.margin:g} SE", flush=True)
@@ -197,15 +238,16 @@ def main() -> None:
     config["provenance"] = {k: v for k, v in prov.items() if k != "history"}
     config["eval"] = {"measured": time.strftime("%Y-%m-%d", time.gmtime()), "step": prov.get("step"),
                       "selected": f"{pick} of {' / '.join(candidates)}: the shipped model stays "
-                                  f"unless another beats it by {a.margin:g} paired standard errors on the full "
-                                  "validation set's same-kind pairs",
+                                  f"unless another beats it by {a.margin:g} paired standard errors on the "
+                                  "validation set's same-kind pairs"
+                                  + (f" outside the {used_n} the run selects its best on" if used_n else ""),
                       "challengers": {k: {m: round(v, 3) for m, v in st.items()} for k, st in stats.items()},
                       "eval_seconds": round(time.time() - t0), **figures}
-    a.dest.mkdir(parents=True, exist_ok=True)
-    tmp = a.dest / ".weights.safetensors.tmp"
-    shutil.copyfile(src / "weights.safetensors", tmp)
-    tmp.replace(a.dest / "weights.safetensors")
-    (a.dest / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    if a.limit is None:  # figures of part of the sets never go into the shipped model's config
+        a.dest.parent.mkdir(parents=True, exist_ok=True)
+        write_model(a.dest, src / "weights.safetensors", config)
+    else:
+        print(f"--limit {a.limit}: {a.dest} left as it is", flush=True)
     real = figures.get("test_real", {}).get("si_snri", {}).get("mean")
     synth = figures.get("test_synth", {}).get("si_snri", {}).get("mean")
     print(f"SUMMARY shipped {pick} (step {prov.get('step')}; run at step {ckpt['step']}): val SI-SNRi "

@@ -97,3 +97,37 @@ def test_run_candidates_include_best_only_when_the_run_exported_one(tmp_path):
     (run / "best" / "weights.safetensors").write_bytes(b"x")
     assert pub.run_candidates(run, latest) == {"best": run / "best", "latest": latest}
     assert list(pub.run_candidates(run, latest)) == ["best", "latest"]
+
+
+def test_a_best_picked_on_the_first_mixtures_is_compared_on_the_others(base):
+    """A run's best/ is the top of many noisy validations on the first val_limit mixtures: there its score is high
+    by chance. With the picked-on mixtures left out, such a 'best' (no real gain) no longer beats the shipped
+    model; on all mixtures it would."""
+    shipped = _scores(base, 0.0, 0.3, 1)
+    used = set(FILES[:60])
+    lucky = {f: v + (0.6 if f in used else 0.0) for f, v in _scores(base, 0.0, 0.3, 2).items()}
+    assert pub.choose({"shipped": shipped, "best": lucky})[0] == "best"
+    files = {k: pub.unselected(v, used) for k, v in {"shipped": shipped, "best": lucky}.items()}
+    pick, st = pub.choose(files)
+    assert pick == "shipped" and st["best"]["n"] == 60 and set(files["best"]) == set(FILES[60:])
+    with pytest.raises(ValueError, match="nothing is left"):
+        pub.unselected(shipped, set(FILES))
+
+
+def test_write_model_replaces_the_folder_whole_and_keeps_the_card(tmp_path):
+    dest = tmp_path / "models" / "m"
+    dest.mkdir(parents=True)
+    (dest / "weights.safetensors").write_bytes(b"old")
+    (dest / "config.json").write_text('{"step": 1}')
+    (dest / "MODEL_CARD.md").write_text("card")
+    new = tmp_path / "w.safetensors"
+    new.write_bytes(b"new")
+    pub.write_model(dest, new, {"step": 2})
+    assert (dest / "weights.safetensors").read_bytes() == b"new" and (dest / "MODEL_CARD.md").read_text() == "card"
+    assert (dest / "config.json").read_text() == '{\n  "step": 2\n}\n'
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]  # no temporary or old folder left
+    # a failure while building the new folder leaves the old one as it was
+    with pytest.raises(FileNotFoundError):
+        pub.write_model(dest, tmp_path / "missing.safetensors", {"step": 3})
+    assert (dest / "weights.safetensors").read_bytes() == b"new" and (dest / "config.json").read_text().count("2")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]
