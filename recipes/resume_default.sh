@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-150}"
 make install >/dev/null
-[ -f data/pools/speakers.json ] || .venv/bin/python recipes/make_data.py --out data --sample-rate 16000 --n 120
-# pools built before a source was added to the recipe get just the new speakers (the others stay as they are)
+[ -f data/pools/speakers.json ] || .venv/bin/python recipes/make_data.py --out data   # 16 and 8 kHz sets, n 120
+# pools built before a source was added to the recipe get just the new speakers (the others stay as they are);
+# a rate whose sets were never built (8 kHz on machines that built 16 kHz only) gets them
 .venv/bin/python recipes/make_data.py --out data --stage update \
   || echo "resume_default.sh: pool update failed; training on the existing pools" >&2
 mkdir -p runs/default

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -840,6 +841,7 @@ def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out
     synth_pairs = {frozenset(p) for p in itertools.combinations(["s0", "s1", "s2", "s3"], 2)}
     assert {frozenset(p) for p in pairs[0::2]} == real_pairs and {frozenset(p) for p in pairs[1::2]} == synth_pairs
     assert make_data.stale_sets(out) == []
+    assert make_data.unbuilt_rates(out, [16000, SR]) == [16000]  # `--stage update` builds those
 
     def speakers_of(name):
         with open(out / "8k" / name / "metadata.csv") as f:
@@ -1211,3 +1213,23 @@ def test_a_checkpoint_that_cannot_be_written_names_the_problem(tmp_path, monkeyp
     with pytest.raises(OSError, match=r"^cannot write the checkpoint \(Permission denied\)$"):
         trainer._save(tmp_path / "last.pt", {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_init_with_arch_args_that_keep_the_weights_builds_them(tmp_path, librimix):
+    """--init with an override such as num_blocks (passes of S4M's shared block): the same weights in a network
+    built with it (it was silently ignored); an override that changes the weights is refused."""
+    from sepcli.runtime.loader import load_model
+    from sepcli.train.trainer import TrainError, _build
+
+    first = train(cfg(tmp_path / "a", data=librimix, steps=1, arch_args={**TINY, "num_blocks": 2}))
+    base = TrainConfig(out=tmp_path / "b", init=first["export"], data=librimix)
+    net, _, args, _ = _build(replace(base, arch_args={"num_blocks": 3}))
+    assert args["num_blocks"] == 3 and net.num_blocks == 3
+    want = load_model(first["export"]).network.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in net.state_dict().items()) and net.state_dict().keys() == want.keys()
+    x = torch.randn(1, SR // 2)
+    with torch.no_grad():  # three passes of the block compute something else than two
+        assert not torch.allclose(net(x), load_model(first["export"]).network(x))
+    assert _build(replace(base, arch_args={"num_blocks": 2}))[2]["num_blocks"] == 2  # as saved: no rebuild
+    with pytest.raises(TrainError, match="change the network's weights"):
+        _build(replace(base, arch_args={"hidden": 16}))

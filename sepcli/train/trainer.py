@@ -127,7 +127,19 @@ def _build(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict, int]:
         if cfg.sample_rate is not None and cfg.sample_rate != loaded.sample_rate:
             raise TrainError(f"--init {cfg.init} is a {loaded.sample_rate} Hz model; --sample-rate {cfg.sample_rate} "
                              "would need a new network (--arch)")
-        return loaded.network, loaded.arch, dict(loaded.config["arch_args"]), loaded.sample_rate
+        args = dict(loaded.config["arch_args"])
+        if not cfg.arch_args or {**args, **cfg.arch_args} == args:
+            return loaded.network, loaded.arch, args, loaded.sample_rate
+        # overrides that keep the weights' shapes (e.g. S4M's num_blocks, passes of its shared block): the same
+        # weights in the network built with them
+        args.update(cfg.arch_args)
+        net = build_network(loaded.arch, args)
+        try:
+            net.load_state_dict(loaded.network.state_dict())
+        except RuntimeError as exc:
+            raise TrainError(f"--init {cfg.init}: arch_args {cfg.arch_args} change the network's weights, which "
+                             f"then do not load ({' '.join(str(exc).split())[:200]})") from None
+        return net, loaded.arch, args, loaded.sample_rate
     if not cfg.arch:
         raise TrainError("give --arch (a network configuration) or --init (a model to start from)")
     arch, args, sr = named_config(cfg.arch)
