@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from sepcli.evaluate import evaluate  # noqa: E402
 from sepcli.nets import build_network  # noqa: E402
 from sepcli.pipeline import SeparationOptions, Separator  # noqa: E402
-from sepcli.train.export import export_model_folder  # noqa: E402
+from sepcli.runtime.permissions import apply_default_modes  # noqa: E402
+from sepcli.train.export import export_model_folder, swap_in_folder  # noqa: E402
 from sepcli.train.data import librimix_items  # noqa: E402
 from sepcli.train.speakers import read_index  # noqa: E402
 
@@ -115,10 +116,9 @@ def unselected(files: dict[str, float], used: set[str]) -> dict[str, float]:
 
 def write_model(dest: Path, weights: Path, config: dict) -> None:
     """Replace the model folder `dest` (weights and config.json; other files, e.g. the hand-written MODEL_CARD.md,
-    kept) by a folder built beside it and renamed into place, so a kill leaves the old folder or the new one,
-    never new weights under the old config or a truncated config."""
+    kept) by a folder built beside it and renamed into place (swap_in_folder), so a kill leaves the old folder or
+    the new one, never new weights under the old config or a truncated config."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    old = dest.parent / f".{dest.name}.old"
     try:
         if dest.is_dir():
             for f in dest.iterdir():
@@ -126,14 +126,10 @@ def write_model(dest: Path, weights: Path, config: dict) -> None:
                     shutil.copy2(f, tmp / f.name)
         shutil.copyfile(weights, tmp / "weights.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-        tmp.chmod(0o755)
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
-            dest.rename(old)
-        tmp.rename(dest)
+        apply_default_modes(tmp)
+        swap_in_folder(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def run_candidates(run: Path, latest: Path) -> dict[str, Path]:

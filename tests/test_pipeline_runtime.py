@@ -111,6 +111,8 @@ def test_registry_resolves_names_aliases_and_paths(tmp_path, monkeypatch):
         registry.resolve("nope")
     with pytest.raises(registry.ModelNotFound, match="no config.json"):  # a path is a path
         registry.resolve("./default")
+    bandsplit_folder(zoo / ".band-folder.old", name="band-name")  # left by a killed replacement: not listed
+    assert [e.folder.name for e in registry.list_zoo() if e.name == "band-name"] == ["band-folder"]
     local = bandsplit_folder(work / "band-name")  # a model folder here wins over the zoo's name
     assert registry.resolve("band-name").resolve() == local.resolve()
 

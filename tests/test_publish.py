@@ -131,3 +131,31 @@ def test_write_model_replaces_the_folder_whole_and_keeps_the_card(tmp_path):
         pub.write_model(dest, tmp_path / "missing.safetensors", {"step": 3})
     assert (dest / "weights.safetensors").read_bytes() == b"new" and (dest / "config.json").read_text().count("2")
     assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]
+
+
+def test_write_model_interrupted_between_the_renames_keeps_the_old_model(tmp_path, monkeypatch):
+    import os
+
+    from sepcli.train import export
+
+    dest = tmp_path / "models" / "m"
+    dest.mkdir(parents=True)
+    (dest / "weights.safetensors").write_bytes(b"old")
+    (dest / "config.json").write_text("{}")
+    new = tmp_path / "w.safetensors"
+    new.write_bytes(b"new")
+    real = os.replace
+    calls = []
+
+    def second_fails(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:  # dest -> .m.old done; now the new folder -> dest: Ctrl-C
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(export.os, "replace", second_fails)
+    with pytest.raises(KeyboardInterrupt):
+        pub.write_model(dest, new, {"step": 2})
+    monkeypatch.setattr(export.os, "replace", real)
+    assert (dest / "weights.safetensors").read_bytes() == b"old" and (dest / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]

@@ -74,6 +74,8 @@ def list_zoo() -> list[ZooEntry]:
     taken: set[str] = set()
     for d in zoo_dirs():
         for sub in sorted(d.iterdir()):
+            if sub.name.startswith("."):  # temporaries and the old folder of an interrupted replacement
+                continue
             cfg_path = sub / "config.json"
             if not cfg_path.is_file():
                 continue

@@ -65,14 +65,25 @@ def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: 
                 f"Trained with `sepcli train` to step {last.get('step')}; best validation SI-SNRi "
                 f"{config['eval']['val_si_snri']} dB.\n")
         apply_default_modes(tmp)  # mkdtemp's 0700 and save_file's 0600 would hide the model from other users
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        swap_in_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def swap_in_folder(new: Path, folder: Path) -> None:
+    """Put the finished folder `new` (a sibling) in the place of `folder`, which may not exist yet. A failure or an
+    interruption between the two renames puts the old folder back; a kill there leaves it as the hidden sibling
+    `.NAME.old` (zoo listings skip dot-folders)."""
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    had = folder.exists()
+    if had:
+        os.replace(folder, old)
+    try:
+        os.replace(new, folder)
+    except BaseException:
+        if had:
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
