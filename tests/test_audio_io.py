@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -168,3 +170,27 @@ def test_array_input_refuses_a_channels_first_array():
         ArrayInput(x, 16000)
     assert ArrayInput(x.T, 16000).channels == 2
     assert ArrayInput(np.zeros((1, 2), np.float32), 16000).frames == 1  # one stereo sample is still audio
+
+
+def test_every_pass_reads_the_file_that_was_opened(tmp_path):
+    """The pipeline reads an input twice (loudness, then separation): a file put at its path in between (a sync
+    tool, an editor saving) is not read by the second pass, which would separate audio the first never measured."""
+    p = tmp_path / "a.wav"
+    x = _tone(8000, 8000)
+    sf.write(p, x, 8000, subtype="FLOAT")
+    other = tmp_path / "b.wav"
+    sf.write(other, np.zeros((48000, 2), np.float32), 16000, subtype="FLOAT")
+    with AudioInput(p) as a:
+        first = np.concatenate(list(a.blocks(1000)))
+        os.replace(other, p)
+        np.testing.assert_array_equal(np.concatenate(list(a.blocks(1000))), first)
+        assert a.decoded == a.frames == 8000
+    np.testing.assert_array_equal(first, x)
+
+
+def test_decoder_errors_name_the_file_not_a_descriptor(tmp_path):
+    p = tmp_path / "text.wav"
+    p.write_text("not audio at all " * 10)
+    with pytest.raises(AudioError) as e:
+        AudioInput(p)
+    assert str(e.value).startswith(f"{p}: cannot decode audio (") and "opening" not in str(e.value), str(e.value)

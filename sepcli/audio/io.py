@@ -65,6 +65,8 @@ def sf_message(exc: BaseException, path: str | os.PathLike) -> str:
     """libsndfile's message in one line, without soundfile's "Error opening '<path>': " prefix (the caller
     names the file once; the path may have been given to soundfile as str or as bytes)."""
     text = _one_line(exc)
+    if isinstance(path, int):  # a file descriptor
+        return text.removeprefix(f"Error opening {path}:").strip()
     for prefix in (f"Error opening {str(path)!r}: ", f"Error opening {os.fspath(path)!r}:",
                    f"Error opening {os.fsencode(path)!r}:"):
         if text.startswith(prefix):
@@ -115,7 +117,12 @@ class AudioInput:
         self.nonfinite = 0  # NaN/Inf samples replaced by 0 in the last pass
         self.decoded = 0  # frames the last full pass decoded (frames is the header's count)
         self._passes = 0
+        self._f = None
         check_readable(self.path)
+        try:  # every pass reads this descriptor: a file put at the path meanwhile is not read
+            self._fd = os.open(os.fsencode(self.path), os.O_RDONLY)  # bytes: names that are not UTF-8 open too
+        except OSError as exc:
+            raise AudioError(path, f"cannot read ({os_problem(exc)})") from None
         self._f = self._open()
         self.rate = int(self._f.samplerate)
         self.channels = int(self._f.channels)
@@ -135,18 +142,22 @@ class AudioInput:
 
     def _open(self) -> sf.SoundFile:
         try:
-            return sf.SoundFile(os.fsencode(self.path))  # bytes: names that are not UTF-8 open too
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            return sf.SoundFile(self._fd, closefd=False)
         except Exception as exc:  # libsndfile's messages vary by version; report them in one line  # noqa: BLE001
-            raise AudioError(self.path, f"cannot decode audio ({sf_message(exc, self.path)})") from None
+            fd = self._fd
+            self.close()
+            raise AudioError(self.path, f"cannot decode audio ({sf_message(exc, fd)})") from None
 
     def blocks(self, blocksize: int = BLOCK) -> Iterator[np.ndarray]:
-        """Mono float32 blocks from the start of the file. A later pass opens the file again rather than seek:
-        libsndfile cannot seek in GSM 6.10, G.721 or NMS-ADPCM audio."""
+        """Mono float32 blocks from the start of the file. A later pass opens the decoder again on the same descriptor
+        rather than seek: libsndfile cannot seek in GSM 6.10, G.721 or NMS-ADPCM audio."""
         blocksize = max(1024, min(blocksize, (1 << 22) // max(self.channels, 1)))  # <= 16 MB per read
         self.nonfinite = 0
         decoded = 0
         if self._passes:  # (tell() too fails on those)
             self._f.close()
+            self._f = None
             self._f = self._open()
         self._passes += 1
         try:
@@ -176,6 +187,10 @@ class AudioInput:
         if f is not None:
             f.close()
             self._f = None
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
 
     def __enter__(self) -> AudioInput:  # noqa: PYI034
         return self
