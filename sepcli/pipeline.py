@@ -585,9 +585,8 @@ class Separator:
             total = fwd.n_out
         else:
             total = expected_length(fwd.n_in, src.rate, out_rate)
-        if total == 0:
-            raise AudioError(src.path, f"too short: {fwd.n_in} sample(s) at {src.rate} Hz are no sample at the "
-                                       f"output rate of {out_rate} Hz")
+        if total == 0:  # (a file whose header promised more than decodes; separate_file checks the header)
+            raise _too_short(src.path, fwd.n_in, src.rate, out_rate)
         tail = back.finish(total)
         if len(tail):
             yield tail.T if n_src > 1 else tail[None]
@@ -647,6 +646,9 @@ class Separator:
             if not OutputClaim.lock_path(outs).exists() and not self._outputs_free(outs, resume, result):
                 return result
             with AudioInput(path, channel=o.channel) as src:  # a bad input creates no folder and no lock
+                rate = self.output_rate(src.rate)
+                if expected_length(src.frames, src.rate, rate) == 0:
+                    raise _too_short(path, src.frames, src.rate, rate)
                 for parent in dict.fromkeys(p.parent for p in outs):
                     make_output_folder(parent)
                 claim = OutputClaim(outs)
@@ -654,7 +656,6 @@ class Separator:
                     return result
                 result.input_rate, result.input_channels = src.rate, src.channels
                 result.duration = src.frames / src.rate
-                rate = self.output_rate(src.rate)
                 try:
                     check_output_format(o.format, o.subtype, rate)
                 except ValueError as exc:  # mp3 and an input rate it cannot store: this file's problem
@@ -812,6 +813,11 @@ class Separator:
                                     peak_dbfs=_finite(gain_to_db(meters[k].peak)),
                                     gain_db=round(gain_to_db(gains[k]), 3), flags=flags[k], written=written))
         return infos
+
+
+def _too_short(path, frames: int, rate: int, out_rate: int) -> AudioError:
+    return AudioError(path, f"too short: {frames} sample(s) at {rate} Hz are no sample at the output rate of "
+                            f"{out_rate} Hz")
 
 
 def _lufs_gains(meters: list[StreamingLoudness], target: float, silent_lu: float) -> list[tuple[float, bool]]:
