@@ -503,7 +503,11 @@ def _bad_model(tmp_path: Path, kind: str) -> tuple[Path, str]:
     if kind == "huge_config":  # built first on the meta device: refused before 400 GB are asked for
         cfg["arch_args"] = {"taps": 10**11}
         cfg_path.write_text(json.dumps(cfg))
-        return folder, "weights do not match the network: 1 wrong shape (file != network): fir (1, 1, 15) != (1, 1, "
+        return folder, "'arch_args' describe a network far larger than its weights"
+    if kind == "other_size":  # a plausible size that is not the weights'
+        cfg["arch_args"] = {"taps": 31}
+        cfg_path.write_text(json.dumps(cfg))
+        return folder, "weights do not match the network: 1 wrong shape (file != network): fir (1, 1, 15) != (1, 1, 31)"
     if kind == "unknown_arch":
         cfg["arch"] = "os.system"
         cfg_path.write_text(json.dumps(cfg))
@@ -512,7 +516,8 @@ def _bad_model(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("kind", ["wrong_shapes", "syntax", "nested", "not_object", "bad_rate", "bad_arch_args",
-                                  "negative_size", "unknown_arg", "unknown_arch", "huge_config"])
+                                  "negative_size", "unknown_arg", "unknown_arch", "huge_config",
+                                  "other_size"])
 def test_bad_model_folder_one_line_exit_1(tmp_path, kind):
     folder, words = _bad_model(tmp_path, kind)
     src = tmp_path / "a.wav"
@@ -525,7 +530,7 @@ def test_bad_model_folder_one_line_exit_1(tmp_path, kind):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("change", [{"n_src": 3}, {"sample_rate": 8000}])
+@pytest.mark.parametrize("change", [{"n_src": 3}, {"sample_rate": 8000}, {"sample_rate": 8000, "arch_args": None}])
 def test_model_config_that_contradicts_its_network_is_refused_at_load(tmp_path, change):
     """config.json's n_src and sample_rate are what the pipeline trusts: they must be the network's own (here the
     shipped S4M: 2 outputs at 16 kHz), or every file would fail later with a shape error."""
@@ -534,6 +539,8 @@ def test_model_config_that_contradicts_its_network_is_refused_at_load(tmp_path, 
     folder = tmp_path / "m"
     shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "s4m-tiny-16k", folder)
     cfg = json.loads((folder / "config.json").read_text())
+    if "arch_args" in change:  # arch_args without their sample_rate: the network's default (16 kHz) is its rate
+        change = {**change, "arch_args": {k: v for k, v in cfg["arch_args"].items() if k != "sample_rate"}}
     (folder / "config.json").write_text(json.dumps({**cfg, **change}))
     src = tmp_path / "a.wav"
     sf.write(src, signal(), SR)
@@ -543,6 +550,25 @@ def test_model_config_that_contradicts_its_network_is_refused_at_load(tmp_path, 
     assert r.exit_code == 1 and len(lines) == 1 and f"{folder / 'config.json'}: '{key}' {change[key]} differs" \
         in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_with_thousands_of_layers_is_refused_before_they_are_built(tmp_path):
+    """SPMamba weights of 2 layers under a config.json asking for 3000: refused by the element budget of the meta
+    build (4x the weights), not after building 3000 layers (85 s and 1.5 GB, measured)."""
+    from safetensors.torch import save_file
+
+    from sepcli.nets.spmamba import SPMamba
+    from sepcli.runtime.loader import ModelError, load_model
+    from tests.test_spmamba import TINY
+
+    save_file(SPMamba(**TINY).state_dict(), str(tmp_path / "weights.safetensors"))
+    cfg = {"arch": "spmamba", "arch_args": {**TINY, "n_layers": 3000}, "sample_rate": 8000, "n_src": 2}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="far larger than its weights"):
+        load_model(tmp_path)
+    cfg["arch_args"]["n_layers"] = 2  # the same folder as the weights were made: loads
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert load_model(tmp_path).network.n_layers == 2
 
 
 def test_shorter_than_one_sample_at_the_model_rate(tmp_path, model):
