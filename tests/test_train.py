@@ -1233,3 +1233,7 @@ def test_init_with_arch_args_that_keep_the_weights_builds_them(tmp_path, librimi
     assert _build(replace(base, arch_args={"num_blocks": 2}))[2]["num_blocks"] == 2  # as saved: no rebuild
     with pytest.raises(TrainError, match="change the network's weights"):
         _build(replace(base, arch_args={"hidden": 16}))
+    with pytest.raises(TrainError, match="is a 8000 Hz model"):  # same shapes, another rate: refused
+        _build(replace(base, arch_args={"sample_rate": 16000}))
+    with pytest.raises(TrainError, match="do not fit arch 's4m'"):
+        _build(replace(base, arch_args={"bogus": 1}))

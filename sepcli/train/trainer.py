@@ -132,8 +132,15 @@ def _build(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict, int]:
             return loaded.network, loaded.arch, args, loaded.sample_rate
         # overrides that keep the weights' shapes (e.g. S4M's num_blocks, passes of its shared block): the same
         # weights in the network built with them
+        if cfg.arch_args.get("sample_rate", loaded.sample_rate) != loaded.sample_rate:
+            raise TrainError(f"--init {cfg.init} is a {loaded.sample_rate} Hz model; another sample_rate would need "
+                             "a new network (--arch)")
         args.update(cfg.arch_args)
-        net = build_network(loaded.arch, args)
+        try:
+            net = build_network(loaded.arch, args)
+        except (TypeError, ValueError) as exc:
+            raise TrainError(f"--init {cfg.init}: arch_args {cfg.arch_args} do not fit arch {loaded.arch!r} "
+                             f"({' '.join(str(exc).split())[:200]})") from None
         try:
             net.load_state_dict(loaded.network.state_dict())
         except RuntimeError as exc:
