@@ -476,15 +476,12 @@ def models(ctx: typer.Context,
     if ctx.invoked_subcommand is not None:
         return
     from .runtime.loader import ModelError, weights_summary
-    from .runtime.registry import list_zoo
+    from .runtime.registry import list_zoo, zoo_conflicts
 
     rows = []
-    zoo = list_zoo()
-    for e in zoo:
-        for alias in e.hidden:
-            owner = next(o for o in zoo if alias in o.aliases)
-            typer.echo(f"sepcli: warning: alias {alias!r} of {e.folder} is taken by {owner.folder} (SEPCLI_ZOO is "
-                       "searched first)", err=True)
+    for line in zoo_conflicts():
+        typer.echo(f"sepcli: warning: {line}", err=True)
+    for e in list_zoo():
         try:
             if e.problem:
                 raise ModelError(e.problem)

@@ -340,20 +340,42 @@ def test_unreadable_weights_are_skipped_by_models_and_one_line_elsewhere(tmp_pat
     assert run("models", "info", "lfs-band").exit_code == 1  # by zoo name too
 
 
-def test_an_extra_zoo_taking_the_default_alias_is_said(tmp_path, monkeypatch):
-    zoo = tmp_path / "zoo"
-    mine = bandsplit_folder(zoo / "site-band", sample_rate=SR)
+def _site_model(zoo, folder, **cfg_change):
+    mine = bandsplit_folder(zoo / folder, sample_rate=SR)
     cfg = json.loads((mine / "config.json").read_text())
-    (mine / "config.json").write_text(json.dumps({**cfg, "aliases": ["default"]}))
-    monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
+    (mine / "config.json").write_text(json.dumps({**cfg, **cfg_change}))
+    return mine
+
+
+def test_an_extra_zoo_taking_the_default_alias_is_said(tmp_path, monkeypatch):
+    mine = _site_model(tmp_path / "zoo", "site-band", aliases=["default"])
+    monkeypatch.setenv("SEPCLI_ZOO", str(tmp_path / "zoo"))
     r = run("models", "--json")
     rows = {m["name"]: m for m in json.loads(r.stdout)}
     assert r.exit_code == 0 and rows["site-band"]["aliases"] == ["default"] and rows["s4m-tiny-16k"]["aliases"] == []
     shipped = Path(rows["s4m-tiny-16k"]["path"])
-    assert r.stderr == f"sepcli: warning: alias 'default' of {shipped} is taken by {mine} (SEPCLI_ZOO is searched " \
+    assert r.stderr == f"sepcli: warning: 'default' of zoo model {shipped} names {mine} (SEPCLI_ZOO is searched " \
                        "first)\n"
     r = run("models", "info", "default")
     assert r.exit_code == 0 and str(mine) in r.stdout and "site-band" in r.stdout
+
+
+@pytest.mark.parametrize("change", [{"name": "s4m-tiny-16k"}, {"aliases": ["s4m-tiny-16k"]}])
+def test_an_extra_zoo_reusing_a_shipped_name_is_said_and_listed_as_it_resolves(tmp_path, monkeypatch, change):
+    from sepcli.runtime import registry
+
+    mine = _site_model(tmp_path / "zoo", "site-band", **change)
+    monkeypatch.setenv("SEPCLI_ZOO", str(tmp_path / "zoo"))
+    r = run("models", "--json")
+    assert r.exit_code == 0 and r.stderr.startswith("sepcli: warning: ") and r.stderr.count("\n") == 1, r.stderr
+    listed = {a: m["path"] for m in json.loads(r.stdout) for a in [m["name"], *m["aliases"]]}
+    for ident, path in listed.items():  # what `models` lists is what -m reaches
+        assert str(registry.resolve(ident)) == path, ident
+    if "name" in change:  # the shipped model is reached by none of its names, `default` included: said
+        assert listed["s4m-tiny-16k"] == str(mine) and "default" not in listed
+        assert f"is hidden: its name 's4m-tiny-16k' and its aliases 'default' name {mine} or nothing" in r.stderr
+    else:  # names win over aliases in resolve: the site model's alias is hidden, not the shipped model
+        assert listed["s4m-tiny-16k"] != str(mine) and f"'s4m-tiny-16k' of zoo model {mine} names" in r.stderr
 
 
 def test_unreadable_config_is_skipped_by_models_with_a_warning(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ package. A zoo model is one sub-folder holding config.json.
 `resolve(name)` accepts, in this order: a path to a model folder (or to a .safetensors/.pt/.pth file with a
 config.json beside it), a zoo folder name, a zoo model's config `name`, one of its `aliases` (e.g. `default`).
 The folder named by the environment variable SEPCLI_ZOO (e.g. a shared models mount) is searched first, so its
-models may take a name or alias (`default`) from the shipped ones; `sepcli models` warns when one does.
+models may take a name or alias (`default`) from the shipped ones; `sepcli models` warns for every name that
+resolves to another model than its own.
 Unknown names raise ModelNotFound listing what exists.
 
 `new_name_problem(name)` says why a name cannot be given to a new zoo model: it must be one plain folder-name
@@ -66,12 +67,9 @@ def zoo_dirs() -> list[Path]:
     return uniq
 
 
-def list_zoo() -> list[ZooEntry]:
-    """Every zoo model, in the order of zoo_dirs() (SEPCLI_ZOO first): a model name seen before is left out, and an
-    alias seen before stays with the earlier model (listed in the later one's `hidden`)."""
+def _scan() -> list[ZooEntry]:
+    """Every model folder of every zoo, in the order of zoo_dirs() (SEPCLI_ZOO first), duplicates included."""
     entries: list[ZooEntry] = []
-    names: set[str] = set()
-    taken: set[str] = set()
     for d in zoo_dirs():
         for sub in sorted(d.iterdir()):
             if sub.name.startswith("."):  # temporaries and the old folder of an interrupted replacement
@@ -86,16 +84,52 @@ def list_zoo() -> list[ZooEntry]:
                 cfg, problem = {}, f"{cfg_path}: not readable JSON ({' '.join(str(exc).split())[:120]})"
             if not isinstance(cfg, dict):
                 cfg, problem = {}, f"{cfg_path}: not a JSON object"
-            name = str(cfg.get("name") or sub.name)
-            if name in names:
-                continue
-            names.add(name)
             aliases = cfg.get("aliases") or []
             aliases = [str(a) for a in aliases] if isinstance(aliases, list) else []
-            hidden = [a for a in aliases if a in taken]
-            taken.update(aliases)
-            entries.append(ZooEntry(sub, name, [a for a in aliases if a not in hidden], cfg, problem, hidden))
+            entries.append(ZooEntry(sub, str(cfg.get("name") or sub.name), aliases, cfg, problem))
     return entries
+
+
+def _owner(text: str, entries: list[ZooEntry]) -> Path | None:
+    """The folder `text` names among `entries`: a folder name first, then a model name, then an alias."""
+    for match in (lambda e: e.folder.name == text, lambda e: e.name == text, lambda e: text in e.aliases):
+        for e in entries:
+            if match(e):
+                return e.folder
+    return None
+
+
+def list_zoo() -> list[ZooEntry]:
+    """The zoo models that names reach: a model whose name an earlier one has is left out, and an alias that
+    names another model (as resolve() decides) moves from `aliases` to `hidden`. zoo_conflicts() says which."""
+    entries: list[ZooEntry] = []
+    for e in _scan():
+        if e.name not in {k.name for k in entries}:
+            entries.append(e)
+    for e in entries:
+        e.hidden = [a for a in e.aliases if _owner(a, entries) != e.folder]
+    for e in entries:
+        e.aliases = [a for a in e.aliases if a not in e.hidden]
+    return entries
+
+
+def zoo_conflicts() -> list[str]:
+    """One line for each folder name, model name or alias of a zoo model that resolves to another model (an
+    extra zoo, SEPCLI_ZOO, is searched first and may take names of the shipped models)."""
+    reached = list_zoo()
+    folders = {e.folder for e in reached}
+    lines = []
+    for e in _scan():
+        if e.folder not in folders:  # an earlier model has its name: not listed, reached by none of its names
+            also = f" and its aliases {', '.join(map(repr, e.aliases))}" if e.aliases else ""
+            lines.append(f"zoo model {e.folder} is hidden: its name {e.name!r}{also} name "
+                         f"{_owner(e.name, reached)} or nothing (SEPCLI_ZOO is searched first)")
+            continue
+        for ident in dict.fromkeys([e.folder.name, e.name, *e.aliases]):
+            owner = _owner(ident, reached)
+            if owner is not None and owner != e.folder:
+                lines.append(f"{ident!r} of zoo model {e.folder} names {owner} (SEPCLI_ZOO is searched first)")
+    return lines
 
 
 def looks_like_path(name: str) -> bool:
@@ -103,12 +137,7 @@ def looks_like_path(name: str) -> bool:
 
 
 def _zoo_folder(text: str) -> Path | None:
-    zoo = list_zoo()
-    for match in (lambda e: e.folder.name == text, lambda e: e.name == text, lambda e: text in e.aliases):
-        for e in zoo:
-            if match(e):
-                return e.folder
-    return None
+    return _owner(text, list_zoo())
 
 
 def resolve(name: str | os.PathLike) -> Path:
