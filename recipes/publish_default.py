@@ -104,14 +104,19 @@ def choose(files: dict[str, dict[str, float]], incumbent: str | None = "shipped"
     return (max(winners, key=lambda k: stats[k]["diff"]) if winners else incumbent), stats
 
 
-def unselected(files: dict[str, float], used: set[str]) -> dict[str, float]:
-    """The mixtures the run did not pick its best on: its best is the top of hundreds of validations on the first
-    `val_limit` validation mixtures, so on those its score is biased upward, and a paired test there would favour
-    it. Every candidate is compared on the rest."""
-    rest = {f: v for f, v in files.items() if f not in used}
-    if not rest:
-        raise ValueError("every validation mixture was used to select the run's best: nothing is left to compare on")
-    return rest
+def unselected(files: dict[str, dict[str, float]], used: set[str]) -> tuple[dict[str, dict[str, float]], str]:
+    """The candidates' per-mixture scores to compare, and what they are. The run's best/ is the top of hundreds of
+    validations on the mixtures `used` (its first val_limit; all when it has none): there its score is biased
+    upward, and a paired test would favour it. Every candidate is compared on the other mixtures; when there are
+    none, best/ is left out and the others are compared on all."""
+    rest = set(next(iter(files.values()))) - used
+    if not used:
+        return files, "all validation mixtures"
+    if rest:
+        return ({k: {f: v for f, v in scores.items() if f in rest} for k, scores in files.items()},
+                f"the {len(rest)} validation mixtures outside the {len(used)} the run picks its best on")
+    return ({k: v for k, v in files.items() if k != "best"},
+            "all validation mixtures; the run picks its best on every one of them, so best/ is left out")
 
 
 def write_model(dest: Path, weights: Path, config: dict) -> None:
@@ -206,12 +211,13 @@ def main() -> None:
         shutil.copytree(a.dest, shipped)
         candidates["shipped"] = shipped
     val = {k: score(f, a.data / "val", a.threads, a.limit, kind) for k, f in candidates.items()}
-    # the run validates (and picks best/) on its first val_limit mixtures; a quick look (--limit) scores only
-    # first ones, so it compares on all it has (and writes nothing into models/)
-    used_n = 0 if a.limit else json.loads(ckpt["config"]).get("val_limit") or 0
-    used = {p.name for p in librimix_items(a.data / "val")[0][:used_n]} if used_n else set()
-    pick, stats = choose({k: unselected(selection_files(v.pop("files"), kind), used) for k, v in val.items()},
-                         "shipped", a.margin)
+    # the run validates (and picks best/) on its first val_limit mixtures, on all without one; a quick look
+    # (--limit) scores only first ones, so it compares on all it has (and writes nothing into models/)
+    names = [p.name for p in librimix_items(a.data / "val")[0]]
+    used = set() if a.limit else set(names[:json.loads(ckpt["config"]).get("val_limit") or len(names)])
+    compared, on = unselected({k: selection_files(v.pop("files"), kind) for k, v in val.items()}, used)
+    print(f"compared on {on}", flush=True)
+    pick, stats = choose(compared, "shipped", a.margin)
     for k, st in stats.items():
         print(f"{k} minus shipped on validation: {st['diff']:+.3f} dB, paired SE {st['se']:.3f} dB (n={st['n']}); "
               f"needs > {a.margin:g} SE", flush=True)
@@ -235,8 +241,7 @@ def main() -> None:
     config["eval"] = {"measured": time.strftime("%Y-%m-%d", time.gmtime()), "step": prov.get("step"),
                       "selected": f"{pick} of {' / '.join(candidates)}: the shipped model stays "
                                   f"unless another beats it by {a.margin:g} paired standard errors on the "
-                                  "validation set's same-kind pairs"
-                                  + (f" outside the {used_n} the run selects its best on" if used_n else ""),
+                                  f"same-kind pairs of {on}",
                       "challengers": {k: {m: round(v, 3) for m, v in st.items()} for k, st in stats.items()},
                       "eval_seconds": round(time.time() - t0), **figures}
     if a.limit is None:  # figures of part of the sets never go into the shipped model's config

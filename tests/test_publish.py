@@ -107,11 +107,15 @@ def test_a_best_picked_on_the_first_mixtures_is_compared_on_the_others(base):
     used = set(FILES[:60])
     lucky = {f: v + (0.6 if f in used else 0.0) for f, v in _scores(base, 0.0, 0.3, 2).items()}
     assert pub.choose({"shipped": shipped, "best": lucky})[0] == "best"
-    files = {k: pub.unselected(v, used) for k, v in {"shipped": shipped, "best": lucky}.items()}
+    files, on = pub.unselected({"shipped": shipped, "best": lucky}, used)
     pick, st = pub.choose(files)
     assert pick == "shipped" and st["best"]["n"] == 60 and set(files["best"]) == set(FILES[60:])
-    with pytest.raises(ValueError, match="nothing is left"):
-        pub.unselected(shipped, set(FILES))
+    assert on == "the 60 validation mixtures outside the 60 the run picks its best on"
+    # a run that validates on every mixture (no val_limit): best/ has no unbiased mixtures and is left out
+    latest = _scores(base, 0.0, 0.3, 3)
+    files, on = pub.unselected({"shipped": shipped, "best": lucky, "latest": latest}, set(FILES))
+    assert set(files) == {"shipped", "latest"} and len(files["latest"]) == 120 and "best/ is left out" in on
+    assert pub.unselected({"shipped": shipped}, set()) == ({"shipped": shipped}, "all validation mixtures")
 
 
 def test_write_model_replaces_the_folder_whole_and_keeps_the_card(tmp_path):
