@@ -37,8 +37,7 @@ sys.path.insert(0, str(ROOT))
 from sepcli.evaluate import evaluate  # noqa: E402
 from sepcli.nets import build_network  # noqa: E402
 from sepcli.pipeline import SeparationOptions, Separator  # noqa: E402
-from sepcli.runtime.permissions import apply_default_modes  # noqa: E402
-from sepcli.train.export import export_model_folder, swap_in_folder  # noqa: E402
+from sepcli.train.export import export_model_folder, replace_folder  # noqa: E402
 from sepcli.train.data import librimix_items  # noqa: E402
 from sepcli.train.speakers import read_index  # noqa: E402
 
@@ -109,9 +108,9 @@ def unselected(files: dict[str, dict[str, float]], used: set[str]) -> tuple[dict
     validations on the mixtures `used` (its first val_limit; all when it has none): there its score is biased
     upward, and a paired test would favour it. Every candidate is compared on the other mixtures; when there are
     none, best/ is left out and the others are compared on all."""
-    rest = set(next(iter(files.values()))) - used
     if not used:
         return files, "all validation mixtures"
+    rest = set(next(iter(files.values()))) - used
     if rest:
         return ({k: {f: v for f, v in scores.items() if f in rest} for k, scores in files.items()},
                 f"the {len(rest)} validation mixtures outside the {len(used)} the run picks its best on")
@@ -121,20 +120,17 @@ def unselected(files: dict[str, dict[str, float]], used: set[str]) -> tuple[dict
 
 def write_model(dest: Path, weights: Path, config: dict) -> None:
     """Replace the model folder `dest` (weights and config.json; other files, e.g. the hand-written MODEL_CARD.md,
-    kept) by a folder built beside it and renamed into place (swap_in_folder), so a kill leaves the old folder or
-    the new one, never new weights under the old config or a truncated config."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    kept) through replace_folder, so a kill leaves the old folder or the new one, never new weights under the old
+    config or a truncated config."""
+    def fill(tmp: Path) -> None:
         if dest.is_dir():
             for f in dest.iterdir():
                 if f.is_file() and f.name not in ("weights.safetensors", "config.json"):
                     shutil.copy2(f, tmp / f.name)
         shutil.copyfile(weights, tmp / "weights.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-        apply_default_modes(tmp)
-        swap_in_folder(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    replace_folder(dest, fill)
 
 
 def run_candidates(run: Path, latest: Path) -> dict[str, Path]:

@@ -139,9 +139,6 @@ def validate_config(cfg: Any, path: Path) -> dict:
     n = out.get("n_src")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise _err(path, f"'n_src' must be a positive integer, got {n!r}")
-    if "sample_rate" in args and args["sample_rate"] != sr:
-        raise _err(path, f"'sample_rate' {sr} differs from the network's 'arch_args' sample_rate "
-                         f"{args['sample_rate']!r}")
     seg = out.setdefault("segment", 4.0)
     if not _num(seg) or seg < 0:
         raise _err(path, f"'segment' must be a number of seconds >= 0, got {seg!r}")
@@ -260,14 +257,14 @@ class _ElementBudget(TorchFunctionMode):
         return out
 
 
-def _build(cfg: dict, folder: Path, meta: bool = False, budget: int | None = None) -> torch.nn.Module:
-    """The config's network; on the meta device (shapes only, no memory) when `meta`, stopped past `budget`
-    elements (ModelError)."""
+def _build(cfg: dict, folder: Path, budget: int | None = None) -> torch.nn.Module:
+    """The config's network; with a `budget`, on the meta device (shapes only, no memory) and stopped past that
+    many elements (ModelError)."""
     from ..nets import build_network
 
     try:
-        if meta:
-            with torch.device("meta"), _ElementBudget(budget if budget is not None else 1 << 62):
+        if budget is not None:
+            with torch.device("meta"), _ElementBudget(budget):
                 return build_network(cfg["arch"], cfg["arch_args"])
         return build_network(cfg["arch"], cfg["arch_args"])
     except _TooLarge:
@@ -297,12 +294,12 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     folder, weights = _locate(target)
     cfg = read_config(folder)
     state = read_state_dict(weights)
-    shape_only = _build(cfg, folder, meta=True, budget=4 * sum(v.numel() for v in state.values()) + (1 << 22))
+    shape_only = _build(cfg, folder, budget=4 * sum(v.numel() for v in state.values()) + (1 << 22))
     outputs = getattr(shape_only, "n_src", getattr(shape_only, "n_srcs", None))
     if outputs is not None and outputs != cfg["n_src"]:
         raise _err(folder / "config.json", f"'n_src' {cfg['n_src']} differs from the {outputs} outputs of the "
                                            "network its 'arch_args' describe")
-    rate = getattr(shape_only, "sample_rate", None)
+    rate = getattr(shape_only, "sample_rate", None)  # arch_args' sample_rate, or the network's default
     if isinstance(rate, int) and rate != cfg["sample_rate"]:
         raise _err(folder / "config.json", f"'sample_rate' {cfg['sample_rate']} differs from the network's "
                                            f"{rate} Hz ('arch_args')")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sepcli
@@ -39,7 +39,6 @@ class ZooEntry:
     aliases: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     problem: str | None = None  # why config.json could not be read (the entry then has its folder's name only)
-    hidden: list[str] = field(default_factory=list)  # its aliases that an earlier zoo's model already takes
 
 
 def zoo_dirs() -> list[Path]:
@@ -99,27 +98,31 @@ def _owner(text: str, entries: list[ZooEntry]) -> Path | None:
     return None
 
 
-def list_zoo() -> list[ZooEntry]:
-    """The zoo models that names reach: a model whose name an earlier one has is left out, and an alias that
-    names another model (as resolve() decides) moves from `aliases` to `hidden`. zoo_conflicts() says which."""
+def _reached(scanned: list[ZooEntry]) -> list[ZooEntry]:
+    """The entries names reach, as resolve() decides: a model whose name an earlier one has is left out, and an
+    alias that names another model is dropped from the aliases."""
     entries: list[ZooEntry] = []
-    for e in _scan():
-        if e.name not in {k.name for k in entries}:
+    names: set[str] = set()
+    for e in scanned:
+        if e.name not in names:
+            names.add(e.name)
             entries.append(e)
-    for e in entries:
-        e.hidden = [a for a in e.aliases if _owner(a, entries) != e.folder]
-    for e in entries:
-        e.aliases = [a for a in e.aliases if a not in e.hidden]
-    return entries
+    return [replace(e, aliases=[a for a in e.aliases if _owner(a, entries) == e.folder]) for e in entries]
+
+
+def list_zoo() -> list[ZooEntry]:
+    """The zoo models that names reach (zoo_conflicts() says which names reach another model than their own)."""
+    return _reached(_scan())
 
 
 def zoo_conflicts() -> list[str]:
     """One line for each folder name, model name or alias of a zoo model that resolves to another model (an
     extra zoo, SEPCLI_ZOO, is searched first and may take names of the shipped models)."""
-    reached = list_zoo()
+    scanned = _scan()
+    reached = _reached(scanned)
     folders = {e.folder for e in reached}
     lines = []
-    for e in _scan():
+    for e in scanned:
         if e.folder not in folders:  # an earlier model has its name: not listed, reached by none of its names
             also = f" and its aliases {', '.join(map(repr, e.aliases))}" if e.aliases else ""
             lines.append(f"zoo model {e.folder} is hidden: its name {e.name!r}{also} name "

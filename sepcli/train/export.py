@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,8 +52,8 @@ def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: 
     }
     if extra:
         config.update(extra)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file(state, str(tmp / "weights.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         card = folder / "MODEL_CARD.md"
@@ -64,11 +65,21 @@ def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: 
                 f"{config['sample_rate']} Hz, {config['n_src']} sources.\n\n"
                 f"Trained with `sepcli train` to step {last.get('step')}; best validation SI-SNRi "
                 f"{config['eval']['val_si_snri']} dB.\n")
-        apply_default_modes(tmp)  # mkdtemp's 0700 and save_file's 0600 would hide the model from other users
+
+    replace_folder(folder, fill)
+    return folder
+
+
+def replace_folder(folder: Path, fill: Callable[[Path], None]) -> None:
+    """Give `folder` new content atomically: `fill(tmp)` writes it into a hidden sibling folder, which gets the
+    default modes (mkdtemp's 0700 and save_file's 0600 would hide a model from other users) and is swapped in."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        fill(tmp)
+        apply_default_modes(tmp)
         swap_in_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def swap_in_folder(new: Path, folder: Path) -> None:
