@@ -157,3 +157,59 @@ def test_stitcher_undoes_order_and_gain(rng, n, length, ov):
     if np.abs(y[0] - src[0]).max() > np.abs(y[0] - src[1]).max():
         y = y[::-1]
     np.testing.assert_allclose(y, src, atol=1e-4)
+
+
+def _plain_gains(cur, mix, prev):
+    """The stitcher's gain problem as one stacked least-squares system: one row per mixture sample (the sources
+    should add up to the mixture) and, after the first segment, one row per overlap sample and source (each
+    source should continue its previous output)."""
+    n = cur.shape[0]
+    rows, rhs = [cur.T.astype(np.float64)], [mix.astype(np.float64)]
+    if prev is not None:
+        o = prev.shape[1]
+        for k in range(n):
+            block = np.zeros((o, n))
+            block[:, k] = cur[k, :o]
+            rows.append(block)
+            rhs.append(prev[k].astype(np.float64))
+    return np.linalg.lstsq(np.vstack(rows), np.concatenate(rhs), rcond=None)[0]
+
+
+@pytest.mark.parametrize("n,length,ov", [(3000, 400, 100), (3001, 400, 200), (2000, 300, 37)])
+def test_stitcher_of_imperfect_estimates_equals_a_plain_overlap_add(rng, n, length, ov):
+    """Estimates that disagree on the overlaps (each segment leaks a different share of the other speakers and
+    its own noise), shuffled and rescaled per segment. Reference written plainly: undo the known shuffle, solve
+    the gains as one stacked least-squares problem, and add every segment into place under the documented
+    windows (sin^2 fade-in over the overlap, 1 - sin^2 fade-out)."""
+    n_src = 3
+    src = rng.standard_normal((n_src, n)).astype(np.float32)
+    mix = src.sum(0)
+    plan = plan_segments(n, length, ov)
+    t = (np.arange(ov) + 0.5) / ov
+    fade_in = np.sin(0.5 * np.pi * t) ** 2
+    st, got, want, tail, first_perm = Stitcher(n_src, ov), [], np.zeros((n_src, n)), None, None
+    disagree = 0.0
+    for i, (s, e) in enumerate(plan):
+        leak = rng.uniform(0.05, 0.25, (n_src, n_src)) * (1 - np.eye(n_src))
+        est = (np.eye(n_src) + leak) @ src[:, s:e] + 0.05 * rng.standard_normal((n_src, e - s))
+        perm = rng.permutation(n_src)
+        g = rng.uniform(0.3, 3.0, n_src)
+        got.append(st.push((est[perm] * g[:, None]).astype(np.float32), mix[s:e], i == len(plan) - 1))
+        first_perm = perm if first_perm is None else first_perm
+        # reference: the estimates in the first segment's order (the order the stitcher keeps), rescaled
+        cur = (est * g[np.argsort(perm)][:, None])[first_perm]
+        cur = cur * _plain_gains(cur, mix[s:e], tail)[:, None]
+        if tail is not None:
+            disagree = max(disagree, np.abs(cur[:, :ov] - tail).max())
+        w = np.ones(e - s)
+        if i > 0:
+            w[:ov] = fade_in
+        if i < len(plan) - 1:
+            w[-ov:] = 1.0 - fade_in
+        want[:, s:e] += cur * w
+        tail = cur[:, -ov:]
+    y = np.concatenate(got, axis=1)
+    assert y.shape == (n_src, n)
+    np.testing.assert_allclose(y, want, atol=2e-4)
+    # the overlaps really disagree, so the windows and the continuation term both matter at this tolerance
+    assert disagree > 0.05

@@ -74,7 +74,9 @@ def test_parameter_counts_and_named_configs():
         arch, args, sr = named_config(name)
         assert arch == "spmamba" and args["sample_rate"] == sr
         counts[name] = sum(p.numel() for p in build_network(arch, args).parameters())
-    assert counts == {"spmamba-8k": 6_094_498, "spmamba-16k": 6_141_826}
+        # every parameter of the official network's layout, written from its source (above), and no other
+        assert counts[name] == sum(math.prod(s) for _, s in official_state_dict_layout(**args))
+    assert round(counts["spmamba-16k"] / 1e6, 2) == 6.14  # the paper's "6.14M" (Li et al. 2024)
     a8, a16 = CONFIGS["spmamba-8k"][1], CONFIGS["spmamba-16k"][1]
     got8 = tuple(a8[k] for k in ("n_fft", "stride", "emb_dim", "emb_ks", "emb_hs", "n_layers"))
     assert got8 == (256, 64, 16, 8, 1, 6)

@@ -242,6 +242,45 @@ def test_a_signal_checkpoints_and_resume_equals_straight_run(tmp_path, librimix,
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_resume_restores_the_lr_schedule(tmp_path, librimix, monkeypatch):
+    """Validations after each epoch of 3 steps score 1.0, then 0.5, then 0.4 (scripted, so the schedule's course
+    is known): with patience 1 the lr halves at steps 6 and 9. A run stopped by a signal at step 4 (after the
+    first validation) and resumed must end with the same schedule and weights as the straight run; a resume
+    that forgot the schedule would take step 6's 0.5 for a new best and keep the lr."""
+    import signal
+
+    from sepcli.train import trainer
+
+    def scripted(scores):
+        it = iter(scores)
+        return lambda *a, **k: {"si_snri": next(it)}
+
+    kw = dict(data=librimix, val_data=librimix, steps=9, patience=1)
+    monkeypatch.setattr(trainer, "validate", scripted([1.0, 0.5, 0.4]))
+    straight = train(cfg(tmp_path / "a", **kw))
+    real_step, calls = trainer.train_step, []
+
+    def step_then_signal(*args, **k):
+        loss = real_step(*args, **k)
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(trainer, "validate", scripted([1.0]))
+    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    assert train(cfg(tmp_path / "b", **kw))["step"] == 4
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(trainer, "validate", scripted([0.5, 0.4]))
+    resumed = train(cfg(tmp_path / "b", resume=True, **kw))
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a["schedule"]["scale"] == 0.25 and a["schedule"]["best"] == 1.0
+    assert b["schedule"] == a["schedule"]
+    assert [h["step"] for h in straight["history"]] == [3, 6, 9]
+    assert [h["lr"] for h in resumed["history"]] == [h["lr"] for h in straight["history"]]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 @pytest.mark.parametrize("minutes,saved_at", [(1e-9, [1, 2, 3]), (60.0, [3])])
 def test_checkpoints_are_written_every_ckpt_minutes_and_at_the_end(tmp_path, librimix, monkeypatch, minutes,
                                                                     saved_at):
