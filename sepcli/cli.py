@@ -725,7 +725,7 @@ def train(
         return
     state = "stopped (resume with --resume)" if result["stopped"] else "done"
     best = result["best"]
-    model_dir = result["export"] if Path(result["export"]).is_dir() else "none yet (no validation has run)"
+    model_dir = result["export"] if Path(result["export"]).is_dir() else "none yet (no validation has scored)"
     typer.echo(f"{state} at step {result['step']}/{result['total']}; best validation SI-SNRi "
                f"{'-' if best == float('-inf') else f'{best:.2f} dB'}; model: {model_dir}", err=True)
     if result.get("signal") and result["stopped"]:  # stopped by Ctrl-C or SIGTERM (checkpoint saved): scripts must
@@ -778,11 +778,13 @@ def eval_cmd(
         raise _interrupt_exit(exc, "no scores written") from None
     except (DataError, FileNotFoundError) as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
-    except NothingScored as exc:  # every mixture named, one line each
+    except NothingScored as exc:  # every mixture named, one line each (and in the JSON a script reads)
         if debug:
             traceback.print_exception(exc, file=sys.stderr)
         for f in exc.failed:
             _error(f["error"])
+        if as_json and exc.summary is not None:
+            typer.echo(json.dumps({"model": sep.model.name, **exc.summary}, indent=2, default=_json_default))
         raise typer.Exit(EXIT_FAILED) from None
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc, debug, EXIT_FAILED) from None

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import finite_or_none, separation_scores
+from .metrics import finite_or_none, separation_scores, silent_reference
 from .train.data import DataError, librimix_items, read_mono
 
 
 class NothingScored(ValueError):
     """No mixture could be scored; `failed` lists each ({"file", "error"}), str() the first (and how many more)."""
 
-    def __init__(self, failed: list[dict]):
-        self.failed = failed
+    def __init__(self, failed: list[dict], summary: dict | None = None):
+        self.failed, self.summary = failed, summary  # summary: what evaluate() returns, with n = 0
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         super().__init__(failed[0]["error"] + more)
 
@@ -45,13 +45,6 @@ def _speaker_pairs(folder: Path) -> dict[str, str]:
     return out
 
 
-def _silent_reference(refs: np.ndarray, mix: np.ndarray) -> bool:
-    """True when a reference is silent: its zero-mean energy 100 dB or more below the mixture's (or zero)."""
-    energy = lambda x: float(np.sum((x - x.mean()) ** 2, dtype=np.float64))  # noqa: E731
-    floor = 1e-10 * energy(mix)
-    return any(energy(r) <= floor for r in refs)
-
-
 def _stats(values: list[float | None]) -> dict:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if v.size == 0:
@@ -64,9 +57,7 @@ def _read_item(mix_path: Path, src_paths: list[Path]) -> tuple[np.ndarray, np.nd
     missing = [str(p) for p in src_paths if not p.exists()]
     if missing:
         raise ValueError(f"missing source file(s) {', '.join(missing[:3])}")
-    mix, sr = read_mono(mix_path, None)
-    if len(mix) == 0:
-        raise ValueError("the mixture has no samples")
+    mix, sr = read_mono(mix_path, None)  # DataError naming the file: no samples, NaN or Inf, does not decode
     refs = []
     for p in src_paths:
         ref = read_mono(p, sr)[0]
@@ -74,10 +65,7 @@ def _read_item(mix_path: Path, src_paths: list[Path]) -> tuple[np.ndarray, np.nd
             raise ValueError(f"reference {p} is shorter than the mixture ({len(ref)} < {len(mix)} samples at "
                              f"{sr} Hz)")
         refs.append(ref[: len(mix)])
-    refs = np.stack(refs)
-    if not (np.isfinite(mix).all() and np.isfinite(refs).all()):
-        raise ValueError("non-finite samples (NaN or Inf) in the mixture or a reference")
-    return mix, refs, sr
+    return mix, np.stack(refs), sr
 
 
 class _CsvFile:
@@ -148,7 +136,7 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
                 continue
             # degenerate files (a silent reference: SDR -inf, SI-SNR only its epsilon) are kept as missing, so the
             # CSV and the JSON stay valid; the means skip them and say how many they cover
-            undefined = _silent_reference(refs, mix)
+            undefined = silent_reference(refs, mix)
             row = {"file": mix_path.name, "pair": pairs.get(mix_path.stem, ""),
                    "si_snr": None if undefined else finite_or_none(float(np.mean(s["si_snr"]))),
                    "si_snri": None if undefined else finite_or_none(float(np.mean(s["si_snri"])))}
@@ -159,13 +147,17 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
         if progress:
             progress(len(mixes), len(mixes))
         if not rows:
-            raise NothingScored(failed)
+            raise NothingScored(failed, _summary(data_dir, rows, failed, with_sdr))
         if out is not None:
             out.commit(rows)
     except BaseException:
         if out is not None:
             out.abort()
         raise
+    return _summary(data_dir, rows, failed, with_sdr)
+
+
+def _summary(data_dir: Path, rows: list[dict], failed: list[dict], with_sdr: bool) -> dict:
     keys = ["si_snr", "si_snri"] + (["sdr", "sdri"] if with_sdr else [])
     summary = {"data": str(data_dir), "n": len(rows), **{k: _stats([r[k] for r in rows]) for k in keys}}
     by_pair: dict[str, list] = {}

@@ -98,6 +98,17 @@ def separation_scores(est: np.ndarray, ref: np.ndarray, mix: np.ndarray, with_sd
     return out
 
 
+def silent_reference(refs: np.ndarray, mix: np.ndarray) -> bool:
+    """True when a reference [n, T] is silent: its zero-mean energy 100 dB or more below the mixture's [T] (or
+    zero). Its SI-SNR is only the epsilon's and its SDR -inf: such a mixture is left out of scores."""
+    def energy(x):
+        x = np.asarray(x, dtype=np.float64)
+        return float(np.sum((x - x.mean()) ** 2))
+
+    floor = 1e-10 * energy(mix)
+    return any(energy(r) <= floor for r in refs)
+
+
 def finite_or_none(v):
     """A score as JSON and CSV can hold it: a non-finite float (a degenerate file's -inf, a diverged run's NaN)
     becomes None; anything else is returned as it is."""

@@ -98,6 +98,7 @@ def _copy_folder(src, dst):
      "non-finite"),
     (lambda d: sf.write(d / "mix" / "1.wav", np.zeros(0, np.float32), SR), "no samples"),
     (lambda d: (d / "s2" / "1.wav").unlink(), "missing source file(s)"),
+    (lambda d: (d / "mix" / "1.wav").write_bytes(b"not audio at all" * 64), "cannot decode audio (Format not"),
 ])
 def test_eval_names_the_mixture_it_cannot_score_and_scores_the_others(tmp_path, bands, damage, problem):
     d = _copy_folder(bands, tmp_path / "d")
@@ -129,6 +130,11 @@ def test_eval_with_no_mixture_scored_fails_without_a_csv(tmp_path, bands):
     assert named == [str(d / "mix" / f"{i}.wav") for i in range(3)], lines
     assert all("shorter than the mixture" in ln for ln in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m"]
+    # with --json a script still gets the JSON: nothing scored, every failure listed
+    res = runner.invoke(app, ["eval", str(d), "-m", str(model), "--quiet", "--json"])
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 1 and doc["n"] == 0 and doc["files"] == [] and doc["si_snri"]["mean"] is None
+    assert [f["file"] for f in doc["failed"]] == named
     three = _copy_folder(bands, tmp_path / "three")  # more sources than the model's outputs: refused before any
     shutil.copytree(three / "s1", three / "s3")       # separation, as train refuses it
     res = runner.invoke(app, ["eval", str(three), "-m", str(model), "--quiet", "--json"])
@@ -433,15 +439,15 @@ def test_eval_interrupted_exits_with_the_signal_and_writes_nothing(tmp_path, ban
 
 
 def test_a_quiet_reference_is_scored_and_only_silence_is_not():
-    from sepcli.evaluate import _silent_reference
+    from sepcli.metrics import silent_reference
 
     rng = np.random.default_rng(3)
     mix = rng.standard_normal(SR)
     quiet = 10 ** (-90 / 20) * rng.standard_normal(SR)  # 90 dB below the mixture: a real, very quiet talker
-    assert not _silent_reference(np.stack([mix, quiet]), mix)
-    assert _silent_reference(np.stack([mix, np.zeros(SR)]), mix)
-    assert _silent_reference(np.stack([mix, np.full(SR, 0.3)]), mix)  # a DC offset is silence after zero-mean
-    assert _silent_reference(np.stack([mix, 1e-6 * quiet]), mix)  # 210 dB below: numerically silent
+    assert not silent_reference(np.stack([mix, quiet]), mix)
+    assert silent_reference(np.stack([mix, np.zeros(SR)]), mix)
+    assert silent_reference(np.stack([mix, np.full(SR, 0.3)]), mix)  # a DC offset is silence after zero-mean
+    assert silent_reference(np.stack([mix, 1e-6 * quiet]), mix)  # 210 dB below: numerically silent
 
 
 def test_eval_of_file_names_that_are_not_utf8(tmp_path, bands):

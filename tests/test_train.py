@@ -82,7 +82,8 @@ def test_training_lowers_the_loss(tmp_path, librimix):
     assert conf["arch"] == "s4m" and conf["sample_rate"] == SR
     assert set(load_file(folder / "weights.safetensors")) == set(build_state_keys())
     card = (folder / "MODEL_CARD.md").read_text()  # the exported folder is a complete model folder
-    assert f"step {conf['provenance']['step']}" in card and f"{conf['eval']['val_si_snri']} dB" in card
+    assert f"step {conf['provenance']['step']}" in card and f"{conf['eval']['val_si_snri']:.2f} dB" in card
+    assert "s4m-tiny-8k" in card and str(librimix) in card  # the configuration and the data it trained on
     # the optimiser is Adam (its two moment buffers per parameter) at the issue's clipping norm
     ck = _weights(tmp_path / "run")
     assert ck["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
@@ -304,7 +305,7 @@ def test_export_rewrites_its_own_card_and_keeps_a_hand_written_one(tmp_path):
         export_model_folder(folder, net, meta, name="m", history=[{"step": step, "si_snri": step / 10}])
         return (folder / "MODEL_CARD.md").read_text()
 
-    assert "to step 3;" in export(3) and "0.3 dB" in export(3)
+    assert "to step 3;" in export(3) and "0.30 dB" in export(3)
     assert "to step 7;" in export(7) and "to step 3;" not in export(7)  # its own card describes the new export
     (folder / "MODEL_CARD.md").write_text("# mine\nWritten by hand.\n")
     assert export(9) == "# mine\nWritten by hand.\n"
@@ -1276,3 +1277,77 @@ def test_init_with_arch_args_that_keep_the_weights_builds_them(tmp_path, librimi
         _build(replace(base, arch_args={"sample_rate": 16000}))
     with pytest.raises(TrainError, match="do not fit arch 's4m'"):
         _build(replace(base, arch_args={"bogus": 1}))
+
+
+def _librimix_copy(src: Path, dest: Path, n: int | None = None) -> Path:
+    """The first n items (all by default) of a LibriMix folder, copied."""
+    names = sorted(p.name for p in (src / "mix").iterdir())[:n]
+    for sub in ("mix", "s1", "s2"):
+        (dest / sub).mkdir(parents=True)
+        for name in names:
+            (dest / sub / name).write_bytes((src / sub / name).read_bytes())
+    return dest
+
+
+@pytest.mark.parametrize("damage", ["empty", "nan"])
+def test_a_bad_validation_file_is_named_before_the_run_starts(tmp_path, librimix, damage):
+    val = _librimix_copy(librimix, tmp_path / "val")
+    bad = val / "s2" / "4.wav"
+    if damage == "empty":
+        for sub in ("mix", "s1", "s2"):
+            sf.write(val / sub / "4.wav", np.zeros(0, np.float32), SR, subtype="FLOAT")
+        bad = val / "mix" / "4.wav"
+    else:
+        x, _ = sf.read(bad, dtype="float32")
+        x[100] = np.nan
+        sf.write(bad, x, SR, subtype="FLOAT")
+    with pytest.raises(trainer.DataError, match=re.escape(str(bad))):
+        train(cfg(tmp_path / "run", data=librimix, val_data=val, steps=3))
+    assert not (tmp_path / "run").exists()  # nothing trained, no run folder left behind
+
+
+def test_a_bad_training_file_is_named_and_the_run_is_kept_at_that_step(tmp_path, librimix):
+    data = _librimix_copy(librimix, tmp_path / "data")
+    x, _ = sf.read(data / "s1" / "2.wav", dtype="float32")
+    x[5] = np.inf
+    sf.write(data / "s1" / "2.wav", x, SR, subtype="FLOAT")
+    with pytest.raises(trainer.DataError, match=re.escape(str(data / "s1" / "2.wav")) + ".*non-finite.*--resume"):
+        train(cfg(tmp_path / "run", data=data, steps=9))
+    ck = _weights(tmp_path / "run")
+    # the checkpoint is the run just before the step that drew the file (epoch order: batch_indices)
+    drew = [s for s in range(9) if 2 in batch_indices(s, 0, 1, 2, 6, 3, 3)][0]
+    assert ck["step"] == drew
+
+
+def test_validation_leaves_out_mixtures_with_a_silent_source(tmp_path, librimix):
+    """As `sepcli eval` does: a silent source's SI-SNR is only the epsilon's and would swing the mean."""
+    full = _librimix_copy(librimix, tmp_path / "full")
+    sf.write(full / "s2" / "5.wav", np.zeros(SR, np.float32), SR, subtype="FLOAT")
+    rest = _librimix_copy(librimix, tmp_path / "rest", n=5)
+    from sepcli.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network("s4m", TINY)
+    got, want = validate(net, LibriMixDataset(full, SR)), validate(net, LibriMixDataset(rest, SR))
+    assert got["n"] == want["n"] == 5
+    assert got["si_snri"] == pytest.approx(want["si_snri"], abs=1e-9)
+
+
+def test_resume_without_a_checkpoint_does_not_start_over_a_run(tmp_path, librimix):
+    run = tmp_path / "run"
+    train(cfg(run, data=librimix, val_data=librimix, steps=3))
+    (run / "last.pt").unlink()
+    best = (run / "best" / "weights.safetensors").read_bytes()
+    with pytest.raises(trainer.TrainError, match="no checkpoint \\(last.pt\\) to resume"):
+        train(cfg(run, data=librimix, val_data=librimix, steps=6, resume=True))
+    assert (run / "best" / "weights.safetensors").read_bytes() == best
+    # an empty or new folder still starts a run with --resume (as scripts that always pass it expect)
+    assert train(cfg(tmp_path / "new", data=librimix, steps=1, resume=True))["step"] == 1
+
+
+def test_resume_with_fewer_steps_than_done_is_refused(tmp_path, librimix):
+    run = tmp_path / "run"
+    train(cfg(run, data=librimix, steps=4))
+    with pytest.raises(trainer.TrainError, match="at step 4, past the 2 steps"):
+        train(cfg(run, data=librimix, steps=2, resume=True))
+    assert train(cfg(run, data=librimix, steps=4, resume=True))["step"] == 4  # equal: done, nothing to do

@@ -65,12 +65,15 @@ def librimix_items(folder: Path, missing_ok: bool = False) -> tuple[list[Path], 
 
 
 def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> dict:
-    """From the file headers (fast): every source lasts at least as long as its mixture, every file decodes.
+    """From the file headers (fast): every mixture holds samples, every source lasts at least as long as its
+    mixture, every file decodes.
     Returns {"longest": the longest mixture in seconds, "other_rate": the first source whose rate differs from
     its mixture's (it is resampled; LibriMix folders have one rate), or None}."""
     longest, other_rate = 0.0, None
     for m, srcs in zip(mixes, sources):
         info = _info(m)
+        if info.frames == 0:
+            raise DataError(f"{m}: holds no samples")
         need = info.frames / info.samplerate
         longest = max(longest, need)
         for p in srcs:
@@ -90,8 +93,23 @@ def _info(path: Path):
         raise DataError(f"{path}: cannot decode audio ({sf_message(exc, path)})") from None
 
 
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """The samples [T, channels] float32 and rate of a data file; DataError naming it when it does not decode,
+    holds no samples, or holds NaN or infinite samples (they would poison the loss or the scores)."""
+    try:
+        x, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.SoundFileError) as exc:  # soundfile.LibsndfileError: opening, or mid-file (lost sync)
+        raise DataError(f"{path}: cannot decode audio ({sf_message(exc, path)})") from None
+    if x.shape[0] == 0:
+        raise DataError(f"{path}: holds no samples")
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: holds non-finite samples (NaN or Inf)")
+    return x, sr
+
+
 def read_mono(path: Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
-    x, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
+    """A data file downmixed to mono, resampled to `sample_rate` when given (read_audio's checks)."""
+    x, sr = read_audio(path)
     x = x.mean(1)
     if sample_rate and sr != sample_rate:
         x = soxr.resample(x, sr, sample_rate).astype(np.float32)
@@ -103,6 +121,7 @@ class LibriMixDataset(Dataset):
     """Fixed mixtures from a LibriMix folder; `segment` seconds crops (random, seeded per item) or whole files."""
 
     def __init__(self, folder: Path, sample_rate: int, segment: float | None = None, seed: int = 0):
+        self.folder = Path(folder)
         self.mixes, self.sources = librimix_items(folder)
         self.summary = check_lengths(self.mixes, self.sources)
         self.sample_rate = sample_rate
@@ -120,7 +139,7 @@ class LibriMixDataset(Dataset):
         n = len(self) if limit is None else min(limit, len(self))
         h = hashlib.sha256(f"{n} {self.sample_rate}".encode())
         for path in self.mixes[:n] + [p for srcs in self.sources[:n] for p in srcs]:
-            x, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
+            x, sr = read_audio(path)
             h.update(os.fsencode(Path(path).name) + b"\0" + str(sr).encode() + x.tobytes())
         return h.hexdigest()[:16]
 

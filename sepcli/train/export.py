@@ -60,14 +60,25 @@ def export_model_folder(folder: Path, model: torch.nn.Module, meta: dict, name: 
         if card.exists() and AUTO_CARD not in card.read_text(errors="replace"):  # a hand-written card is kept
             shutil.copy2(card, tmp / "MODEL_CARD.md")
         else:  # written anew at every export, so it never describes an older one
-            (tmp / "MODEL_CARD.md").write_text(
-                f"# {name}\n{AUTO_CARD}\n\n{meta['arch']} network, {params / 1e6:.2f} M parameters, "
-                f"{config['sample_rate']} Hz, {config['n_src']} sources.\n\n"
-                f"Trained with `sepcli train` to step {last.get('step')}; best validation SI-SNRi "
-                f"{config['eval']['val_si_snri']} dB.\n")
+            (tmp / "MODEL_CARD.md").write_text(_card(name, config, params))
 
     replace_folder(folder, fill)
     return folder
+
+
+def _card(name: str, config: dict, params: int) -> str:
+    """The card of an exported folder: the network, its training data and its validation figure."""
+    tc = config["provenance"]["train_config"]
+    net = tc.get("arch") or (f"fine-tuned from {tc['init']}" if tc.get("init") else config["arch"])
+    data = (f"LibriMix-style folder `{tc['data']}`" if tc.get("data")
+            else f"dynamic mixtures of the speaker pools `{tc['pools']}`" if tc.get("pools") else "data not recorded")
+    val = config["eval"]["val_si_snri"]
+    on = f", `{tc['val_data']}`" if tc.get("val_data") else ""
+    scored = (f"best validation SI-SNRi {val:.2f} dB (step {config['eval']['val_step']}{on})" if val is not None
+              else "not validated (no --val-data)")
+    return (f"# {name}\n{AUTO_CARD}\n\n{config['arch']} network ({net}), {params / 1e6:.2f} M parameters, "
+            f"{config['sample_rate']} Hz, {config['n_src']} sources.\n\n"
+            f"Trained with `sepcli train` on {data} to step {config['provenance']['step']}; {scored}.\n")
 
 
 def replace_folder(folder: Path, fill: Callable[[Path], None]) -> None:

@@ -216,7 +216,9 @@ def batch_indices(step: int, rank: int, world: int, batch: int, n_items: int | N
 def validate(model: torch.nn.Module, ds: LibriMixDataset, batch: int = 4, limit: int | None = None,
              should_stop=None) -> dict | None:
     """Mean SI-SNR and SI-SNRi (dB) of the model on whole validation mixtures (PIT-matched); None when
-    `should_stop()` turns true between batches (a signal: the run stops without waiting for the whole set)."""
+    `should_stop()` turns true between batches (a signal: the run stops without waiting for the whole set).
+    Mixtures with a silent source are left out, as `sepcli eval` leaves them out (their SI-SNR is only its
+    epsilon's); `n` counts the mixtures scored."""
     was = model.training
     model.eval()
     n = len(ds) if limit is None else min(limit, len(ds))
@@ -228,7 +230,8 @@ def validate(model: torch.nn.Module, ds: LibriMixDataset, batch: int = 4, limit:
         by_length: dict[int, list] = {}  # whole files: only mixtures of one length share a forward pass
         for j in range(i, min(n, i + batch)):
             m, src = ds[j]
-            by_length.setdefault(m.shape[-1], []).append((m, src))
+            if not metrics.silent_reference(src[:, : m.shape[-1]].numpy(), m.numpy()):
+                by_length.setdefault(m.shape[-1], []).append((m, src))
         for items in by_length.values():
             mix = torch.stack([m for m, _ in items])
             ref = torch.stack([s[:, : m.shape[-1]] for m, s in items])
@@ -238,7 +241,9 @@ def validate(model: torch.nn.Module, ds: LibriMixDataset, batch: int = 4, limit:
             vals += score.tolist()
             imps += (score - base).tolist()
     model.train(was)
-    return {"si_snr": float(np.mean(vals)), "si_snri": float(np.mean(imps)), "n": n}
+    if not vals:
+        raise DataError(f"{ds.folder}: no validation mixture can be scored (each has a silent source)")
+    return {"si_snr": float(np.mean(vals)), "si_snri": float(np.mean(imps)), "n": len(vals)}
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, mix: torch.Tensor, ref: torch.Tensor,
@@ -308,6 +313,11 @@ def check_config(cfg: TrainConfig) -> None:
     for held in ("last.pt", "log.jsonl"):  # a run's log without its checkpoint is still that run's folder
         if (out / held).exists() and not cfg.resume:
             raise TrainError(f"{out}: holds a run already ({held}); continue it with --resume or choose another --out")
+    if cfg.resume and not cfg.continue_init and not (out / "last.pt").exists():
+        for held in ("log.jsonl", "best"):  # --resume would start again from step 0 over the run's best/
+            if (out / held).exists():
+                raise TrainError(f"{out}: holds a run ({held}) but no checkpoint (last.pt) to resume from; choose "
+                                 "another --out (or move the folder away to start again)")
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -413,6 +423,8 @@ def train(cfg: TrainConfig) -> dict:
         n_items, steps_per_epoch = None, cfg.epoch_steps
     total = cfg.steps or (cfg.epochs or 1) * steps_per_epoch
     val_ds = LibriMixDataset(cfg.val_data, sr) if cfg.val_data else None
+    # reads every file validated on: a bad one (no samples, NaN, does not decode) is named before the run starts
+    val_id = val_ds.fingerprint(cfg.val_limit) if val_ds is not None else None
     for folder, d in ((cfg.data, ds if cfg.data else None), (cfg.val_data, val_ds)):
         if d is not None and len(d.sources[0]) != n_src:
             raise TrainError(f"{folder}: {len(d.sources[0])} source folders (s1/ ...) but the network separates "
@@ -442,6 +454,9 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:  # a validation a signal cut short runs first (only rank 0 validates; the others go on)
             pending["step"] = state.get("pending_validation")
         recent_losses = list(state.get("recent_losses") or [])  # the logged train_loss goes on as if never stopped
+        if step > total:
+            raise TrainError(f"{ckpt_path}: the run is at step {step}, past the {total} steps asked for; give "
+                             "more --steps or --epochs to go on")
     elif cfg.init and cfg.continue_init:
         # A committed model folder carries no optimiser state (kept small): continue its step count and lr
         # schedule, and re-warm Adam's moments over `warmup` steps from there.
@@ -470,7 +485,7 @@ def train(cfg: TrainConfig) -> dict:
     if keep_best and rank == 0:
         print(f"no --val-data: {out / 'best'} keeps the run's validated best ({sched.best:.2f} dB SI-SNRi); the "
               f"latest weights are in {ckpt_path.name} (give --val-data to go on selecting)", file=sys.stderr)
-    if val_ds is not None and sched.use_validation_set(val_ds.fingerprint(cfg.val_limit)) and rank == 0:
+    if val_ds is not None and sched.use_validation_set(val_id) and rank == 0:
         print(f"{cfg.val_data}: not the validation set (or --val-limit) of the run's best score so far; best score "
               "and patience start again", file=sys.stderr)
 
@@ -567,7 +582,12 @@ def train(cfg: TrainConfig) -> dict:
             idx = batch_indices(step, rank, world, cfg.batch_size, n_items, cfg.seed, steps_per_epoch)
             if isinstance(ds, LibriMixDataset):
                 ds.epoch = step // steps_per_epoch
-            items = [ds[i] for i in idx]
+            try:
+                items = [ds[i] for i in idx]
+            except DataError as exc:  # a file that does not decode or holds NaN: named, and the run kept
+                checkpoint()  # the step has not started: --resume redoes it
+                raise DataError(f"{exc} (the run is saved at step {step} in {ckpt_path}: replace or remove the "
+                                "file, then --resume)") from None
             mix = torch.stack([m for m, _ in items])
             ref = torch.stack([s for _, s in items])
             for g in opt.param_groups:
