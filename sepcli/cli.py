@@ -14,6 +14,7 @@ file; rerunning `batch` completes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,7 +61,9 @@ def _stderr_console(quiet: bool):
 
 
 def _error(msg: str) -> None:
-    typer.echo(f"sepcli: error: {msg}", err=True)
+    """One line on stderr: a newline or other control character (in a file name) is written escaped."""
+    line = "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in msg)
+    typer.echo(f"sepcli: error: {line}", err=True)
 
 
 def _fail(exc: BaseException, debug: bool, code: int) -> typer.Exit:
@@ -153,6 +156,26 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_cb, 
     """sepcli: one file per speaker from a recording of overlapping talkers."""
 
 
+def run() -> None:
+    """The console entry point: the app, with the option parser's errors (a bad value, an unknown option, a
+    missing argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel."""
+    try:
+        code = app(prog_name="sepcli", standalone_mode=False)
+    except Exception as exc:
+        message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if message is None or exit_code is None:  # not the parser's (click's) exception
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `sepcli` alone: the help (Typer has printed it)
+            if message().strip():
+                typer.echo(message(), err=True)
+        else:
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _error(" ".join(message().split()) + hint)
+        sys.exit(exit_code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
 # ---------------------------------------------------------------------- shared options
 def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
              overwrite, device, threads):
@@ -193,13 +216,20 @@ def _summary_table(console, results, title: str) -> None:
     console.print(t)
 
 
+def _report(r, debug: bool) -> None:
+    """A failed input's one line (and, with --debug, the traceback of an unexpected exception)."""
+    if debug and r.exception is not None:
+        traceback.print_exception(r.exception, file=sys.stderr)
+    _error(r.error or f"{r.input}: failed")
+
+
 def _emit(results, sep, as_json: bool, console, title: str, extra: dict | None = None,
-          debug: bool = False) -> int:
+          debug: bool = False, reported: bool = False) -> int:
+    """The summary table (terminal) or JSON (stdout); each failed input's line unless `reported` already.
+    Returns the exit code."""
     for r in results:
-        if r.status == "error":
-            if debug and r.exception is not None:
-                traceback.print_exception(r.exception, file=sys.stderr)
-            _error(r.error or f"{r.input}: failed")
+        if r.status == "error" and not reported:
+            _report(r, debug)
     counts = {s: sum(1 for r in results if r.status == s) for s in ("ok", "error", "skipped")}
     if console is not None and results:
         _summary_table(console, results, title)
@@ -298,14 +328,39 @@ def separate(
     if inputs.count("-") > 1:
         _error("stdin ('-') can be given only once")
         raise typer.Exit(EXIT_USAGE)
+    from .pipeline import UsageError, check_distinct_outputs
+
     with _interruptible():
         try:
             sep = _make_separator(model, opts, debug)  # options and model first: a usage error creates nothing
-            _check_out(out, debug)
-            results = _separate_all(sep, inputs, stems, out, quiet, debug)
+            try:
+                check_distinct_outputs(sep, [(i, s, out) for i, s in zip(inputs, stems)])
+            except UsageError as exc:
+                raise _fail(exc, debug, EXIT_USAGE) from None
+            with _made_if_missing(out):
+                _check_out(out, debug)
+                results = _separate_all(sep, inputs, stems, out, quiet, debug)
         except KeyboardInterrupt as exc:
-            raise _interrupt_exit(exc) from None
+            raise _interrupt_exit(exc, "finished outputs kept, unfinished ones removed (give the unfinished inputs "
+                                       "again; `sepcli batch` skips finished files)") from None
     raise typer.Exit(_emit(results, sep, as_json, _stderr_console(quiet), "sepcli separate", debug=debug))
+
+
+class _made_if_missing:
+    """Around a command's work: an output folder that did not exist before and is still empty after (every
+    input failed, or an interruption came first) is removed again, so a failed run leaves nothing."""
+
+    def __init__(self, out: Path):
+        self.out, self.existed = out, os.path.lexists(out)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self.existed:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # only if empty
+        return False
 
 
 def _separate_all(sep, inputs: list[str], stems: list[str], out: Path, quiet: bool, debug: bool) -> list:
@@ -416,15 +471,19 @@ def batch(
     if not folder.is_dir():
         _error(f"{folder}: not a folder")
         raise typer.Exit(EXIT_USAGE)
+    if jobs < 1:
+        _error(f"--jobs must be at least 1, got {jobs}")
+        raise typer.Exit(EXIT_USAGE)
     with _interruptible():
         try:
             sep = _make_separator(model, opts, debug)
-            _check_out(out, debug)
-            results, extra = _batch_run(sep, folder, out, glob, jobs, shard_ix, manifest, quiet, debug)
+            with _made_if_missing(out):
+                _check_out(out, debug)
+                results, extra = _batch_run(sep, folder, out, glob, jobs, shard_ix, manifest, quiet, debug)
         except KeyboardInterrupt as exc:
             raise _interrupt_exit(exc) from None
     raise typer.Exit(_emit(results, sep, as_json, _stderr_console(quiet),
-                           f"sepcli batch (shard {shard_ix[0]}/{shard_ix[1]})", extra, debug=debug))
+                           f"sepcli batch (shard {shard_ix[0]}/{shard_ix[1]})", extra, debug=debug, reported=True))
 
 
 def _batch_run(sep, folder: Path, out: Path, glob, jobs: int, shard_ix, manifest, quiet: bool, debug: bool):
@@ -440,9 +499,16 @@ def _batch_run(sep, folder: Path, out: Path, glob, jobs: int, shard_ix, manifest
         bar.start()
         task = bar.add_task("batch", total=None)
     t0 = time.perf_counter()
+
+    def on_result(r) -> None:  # a bad file is reported when it fails, not after hours of the others
+        if r.status == "error":
+            _report(r, debug)
+        if bar is not None:
+            bar.advance(task)
+
     try:
         results = separate_batch(sep, folder, out, glob=glob, jobs=jobs, shard=shard_ix, manifest=manifest,
-                                 on_result=(lambda r: bar.advance(task)) if bar is not None else None,
+                                 on_result=on_result,
                                  on_plan=(lambda fs: bar.update(task, total=len(fs))) if bar is not None else None)
     except UsageError as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None

@@ -189,6 +189,17 @@ def check_template(template: str) -> None:
     safe_relative(name, template)
 
 
+def check_distinct_outputs(sep: Separator, planned: list[tuple[str, str, Path]]) -> None:
+    """UsageError, before any work, when two inputs ((input, stem, output folder) each) would write the same
+    output file: a --name without {stem}, for instance, names every input's speaker 1 alike."""
+    owner: dict[str, str] = {}
+    for inp, stem, folder in planned:
+        for p in sep.planned_outputs(stem, folder):
+            key = os.path.normcase(os.path.abspath(p))
+            if owner.setdefault(key, inp) != inp:
+                raise UsageError(f"{owner[key]} and {inp} would both write {p} (put {{stem}} in --name)")
+
+
 def safe_relative(name: str, what: str) -> Path:
     """`name` as a relative path that cannot leave the output folder (no absolute path, no '..' part, no
     empty name). '~' is not expanded anywhere, so a file name such as "~draft" is an ordinary name; only a
@@ -660,12 +671,13 @@ class Separator:
                     check_output_format(o.format, o.subtype, rate)
                 except ValueError as exc:  # mp3 and an input rate it cannot store: this file's problem
                     raise UsageError(f"{exc} ({src.rate} Hz input)") from None
+                replace = o.overwrite or "replaced_damaged_output" in result.flags
                 infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record,
-                                            temporaries)
+                                            temporaries, replace)
                 replaced, decoded, declared = src.nonfinite, src.decoded, src.frames
             result.outputs = infos
             result.status = "ok"
-            flags = {f for i in infos for f in i.flags}
+            flags = {f for i in infos for f in i.flags} | set(result.flags)
             if replaced:
                 flags.add("nonfinite_input_replaced")
             if decoded < declared:  # a cut or damaged file (mp3 most often): the outputs hold what decodes
@@ -719,9 +731,12 @@ class Separator:
         # with --drop-silent a finished input may have fewer outputs than speakers (the silent ones were not
         # written); since outputs are committed all-or-none, any output present means the input was finished
         if resume and (all(exist) or (self.options.drop_silent and any(exist))):
-            result.status = "skipped"
-            result.outputs = [_existing_output(k + 1, q) if e else _dropped_output(k + 1)
-                              for k, (q, e) in enumerate(zip(outs, exist))]
+            infos = [_existing_output(k + 1, q) if e else _dropped_output(k + 1)
+                     for k, (q, e) in enumerate(zip(outs, exist))]
+            if any(e and i.frames == 0 for i, e in zip(infos, exist)):  # damaged since (emptied, overwritten)
+                result.flags = ["replaced_damaged_output"]  # not finished after all: done again, replacing it
+                return True
+            result.status, result.outputs = "skipped", infos
             return False
         for p, e in zip(outs, exist):
             if e:
@@ -730,10 +745,11 @@ class Separator:
 
     def _write_outputs(self, src, outs: list[Path], rate: int, timer: _Timer, writers: list,
                        spools: list, progress, journal: Callable[..., None],
-                       temporaries: list[Path]) -> list[OutputInfo]:
+                       temporaries: list[Path], replace: bool) -> list[OutputInfo]:
         """Stream the speakers into `outs` (temporary files, renamed when all are finished). Every temporary file's
         name goes into `temporaries` before the file is created; `journal(temps=..., committing=...)` records in the
-        claim what a SIGKILL could leave behind (see _clean_after_dead_holder)."""
+        claim what a SIGKILL could leave behind (see _clean_after_dead_holder). `replace`: existing outputs are replaced
+        (--overwrite, or a damaged output of a resumed batch), else never."""
         o = self.options
         n_src = self.model.n_src
         meters = [StreamingLoudness(rate) for _ in range(n_src)]
@@ -797,8 +813,8 @@ class Separator:
         journal(committing=[os.path.abspath(outs[k]) for k in range(n_src) if keep[k]])
         for k in range(n_src):
             if keep[k]:
-                writers[k].commit(overwrite=o.overwrite)
-            elif o.overwrite and os.path.lexists(outs[k]):
+                writers[k].commit(overwrite=replace)
+            elif replace and os.path.lexists(outs[k]):
                 os.unlink(outs[k])  # replacing this input's outputs: a dropped speaker's old file goes too
         infos = []
         for k in range(n_src):
@@ -928,6 +944,7 @@ def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.Pa
                          f"by the next run (choose a folder outside it, e.g. {sibling})")
     every = find_inputs(root, glob, exclude=out_dir)
     stems = batch_stems(every)
+    check_distinct_outputs(sep, [(str(p), stems[p], out_dir / p.relative_to(root).parent) for p in every])
     files = shard_files(every, *shard)
     if on_plan is not None:
         on_plan(files)
@@ -935,7 +952,10 @@ def separate_batch(sep: Separator, root: str | os.PathLike, out_dir: str | os.Pa
     lock = threading.Lock()
     stop = threading.Event()
     sep.reset_cancel()
-    mf = open(manifest, "a", encoding="utf-8") if manifest else None  # noqa: SIM115
+    try:
+        mf = open(manifest, "a", encoding="utf-8") if manifest else None  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"{manifest}: cannot append the manifest here ({exc.strerror or exc})") from None
 
     def one(p: Path) -> FileResult | None:
         if stop.is_set():

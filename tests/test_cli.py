@@ -510,3 +510,75 @@ def test_default_threads_are_the_idle_cpus_unless_told(tmp_path, fast_model, mon
     r = run("separate", src, "-o", tmp_path / "out", "-m", fast_model, "--json", *flag)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["runtime"]["threads"] == want
+
+
+@pytest.mark.parametrize("cmd", ["separate", "batch"])
+def test_a_name_template_that_makes_inputs_collide_is_refused_before_any_work(tmp_path, fast_model, cmd):
+    a, b = _wav(tmp_path / "in" / "a.wav", seed=1), _wav(tmp_path / "in" / "b.wav", seed=2)
+    out = tmp_path / "out"
+    args = [a, b] if cmd == "separate" else [tmp_path / "in"]
+    r = run(cmd, *args, "-o", out, "-m", fast_model, "--name", "speaker{k}.{ext}", "--overwrite")
+    assert r.exit_code == 2, r.stderr
+    want = f"sepcli: error: {a} and {b} would both write {out / 'speaker1.wav'} (put {{stem}} in --name)"
+    assert r.stderr.strip() == want
+    assert not out.exists()
+    ok = run(cmd, *args, "-o", out, "-m", fast_model, "--name", "{k}/{stem}.{ext}")  # distinct per input: fine
+    assert ok.exit_code == 0 and sorted(p.name for p in (out / "1").iterdir()) == ["a.wav", "b.wav"]
+
+
+def test_batch_manifest_that_cannot_be_opened_is_one_line(tmp_path, fast_model):
+    _wav(tmp_path / "in" / "a.wav")
+    for manifest, why in ((tmp_path / "no" / "such" / "m.jsonl", "No such file or directory"),
+                          (tmp_path / "in", "Is a directory")):
+        r = run("batch", tmp_path / "in", "-o", tmp_path / "out", "-m", fast_model, "--manifest", manifest)
+        assert r.exit_code == 2
+        assert r.stderr.strip() == f"sepcli: error: {manifest}: cannot append the manifest here ({why})"
+
+
+def test_batch_redoes_an_input_whose_output_was_damaged(tmp_path, fast_model):
+    _wav(tmp_path / "in" / "a.wav", seconds=1.5)
+    out = tmp_path / "out"
+    assert run("batch", tmp_path / "in", "-o", out, "-m", fast_model).exit_code == 0
+    good = (out / "a_spk2.wav").read_bytes()
+    (out / "a_spk1.wav").write_bytes(b"")  # emptied since (a full disk, a tool gone wrong)
+    r = run("batch", tmp_path / "in", "-o", out, "-m", fast_model, "--json")
+    res = json.loads(r.stdout)["results"][0]
+    assert r.exit_code == 0 and res["status"] == "ok" and "replaced_damaged_output" in res["flags"]
+    assert sf.info(out / "a_spk1.wav").frames == int(1.5 * SR) and (out / "a_spk2.wav").read_bytes() == good
+    again = json.loads(run("batch", tmp_path / "in", "-o", out, "-m", fast_model, "--json").stdout)
+    assert again["results"][0]["status"] == "skipped"  # whole again: finished
+
+
+def test_output_folder_made_for_a_run_that_writes_nothing_is_removed(tmp_path, fast_model):
+    bad = tmp_path / "fake.wav"
+    bad.write_bytes(b"not audio" * 100)
+    r = run("separate", bad, "-o", tmp_path / "o1", "-m", fast_model)
+    assert r.exit_code == 1 and not (tmp_path / "o1").exists()
+    (tmp_path / "o2").mkdir()  # a folder that was there before stays
+    assert run("separate", bad, "-o", tmp_path / "o2", "-m", fast_model).exit_code == 1 and (tmp_path / "o2").is_dir()
+    _wav(tmp_path / "in" / "a.wav")
+    r = run("batch", tmp_path / "in", "-o", tmp_path / "o3", "-m", fast_model, "--jobs", "0")
+    assert r.exit_code == 2 and "--jobs must be at least 1" in r.stderr and not (tmp_path / "o3").exists()
+
+
+def test_a_newline_in_a_file_name_stays_on_the_error_line(tmp_path, fast_model):
+    bad = tmp_path / "new\nline.wav"
+    bad.write_bytes(b"not audio" * 100)
+    r = run("separate", bad, "-o", tmp_path / "out", "-m", fast_model)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "new\\nline.wav: cannot decode audio" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("args,problem", [
+    (["separate", "x.wav", "-o", "out", "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+    (["separate", "x.wav", "-o", "out", "--bogus"], "No such option: --bogus"),
+    (["batch"], "Missing argument"),
+])
+def test_option_parser_errors_are_one_line_with_exit_code_2(tmp_path, args, problem):
+    """Through the installed entry point (sepcli.cli:run, as `python -m sepcli`), not Typer's boxed panel."""
+    p = subprocess.run([sys.executable, "-m", "sepcli", *args], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("sepcli: error: ") and problem in lines[0] and "--help" in lines[0]
+    assert p.stdout == "" and not (tmp_path / "out").exists()

@@ -76,9 +76,29 @@ def test_separate_interrupted_leaves_nothing_partial(tmp_path, slow_model, sig):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, stderr
     assert stderr.strip() == (f"sepcli: error: interrupted by {signal.Signals(sig).name}: finished outputs kept, "
-                              f"unfinished ones removed (rerun to complete)")
-    assert temporaries(tmp_path) == [] and finished(out) == []  # nothing half written under any name
+                              f"unfinished ones removed (give the unfinished inputs again; `sepcli batch` skips "
+                              f"finished files)")
+    assert temporaries(tmp_path) == [] and not out.exists()  # nothing half written, not even the folder it made
     assert src.read_bytes() == before
+
+
+def test_batch_reports_a_bad_file_when_it_fails_not_at_the_end(tmp_path, slow_model):
+    """A long batch stopped by Ctrl-C has already said which file was bad (it used to keep the errors for the
+    summary, which an interruption never reaches)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a_bad.wav").write_bytes(b"not audio" * 100)
+    for k in range(3):
+        sf.write(root / f"f{k}.wav", synthetic_sources(SR, SR, seed=k).sum(0), SR)
+    out = tmp_path / "out"
+    proc = start("batch", root, "-o", out, "-m", slow_model)
+    wait_for(lambda: out.is_dir() and any(p.name.endswith(".part") for p in out.iterdir()), proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 2, stderr
+    assert lines[0].startswith(f"sepcli: error: {root / 'a_bad.wav'}: cannot decode audio")
+    assert lines[1].startswith("sepcli: error: interrupted by SIGINT")
 
 
 @pytest.mark.parametrize("sig,jobs", [(signal.SIGINT, 1), (signal.SIGTERM, 2)])
