@@ -674,7 +674,7 @@ class Separator:
                 replace = o.overwrite or "replaced_damaged_output" in result.flags
                 infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record,
                                             temporaries, replace)
-                replaced, decoded, declared = src.nonfinite, src.decoded, src.frames
+                replaced, decoded, declared = src.nonfinite, src.decoded, src.declared_frames
             result.outputs = infos
             result.status = "ok"
             flags = {f for i in infos for f in i.flags} | set(result.flags)

@@ -99,6 +99,7 @@ def _copy_folder(src, dst):
     (lambda d: sf.write(d / "mix" / "1.wav", np.zeros(0, np.float32), SR), "no samples"),
     (lambda d: (d / "s2" / "1.wav").unlink(), "missing source file(s)"),
     (lambda d: (d / "mix" / "1.wav").write_bytes(b"not audio at all" * 64), "cannot decode audio (Format not"),
+    (lambda d: (d / "mix" / "1.wav").write_bytes((d / "mix" / "1.wav").read_bytes()[:3000]), "cut short"),
 ])
 def test_eval_names_the_mixture_it_cannot_score_and_scores_the_others(tmp_path, bands, damage, problem):
     d = _copy_folder(bands, tmp_path / "d")

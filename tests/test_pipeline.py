@@ -439,6 +439,51 @@ def test_truncated_input_is_separated_as_far_as_it_decodes_and_flagged(tmp_path)
     assert res.status == "ok" and "truncated_input" not in res.flags
 
 
+def _frames_in_small_reads(path) -> int:
+    """How many frames libsndfile decodes from the start, read one at a time, before it fails or ends."""
+    n = 0
+    with sf.SoundFile(path) as f:
+        try:
+            while len(d := f.read(1)):
+                n += len(d)
+        except RuntimeError:
+            pass
+    return n
+
+
+@pytest.mark.parametrize("fmt,seconds", [("wav", 3), ("flac", 12)])
+def test_a_cut_wav_or_flac_is_separated_as_far_as_it_decodes_and_flagged(tmp_path, fmt, seconds):
+    """libsndfile reports a cut WAV's length as what the file holds (the header's declared size is read here
+    from the RIFF data chunk), and a cut FLAC fails mid-read ("lost sync"): both keep what decodes, flagged."""
+    p = tmp_path / f"full.{fmt}"
+    sf.write(p, synthetic_sources(seconds * SR, SR, seed=6).sum(0), SR)
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    decoded = _frames_in_small_reads(cut)
+    assert 0.3 * seconds * SR < decoded < 0.7 * seconds * SR
+    sep = Separator(OracleSeparator(synthetic_sources(SR, SR), SR), loudness="off")
+    res = sep.separate_file(cut, tmp_path / "o")
+    assert res.status == "ok" and "truncated_input" in res.flags, (res.error, res.flags)
+    assert res.duration == pytest.approx(decoded / SR) and [o.frames for o in res.outputs] == [decoded] * 2
+    res = sep.separate_file(p, tmp_path / "f")
+    assert res.status == "ok" and "truncated_input" not in res.flags
+
+
+def test_a_wav_whose_size_fields_are_streaming_placeholders_is_not_called_cut(tmp_path):
+    """A WAV written to a pipe carries 0xFFFFFFFF as its data size: not a declared length."""
+    import struct
+
+    p = tmp_path / "stream.wav"
+    sf.write(p, synthetic_sources(SR, SR, seed=2).sum(0), SR, subtype="PCM_16")
+    raw = bytearray(p.read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at:at + 4] = struct.pack("<I", 0xFFFFFFFF)
+    p.write_bytes(bytes(raw))
+    res = Separator(OracleSeparator(synthetic_sources(SR, SR), SR), loudness="off").separate_file(p, tmp_path / "o")
+    assert res.status == "ok" and "truncated_input" not in res.flags, (res.error, res.flags)
+    assert [o.frames for o in res.outputs] == [SR] * 2
+
+
 @pytest.mark.parametrize("rate_option", ["model", 8000])
 def test_input_with_no_sample_at_the_output_rate_is_an_error(tmp_path, rate_option):
     """One sample at 48 kHz is no sample at 8 kHz: an error naming the file, not an empty output file."""

@@ -109,13 +109,36 @@ def check_readable(path: str | os.PathLike) -> int:
     return st.st_size
 
 
+def riff_declared_frames(fd: int) -> int | None:
+    """The frame count a RIFF/WAVE header declares (its data chunk's size over the block size), read from the
+    descriptor without moving it; None when the file is not RIFF/WAVE or the size is a streaming placeholder
+    (0 or 0xFFFFFFFF, written before the length was known). libsndfile reports the frames the file holds, so a
+    WAV cut short (a copy or a recording that stopped) is only seen by comparing with this."""
+    import struct
+
+    head = os.pread(fd, 1 << 16, 0)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block = 12, None
+    while pos + 8 <= len(head):
+        cid, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        if cid == b"fmt " and pos + 22 <= len(head):
+            block = struct.unpack("<H", head[pos + 20:pos + 22])[0]  # nBlockAlign: bytes per frame
+        elif cid == b"data":
+            if not block or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block
+        pos += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
+
+
 class AudioInput:
     """A seekable audio file read in mono float32 blocks. Use as a context manager or call close()."""
 
     def __init__(self, path: str | os.PathLike, channel: int | None = None):
         self.path = Path(path)
         self.nonfinite = 0  # NaN/Inf samples replaced by 0 in the last pass
-        self.decoded = 0  # frames the last full pass decoded (frames is the header's count)
+        self.decoded = 0  # frames the last full pass decoded (frames is the header's count; see declared_frames)
         self._passes = 0
         self._f = None
         check_readable(self.path)
@@ -127,6 +150,9 @@ class AudioInput:
         self.rate = int(self._f.samplerate)
         self.channels = int(self._f.channels)
         self.frames = int(self._f.frames)
+        # what the header declares, when it says more than the file holds (a cut WAV): see `decoded`
+        self.declared_frames = max(self.frames, (riff_declared_frames(self._fd) or 0)
+                                   if self._f.format == "WAV" else 0)
         self.format = self._f.format
         self.subtype = self._f.subtype
         if not (MIN_RATE <= self.rate <= MAX_RATE):
@@ -160,27 +186,49 @@ class AudioInput:
             self._f = None
             self._f = self._open()
         self._passes += 1
+        size = blocksize  # after a decoding error: reads halved down to one frame, to keep all that decodes
+        while True:
+            try:
+                data = self._f.read(size, dtype="float32", always_2d=True)
+            except AudioError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                # the failed read may have held good frames before the damage (a cut FLAC "loses sync" there):
+                # read them again in halves
+                if size > 1 and self._reopen_at(decoded):
+                    size //= 2
+                    continue
+                if decoded == 0:
+                    raise AudioError(self.path, f"decoding failed ({_one_line(exc)})") from None
+                # what decoded before the damage is kept and `decoded` says how much, as for an mp3 that ends
+                # early (the caller flags it); every pass stops at the same frame
+                self.decoded = decoded
+                return
+            if len(data) == 0:
+                self.decoded = decoded
+                return
+            decoded += len(data)
+            bad = ~np.isfinite(data)
+            if bad.any():  # NaN/Inf in a float file: silence them rather than poison every output
+                self.nonfinite += int(bad.sum())
+                data[bad] = 0.0
+            if self.channel is not None:
+                yield np.ascontiguousarray(data[:, self.channel - 1])
+            elif data.shape[1] == 1:
+                yield data[:, 0]
+            else:
+                yield data.mean(axis=1, dtype=np.float32)
+
+    def _reopen_at(self, frame: int) -> bool:
+        """Open the decoder again and seek to `frame` (after a failed read); False when that cannot be done."""
         try:
-            while True:
-                data = self._f.read(blocksize, dtype="float32", always_2d=True)
-                if len(data) == 0:
-                    self.decoded = decoded
-                    return
-                decoded += len(data)
-                bad = ~np.isfinite(data)
-                if bad.any():  # NaN/Inf in a float file: silence them rather than poison every output
-                    self.nonfinite += int(bad.sum())
-                    data[bad] = 0.0
-                if self.channel is not None:
-                    yield np.ascontiguousarray(data[:, self.channel - 1])
-                elif data.shape[1] == 1:
-                    yield data[:, 0]
-                else:
-                    yield data.mean(axis=1, dtype=np.float32)
-        except AudioError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise AudioError(self.path, f"decoding failed ({_one_line(exc)})") from None
+            self._f.close()
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            self._f = sf.SoundFile(self._fd, closefd=False)
+            self._f.seek(frame)
+            return True
+        except Exception:  # noqa: BLE001 (not seekable, or the header itself is gone)
+            return False
 
     def close(self) -> None:
         f = getattr(self, "_f", None)

@@ -17,7 +17,7 @@ import soxr
 import torch
 from torch.utils.data import Dataset
 
-from ..audio.io import sf_message
+from ..audio.io import riff_declared_frames, sf_message
 from .mixing import MixOptions, make_mixture, rng_for
 from .speakers import load_pool
 
@@ -95,13 +95,18 @@ def _info(path: Path):
 
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """The samples [T, channels] float32 and rate of a data file; DataError naming it when it does not decode,
-    holds no samples, or holds NaN or infinite samples (they would poison the loss or the scores)."""
+    holds no samples, is a WAV cut short, or holds NaN or infinite samples (they would poison the loss or the
+    scores)."""
     try:
         x, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.SoundFileError) as exc:  # soundfile.LibsndfileError: opening, or mid-file (lost sync)
         raise DataError(f"{path}: cannot decode audio ({sf_message(exc, path)})") from None
     if x.shape[0] == 0:
         raise DataError(f"{path}: holds no samples")
+    with open(os.fsencode(path), "rb") as fh:
+        declared = riff_declared_frames(fh.fileno())
+    if declared is not None and declared > x.shape[0]:  # libsndfile reads a cut WAV as a shorter one
+        raise DataError(f"{path}: cut short (holds {x.shape[0]} of the {declared} frames its header declares)")
     if not np.isfinite(x).all():
         raise DataError(f"{path}: holds non-finite samples (NaN or Inf)")
     return x, sr
