@@ -518,6 +518,14 @@ def test_train_warns_about_data_that_trains_other_than_expected(tmp_path, bands)
     res = _train(tmp_path, "--steps", "1", data=d, out="r5")
     assert res.exit_code == 0
     assert f"warning: {d / 's2' / '0.wav'} is at 16000 Hz, its mixture at 8000 Hz: sources are resampled" in res.stderr
+    # a folder at another rate than the network's (16 kHz data, an 8 kHz configuration) is resampled: said so
+    hi = _copy_folder(bands, tmp_path / "hi")
+    for p in hi.glob("*/*.wav"):
+        x = sf.read(p, dtype="float32")[0]
+        sf.write(p, np.repeat(x, 2), 2 * SR, subtype="FLOAT")
+    res = _train(tmp_path, "--steps", "1", data=hi, out="r6")
+    assert res.exit_code == 0
+    assert f"warning: {hi} holds mixtures at 16000 Hz: they are resampled to the network's 8000 Hz" in res.stderr
 
 
 def test_train_into_a_folder_it_cannot_create_is_one_line(tmp_path, bands):

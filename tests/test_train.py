@@ -1351,3 +1351,23 @@ def test_resume_with_fewer_steps_than_done_is_refused(tmp_path, librimix):
     with pytest.raises(trainer.TrainError, match="at step 4, past the 2 steps"):
         train(cfg(run, data=librimix, steps=2, resume=True))
     assert train(cfg(run, data=librimix, steps=4, resume=True))["step"] == 4  # equal: done, nothing to do
+
+
+def test_resume_warns_when_the_data_folder_or_the_processes_changed(tmp_path, librimix, capsys):
+    data = _librimix_copy(librimix, tmp_path / "data")
+    train(cfg(tmp_path / "run", data=data, steps=2))
+    for sub in ("mix", "s1", "s2"):
+        (data / sub / "5.wav").unlink()
+    capsys.readouterr()
+    train(cfg(tmp_path / "run", data=data, steps=3, resume=True))
+    assert "changed options (data folder's mixtures 6 -> 5)" in capsys.readouterr().err
+    for sub in ("mix", "s1", "s2"):  # as many mixtures again, but another file
+        (data / sub / "4.wav").rename(data / sub / "9.wav")
+    train(cfg(tmp_path / "run", data=data, steps=4, resume=True))
+    assert "data folder's mixtures: same number, other files" in capsys.readouterr().err
+    train(cfg(tmp_path / "run", data=data, steps=5, resume=True))
+    assert "changed options" not in capsys.readouterr().err  # unchanged since the last resume: quiet
+    saved = {"world": 2, "batch_per_step": 4, "data_items": 5, "data_names": "x"}
+    now = dict(saved, world=1, batch_per_step=2)
+    assert trainer._changed_facts(saved, now) == ["processes 2 -> 1 (mixtures per step 4 -> 2)"]
+    assert trainer._changed_facts(None, now) == []  # a checkpoint from before these were kept

@@ -68,10 +68,11 @@ def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> dict:
     """From the file headers (fast): every mixture holds samples, every source lasts at least as long as its
     mixture, every file decodes.
     Returns {"longest": the longest mixture in seconds, "other_rate": the first source whose rate differs from
-    its mixture's (it is resampled; LibriMix folders have one rate), or None}."""
-    longest, other_rate = 0.0, None
+    its mixture's (it is resampled; LibriMix folders have one rate), or None, "rates": the mixtures' rates}."""
+    longest, other_rate, rates = 0.0, None, set()
     for m, srcs in zip(mixes, sources):
         info = _info(m)
+        rates.add(int(info.samplerate))
         if info.frames == 0:
             raise DataError(f"{m}: holds no samples")
         need = info.frames / info.samplerate
@@ -83,7 +84,7 @@ def check_lengths(mixes: list[Path], sources: list[list[Path]]) -> dict:
                                 f"against {need:.3f} s)")
             if other_rate is None and si.samplerate != info.samplerate:
                 other_rate = f"{p} is at {si.samplerate} Hz, its mixture at {info.samplerate} Hz"
-    return {"longest": longest, "other_rate": other_rate}
+    return {"longest": longest, "other_rate": other_rate, "rates": sorted(rates)}
 
 
 def _info(path: Path):

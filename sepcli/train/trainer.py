@@ -10,6 +10,7 @@ CPU, nccl on CUDA), and rank 0 validates, checkpoints and exports.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -99,6 +100,10 @@ def data_warnings(cfg: TrainConfig, ds: LibriMixDataset, per_step: int) -> list[
                    f"{longest:.2f} s): every crop is zero-padded to it")
     if ds.summary["other_rate"]:
         out.append(f"{ds.summary['other_rate']}: sources are resampled to their mixture's rate")
+    other = [r for r in ds.summary["rates"] if r != ds.sample_rate]
+    if other:
+        out.append(f"{cfg.data} holds mixtures at {', '.join(map(str, other))} Hz: they are resampled to the "
+                   f"network's {ds.sample_rate} Hz (an --arch or --sample-rate at the data's rate trains on it as is)")
     return out
 
 
@@ -378,6 +383,23 @@ def _changed_options(saved_json: str | None, cfg: TrainConfig) -> list[str]:
     return [f"{k} {saved[k]} -> {now[k]}" for k in RUN_OPTIONS if k in saved and saved[k] != now.get(k)]
 
 
+def _changed_facts(saved: dict | None, now: dict) -> list[str]:
+    """What changed around a resumed run that its options do not show (checkpoints from before these were
+    recorded compare nothing)."""
+    if not saved:
+        return []
+    out = []
+    if saved.get("world") != now["world"]:
+        out.append(f"processes {saved.get('world')} -> {now['world']} (mixtures per step "
+                   f"{saved.get('batch_per_step')} -> {now['batch_per_step']})")
+    if saved.get("data_items") is not None and now["data_items"] is not None:
+        if saved["data_items"] != now["data_items"]:
+            out.append(f"data folder's mixtures {saved['data_items']} -> {now['data_items']}")
+        elif saved.get("data_names") != now["data_names"]:
+            out.append("data folder's mixtures: same number, other files")
+    return out
+
+
 def _saved_config(cfg: TrainConfig) -> dict:
     """The run's configuration as its checkpoint keeps it: JSON, folders absolute (so `--resume` from another
     working directory finds them, and a folder given relative or absolute compares equal)."""
@@ -436,10 +458,15 @@ def train(cfg: TrainConfig) -> dict:
     step, history, saved_average = 0, [], None
     pending: dict = {"step": None}
     recent_losses: list[float] = []
+    # what a resumed run must find as it was, beside its options: the processes and the data folder's mixtures
+    facts = {"world": world, "batch_per_step": cfg.batch_size * world,
+             "data_items": n_items if cfg.data else None,
+             "data_names": hashlib.sha256("\n".join(m.name for m in ds.mixes).encode()).hexdigest()[:16]
+             if cfg.data else None}
     resumed = cfg.resume and ckpt_path.exists()
     if resumed:
         state = _load_checkpoint(ckpt_path)
-        changed = _changed_options(state.get("config"), cfg)
+        changed = _changed_options(state.get("config"), cfg) + _changed_facts(state.get("facts"), facts)
         if changed and rank == 0:
             print(f"warning: resuming {ckpt_path} with changed options ({'; '.join(changed)}): the run goes on "
                   "from its saved state but is no longer the run it started as", file=sys.stderr)
@@ -517,7 +544,8 @@ def train(cfg: TrainConfig) -> dict:
                               "arch": arch, "arch_args": arch_args, "history": json.dumps(history),
                               "config": json.dumps(_saved_config(cfg)),
                               "ema": average.state_dict() if average is not None else None,
-                              "pending_validation": pending["step"], "recent_losses": list(recent)})
+                              "pending_validation": pending["step"], "recent_losses": list(recent),
+                              "facts": facts})
 
     def do_validation():
         nonlocal history
