@@ -582,3 +582,13 @@ def test_option_parser_errors_are_one_line_with_exit_code_2(tmp_path, args, prob
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith("sepcli: error: ") and problem in lines[0] and "--help" in lines[0]
     assert p.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_an_output_name_taken_by_a_folder_is_named_in_the_error(tmp_path, fast_model):
+    src = _wav(tmp_path / "in" / "a.wav")
+    (tmp_path / "out" / "a_spk1.wav").mkdir(parents=True)
+    r = run("separate", src, "-o", tmp_path / "out", "-m", fast_model, "--overwrite")
+    assert r.exit_code == 1
+    assert r.stderr.strip() == (f"sepcli: error: {src}: {tmp_path / 'out' / 'a_spk1.wav'}: is a folder; the output "
+                                "cannot replace it")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_spk1.wav"]  # nothing else left

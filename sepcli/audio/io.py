@@ -414,7 +414,10 @@ class AtomicWriter:
         if it exists); AudioError then."""
         self.close()
         if overwrite:
-            os.replace(self.tmp, self.path)
+            try:
+                os.replace(self.tmp, self.path)
+            except IsADirectoryError:  # named for the output, not for the temporary file the OS error names
+                raise AudioError(self.path, "is a folder; the output cannot replace it") from None
         else:
             try:
                 os.link(self.tmp, self.path)
