@@ -963,6 +963,11 @@ def test_ddp_two_processes_train_and_export(tmp_path, librimix):
     # it in another collective (it hung before)
     ckpt = tmp_path / "run" / "last.pt"
     state = torch.load(ckpt, weights_only=True)
+    # the logged loss is the whole step's (both ranks' halves), as one process with the same global batch logs it
+    single = train(TrainConfig(out=tmp_path / "single", arch="s4m-tiny-8k", arch_args=TINY, data=librimix,
+                               segment=0.5, batch_size=2, steps=3, threads=1, quiet=True))
+    assert single["step"] == 3
+    np.testing.assert_allclose(state["recent_losses"], _weights(tmp_path / "single")["recent_losses"], rtol=1e-4)
     state["pending_validation"] = 3
     torch.save(state, ckpt)
     resumed = f"steps=4, resume=True, val_data=Path({str(librimix)!r}),"

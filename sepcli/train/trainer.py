@@ -116,6 +116,18 @@ def _any_rank(world: int, *flags: bool) -> list[bool]:
     return [bool(v > 0) for v in t.tolist()]
 
 
+def _step_summary(world: int, loss: float, stop: bool) -> tuple[float, bool, bool]:
+    """(the step's loss averaged over the ranks' equal shares of the batch, whether any rank's loss is not
+    finite, whether any rank must stop): one all_reduce under torchrun."""
+    finite = math.isfinite(loss)
+    if world == 1:
+        return loss, not finite, stop
+    t = torch.tensor([loss if finite else 0.0, 0.0 if finite else 1.0, 1.0 if stop else 0.0], dtype=torch.float64)
+    dist.all_reduce(t)
+    mean, bad, halt = t.tolist()
+    return (mean / world if bad == 0 else math.nan), bad > 0, halt > 0
+
+
 def _dist() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if not dist.is_initialized():
@@ -629,7 +641,11 @@ def train(cfg: TrainConfig) -> dict:
                       f"{len(governor.cpus)} CPUs busy)", file=sys.stderr, flush=True)
             times.append(time.perf_counter() - t0)
             times[:] = times[-50:]
-            recent.append(loss.item())
+            # one rank's NaN reaches every rank's weights through the gradients; one collective per step decides
+            # both, and gives the loss of the whole step (every rank's share), which the log shows
+            out_of_time = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60
+            step_loss, diverged, want_stop = _step_summary(world, loss.item(), stop["flag"] or out_of_time)
+            recent.append(step_loss)
             recent[:] = recent[-100:]
             if bar is not None:
                 bar[0].update(bar[1], completed=step, loss=float(np.mean(recent[-cfg.log_every:])))
@@ -637,9 +653,6 @@ def train(cfg: TrainConfig) -> dict:
                 sps = sec_per_step()
                 print(f"step {step}/{total} loss {np.mean(recent[-cfg.log_every:]):.3f} {sps:.2f} s/step "
                       f"ETA {format_eta(sps * (total - step))}", file=sys.stderr, flush=True)
-            # one rank's NaN reaches every rank's weights through the gradients; one collective per step decides both
-            out_of_time = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60
-            diverged, want_stop = _any_rank(world, not math.isfinite(recent[-1]), stop["flag"] or out_of_time)
             if diverged:  # the weights are lost: stop before a validation, checkpoint or export takes them
                 before = (f"{ckpt_path} holds the last checkpoint before it" if ckpt_path.exists()
                           else "no checkpoint was written before it")
