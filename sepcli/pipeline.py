@@ -194,7 +194,11 @@ def check_distinct_outputs(sep: Separator, planned: list[tuple[str, str, Path]])
     output file: a --name without {stem}, for instance, names every input's speaker 1 alike."""
     owner: dict[str, str] = {}
     for inp, stem, folder in planned:
-        for p in sep.planned_outputs(stem, folder):
+        try:
+            paths = sep.planned_outputs(stem, folder)
+        except UsageError:
+            continue  # that input's own name is bad: it fails alone, with its own error, when its turn comes
+        for p in paths:
             key = os.path.normcase(os.path.abspath(p))
             if owner.setdefault(key, inp) != inp:
                 raise UsageError(f"{owner[key]} and {inp} would both write {p} (put {{stem}} in --name)")

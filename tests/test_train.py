@@ -978,6 +978,23 @@ def test_ddp_two_processes_train_and_export(tmp_path, librimix):
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log][-2:] == [3, 4] and all("si_snri" in r for r in log[-2:])
+    # a bad file drawn by rank 1 alone: both ranks stop before the step, rank 0 saves the run at that step (rank
+    # 1 cannot save), and rank 1 names the file
+    data = _librimix_copy(librimix, tmp_path / "data")
+    drawn = batch_indices(1, 1, 2, 1, 6, 0, 3)[0]  # rank 1's item at step 1 (epochs of 3 steps, 2 ranks)
+    assert all(drawn not in batch_indices(s, r, 2, 1, 6, 0, 3) for s, r in ((0, 0), (0, 1), (1, 0)))
+    bad = data / "s1" / sorted(p.name for p in (data / "s1").iterdir())[drawn]
+    x, _ = sf.read(bad, dtype="float32")
+    x[5] = np.nan
+    sf.write(bad, x, SR, subtype="FLOAT")
+    script.write_text(script.read_text().replace(resumed, "steps=3,").replace(str(librimix), str(data))
+                      .replace(str(tmp_path / "run"), str(tmp_path / "bad")))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29519", str(script)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert f"{bad}: holds non-finite samples" in proc.stderr and "the run is saved at step 1" in proc.stderr
+    assert torch.load(tmp_path / "bad" / "last.pt", weights_only=True)["step"] == 1
 
 
 def test_continue_from_exported_weights_keeps_step_and_schedule(tmp_path, librimix):

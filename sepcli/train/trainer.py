@@ -622,12 +622,20 @@ def train(cfg: TrainConfig) -> dict:
             idx = batch_indices(step, rank, world, cfg.batch_size, n_items, cfg.seed, steps_per_epoch)
             if isinstance(ds, LibriMixDataset):
                 ds.epoch = step // steps_per_epoch
+            bad: DataError | None = None
             try:
                 items = [ds[i] for i in idx]
             except DataError as exc:  # a file that does not decode or holds NaN: named, and the run kept
+                bad = exc
+            if world == 1 and bad is not None or world > 1 and _any_rank(world, bad is not None)[0]:
+                # every rank stops before the step (its gradient all_reduce would wait for the rank that
+                # stopped); rank 0 saves, and the others wait for the save before they say it is done
                 checkpoint()  # the step has not started: --resume redoes it
-                raise DataError(f"{exc} (the run is saved at step {step} in {ckpt_path}: replace or remove the "
-                                "file, then --resume)") from None
+                _any_rank(world, True)
+                saved = f"the run is saved at step {step} in {ckpt_path}"
+                if bad is None:
+                    raise DataError(f"stopped: another process drew a training file it could not use ({saved})")
+                raise DataError(f"{bad} ({saved}: replace or remove the file, then --resume)") from None
             mix = torch.stack([m for m, _ in items])
             ref = torch.stack([s for _, s in items])
             for g in opt.param_groups:
