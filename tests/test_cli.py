@@ -526,6 +526,19 @@ def test_a_name_template_that_makes_inputs_collide_is_refused_before_any_work(tm
     assert ok.exit_code == 0 and sorted(p.name for p in (out / "1").iterdir()) == ["a.wav", "b.wav"]
 
 
+@pytest.mark.parametrize("cmd", ["separate", "batch"])
+def test_one_input_whose_output_name_is_too_long_fails_alone(tmp_path, fast_model, cmd):
+    """The up-front collision check leaves an input whose own output name is bad to fail in its turn."""
+    long = "x" * 250  # 250 + ".wav" is a valid input name; with "_spk1.wav" its output name is over 255 bytes
+    a, b = _wav(tmp_path / "in" / f"{long}.wav", seed=1), _wav(tmp_path / "in" / "b.wav", seed=2)
+    out = tmp_path / "out"
+    args = [a, b] if cmd == "separate" else [tmp_path / "in"]
+    r = run(cmd, *args, "-o", out, "-m", fast_model)
+    assert r.exit_code == 1, r.stderr
+    assert "longer than 255 bytes" in r.stderr and long in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["b_spk1.wav", "b_spk2.wav"]
+
+
 def test_batch_manifest_that_cannot_be_opened_is_one_line(tmp_path, fast_model):
     _wav(tmp_path / "in" / "a.wav")
     for manifest, why in ((tmp_path / "no" / "such" / "m.jsonl", "No such file or directory"),
