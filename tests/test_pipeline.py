@@ -451,12 +451,14 @@ def _frames_in_small_reads(path) -> int:
     return n
 
 
-@pytest.mark.parametrize("fmt,seconds", [("wav", 3), ("flac", 12)])
-def test_a_cut_wav_or_flac_is_separated_as_far_as_it_decodes_and_flagged(tmp_path, fmt, seconds):
+@pytest.mark.parametrize("fmt,container,seconds", [("wav", "WAV", 3), ("wav", "WAVEX", 3), ("flac", "FLAC", 12)])
+def test_a_cut_wav_or_flac_is_separated_as_far_as_it_decodes_and_flagged(tmp_path, fmt, container, seconds):
     """libsndfile reports a cut WAV's length as what the file holds (the header's declared size is read here
-    from the RIFF data chunk), and a cut FLAC fails mid-read ("lost sync"): both keep what decodes, flagged."""
+    from the RIFF data chunk, also in a WAVE_FORMAT_EXTENSIBLE file), and a cut FLAC fails mid-read ("lost
+    sync"): both keep what decodes, flagged."""
     p = tmp_path / f"full.{fmt}"
-    sf.write(p, synthetic_sources(seconds * SR, SR, seed=6).sum(0), SR)
+    sf.write(p, synthetic_sources(seconds * SR, SR, seed=6).sum(0), SR, format=container)
+    assert sf.info(p).format == container
     cut = tmp_path / f"cut.{fmt}"
     cut.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     decoded = _frames_in_small_reads(cut)
@@ -469,15 +471,17 @@ def test_a_cut_wav_or_flac_is_separated_as_far_as_it_decodes_and_flagged(tmp_pat
     assert res.status == "ok" and "truncated_input" not in res.flags
 
 
-def test_a_wav_whose_size_fields_are_streaming_placeholders_is_not_called_cut(tmp_path):
-    """A WAV written to a pipe carries 0xFFFFFFFF as its data size: not a declared length."""
+@pytest.mark.parametrize("placeholder", [0xFFFFFFFF, 0x7FFFF000])
+def test_a_wav_whose_size_fields_are_streaming_placeholders_is_not_called_cut(tmp_path, placeholder):
+    """A WAV written to a pipe carries 0xFFFFFFFF (SoX writes 0x7FFFF000) as its data size: not a declared
+    length."""
     import struct
 
     p = tmp_path / "stream.wav"
     sf.write(p, synthetic_sources(SR, SR, seed=2).sum(0), SR, subtype="PCM_16")
     raw = bytearray(p.read_bytes())
     at = raw.index(b"data") + 4
-    raw[at:at + 4] = struct.pack("<I", 0xFFFFFFFF)
+    raw[at:at + 4] = struct.pack("<I", placeholder)
     p.write_bytes(bytes(raw))
     res = Separator(OracleSeparator(synthetic_sources(SR, SR), SR), loudness="off").separate_file(p, tmp_path / "o")
     assert res.status == "ok" and "truncated_input" not in res.flags, (res.error, res.flags)

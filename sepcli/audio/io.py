@@ -112,7 +112,7 @@ def check_readable(path: str | os.PathLike) -> int:
 def riff_declared_frames(fd: int) -> int | None:
     """The frame count a RIFF/WAVE header declares (its data chunk's size over the block size), read from the
     descriptor without moving it; None when the file is not RIFF/WAVE or the size is a streaming placeholder
-    (0 or 0xFFFFFFFF, written before the length was known). libsndfile reports the frames the file holds, so a
+    (0, 0xFFFFFFFF, or SoX's 0x7FFFF000, written before the length was known). libsndfile reports the frames the file holds, so a
     WAV cut short (a copy or a recording that stopped) is only seen by comparing with this."""
     import struct
 
@@ -125,7 +125,7 @@ def riff_declared_frames(fd: int) -> int | None:
         if cid == b"fmt " and pos + 22 <= len(head):
             block = struct.unpack("<H", head[pos + 20:pos + 22])[0]  # nBlockAlign: bytes per frame
         elif cid == b"data":
-            if not block or size in (0, 0xFFFFFFFF):
+            if not block or size in (0, 0xFFFFFFFF, 0x7FFFF000):
                 return None
             return size // block
         pos += 8 + size + (size & 1)  # chunks are padded to an even size
@@ -152,7 +152,7 @@ class AudioInput:
         self.frames = int(self._f.frames)
         # what the header declares, when it says more than the file holds (a cut WAV): see `decoded`
         self.declared_frames = max(self.frames, (riff_declared_frames(self._fd) or 0)
-                                   if self._f.format == "WAV" else 0)
+                                   if self._f.format in ("WAV", "WAVEX") else 0)  # WAVEX: WAVE_FORMAT_EXTENSIBLE
         self.format = self._f.format
         self.subtype = self._f.subtype
         if not (MIN_RATE <= self.rate <= MAX_RATE):
