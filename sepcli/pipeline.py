@@ -416,10 +416,11 @@ def _finite(v: float) -> float | None:
 
 def _existing_output(speaker: int, path: Path) -> OutputInfo:
     """A finished output a resumed batch skips: its rate and length as the file has them; its loudness, peak and
-    gain were measured when it was written and are not known now (None)."""
+    gain were measured when it was written and are not known now (None). A file damaged since it was written
+    (it does not open, or is a WAV cut short of the length its header declares) has 0 frames."""
     try:
         with AudioInput(path) as f:
-            rate, frames = f.rate, f.frames
+            rate, frames = f.rate, (f.frames if f.declared_frames == f.frames else 0)
     except AudioError:  # damaged since it was written: say what is known, the path
         rate, frames = 0, 0
     return OutputInfo(speaker, str(path), rate, frames, frames / rate if rate else 0.0, None, None, None)
@@ -737,7 +738,8 @@ class Separator:
         if resume and (all(exist) or (self.options.drop_silent and any(exist))):
             infos = [_existing_output(k + 1, q) if e else _dropped_output(k + 1)
                      for k, (q, e) in enumerate(zip(outs, exist))]
-            if any(e and i.frames == 0 for i, e in zip(infos, exist)):  # damaged since (emptied, overwritten)
+            lengths = {i.frames for i, e in zip(infos, exist) if e}  # every speaker's file is as long as the input
+            if 0 in lengths or len(lengths) > 1:  # damaged since (emptied, cut short, overwritten)
                 result.flags = ["replaced_damaged_output"]  # not finished after all: done again, replacing it
                 return True
             result.status, result.outputs = "skipped", infos

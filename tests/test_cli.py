@@ -560,6 +560,14 @@ def test_batch_redoes_an_input_whose_output_was_damaged(tmp_path, fast_model):
     assert sf.info(out / "a_spk1.wav").frames == int(1.5 * SR) and (out / "a_spk2.wav").read_bytes() == good
     again = json.loads(run("batch", tmp_path / "in", "-o", out, "-m", fast_model, "--json").stdout)
     assert again["results"][0]["status"] == "skipped"  # whole again: finished
+    for damage in ("cut", "short"):  # cut short (the header declares more), or rewritten shorter than the input
+        if damage == "cut":
+            (out / "a_spk2.wav").write_bytes(good[: len(good) // 2])
+        else:
+            sf.write(out / "a_spk2.wav", np.zeros(SR // 2, np.float32), SR)
+        res = json.loads(run("batch", tmp_path / "in", "-o", out, "-m", fast_model, "--json").stdout)["results"][0]
+        assert res["status"] == "ok" and "replaced_damaged_output" in res["flags"], damage
+        assert (out / "a_spk2.wav").read_bytes() == good
 
 
 def test_output_folder_made_for_a_run_that_writes_nothing_is_removed(tmp_path, fast_model):
