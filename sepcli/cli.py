@@ -348,18 +348,25 @@ def separate(
 
 class _made_if_missing:
     """Around a command's work: an output folder that did not exist before and is still empty after (every
-    input failed, or an interruption came first) is removed again, so a failed run leaves nothing."""
+    input failed, or an interruption came first) is removed again, with the parents the run made for it (-o
+    new/deeper/out), so a failed run leaves nothing."""
 
     def __init__(self, out: Path):
-        self.out, self.existed = out, os.path.lexists(out)
+        self.missing = []  # deepest first
+        p = Path(os.path.abspath(out))
+        while not os.path.lexists(p) and p != p.parent:
+            self.missing.append(p)
+            p = p.parent
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if not self.existed:
-            with contextlib.suppress(OSError):
-                self.out.rmdir()  # only if empty
+        for p in self.missing:
+            try:
+                p.rmdir()  # only if empty
+            except OSError:
+                break
         return False
 
 

@@ -575,6 +575,8 @@ def test_output_folder_made_for_a_run_that_writes_nothing_is_removed(tmp_path, f
     bad.write_bytes(b"not audio" * 100)
     r = run("separate", bad, "-o", tmp_path / "o1", "-m", fast_model)
     assert r.exit_code == 1 and not (tmp_path / "o1").exists()
+    r = run("separate", bad, "-o", tmp_path / "n1" / "n2" / "o", "-m", fast_model)  # with the parents it made
+    assert r.exit_code == 1 and not (tmp_path / "n1").exists()
     (tmp_path / "o2").mkdir()  # a folder that was there before stays
     assert run("separate", bad, "-o", tmp_path / "o2", "-m", fast_model).exit_code == 1 and (tmp_path / "o2").is_dir()
     _wav(tmp_path / "in" / "a.wav")
