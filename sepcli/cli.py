@@ -18,9 +18,11 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import traceback
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -60,16 +62,22 @@ def _stderr_console(quiet: bool):
     return Console(stderr=True)
 
 
+_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # embeddings, overrides, isolates
+
+
 def _error(msg: str) -> None:
-    """One line on stderr: a newline or other control character (in a file name) is written escaped."""
-    line = "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in msg)
+    """One line on stderr: a newline or other control character, a line or paragraph separator, or a bidi
+    override (in a file name) is written escaped; other characters, Unicode spaces and joiners included, are
+    written as they are, so the name shown is the name."""
+    line = "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI else ch
+                   for ch in msg)
     typer.echo(f"sepcli: error: {line}", err=True)
 
 
 def _fail(exc: BaseException, debug: bool, code: int) -> typer.Exit:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    _error(" ".join(str(exc).split()) or type(exc).__name__)
+    _error(re.sub(r"[ \t\r\n\f\v]+", " ", str(exc)).strip() or type(exc).__name__)  # ASCII runs: NBSP stays
     return typer.Exit(code)
 
 

@@ -592,6 +592,20 @@ def test_a_newline_in_a_file_name_stays_on_the_error_line(tmp_path, fast_model):
     assert r.exit_code == 1 and len(lines) == 1 and "new\\nline.wav: cannot decode audio" in lines[0], r.stderr
 
 
+def test_the_error_line_escapes_controls_and_keeps_other_characters(tmp_path, fast_model):
+    """Control characters, line/paragraph separators and bidi overrides are escaped; a no-break space, a
+    narrow no-break space and a zero-width joiner (an emoji's) are parts of a name and are shown as they are."""
+    name = "a\u00a0b\u202fc\U0001F469\u200d\U0001F4BB\x1b[31m\u2028\u202eZ"
+    bad = tmp_path / f"{name}.wav"
+    bad.write_bytes(b"not audio" * 100)
+    r = run("separate", bad, "-o", tmp_path / "out", "-m", fast_model)
+    want = "a\u00a0b\u202fc\U0001F469\u200d\U0001F4BB" + "\\x1b[31m\\u2028\\u202eZ.wav"
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert want in r.stderr, r.stderr
+    r = run("separate", tmp_path / "no\u00a0such.wav", "-o", tmp_path / "out", "-m", fast_model)  # a UsageError
+    assert "no\u00a0such.wav" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("args,problem", [
     (["separate", "x.wav", "-o", "out", "--batch-size", "abc"], "Invalid value for '--batch-size'"),
     (["separate", "x.wav", "-o", "out", "--bogus"], "No such option: --bogus"),
