@@ -170,6 +170,9 @@ def run() -> None:
     try:
         code = app(prog_name="sepcli", standalone_mode=False)
     except Exception as exc:
+        if type(exc).__name__ == "Abort":  # Typer's wrap of an EOFError no command handled (a Ctrl-C is exit 130)
+            _error("aborted (end of input)" if isinstance(exc.__cause__, EOFError) else "aborted")
+            sys.exit(EXIT_FAILED)
         message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
         if message is None or exit_code is None:  # not the parser's (click's) exception
             raise

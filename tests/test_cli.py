@@ -621,6 +621,25 @@ def test_option_parser_errors_are_one_line_with_exit_code_2(tmp_path, args, prob
     assert p.stdout == "" and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("raised,code,lines", [(KeyboardInterrupt, 130, []),
+                                                (EOFError, 1, ["sepcli: error: aborted (end of input)"])])
+def test_a_ctrl_c_or_eof_no_command_handled_is_no_traceback(monkeypatch, capsys, raised, code, lines):
+    """Typer turns a KeyboardInterrupt that no command handled (one during start-up) into exit 130, and an
+    EOFError into Abort, which the entry point says in one line: no traceback either way."""
+    from sepcli import cli
+    from sepcli.runtime import registry
+
+    def boom():
+        raise raised()
+
+    monkeypatch.setattr(sys, "argv", ["sepcli", "models"])
+    monkeypatch.setattr(registry, "zoo_conflicts", boom)
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    assert exit_.value.code == code
+    assert capsys.readouterr().err.strip().splitlines() == lines
+
+
 def test_an_output_name_taken_by_a_folder_is_named_in_the_error(tmp_path, fast_model):
     src = _wav(tmp_path / "in" / "a.wav")
     (tmp_path / "out" / "a_spk1.wav").mkdir(parents=True)
