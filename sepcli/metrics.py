@@ -98,6 +98,9 @@ def separation_scores(est: np.ndarray, ref: np.ndarray, mix: np.ndarray, with_sd
     return out
 
 
+SILENT_RATIO = 1e-10  # a reference 100 dB below its mixture is silent
+
+
 def silent_reference(refs: np.ndarray, mix: np.ndarray) -> bool:
     """True when a reference [n, T] is silent: its zero-mean energy 100 dB or more below the mixture's [T] (or
     zero). Its SI-SNR is only the epsilon's and its SDR -inf: such a mixture is left out of scores."""
@@ -105,7 +108,7 @@ def silent_reference(refs: np.ndarray, mix: np.ndarray) -> bool:
         x = np.asarray(x, dtype=np.float64)
         return float(np.sum((x - x.mean()) ** 2))
 
-    floor = 1e-10 * energy(mix)
+    floor = SILENT_RATIO * energy(mix)
     return any(energy(r) <= floor for r in refs)
 
 

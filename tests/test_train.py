@@ -1353,6 +1353,15 @@ def test_validation_leaves_out_mixtures_with_a_silent_source(tmp_path, librimix)
     got, want = validate(net, LibriMixDataset(full, SR)), validate(net, LibriMixDataset(rest, SR))
     assert got["n"] == want["n"] == 5
     assert got["si_snri"] == pytest.approx(want["si_snri"], abs=1e-9)
+    ds = LibriMixDataset(full, SR)
+    ds.fingerprint()
+    assert ds.scorable == 5  # the up-front pass counts as validation does
+    # a set in which no mixture can be scored is named before the run starts, not at the first validation
+    for name in sorted(p.name for p in (full / "s2").iterdir()):
+        sf.write(full / "s2" / name, np.zeros(SR, np.float32), SR, subtype="FLOAT")
+    with pytest.raises(trainer.DataError, match=re.escape(str(full)) + ": no validation mixture can be scored"):
+        train(cfg(tmp_path / "run", data=librimix, val_data=full, steps=3))
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_without_a_checkpoint_does_not_start_over_a_run(tmp_path, librimix):

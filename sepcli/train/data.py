@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..audio.io import riff_declared_frames, sf_message
+from ..metrics import SILENT_RATIO
 from .mixing import MixOptions, make_mixture, rng_for
 from .speakers import load_pool
 
@@ -113,6 +114,12 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     return x, sr
 
 
+def _energy(x: np.ndarray) -> float:
+    """Zero-mean energy of a [T, channels] signal's mono downmix (as metrics.silent_reference measures it)."""
+    m = x.mean(1, dtype=np.float64)
+    return float(np.sum((m - m.mean()) ** 2))
+
+
 def read_mono(path: Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
     """A data file downmixed to mono, resampled to `sample_rate` when given (read_audio's checks)."""
     x, sr = read_audio(path)
@@ -141,12 +148,22 @@ class LibriMixDataset(Dataset):
     def fingerprint(self, limit: int | None = None) -> str:
         """A digest of the first `limit` items' names and decoded samples (mixture and sources; file headers,
         which carry write times, do not count): tells a resumed run whether it validates on the set its best
-        score was measured on (a set rebuilt identically gives the same digest)."""
+        score was measured on (a set rebuilt identically gives the same digest). The same pass counts, in
+        `scorable`, the mixtures validation scores (metrics.silent_reference leaves out those with a silent
+        source), from each file's zero-mean energy over the mixture's length."""
         n = len(self) if limit is None else min(limit, len(self))
         h = hashlib.sha256(f"{n} {self.sample_rate}".encode())
-        for path in self.mixes[:n] + [p for srcs in self.sources[:n] for p in srcs]:
+        lengths, mix_energy, silent = [], [], [False] * n
+        for j, path in enumerate(self.mixes[:n] + [p for srcs in self.sources[:n] for p in srcs]):
             x, sr = read_audio(path)
             h.update(os.fsencode(Path(path).name) + b"\0" + str(sr).encode() + x.tobytes())
+            if j < n:
+                lengths.append(x.shape[0])
+                mix_energy.append(_energy(x))
+            else:
+                i = (j - n) // len(self.sources[0])
+                silent[i] |= _energy(x[: lengths[i]]) <= SILENT_RATIO * mix_energy[i]
+        self.scorable = silent.count(False)
         return h.hexdigest()[:16]
 
     def __getitem__(self, i: int):

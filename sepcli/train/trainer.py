@@ -459,6 +459,8 @@ def train(cfg: TrainConfig) -> dict:
     val_ds = LibriMixDataset(cfg.val_data, sr) if cfg.val_data else None
     # reads every file validated on: a bad one (no samples, NaN, does not decode) is named before the run starts
     val_id = val_ds.fingerprint(cfg.val_limit) if val_ds is not None else None
+    if val_ds is not None and val_ds.scorable == 0:
+        raise DataError(f"{cfg.val_data}: no validation mixture can be scored (each has a silent source)")
     for folder, d in ((cfg.data, ds if cfg.data else None), (cfg.val_data, val_ds)):
         if d is not None and len(d.sources[0]) != n_src:
             raise TrainError(f"{folder}: {len(d.sources[0])} source folders (s1/ ...) but the network separates "
