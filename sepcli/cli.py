@@ -69,15 +69,21 @@ def _error(msg: str) -> None:
     """One line on stderr: a newline or other control character, a line or paragraph separator, or a bidi
     override (in a file name) is written escaped; other characters, Unicode spaces and joiners included, are
     written as they are, so the name shown is the name."""
-    line = "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI else ch
-                   for ch in msg)
+    line = "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI else ch
+                   for ch in msg)  # Cs: a lone surrogate, an undecodable byte of a file name
     typer.echo(f"sepcli: error: {line}", err=True)
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: runs of ASCII whitespace (a wrapped message's newlines) become one space; a
+    no-break or other Unicode space, which may be part of a file name, stays."""
+    return re.sub(r"[ \t\r\n\f\v]+", " ", text).strip(" ")
 
 
 def _fail(exc: BaseException, debug: bool, code: int) -> typer.Exit:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    _error(re.sub(r"[ \t\r\n\f\v]+", " ", str(exc)).strip() or type(exc).__name__)  # ASCII runs: NBSP stays
+    _error(_one_line(str(exc)) or type(exc).__name__)
     return typer.Exit(code)
 
 
@@ -182,7 +188,7 @@ def run() -> None:
                 typer.echo(message(), err=True)
         else:
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            _error(" ".join(message().split()) + hint)
+            _error(_one_line(message()) + hint)
         sys.exit(exit_code)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 

@@ -104,12 +104,14 @@ SILENT_RATIO = 1e-10  # a reference 100 dB below its mixture is silent
 def silent_reference(refs: np.ndarray, mix: np.ndarray) -> bool:
     """True when a reference [n, T] is silent: its zero-mean energy 100 dB or more below the mixture's [T] (or
     zero). Its SI-SNR is only the epsilon's and its SDR -inf: such a mixture is left out of scores."""
-    def energy(x):
-        x = np.asarray(x, dtype=np.float64)
-        return float(np.sum((x - x.mean()) ** 2))
+    floor = SILENT_RATIO * zero_mean_energy(mix)
+    return any(zero_mean_energy(r) <= floor for r in refs)
 
-    floor = SILENT_RATIO * energy(mix)
-    return any(energy(r) <= floor for r in refs)
+
+def zero_mean_energy(x) -> float:
+    """The energy of a signal after removing its mean (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.sum((x - x.mean()) ** 2))
 
 
 def finite_or_none(v):

@@ -193,6 +193,8 @@ def check_distinct_outputs(sep: Separator, planned: list[tuple[str, str, Path]])
     """UsageError, before any work, when two inputs ((input, stem, output folder) each) would write the same
     output file: a --name without {stem}, for instance, names every input's speaker 1 alike."""
     owner: dict[str, str] = {}
+    if planned:  # a problem of the template itself (every input's names) is refused now, for the whole run
+        sep.planned_outputs("x", planned[0][2])
     for inp, stem, folder in planned:
         try:
             paths = sep.planned_outputs(stem, folder)
@@ -738,7 +740,7 @@ class Separator:
         if resume and (all(exist) or (self.options.drop_silent and any(exist))):
             infos = [_existing_output(k + 1, q) if e else _dropped_output(k + 1)
                      for k, (q, e) in enumerate(zip(outs, exist))]
-            lengths = {i.frames for i, e in zip(infos, exist) if e}  # every speaker's file is as long as the input
+            lengths = {i.frames for i, e in zip(infos, exist) if e}  # the speakers' files are written equally long
             if 0 in lengths or len(lengths) > 1:  # damaged since (emptied, cut short, overwritten)
                 result.flags = ["replaced_damaged_output"]  # not finished after all: done again, replacing it
                 return True

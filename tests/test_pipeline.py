@@ -471,14 +471,15 @@ def test_a_cut_wav_or_flac_is_separated_as_far_as_it_decodes_and_flagged(tmp_pat
     assert res.status == "ok" and "truncated_input" not in res.flags
 
 
-@pytest.mark.parametrize("placeholder", [0xFFFFFFFF, 0x7FFFF000])
-def test_a_wav_whose_size_fields_are_streaming_placeholders_is_not_called_cut(tmp_path, placeholder):
-    """A WAV written to a pipe carries 0xFFFFFFFF (SoX writes 0x7FFFF000) as its data size: not a declared
-    length."""
+@pytest.mark.parametrize("placeholder,subtype", [(0xFFFFFFFF, "PCM_16"), (0x7FFFF000, "PCM_16"),
+                                                 (0x7FFFF000 // 3 * 3, "PCM_24")])
+def test_a_wav_whose_size_fields_are_streaming_placeholders_is_not_called_cut(tmp_path, placeholder, subtype):
+    """A WAV written to a pipe carries 0xFFFFFFFF as its data size, or SoX's 0x7FFFF000 rounded down to whole
+    frames (3 bytes in 24-bit mono): not a declared length."""
     import struct
 
     p = tmp_path / "stream.wav"
-    sf.write(p, synthetic_sources(SR, SR, seed=2).sum(0), SR, subtype="PCM_16")
+    sf.write(p, synthetic_sources(SR, SR, seed=2).sum(0), SR, subtype=subtype)
     raw = bytearray(p.read_bytes())
     at = raw.index(b"data") + 4
     raw[at:at + 4] = struct.pack("<I", placeholder)

@@ -1364,6 +1364,23 @@ def test_validation_leaves_out_mixtures_with_a_silent_source(tmp_path, librimix)
     assert not (tmp_path / "run").exists()
 
 
+def test_the_up_front_count_of_scorable_mixtures_reads_files_as_validation_does(tmp_path, librimix):
+    """A source at twice the mixture's rate, silent for the mixture's first half and speaking after: cut to the
+    mixture's length at the mixture's rate it would look silent; validation resamples it first and scores it."""
+    d = _librimix_copy(librimix, tmp_path / "d", n=1)
+    name = sorted(p.name for p in (d / "s2").iterdir())[0]
+    x, _ = sf.read(d / "s2" / name, dtype="float32")
+    up = np.repeat(x, 2)  # at 2 * SR, as long in seconds as the mixture
+    up[: len(up) // 2] = 0
+    sf.write(d / "s2" / name, up, 2 * SR, subtype="FLOAT")
+    ds = LibriMixDataset(d, SR)
+    ds.fingerprint()
+    from sepcli.nets import build_network
+
+    net = build_network("s4m", TINY)
+    assert ds.scorable == validate(net, ds)["n"] == 1
+
+
 def test_resume_without_a_checkpoint_does_not_start_over_a_run(tmp_path, librimix):
     run = tmp_path / "run"
     train(cfg(run, data=librimix, val_data=librimix, steps=3))

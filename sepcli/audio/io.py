@@ -112,7 +112,7 @@ def check_readable(path: str | os.PathLike) -> int:
 def riff_declared_frames(fd: int) -> int | None:
     """The frame count a RIFF/WAVE header declares (its data chunk's size over the block size), read from the
     descriptor without moving it; None when the file is not RIFF/WAVE or the size is a streaming placeholder
-    (0, 0xFFFFFFFF, or SoX's 0x7FFFF000, written before the length was known). libsndfile reports the frames the file holds, so a
+    (0, 0xFFFFFFFF, or SoX's 0x7FFFF000 in whole frames, written before the length was known). libsndfile reports the frames the file holds, so a
     WAV cut short (a copy or a recording that stopped) is only seen by comparing with this."""
     import struct
 
@@ -125,7 +125,8 @@ def riff_declared_frames(fd: int) -> int | None:
         if cid == b"fmt " and pos + 22 <= len(head):
             block = struct.unpack("<H", head[pos + 20:pos + 22])[0]  # nBlockAlign: bytes per frame
         elif cid == b"data":
-            if not block or size in (0, 0xFFFFFFFF, 0x7FFFF000):
+            # SoX writes its placeholder 0x7FFFF000 rounded down to whole frames
+            if not block or size in (0, 0xFFFFFFFF, 0x7FFFF000 // block * block):
                 return None
             return size // block
         pos += 8 + size + (size & 1)  # chunks are padded to an even size

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..audio.io import riff_declared_frames, sf_message
-from ..metrics import SILENT_RATIO
+from ..metrics import SILENT_RATIO, zero_mean_energy
 from .mixing import MixOptions, make_mixture, rng_for
 from .speakers import load_pool
 
@@ -114,15 +114,13 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     return x, sr
 
 
-def _energy(x: np.ndarray) -> float:
-    """Zero-mean energy of a [T, channels] signal's mono downmix (as metrics.silent_reference measures it)."""
-    m = x.mean(1, dtype=np.float64)
-    return float(np.sum((m - m.mean()) ** 2))
-
-
 def read_mono(path: Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
     """A data file downmixed to mono, resampled to `sample_rate` when given (read_audio's checks)."""
-    x, sr = read_audio(path)
+    return mono_at(*read_audio(path), sample_rate)
+
+
+def mono_at(x: np.ndarray, sr: int, sample_rate: int | None) -> tuple[np.ndarray, int]:
+    """Samples [T, channels] downmixed to mono and resampled to `sample_rate` when given."""
     x = x.mean(1)
     if sample_rate and sr != sample_rate:
         x = soxr.resample(x, sr, sample_rate).astype(np.float32)
@@ -149,20 +147,21 @@ class LibriMixDataset(Dataset):
         """A digest of the first `limit` items' names and decoded samples (mixture and sources; file headers,
         which carry write times, do not count): tells a resumed run whether it validates on the set its best
         score was measured on (a set rebuilt identically gives the same digest). The same pass counts, in
-        `scorable`, the mixtures validation scores (metrics.silent_reference leaves out those with a silent
-        source), from each file's zero-mean energy over the mixture's length."""
+        `scorable`, the mixtures validation scores: as `validate` reads them (mono, at the dataset's rate,
+        sources cut to the mixture's length), those without a silent source (metrics.silent_reference)."""
         n = len(self) if limit is None else min(limit, len(self))
         h = hashlib.sha256(f"{n} {self.sample_rate}".encode())
         lengths, mix_energy, silent = [], [], [False] * n
         for j, path in enumerate(self.mixes[:n] + [p for srcs in self.sources[:n] for p in srcs]):
             x, sr = read_audio(path)
             h.update(os.fsencode(Path(path).name) + b"\0" + str(sr).encode() + x.tobytes())
+            m, _ = mono_at(x, sr, self.sample_rate)
             if j < n:
-                lengths.append(x.shape[0])
-                mix_energy.append(_energy(x))
+                lengths.append(len(m))
+                mix_energy.append(zero_mean_energy(m))
             else:
                 i = (j - n) // len(self.sources[0])
-                silent[i] |= _energy(x[: lengths[i]]) <= SILENT_RATIO * mix_energy[i]
+                silent[i] |= zero_mean_energy(m[: lengths[i]]) <= SILENT_RATIO * mix_energy[i]
         self.scorable = silent.count(False)
         return h.hexdigest()[:16]
 
