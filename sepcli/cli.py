@@ -14,7 +14,6 @@ file; rerunning `batch` completes the rest.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os

@@ -112,8 +112,9 @@ def check_readable(path: str | os.PathLike) -> int:
 def riff_declared_frames(fd: int) -> int | None:
     """The frame count a RIFF/WAVE header declares (its data chunk's size over the block size), read from the
     descriptor without moving it; None when the file is not RIFF/WAVE or the size is a streaming placeholder
-    (0, 0xFFFFFFFF, or SoX's 0x7FFFF000 in whole frames, written before the length was known). libsndfile reports the frames the file holds, so a
-    WAV cut short (a copy or a recording that stopped) is only seen by comparing with this."""
+    (0, 0xFFFFFFFF, or SoX's 0x7FFFF000 in whole frames, written before the length was known). libsndfile
+    reports the frames the file holds, so a WAV cut short (a copy or a recording that stopped) is only seen by
+    comparing with this."""
     import struct
 
     head = os.pread(fd, 1 << 16, 0)
