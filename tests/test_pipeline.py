@@ -439,7 +439,7 @@ def test_truncated_input_is_separated_as_far_as_it_decodes_and_flagged(tmp_path)
     assert res.status == "ok" and "truncated_input" not in res.flags
 
 
-def _frames_in_small_reads(path) -> int:
+def frames_in_small_reads(path) -> int:
     """How many frames libsndfile decodes from the start, read one at a time, before it fails or ends."""
     n = 0
     with sf.SoundFile(path) as f:
@@ -461,7 +461,7 @@ def test_a_cut_wav_or_flac_is_separated_as_far_as_it_decodes_and_flagged(tmp_pat
     assert sf.info(p).format == container
     cut = tmp_path / f"cut.{fmt}"
     cut.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    decoded = _frames_in_small_reads(cut)
+    decoded = frames_in_small_reads(cut)
     assert 0.3 * seconds * SR < decoded < 0.7 * seconds * SR
     sep = Separator(OracleSeparator(synthetic_sources(SR, SR), SR), loudness="off")
     res = sep.separate_file(cut, tmp_path / "o")
