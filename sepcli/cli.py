@@ -74,15 +74,15 @@ def _error(msg: str) -> None:
 
 
 def _one_line(text: str) -> str:
-    """A message on one line: runs of ASCII whitespace (a wrapped message's newlines) become one space; a
-    no-break or other Unicode space, which may be part of a file name, stays."""
+    """The option parser's message on one line: runs of ASCII whitespace (its wrapped lines) become one space; a
+    no-break or other Unicode space, which may be part of a value, stays."""
     return re.sub(r"[ \t\r\n\f\v]+", " ", text).strip(" ")
 
 
 def _fail(exc: BaseException, debug: bool, code: int) -> typer.Exit:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    _error(_one_line(str(exc)) or type(exc).__name__)
+    _error(str(exc).strip("\n") or type(exc).__name__)  # _error escapes the rest: a file name is shown as it is
     return typer.Exit(code)
 
 

@@ -191,19 +191,28 @@ def check_template(template: str) -> None:
 
 def check_distinct_outputs(sep: Separator, planned: list[tuple[str, str, Path]]) -> None:
     """UsageError, before any work, when two inputs ((input, stem, output folder) each) would write the same
-    output file: a --name without {stem}, for instance, names every input's speaker 1 alike."""
+    output file: a --name without {stem}, for instance, names every input's speaker 1 alike. An input whose
+    own names are bad (its stem '..', too long) fails alone in its turn; when the template is bad for a plain
+    stem and for every input too, the run is refused with the first input's problem."""
     owner: dict[str, str] = {}
-    if planned:  # a problem of the template itself (every input's names) is refused now, for the whole run
-        sep.planned_outputs("x", planned[0][2])
+    problems = []
     for inp, stem, folder in planned:
         try:
             paths = sep.planned_outputs(stem, folder)
-        except UsageError:
-            continue  # that input's own name is bad: it fails alone, with its own error, when its turn comes
+        except UsageError as exc:
+            problems.append(exc)
+            continue
         for p in paths:
             key = os.path.normcase(os.path.abspath(p))
             if owner.setdefault(key, inp) != inp:
                 raise UsageError(f"{owner[key]} and {inp} would both write {p} (put {{stem}} in --name)")
+    if planned and len(problems) == len(planned):
+        try:
+            sep.planned_outputs("x", planned[0][2])
+        except UsageError:
+            first = str(problems[0])
+            raise UsageError(first if first.startswith("--name") else
+                             f"--name {sep.options.name!r} fits no input: {first}") from None
 
 
 def safe_relative(name: str, what: str) -> Path:

@@ -536,6 +536,18 @@ def test_a_name_template_bad_for_every_input_is_refused_before_any_work(tmp_path
     r = run(cmd, *args, "-o", tmp_path / "out", "-m", fast_model, "--name", name)
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and problem in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+    if "255" in problem:  # the name shown is one an input would get, not the plain stem the check also tries
+        assert "output name 'a_" in r.stderr or "output name 'b_" in r.stderr, r.stderr
+
+
+def test_a_name_template_too_long_only_for_short_stems_is_not_refused(tmp_path, fast_model):
+    """Padding with a 2-byte character makes a short stem's name the longest: the plain stem the check tries
+    ('x') is over 255 bytes, the real inputs' names are not, and they are separated."""
+    a = _wav(tmp_path / "in" / "meeting_2024-01-05.wav", seed=1)
+    b = _wav(tmp_path / "in" / "interview_alice.wav", seed=2)
+    r = run("separate", a, b, "-o", tmp_path / "out", "-m", fast_model, "--name", "{stem:\u00e9>130}_{k}.{ext}")
+    assert r.exit_code == 0, r.stderr
+    assert len(list((tmp_path / "out").iterdir())) == 4
 
 
 @pytest.mark.parametrize("cmd", ["separate", "batch"])
@@ -616,6 +628,9 @@ def test_the_error_line_escapes_controls_and_keeps_other_characters(tmp_path, fa
     assert want in r.stderr, r.stderr
     r = run("separate", tmp_path / "no\u00a0such.wav", "-o", tmp_path / "out", "-m", fast_model)  # a UsageError
     assert "no\u00a0such.wav" in r.stderr, r.stderr
+    c, d = _wav(tmp_path / "in" / "c  d\te.wav", seed=1), _wav(tmp_path / "in" / "f.wav", seed=2)  # a UsageError
+    r = run("separate", c, d, "-o", tmp_path / "out", "-m", fast_model, "--name", "{k}.{ext}")
+    assert r.exit_code == 2 and "c  d\\te.wav and " in r.stderr, r.stderr  # the name as it is, tab escaped
     from sepcli import cli
 
     assert cli._one_line("\u00a0lead.wav:\n   wrapped\t message \u00a0") == "\u00a0lead.wav: wrapped message \u00a0"
