@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start (or resume) training of the default model in the background. Run at the start of every session until
-# the model meets its target:   bash recipes/resume_default.sh [MINUTES]
+# Start (or resume) training of the default model in the background:   bash recipes/resume_default.sh [MINUTES]
+# Sessions 1-21 ran it at every session start; the run is paused at its plateau (MODEL_CARD status and target
+# points: what would move it is more real speakers, more compute, a larger network), and resumes from here.
 # It installs what it needs (make install, the recipe's apt packages), rebuilds the speaker pools and fixed
 # sets if data/ is missing (about 3 minutes, deterministic), then resumes from runs/default/last.pt when this
 # machine has it, else from the committed recipes/state/default-latest (weights, step, lr schedule).
