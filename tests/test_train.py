@@ -945,10 +945,12 @@ def test_ddp_two_processes_train_and_export(tmp_path, librimix):
         f"r = train(TrainConfig(out=Path({str(tmp_path / 'run')!r}), arch='s4m-tiny-8k', arch_args={TINY!r},"
         f" data=Path({str(librimix)!r}), segment=0.5, batch_size=1, steps=3, threads=1, quiet=True))\n"
         "print(json.dumps({'step': r['step']}))\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29517", str(script)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    def torchrun(port: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", str(port), str(script)], capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+
+    proc = torchrun(29517)
     assert proc.returncode == 0, proc.stderr[-2000:]
     folder = tmp_path / "run" / "best"
     conf = json.loads((folder / "config.json").read_text())
@@ -972,9 +974,7 @@ def test_ddp_two_processes_train_and_export(tmp_path, librimix):
     torch.save(state, ckpt)
     resumed = f"steps=4, resume=True, val_data=Path({str(librimix)!r}),"
     script.write_text(script.read_text().replace("steps=3,", resumed))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29518", str(script)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = torchrun(29518)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log][-2:] == [3, 4] and all("si_snri" in r for r in log[-2:])
@@ -989,9 +989,7 @@ def test_ddp_two_processes_train_and_export(tmp_path, librimix):
     sf.write(bad, x, SR, subtype="FLOAT")
     script.write_text(script.read_text().replace(resumed, "steps=3,").replace(str(librimix), str(data))
                       .replace(str(tmp_path / "run"), str(tmp_path / "bad")))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29519", str(script)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = torchrun(29519)
     assert proc.returncode != 0
     assert f"{bad}: holds non-finite samples" in proc.stderr and "the run is saved at step 1" in proc.stderr
     assert torch.load(tmp_path / "bad" / "last.pt", weights_only=True)["step"] == 1

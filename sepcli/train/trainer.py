@@ -629,7 +629,7 @@ def train(cfg: TrainConfig) -> dict:
                 items = [ds[i] for i in idx]
             except DataError as exc:  # a file that does not decode or holds NaN: named, and the run kept
                 bad = exc
-            if world == 1 and bad is not None or world > 1 and _any_rank(world, bad is not None)[0]:
+            if _any_rank(world, bad is not None)[0]:  # one process: no collective
                 # every rank stops before the step (its gradient all_reduce would wait for the rank that
                 # stopped); rank 0 saves, and the others wait for the save before they say it is done
                 checkpoint()  # the step has not started: --resume redoes it
