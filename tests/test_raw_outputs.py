@@ -210,3 +210,30 @@ def test_stitcher_with_raw_whole_still_gains_several_segments(rng):
                                      i == len(plan) - 1))
     np.testing.assert_array_equal(np.concatenate(outs[True], 1), np.concatenate(outs[False], 1))
     np.testing.assert_allclose(np.concatenate(outs[True], 1), src, atol=1e-4)
+
+
+class _Loud:
+    """Two outputs beyond full scale: 3 x and -2 x."""
+
+    sample_rate, n_src, segment = SR, 2, 0.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([3.0 * x, -2.0 * x], dim=1)
+
+
+def test_raw_outputs_of_one_channel_and_beyond_full_scale(tmp_path):
+    """--channel N feeds that channel's samples; raw outputs are never lowered: a FLOAT file keeps them, a
+    PCM file clips them and says so (flag `clipped`)."""
+    left = synthetic_sources(SR, SR, seed=15).sum(0)
+    right = left[::-1].copy() * np.float32(2.0)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), SR, subtype="FLOAT")
+    want = np.stack([3.0 * right, -2.0 * right])
+    assert np.abs(want).max() > 1
+    res = Separator(_Loud(), loudness="off", channel=2, subtype="FLOAT").separate_file(tmp_path / "stereo.wav",
+                                                                                      tmp_path / "f")
+    assert res.status == "ok" and res.flags == [], (res.error, res.flags)
+    np.testing.assert_array_equal(_read([o.path for o in res.outputs]), want)
+    res = Separator(_Loud(), loudness="off", channel=2).separate_file(tmp_path / "stereo.wav", tmp_path / "p")
+    assert res.status == "ok" and res.flags == ["clipped"], (res.error, res.flags)
+    got = np.stack([sf.read(o.path, dtype="float32")[0] for o in res.outputs])
+    np.testing.assert_allclose(got, np.clip(want, -1, 1), atol=1 / 2**15)
