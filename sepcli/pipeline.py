@@ -1,6 +1,6 @@
 """Separator: audio in -> one stream per speaker out. The one path used by `separate`, `batch` and `eval`.
 
-Data flow of one input (nothing holds the whole signal; see DESIGN.md):
+Data flow of one input (nothing holds the whole signal; see the README, "How it works"):
   blocks (soundfile) -> mono (mean, or one channel) -> soxr to the model's rate
   [first pass, only when the model wants a normalised input (not for raw outputs, see `off` below):
    streaming BS.1770 loudness -> input gain]
