@@ -276,7 +276,8 @@ SEGMENT_HELP = "Segment length in seconds (default: the model's; 0 = whole input
 OVERLAP_HELP = "Overlap between segments as a fraction of a segment, 0-0.5 (default: the model's)."
 LOUD_HELP = ("Output loudness: 'match' (each speaker at its level in the mix, outputs sum to the input), "
              "a LUFS target such as -23 (each output normalised, peaks <= -1 dBFS, never clipped), "
-             "or 'off' (as the model produced).")
+             "or 'off' (no loudness gain; the whole input in one segment, e.g. --segment 0, is written as the "
+             "network's own samples).")
 
 # Options shared by `separate` and `batch` (one declaration each; the commands differ only in their own options).
 ModelOpt = Annotated[str, typer.Option("-m", "--model", help="Zoo model name/alias or a model folder path.")]

@@ -1,12 +1,16 @@
 """Separator: audio in -> one stream per speaker out. The one path used by `separate`, `batch` and `eval`.
 
-Data flow of one input (nothing holds the whole signal; see DESIGN.md):
+Data flow of one input (nothing holds the whole signal; see the README, "How it works"):
   blocks (soundfile) -> mono (mean, or one channel) -> soxr to the model's rate
-  [first pass, only when the model wants a normalised input: streaming BS.1770 loudness -> input gain]
+  [first pass, only when the model wants a normalised input (not for raw outputs, see `off` below):
+   streaming BS.1770 loudness -> input gain]
   -> SegmentStream (segments of `segment` s, `overlap` fraction) -> model, `batch_size` segments at a time
   -> Stitcher (speaker order aligned on the overlap, least-squares gain per speaker, crossfade summing to one)
   -> soxr back to the output rate (default: the input's rate and exactly the input's length)
-  -> output loudness:  off   = written as produced (one pass)
+  -> output loudness:  off   = written as produced (one pass); an input separated in one segment (--segment 0,
+                               or not longer than one) is then the network's own output for the input's samples as
+                               they are (no input normalisation, no stitcher gain), as the authors' code computes
+                               it; with several segments the stitcher's gains stay (their scales must agree)
                        match = each speaker at its level in the mix (the stitcher makes the speakers add up to
                                the mixture); a raw float32 temporary stream is written first, and if a speaker
                                would clip a fixed-point file (pass -1 dBFS in a lossy one) all speakers are
@@ -113,7 +117,7 @@ class SeparationOptions:
     format: str = "wav"
     subtype: str | None = None
     name: str = "{stem}_spk{k}.{ext}"
-    loudness: str | float = "match"  # "match" | "off" | target LUFS
+    loudness: str | float = "match"  # "match" | "off" (one segment: the network's own samples) | target LUFS
     drop_silent: bool = False
     silent_lu: float = 30.0  # an output this many LU below the loudest one is flagged silent
     overwrite: bool = False
@@ -551,8 +555,11 @@ class Separator:
         seg = m.segment if o.segment is None else o.segment
         ov = m.overlap if o.overlap is None else o.overlap
         length, ov_len = segment_geometry(msr, seg, ov)
+        # --loudness off and the whole input in one segment: the network's own output for the samples as given
+        # (no input normalisation, no stitching gain), as the authors' code computes it
+        raw = o.loudness == "off"
         in_gain = 1.0
-        if m.input_loudness is not None:  # first pass: the level the model was trained on
+        if m.input_loudness is not None and not (raw and length <= 0):  # first pass: the level it was trained on
             meter = StreamingLoudness(src.rate)
             for b in src.blocks():
                 meter.update(b)
@@ -564,7 +571,7 @@ class Separator:
         fwd = StreamResampler(src.rate, msr)
         back = StreamResampler(msr, out_rate, channels=n_src, limit=limit)
         segs = SegmentStream(length, ov_len)
-        stitch = Stitcher(n_src, ov_len)
+        stitch = Stitcher(n_src, ov_len, raw_whole=raw)
         pending: list[tuple[int, np.ndarray, bool]] = []
 
         def run_batch() -> Iterator[np.ndarray]:
@@ -578,7 +585,9 @@ class Separator:
                 if n == 0:  # an input shorter than one sample at the model's rate: nothing to separate
                     y = np.zeros((len(idx), n_src, 0), np.float32)  # (networks need T >= 1); output is silence
                 else:
-                    y = self._forward(np.stack([pending[i][1] for i in idx]) * np.float32(in_gain), timer)
+                    start, _, last = pending[idx[0]]
+                    g = 1.0 if raw and start == 0 and last else in_gain  # (the whole input is alone in its call)
+                    y = self._forward(np.stack([pending[i][1] for i in idx]) * np.float32(g), timer)
                 for j, i in enumerate(idx):
                     ys[i] = y[j]
             for i, (_, s, last) in enumerate(pending):
@@ -622,7 +631,7 @@ class Separator:
     def separate_array(self, x: np.ndarray, sample_rate: int) -> np.ndarray:
         """Separate an in-memory signal x ([T] or [T, channels]) -> [n_src, T_out] float32 at the output rate
         (by default the input's rate and length), with the same loudness rules as files (no clipping guard
-        is needed for float arrays in `match` mode)."""
+        is needed for float arrays in `match` mode; `off` in one segment gives the network's own samples)."""
         return self._separate_array(x, sample_rate, _Timer())
 
     def _separate_array(self, x: np.ndarray, sample_rate: int, timer: _Timer) -> np.ndarray:

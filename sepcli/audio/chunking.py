@@ -12,6 +12,9 @@ needed while it reaches past the previous one (k = 0, or k*hop + overlap < n); t
    (minimise sum_k |g_k c_k - p_k|^2 over the overlap + |sum_k g_k c_k - m|^2 over the segment);
 3. crossfades the overlap with windows that sum to one (sin^2 fade-in, 1 - sin^2 fade-out) and emits the
    finished samples. Only one overlap's worth of samples is kept between segments.
+With `raw_whole`, a segment that is the whole input (the first and the last at once) is emitted as given, without
+step 2: nothing needs stitching, so the outputs are the network's own samples (`--loudness off`). The gain stays for
+several segments (their scales must agree) and in the modes that want the speakers at their level in the mixture.
 """
 
 from __future__ import annotations
@@ -166,11 +169,12 @@ def align_order(prev_tail: np.ndarray, cur_head: np.ndarray) -> tuple[int, ...]:
 class Stitcher:
     """Assemble separated segments into continuous source streams (see module docstring).
 
-    push(sources [n, len], mix [len], last) returns the finished samples [n, k] (k may be 0).
+    push(sources [n, len], mix [len], last) returns the finished samples [n, k] (k may be 0). With `raw_whole`, a
+    first segment that is also the last (the whole input) comes back unchanged (gain 1, the order kept).
     """
 
-    def __init__(self, n_src: int, ov: int):
-        self.n_src, self.ov = n_src, ov
+    def __init__(self, n_src: int, ov: int, raw_whole: bool = False):
+        self.n_src, self.ov, self.raw_whole = n_src, ov, raw_whole
         self.fade_out, self.fade_in = crossfade_windows(ov)
         self._tail: np.ndarray | None = None  # previous segment's last ov samples, aligned and gain-corrected
         self.perms: list[tuple[int, ...]] = []
@@ -185,8 +189,11 @@ class Stitcher:
             cur = cur[list(perm)]
         else:
             perm = tuple(range(self.n_src))
-        g = solve_gains(cur, mix, None if first else self._tail[:, :ov])
-        cur = (cur * g[:, None]).astype(np.float32)
+        if first and last and self.raw_whole:
+            g = np.ones(self.n_src)
+        else:
+            g = solve_gains(cur, mix, None if first else self._tail[:, :ov])
+            cur = (cur * g[:, None]).astype(np.float32)
         self.perms.append(perm)
         self.gains.append(g)
         parts = []
