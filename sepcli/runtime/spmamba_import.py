@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +227,36 @@ def import_spmamba(config_yml: Path, checkpoint: Path, out_dir: Path, name: str 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+@dataclass
+class ImportResult:
+    """What import_release installed: the model `folder`, the checkpoint it took (`checkpoint_member`: its name
+    inside the archive or folder, for messages only, never used as a path) and `notes`, one line each, for the
+    user (e.g. which of several checkpoints was taken)."""
+
+    folder: Path
+    checkpoint_member: str
+    notes: list[str] = field(default_factory=list)
+
+
+def import_release(source: Path, out_dir: Path, *, name: str, config: Path | None = None,
+                   provenance: dict | None = None, replace: bool = False) -> ImportResult:
+    """Install an official SPMamba release as the sepcli model folder `out_dir` named `name`.
+
+    `source` is the release zip (conf.yml and best_model.pth or a Lightning .ckpt anywhere inside; members are
+    read with size caps into temporary files of our own naming, see sepcli.runtime.archive), a folder holding
+    them, or a checkpoint file (then `config` is required). `config`, when given, is used instead of the conf.yml
+    found in the source. Both model names (SPMamba, TFGridNetMamba) and both Mamba key namings (`.layers.` /
+    `.backward_layers.` of the release, `.forward_blocks.` / `.backward_blocks.`) are accepted; the checkpoint is
+    read with torch.load(weights_only=True) allowing exactly torch.torch_version.TorchVersion besides tensors.
+
+    The folder is built in a temporary sibling and renamed into place when complete. An existing non-empty
+    `out_dir` is an error unless `replace`, which swaps it for the new one only after the new one is complete.
+    `provenance` is merged into config.json's provenance (e.g. the pull helper's url and sha256).
+
+    Raises ConfigError (a bad or missing conf.yml: a usage error) or CheckpointError (anything else: an unreadable
+    or unsafe archive or checkpoint, weights that do not fit the config), one line naming the file; nothing is
+    left behind then, neither `out_dir` nor a temporary folder.
+    """
+    raise NotImplementedError
