@@ -228,3 +228,43 @@ def test_failed_imports_leave_no_model_in_the_store(tmp_path, _sepcli_home):
     r = run("models", "import-spmamba", zpath, "--name", "spm")
     assert r.exit_code == 0 and rows()["spm"]["source"] == "user"
     assert os.path.samefile(rows()["spm"]["path"], models / "spm")
+
+
+@pytest.mark.parametrize("failure", ["disk full", "safetensors error", "SIGTERM", "SIGINT"])
+def test_an_import_cut_short_leaves_nothing(tmp_path, monkeypatch, _sepcli_home, failure):
+    """The weights file fails half-written (a full disk, as OSError or as safetensors' own error) or the command
+    is interrupted there: exit 1 (or 128 + the signal) with one line, and no model, no temporary folder, nothing
+    in the temporary directory."""
+    import errno
+    import signal
+    import tempfile
+
+    import safetensors.torch
+
+    from sepcli.cli import Interrupted
+
+    zpath, _ = make_release(tmp_path / "r.zip")
+    own_tmp = tmp_path / "systmp"
+    own_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(own_tmp))
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        if failure == "disk full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if failure == "safetensors error":
+            raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device)")
+        raise Interrupted(signal.SIGTERM if failure == "SIGTERM" else signal.SIGINT)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    r = run("models", "import-spmamba", zpath, "--name", "spm")
+    models = _sepcli_home / "models"
+    if failure.startswith("SIG"):
+        signum = signal.SIGTERM if failure == "SIGTERM" else signal.SIGINT
+        assert r.exit_code == 128 + signum
+        assert r.stderr == f"sepcli: error: interrupted by {failure}: nothing installed\n"
+    else:
+        assert r.exit_code == 1 and r.stderr.startswith(f"sepcli: error: {models / 'spm'}: cannot write (")
+        assert "No space left on device" in r.stderr and r.stderr.count("\n") == 1
+    assert list(models.iterdir()) == [] and list(own_tmp.glob("sepcli*")) == []  # (torch may put its own there)
+    assert "spm" not in rows()

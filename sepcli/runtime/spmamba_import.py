@@ -302,6 +302,10 @@ def _install(tensors: dict[str, torch.Tensor], cfg: dict, out_dir: Path, replace
             raise CheckpointError(f"{out_dir}: cannot install ({exc.strerror or exc})") from None
     except OSError as exc:
         raise CheckpointError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        raise CheckpointError(f"{out_dir}: cannot write ({type(exc).__name__}: {one_line(exc)})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
