@@ -32,7 +32,7 @@ def rows(*args) -> dict:
 
 
 def shipped_default() -> Path:
-    return next(e.folder for e in registry.list_zoo() if e.source == registry.SHIPPED and "default" in e.aliases)
+    return next(e.folder for e in registry._scan() if e.source == registry.SHIPPED and "default" in e.aliases)
 
 
 def test_home_is_sepcli_home_else_xdg_else_local_share(monkeypatch, tmp_path, _sepcli_home):
@@ -268,3 +268,20 @@ def test_an_import_cut_short_leaves_nothing(tmp_path, monkeypatch, _sepcli_home,
         assert "No space left on device" in r.stderr and r.stderr.count("\n") == 1
     assert list(models.iterdir()) == [] and list(own_tmp.glob("sepcli*")) == []  # (torch may put its own there)
     assert "spm" not in rows()
+
+
+def test_a_user_model_taking_a_shipped_name_is_said(_sepcli_home):
+    """Made by hand (imports refuse taken names): the store is searched before the shipped zoo, and `models`
+    says which name reaches which model."""
+    import json as _json
+
+    mine = bandsplit_folder(_sepcli_home / "models" / "mine", sample_rate=SR)
+    cfg = _json.loads((mine / "config.json").read_text())
+    (mine / "config.json").write_text(_json.dumps({**cfg, "aliases": ["default"]}))
+    r = run("models", "--json")
+    assert r.exit_code == 0
+    assert r.stderr == f"sepcli: warning: 'default' of zoo model {shipped_default()} names {mine} (user models are " \
+                       "searched before shipped ones)\n"
+    listed = {m["name"]: m for m in json.loads(r.stdout)}
+    assert listed["mine"]["default"] and listed["mine"]["default_why"] == "alias 'default' of a user model"
+    assert registry.resolve("default") == mine
