@@ -731,8 +731,9 @@ def _import_release(src: Path, config: Path | None, name: str | None, out: Path 
 @models_app.command("remove")
 def models_remove(name: str = typer.Argument(..., help="The name of a model in your model store."),
                   debug: DebugOpt = False) -> None:
-    """Delete a model from your model store ($SEPCLI_HOME/models). Shipped and SEPCLI_ZOO models are never
-    removed (exit 2)."""
+    """Delete a model from your model store ($SEPCLI_HOME/models).
+
+    Shipped and SEPCLI_ZOO models are never removed (exit 2)."""
     from .runtime import store
     from .runtime.registry import USER, find_installed, installed_names
 

@@ -285,3 +285,25 @@ def test_a_user_model_taking_a_shipped_name_is_said(_sepcli_home):
     listed = {m["name"]: m for m in json.loads(r.stdout)}
     assert listed["mine"]["default"] and listed["mine"]["default_why"] == "alias 'default' of a user model"
     assert registry.resolve("default") == mine
+
+
+def test_a_model_not_installed_is_a_usage_error_and_nothing_touches_the_network(tmp_path, monkeypatch):
+    """`-m` naming a model that is not installed (e.g. a release not yet pulled) never downloads: one line, exit 2,
+    no socket opened, nothing written to the store."""
+    import socket
+
+    def no_network(*args, **kw):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, synthetic_sources(SR, SR, seed=2).sum(0), SR)
+    for args in (["separate", wav, "-o", tmp_path / "o", "-m"], ["batch", tmp_path, "-o", tmp_path / "o", "-m"],
+                 ["models", "info"]):
+        r = run(*args, "spmamba-libri2mix")
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "'spmamba-libri2mix'" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists() and not store.home().joinpath("models").exists()
+    with pytest.raises(registry.UnknownName) as info:
+        registry.resolve("spmamba-libri2mix")
+    assert info.value.name == "spmamba-libri2mix"
