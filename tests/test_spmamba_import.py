@@ -766,3 +766,15 @@ def test_replace_swaps_a_model_only_when_the_new_one_is_complete(tmp_path, own_t
     assert all(torch.equal(tensors[k], v) for k, v in m2.state_dict().items())
     assert sorted(p.name for p in out.parent.iterdir()) == ["spm"]
     assert list(own_tmp.glob("sepcli*")) == []
+
+
+def test_a_config_given_as_source_is_said(tmp_path):
+    conf = write(tmp_path / "conf.yml", release_yml())
+    r = runner.invoke(app, ["models", "import-spmamba", str(conf)], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stderr == (f"sepcli: error: {conf}: a config, not a release: give the release zip, "
+                                             "its folder or the checkpoint, and this file with --config\n")
+    ck = tmp_path / "best_model.pth"
+    ck.write_bytes(release_checkpoint(random_spmamba(release_yml())))
+    r = runner.invoke(app, ["models", "import-spmamba", str(ck)], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stderr == (f"sepcli: error: {ck}: a checkpoint file needs its training config: "
+                                             "give --config conf.yml\n")
