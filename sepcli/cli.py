@@ -777,7 +777,7 @@ def train(
     from .train.trainer import train as run_training
 
     from .runtime.loader import ModelError
-    from .train.trainer import saved_options
+    from .train.checkpoint import saved_options
 
     kw = dict(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
               sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
