@@ -1267,6 +1267,21 @@ def test_saved_options_of_older_runs_and_other_working_directories(tmp_path, lib
     assert saved_options(tmp_path / "r", {"epochs"}).get("steps") is None  # giving one of a pair replaces both
 
 
+def test_resumed_config_takes_the_runs_options_where_the_command_line_gives_none(tmp_path, librimix):
+    """What `sepcli train -o RUN --resume` does with the options: the run's own where none is given again, the
+    given one where it is, and nothing without --resume."""
+    from sepcli.train.checkpoint import resumed_config
+
+    run = tmp_path / "r"
+    train(cfg(run, data=librimix, steps=1, segment=0.25))
+    bare = TrainConfig(out=run, resume=True, steps=2)
+    got = resumed_config(bare, {"out", "resume", "steps"})
+    assert (got.arch, got.data, got.segment, got.batch_size, got.lr, got.steps) == ("s4m-tiny-8k", librimix, 0.25, 2,
+                                                                                   3e-3, 2)
+    assert resumed_config(replace(bare, segment=0.5), {"steps", "segment"}).segment == 0.5  # given again: it wins
+    assert resumed_config(replace(bare, resume=False), {"steps"}) == replace(bare, resume=False)
+
+
 def test_a_checkpoint_that_cannot_be_written_names_the_problem(tmp_path, monkeypatch):
     def refuse(obj, f):
         raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "

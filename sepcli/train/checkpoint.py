@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -80,6 +80,16 @@ def saved_options(out: Path, given: set[str]) -> dict:
     if found.get("steps") is not None and found.get("epochs") is not None:
         found["epochs"] = None
     return found
+
+
+def resumed_config(cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    """`cfg` completed, with --resume, by the options its run was started with wherever the command line did not
+    give them again (`given`: the TrainConfig fields it gave), so that `sepcli train -o RUN --resume` alone
+    continues RUN as it was started; an option given again wins (and `changed_options` names it when it changes
+    the run). Without --resume, or before the run's first checkpoint, `cfg` as it is."""
+    if not cfg.resume:
+        return cfg
+    return replace(cfg, **saved_options(cfg.out, given))
 
 
 # options whose change on --resume makes it no longer the same run (--lr-scale is the way to change the rate; the
