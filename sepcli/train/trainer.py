@@ -86,7 +86,7 @@ class Trainer:
         self.governor: ThreadGovernor | None = None
         self.average: WeightAverage | None = None
         self.times: list[float] = []  # seconds of the last 50 steps
-        self.keep_best = False
+        self.resumed = self.keep_best = False
         self.bar = None
 
     # ------------------------------------------------------------------ set-up
@@ -342,7 +342,9 @@ class Trainer:
                             seconds_per_step=self.seconds_per_step(), schedule=self.sched.state_dict())
 
     def checkpoint(self) -> None:
-        """OUT/last.pt: everything an exact resume needs (rank 0 writes it; every rank holds the same weights)."""
+        """OUT/last.pt: everything an exact resume needs. `run` takes one every --ckpt-minutes, on a stop (a signal,
+        --max-minutes) and at the end, `_batch` one before it stops for a bad file; rank 0 writes it (every rank
+        holds the same weights)."""
         if self.rank != 0:
             return
         s = self.state
