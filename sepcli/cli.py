@@ -894,7 +894,7 @@ def train(
     from .train.trainer import train as run_training
 
     from .runtime.loader import ModelError
-    from .train.trainer import saved_options
+    from .train.checkpoint import resumed_config
 
     kw = dict(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
               sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
@@ -905,14 +905,13 @@ def train(
     sources = {p: getattr(ctx.get_parameter_source(p), "name", "DEFAULT") for p in ctx.params}
     given = {p for p, src in sources.items() if src not in ("DEFAULT", "DEFAULT_MAP")}
     try:
-        if resume:  # what the command line does not give again is the run's own (its checkpoint's config)
-            renamed = {"reverb": "reverb_prob", "noise": "noise_prob", "compile_net": "compile"}
-            kw.update(saved_options(out, {renamed.get(p, p) for p in given}))
+        renamed = {"reverb": "reverb_prob", "noise": "noise_prob", "compile_net": "compile"}  # TrainConfig's names
+        cfg = resumed_config(TrainConfig(**kw), {renamed.get(p, p) for p in given})  # --resume: the run's options
         mixing = [f"--{p.replace('_', '-')}" for p in POOLS_ONLY if p in given]
-        if kw["data"] and mixing:  # they would be ignored
+        if cfg.data and mixing:  # they would be ignored
             raise TrainError(f"{', '.join(mixing)} apply to dynamic mixing (--pools) only; with --data the "
                              "mixtures are the folder's and an epoch is one pass over it")
-        result = run_training(TrainConfig(**kw))
+        result = run_training(cfg)
     except TrainDiverged as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
     except OSError as exc:  # the run folder cannot be created or written (permissions, read-only, full)

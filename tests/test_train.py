@@ -20,6 +20,8 @@ from sepcli.train.mixing import MixOptions, choose_persons, make_mixture, rng_fo
 from sepcli.train.speakers import Speaker, assign_splits, check_disjoint, load_pool, read_index, write_index
 from sepcli import metrics
 from sepcli.train import trainer
+from sepcli.train.checkpoint import changed_facts
+from sepcli.train.network import network_for
 from sepcli.train.trainer import Schedule, TrainConfig, batch_indices, format_eta, train, train_step, validate
 from tests.test_ema import reference_average as ema_reference
 
@@ -289,8 +291,9 @@ def test_checkpoints_are_written_every_ckpt_minutes_and_at_the_end(tmp_path, lib
     always at the end."""
     from sepcli.train import trainer
 
-    steps, real_save = [], trainer._save
-    monkeypatch.setattr(trainer, "_save", lambda path, state: (steps.append(state["step"]), real_save(path, state)))
+    steps, real_save = [], trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint",
+                        lambda path, state: (steps.append(state["step"]), real_save(path, state)))
     train(cfg(tmp_path / "run", data=librimix, steps=3, ckpt_minutes=minutes))
     assert steps == saved_at
 
@@ -1139,7 +1142,7 @@ def test_validation_scores_each_mixture_on_its_whole_length(tmp_path):
         a, b = voice(rng, 110, seconds) * 0.3, voice(rng, 240, seconds) * 0.3
         for sub, x in (("s1", a), ("s2", b), ("mix", a + b)):
             sf.write(d / sub / f"{i}.wav", x, SR, subtype="FLOAT")
-    net = trainer._build(cfg(tmp_path / "r"))[0].eval()
+    net = network_for(cfg(tmp_path / "r"))[0].eval()
     ds = LibriMixDataset(d, SR)
     alone = []
     with torch.no_grad():
@@ -1248,7 +1251,7 @@ def test_a_run_continued_from_init_without_validation_exports_its_weights(tmp_pa
 
 
 def test_saved_options_of_older_runs_and_other_working_directories(tmp_path, librimix, monkeypatch):
-    from sepcli.train.trainer import saved_options
+    from sepcli.train.checkpoint import saved_options
 
     monkeypatch.chdir(librimix.parent)
     train(cfg(tmp_path / "r", data=Path(librimix.name), steps=1))  # a relative --data
@@ -1264,6 +1267,21 @@ def test_saved_options_of_older_runs_and_other_working_directories(tmp_path, lib
     assert saved_options(tmp_path / "r", {"epochs"}).get("steps") is None  # giving one of a pair replaces both
 
 
+def test_resumed_config_takes_the_runs_options_where_the_command_line_gives_none(tmp_path, librimix):
+    """What `sepcli train -o RUN --resume` does with the options: the run's own where none is given again, the
+    given one where it is, and nothing without --resume."""
+    from sepcli.train.checkpoint import resumed_config
+
+    run = tmp_path / "r"
+    train(cfg(run, data=librimix, steps=1, segment=0.25))
+    bare = TrainConfig(out=run, resume=True, steps=2)
+    got = resumed_config(bare, {"out", "resume", "steps"})
+    assert (got.arch, got.data, got.segment, got.batch_size, got.lr, got.steps) == ("s4m-tiny-8k", librimix, 0.25, 2,
+                                                                                   3e-3, 2)
+    assert resumed_config(replace(bare, segment=0.5), {"steps", "segment"}).segment == 0.5  # given again: it wins
+    assert resumed_config(replace(bare, resume=False), {"steps"}) == replace(bare, resume=False)
+
+
 def test_a_checkpoint_that_cannot_be_written_names_the_problem(tmp_path, monkeypatch):
     def refuse(obj, f):
         raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
@@ -1271,7 +1289,7 @@ def test_a_checkpoint_that_cannot_be_written_names_the_problem(tmp_path, monkeyp
 
     monkeypatch.setattr(trainer.torch, "save", refuse)
     with pytest.raises(OSError, match=r"^cannot write the checkpoint \(Permission denied\)$"):
-        trainer._save(tmp_path / "last.pt", {})
+        trainer.save_checkpoint(tmp_path / "last.pt", {})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -1279,24 +1297,24 @@ def test_init_with_arch_args_that_keep_the_weights_builds_them(tmp_path, librimi
     """--init with an override such as num_blocks (passes of S4M's shared block): the same weights in a network
     built with it (it was silently ignored); an override that changes the weights is refused."""
     from sepcli.runtime.loader import load_model
-    from sepcli.train.trainer import TrainError, _build
+    from sepcli.train.trainer import TrainError
 
     first = train(cfg(tmp_path / "a", data=librimix, steps=1, arch_args={**TINY, "num_blocks": 2}))
     base = TrainConfig(out=tmp_path / "b", init=first["export"], data=librimix)
-    net, _, args, _ = _build(replace(base, arch_args={"num_blocks": 3}))
+    net, _, args, _ = network_for(replace(base, arch_args={"num_blocks": 3}))
     assert args["num_blocks"] == 3 and net.num_blocks == 3
     want = load_model(first["export"]).network.state_dict()
     assert all(torch.equal(v, want[k]) for k, v in net.state_dict().items()) and net.state_dict().keys() == want.keys()
     x = torch.randn(1, SR // 2)
     with torch.no_grad():  # three passes of the block compute something else than two
         assert not torch.allclose(net(x), load_model(first["export"]).network(x))
-    assert _build(replace(base, arch_args={"num_blocks": 2}))[2]["num_blocks"] == 2  # as saved: no rebuild
+    assert network_for(replace(base, arch_args={"num_blocks": 2}))[2]["num_blocks"] == 2  # as saved: no rebuild
     with pytest.raises(TrainError, match="change the network's weights"):
-        _build(replace(base, arch_args={"hidden": 16}))
+        network_for(replace(base, arch_args={"hidden": 16}))
     with pytest.raises(TrainError, match="is a 8000 Hz model"):  # same shapes, another rate: refused
-        _build(replace(base, arch_args={"sample_rate": 16000}))
+        network_for(replace(base, arch_args={"sample_rate": 16000}))
     with pytest.raises(TrainError, match="do not fit arch 's4m'"):
-        _build(replace(base, arch_args={"bogus": 1}))
+        network_for(replace(base, arch_args={"bogus": 1}))
 
 
 def _librimix_copy(src: Path, dest: Path, n: int | None = None) -> Path:
@@ -1415,5 +1433,5 @@ def test_resume_warns_when_the_data_folder_or_the_processes_changed(tmp_path, li
     assert "changed options" not in capsys.readouterr().err  # unchanged since the last resume: quiet
     saved = {"world": 2, "batch_per_step": 4, "data_items": 5, "data_names": "x"}
     now = dict(saved, world=1, batch_per_step=2)
-    assert trainer._changed_facts(saved, now) == ["processes 2 -> 1 (mixtures per step 4 -> 2)"]
-    assert trainer._changed_facts(None, now) == []  # a checkpoint from before these were kept
+    assert changed_facts(saved, now) == ["processes 2 -> 1 (mixtures per step 4 -> 2)"]
+    assert changed_facts(None, now) == []  # a checkpoint from before these were kept
