@@ -680,6 +680,45 @@ def models_import_spmamba(
     typer.echo(f"wrote {folder}")
 
 
+PULL_EXIT_HELP = ("Exit codes: 0 = installed (or already installed); 1 = failed (network, checksum, archive), nothing "
+                  "installed; 2 = usage error (unknown name, missing --from file); 130 = interrupted (Ctrl-C), 143 = "
+                  "terminated (SIGTERM): nothing installed, a partial download is resumed by the next pull.")
+
+
+@models_app.command("pull", epilog=PULL_EXIT_HELP)
+def models_pull(
+    name: str = typer.Argument(..., help="Catalogue name, e.g. spmamba-libri2mix (`sepcli models` lists them)."),
+    source: str | None = typer.Option(None, "--from", help="A mirror URL or a local copy of the release file "
+                                      "(for machines without internet)."),
+    force: bool = typer.Option(False, "--force", help="Download and install again over an installed copy."),
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Download a catalogue model and install it into the user store ($SEPCLI_HOME/models/NAME).
+
+    The only command that uses the network: a progress bar on stderr (plain lines when stderr is not a terminal,
+    nothing with -q), timeouts, retries, resume of a partial download; the sha256 is checked against a pinned one
+    or printed and recorded in the model's provenance."""
+    from .runtime.pull import PullError, pull
+
+    try:
+        with _interruptible():
+            result = pull(name, source=source, force=force, quiet=quiet)
+    except KeyboardInterrupt as exc:
+        raise _interrupt_exit(exc, "nothing installed (pull again to resume the download)") from None
+    except PullError as exc:
+        raise _fail(exc, debug, exc.code) from None
+    if result.already_installed:
+        typer.echo(f"{name} is already installed in {result.folder} (--force downloads it again)")
+        return
+    if not quiet:
+        for note in result.notes:
+            typer.echo(f"sepcli: note: {note}", err=True)
+    check = "matches the catalogue" if result.sha256_pinned else "recorded in its provenance"
+    typer.echo(f"installed {name} in {result.folder} (sha256 {result.sha256}, {check}); "
+               f"use it with `sepcli separate -m {name} ...`")
+
+
 # ---------------------------------------------------------------------- bench
 @app.command()
 def bench(

@@ -30,6 +30,13 @@ class Behaviour:
     served: int = field(default=0)  # requests answered so far
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a client that went away mid-answer: expected here
+        pass
+
+
 @dataclass
 class Request:
     path: str
@@ -52,9 +59,8 @@ class Loopback:
             def do_GET(self):
                 owner._handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> Loopback:
         self.thread.start()

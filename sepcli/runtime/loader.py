@@ -290,7 +290,9 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     try:
         target = registry.resolve(name)
     except registry.ModelNotFound as exc:
-        raise UnknownModel(str(exc)) from None
+        from .catalogue import not_installed_hint  # a catalogue model not pulled yet: say how (never download)
+
+        raise UnknownModel(not_installed_hint(str(name)) or str(exc)) from None
     folder, weights = _locate(target)
     cfg = read_config(folder)
     state = read_state_dict(weights)
