@@ -561,15 +561,27 @@ def _quality_summary(ev: dict) -> str:
 @models_app.callback()
 def models(ctx: typer.Context,
            as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
-    """List the zoo: name, architecture, sample rate, parameters, size, measured quality."""
+    """List the models: name, where it lives (shipped, SEPCLI_ZOO, user), architecture, sample rate, parameters,
+    size, measured quality, and which one `default` means and why."""
     if ctx.invoked_subcommand is not None:
         return
     from .runtime.loader import ModelError, weights_summary
-    from .runtime.registry import list_zoo, zoo_conflicts
+    from .runtime.registry import ModelNotFound, default_choice, list_zoo, resolve, zoo_conflicts
 
     rows = []
     for line in zoo_conflicts():
         typer.echo(f"sepcli: warning: {line}", err=True)
+    try:
+        default_folder, why = resolve("default"), default_choice()[1]
+    except ModelNotFound as exc:  # e.g. a user default whose model was removed: said, the list still shown
+        try:
+            chosen = default_choice()[0]
+        except ModelNotFound:  # settings.json unreadable: exc says so
+            chosen = "?"
+        if chosen is not None:  # (no model with the alias `default`: zoo_conflicts said why)
+            typer.echo(f"sepcli: warning: {exc}", err=True)
+        default_folder, why = None, None
+    why_text = {"SEPCLI_MODEL": "SEPCLI_MODEL", "user setting": "user setting (sepcli models default)"}
     for e in list_zoo():
         try:
             if e.problem:
@@ -579,25 +591,36 @@ def models(ctx: typer.Context,
             typer.echo(f"sepcli: warning: skipped zoo model {e.folder}: {' '.join(str(exc).split())}", err=True)
             continue
         cfg = e.config
-        rows.append({"name": e.name, "aliases": e.aliases, "arch": cfg.get("arch"),
+        is_default = default_folder is not None and default_folder == e.folder
+        rows.append({"name": e.name, "aliases": e.aliases, "source": e.source, "arch": cfg.get("arch"),
                      "sample_rate": cfg.get("sample_rate"), "n_src": cfg.get("n_src"), "params": n,
-                     "size_bytes": size, "eval": cfg.get("eval", {}), "path": str(e.folder)})
+                     "size_bytes": size, "eval": cfg.get("eval", {}), "path": str(e.folder),
+                     "default": is_default,
+                     "default_why": (why_text.get(why, f"alias 'default' of a {e.source} model")
+                                     if is_default else None)})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="sepcli model zoo")
-    for col in ("name", "aliases", "arch", "rate", "params", "size", "quality"):
+    t = Table(title="sepcli models")
+    for col in ("name", "aliases", "source", "arch", "rate", "params", "size", "quality"):
         t.add_column(col)
     for r in rows:
         quality = _quality_summary(r["eval"] or {})
-        t.add_row(r["name"], ", ".join(r["aliases"]), str(r["arch"]), f"{r['sample_rate']} Hz",
+        name = f"{r['name']} *" if r["default"] else r["name"]
+        t.add_row(name, ", ".join(r["aliases"]), r["source"], str(r["arch"]), f"{r['sample_rate']} Hz",
                   f"{r['params'] / 1e6:.2f} M", f"{r['size_bytes'] / 1e6:.1f} MB", quality or "-")
     if not rows:
-        typer.echo("no models installed in the zoo (models/)", err=True)
-    Console(width=max(100, Console().width)).print(t)
+        typer.echo("no models installed", err=True)
+    console = Console(width=max(100, Console().width))
+    console.print(t)
+    chosen = next((r for r in rows if r["default"]), None)
+    if chosen is not None:
+        console.print(f"* default: {chosen['name']} ({chosen['default_why']})", highlight=False)
+    elif default_folder is not None:
+        console.print(f"default: {default_folder} ({why_text.get(why, why)})", highlight=False)
 
 
 @models_app.command("info")
@@ -637,47 +660,129 @@ def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model f
 
 @models_app.command("import-spmamba")
 def models_import_spmamba(
-    config: Path = typer.Option(..., "--config", help="The official training config (conf.yml)."),  # noqa: B008
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="best_model.pth or a Lightning .ckpt."),  # noqa: B008
-    name: str | None = typer.Option(None, "--name", help="Install into the zoo under this name."),
+    source: Path | None = typer.Argument(  # noqa: B008
+        None, help="The release zip (e.g. SPMamba-LibriMix.zip), a folder holding conf.yml and a checkpoint, or a "
+                   "checkpoint file (then give --config).", show_default=False),
+    config: Path | None = typer.Option(  # noqa: B008
+        None, "--config", help="The training config (conf.yml); by default the one in SOURCE."),
+    checkpoint: Path | None = typer.Option(  # noqa: B008
+        None, "--checkpoint", help="best_model.pth or a Lightning .ckpt (the older form of SOURCE)."),
+    name: str | None = typer.Option(None, "--name", help="Install into your model store under this name "
+                                    "(default: from conf.yml, e.g. spmamba-libri2mix)."),
     out: Path | None = typer.Option(None, "--out", help="Write the model folder here instead."),  # noqa: B008
     debug: DebugOpt = False,
 ) -> None:
-    """Convert an official SPMamba checkpoint (JusperLee/SPMamba) into a sepcli model folder.
+    """Convert an official SPMamba release (JusperLee/SPMamba) into a sepcli model.
 
-    --name is one plain folder name that no zoo model uses as folder, name or alias (a new model must not
-    shadow `default`). Exit 1 for a checkpoint that cannot be imported, 2 for a bad name or conf.yml."""
-    if (name is None) == (out is None):
-        _error("give exactly one of --name (install into the zoo) or --out (a folder)")
+    Installs into your model store ($SEPCLI_HOME/models, see `sepcli models`) under --name, or under a name
+    taken from conf.yml (its experiment name, e.g. spmamba-libri2mix); --out writes the folder elsewhere. A name
+    is one plain folder name that no installed model uses as folder, name or alias (a new model must not shadow
+    `default`). Exit 1 for an archive or checkpoint that cannot be imported, 2 for a bad name or conf.yml."""
+    if (source is None) == (checkpoint is None):
+        _error("give the release zip, folder or checkpoint as SOURCE (or --checkpoint with --config), once")
         raise typer.Exit(EXIT_USAGE)
-    from .runtime.registry import new_name_problem, zoo_dirs
-
-    dirs = zoo_dirs()
-    if out is None:
-        if not dirs:
-            _error("no zoo folder found; use --out")
-            raise typer.Exit(EXIT_USAGE)
-        problem = new_name_problem(name)
-        if problem:
-            _error(f"--name: {problem}")
-            raise typer.Exit(EXIT_USAGE)
-        out = dirs[0] / name
-    elif out.parent.resolve() in {d.resolve() for d in dirs}:  # --out into a zoo folder: the same rules
-        problem = new_name_problem(out.name)
-        if problem:
-            _error(f"--out {out}: {problem}")
-            raise typer.Exit(EXIT_USAGE)
+    if name is not None and out is not None:
+        _error("give at most one of --name (install into your model store) or --out (a folder)")
+        raise typer.Exit(EXIT_USAGE)
+    src = source if source is not None else checkpoint
     try:
-        from .runtime.spmamba_import import CheckpointError, ConfigError, import_spmamba
+        from .runtime import store
+        from .runtime.registry import new_name_problem, zoo_dirs
+        from .runtime.spmamba_import import CheckpointError, ConfigError, import_release, suggest_name
     except ImportError as exc:
         raise _fail(RuntimeError(f"SPMamba import is not available ({exc})"), debug, EXIT_FAILED) from None
     try:
-        folder = import_spmamba(config, checkpoint, out, name or out.name)
+        if out is None:
+            option = "--name"
+            if name is None:
+                name, option = suggest_name(src, config), "the name from conf.yml"
+            problem = new_name_problem(name)
+            if problem:
+                hint = "" if option == "--name" else " (give --name)"
+                _error(f"{option}: {problem}{hint}")
+                raise typer.Exit(EXIT_USAGE)
+            out = store.models_dir() / name
+        elif out.parent.resolve() in {d.resolve() for d in zoo_dirs()}:  # --out into a zoo: the same rules
+            problem = new_name_problem(out.name)
+            if problem:
+                _error(f"--out {out}: {problem}")
+                raise typer.Exit(EXIT_USAGE)
+        result = import_release(src, out, name=name or out.name, config=config)
     except ConfigError as exc:  # conf.yml is a bad argument (a usage error), like a bad option value
         raise _fail(exc, debug, EXIT_USAGE) from None
     except CheckpointError as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
-    typer.echo(f"wrote {folder}")
+    for note in result.notes:
+        typer.echo(f"sepcli: note: {note}", err=True)
+    typer.echo(f"wrote {result.folder}" + (f" (use it with -m {name})" if name else ""))
+
+
+@models_app.command("remove")
+def models_remove(name: str = typer.Argument(..., help="The name of a model in your model store."),
+                  debug: DebugOpt = False) -> None:
+    """Delete a model from your model store ($SEPCLI_HOME/models). Shipped and SEPCLI_ZOO models are never
+    removed (exit 2)."""
+    from .runtime import store
+    from .runtime.registry import USER, find_installed, installed_names
+
+    entry = find_installed(name)
+    if entry is None or name in entry.aliases and name not in (entry.name, entry.folder.name):
+        _error(f"no installed model named {name!r} (installed: {installed_names()})")
+        raise typer.Exit(EXIT_USAGE)
+    if entry.source != USER:
+        _error(f"{entry.name!r} is a {entry.source} model ({entry.folder}): only models in your model store "
+               f"({store.models_dir()}) can be removed")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        store.remove_model(entry.folder)
+        was_default = store.get_user_default() == entry.name
+    except OSError as exc:
+        raise _fail(exc, debug, EXIT_FAILED) from None
+    typer.echo(f"removed {entry.name} ({entry.folder})")
+    if was_default:
+        typer.echo(f"sepcli: warning: {entry.name!r} was your default model: run `sepcli models default --reset` "
+                   "or choose another", err=True)
+
+
+@models_app.command("default")
+def models_default(name: str | None = typer.Argument(None, help="An installed model's name.",
+                                                        show_default=False),
+                   reset: bool = typer.Option(False, "--reset", help="Forget your default: `default` is the "
+                                              "shipped model again."),
+                   debug: DebugOpt = False) -> None:
+    """Choose the model that `default` (and no -m) means for you; without NAME, say which it is and why.
+
+    Kept in $SEPCLI_HOME/settings.json; the environment variable SEPCLI_MODEL overrides it."""
+    from .runtime import store
+    from .runtime.registry import DEFAULT, ModelNotFound, default_choice, find_installed, installed_names, resolve
+
+    if name is not None and reset:
+        _error("give NAME or --reset, not both")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        if reset:
+            had = store.reset_user_default()
+            typer.echo("your default model is reset" if had else "no default model was set")
+        elif name is not None:
+            entry = find_installed(name) if name != DEFAULT else None
+            if entry is None:
+                why = ("'default' is what this command sets; use --reset for the shipped default" if name == DEFAULT
+                       else f"no installed model named {name!r} (installed: {installed_names()})")
+                _error(why)
+                raise typer.Exit(EXIT_USAGE)
+            store.set_user_default(entry.name)
+            typer.echo(f"default model: {entry.name} ({entry.folder})")
+        target, why = default_choice()
+        folder = resolve(DEFAULT)
+    except store.SettingsError as exc:
+        raise _fail(exc, debug, EXIT_FAILED) from None
+    except ModelNotFound as exc:
+        raise _fail(exc, debug, EXIT_FAILED) from None
+    if name is None and not reset:
+        label = {"SEPCLI_MODEL": "from SEPCLI_MODEL", "user setting": "your setting (sepcli models default)"}
+        typer.echo(f"default model: {target or folder.name} ({folder}), {label.get(why, 'the alias default')}")
+    elif why == "SEPCLI_MODEL":
+        typer.echo(f"sepcli: warning: SEPCLI_MODEL={target} overrides it in this shell", err=True)
 
 
 PULL_EXIT_HELP = ("Exit codes: 0 = installed (or already installed); 1 = failed (network, checksum, archive), nothing "

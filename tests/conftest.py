@@ -33,3 +33,14 @@ def _no_torchrun_env(monkeypatch):
     for k in ("RANK", "WORLD_SIZE"):
         if k in os.environ:
             monkeypatch.delenv(k)
+
+
+@pytest.fixture(autouse=True)
+def _sepcli_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty user store ($SEPCLI_HOME, outside its tmp_path so listings of tmp_path are
+    unchanged), and no SEPCLI_MODEL from the developer's shell: nothing writes to the real home, and a user's own
+    default model or imported models cannot change a test's outcome. Yields the folder."""
+    home = tmp_path_factory.mktemp("sepcli-home")
+    monkeypatch.setenv("SEPCLI_HOME", str(home))
+    monkeypatch.delenv("SEPCLI_MODEL", raising=False)
+    yield home

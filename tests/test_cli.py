@@ -408,15 +408,20 @@ def test_bench_refuses_lengths_and_repeats_out_of_range(fast_model, args, option
     assert r.stdout == "" and "Invalid value" in r.stderr and option in r.stderr
 
 
-def test_import_spmamba_needs_name_or_out(tmp_path):
-    r = run("models", "import-spmamba", "--config", tmp_path / "c.yml", "--checkpoint", tmp_path / "x.pth")
-    assert r.exit_code == 2
+def test_import_spmamba_needs_a_source_once(tmp_path, fake_converter):
+    for args in ([], ["--config", tmp_path / "c.yml"],  # nothing to import
+                 [tmp_path / "r.zip", "--checkpoint", tmp_path / "x.pth"],  # two sources
+                 [tmp_path / "r.zip", "--name", "a", "--out", tmp_path / "o"]):  # two destinations
+        r = run("models", "import-spmamba", *args)
+        assert r.exit_code == 2 and r.stderr.startswith("sepcli: error: ") and r.stderr.count("\n") == 1, args
+    assert fake_converter == []
 
 
 @pytest.fixture
 def fake_converter(monkeypatch):
     """A stand-in for sepcli.runtime.spmamba_import (so tests check the CLI's wiring and error handling, not the
-    converter); returns the list of its calls. Out folders named 'broken' and 'badconf' raise its errors."""
+    converter); returns the list of its calls (config, source, out_dir, name). Names 'broken' and 'badconf' raise
+    its errors."""
     import types
 
     calls = []
@@ -428,27 +433,35 @@ def fake_converter(monkeypatch):
     class ConfigError(CheckpointError):
         pass
 
-    def import_spmamba(config_yml, checkpoint, out_dir, name):
-        calls.append((Path(config_yml), Path(checkpoint), Path(out_dir), name))
+    def import_release(source, out_dir, *, name, config=None, provenance=None, replace=False):
+        calls.append((config and Path(config), Path(source), Path(out_dir), name))
         if name == "broken":
-            raise CheckpointError(f"{checkpoint}: not an SPMamba checkpoint")
+            raise CheckpointError(f"{source}: not an SPMamba checkpoint")
         if name == "badconf":
-            raise ConfigError(f"{config_yml}: audionet.audionet_config.emb_dim must be a positive integer, got -4")
-        return Path(out_dir)
+            raise ConfigError(f"{config}: audionet.audionet_config.emb_dim must be a positive integer, got -4")
+        return types.SimpleNamespace(folder=Path(out_dir), checkpoint_member="best_model.pth",
+                                     notes=["took best_model.pth"])
 
-    fake.CheckpointError, fake.ConfigError, fake.import_spmamba = CheckpointError, ConfigError, import_spmamba
+    def suggest_name(source, config=None):
+        return "spmamba-libri2mix"
+
+    fake.CheckpointError, fake.ConfigError = CheckpointError, ConfigError
+    fake.import_release, fake.suggest_name = import_release, suggest_name
     monkeypatch.setitem(sys.modules, "sepcli.runtime.spmamba_import", fake)
     return calls
 
 
 def test_import_spmamba_calls_the_converter(tmp_path, fake_converter):
-    """The command is wired to sepcli.runtime.spmamba_import.import_spmamba: a checkpoint it cannot import exits 1,
-    a bad conf.yml (ConfigError) is a usage error, exit 2."""
+    """The command is wired to sepcli.runtime.spmamba_import.import_release: a checkpoint it cannot import exits 1,
+    a bad conf.yml (ConfigError) is a usage error, exit 2; its notes go to stderr."""
     calls = fake_converter
     cfg, ck = tmp_path / "conf.yml", tmp_path / "best_model.pth"
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "spm")
     assert r.exit_code == 0 and str(tmp_path / "spm") in r.stdout
+    assert r.stderr == "sepcli: note: took best_model.pth\n"
     assert calls[-1] == (cfg, ck, tmp_path / "spm", "spm")
+    r = run("models", "import-spmamba", ck, "--config", cfg, "--out", tmp_path / "spm2")  # SOURCE form
+    assert r.exit_code == 0 and calls[-1] == (cfg, ck, tmp_path / "spm2", "spm2")
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "broken")
     assert r.exit_code == 1 and r.stderr.startswith("sepcli: error: ") and "not an SPMamba" in r.stderr
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "badconf")
@@ -459,7 +472,7 @@ def test_import_spmamba_calls_the_converter(tmp_path, fake_converter):
 @pytest.mark.parametrize("name", ["../escaped", "..", ".", ".hidden", "a/b", "a\\b", "", " ", "tab\tname",
                                   "x.safetensors", "w.pt", "default", "fast", "band-folder", "band-name"])
 def test_import_spmamba_name_is_a_new_plain_folder_name(tmp_path, monkeypatch, fake_converter, name):
-    """--name is one folder-name component (nothing written outside the zoo) that no zoo model uses as its folder,
+    """--name is one folder-name component (nothing written outside the store) that no model uses as its folder,
     name or alias (a new model must not shadow `default`): refused with exit 2 before any work."""
     zoo = tmp_path / "zoo"
     folder = bandsplit_folder(zoo / "band-folder", sample_rate=SR, name="band-name")
@@ -476,17 +489,23 @@ def test_import_spmamba_name_is_a_new_plain_folder_name(tmp_path, monkeypatch, f
     assert fake_converter == [] and sorted(tmp_path.rglob("*")) == before
 
 
-def test_import_spmamba_accepts_a_new_name_and_guards_out_into_the_zoo(tmp_path, monkeypatch, fake_converter):
+def test_import_spmamba_installs_into_the_user_store_and_guards_out_into_a_zoo(tmp_path, monkeypatch,
+                                                                               fake_converter, _sepcli_home):
     zoo = tmp_path / "zoo"
     bandsplit_folder(zoo / "band", sample_rate=SR)
     monkeypatch.setenv("SEPCLI_ZOO", str(zoo))
     cfg, ck = tmp_path / "c.yml", tmp_path / "x.pth"
-    r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--name", "spmamba-libri2mix")
+    r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--name", "my-spmamba")
     assert r.exit_code == 0, r.stderr
-    assert fake_converter[-1] == (cfg, ck, zoo / "spmamba-libri2mix", "spmamba-libri2mix")
+    assert fake_converter[-1] == (cfg, ck, _sepcli_home / "models" / "my-spmamba", "my-spmamba")
+    r = run("models", "import-spmamba", tmp_path / "SPMamba-LibriMix.zip")  # no --name: the name from conf.yml
+    assert r.exit_code == 0, r.stderr
+    assert fake_converter[-1] == (None, tmp_path / "SPMamba-LibriMix.zip",
+                                  _sepcli_home / "models" / "spmamba-libri2mix", "spmamba-libri2mix")
+    assert "-m spmamba-libri2mix" in r.stdout
     # --out straight into a zoo folder follows the same rules; elsewhere any folder name is fine
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", zoo / "default")
-    assert r.exit_code == 2 and "already" in r.stderr and len(fake_converter) == 1
+    assert r.exit_code == 2 and "already" in r.stderr and len(fake_converter) == 2
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "mine" / "default")
     assert r.exit_code == 0 and fake_converter[-1][2] == tmp_path / "mine" / "default"
 

@@ -124,3 +124,18 @@ def env_default() -> str | None:
     """The model named by $SEPCLI_MODEL, or None when unset or empty."""
     value = os.environ.get(ENV_MODEL, "").strip()
     return value or None
+
+
+def remove_model(folder: Path) -> None:
+    """Delete a model folder of the store: renamed first to a dot name (never listed as a model), then deleted, so
+    an interrupted removal leaves no half model behind. Raises OSError."""
+    folder = Path(folder)
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.removing.", dir=folder.parent))
+    try:
+        os.replace(folder, aside / "model")
+    except BaseException:
+        aside.rmdir()
+        raise
+    import shutil
+
+    shutil.rmtree(aside)
