@@ -558,6 +558,24 @@ def _quality_summary(ev: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in ev.items() if isinstance(v, (int, float, str)) and v is not None)
 
 
+def _catalogue_rows() -> list[dict]:
+    """Rows of `sepcli models` for the catalogue models that are not installed (installed: false)."""
+    from .runtime import catalogue
+    from .runtime.registry import find_installed
+
+    try:
+        entries = catalogue.entries()
+    except catalogue.CatalogueError as exc:  # a bad SEPCLI_CATALOGUE must not hide the installed models
+        typer.echo(f"sepcli: warning: {exc}", err=True)
+        return []
+    return [{"name": e.name, "aliases": [], "source": "catalogue", "installed": False,
+             "arch": "spmamba" if e.importer == "spmamba-release" else None, "sample_rate": e.sample_rate,
+             "n_src": e.n_src, "url": e.url, "licence": e.licence, "published": e.figures_line(),
+             "published_short": e.figures_line(source=False),
+             "pull": f"sepcli models pull {e.name}" + ("" if e.url else " --from FILE"), "path": None}
+            for e in entries if find_installed(e.name) is None]
+
+
 @models_app.callback()
 def models(ctx: typer.Context,
            as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
@@ -598,8 +616,9 @@ def models(ctx: typer.Context,
                      "default": is_default,
                      "default_why": (why_text.get(why, f"alias 'default' of a {e.source} model")
                                      if is_default else None)})
+    pending = _catalogue_rows()  # catalogue models not installed yet, listed after the installed ones
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([{**r, "installed": True} for r in rows] + pending, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -612,10 +631,17 @@ def models(ctx: typer.Context,
         name = f"{r['name']} *" if r["default"] else r["name"]
         t.add_row(name, ", ".join(r["aliases"]), r["source"], str(r["arch"]), f"{r['sample_rate']} Hz",
                   f"{r['params'] / 1e6:.2f} M", f"{r['size_bytes'] / 1e6:.1f} MB", quality or "-")
+    for r in pending:
+        t.add_row(f"{r['name']} (not installed)", "", r["source"], str(r["arch"] or "-"),
+                  f"{r['sample_rate']} Hz" if r["sample_rate"] else "-", "-", "-",
+                  f"published: {r['published_short']}" if r["published_short"] else "-")
     if not rows:
         typer.echo("no models installed", err=True)
     console = Console(width=max(100, Console().width))
     console.print(t)
+    if pending:
+        console.print("not installed: get one with `sepcli models pull NAME` (the only command that downloads)",
+                      highlight=False)
     chosen = next((r for r in rows if r["default"]), None)
     if chosen is not None:
         console.print(f"* default: {chosen['name']} ({chosen['default_why']})", highlight=False)

@@ -124,8 +124,8 @@ def assert_nothing_installed(home: Path, parts_allowed: bool = True) -> None:
     res = runner.invoke(app, ["models", "--json"])
     assert res.exit_code == 0, res.output
     assert "warning" not in res.output and "skipped" not in res.output
-    rows = json.loads(res.stdout[res.stdout.index("["):])
-    assert all(not (r.get("name") == NAME and r.get("installed", True) and r.get("path")) for r in rows)
+    mine = [r for r in json.loads(res.stdout) if r["name"] == NAME]
+    assert len(mine) == 1 and mine[0]["installed"] is False and mine[0]["source"] == "catalogue", mine
 
 
 def installed_config(home: Path) -> dict:
@@ -137,8 +137,14 @@ def test_pull_then_separate_from_another_directory(env, server, release, tmp_pat
     data, model = release
     url = server.serve("/SPMamba-LibriMix.zip", Behaviour(data))
     env(url)
+    assert_nothing_installed(env.home)  # listed as a catalogue model, not installed
+    res = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert f"{NAME} (not installed)" in res.stdout and "catalogue" in res.stdout
     res = pull()
     assert res.exit_code == 0, res.output
+    listing = runner.invoke(app, ["models", "--json"])
+    (row,) = [r for r in json.loads(listing.stdout) if r["name"] == NAME]
+    assert row["installed"] is True and row["source"] == "user" and row["path"] == str(env.home / "models" / NAME)
     sha = hashlib.sha256(data).hexdigest()
     assert f"installed {NAME}" in res.output and sha in res.output
     cfg = installed_config(env.home)

@@ -44,14 +44,15 @@ class Entry:
     unavailable: str | None = None
     n_src: int | None = None
 
-    def figures_line(self) -> str:
+    def figures_line(self, source: bool = True) -> str:
         """'19.9 dB SI-SNRi / 20.4 dB SDRi on Libri2Mix test set (source)' or '' when none are published."""
         f = self.figures or {}
         parts = [f"{f[k]} dB {label}" for k, label in (("si_snri_db", "SI-SNRi"), ("sdri_db", "SDRi"))
                  if isinstance(f.get(k), (int, float))]
         if not parts:
             return ""
-        return f"{' / '.join(parts)} on {f.get('dataset', 'its test set')} ({f.get('source', 'source unknown')})"
+        where = f" ({f.get('source', 'source unknown')})" if source else ""
+        return f"{' / '.join(parts)} on {f.get('dataset', 'its test set')}{where}"
 
 
 def _source() -> tuple[str, str]:
