@@ -488,3 +488,81 @@ def test_commands_never_download_a_catalogue_model(env, server, release, tmp_pat
     assert f"`sepcli models pull {NAME}`" in line and "not installed" in line
     assert attempts == [] and server.requests == []  # not one connection, not one request
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- the catalogue data
+def test_shipped_catalogue_states_only_cited_facts(monkeypatch):
+    import tomllib
+
+    from sepcli.runtime import catalogue
+
+    monkeypatch.delenv("SEPCLI_CATALOGUE", raising=False)
+    by_name = {e.name: e for e in catalogue.entries()}
+    lib = by_name[NAME]
+    assert lib.url == "https://github.com/JusperLee/SPMamba/releases/download/LibriMix/SPMamba-LibriMix.zip"
+    assert any("issues/2 " in s for s in lib.url_source) and any("issues/13 " in s for s in lib.url_source)
+    assert lib.licence == "Apache-2.0" and lib.sample_rate == 8000 and lib.importer == "spmamba-release"
+    assert lib.sha256 is None and lib.size_bytes is None  # no public source states them
+    echo = by_name["spmamba-echo2mix"]
+    assert echo.url is None and "v1.0" in echo.unavailable  # asset name unconfirmed: no URL
+    for e in by_name.values():
+        assert e.url_source and e.licence_source and (not e.figures or e.figures.get("source"))
+    # shipped in the wheel as package data
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "catalogue.json" in data["sepcli.runtime"]
+
+
+def test_a_catalogue_model_without_url_needs_from(env, release, tmp_path):
+    data, _ = release
+    env(None)
+    res = runner.invoke(app, ["models", "pull", "spmamba-echo2mix"])
+    assert res.exit_code == 2 and "no confirmed download URL" in one_error_line(res) and "v1.0" in res.output
+    res = runner.invoke(app, ["separate", str(tmp_path / "x.wav"), "-o", str(tmp_path / "o"), "-m",
+                              "spmamba-echo2mix"])
+    assert res.exit_code == 2 and "--from FILE" in one_error_line(res)
+    copy = tmp_path / "echo.zip"
+    copy.write_bytes(data)
+    res = runner.invoke(app, ["models", "pull", "spmamba-echo2mix", "--from", str(copy), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (env.home / "models" / "spmamba-echo2mix" / "config.json").is_file()
+
+
+def test_a_bad_catalogue_file_is_one_line(env, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    monkeypatch.setenv("SEPCLI_CATALOGUE", str(bad))
+    res = pull()
+    assert res.exit_code == 1 and str(bad) in one_error_line(res) and "not readable JSON" in res.output
+    res = runner.invoke(app, ["models", "--json"])  # the installed models are still listed, with a warning
+    assert res.exit_code == 0 and "s4m-tiny-16k" in res.stdout and f"sepcli: warning: {bad}" in res.stderr
+
+
+def test_dns_failure_names_the_url_and_the_manual_steps(env, monkeypatch):
+    def no_dns(*a, **k):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    url = "https://github.invalid/JusperLee/SPMamba/releases/download/LibriMix/SPMamba-LibriMix.zip"
+    env(url)
+    res = pull()
+    assert res.exit_code == 1
+    line = one_error_line(res)
+    assert url in line and "cannot resolve github.invalid" in line and "--from FILE" in line
+    assert_nothing_installed(env.home, parts_allowed=False)
+
+
+def test_sigterm_during_the_download_is_143_and_installs_nothing(env, server, release, tmp_path):
+    data, _ = release
+    url = server.serve("/SPMamba-LibriMix.zip", Behaviour(data, stall_after=1000, stall_for=30.0))
+    env(url)
+    proc = subprocess.Popen([sys.executable, "-m", "sepcli", "models", "pull", NAME, "-q"], cwd=tmp_path,
+                            env={**os.environ, "SEPCLI_DOWNLOAD_TIMEOUT": "60"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not server.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    assert_nothing_installed(env.home)
