@@ -839,6 +839,8 @@ def models_pull(
         raise _interrupt_exit(exc, "nothing installed (pull again to resume the download)") from None
     except PullError as exc:
         raise _fail(exc, debug, exc.code) from None
+    except Exception as exc:  # unexpected: one line unless --debug; nothing was installed  # noqa: BLE001
+        raise _fail(exc, debug, EXIT_FAILED) from None
     if result.already_installed:
         typer.echo(f"{name} is already installed in {result.folder} (--force downloads it again)")
         return

@@ -100,7 +100,7 @@ def pull(name: str, source: str | None = None, force: bool = False, quiet: bool 
         raise PullError(f"{source}: --from takes an http(s) URL or a file", EXIT_USAGE)
     try:
         with download.pull_lock(store.downloads_dir() / f"{name}.lock", name):
-            if not force and installed_folder(name):  # the pull we waited behind installed it
+            if not force and installed_folder(name):  # a pull that ended between the check above and the lock
                 return PullResult(name, folder, already_installed=True)
             return _pull_locked(entry, folder, source, force, quiet, progress, settings)
     except download.Busy as exc:
