@@ -46,7 +46,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-models_app = typer.Typer(help="List the model zoo, show a model card, import official checkpoints.",
+models_app = typer.Typer(help="List models, show a model card, import official SPMamba releases, choose your "
+                         "default model, remove your models.",
                          invoke_without_command=True, add_completion=False)
 app.add_typer(models_app, name="models")
 
