@@ -573,7 +573,8 @@ def _catalogue_rows() -> list[dict]:
              "arch": "spmamba" if e.importer == "spmamba-release" else None, "sample_rate": e.sample_rate,
              "n_src": e.n_src, "url": e.url, "licence": e.licence, "published": e.figures_line(),
              "published_short": e.figures_line(source=False),
-             "pull": f"sepcli models pull {e.name}" + ("" if e.url else " --from FILE"), "path": None}
+             "pull": f"sepcli models pull {e.name}" + ("" if e.url else " --from FILE"), "path": None,
+             "params": None, "size_bytes": None, "eval": {}, "default": False, "default_why": None}
             for e in entries if find_installed(e.name) is None]
 
 
