@@ -1,10 +1,10 @@
 """`sepcli models pull` end to end against a loopback HTTP server (tests/loopback.py), never the internet.
 
-The server serves zips in the format of the official SPMamba release (SPMamba-LibriMix.zip): a folder holding
-conf.yml (audionet_name TFGridNetMamba) and best_model.pth (model_name TFGridNetMamba, the Mamba blocks under
-`.layers.` / `.backward_layers.`, `infos.software_versions.torch_version` a torch.torch_version.TorchVersion), built
-from a small random SPMamba. The catalogue is pointed at the server with SEPCLI_CATALOGUE (a JSON file of the
-shipped form) and the user store at a temporary SEPCLI_HOME.
+The server serves zips in the format of the official SPMamba release (SPMamba-LibriMix.zip, built by
+tests/spmamba_release.py from a small random SPMamba): a folder holding conf.yml (audionet_name TFGridNetMamba) and
+best_model.pth (model_name TFGridNetMamba, the Mamba blocks under `.layers.` / `.backward_layers.`,
+`infos.software_versions.torch_version` a torch.torch_version.TorchVersion). The catalogue is pointed at the
+server with SEPCLI_CATALOGUE (a JSON file of the shipped form) and the user store at a temporary SEPCLI_HOME.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,46 +29,25 @@ from typer.testing import CliRunner
 
 from sepcli.cli import app
 from tests.loopback import Behaviour, Loopback, refused_url
-from tests.test_spmamba_import import official_model, small_yml
+from tests.spmamba_release import make_release, random_spmamba, release_checkpoint, release_zip, small_yml
 
 NAME = "spmamba-libri2mix"
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 
 
-# ---------------------------------------------------------------------- release zips
-def release_checkpoint(model) -> dict:
-    """best_model.pth as released: look2hear's serialize() with the names of the release."""
-    sd = {".".join({"forward_blocks": "layers", "backward_blocks": "backward_layers"}.get(p, p) for p in k.split(".")):
-          v for k, v in model.state_dict().items()}
-    return {"model_name": "TFGridNetMamba", "state_dict": sd, "model_args": {"n_sample_rate": 2},
-            "infos": {"software_versions": {"torch_version": torch.__version__, "pytorch_lightning_version": "2.1.0"}}}
-
-
-def make_zip(checkpoint_bytes: bytes, conf: str) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("SPMamba-LibriMix/conf.yml", conf)
-        zf.writestr("SPMamba-LibriMix/best_model.pth", checkpoint_bytes)
-    return buf.getvalue()
-
-
-def release_conf() -> str:
-    """conf.yml as released: the network named as it was trained."""
-    return small_yml().replace("audionet_name: SPMamba", "audionet_name: TFGridNetMamba")
-
-
-def release_zip(seed: int) -> tuple[bytes, torch.nn.Module]:
-    model = official_model(small_yml(), seed=seed)
-    ck = io.BytesIO()
-    torch.save(release_checkpoint(model), ck)
-    assert b".layers." in ck.getvalue() and b"TorchVersion" in ck.getvalue()  # the release's traits
-    return make_zip(ck.getvalue(), release_conf()), model
+# ---------------------------------------------------------------------- release zips (tests/spmamba_release.py)
+def release_bytes(tmp: Path, seed: int) -> tuple[bytes, torch.nn.Module]:
+    """The bytes of a release zip of a small random SPMamba, and that network."""
+    path, model = make_release(tmp / f"release-{seed}.zip", seed=seed)
+    data = path.read_bytes()
+    path.unlink()
+    return data, model
 
 
 @pytest.fixture(scope="module")
-def release():
-    return release_zip(seed=3)
+def release(tmp_path_factory):
+    return release_bytes(tmp_path_factory.mktemp("release"), seed=3)
 
 
 @pytest.fixture
@@ -170,7 +148,7 @@ def test_pull_then_separate_from_another_directory(env, server, release, tmp_pat
     assert sorted(p.name for p in (elsewhere / "out").iterdir()) == ["mix_spk1.wav", "mix_spk2.wav"]
 
 
-def test_already_installed_is_exit_0_without_network_and_force_installs_again(env, server, release, monkeypatch):
+def test_already_installed_is_exit_0_without_network_and_force_installs_again(env, server, release, tmp_path):
     data, _ = release
     url = server.serve("/SPMamba-LibriMix.zip", Behaviour(data))
     env(url)
@@ -180,7 +158,7 @@ def test_already_installed_is_exit_0_without_network_and_force_installs_again(en
     res = pull()
     assert res.exit_code == 0 and "already installed" in res.output and len(server.requests) == n
 
-    other, _ = release_zip(seed=4)  # a new release behind the same URL
+    other, _ = release_bytes(tmp_path, seed=4)  # a new release behind the same URL
     server.files["/SPMamba-LibriMix.zip"] = Behaviour(other)
     res = pull("--force", "-q")
     assert res.exit_code == 0, res.output
@@ -394,12 +372,9 @@ class _RunsCode:
 
 def test_pickle_payload_is_refused_and_never_run(env, server, tmp_path):
     marker = tmp_path / "payload-ran"
-    model = official_model(small_yml(), seed=5)
-    ck = release_checkpoint(model)
-    ck["infos"]["software_versions"]["hook"] = _RunsCode(marker)
-    buf = io.BytesIO()
-    torch.save(ck, buf)
-    data = make_zip(buf.getvalue(), release_conf())
+    text = small_yml()
+    ck = release_checkpoint(random_spmamba(text, seed=5), hook=_RunsCode(marker))
+    data = release_zip(tmp_path / "evil.zip", text, ck).read_bytes()
     url = server.serve("/SPMamba-LibriMix.zip", Behaviour(data))
     env(url)
     res = pull("-q")
