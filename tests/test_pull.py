@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -541,3 +542,53 @@ def test_sigterm_during_the_download_is_143_and_installs_nothing(env, server, re
     assert proc.returncode == 143, err
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
     assert_nothing_installed(env.home)
+
+
+def test_an_interrupted_import_keeps_the_complete_download_for_the_next_pull(env, server, release, monkeypatch):
+    from sepcli.runtime import spmamba_import
+
+    data, _ = release
+    url = server.serve("/SPMamba-LibriMix.zip", Behaviour(data))
+    env(url)
+    real = spmamba_import.import_release
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spmamba_import, "import_release", interrupted)
+    res = pull("-q")
+    assert res.exit_code == 130 and "nothing installed" in one_error_line(res)
+    assert_nothing_installed(env.home)
+    (part,) = (env.home / "downloads").glob("*.zip.part")
+    assert part.read_bytes() == data  # complete, kept as a part
+    monkeypatch.setattr(spmamba_import, "import_release", real)
+    res = pull("-q")
+    assert res.exit_code == 0, res.output
+    assert server.ranges("/SPMamba-LibriMix.zip")[-1] == f"bytes={len(data)}-"  # answered 416: nothing sent again
+    assert installed_config(env.home)["provenance"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_progress_bar_when_stderr_is_a_terminal(env, server, release, tmp_path):
+    import pty
+
+    data, _ = release
+    env(server.serve("/SPMamba-LibriMix.zip", Behaviour(data)))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "sepcli", "models", "pull", NAME], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "COLUMNS": "120"})
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal's other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0, seen
+    assert f"pulling {NAME}".encode() in seen and b"\x1b[" in seen  # rich's bar, drawn with terminal codes
+    assert re.search(rb"(\d+\.\d)/\1 [kM]B", seen)  # the bar reached the end (done/total, equal)
+    assert b"installed" in out
