@@ -714,28 +714,14 @@ def models_import_spmamba(
         raise typer.Exit(EXIT_USAGE)
     src = source if source is not None else checkpoint
     try:
-        from .runtime import store
-        from .runtime.registry import new_name_problem, zoo_dirs
-        from .runtime.spmamba_import import CheckpointError, ConfigError, import_release, suggest_name
+        from .runtime.spmamba_import import CheckpointError, ConfigError
     except ImportError as exc:
         raise _fail(RuntimeError(f"SPMamba import is not available ({exc})"), debug, EXIT_FAILED) from None
     try:
-        if out is None:
-            option = "--name"
-            if name is None:
-                name, option = suggest_name(src, config), "the name from conf.yml"
-            problem = new_name_problem(name)
-            if problem:
-                hint = "" if option == "--name" else " (give --name)"
-                _error(f"{option}: {problem}{hint}")
-                raise typer.Exit(EXIT_USAGE)
-            out = store.models_dir() / name
-        elif out.parent.resolve() in {d.resolve() for d in zoo_dirs()}:  # --out into a zoo: the same rules
-            problem = new_name_problem(out.name)
-            if problem:
-                _error(f"--out {out}: {problem}")
-                raise typer.Exit(EXIT_USAGE)
-        result = import_release(src, out, name=name or out.name, config=config)
+        with _interruptible():
+            result, name = _import_release(src, config, name, out)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the temporary folders are removed, nothing installed
+        raise _interrupt_exit(exc, "nothing installed") from None
     except ConfigError as exc:  # conf.yml is a bad argument (a usage error), like a bad option value
         raise _fail(exc, debug, EXIT_USAGE) from None
     except CheckpointError as exc:
@@ -745,11 +731,36 @@ def models_import_spmamba(
     typer.echo(f"wrote {result.folder}" + (f" (use it with -m {name})" if name else ""))
 
 
+def _import_release(src: Path, config: Path | None, name: str | None, out: Path | None):
+    """import-spmamba's work: the name (given, or from conf.yml) checked, then the import. Returns (ImportResult,
+    the name the model is reached by, None for --out)."""
+    from .runtime import store
+    from .runtime.registry import new_name_problem, zoo_dirs
+    from .runtime.spmamba_import import import_release, suggest_name
+
+    if out is None:
+        option = "--name"
+        if name is None:
+            name, option = suggest_name(src, config), "the name from conf.yml"
+        problem = new_name_problem(name)
+        if problem:
+            _error(f"{option}: {problem}" + ("" if option == "--name" else " (give --name)"))
+            raise typer.Exit(EXIT_USAGE)
+        out = store.models_dir() / name
+    elif out.parent.resolve() in {d.resolve() for d in zoo_dirs()}:  # --out into a zoo: the same rules
+        problem = new_name_problem(out.name)
+        if problem:
+            _error(f"--out {out}: {problem}")
+            raise typer.Exit(EXIT_USAGE)
+    return import_release(src, out, name=name or out.name, config=config), name
+
+
 @models_app.command("remove")
 def models_remove(name: str = typer.Argument(..., help="The name of a model in your model store."),
                   debug: DebugOpt = False) -> None:
-    """Delete a model from your model store ($SEPCLI_HOME/models). Shipped and SEPCLI_ZOO models are never
-    removed (exit 2)."""
+    """Delete a model from your model store ($SEPCLI_HOME/models).
+
+    Shipped and SEPCLI_ZOO models are never removed (exit 2)."""
     from .runtime import store
     from .runtime.registry import USER, find_installed, installed_names
 

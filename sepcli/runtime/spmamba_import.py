@@ -302,6 +302,10 @@ def _install(tensors: dict[str, torch.Tensor], cfg: dict, out_dir: Path, replace
             raise CheckpointError(f"{out_dir}: cannot install ({exc.strerror or exc})") from None
     except OSError as exc:
         raise CheckpointError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        raise CheckpointError(f"{out_dir}: cannot write ({type(exc).__name__}: {one_line(exc)})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
@@ -486,6 +490,9 @@ class _Sources:
 def _gather(source: Path, config: Path | None, work: Path) -> _Sources:
     """Find (and for an archive copy into `work`, under names of our own) the conf.yml and checkpoint."""
     kind = _source_kind(source)
+    if kind == "checkpoint" and source.suffix.lower() in CONFIG_SUFFIXES:
+        raise ConfigError(f"{source}: a config, not a release: give the release zip, its folder or the checkpoint, "
+                          "and this file with --config")
     if kind == "checkpoint":
         if config is None:
             raise ConfigError(f"{source}: a checkpoint file needs its training config: give --config conf.yml")
@@ -563,7 +570,7 @@ def suggest_name(source: Path, config: Path | None = None) -> str:
             if kind == "missing":
                 raise CheckpointError(f"{source}: file not found")
             if kind == "checkpoint":
-                raise ConfigError(f"{source}: a checkpoint file needs its training config: give --config conf.yml")
+                _gather(source, None, Path(work))  # raises the ConfigError import_release would
             if kind == "folder":
                 _, conf, _ = choose(_walk(source), str(source), want_config=True)
                 config, label = source / conf, str(source / conf)
