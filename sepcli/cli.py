@@ -656,13 +656,16 @@ def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model f
                 debug: DebugOpt = False) -> None:
     """Show one model: its config and its model card."""
     from .runtime.loader import ModelError, _locate, read_config, weights_summary
-    from .runtime.registry import ModelNotFound, resolve
+    from .runtime.registry import ModelNotFound, UnknownName, resolve
 
     try:
         folder, weights = _locate(resolve(name))
         cfg = read_config(folder)
     except ModelNotFound as exc:
-        raise _fail(exc, debug, EXIT_USAGE) from None
+        from .runtime.catalogue import not_installed_hint  # a catalogue model not pulled yet: how to get it
+
+        hint = not_installed_hint(exc.name) if isinstance(exc, UnknownName) else None
+        raise _fail(ModelNotFound(hint) if hint else exc, debug, EXIT_USAGE) from None
     except ModelError as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
     try:

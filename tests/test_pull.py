@@ -442,7 +442,7 @@ def test_sigint_during_the_download_installs_nothing_and_is_resumed(env, server,
 
 
 # ---------------------------------------------------------------------- part 4: no surprise network access
-@pytest.mark.parametrize("command", ["separate", "batch", "eval"])
+@pytest.mark.parametrize("command", ["separate", "batch", "eval", "info"])
 def test_commands_never_download_a_catalogue_model(env, server, release, tmp_path, monkeypatch, command):
     data, _ = release
     env(server.serve("/SPMamba-LibriMix.zip", Behaviour(data)))
@@ -457,8 +457,8 @@ def test_commands_never_download_a_catalogue_model(env, server, release, tmp_pat
     monkeypatch.setattr(socket.socket, "connect", watch)
     args = {"separate": ["separate", str(tmp_path / "mix.wav"), "-o", str(tmp_path / "out")],
             "batch": ["batch", str(tmp_path), "-o", str(tmp_path / "out")],
-            "eval": ["eval", str(tmp_path)]}[command]
-    res = runner.invoke(app, [*args, "-m", NAME])
+            "eval": ["eval", str(tmp_path)], "info": ["models", "info"]}[command]
+    res = runner.invoke(app, [*args, NAME] if command == "info" else [*args, "-m", NAME])
     assert res.exit_code == 2, res.output
     line = one_error_line(res)
     assert f"`sepcli models pull {NAME}`" in line and "not installed" in line

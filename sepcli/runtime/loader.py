@@ -289,10 +289,12 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     before the network is allocated."""
     try:
         target = registry.resolve(name)
-    except registry.ModelNotFound as exc:
-        from .catalogue import not_installed_hint  # a catalogue model not pulled yet: say how (never download)
+    except registry.UnknownName as exc:  # a plain name: a catalogue model not pulled yet is said so, never downloaded
+        from .catalogue import not_installed_hint
 
-        raise UnknownModel(not_installed_hint(str(name)) or str(exc)) from None
+        raise UnknownModel(not_installed_hint(exc.name) or str(exc)) from None
+    except registry.ModelNotFound as exc:
+        raise UnknownModel(str(exc)) from None
     folder, weights = _locate(target)
     cfg = read_config(folder)
     state = read_state_dict(weights)
