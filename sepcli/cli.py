@@ -845,7 +845,8 @@ def models_pull(
 
     The only command that uses the network: a progress bar on stderr (plain lines when stderr is not a terminal,
     nothing with -q), timeouts, retries, resume of a partial download; the sha256 is checked against a pinned one
-    or printed and recorded in the model's provenance."""
+    or printed and recorded in the model's provenance. On a slow link: SEPCLI_DOWNLOAD_TIMEOUT (seconds without
+    data before a retry, default 30), SEPCLI_DOWNLOAD_RETRIES (default 3)."""
     from .runtime.pull import PullError, pull
 
     try:
