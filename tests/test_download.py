@@ -225,3 +225,14 @@ def test_the_lock_refuses_a_second_holder(tmp_path):
         th.start()
         th.join()
     assert t_err and isinstance(t_err[0], Busy)
+
+
+def test_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SEPCLI_DOWNLOAD_TIMEOUT", "0.5")
+    monkeypatch.setenv("SEPCLI_DOWNLOAD_RETRIES", "inf")
+    monkeypatch.setenv("SEPCLI_DOWNLOAD_BACKOFF", "nan")
+    monkeypatch.setenv("SEPCLI_DOWNLOAD_CONNECT_TIMEOUT", "-3")
+    s = Settings.from_env()
+    assert s.read_timeout == 0.5 and s.retries == 20
+    assert s.backoff == Settings.backoff and s.connect_timeout == Settings.connect_timeout
+    assert Settings.from_env(cap=5).cap == 5

@@ -84,12 +84,13 @@ class _Retry(Exception):
 
 
 # ---------------------------------------------------------------------- settings
-def _env_float(key: str, default: float) -> float:
+def _env_float(key: str, default: float, most: float = 3600.0) -> float:
+    """A number from the environment, 0..most; the default when unset or not a number."""
     try:
         v = float(os.environ.get(key, ""))
     except ValueError:
         return default
-    return v if v >= 0 else default
+    return min(v, most) if v >= 0 else default  # NaN fails v >= 0
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Settings:
     def from_env(cls, **overrides) -> Settings:
         base = cls(connect_timeout=_env_float("SEPCLI_DOWNLOAD_CONNECT_TIMEOUT", cls.connect_timeout),
                    read_timeout=_env_float("SEPCLI_DOWNLOAD_TIMEOUT", cls.read_timeout),
-                   retries=int(_env_float("SEPCLI_DOWNLOAD_RETRIES", cls.retries)),
+                   retries=int(_env_float("SEPCLI_DOWNLOAD_RETRIES", cls.retries, most=20)),
                    backoff=_env_float("SEPCLI_DOWNLOAD_BACKOFF", cls.backoff))
         return cls(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
 
