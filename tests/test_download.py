@@ -236,3 +236,23 @@ def test_settings_from_the_environment(monkeypatch):
     assert s.read_timeout == 0.5 and s.retries == 20
     assert s.backoff == Settings.backoff and s.connect_timeout == Settings.connect_timeout
     assert Settings.from_env(cap=5).cap == 5
+
+
+def test_disk_full_found_only_when_the_file_is_closed(server, tmp_path, monkeypatch):
+    url = server.serve("/f.zip", Behaviour(DATA))
+    real_open = open
+
+    class NoRoom(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fake_open(path, mode="r", *a, **k):
+        if str(path).endswith(".part") and "b" in mode:  # every byte fits the buffer: the error comes at close
+            return io.BufferedWriter(NoRoom(path, mode.replace("b", "")), buffer_size=1 << 22)
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(dl, "open", fake_open, raising=False)
+    with pytest.raises(DiskFull, match="disk full"):
+        download(url, tmp_path / "f.zip", settings=FAST, sleep=no_sleep)
+    assert part_path(tmp_path / "f.zip").read_bytes() == b""  # nothing written, nothing claimed
+    assert not (tmp_path / "f.zip").exists()

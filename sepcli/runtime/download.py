@@ -343,10 +343,11 @@ def _attempt(url: str, part: Path, s: Settings, progress: Progress, expected_siz
         done = offset
         progress.start(total, done)
         try:
-            f = open(part, mode)  # noqa: SIM115 (closed by the with below; its own errors are disk errors)
+            f = open(part, mode)  # noqa: SIM115 (closed below: a close that fails is a disk error too)
         except OSError as exc:
             raise _disk_error(part, exc) from None
-        with f:
+        complete = False
+        try:
             while True:
                 try:
                     chunk = resp.read1(CHUNK)  # what has arrived (read() would wait for a whole chunk)
@@ -367,10 +368,13 @@ def _attempt(url: str, part: Path, s: Settings, progress: Progress, expected_siz
                 except OSError as exc:
                     raise _disk_error(part, exc) from None
                 progress.update(done)
+            complete = True
+        finally:
             try:
-                f.flush()
+                f.close()  # flushes: what was written stays a prefix of the file
             except OSError as exc:
-                raise _disk_error(part, exc) from None
+                if complete:  # else the error on its way out says more
+                    raise _disk_error(part, exc) from None
         if total is not None and done < total:
             raise _Retry(DownloadError(f"{url}: connection to {host} closed after {done} of {total} bytes"))
         return done
