@@ -750,7 +750,7 @@ def _import_release(src: Path, config: Path | None, name: str | None, out: Path 
             _error(f"{option}: {problem}" + ("" if option == "--name" else " (give --name)"))
             raise typer.Exit(EXIT_USAGE)
         out = store.models_dir() / name
-    elif out.parent.resolve() in {d.resolve() for d in zoo_dirs()}:  # --out into a zoo: the same rules
+    elif out.parent.resolve() in {d.resolve() for d in [*zoo_dirs(), store.models_dir()]}:  # the same rules
         problem = new_name_problem(out.name)
         if problem:
             _error(f"--out {out}: {problem}")

@@ -506,6 +506,8 @@ def test_import_spmamba_installs_into_the_user_store_and_guards_out_into_a_zoo(t
     # --out straight into a zoo folder follows the same rules; elsewhere any folder name is fine
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", zoo / "default")
     assert r.exit_code == 2 and "already" in r.stderr and len(fake_converter) == 2
+    r = run("models", "import-spmamba", ck, "--config", cfg, "--out", _sepcli_home / "models" / "default")
+    assert r.exit_code == 2 and "already" in r.stderr and len(fake_converter) == 2  # the store (not made yet) too
     r = run("models", "import-spmamba", "--config", cfg, "--checkpoint", ck, "--out", tmp_path / "mine" / "default")
     assert r.exit_code == 0 and fake_converter[-1][2] == tmp_path / "mine" / "default"
 
