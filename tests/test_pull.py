@@ -592,3 +592,27 @@ def test_a_progress_bar_when_stderr_is_a_terminal(env, server, release, tmp_path
     assert f"pulling {NAME}".encode() in seen and b"\x1b[" in seen  # rich's bar, drawn with terminal codes
     assert re.search(rb"(\d+\.\d)/\1 [kM]B", seen)  # the bar reached the end (done/total, equal)
     assert b"installed" in out
+
+
+@pytest.mark.parametrize("kind", ["zip-slip", "zip-bomb"])
+def test_a_hostile_archive_is_refused_and_installs_nothing(env, server, tmp_path, monkeypatch, kind):
+    """The importer's archive checks (tests/test_spmamba_import.py covers them in depth) hold for a pulled file:
+    a member named outside the archive, or one that would inflate absurdly, is refused before anything is
+    written."""
+    monkeypatch.chdir(tmp_path)
+    text = small_yml()
+    ck = release_checkpoint(random_spmamba(text, seed=6))
+    if kind == "zip-slip":
+        extra = {"../../evil.txt": b"owned"}
+    else:  # 64 MiB of zeros deflate to ~64 KiB: over the ratio the importer accepts
+        extra = {"SPMamba-LibriMix/padding.bin": bytes(64 << 20)}
+    data = release_zip(tmp_path / "hostile.zip", text, ck, extra=extra).read_bytes()
+    assert len(data) < 2 << 20
+    env(server.serve("/SPMamba-LibriMix.zip", Behaviour(data)))
+    res = pull("-q")
+    assert res.exit_code == 1
+    line = one_error_line(res)
+    assert "cannot be installed" in line
+    assert ("points outside the archive" in line) if kind == "zip-slip" else ("zip bomb" in line), line
+    assert not (tmp_path.parent / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert_nothing_installed(env.home, parts_allowed=False)
