@@ -560,6 +560,25 @@ def _quality_summary(ev: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in ev.items() if isinstance(v, (int, float, str)) and v is not None)
 
 
+def _catalogue_rows() -> list[dict]:
+    """Rows of `sepcli models` for the catalogue models that are not installed (installed: false)."""
+    from .runtime import catalogue
+    from .runtime.registry import find_installed
+
+    try:
+        entries = catalogue.entries()
+    except catalogue.CatalogueError as exc:  # a bad SEPCLI_CATALOGUE must not hide the installed models
+        typer.echo(f"sepcli: warning: {exc}", err=True)
+        return []
+    return [{"name": e.name, "aliases": [], "source": "catalogue", "installed": False,
+             "arch": "spmamba" if e.importer == "spmamba-release" else None, "sample_rate": e.sample_rate,
+             "n_src": e.n_src, "url": e.url, "licence": e.licence, "published": e.figures_line(),
+             "published_short": e.figures_line(source=False),
+             "pull": f"sepcli models pull {e.name}" + ("" if e.url else " --from FILE"), "path": None,
+             "params": None, "size_bytes": None, "eval": {}, "default": False, "default_why": None}
+            for e in entries if find_installed(e.name) is None]
+
+
 @models_app.callback()
 def models(ctx: typer.Context,
            as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
@@ -600,8 +619,9 @@ def models(ctx: typer.Context,
                      "default": is_default,
                      "default_why": (why_text.get(why, f"alias 'default' of a {e.source} model")
                                      if is_default else None)})
+    pending = _catalogue_rows()  # catalogue models not installed yet, listed after the installed ones
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([{**r, "installed": True} for r in rows] + pending, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -614,10 +634,17 @@ def models(ctx: typer.Context,
         name = f"{r['name']} *" if r["default"] else r["name"]
         t.add_row(name, ", ".join(r["aliases"]), r["source"], str(r["arch"]), f"{r['sample_rate']} Hz",
                   f"{r['params'] / 1e6:.2f} M", f"{r['size_bytes'] / 1e6:.1f} MB", quality or "-")
+    for r in pending:
+        t.add_row(f"{r['name']} (not installed)", "", r["source"], str(r["arch"] or "-"),
+                  f"{r['sample_rate']} Hz" if r["sample_rate"] else "-", "-", "-",
+                  f"published: {r['published_short']}" if r["published_short"] else "-")
     if not rows:
         typer.echo("no models installed", err=True)
     console = Console(width=max(100, Console().width))
     console.print(t)
+    if pending:
+        console.print("not installed: get one with `sepcli models pull NAME` (the only command that downloads)",
+                      highlight=False)
     chosen = next((r for r in rows if r["default"]), None)
     if chosen is not None:
         console.print(f"* default: {chosen['name']} ({chosen['default_why']})", highlight=False)
@@ -630,13 +657,16 @@ def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model f
                 debug: DebugOpt = False) -> None:
     """Show one model: its config and its model card."""
     from .runtime.loader import ModelError, _locate, read_config, weights_summary
-    from .runtime.registry import ModelNotFound, resolve
+    from .runtime.registry import ModelNotFound, UnknownName, resolve
 
     try:
         folder, weights = _locate(resolve(name))
         cfg = read_config(folder)
     except ModelNotFound as exc:
-        raise _fail(exc, debug, EXIT_USAGE) from None
+        from .runtime.catalogue import not_installed_hint  # a catalogue model not pulled yet: how to get it
+
+        hint = not_installed_hint(exc.name) if isinstance(exc, UnknownName) else None
+        raise _fail(ModelNotFound(hint) if hint else exc, debug, EXIT_USAGE) from None
     except ModelError as exc:
         raise _fail(exc, debug, EXIT_FAILED) from None
     try:
@@ -796,6 +826,48 @@ def models_default(name: str | None = typer.Argument(None, help="An installed mo
         typer.echo(f"default model: {target or folder.name} ({folder}), {label.get(why, 'the alias default')}")
     elif why == "SEPCLI_MODEL":
         typer.echo(f"sepcli: warning: SEPCLI_MODEL={target} overrides it in this shell", err=True)
+
+
+PULL_EXIT_HELP = ("Exit codes: 0 = installed (or already installed); 1 = failed (network, checksum, archive), nothing "
+                  "installed; 2 = usage error (unknown name, missing --from file); 130 = interrupted (Ctrl-C), 143 = "
+                  "terminated (SIGTERM): nothing installed, a partial download is resumed by the next pull.")
+
+
+@models_app.command("pull", epilog=PULL_EXIT_HELP)
+def models_pull(
+    name: str = typer.Argument(..., help="Catalogue name, e.g. spmamba-libri2mix (`sepcli models` lists them)."),
+    source: str | None = typer.Option(None, "--from", help="A mirror URL or a local copy of the release file "
+                                      "(for machines without internet)."),
+    force: bool = typer.Option(False, "--force", help="Download and install again over an installed copy."),
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Download a catalogue model and install it into the user store ($SEPCLI_HOME/models/NAME).
+
+    The only command that uses the network: a progress bar on stderr (plain lines when stderr is not a terminal,
+    nothing with -q), timeouts, retries, resume of a partial download; the sha256 is checked against a pinned one
+    or printed and recorded in the model's provenance. On a slow link: SEPCLI_DOWNLOAD_TIMEOUT (seconds without
+    data before a retry, default 30), SEPCLI_DOWNLOAD_RETRIES (default 3)."""
+    from .runtime.pull import PullError, pull
+
+    try:
+        with _interruptible():
+            result = pull(name, source=source, force=force, quiet=quiet)
+    except KeyboardInterrupt as exc:
+        raise _interrupt_exit(exc, "nothing installed (pull again to resume the download)") from None
+    except PullError as exc:
+        raise _fail(exc, debug, exc.code) from None
+    except Exception as exc:  # unexpected: one line unless --debug; nothing was installed  # noqa: BLE001
+        raise _fail(exc, debug, EXIT_FAILED) from None
+    if result.already_installed:
+        typer.echo(f"{name} is already installed in {result.folder} (--force downloads it again)")
+        return
+    if not quiet:
+        for note in result.notes:
+            typer.echo(f"sepcli: note: {note}", err=True)
+    check = "matches the catalogue" if result.sha256_pinned else "recorded in its provenance"
+    typer.echo(f"installed {name} in {result.folder} (sha256 {result.sha256}, {check}); "
+               f"use it with `sepcli separate -m {name} ...`")
 
 
 # ---------------------------------------------------------------------- bench

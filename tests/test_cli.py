@@ -368,7 +368,7 @@ def test_an_extra_zoo_reusing_a_shipped_name_is_said_and_listed_as_it_resolves(t
     monkeypatch.setenv("SEPCLI_ZOO", str(tmp_path / "zoo"))
     r = run("models", "--json")
     assert r.exit_code == 0 and r.stderr.startswith("sepcli: warning: ") and r.stderr.count("\n") == 1, r.stderr
-    listed = {a: m["path"] for m in json.loads(r.stdout) for a in [m["name"], *m["aliases"]]}
+    listed = {a: m["path"] for m in json.loads(r.stdout) if m["installed"] for a in [m["name"], *m["aliases"]]}
     for ident, path in listed.items():  # what `models` lists is what -m reaches
         assert str(registry.resolve(ident)) == path, ident
     if "name" in change:  # the shipped model is reached by none of its names, `default` included: said

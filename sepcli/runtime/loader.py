@@ -289,6 +289,10 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     before the network is allocated."""
     try:
         target = registry.resolve(name)
+    except registry.UnknownName as exc:  # a plain name: a catalogue model not pulled yet is said so, never downloaded
+        from .catalogue import not_installed_hint
+
+        raise UnknownModel(not_installed_hint(exc.name) or str(exc)) from None
     except registry.ModelNotFound as exc:
         raise UnknownModel(str(exc)) from None
     folder, weights = _locate(target)
