@@ -1,17 +1,23 @@
 """Fused CPU selective scan (numba), with a fused reverse-time backward for autograd.
 
 Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan semantics), but:
-- no `(b, d, l, n)` intermediate: each (batch, channel) row keeps its n-vector state in a small local array;
-  the forward's extra memory is O(b·d·n) (the last state) plus, for variable B/C, one `(b, g, l, n)`
-  transposed copy of B and C (the size of the inputs themselves);
-- rows (b, d) run in parallel over numba's threads (as many as `torch.get_num_threads()`);
+- no `(b, d, l, n)` intermediate. Forward: channels go in blocks of W = 16 (one channel per vector lane; a
+  block never spans two B/C groups, the last block of a group may be narrower, its spare lanes repeat a
+  channel and are dropped). Per time step and state k, one vector operation updates the 16 channels' states
+  (h = exp(dt·A)·h + (dt·u)·B[k]) and output sums (y += h·C[k]), with B[k], C[k] broadcast: no horizontal sum
+  per step, and 16 independent recurrences in flight per state. dt = softplus(delta + bias) and dt·u are
+  computed along contiguous channel rows, then laid out time-major per block [l, W]; y goes back per channel
+  with the D term and the silu(z) gate (vectorised over time). Extra memory: O(threads·l·W) scratch, the last
+  state, and for variable B/C one `(b, g, l, n)` transposed copy of B and C (the size of the inputs);
+- blocks run in parallel over numba's threads (as many as `torch.get_num_threads()`);
 - exp(dt·A) uses a vectorisable float32 exp (Cephes expf: Cody-Waite range reduction + degree-6 polynomial,
   ~1 ulp; arguments are clamped to [-87.3, 88.3], so exp underflows to ~1e-38 rather than 0 and overflows
-  to ~2e38 rather than inf), computed for all n states of a time step at once; softplus(delta + bias) and
-  the silu(z) gate run as separate vectorised passes over a row (branch-free log1p, Cephes logf polynomial),
-  with O(threads·l) scratch. Float64 inputs use libm (that path exists for `torch.autograd.gradcheck`).
+  to ~2e38 rather than inf); the forward's inner loop uses `_expk`, the same approximation in fewer vector
+  operations (rounding and the biased exponent from one "magic number" addition, one Horner chain of FMAs).
+  softplus uses a branch-free log1p (Cephes logf polynomial). Float64 inputs use libm (that path exists for
+  `torch.autograd.gradcheck`).
 - functions are compiled on first use and cached on disk (numba `cache=True`): one specialisation per dtype
-  (float32, float64); absent D / z / delta_bias are runtime flags, not new specialisations.
+  (float32, float64); absent D / z / delta_bias and constant/variable B, C are runtime flags.
 
 Backward (reverse-time scan, per row): the forward is recomputed into a per-thread `(l+1, n)` buffer of states
 and `(l, n)` of exp(dt·A) (O(threads·l·n) scratch, never O(b·d·l·n)), then with g_h the gradient of the state,
