@@ -8,6 +8,13 @@ one core (float32, vectorised: our inner-loop exp over an L1-resident array; Hor
 elements), the arithmetic bound is 1 / (1/E + 4/F) updates/s per core; the kernel's figure is printed as a share of it
 (per-step overheads such as softplus, the silu gate and layout changes are outside the model).
 
+Recorded figures (issue 29, Intel Xeon with AVX-512, AVX512-BF16 and AMX, 2 vCPUs under KVM; medians, shared lock;
+G state updates/s, forward | backward call, 1 thread and 2 threads):
+  row kernel before the change: issue shape 0.97 | 0.26, 1.74 | 0.50; intra 0.88 | 0.24, 1.81 | 0.38;
+                                inter 1.04 | 0.26, 2.10 | 0.50
+  channel-block forward:        issue shape 1.34-1.51, 2.41-2.99; intra 1.47-1.58, 2.85-3.19; inter 1.43-1.58,
+                                2.81-3.04 (backward unchanged); core bound 2.70 G/s per core (exp 3.64, FMA 41.8 G/s)
+
 Run: `.venv/bin/python -m benchmarks.run scan`. Times are medians of several runs after warm-up; on a shared
 machine they are noisy, so read ratios rather than absolute figures.
 """
