@@ -1,8 +1,22 @@
-"""Selective-scan kernels: throughput, speed-up over the reference, peak extra memory, the machine's bound,
-and end-to-end real-time factors of the networks with each backend.
+"""Selective-scan kernels: the CPU kernel's state updates per second (forward and backward, 1 and 2 threads) on
+the issue's shape and on the shapes SPMamba produces, against this core's measured exp and FMA throughput;
+speed-up over the reference, peak extra memory, and end-to-end real-time factors of the networks.
+
+Bound model (printed with the figures): one state update h = exp(dt*A)*h + (dt*u)*B, y += h*C costs one exp and
+4 multiply/FMA operations (dt*A, (dt*u)*B, the state FMA, the output FMA). With E exps/s and F FMAs/s measured on
+one core (float32, vectorised: our inner-loop exp over an L1-resident array; Horner chains of FMAs on independent
+elements), the arithmetic bound is 1 / (1/E + 4/F) updates/s per core; the kernel's figure is printed as a share of it
+(per-step overheads such as softplus, the silu gate and layout changes are outside the model).
+
+Recorded figures (issue 29, Intel Xeon with AVX-512, AVX512-BF16 and AMX, 2 vCPUs under KVM; medians, shared lock;
+G state updates/s, forward | backward call, 1 thread and 2 threads):
+  row kernel before the change: issue shape 0.97 | 0.26, 1.74 | 0.50; intra 0.88 | 0.24, 1.81 | 0.38;
+                                inter 1.04 | 0.26, 2.10 | 0.50
+  channel-block forward:        issue shape 1.34-1.51, 2.41-2.99; intra 1.47-1.58, 2.85-3.19; inter 1.43-1.58,
+                                2.81-3.04 (backward unchanged); core bound 2.70 G/s per core (exp 3.64, FMA 41.8 G/s)
 
 Run: `.venv/bin/python -m benchmarks.run scan`. Times are medians of several runs after warm-up; on a shared
-machine (e.g. a training job on the same cores) they are noisy, so read ratios rather than absolute figures.
+machine they are noisy, so read ratios rather than absolute figures.
 """
 
 from __future__ import annotations
@@ -182,6 +196,129 @@ def machine_bounds(threads: int) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------------- kernel figures
+
+# (label, (b, d, l, n), B/C groups: 0 = (b, n, l), g = (b, g, n, l) views sliced from one projection output as in
+# SPMamba's fused bidirectional block: 2*d_inner = 1024 channels, intra-frame: 67 frames x 122 frequency patches
+# per chunk of 8192 tokens; inter-frame: 16 frequencies x 494 frames of a 4 s input)
+KERNEL_SHAPES = [("issue", (1, 512, 4000, 16), 0), ("spmamba intra", (67, 1024, 122, 16), 2),
+                 ("spmamba inter", (16, 1024, 494, 16), 2)]
+FMA_PER_UPDATE = 4
+
+
+def _kernel_inputs(shape: tuple, groups: int) -> dict:
+    b, d, l, n = shape
+    kw = _inputs(b, d, l, n)
+    if groups:
+        g = torch.Generator().manual_seed(1)
+        dbl = torch.randn(b, groups, 32 + 2 * n, l, generator=g)
+        kw["B"], kw["C"] = dbl[:, :, 32:32 + n], dbl[:, :, 32 + n:]
+    return kw
+
+
+def cpu_description() -> str:
+    """CPU model and the vector/matrix flags that matter here (Linux /proc/cpuinfo)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    shown = [f for f in ("fma", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{model}; {os.cpu_count()} logical CPUs; flags: {' '.join(shown) or 'n/a'}"
+
+
+def core_throughput() -> dict:
+    """Measured on one core: our inner-loop exp (float32 values/s) and float32 FMAs per s (vectorised)."""
+    from numba import njit
+
+    from sepcli.kernels.scan_cpu import _expk
+
+    @njit(error_model="numpy")
+    def exp_loop(x, out, reps):
+        for _ in range(reps):
+            for k in range(x.shape[0]):
+                out[k] = _expk(x[k])
+        return out[0]
+
+    @njit(fastmath={"contract"})
+    def fma_loop(x, out, reps):  # a Horner chain of 32 FMAs per element, elements independent: FMA-bound
+        c = np.float32(0.5)
+        for _ in range(reps):
+            for k in range(x.shape[0]):
+                v = x[k]
+                p = c
+                for _i in range(32):
+                    p = p * v + c
+                out[k] = p
+        return out[0]
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(4096) * 3).astype(np.float32)
+    out = np.empty_like(x)
+    y = (rng.random(1024) * 0.5).astype(np.float32)
+    out_y = np.empty_like(y)
+    exp_loop(x, out, 1)
+    fma_loop(y, out_y, 1)
+    reps_e, reps_f = 2000, 500
+    te = min(_median_time(lambda: exp_loop(x, out, reps_e), 0, 1) for _ in range(5))
+    tf = min(_median_time(lambda: fma_loop(y, out_y, reps_f), 0, 1) for _ in range(5))
+    exp_s = x.shape[0] * reps_e / te
+    fma_s = 32 * y.shape[0] * reps_f / tf
+    return {"exp_per_s": exp_s, "fma_per_s": fma_s, "bound_per_core": 1.0 / (1.0 / exp_s + FMA_PER_UPDATE / fma_s)}
+
+
+def kernel_figures(threads_list=(1, 2)) -> list[tuple]:
+    """(label, shape, threads, fwd updates/s, bwd updates/s) of the CPU kernel; bwd = the autograd backward call
+    alone (recompute + reverse scan), medians after warm-up."""
+    from sepcli.kernels.scan_cpu import selective_scan_cpu
+
+    rows = []
+    old = torch.get_num_threads()
+    try:
+        for label, shape, groups in KERNEL_SHAPES:
+            kw = _kernel_inputs(shape, groups)
+            updates = float(np.prod(shape))
+            go = torch.randn(shape[:3], generator=torch.Generator().manual_seed(2))
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                with torch.no_grad():
+                    tf = _median_time(lambda kw=kw: selective_scan_cpu(**kw, delta_softplus=True), 2, 5)
+                tb = []
+                for i in range(4):
+                    kg = {k: v.detach().clone().requires_grad_(True) for k, v in kw.items()}
+                    out = selective_scan_cpu(**kg, delta_softplus=True)
+                    t0 = time.perf_counter()
+                    out.backward(go)
+                    if i:
+                        tb.append(time.perf_counter() - t0)
+                rows.append((label, shape, threads, updates / tf, updates / statistics.median(tb)))
+    finally:
+        torch.set_num_threads(old)
+    return rows
+
+
+def print_kernel_figures() -> None:
+    print(f"CPU: {cpu_description()}")
+    core = core_throughput()
+    bound = core["bound_per_core"]
+    print(f"Core (1 thread): our vectorised exp {core['exp_per_s'] / 1e9:.2f} G/s, float32 FMA "
+          f"{core['fma_per_s'] / 1e9:.1f} G/s -> arithmetic bound 1/(1/E + {FMA_PER_UPDATE}/F) = "
+          f"{bound / 1e9:.2f} G updates/s per core")
+    print(f"\n{'shape':<16}{'(b, d, l, n)':<22}{'thr':>4}{'fwd G upd/s':>13}{'% bound':>9}{'bwd G upd/s':>13}"
+          f"{'% bound':>9}")
+    for label, shape, threads, fwd, bwd in kernel_figures():
+        roof = bound * min(threads, os.cpu_count() or 1)
+        print(f"{label:<16}{shape!s:<22}{threads:>4}{fwd / 1e9:>13.2f}{100 * fwd / roof:>8.0f}%{bwd / 1e9:>13.2f}"
+              f"{100 * bwd / roof:>8.0f}%", flush=True)
+    print("(% bound: share of the arithmetic bound at that thread count; bwd = the backward call alone, which "
+          "recomputes the forward: its bound is at most half the forward's)\n")
+
+
 # ------------------------------------------------------------------------------------------------- networks
 
 
@@ -252,6 +389,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("No CUDA device: the Triton and mamba_ssm backends are not timed here.")
     print("Times: median of runs after warm-up; shared machine, so figures are noisy.\n")
+    print_kernel_figures()
 
     print(f"{'shape (b,d,l,n)':<22}{'backend':<9}{'mode':<9}{'time s':>9}{'updates/s':>12}{'vs ref':>9}")
     results: dict = {}

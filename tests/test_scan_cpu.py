@@ -185,3 +185,63 @@ def test_cpu_rejects_bad_shapes():
     kw["B"] = torch.zeros(2, 3, 3, 7)
     with pytest.raises(ValueError, match="groups"):
         selective_scan_cpu(**kw)
+
+
+# --- the forward's channel blocks (W channels per vector lane block; tails, groups, layouts) -------------------
+
+
+@pytest.mark.parametrize("d,layout", [(38, ("g2", "g2")), (33, ("var", "const")), (50, ("const", "var")),
+                                      (20, ("g2", "var")), (1, ("var", "var"))])
+@pytest.mark.parametrize("L,n", [(1, 16), (5, 1), (70, 17)])
+def test_cpu_channel_blocks_with_tails_match_reference(d, layout, L, n):
+    """Channel counts not divisible by the block width, groups of 19 channels (blocks must not span two groups),
+    one channel, one step, d_state 1 and 17."""
+    _check(make_inputs(2, d, L, n, *layout, seed=d + L + n))
+
+
+@pytest.mark.parametrize("d,groups", [(1024, 2), (38, 2), (96, 3), (48, 1), (7, 7)])
+def test_cpu_blocks_cover_each_channel_once_within_a_group(d, groups):
+    p = {"var_b": True, "var_c": True, "dpg_b": d // groups, "dpg_c": d // groups}
+    blk = scan_cpu._blocks(2, d, p)
+    for b in range(2):
+        rows = blk[blk[:, 0] == b]
+        chans = np.concatenate([np.arange(d0, d0 + w) for _, d0, w in rows])
+        np.testing.assert_array_equal(np.sort(chans), np.arange(d))
+        assert np.all(rows[:, 2] >= 1) and np.all(rows[:, 2] <= scan_cpu.W)
+        assert np.all(rows[:, 1] // (d // groups) == (rows[:, 1] + rows[:, 2] - 1) // (d // groups))
+
+
+def test_cpu_noncontiguous_inputs_as_spmamba_passes_them():
+    """u/delta/z as transposed views, B and C sliced out of one projection tensor (SPMamba's layout)."""
+    g = torch.Generator().manual_seed(5)
+    b, d, l, n = 2, 40, 33, 16
+    kw = make_inputs(b, d, l, n, "g2", "g2", seed=5)
+    for key in ("u", "delta", "z"):
+        kw[key] = kw[key].transpose(1, 2).contiguous().transpose(1, 2)
+        assert not kw[key].is_contiguous()
+    dbl = torch.randn(b, 2, 8 + 2 * n, l, generator=g)
+    kw["B"], kw["C"] = dbl[:, :, 8:8 + n], dbl[:, :, 8 + n:]
+    assert not kw["B"].is_contiguous()
+    _check(kw)
+
+
+def test_cpu_float64_forward_with_tails():
+    kw = make_inputs(2, 21, 40, 16, "g1", "var", seed=8, dtype=torch.float64)
+    out, last = selective_scan_cpu(**kw, return_last_state=True)
+    ref, ref_last = selective_scan_ref(**kw, return_last_state=True)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_inner_loop_exp_accuracy_and_range():
+    x = np.linspace(-87.0, 88.0, 100_001, dtype=np.float32)
+    got = scan_cpu._vexpk_check(x).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) < 2.5e-7  # ~2 ulp of float32, as the other exp
+    ext = scan_cpu._vexpk_check(np.array([-1e4, -200.0, 0.0, 200.0, 1e4], np.float32))
+    assert np.all(np.isfinite(ext)) and ext[2] == 1.0
+    assert 0.0 < ext[0] < 2e-38 and ext[0] == ext[1]  # clamped at the bottom of the normal range, not garbage
+    assert ext[3] > 1e38 and ext[3] == ext[4]
+    np.testing.assert_allclose(scan_cpu._vexpk_check(x[::97].astype(np.float64)),
+                               np.exp(x[::97].astype(np.float64)), rtol=1e-15)
