@@ -87,7 +87,7 @@ def _exp(x):  # pragma: no cover - replaced by the numba overload below
     raise NotImplementedError
 
 
-@overload(_exp, jit_options={"fastmath": False, "error_model": "numpy"})
+@overload(_exp, jit_options={"fastmath": {"contract"}, "error_model": "numpy"})
 def _ol_exp(x):
     if x == types.float32:
 
@@ -108,6 +108,61 @@ def _ol_exp(x):
 
         return impl64
     return None
+
+
+@intrinsic
+def _bits_of_f32(typingctx, x):
+    """The 32 bits of a float32 as an int32 (a bitcast, no conversion)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(32))
+
+    return types.int32(x), codegen
+
+
+_MAGIC = _F32(12583039.0)  # 1.5 * 2**23 + 127: adding it rounds to an integer n and leaves n + 127 in the low bits
+
+
+def _expk(x):  # pragma: no cover - replaced by the numba overload below
+    """exp(x) for the scan's inner loop: float32 -> a cheaper form of the expf above; float64 -> libm exp."""
+    raise NotImplementedError
+
+
+@overload(_expk, jit_options={"fastmath": {"contract"}, "error_model": "numpy"})
+def _ol_expk(x):
+    # Same range reduction and polynomial as _exp, but 15 vector operations instead of 19: the rounding to the
+    # nearest integer n and the biased exponent n + 127 come from one addition of _MAGIC (no floor, no
+    # float->int conversion), and the polynomial 1 + r + r^2 P(r) is one Horner chain of 7 FMAs.
+    if x == types.float32:
+
+        def impl32(x):
+            xx = min(max(x, _EXP_LO), _EXP_HI)
+            kf = xx * _LOG2E + _MAGIC  # n + 127 in the low mantissa bits (|n| <= 127)
+            fk = kf - _MAGIC  # n, exactly (no reassociation in this function)
+            r = xx - fk * _LN2_HI
+            r = r - fk * _LN2_LO
+            p = ((((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5) * r + _ONE) * r + _ONE
+            return p * _f32_from_bits(_bits_of_f32(kf) << 23)  # p * 2**n
+
+        return impl32
+    if x == types.float64:
+
+        def impl64(x):
+            return math.exp(x)
+
+        return impl64
+    return None
+
+
+@njit(cache=True)
+def _vexpk_check(x):
+    """Test hook: the scan's exp over a 1-D array (float32 or float64)."""
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = _expk(x[i])
+    return out
 
 
 @njit(cache=True)
@@ -218,58 +273,130 @@ def _fill_dt(delta, b, d, bd, softplus, DT):
             DT[t] = delta[b, d, t] + bd
 
 
+W = 16  # channels processed together, one per vector lane (a 16-lane AVX-512 register for float32)
+
+
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _fwd_rows(r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
-              out, last):
-    nd = u.shape[1]
+def _block_setup(b, d0, w, n, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch, AL, BL, CL, DTR, DTT, DUT):
+    """Per-block inputs, lane-major: channel of each lane, A/constant B/C [n, W], dt and dt*u [l, W]."""
     nl = u.shape[2]
-    n = A.shape[1]
-    h = np.zeros(n, u.dtype)
-    DT = np.empty(nl, u.dtype)
-    zro = np.zeros(1, u.dtype)[0]
-    for row in range(r0, r1):
-        b = row // nd
-        d = row - b * nd
-        bb = b if var_b else 0
-        gb = d // dpg_b if var_b else d
-        bc = b if var_c else 0
-        gc = d // dpg_c if var_c else d
-        for k in range(n):
-            h[k] = 0.0
-        Dd = D[d]
-        _fill_dt(delta, b, d, bias[d], softplus, DT)
-        for t in range(nl):  # the sequential part: n states in a small vector
-            dt = DT[t]
-            ut = u[b, d, t]
-            dtu = dt * ut
-            tb = t if var_b else 0
-            tc = t if var_c else 0
-            y = zro
-            for k in range(n):
-                hk = _exp(dt * A[d, k]) * h[k] + dtu * Bv[bb, gb, tb, k]
-                h[k] = hk
-                y += hk * Cv[bc, gc, tc, k]
-            out[b, d, t] = y + Dd * ut
-        if has_z:  # gate, a separate vectorised pass
+    for j in range(W):
+        ch[j] = d0 + min(j, w - 1)  # spare lanes repeat the last channel; their results are dropped
+    for k in range(n):
+        for j in range(W):
+            c = ch[j]
+            AL[k, j] = A[c, k]
+            BL[k, j] = Bv[0, c, 0, k] if not var_b else 0.0
+            CL[k, j] = Cv[0, c, 0, k] if not var_c else 0.0
+    for j in range(W):  # dt: vectorised over time along contiguous rows
+        c = ch[j]
+        bd = bias[c]
+        if softplus:
             for t in range(nl):
-                zt = z[b, d, t]
-                out[b, d, t] = out[b, d, t] * (zt * _sigmoid(zt))
-        for k in range(n):
-            last[b, d, k] = h[k]
+                DTR[j, t] = _softplus(delta[b, c, t] + bd)
+        else:
+            for t in range(nl):
+                DTR[j, t] = delta[b, c, t] + bd
+        for t in range(nl):
+            DTR[W + j, t] = DTR[j, t] * u[b, c, t]
+    for t in range(nl):  # to lane-major (a gather per time step)
+        for j in range(W):
+            DTT[t, j] = DTR[j, t]
+        for j in range(W):
+            DUT[t, j] = DTR[W + j, t]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _scan_steps(t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, H, OB):
+    """Steps t0..t1-1 of a block: H [n, W] updated in place, OB[t, lanes] = y_t."""
+    for t in range(t0, t1):
+        for j in range(W):
+            OB[t, j] = 0.0
+    if var_b and var_c:
+        for t in range(t0, t1):
+            for k in range(n):
+                bk = Bv[bb, gb, t, k]
+                ck = Cv[bc, gc, t, k]
+                for j in range(W):
+                    hh = _expk(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * bk
+                    H[k, j] = hh
+                    OB[t, j] += hh * ck
+    elif var_b:
+        for t in range(t0, t1):
+            for k in range(n):
+                bk = Bv[bb, gb, t, k]
+                for j in range(W):
+                    hh = _expk(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * bk
+                    H[k, j] = hh
+                    OB[t, j] += hh * CL[k, j]
+    elif var_c:
+        for t in range(t0, t1):
+            for k in range(n):
+                ck = Cv[bc, gc, t, k]
+                for j in range(W):
+                    hh = _expk(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * BL[k, j]
+                    H[k, j] = hh
+                    OB[t, j] += hh * ck
+    else:
+        for t in range(t0, t1):
+            for k in range(n):
+                for j in range(W):
+                    hh = _expk(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * BL[k, j]
+                    H[k, j] = hh
+                    OB[t, j] += hh * CL[k, j]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
+                out, last):
+    """Forward of the channel blocks blk[i0:i1] (row b, first channel d0, width w <= W)."""
+    n = A.shape[1]
+    nl = u.shape[2]
+    fdt = u.dtype
+    AL = np.empty((n, W), fdt)  # A of the block's channels, state-major
+    H = np.empty((n, W), fdt)  # states
+    BL = np.empty((n, W), fdt)  # constant B / C of the block's channels (unused when variable)
+    CL = np.empty((n, W), fdt)
+    ch = np.empty(W, np.int64)
+    DTR = np.empty((2 * W, nl), fdt)  # dt and dt*u, channel-major
+    DTT = np.empty((nl, W), fdt)  # dt, time-major
+    DUT = np.empty((nl, W), fdt)  # dt * u
+    OB = np.empty((nl, W), fdt)  # y
+    for i in range(i0, i1):
+        b = blk[i, 0]
+        d0 = blk[i, 1]
+        w = blk[i, 2]
+        _block_setup(b, d0, w, n, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch, AL, BL, CL, DTR, DTT,
+                     DUT)
+        H[:] = 0.0
+        _scan_steps(0, nl, n, b if var_b else 0, d0 // dpg_b if var_b else 0, b if var_c else 0,
+                    d0 // dpg_c if var_c else 0, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, H, OB)
+        for j in range(w):  # D term and gate, vectorised over time
+            c = d0 + j
+            Dd = D[c]
+            if has_z:
+                for t in range(nl):
+                    zt = z[b, c, t]
+                    out[b, c, t] = (OB[t, j] + Dd * u[b, c, t]) * (zt * _sigmoid(zt))
+            else:
+                for t in range(nl):
+                    out[b, c, t] = OB[t, j] + Dd * u[b, c, t]
+            for k in range(n):
+                last[b, c, k] = H[k, j]
 
 
 @njit(cache=True, parallel=True)
-def _fwd_par(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
-    rows = u.shape[0] * u.shape[1]
+def _fwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
+    nb = blk.shape[0]
     for c in prange(nchunks):
-        _fwd_rows(c * rows // nchunks, (c + 1) * rows // nchunks, u, delta, A, Bv, Cv, D, z, bias,
-                  var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
+        _fwd_blocks(c * nb // nchunks, (c + 1) * nb // nchunks, blk, u, delta, A, Bv, Cv, D, z, bias,
+                    var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
 
 
 @njit(cache=True)
-def _fwd_ser(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
-    _fwd_rows(0, u.shape[0] * u.shape[1], u, delta, A, Bv, Cv, D, z, bias,
-              var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
+def _fwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
+    _fwd_blocks(0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias,
+                var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -471,6 +598,24 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     }
 
 
+def _blocks(b: int, d: int, p: dict) -> np.ndarray:
+    """(row b, first channel, width) of each block of <= W channels; a block never spans two B or C groups."""
+    seg = d
+    if p["var_b"]:
+        seg = math.gcd(seg, p["dpg_b"])
+    if p["var_c"]:
+        seg = math.gcd(seg, p["dpg_c"])
+    starts = np.arange(0, d, seg)
+    d0 = (starts[:, None] + np.arange(0, seg, W)[None, :]).ravel()
+    w = np.minimum(W, (d0 // seg + 1) * seg - d0)
+    nb = d0.shape[0]
+    out = np.empty((b * nb, 3), np.int64)
+    out[:, 0] = np.repeat(np.arange(b), nb)
+    out[:, 1] = np.tile(d0, b)
+    out[:, 2] = np.tile(w, b)
+    return out
+
+
 def _kernel_args(p: dict, softplus: bool) -> tuple:
     return (p["u"], p["delta"], p["A"], p["Bv"], p["Cv"], p["D"], p["z"], p["bias"], p["var_b"], p["var_c"],
             p["dpg_b"], p["dpg_c"], p["has_z"], bool(softplus))
@@ -483,7 +628,8 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     out = np.empty((b, d, l), p["u"].dtype)
     last = np.zeros((b, d, A.shape[1]), p["u"].dtype)
     if b * d * l:
-        _run(_fwd_par, _fwd_ser, threads_for_call(), *_kernel_args(p, delta_softplus), out, last)
+        blk = _blocks(b, d, p)
+        _run(_fwd_par, _fwd_ser, min(threads_for_call(), len(blk)), blk, *_kernel_args(p, delta_softplus), out, last)
     return torch.from_numpy(out).to(u.dtype), torch.from_numpy(last)
 
 
