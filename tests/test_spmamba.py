@@ -303,7 +303,7 @@ def test_bf16_autocast_keeps_stft_norm_statistics_and_scan_in_fp32():
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.__name__.split(".")[0]
-            if name in ("bmm", "stft", "istft", "var_mean", "_fft_r2c", "_fft_c2r"):
+            if name in ("bmm", "stft", "istft", "mean", "_fft_r2c", "_fft_c2r"):
                 seen.setdefault(name, set()).update(a.dtype for a in args if isinstance(a, torch.Tensor))
             return func(*args, **(kwargs or {}))
 
@@ -323,7 +323,7 @@ def test_bf16_autocast_keeps_stft_norm_statistics_and_scan_in_fp32():
         spm.selective_scan = real_scan
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
     assert torch.bfloat16 in seen["bmm"]
-    assert seen["var_mean"] == {torch.float32}
+    assert seen["mean"] == {torch.float32}  # the norms' (and RMSNorm's) statistics
     assert torch.bfloat16 not in seen.get("_fft_r2c", set()) | seen.get("_fft_c2r", set())
     assert scan_dtypes == {torch.float32}
 
@@ -350,3 +350,23 @@ def test_bf16_output_within_40_db_of_fp32_on_speech():
     assert y16.dtype == torch.float32
     for src in range(2):
         assert _snr_db(y32[0, src], y16[0, src]) >= 40.0
+
+
+def test_layer_norms_equal_official_var_mean_formula():
+    # official look2hear: var_mean(unbiased=False), (x - mu) / sqrt(var + eps) * gamma + beta
+    from sepcli.nets.spmamba import LayerNormalization4D, LayerNormalization4DCF
+
+    torch.manual_seed(10)
+    x = torch.randn(2, 6, 7, 5) * 3 + 2
+    n4, ncf = LayerNormalization4D(6), LayerNormalization4DCF((6, 5))
+    with torch.no_grad():
+        for n in (n4, ncf):
+            n.gamma.normal_()
+            n.beta.normal_()
+    for norm, dims in ((n4, 1), (ncf, (1, 3))):
+        var, mu = torch.var_mean(x, dim=dims, unbiased=False, keepdim=True)
+        want = (x - mu) / torch.sqrt(var + norm.eps) * norm.gamma + norm.beta
+        torch.testing.assert_close(norm(x), want)
+        got16 = norm(x.bfloat16())  # lower-precision input: statistics and output in float32
+        assert got16.dtype == torch.float32
+        torch.testing.assert_close(got16, norm(x.bfloat16().float()))

@@ -69,6 +69,13 @@ def _at_least_fp32(x: Tensor) -> Tensor:
     return x.float() if x.is_floating_point() and x.element_size() < 4 else x
 
 
+def _normalise(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    """(x - mean) / sqrt(biased variance + eps) over `dims`, two passes (mean, then the centred squares): the same
+    values as torch.var_mean's, and several times faster on CPU for these outer (non-contiguous) reductions."""
+    xc = x - x.mean(dim=dims, keepdim=True)
+    return xc * torch.rsqrt(xc.square().mean(dim=dims, keepdim=True) + eps)
+
+
 class LayerNormalization4D(nn.Module):
     """Normalise [B, C, T, F] over C (biased variance, eps inside the sqrt); gamma/beta [1, C, 1, 1]."""
 
@@ -81,9 +88,7 @@ class LayerNormalization4D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"expected a 4-D tensor, got {x.ndim} dimensions")
-        x = _at_least_fp32(x)
-        var, mu = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
-        return (x - mu) / torch.sqrt(var + self.eps) * self.gamma + self.beta
+        return _normalise(_at_least_fp32(x), (1,), self.eps) * self.gamma + self.beta
 
 
 class LayerNormalization4DCF(nn.Module):
@@ -101,9 +106,7 @@ class LayerNormalization4DCF(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"expected a 4-D tensor, got {x.ndim} dimensions")
-        x = _at_least_fp32(x)
-        var, mu = torch.var_mean(x, dim=(1, 3), unbiased=False, keepdim=True)
-        return (x - mu) / torch.sqrt(var + self.eps) * self.gamma + self.beta
+        return _normalise(_at_least_fp32(x), (1, 3), self.eps) * self.gamma + self.beta
 
 
 class MambaBlock(nn.Module):
