@@ -9,9 +9,17 @@ included). RTF = forward time / audio duration, median of the timed runs after a
 reference runs once, without warm-up: it has nothing to compile and takes minutes). Random weights, batch 1,
 eval mode, no_grad, flush-to-zero on.
 
+Second table (`precision_table`): SPMamba-8k and -16k at 1 and 2 threads, fp32 and bf16 (torch.autocast on
+CPU), RTF (median of 2 timed runs after a warm-up) with the per-part breakdown of one profiled call
+(benchmarks.net_profile: STFT, convolutions, Mamba projections, scan, attention, norms, copies, elementwise,
+python/other, in s per s of audio), and each RTF as a multiple of its bound (counted GEMM FLOPs at this
+machine's measured GEMM throughput of that dtype + the scan's state updates at its measured throughput).
+bf16 rows are marked "(no native bf16)" on CPUs without AMX / AVX512-BF16, where autocast emulates it.
+
 Run: `.venv/bin/python -m benchmarks.run nets`. Quick run (4 s inputs only): `SEPCLI_BENCH_QUICK=1` or
 `python -m benchmarks.bench_nets --quick`. Other flags: --seconds 4 10, --nets spmamba-8k, --threads N,
---modes ours ref. Reference cases whose estimated memory exceeds 16 GB are skipped ('skipped (est. X GB)').
+--modes ours ref, --precision-seconds 4, --no-precision-table, --precision-only.
+Reference cases whose estimated memory exceeds 16 GB are skipped ('skipped (est. X GB)').
 """
 
 from __future__ import annotations
@@ -138,6 +146,100 @@ def _fmt(r: dict | None, what: str) -> str:
     return f"{r['rtf']:.2f}" if what == "rtf" else f"{r['peak_gb']:.2f}"
 
 
+PRECISION_NETS = ["spmamba-8k", "spmamba-16k"]
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next(line for line in fh if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown CPU flags"
+    return ", ".join(f for f in ("amx_bf16", "avx512_bf16", "avx512f") if f in flags) or "no AVX-512"
+
+
+def _child_precision(net: str, seconds: float, threads: int, precision: str) -> dict:
+    """Runs inside the subprocess: RTF (median of 2 after a warm-up), the breakdown of one profiled call and
+    the bound terms, for one (net, threads, precision)."""
+    import contextlib
+    import statistics
+
+    import torch
+
+    from benchmarks.net_profile import breakdown, count_flops, gemm_throughput, scan_throughput
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    from sepcli.nets import build_network, named_config
+
+    arch, args, sr = named_config(net)
+    torch.manual_seed(0)
+    model = build_network(arch, args).eval()
+    x = torch.randn(1, int(seconds * sr)) * 0.1
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
+    times = []
+    with torch.no_grad():
+        with ctx():
+            model(x)
+        for _ in range(2):
+            t0 = time.perf_counter()
+            with ctx():
+                model(x)
+            times.append(time.perf_counter() - t0)
+    parts = breakdown(model, x, dtype, warmup=False)
+    flops, updates = count_flops(model, x)
+    gemm = gemm_throughput(dtype or torch.float32)
+    scan = scan_throughput()
+    bound = (flops / gemm + updates / scan) / seconds
+    return {"rtf": statistics.median(times) / seconds, "parts": {k: v / seconds for k, v in parts.items()},
+            "gflop_per_s_audio": flops / seconds / 1e9, "gupdates_per_s_audio": updates / seconds / 1e9,
+            "gemm_gflops": gemm / 1e9, "scan_gupdates": scan / 1e9, "bound": bound}
+
+
+def precision_table(nets=None, threads=(1, 2), precisions=("fp32", "bf16"), seconds: float = 4.0) -> dict:
+    """Print (and return) the precision/thread table with per-part breakdowns; each case in a subprocess."""
+    from benchmarks.net_profile import PARTS
+
+    nets = nets or PRECISION_NETS
+    flags = _cpu_flags()
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    print(f"\nSPMamba by precision ({seconds:g} s input, random weights, batch 1, no_grad; CPU flags: {flags}); "
+          "parts in s per s of audio; bound = GEMM FLOPs / GEMM throughput + scan updates / scan throughput",
+          flush=True)
+    results = {}
+    for net in nets:
+        for th in threads:
+            for prec in precisions:
+                env = dict(os.environ, OMP_NUM_THREADS=str(th))
+                cmd = [sys.executable, "-m", "benchmarks.bench_nets", "--child-precision", net, str(seconds),
+                       str(th), prec]
+                proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                                      timeout=CHILD_TIMEOUT_S)
+                if proc.returncode != 0:
+                    lines = (proc.stderr or proc.stdout).strip().splitlines()
+                    results[(net, th, prec)] = {"error": lines[-1] if lines else f"exit {proc.returncode}"}
+                else:
+                    results[(net, th, prec)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    short = {"Mamba projections": "proj", "convolutions": "conv", "elementwise": "elemw", "python/other": "py"}
+    head = f"{'network':<12} {'thr':>3} {'prec':>5} {'RTF':>6} {'bound':>6} {'xbound':>6} " + \
+        " ".join(f"{short.get(p, p):>9}" for p in PARTS) + f" {'GEMM GF/s':>9} {'scan G/s':>8}"
+    print(head)
+    print("-" * len(head))
+    for (net, th, prec), r in results.items():
+        if "error" in r:
+            print(f"{net:<12} {th:>3} {prec:>5} error: {r['error']}")
+            continue
+        tag = "" if prec == "fp32" or native else " (no native bf16)"
+        print(f"{net:<12} {th:>3} {prec:>5} {r['rtf']:>6.2f} {r['bound']:>6.2f} {r['rtf'] / r['bound']:>6.2f} "
+              + " ".join(f"{r['parts'][p]:>9.3f}" for p in PARTS)
+              + f" {r['gemm_gflops']:>9.0f} {r['scan_gupdates']:>8.2f}{tag}")
+    errors = [k for k, r in results.items() if "error" in r]
+    if errors:
+        raise RuntimeError(f"{len(errors)} precision case(s) failed")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_nets")
     p.add_argument("--quick", action="store_true", help="4 s inputs only (also SEPCLI_BENCH_QUICK=1)")
@@ -145,7 +247,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nets", nargs="+", default=NETS)
     p.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     p.add_argument("--threads", type=int, default=int(os.environ.get("SEPCLI_BENCH_THREADS", os.cpu_count() or 1)))
+    p.add_argument("--precision-seconds", type=float, default=4.0)
+    p.add_argument("--no-precision-table", action="store_true")
+    p.add_argument("--precision-only", action="store_true", help="only the precision/breakdown table")
     a = p.parse_args([] if argv is None else argv)
+    quick = a.quick or os.environ.get("SEPCLI_BENCH_QUICK") == "1"
+    if a.precision_only:
+        precision_table(["spmamba-8k"] if quick else None, (2,) if quick else (1, 2), seconds=a.precision_seconds)
+        return
     seconds = a.seconds or ([4.0] if a.quick or os.environ.get("SEPCLI_BENCH_QUICK") == "1" else SECONDS)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -192,12 +301,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error in {e}")
     print("Anchors (official code, 2 threads): SPMamba 4 s with mamba_ssm's reference scan RTF 101.8, 7.6 GB; "
           "official S4M 10 s RTF 0.11, 0.4 GB.")
+    if not a.no_precision_table:
+        precision_table(["spmamba-8k"] if quick else None, (2,) if quick else (1, 2), seconds=a.precision_seconds)
     if errors:  # benchmarks.run counts it as failed (exit 1) after the others have run
         raise RuntimeError(f"{len(errors)} case(s) failed")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-precision":
+        net, secs, threads, prec = sys.argv[2:6]
+        print(json.dumps(_child_precision(net, float(secs), int(threads), prec)))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--child":
         net, secs, threads, repeat, warm = sys.argv[2:7]
         print(json.dumps(_child(net, float(secs), int(threads), int(repeat), warm == "1")))
     else:

@@ -12,10 +12,17 @@ attention over frames) -> ConvTranspose2d -> iSTFT -> output times the input std
 Differences, none of which change the outputs where the official code runs:
 - silent input (std 0) and T = 1 are handled (the official code divides by 0 / cannot pad); inputs shorter
   than the network's minimum are zero-padded internally and the output is cropped back to T;
-- the bidirectional Mamba runs both directions in a single selective scan (channels stacked, B/C grouped),
-  with the RMSNorm weights folded into in_proj, and without gradients it processes the sequences in chunks
-  so that memory stays bounded. `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain
-  official-style path (one Block call per direction, no chunking) for comparisons.
+- the bidirectional Mamba (fused path) works channels-first, [sequences, channels, length], the layout of
+  the selective scan and of the unfold / ConvTranspose1d around it, so no tensor is transposed; each projection
+  is one batched GEMM with a broadcast weight, the RMSNorm weights are folded into in_proj, the depthwise
+  causal conv1d is K shifted multiply-adds, and without gradients the sequences go through in chunks of about
+  CHUNK_TOKENS tokens (bounded memory; the intermediates stay in the CPU's cache).
+  `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain official-style path (one Block
+  call per direction, no chunking) for comparisons;
+- the full-band attention uses torch's scaled-dot-product-attention kernel (blockwise on CPU);
+- under `torch.autocast` (e.g. bfloat16 on CPU) the STFT/iSTFT run in the input's precision, the norms'
+  statistics in float32, Mamba's in_proj/out_proj in the autocast dtype (weights cast once per call) and its
+  depthwise conv, x_proj, dt_proj and the scan's recurrence in float32.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mamba import Block, Mamba, RMSNorm, init_weights, selective_scan
+from .mamba import Block, Mamba, RMSNorm, causal_depthwise_conv_silu, init_weights, rms_normalise, selective_scan
 
 _BASE = {"n_srcs": 2, "window": "hann", "n_imics": 1, "n_layers": 6, "lstm_hidden_units": 256,
          "attn_n_head": 4, "attn_approx_qk_dim": 512, "emb_dim": 16, "emb_ks": 8, "emb_hs": 1,
@@ -44,7 +51,7 @@ CONFIGS = {
 # Default of MambaBlock.fused for new modules; "0" selects the plain official-style path.
 FUSED_DEFAULT = os.environ.get("SEPCLI_SPMAMBA_FUSED", "1") != "0"
 # Sequences x length processed at once by the fused path without gradients (bounds peak memory).
-CHUNK_TOKENS = 8192
+CHUNK_TOKENS = 2048
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -55,6 +62,18 @@ def _activation(name: str) -> type[nn.Module]:
             if isinstance(cls, type) and issubclass(cls, nn.Module):
                 return cls
     raise ValueError(f"unknown activation {name!r}")
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """x in float32 when it is in a lower precision (bf16/fp16 under autocast): norms' statistics stay fp32."""
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
+def _normalise(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    """(x - mean) / sqrt(biased variance + eps) over `dims`, two passes (mean, then the centred squares): the same
+    values as torch.var_mean's, and several times faster on CPU for these outer (non-contiguous) reductions."""
+    xc = x - x.mean(dim=dims, keepdim=True)
+    return xc * torch.rsqrt(xc.square().mean(dim=dims, keepdim=True) + eps)
 
 
 class LayerNormalization4D(nn.Module):
@@ -69,8 +88,7 @@ class LayerNormalization4D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"expected a 4-D tensor, got {x.ndim} dimensions")
-        var, mu = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
-        return (x - mu) / torch.sqrt(var + self.eps) * self.gamma + self.beta
+        return _normalise(_at_least_fp32(x), (1,), self.eps) * self.gamma + self.beta
 
 
 class LayerNormalization4DCF(nn.Module):
@@ -88,8 +106,7 @@ class LayerNormalization4DCF(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"expected a 4-D tensor, got {x.ndim} dimensions")
-        var, mu = torch.var_mean(x, dim=(1, 3), unbiased=False, keepdim=True)
-        return (x - mu) / torch.sqrt(var + self.eps) * self.gamma + self.beta
+        return _normalise(_at_least_fp32(x), (1, 3), self.eps) * self.gamma + self.beta
 
 
 class MambaBlock(nn.Module):
@@ -128,74 +145,110 @@ class MambaBlock(nn.Module):
             out = torch.cat([out, torch.flip(back, [1])], -1)
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not (self.fused and self.backward_blocks is not None and len(self.forward_blocks) == 1):
-            return self.forward_plain(x)
-        if torch.is_grad_enabled() or x.shape[0] * x.shape[1] <= self.chunk_tokens:
-            return self._fused_bidirectional(x)
-        step = max(1, self.chunk_tokens // max(1, x.shape[1]))
-        return torch.cat([self._fused_bidirectional(x[i:i + step]) for i in range(0, x.shape[0], step)], 0)
+    @property
+    def fusable(self) -> bool:
+        """Whether the fused channels-first path applies (one bidirectional layer, `fused` on)."""
+        return self.fused and self.backward_blocks is not None and len(self.forward_blocks) == 1
 
-    def _fused_bidirectional(self, x: Tensor) -> Tensor:
-        """Both directions of a one-layer bidirectional block with a single selective-scan call.
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.fusable:
+            return self.forward_plain(x)
+        return self.forward_channels_first(x.transpose(1, 2)).transpose(1, 2)
+
+    def forward_channels_first(self, x: Tensor) -> Tensor:
+        """[S, D, L] -> [S, 2D, L]: forward(x.transpose(1, 2)).transpose(1, 2) without the transposes.
+
+        The fused path works on this layout throughout; without gradients it processes about
+        `chunk_tokens` tokens (sequences x length) at a time, so that every intermediate stays small (in the
+        CPU's cache) and peak memory is bounded whatever the number of sequences."""
+        if not self.fusable:
+            return self.forward_plain(x.transpose(1, 2)).transpose(1, 2)
+        weights = self._fused_weights(x)
+        if torch.is_grad_enabled() or x.shape[0] * x.shape[2] <= self.chunk_tokens:
+            return self._fused_channels_first(x, weights)
+        step = max(1, self.chunk_tokens // max(1, x.shape[2]))
+        out = x.new_empty(x.shape[0], 2 * x.shape[1], x.shape[2])
+        for i in range(0, x.shape[0], step):
+            self._fused_channels_first(x[i:i + step], weights, out=out[i:i + step])
+        return out
+
+    def _fused_weights(self, x: Tensor) -> dict:
+        """Per-direction weights, the RMSNorm weights folded into in_proj. in_proj and out_proj (90 % of the
+        block's multiply-adds) are cast once to the GEMM dtype: the autocast dtype when autocast is on for x's
+        device (autocast would re-cast them on every call), else x's dtype. The rest stays in x's precision:
+        the depthwise convolution, x_proj and dt_proj (they feed the scan's recurrence, which sees their
+        outputs without a cast) and the scan's parameters (float32)."""
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.float64):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        dirs = []
+        for blk in (self.forward_blocks[0], self.backward_blocks[0]):
+            m = blk.mixer
+            w_in = m.in_proj.weight * blk.norm.weight[None, :].to(m.in_proj.weight.dtype)
+            b_in = m.in_proj.bias
+            dirs.append({
+                "eps": blk.norm.eps,
+                "w_x": w_in[:m.d_inner].to(dtype), "w_z": w_in[m.d_inner:].to(dtype),
+                "b_x": None if b_in is None else b_in[:m.d_inner].to(dtype)[:, None],
+                "b_z": None if b_in is None else b_in[m.d_inner:].to(dtype)[:, None],
+                "conv_w": m.conv1d.weight.to(x.dtype),
+                "conv_b": None if m.conv1d.bias is None else m.conv1d.bias.to(x.dtype),
+                "w_xp": m.x_proj.weight.to(x.dtype), "w_dt": m.dt_proj.weight.to(x.dtype),
+                "A": -torch.exp(m.A_log.float()), "D": m.D.float(), "dt_bias": m.dt_proj.bias.float(),
+                "w_out": m.out_proj.weight.to(dtype),
+                "b_out": None if m.out_proj.bias is None else m.out_proj.bias.to(dtype)[:, None],
+                "r": m.dt_rank, "n": m.d_state,
+            })
+        return {"dtype": dtype, "dirs": dirs}
+
+    @staticmethod
+    def _bmm(w: Tensor, x: Tensor) -> Tensor:
+        """w [M, K] applied to every sequence of x [S, K, L] -> [S, M, L]: one batched GEMM with the weight
+        broadcast (stride 0), no copy of w or x."""
+        return torch.bmm(w.expand(x.shape[0], -1, -1), x)
+
+    def _fused_channels_first(self, x: Tensor, weights: dict, out: Tensor | None = None) -> Tensor:
+        """Both directions of a one-layer bidirectional block, channels-first: [S, D, L] -> [S, 2D, L].
 
         Equal to forward_plain: the per-token maps (RMSNorm, projections) commute with time reversal, so the
-        backward direction is computed in reversed time. Every tensor of the mixer is laid out
-        [S, 2, channels, L] (direction 0 = forward, 1 = backward in reversed time), which is the scan's
-        channel-stacked layout [S, 2*d_inner, L] without any copy; A, D, delta_bias are stacked the same way
-        and B, C become 2 groups [S, 2, N, L]. The RMSNorm weights are folded into in_proj.
+        backward direction runs on the time-reversed input and its output is reversed back. Every tensor is
+        [S, channels, L], the layout of the selective scan, so nothing is transposed; each projection is one
+        batched GEMM with a broadcast weight. Autocast is off inside: the dtypes are explicit (_fused_weights).
         """
-        bf, bb = self.forward_blocks[0], self.backward_blocks[0]
-        mf, mb = bf.mixer, bb.mixer
-        S, length, _ = x.shape
-        di, n, r = mf.d_inner, mf.d_state, mf.dt_rank
-        dtype = x.dtype
-
-        xf32 = x.float()
-        ms = xf32.square().mean(dim=-1, keepdim=True)
-        xn_f = (xf32 * torch.rsqrt(ms + bf.norm.eps)).to(dtype)  # RMSNorm without its weight (folded below)
-        xn_b = xn_f if bb.norm.eps == bf.norm.eps else (xf32 * torch.rsqrt(ms + bb.norm.eps)).to(dtype)
-        xn2 = torch.stack([xn_f.transpose(1, 2), torch.flip(xn_b, [1]).transpose(1, 2)], 1)  # [S, 2, D, L]
-
-        w_in = torch.stack([mf.in_proj.weight * bf.norm.weight.to(dtype)[None, :],
-                            mb.in_proj.weight * bb.norm.weight.to(dtype)[None, :]])  # [2, 2*di, D]
-        xin = torch.matmul(w_in[:, :di], xn2)  # [S, 2, di, L]
-        z = torch.matmul(w_in[:, di:], xn2)
-        if mf.in_proj.bias is not None or mb.in_proj.bias is not None:
-            b_in = torch.stack([m.in_proj.bias if m.in_proj.bias is not None else w_in.new_zeros(2 * di)
-                                for m in (mf, mb)]).to(dtype)  # [2, 2*di]
-            xin = xin + b_in[:, :di, None]
-            z = z + b_in[:, di:, None]
-        del xn2
-
-        conv_w = torch.cat([mf.conv1d.weight, mb.conv1d.weight], 0)  # [2*di, 1, d_conv]
-        conv_b = None
-        if mf.conv1d.bias is not None or mb.conv1d.bias is not None:
-            zeros = conv_w.new_zeros(di)
-            conv_b = torch.cat([mf.conv1d.bias if mf.conv1d.bias is not None else zeros,
-                                mb.conv1d.bias if mb.conv1d.bias is not None else zeros])
-        u = F.conv1d(xin.view(S, 2 * di, length), conv_w, conv_b, padding=mf.d_conv - 1, groups=2 * di)
-        u = F.silu(u[..., :length])  # [S, 2*di, L], contiguous
-        del xin
-
-        dbl = torch.matmul(torch.stack([mf.x_proj.weight, mb.x_proj.weight]), u.view(S, 2, di, length))
-        delta = torch.matmul(torch.stack([mf.dt_proj.weight, mb.dt_proj.weight]), dbl[:, :, :r])  # [S,2,di,L]
-        Bm, Cm = dbl[:, :, r:r + n], dbl[:, :, r + n:]  # [S, 2, N, L] groups
-        A = -torch.exp(torch.cat([mf.A_log, mb.A_log], 0).float())
-        Dv = torch.cat([mf.D, mb.D]).float()
-        dbias = torch.cat([mf.dt_proj.bias, mb.dt_proj.bias]).float()
-        y = selective_scan(u, delta.view(S, 2 * di, length), A, Bm, Cm, Dv, z=z.view(S, 2 * di, length),
-                           delta_bias=dbias, delta_softplus=True)
-        del u, delta, z, dbl
-
-        w_out = torch.stack([mf.out_proj.weight, mb.out_proj.weight]).transpose(1, 2)  # [2, di, D]
-        out = torch.matmul(y.view(S, 2, di, length).transpose(2, 3), w_out)  # [S, 2, L, D]
-        out_f, out_b = out[:, 0], torch.flip(out[:, 1], [1])
-        if mf.out_proj.bias is not None:
-            out_f = out_f + mf.out_proj.bias
-        if mb.out_proj.bias is not None:
-            out_b = out_b + mb.out_proj.bias
-        return torch.cat([x + out_f, x + out_b], -1)
+        dtype = weights["dtype"]
+        S, D, length = x.shape
+        grad = torch.is_grad_enabled()
+        if out is None and not grad:
+            out = x.new_empty(S, 2 * D, length)
+        halves = []
+        with torch.autocast(x.device.type, enabled=False):
+            for d, p in enumerate(weights["dirs"]):
+                xd = x if d == 0 else torch.flip(x, [2])
+                xn = rms_normalise(xd, p["eps"], dim=1).to(dtype)
+                xin = self._bmm(p["w_x"], xn)  # [S, di, L]
+                z = self._bmm(p["w_z"], xn)
+                if p["b_x"] is not None:
+                    xin = xin + p["b_x"]
+                    z = z + p["b_z"]
+                del xn
+                u = causal_depthwise_conv_silu(xin, p["conv_w"], p["conv_b"])  # x's precision
+                del xin
+                r, n = p["r"], p["n"]
+                dbl = self._bmm(p["w_xp"], u)  # [S, r + 2n, L]
+                delta = self._bmm(p["w_dt"], dbl[:, :r])  # [S, di, L]
+                y = selective_scan(u, delta, p["A"], dbl[:, r:r + n], dbl[:, r + n:], p["D"], z=z.to(u.dtype),
+                                   delta_bias=p["dt_bias"], delta_softplus=True)
+                del u, delta, z, dbl
+                o = self._bmm(p["w_out"], y.to(dtype))  # [S, D, L]
+                if p["b_out"] is not None:
+                    o = o + p["b_out"]
+                if d == 1:
+                    o = torch.flip(o, [2])
+                if grad:  # out= does not support autograd
+                    halves.append(x + o)
+                else:
+                    torch.add(x, o, out=out[:, d * D:(d + 1) * D])
+        return torch.cat(halves, 1) if grad else out
 
 
 class GridNetBlock(nn.Module):
@@ -241,8 +294,10 @@ class GridNetBlock(nn.Module):
         ks, hs = self.emb_ks, self.emb_hs
 
         def run(part: Tensor) -> Tensor:
-            p = F.unfold(part[..., None], (ks, 1), stride=(hs, 1)).transpose(1, 2)  # [n, L, C*ks]
-            return linear(mamba(p).transpose(1, 2))  # [n, C, Q]
+            p = F.unfold(part[..., None], (ks, 1), stride=(hs, 1))  # [n, C*ks, L]
+            if mamba.fusable:  # channels-first throughout: no transposes
+                return linear(mamba.forward_channels_first(p))  # [n, C, Q]
+            return linear(mamba(p.transpose(1, 2)).transpose(1, 2))
 
         n_patches = (h.shape[-1] - ks) // hs + 1
         if torch.is_grad_enabled() or not mamba.fused or h.shape[0] * n_patches <= mamba.chunk_tokens:
@@ -252,14 +307,11 @@ class GridNetBlock(nn.Module):
 
     @staticmethod
     def _attention(q: Tensor, k: Tensor, v: Tensor, rows: int = 1024) -> Tensor:
-        """softmax(q k^T / sqrt(dim)) v over frames, [hB, T, dim]; without gradients, `rows` queries at a
-        time so the T x T scores never exist whole (exact: each query row's softmax is independent)."""
-        norm = q.shape[-1] ** 0.5
-        kt = k.transpose(1, 2)
-        if torch.is_grad_enabled() or q.shape[1] <= rows:
-            return torch.matmul(torch.softmax(torch.matmul(q, kt) / norm, dim=2), v)
-        return torch.cat([torch.matmul(torch.softmax(torch.matmul(q[:, i:i + rows], kt) / norm, dim=2), v)
-                          for i in range(0, q.shape[1], rows)], 1)
+        """softmax(q k^T / sqrt(dim)) v over frames, [hB, T, dim].
+
+        torch's scaled-dot-product-attention kernel (on CPU a blockwise "flash" kernel: the T x T scores never
+        exist whole, at any length). `rows` is kept for callers of the former query-chunked version."""
+        return F.scaled_dot_product_attention(q, k, v)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, old_T, old_Q = x.shape
@@ -362,9 +414,10 @@ class SPMamba(nn.Module):
             x = F.pad(x, (0, length - n_samples))
 
         window = self._window.to(device=x.device, dtype=x.dtype)
-        spec = torch.stft(x.reshape(n_batch * n_mics, length), self.n_fft, self.stride, self.n_fft, window,
-                          center=True, pad_mode="reflect", normalized=False, onesided=True,
-                          return_complex=True)  # [B*M, F, T]
+        with torch.autocast(x.device.type, enabled=False):  # the STFT and iSTFT stay in the input's precision
+            spec = torch.stft(x.reshape(n_batch * n_mics, length), self.n_fft, self.stride, self.n_fft, window,
+                              center=True, pad_mode="reflect", normalized=False, onesided=True,
+                              return_complex=True)  # [B*M, F, T]
         spec = spec.transpose(1, 2).reshape(n_batch, n_mics, -1, spec.shape[1])  # [B, M, T, F]
         batch = torch.cat([spec.real, spec.imag], dim=1)  # [B, 2M, T, F]
         n_frames, n_freqs = batch.shape[2], batch.shape[3]
@@ -374,9 +427,10 @@ class SPMamba(nn.Module):
             batch = block(batch)
         batch = self.deconv(batch)  # [B, n_srcs*2, T, F]
 
-        batch = batch.view(n_batch * self.n_srcs, 2, n_frames, n_freqs)
-        est = torch.complex(batch[:, 0], batch[:, 1]).transpose(1, 2)  # [B*n_srcs, F, T]
-        wav = torch.istft(est, self.n_fft, self.stride, self.n_fft, window, center=True, normalized=False,
-                          onesided=True, length=length)
+        batch = batch.to(x.dtype).view(n_batch * self.n_srcs, 2, n_frames, n_freqs)
+        with torch.autocast(x.device.type, enabled=False):
+            est = torch.complex(batch[:, 0], batch[:, 1]).transpose(1, 2)  # [B*n_srcs, F, T]
+            wav = torch.istft(est, self.n_fft, self.stride, self.n_fft, window, center=True, normalized=False,
+                              onesided=True, length=length)
         wav = wav.view(n_batch, self.n_srcs, length)[..., :n_samples]
         return wav * std.view(n_batch, 1, 1)

@@ -1,0 +1,226 @@
+"""Where a network's time goes: a per-part breakdown from torch.profiler, its counted FLOPs and the bound.
+
+Reusable by any script (bench_nets prints it; the README's before/after tables come from it):
+
+    from benchmarks.net_profile import breakdown, format_breakdown
+    parts = breakdown(model, x)               # {"STFT": s, "convolutions": s, ..., "total": s}
+    print(format_breakdown(parts, audio_s))
+
+Parts (self CPU time of every profiled op, attributed in this order):
+- scan: inside `selective_scan` (the numba kernel and its boundary casts/copies);
+- STFT: inside aten::stft / aten::istft;
+- attention: inside a GridNetBlock's `_attention` (scores, softmax, weighted sum; not the Q/K/V 1x1 convolutions);
+- norms: inside a norm module (LayerNormalization4D/4DCF, GroupNorm, RMSNorm) or `sepcli.nets.mamba.rms_normalise`;
+- copies: copy_, cat, stack, flip, clone, contiguous, pad, unfold/im2col, to/_to_copy (layout changes, casts);
+- convolutions: inside any convolution op (the Conv2d/ConvTranspose 1x1-3x3s, the intra/inter ConvTranspose1d,
+  the Mamba depthwise conv1d);
+- Mamba projections: inside any other matmul / linear (in_proj, x_proj, dt_proj, out_proj);
+- elementwise: every other op (silu, softplus, adds, PReLU, ...);
+- python/other: the forward's wall time not inside any op (interpreter, dispatch, profiler overhead).
+The labels are added from outside (wrapping functions and module instances while profiling), so the same
+helper measures any version of the network without changes to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import statistics
+import time
+
+import torch
+from torch import nn
+
+PARTS = ("STFT", "convolutions", "Mamba projections", "scan", "attention", "norms", "copies", "elementwise",
+         "python/other")
+_SCOPE = "part:"
+COPY_OPS = {"aten::copy_", "aten::cat", "aten::stack", "aten::flip", "aten::clone", "aten::contiguous",
+            "aten::constant_pad_nd", "aten::pad", "aten::im2col", "aten::col2im", "aten::_to_copy", "aten::to",
+            "aten::reflection_pad1d", "aten::index", "aten::index_select", "aten::repeat", "aten::zero_",
+            "aten::fill_"}
+CONV_OPS = ("conv", "mkldnn_convolution", "_convolution", "slow_conv")
+GEMM_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear", "aten::baddbmm",
+            "aten::_weight_int4pack_mm", "aten::mkldnn_linear"}
+
+
+def _wrap(fn, label: str):
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        with torch.profiler.record_function(_SCOPE + label):
+            return fn(*args, **kwargs)
+    return inner
+
+
+@contextlib.contextmanager
+def labelled(model: nn.Module):
+    """Label the scan, the attention and the norms of `model` for the profiler (restored on exit)."""
+    import sepcli.nets.mamba as mamba_mod
+
+    patched: list[tuple[object, str, object]] = []
+
+    def patch(obj, name: str, label: str, static: bool = False):
+        if not hasattr(obj, name):
+            return
+        old = obj.__dict__.get(name, getattr(obj, name)) if isinstance(obj, type) else getattr(obj, name)
+        fn = old.__func__ if isinstance(old, staticmethod) else old
+        new = _wrap(fn, label)
+        setattr(obj, name, staticmethod(new) if isinstance(old, staticmethod) else new)
+        patched.append((obj, name, old))
+
+    try:
+        from sepcli.nets import spmamba
+    except ImportError:  # pragma: no cover
+        spmamba = None
+    for mod in (mamba_mod, spmamba):
+        if mod is not None:
+            patch(mod, "selective_scan", "scan")
+            patch(mod, "rms_normalise", "norms")
+    if spmamba is not None:
+        patch(spmamba.GridNetBlock, "_attention", "attention")
+    norm_types = tuple(t for t in (getattr(spmamba, "LayerNormalization4D", None),
+                                   getattr(spmamba, "LayerNormalization4DCF", None), mamba_mod.RMSNorm,
+                                   nn.GroupNorm, nn.LayerNorm) if t is not None)
+    instances = []
+    for m in model.modules():
+        if isinstance(m, norm_types):
+            m.forward = _wrap(m.forward, "norms")
+            instances.append(m)
+    try:
+        yield
+    finally:
+        for obj, name, old in reversed(patched):
+            setattr(obj, name, old)
+        for m in instances:
+            del m.forward
+
+
+def _part(evt) -> str | None:
+    names = []
+    e = evt
+    while e is not None:
+        names.append(e.name)
+        e = e.cpu_parent
+    scopes = [n[len(_SCOPE):] for n in names if n.startswith(_SCOPE)]
+    if "scan" in scopes:
+        return "scan"
+    if any(n in ("aten::stft", "aten::istft") for n in names):
+        return "STFT"
+    if "attention" in scopes or any("scaled_dot_product" in n for n in names):
+        return "attention"
+    if "norms" in scopes:
+        return "norms"
+    if evt.name.startswith(_SCOPE) or evt.name == "forward":
+        return None  # an annotation's own (python) time
+    if evt.name in COPY_OPS:
+        return "copies"
+    if any(any(c in n for c in CONV_OPS) for n in names if n.startswith("aten::")):
+        return "convolutions"
+    if any(n in GEMM_OPS for n in names):
+        return "Mamba projections"
+    return "elementwise"
+
+
+def breakdown(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None,
+              warmup: bool = True) -> dict[str, float]:
+    """Seconds per part of one `model(x)` call under torch.profiler (no_grad; optional CPU autocast dtype).
+
+    Returns {part: seconds} for PARTS plus "total" (the profiled call's wall time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ctx = (lambda: torch.autocast("cpu", dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+    with torch.no_grad(), labelled(model):
+        if warmup:
+            with ctx():
+                model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            with torch.profiler.record_function("forward"), ctx():
+                model(x)
+            total = time.perf_counter() - t0
+    parts = dict.fromkeys(PARTS, 0.0)
+    for evt in prof.events():
+        part = _part(evt)
+        if part is not None:
+            parts[part] += evt.self_cpu_time_total / 1e6
+    parts["python/other"] = max(0.0, total - sum(parts.values()))
+    parts["total"] = total
+    return parts
+
+
+def format_breakdown(parts: dict[str, float], audio_s: float, title: str = "") -> str:
+    """One table: part, seconds per second of audio, share of the total."""
+    total = parts["total"]
+    rows = [f"{title}" if title else "", f"  {'part':<18} {'s per s audio':>13} {'share':>6}"]
+    for p in PARTS:
+        rows.append(f"  {p:<18} {parts[p] / audio_s:>13.3f} {100 * parts[p] / total:>5.1f}%")
+    rows.append(f"  {'total (profiled)':<18} {total / audio_s:>13.3f}")
+    return "\n".join(r for r in rows if r)
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(matmul/convolution FLOPs, scan state updates) of one `model(x)`, counted by torch's FlopCounterMode
+    (2 FLOPs per multiply-add) and from the shapes of every selective_scan call (b*d*l*n)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import sepcli.nets.mamba as mamba_mod
+
+    updates = [0]
+    mods = [m for m in (mamba_mod, __import__("sepcli.nets.spmamba", fromlist=["x"])) if hasattr(m, "selective_scan")]
+    olds = [m.selective_scan for m in mods]
+
+    def counting(fn):
+        def inner(u, delta, A, *args, **kwargs):
+            updates[0] += u.shape[0] * u.shape[1] * u.shape[2] * A.shape[1]
+            return fn(u, delta, A, *args, **kwargs)
+        return inner
+
+    for m, old in zip(mods, olds):
+        m.selective_scan = counting(old)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(x)
+    finally:
+        for m, old in zip(mods, olds):
+            m.selective_scan = old
+    return float(fc.get_total_flops()), float(updates[0])
+
+
+def gemm_throughput(dtype: torch.dtype = torch.float32, n: int = 2048, repeat: int = 5) -> float:
+    """This machine's dense matmul throughput in FLOP/s (n x n x n, median of `repeat` after a warm-up) at
+    torch's current thread count."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / statistics.median(times)
+
+
+def scan_throughput(b: int = 1, d: int = 512, length: int = 4000, n: int = 16, repeat: int = 5) -> float:
+    """The selective scan's state updates per second (the dispatcher's backend, fp32, variable B/C, z and
+    delta_bias as in Mamba), median of `repeat` after a warm-up, at torch's current thread count."""
+    from sepcli.kernels import selective_scan
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(b, d, length, generator=g)
+    delta = torch.randn(b, d, length, generator=g) * 0.5
+    A = -torch.rand(d, n, generator=g) - 0.5
+    B = torch.randn(b, n, length, generator=g)
+    C = torch.randn(b, n, length, generator=g)
+    D = torch.randn(d, generator=g)
+    z = torch.randn(b, d, length, generator=g)
+    bias = torch.randn(d, generator=g) * 0.1
+
+    def run():
+        selective_scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
+
+    run()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return b * d * length * n / statistics.median(times)
