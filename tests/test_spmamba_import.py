@@ -778,3 +778,32 @@ def test_a_config_given_as_source_is_said(tmp_path):
     r = runner.invoke(app, ["models", "import-spmamba", str(ck)], catch_exceptions=False)
     assert r.exit_code == 2 and r.stderr == (f"sepcli: error: {ck}: a checkpoint file needs its training config: "
                                              "give --config conf.yml\n")
+
+
+def test_an_interrupted_replacement_keeps_the_previous_model(tmp_path, own_tmp, monkeypatch):
+    """Ctrl-C (or SIGTERM) between moving the old model aside and renaming the new one into place: the old model
+    is put back, not deleted with the temporaries (the finally removed it, leaving no model at all)."""
+    import sepcli.runtime.spmamba_import as imp
+
+    z1, _ = make_release(tmp_path / "r1.zip", seed=1)
+    z2, _ = make_release(tmp_path / "r2.zip", seed=2)
+    out = tmp_path / "models" / "spm"
+    import_release(z1, out, name="spm")
+    before = (out / "weights.safetensors").read_bytes()
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        if Path(dst) == out and not calls:  # the new model's rename into place (the first rename to `out`)
+            calls.append(src)
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(imp.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        import_release(z2, out, name="spm", replace=True)
+    monkeypatch.setattr(imp.os, "replace", real)
+    assert calls and Path(calls[0]).name.startswith(".spm.")  # the interruption came at that rename
+    assert (out / "weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["spm"]
+    assert list(own_tmp.glob("sepcli*")) == []
+

@@ -307,3 +307,16 @@ def test_a_model_not_installed_is_a_usage_error_and_nothing_touches_the_network(
     with pytest.raises(registry.UnknownName) as info:
         registry.resolve("spmamba-libri2mix")
     assert info.value.name == "spmamba-libri2mix"
+
+
+def test_a_store_that_cannot_be_created_is_one_line_exit_1(tmp_path, monkeypatch):
+    """SEPCLI_HOME naming a file (as a read-only or unwritable home would): the import fails with one line naming
+    the model folder and the reason, no traceback (it raised NotADirectoryError out of mkdir)."""
+    zpath, _ = make_release(tmp_path / "r.zip")
+    home = tmp_path / "home-is-a-file"
+    home.write_text("x")
+    monkeypatch.setenv("SEPCLI_HOME", str(home))
+    r = run("models", "import-spmamba", zpath, "--name", "spm")
+    assert r.exit_code == 1
+    assert r.stderr == f"sepcli: error: {home / 'models' / 'spm'}: cannot write (Not a directory)\n"
+    assert home.read_text() == "x"

@@ -275,8 +275,11 @@ def _install(tensors: dict[str, torch.Tensor], cfg: dict, out_dir: Path, replace
     only when `replace`, and only once the new one is complete). Nothing is left behind on failure."""
     from safetensors.torch import save_file
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:  # the store's folder may not be creatable (SEPCLI_HOME a file, read-only): one line, not a traceback
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise CheckpointError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
     old = None
     try:
         save_file(tensors, str(tmp / "weights.safetensors"), metadata={"format": "pt"})
@@ -285,18 +288,20 @@ def _install(tensors: dict[str, torch.Tensor], cfg: dict, out_dir: Path, replace
         problem = _out_dir_problem(out_dir, replace)
         if problem:
             raise CheckpointError(problem)
-        if out_dir.is_dir():
-            if any(out_dir.iterdir()):  # replace: move the old one aside (a dot name: never listed), then swap
-                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-                os.replace(out_dir, old / "model")
-            else:
-                out_dir.rmdir()
         try:
+            if out_dir.is_dir():
+                if any(out_dir.iterdir()):  # replace: move the old one aside (a dot name: never listed), then swap
+                    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+                    os.replace(out_dir, old / "model")
+                else:
+                    out_dir.rmdir()
             os.replace(tmp, out_dir)
-        except OSError as exc:
-            if old is not None:
-                os.replace(old / "model", out_dir)  # put the previous model back
-            if out_dir.exists():  # another import of the same name finished first
+        except BaseException as exc:  # an OSError, or Ctrl-C / SIGTERM between the two renames
+            if old is not None and (old / "model").is_dir() and not out_dir.exists():
+                os.replace(old / "model", out_dir)  # put the previous model back (the finally deletes `old`)
+            if not isinstance(exc, OSError):
+                raise
+            if out_dir.exists() and old is None:  # another import of the same name finished first
                 raise CheckpointError(f"{out_dir}: already exists (installed meanwhile by another process)") \
                     from None
             raise CheckpointError(f"{out_dir}: cannot install ({exc.strerror or exc})") from None
