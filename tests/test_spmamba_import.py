@@ -807,3 +807,19 @@ def test_an_interrupted_replacement_keeps_the_previous_model(tmp_path, own_tmp, 
     assert sorted(p.name for p in out.parent.iterdir()) == ["spm"]
     assert list(own_tmp.glob("sepcli*")) == []
 
+
+@pytest.mark.parametrize("name,data", [("notes.txt", b"hello\n"), ("mix.wav", b"RIFF\x24\x00\x00\x00WAVEfmt ")])
+def test_a_source_of_another_kind_is_said_as_such(tmp_path, name, data):
+    """A file that is neither a zip nor a checkpoint (by its ending) was called 'a checkpoint file' that needs
+    --config: the line now says what SOURCE may be. With --config it is still tried as a checkpoint (any name)."""
+    src = tmp_path / name
+    src.write_bytes(data)
+    r = runner.invoke(app, ["models", "import-spmamba", str(src)], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stderr == (
+        f"sepcli: error: {src}: not a release zip, a release folder or a checkpoint (.pth, .pt, .ckpt); "
+        "a checkpoint under another name needs --config conf.yml\n")
+    r = runner.invoke(app, ["models", "import-spmamba", str(src), "--config", str(write(tmp_path / "conf.yml",
+                                                                                          release_yml())),
+                            "--name", "x"], catch_exceptions=False)
+    assert r.exit_code == 1 and r.stderr.startswith(f"sepcli: error: {src}: ") and r.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "conf.yml"])  # nothing written

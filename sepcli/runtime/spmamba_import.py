@@ -467,6 +467,13 @@ def _source_kind(source: Path) -> str:
     return "checkpoint"
 
 
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
 def _walk(folder: Path) -> list[str]:
     """Relative names of the files under `folder` (symbolic links to folders not followed), a few levels deep."""
     out: list[str] = []
@@ -499,6 +506,9 @@ def _gather(source: Path, config: Path | None, work: Path) -> _Sources:
         raise ConfigError(f"{source}: a config, not a release: give the release zip, its folder or the checkpoint, "
                           "and this file with --config")
     if kind == "checkpoint":
+        if config is None and source.suffix.lower() not in CHECKPOINT_SUFFIXES and not _is_zip(source):
+            raise ConfigError(f"{source}: not a release zip, a release folder or a checkpoint (.pth, .pt, .ckpt); "
+                              "a checkpoint under another name needs --config conf.yml")
         if config is None:
             raise ConfigError(f"{source}: a checkpoint file needs its training config: give --config conf.yml")
         return _Sources(config, source, str(config), str(source), source.name, [],
