@@ -823,3 +823,32 @@ def test_a_source_of_another_kind_is_said_as_such(tmp_path, name, data):
                             "--name", "x"], catch_exceptions=False)
     assert r.exit_code == 1 and r.stderr.startswith(f"sepcli: error: {src}: ") and r.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "conf.yml"])  # nothing written
+
+
+def test_a_checkpoint_whose_own_records_are_a_zip_bomb_is_refused_before_loading(tmp_path, own_tmp, monkeypatch):
+    """A PyTorch checkpoint is itself a zip, and torch.load inflates deflated records (measured: a 195 kB file
+    loaded as a 200 MB tensor). Inside a release zip it passes the outer checks (deflated data does not deflate
+    again), so the checkpoint's own records get the same limits before torch reads it. Limits lowered so that a
+    4 MB tensor of zeros stands for the bomb."""
+    import sepcli.runtime.spmamba_import as imp
+
+    text = release_yml()
+    model = random_spmamba(text)
+    plain = zipfile.ZipFile(io.BytesIO(release_checkpoint(model, padding=torch.zeros(1 << 20))))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:  # every record deflated
+        for info in plain.infolist():
+            zf.writestr(info.filename, plain.read(info.filename))
+    zpath = release_zip(tmp_path / "release.zip", text, buf.getvalue())
+    monkeypatch.setattr(archive, "RATIO_FLOOR", 1 << 20)
+    loads = []
+    real = imp._load_pickle
+    monkeypatch.setattr(imp, "_load_pickle", lambda p: loads.append(p) or real(p))
+    with pytest.raises(CheckpointError) as info:
+        import_release(zpath, tmp_path / "out", name="x")
+    msg = str(info.value)
+    assert msg.startswith(f"{zpath}:SPMamba-LibriMix/best_model.pth (a PyTorch zip): member ") and "\n" not in msg
+    assert "(over 100 times: a zip bomb?); refused" in msg and loads == []
+    assert_nothing_left(tmp_path, own_tmp)
+    monkeypatch.setattr(archive, "RATIO_FLOOR", 4 << 20)  # the real limits: the same file imports
+    import_release(zpath, tmp_path / "out", name="x")

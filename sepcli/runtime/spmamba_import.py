@@ -178,6 +178,11 @@ def read_checkpoint(checkpoint: Path, label: str | None = None) -> tuple[dict[st
     where = label or str(checkpoint)
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{where}: file not found")
+    if _is_zip(checkpoint):  # torch.load inflates deflated records: the limits of a release zip apply to them
+        try:
+            SafeZip(checkpoint, f"{where} (a PyTorch zip)").close()
+        except ArchiveError as exc:
+            raise CheckpointError(str(exc)) from None
     try:
         obj = _load_pickle(checkpoint)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError for unsafe content, zip or EOF errors, ...
