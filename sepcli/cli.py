@@ -613,7 +613,9 @@ def models(ctx: typer.Context,
             continue
         cfg = e.config
         is_default = default_folder is not None and default_folder == e.folder
-        rows.append({"name": e.name, "aliases": e.aliases, "source": e.source, "arch": cfg.get("arch"),
+        # `default` is listed only where it leads (SEPCLI_MODEL or the user's setting may take it from the alias)
+        aliases = [a for a in e.aliases if a != "default" or default_folder in (None, e.folder)]
+        rows.append({"name": e.name, "aliases": aliases, "source": e.source, "arch": cfg.get("arch"),
                      "sample_rate": cfg.get("sample_rate"), "n_src": cfg.get("n_src"), "params": n,
                      "size_bytes": size, "eval": cfg.get("eval", {}), "path": str(e.folder),
                      "default": is_default,

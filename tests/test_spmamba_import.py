@@ -778,3 +778,77 @@ def test_a_config_given_as_source_is_said(tmp_path):
     r = runner.invoke(app, ["models", "import-spmamba", str(ck)], catch_exceptions=False)
     assert r.exit_code == 2 and r.stderr == (f"sepcli: error: {ck}: a checkpoint file needs its training config: "
                                              "give --config conf.yml\n")
+
+
+def test_an_interrupted_replacement_keeps_the_previous_model(tmp_path, own_tmp, monkeypatch):
+    """Ctrl-C (or SIGTERM) between moving the old model aside and renaming the new one into place: the old model
+    is put back, not deleted with the temporaries (the finally removed it, leaving no model at all)."""
+    import sepcli.runtime.spmamba_import as imp
+
+    z1, _ = make_release(tmp_path / "r1.zip", seed=1)
+    z2, _ = make_release(tmp_path / "r2.zip", seed=2)
+    out = tmp_path / "models" / "spm"
+    import_release(z1, out, name="spm")
+    before = (out / "weights.safetensors").read_bytes()
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        if Path(dst) == out and not calls:  # the new model's rename into place (the first rename to `out`)
+            calls.append(src)
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(imp.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        import_release(z2, out, name="spm", replace=True)
+    monkeypatch.setattr(imp.os, "replace", real)
+    assert calls and Path(calls[0]).name.startswith(".spm.")  # the interruption came at that rename
+    assert (out / "weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["spm"]
+    assert list(own_tmp.glob("sepcli*")) == []
+
+
+@pytest.mark.parametrize("name,data", [("notes.txt", b"hello\n"), ("mix.wav", b"RIFF\x24\x00\x00\x00WAVEfmt ")])
+def test_a_source_of_another_kind_is_said_as_such(tmp_path, name, data):
+    """A file that is neither a zip nor a checkpoint (by its ending) was called 'a checkpoint file' that needs
+    --config: the line now says what SOURCE may be. With --config it is still tried as a checkpoint (any name)."""
+    src = tmp_path / name
+    src.write_bytes(data)
+    r = runner.invoke(app, ["models", "import-spmamba", str(src)], catch_exceptions=False)
+    assert r.exit_code == 2 and r.stderr == (
+        f"sepcli: error: {src}: not a release zip, a release folder or a checkpoint (.pth, .pt, .ckpt); "
+        "a checkpoint under another name needs --config conf.yml\n")
+    r = runner.invoke(app, ["models", "import-spmamba", str(src), "--config", str(write(tmp_path / "conf.yml",
+                                                                                          release_yml())),
+                            "--name", "x"], catch_exceptions=False)
+    assert r.exit_code == 1 and r.stderr.startswith(f"sepcli: error: {src}: ") and r.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "conf.yml"])  # nothing written
+
+
+def test_a_checkpoint_whose_own_records_are_a_zip_bomb_is_refused_before_loading(tmp_path, own_tmp, monkeypatch):
+    """A PyTorch checkpoint is itself a zip, and torch.load inflates deflated records (measured: a 195 kB file
+    loaded as a 200 MB tensor). Inside a release zip it passes the outer checks (deflated data does not deflate
+    again), so the checkpoint's own records get the same limits before torch reads it. Limits lowered so that a
+    4 MB tensor of zeros stands for the bomb."""
+    import sepcli.runtime.spmamba_import as imp
+
+    text = release_yml()
+    model = random_spmamba(text)
+    plain = zipfile.ZipFile(io.BytesIO(release_checkpoint(model, padding=torch.zeros(1 << 20))))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:  # every record deflated
+        for info in plain.infolist():
+            zf.writestr(info.filename, plain.read(info.filename))
+    zpath = release_zip(tmp_path / "release.zip", text, buf.getvalue())
+    monkeypatch.setattr(archive, "RATIO_FLOOR", 1 << 20)
+    loads = []
+    real = imp._load_pickle
+    monkeypatch.setattr(imp, "_load_pickle", lambda p: loads.append(p) or real(p))
+    with pytest.raises(CheckpointError) as info:
+        import_release(zpath, tmp_path / "out", name="x")
+    msg = str(info.value)
+    assert msg.startswith(f"{zpath}:SPMamba-LibriMix/best_model.pth (a PyTorch zip): member ") and "\n" not in msg
+    assert "(over 100 times: a zip bomb?); refused" in msg and loads == []
+    assert_nothing_left(tmp_path, own_tmp)
+    monkeypatch.setattr(archive, "RATIO_FLOOR", 4 << 20)  # the real limits: the same file imports
+    import_release(zpath, tmp_path / "out", name="x")

@@ -70,16 +70,18 @@ def _size(n: int) -> str:
 class SafeZip:
     """An opened, checked archive: `members` lists its regular files; `copy` writes one to a path you name."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, label: str | None = None):
+        """`label`: how messages name the archive (default: its path)."""
         self.path = Path(path)
+        self.label = label or str(path)
         try:
             self._zf = zipfile.ZipFile(self.path)
         except zipfile.BadZipFile as exc:
-            raise ArchiveError(f"{self.path}: not a readable zip archive (truncated or damaged: {exc})") from None
+            raise ArchiveError(f"{self.label}: not a readable zip archive (truncated or damaged: {exc})") from None
         except OSError as exc:
-            raise ArchiveError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+            raise ArchiveError(f"{self.label}: cannot read ({exc.strerror or exc})") from None
         except Exception as exc:  # noqa: BLE001 - zipfile raises ValueError, EOFError, ... on damaged directories
-            raise ArchiveError(f"{self.path}: not a readable zip archive ({type(exc).__name__}: "
+            raise ArchiveError(f"{self.label}: not a readable zip archive ({type(exc).__name__}: "
                                f"{' '.join(str(exc).split())[:160]})") from None
         try:
             self.members = self._check()
@@ -90,31 +92,31 @@ class SafeZip:
     def _check(self) -> list[Member]:
         infos = self._zf.infolist()
         if len(infos) > MAX_MEMBERS:
-            raise ArchiveError(f"{self.path}: {len(infos)} members, more than a model release holds "
+            raise ArchiveError(f"{self.label}: {len(infos)} members, more than a model release holds "
                                f"(limit {MAX_MEMBERS}); refused")
         total = 0
         out = []
         for info in infos:
             if _unsafe_name(info.filename):
-                raise ArchiveError(f"{self.path}: member name {info.filename!r} points outside the archive's "
+                raise ArchiveError(f"{self.label}: member name {info.filename!r} points outside the archive's "
                                    "folder; refused")
             total += info.file_size
             if (info.file_size > RATIO_FLOOR
                     and info.file_size > MAX_RATIO * max(info.compress_size, 1)):
-                raise ArchiveError(f"{self.path}: member {info.filename!r} would inflate {_size(info.compress_size)} "
+                raise ArchiveError(f"{self.label}: member {info.filename!r} would inflate {_size(info.compress_size)} "
                                    f"to {_size(info.file_size)} (over {MAX_RATIO} times: a zip bomb?); refused")
             if info.is_dir() or _is_symlink(info):
                 continue
             out.append(Member(info.filename, info.file_size, info))
         if total > MAX_TOTAL:
-            raise ArchiveError(f"{self.path}: members would inflate to {_size(total)}, over the {_size(MAX_TOTAL)} "
+            raise ArchiveError(f"{self.label}: members would inflate to {_size(total)}, over the {_size(MAX_TOTAL)} "
                                "limit; refused")
         return out
 
     def copy(self, member: Member, dest: Path, cap: int) -> int:
         """Inflate `member` into the new file `dest` (a path the caller chose, never the member's name), reading
         at most min(declared size, `cap`) bytes; returns the size. Raises ArchiveError (then `dest` is removed)."""
-        what = f"{self.path}: member {member.name!r}"
+        what = f"{self.label}: member {member.name!r}"
         if member.size > cap:
             raise ArchiveError(f"{what} is {_size(member.size)}, over the {_size(cap)} limit; refused")
         if member.info.flag_bits & 0x1:

@@ -178,6 +178,11 @@ def read_checkpoint(checkpoint: Path, label: str | None = None) -> tuple[dict[st
     where = label or str(checkpoint)
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{where}: file not found")
+    if _is_zip(checkpoint):  # torch.load inflates deflated records: the limits of a release zip apply to them
+        try:
+            SafeZip(checkpoint, f"{where} (a PyTorch zip)").close()
+        except ArchiveError as exc:
+            raise CheckpointError(str(exc)) from None
     try:
         obj = _load_pickle(checkpoint)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError for unsafe content, zip or EOF errors, ...
@@ -275,8 +280,11 @@ def _install(tensors: dict[str, torch.Tensor], cfg: dict, out_dir: Path, replace
     only when `replace`, and only once the new one is complete). Nothing is left behind on failure."""
     from safetensors.torch import save_file
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:  # the store's folder may not be creatable (SEPCLI_HOME a file, read-only): one line, not a traceback
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise CheckpointError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
     old = None
     try:
         save_file(tensors, str(tmp / "weights.safetensors"), metadata={"format": "pt"})
@@ -285,18 +293,20 @@ def _install(tensors: dict[str, torch.Tensor], cfg: dict, out_dir: Path, replace
         problem = _out_dir_problem(out_dir, replace)
         if problem:
             raise CheckpointError(problem)
-        if out_dir.is_dir():
-            if any(out_dir.iterdir()):  # replace: move the old one aside (a dot name: never listed), then swap
-                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-                os.replace(out_dir, old / "model")
-            else:
-                out_dir.rmdir()
         try:
+            if out_dir.is_dir():
+                if any(out_dir.iterdir()):  # replace: move the old one aside (a dot name: never listed), then swap
+                    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+                    os.replace(out_dir, old / "model")
+                else:
+                    out_dir.rmdir()
             os.replace(tmp, out_dir)
-        except OSError as exc:
-            if old is not None:
-                os.replace(old / "model", out_dir)  # put the previous model back
-            if out_dir.exists():  # another import of the same name finished first
+        except BaseException as exc:  # an OSError, or Ctrl-C / SIGTERM between the two renames
+            if old is not None and (old / "model").is_dir() and not out_dir.exists():
+                os.replace(old / "model", out_dir)  # put the previous model back (the finally deletes `old`)
+            if not isinstance(exc, OSError):
+                raise
+            if out_dir.exists() and old is None:  # another import of the same name finished first
                 raise CheckpointError(f"{out_dir}: already exists (installed meanwhile by another process)") \
                     from None
             raise CheckpointError(f"{out_dir}: cannot install ({exc.strerror or exc})") from None
@@ -462,6 +472,13 @@ def _source_kind(source: Path) -> str:
     return "checkpoint"
 
 
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
 def _walk(folder: Path) -> list[str]:
     """Relative names of the files under `folder` (symbolic links to folders not followed), a few levels deep."""
     out: list[str] = []
@@ -494,6 +511,9 @@ def _gather(source: Path, config: Path | None, work: Path) -> _Sources:
         raise ConfigError(f"{source}: a config, not a release: give the release zip, its folder or the checkpoint, "
                           "and this file with --config")
     if kind == "checkpoint":
+        if config is None and source.suffix.lower() not in CHECKPOINT_SUFFIXES and not _is_zip(source):
+            raise ConfigError(f"{source}: not a release zip, a release folder or a checkpoint (.pth, .pt, .ckpt); "
+                              "a checkpoint under another name needs --config conf.yml")
         if config is None:
             raise ConfigError(f"{source}: a checkpoint file needs its training config: give --config conf.yml")
         return _Sources(config, source, str(config), str(source), source.name, [],
