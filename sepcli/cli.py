@@ -194,12 +194,13 @@ def run() -> None:
 
 # ---------------------------------------------------------------------- shared options
 def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
-             overwrite, device, threads):
+             overwrite, device, threads, precision="auto"):
     from .pipeline import SeparationOptions
 
     return SeparationOptions(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, channel=channel,
                              sample_rate=sample_rate, format=fmt, subtype=subtype, name=name, loudness=loudness,
-                             drop_silent=drop_silent, overwrite=overwrite, device=device, threads=threads)
+                             drop_silent=drop_silent, overwrite=overwrite, device=device, threads=threads,
+                             precision=precision)
 
 
 def _make_separator(model: str, opts, debug: bool):
@@ -299,6 +300,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
     help="CPU threads for the model (default: one per idle core, at most PyTorch's default and a container's "
          "CPU quota).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="Model precision: auto (bf16 on a GPU, and on a CPU with native bf16 - AMX or AVX512-BF16 - for networks "
+         "faster in bf16; else fp32), fp32 or bf16 (emulated and slower on a CPU without native bf16).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
@@ -324,6 +328,7 @@ def separate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -333,7 +338,7 @@ def separate(
     Example: sepcli separate interview.mp3 -o out/   ->  out/interview_spk1.wav, out/interview_spk2.wav
     """
     opts = _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness,
-                    drop_silent, overwrite, device, threads)
+                    drop_silent, overwrite, device, threads, precision)
     stems = [("stdin" if i == "-" else Path(i).stem) for i in inputs]
     if len(set(stems)) != len(stems):
         stem = next(s for s in stems if stems.count(s) > 1)
@@ -475,6 +480,7 @@ def batch(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -486,7 +492,7 @@ def batch(
     from .pipeline import UsageError, parse_shard
 
     opts = _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness,
-                    drop_silent, overwrite, device, threads)
+                    drop_silent, overwrite, device, threads, precision)
     try:
         shard_ix = parse_shard(shard)
     except UsageError as exc:
@@ -688,6 +694,7 @@ def bench(
                                   "(0.1-3600; it is held in memory)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "auto",
     repeat: int = typer.Option(3, min=1, help="Timed runs after one warm-up (the median is reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     debug: DebugOpt = False,
@@ -695,7 +702,7 @@ def bench(
     """Measure the real-time factor of a model on a synthetic input (RTF < 1 is faster than real time)."""
     from .pipeline import SeparationOptions, bench_model
 
-    sep = _make_separator(model, SeparationOptions(device=device, threads=threads), debug)
+    sep = _make_separator(model, SeparationOptions(device=device, threads=threads, precision=precision), debug)
     try:
         fig = bench_model(sep, seconds=seconds, repeat=repeat)
     except MemoryError:
@@ -840,6 +847,7 @@ def eval_cmd(
     shifts: ShiftsOpt = 1,
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "auto",
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
     debug: DebugOpt = False,
 ) -> None:
@@ -850,7 +858,7 @@ def eval_cmd(
     from .train.data import DataError
 
     sep = _make_separator(model, SeparationOptions(segment=segment, overlap=overlap, shifts=shifts, device=device,
-                                                   threads=threads), debug)
+                                                   threads=threads, precision=precision), debug)
     console = _stderr_console(quiet)
     try:
         with _interruptible():
@@ -881,7 +889,8 @@ def eval_cmd(
         _error(f["error"])
     code = EXIT_FAILED if res["failed"] else EXIT_OK
     if as_json:
-        typer.echo(json.dumps({"model": sep.model.name, **res}, indent=2, default=_json_default))
+        typer.echo(json.dumps({"model": sep.model.name, "runtime": sep.runtime_info(), **res}, indent=2,
+                              default=_json_default))
         raise typer.Exit(code)
     res.pop("files")
     not_scored = f", {len(res['failed'])} could not be scored" if res["failed"] else ""

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fastconv import PointwiseConv1d
+
 
 def on_meta_device() -> bool:
     """Whether tensors are being created on the meta device (the loader's shape-only build of a network from an
@@ -104,7 +106,7 @@ class S4D(nn.Module):
         self.bidirectional = bidirectional
         self.kernel = S4DKernel(d_model, d_state, channels=2 if bidirectional else 1)
         self.D = nn.Parameter(torch.empty(d_model) if on_meta_device() else torch.randn(d_model))
-        self.output_linear = nn.Conv1d(d_model, 2 * d_model, 1)
+        self.output_linear = PointwiseConv1d(d_model, 2 * d_model)
         self._cache: dict = {}
         self._memo: dict | None = None  # set by shared_kernels: this forward pass's kernels, graph included
 
