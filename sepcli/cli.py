@@ -696,6 +696,9 @@ def bench(
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = "auto",
     repeat: int = typer.Option(3, min=1, help="Timed runs after one warm-up (the median is reported)."),
+    bound: bool = typer.Option(True, "--bound/--no-bound", help="Also count the network's FLOPs and scan updates, "
+                               "measure this CPU's GEMM (fp32, bf16) and scan throughput, and print the lower bound "
+                               "on the RTF they give and the measured RTF as a multiple of it (CPU only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     debug: DebugOpt = False,
 ) -> None:
@@ -705,6 +708,8 @@ def bench(
     sep = _make_separator(model, SeparationOptions(device=device, threads=threads, precision=precision), debug)
     try:
         fig = bench_model(sep, seconds=seconds, repeat=repeat)
+        if bound:
+            fig.update(_bound_figures(sep, fig["rtf_model"]))
     except MemoryError:
         raise _fail(MemoryError(f"out of memory for {seconds:g} s of input (try a smaller --seconds)"), debug,
                     EXIT_FAILED) from None
@@ -714,6 +719,17 @@ def bench(
     width = max(map(len, fig))
     for k, v in fig.items():
         typer.echo(f"{k:>{width}}: {v}")
+
+
+def _bound_figures(sep, measured_rtf: float) -> dict:
+    """sepcli.runtime.roofline's figures for `bench` (a CPU network only)."""
+    import torch
+
+    if sep.device.type != "cpu" or not isinstance(sep.model.network, torch.nn.Module):
+        return {"rtf_bound": "not measured (CPU networks only)"}
+    from .runtime.roofline import bound_figures
+
+    return bound_figures(sep.model.network, sep.model.sample_rate, sep.precision.name, measured_rtf)
 
 
 # ---------------------------------------------------------------------- train / eval

@@ -7,7 +7,8 @@
 - `resolve_precision(precision, device, pays)`: the autocast dtype of `--precision auto|fp32|bf16` (a
   `Precision`: dtype, name, reason). `auto` is the CUDA dtype on a GPU; on a CPU bf16 only where the CPU has native
   bf16 (`cpu_features()`: AMX or AVX512-BF16) and the network is faster under bf16 autocast (its class sets
-  `bf16_on_cpu_pays = True`), else fp32. `bf16` on a CPU without native bf16 runs emulated (correct, slower), with a note.
+  `bf16_on_cpu_pays = True`), else fp32. `bf16` on a CPU without native bf16 runs emulated (correct, slower),
+  with a note in the reports.
 - `configure(threads)`: torch.set_flush_denormal(True) (denormals slow small models 20-30x on x86 CPUs, see
   /work/shared/ANCHORS.md) and the intra-op thread count.
 - `DEFAULT_THREADS`: PyTorch's default thread count capped at a container's cgroup CPU quota (`cgroup_cpu_limit`).
