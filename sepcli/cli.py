@@ -172,6 +172,9 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_cb, 
 def run() -> None:
     """The console entry point: the app, with the option parser's errors (a bad value, an unknown option, a
     missing argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel."""
+    from .runtime import early
+
+    early.record()  # the idle-CPU measurement's first sample, before torch is imported (runtime/early.py)
     try:
         code = app(prog_name="sepcli", standalone_mode=False)
     except Exception as exc:

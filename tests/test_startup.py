@@ -54,3 +54,31 @@ def test_k_weighting_fir_equals_the_recursive_filters():
     got = np.concatenate([fir(x[i : i + n]) for i, n in ((0, 1), (1, 50), (51, 20000), (20051, len(x)))])
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
+
+
+def test_idle_cpus_uses_the_start_up_sample_without_sleeping(monkeypatch):
+    """After the CLI's start-up sample (runtime.early) the idle-CPU measurement spans the start-up instead of
+    sleeping 0.1 s; this process's own CPU time in it is not counted as another process's."""
+    import os
+    import time as _time
+
+    from sepcli.runtime import device, early
+
+    monkeypatch.setattr(early, "START", None)
+    early.record()
+    if early.START is None:  # no /proc/stat here: nothing to measure, the default applies
+        return
+    t0, cpu0, text = early.START
+    monkeypatch.setattr(early, "START", (t0 - 0.5, cpu0, text))  # as if the start-up had taken 0.5 s
+
+    def no_sleep(_):
+        raise AssertionError("idle_cpus slept although a start-up sample was there")
+
+    monkeypatch.setattr(device.time, "sleep", no_sleep)
+    free = device.idle_cpus()
+    assert free is not None and 0.0 <= free <= len(os.sched_getaffinity(0))
+    slept = []
+    monkeypatch.setattr(early, "START", (_time.monotonic(), _time.process_time(), text))  # too recent
+    monkeypatch.setattr(device.time, "sleep", slept.append)
+    device.idle_cpus()
+    assert slept == [0.1]  # then it measures over its own 0.1 s, as before

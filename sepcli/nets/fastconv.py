@@ -7,6 +7,7 @@ Measured on the default S4M model's shapes (2 threads, Xeon with AMX, fp32, one 
 - a depthwise convolution with kernel 5, stride 1 over 256 channels took 1.6 ms at 2003 frames through oneDNN
   and 0.43 ms as five shifted multiply-adds (`DepthwiseConv1d`; the strided ones stay convolutions, which are
   fast there).
+S4M itself uses `fast_inference()` for two fused multiply-adds (addcmul) where it multiplied then added.
 
 The fast paths run only when autograd is off (`sepcli separate`: inference mode): training keeps PyTorch's
 convolutions and their backward, so its numbers are unchanged. `FAST_INFERENCE = False` turns them off (tests
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 FAST_INFERENCE = True
 
@@ -58,11 +58,17 @@ class DepthwiseConv1d(nn.Conv1d):
         if not fast_inference() or self.stride[0] != 1 or k % 2 == 0 or x.dim() != 3:
             return super().forward(x)
         pad, length = self.padding[0], x.shape[-1]
-        xp = F.pad(x, (pad, pad))
         w = self.weight.to(x.dtype)
-        y = xp[..., :length] * w[:, :, 0].unsqueeze(0)
-        for i in range(1, k):
-            y.addcmul_(xp[..., i : i + length], w[:, :, i].unsqueeze(0))
-        if self.bias is not None:
-            y += self.bias.to(x.dtype).view(1, -1, 1)
+        # centre tap (and bias) over every frame, then each other tap over the frames it reaches: tap i reads
+        # x[t + i - pad], zero outside, so y[t] for t in [max(0, pad - i), min(T, T + pad - i)) gets it
+        tap = w[:, :, pad].unsqueeze(0)
+        y = x * tap if self.bias is None else torch.addcmul(self.bias.to(x.dtype).view(1, -1, 1), x, tap)
+        for i in range(k):
+            shift = i - pad
+            if shift == 0 or abs(shift) >= length:
+                continue
+            if shift > 0:
+                y[..., : length - shift].addcmul_(x[..., shift:], w[:, :, i].unsqueeze(0))
+            else:
+                y[..., -shift:].addcmul_(x[..., : length + shift], w[:, :, i].unsqueeze(0))
         return y

@@ -262,11 +262,36 @@ def _threads_for(free_cpus: float, most: int) -> int:
     return max(1, min(most, round(free_cpus)))
 
 
+def _idle_since_start(cpus: set[int], interval: float) -> float | None:
+    """The CPUs other processes left idle since runtime.early's start-up sample (this process's own CPU time in
+    that interval is not theirs); None without a sample, or when less than `interval` has passed."""
+    from . import early
+
+    if early.START is None or not cpus:
+        return None
+    t0, cpu0, text0 = early.START
+    wall = time.monotonic() - t0
+    if wall < interval:
+        return None
+    before = _sample(lambda: text0, cpus)
+    share = _idle_share(before, _sample(PROC_STAT.read_text, cpus))
+    if share is None:
+        return None
+    others = max(0.0, len(cpus) * (1.0 - share) - (time.process_time() - cpu0) / wall)
+    return max(0.0, len(cpus) - others)
+
+
 def idle_cpus(interval: float = 0.1, read: Callable[[], str] | None = None,
               cpus: set[int] | None = None) -> float | None:
     """How many of this process's CPUs were idle over `interval` seconds (Linux /proc/stat); None when that
-    cannot be measured (another system, no change in the counters)."""
+    cannot be measured (another system, no change in the counters). Without an explicit `read`, the interval
+    since the CLI's start-up sample (runtime.early) is used instead when it is at least `interval` long, less
+    this process's own CPU time, without waiting."""
     cpus = cpus if cpus is not None else _affinity()
+    if read is None:
+        since_start = _idle_since_start(cpus, interval)
+        if since_start is not None:
+            return since_start
     read = read or PROC_STAT.read_text
     before = _sample(read, cpus)
     time.sleep(interval)
