@@ -70,6 +70,7 @@ def test_idle_cpus_uses_the_start_up_sample_without_sleeping(monkeypatch):
         return
     t0, cpu0, text = early.START
     monkeypatch.setattr(early, "START", (t0 - 0.5, cpu0, text))  # as if the start-up had taken 0.5 s
+    _time.sleep(0.05)  # the kernel's CPU counters tick every 10 ms: let them move
 
     def no_sleep(_):
         raise AssertionError("idle_cpus slept although a start-up sample was there")
