@@ -173,6 +173,9 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_cb, 
 def run() -> None:
     """The console entry point: the app, with the option parser's errors (a bad value, an unknown option, a
     missing argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel."""
+    from .runtime import early
+
+    early.record()  # the idle-CPU measurement's first sample, before torch is imported (runtime/early.py)
     try:
         code = app(prog_name="sepcli", standalone_mode=False)
     except Exception as exc:
@@ -195,12 +198,13 @@ def run() -> None:
 
 # ---------------------------------------------------------------------- shared options
 def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
-             overwrite, device, threads):
+             overwrite, device, threads, precision="auto"):
     from .pipeline import SeparationOptions
 
     return SeparationOptions(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, channel=channel,
                              sample_rate=sample_rate, format=fmt, subtype=subtype, name=name, loudness=loudness,
-                             drop_silent=drop_silent, overwrite=overwrite, device=device, threads=threads)
+                             drop_silent=drop_silent, overwrite=overwrite, device=device, threads=threads,
+                             precision=precision)
 
 
 def _make_separator(model: str, opts, debug: bool):
@@ -301,6 +305,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
     help="CPU threads for the model (default: one per idle core, at most PyTorch's default and a container's "
          "CPU quota).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="Model precision: auto (bf16 on a GPU, and on a CPU with native bf16 - AMX or AVX512-BF16 - for networks "
+         "faster in bf16; else fp32), fp32 or bf16 (emulated and slower on a CPU without native bf16).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
@@ -326,6 +333,7 @@ def separate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -335,7 +343,7 @@ def separate(
     Example: sepcli separate interview.mp3 -o out/   ->  out/interview_spk1.wav, out/interview_spk2.wav
     """
     opts = _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness,
-                    drop_silent, overwrite, device, threads)
+                    drop_silent, overwrite, device, threads, precision)
     stems = [("stdin" if i == "-" else Path(i).stem) for i in inputs]
     if len(set(stems)) != len(stems):
         stem = next(s for s in stems if stems.count(s) > 1)
@@ -477,6 +485,7 @@ def batch(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs exist."),
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -488,7 +497,7 @@ def batch(
     from .pipeline import UsageError, parse_shard
 
     opts = _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness,
-                    drop_silent, overwrite, device, threads)
+                    drop_silent, overwrite, device, threads, precision)
     try:
         shard_ix = parse_shard(shard)
     except UsageError as exc:
@@ -880,16 +889,22 @@ def bench(
                                   "(0.1-3600; it is held in memory)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "auto",
     repeat: int = typer.Option(3, min=1, help="Timed runs after one warm-up (the median is reported)."),
+    bound: bool = typer.Option(True, "--bound/--no-bound", help="Also count the network's FLOPs and scan updates, "
+                               "measure this CPU's GEMM (fp32, bf16) and scan throughput, and print the lower bound "
+                               "on the RTF they give and the measured RTF as a multiple of it (CPU only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     debug: DebugOpt = False,
 ) -> None:
     """Measure the real-time factor of a model on a synthetic input (RTF < 1 is faster than real time)."""
     from .pipeline import SeparationOptions, bench_model
 
-    sep = _make_separator(model, SeparationOptions(device=device, threads=threads), debug)
+    sep = _make_separator(model, SeparationOptions(device=device, threads=threads, precision=precision), debug)
     try:
         fig = bench_model(sep, seconds=seconds, repeat=repeat)
+        if bound:
+            fig.update(_bound_figures(sep, fig["rtf_model"]))
     except MemoryError:
         raise _fail(MemoryError(f"out of memory for {seconds:g} s of input (try a smaller --seconds)"), debug,
                     EXIT_FAILED) from None
@@ -899,6 +914,17 @@ def bench(
     width = max(map(len, fig))
     for k, v in fig.items():
         typer.echo(f"{k:>{width}}: {v}")
+
+
+def _bound_figures(sep, measured_rtf: float) -> dict:
+    """sepcli.runtime.roofline's figures for `bench` (a CPU network only)."""
+    import torch
+
+    if sep.device.type != "cpu" or not isinstance(sep.model.network, torch.nn.Module):
+        return {"rtf_bound": "not measured (CPU networks only)"}
+    from .runtime.roofline import bound_figures
+
+    return bound_figures(sep.model.network, sep.model.sample_rate, sep.precision.name, measured_rtf)
 
 
 # ---------------------------------------------------------------------- train / eval
@@ -1031,6 +1057,7 @@ def eval_cmd(
     shifts: ShiftsOpt = 1,
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = "auto",
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
     debug: DebugOpt = False,
 ) -> None:
@@ -1041,7 +1068,7 @@ def eval_cmd(
     from .train.data import DataError
 
     sep = _make_separator(model, SeparationOptions(segment=segment, overlap=overlap, shifts=shifts, device=device,
-                                                   threads=threads), debug)
+                                                   threads=threads, precision=precision), debug)
     console = _stderr_console(quiet)
     try:
         with _interruptible():
@@ -1072,7 +1099,8 @@ def eval_cmd(
         _error(f["error"])
     code = EXIT_FAILED if res["failed"] else EXIT_OK
     if as_json:
-        typer.echo(json.dumps({"model": sep.model.name, **res}, indent=2, default=_json_default))
+        typer.echo(json.dumps({"model": sep.model.name, "runtime": sep.runtime_info(), **res}, indent=2,
+                              default=_json_default))
         raise typer.Exit(code)
     res.pop("files")
     not_scored = f", {len(res['failed'])} could not be scored" if res["failed"] else ""

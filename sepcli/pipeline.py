@@ -81,7 +81,7 @@ from .audio.io import (
 )
 from .audio.loudness import PEAK_CEILING_DB, StreamingLoudness, db_to_gain, gain_to_db, target_gain
 from .audio.resample import StreamResampler, expected_length
-from .runtime.device import autocast, configure, inference_dtype, select_device
+from .runtime.device import PRECISIONS, autocast, bf16_pays, configure, resolve_precision, select_device
 from .runtime.loader import LoadedModel, ModelError, load_model
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
@@ -123,6 +123,7 @@ class SeparationOptions:
     overwrite: bool = False
     device: str = "auto"
     threads: int | None = None
+    precision: str = "auto"  # "auto" | "fp32" | "bf16": the model's autocast dtype (runtime.device.resolve_precision)
 
     def validated(self) -> SeparationOptions:
         """A normalised copy; raises UsageError naming the option."""
@@ -165,6 +166,9 @@ class SeparationOptions:
             if not (-70 <= lo <= 0):
                 raise UsageError(f"--loudness target must be between -70 and 0 LUFS, got {lo}")
             o.loudness = lo
+        o.precision = str(o.precision).lower()
+        if o.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {o.precision!r}")
         check_template(o.name)
         return o
 
@@ -480,7 +484,12 @@ class Separator:
                                      name=str(getattr(model, "name", type(model).__name__)))
         if isinstance(self.model.network, torch.nn.Module):
             self.model.network.eval().to(self.device)
-        self.dtype = inference_dtype(self.device)
+        try:
+            self.precision = resolve_precision(self.options.precision, self.device, bf16_pays(self.model.network),
+                                               self.model.arch or self.model.name)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        self.dtype = self.precision.dtype
         self._lock = threading.Lock()
         self._cancel = threading.Event()
 
@@ -506,6 +515,7 @@ class Separator:
             backend = "none (network has no selective scan)"
         dtype = "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
         return {"device": str(self.device), "threads": torch.get_num_threads(), "dtype": dtype,
+                "precision": self.precision.name, "precision_reason": self.precision.reason,
                 "scan_backend": backend}
 
     # ------------------------------------------------------------------ core stream

@@ -1,6 +1,6 @@
 """Subprocess body of the memory test: write an N-minute 16 kHz file in blocks, separate it with a cheap real
 network (BandSplit), print the peak resident memory (ru_maxrss, kB) as JSON. Usage: python -m tests._memory_probe
-MINUTES WORKDIR"""
+MINUTES WORKDIR [PRECISION (fp32 | bf16; default fp32)]"""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 
 def main() -> None:
     minutes, work = float(sys.argv[1]), Path(sys.argv[2])
+    precision = sys.argv[3] if len(sys.argv) > 3 else "fp32"
     torch.set_num_threads(1)
     from tests.testnets import bandsplit_folder, register_test_archs
 
@@ -32,12 +33,14 @@ def main() -> None:
         for i in range(0, n, 10 * rate):
             f.write((0.1 * rng.standard_normal(min(10 * rate, n - i))).astype(np.float32))
     folder = bandsplit_folder(work / "model", sample_rate=rate, segment=4.0)
-    sep = Separator(folder, batch_size=4, overwrite=True)  # default loudness `match`: spools + second pass
+    # default loudness `match`: spools + second pass
+    sep = Separator(folder, batch_size=4, overwrite=True, precision=precision)
     t0 = time.perf_counter()
     res = sep.separate_file(src, work / "out")
     assert res.status == "ok", res.error
     frames = [sf.info(o.path).frames for o in res.outputs]
-    print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "frames": frames,
+    print(json.dumps({"precision": sep.runtime_info()["precision"],
+                      "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "frames": frames,
                       "input_frames": sf.info(src).frames, "seconds": time.perf_counter() - t0}))
 
 

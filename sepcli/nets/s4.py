@@ -28,6 +28,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fastconv import PointwiseConv1d
+
+
+def on_meta_device() -> bool:
+    """Whether tensors are being created on the meta device (the loader's shape-only build of a network from an
+    untrusted config). There the initial values do not exist, and computing them would run PyTorch's Python
+    reference implementations (randn, arange, repeat, out-of-place arithmetic), whose first call imports
+    torch._dynamo and sympy: about 1.5 s of every `sepcli separate`. So the layers create empty tensors of the
+    same shapes instead."""
+    return torch.empty(0).is_meta
+
 
 class S4DKernel(nn.Module):
     """Generates the [channels, H, L] convolution kernels of an S4D layer."""
@@ -36,13 +47,20 @@ class S4DKernel(nn.Module):
                  dt_min: float = 1e-3, dt_max: float = 1e-1):
         super().__init__()
         h, n2 = d_model, d_state // 2
-        log_dt = torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        if on_meta_device():  # shapes only (see on_meta_device)
+            log_dt, log_a_real, a_imag, c = (torch.empty(h), torch.empty(h, n2), torch.empty(h, n2),
+                                             torch.empty(channels, h, n2, 2))
+        else:
+            log_dt = torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            # S4D-Lin initialisation: A_n = -1/2 + i * pi * n
+            log_a_real = torch.log(0.5 * torch.ones(h, n2))
+            a_imag = math.pi * torch.arange(n2, dtype=torch.float32).repeat(h, 1)
+            # C complex, stored as (real, imag) pairs; variance 1/2 per part
+            c = torch.randn(channels, h, n2, 2) * math.sqrt(0.5)
         self.log_dt = nn.Parameter(log_dt)
-        # S4D-Lin initialisation: A_n = -1/2 + i * pi * n
-        self.log_a_real = nn.Parameter(torch.log(0.5 * torch.ones(h, n2)))
-        self.a_imag = nn.Parameter(math.pi * torch.arange(n2, dtype=torch.float32).repeat(h, 1))
-        # C complex, stored as (real, imag) pairs; variance 1/2 per part
-        self.c = nn.Parameter(torch.randn(channels, h, n2, 2) * math.sqrt(0.5))
+        self.log_a_real = nn.Parameter(log_a_real)
+        self.a_imag = nn.Parameter(a_imag)
+        self.c = nn.Parameter(c)
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dA [H, N/2], C*dB [channels, H, N/2]) as complex tensors (fp32 or wider)."""
@@ -87,8 +105,8 @@ class S4D(nn.Module):
         self.h = d_model
         self.bidirectional = bidirectional
         self.kernel = S4DKernel(d_model, d_state, channels=2 if bidirectional else 1)
-        self.D = nn.Parameter(torch.randn(d_model))
-        self.output_linear = nn.Conv1d(d_model, 2 * d_model, 1)
+        self.D = nn.Parameter(torch.empty(d_model) if on_meta_device() else torch.randn(d_model))
+        self.output_linear = PointwiseConv1d(d_model, 2 * d_model)
         self._cache: dict = {}
         self._memo: dict | None = None  # set by shared_kernels: this forward pass's kernels, graph included
 

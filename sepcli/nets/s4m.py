@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fastconv import DepthwiseConv1d, PointwiseConv1d, fast_inference
 from .s4 import S4D, shared_kernels
 
 
@@ -58,6 +59,8 @@ class DepthwisePointwise(nn.Conv1d):
         super().__init__(channels, channels, 1, groups=channels, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is not None and fast_inference():  # one pass over x instead of two
+            return torch.addcmul(self.bias.view(1, -1, 1), x, self.weight.view(1, -1, 1))
         y = x * self.weight.view(1, -1, 1)
         return y if self.bias is None else y + self.bias.view(1, -1, 1)
 
@@ -65,6 +68,10 @@ class DepthwisePointwise(nn.Conv1d):
 def conv_gln(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = True):
     if kernel == 1 and stride == 1 and groups == c_in == c_out:
         conv: nn.Module = DepthwisePointwise(c_in, bias=bias)
+    elif kernel == 1 and stride == 1 and groups == 1:
+        conv = PointwiseConv1d(c_in, c_out, bias=bias)
+    elif groups == c_in == c_out:
+        conv = DepthwiseConv1d(c_in, kernel, stride=stride, bias=bias)
     else:
         conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=bias)
     return nn.Sequential(conv, GlobalLayerNorm(c_out))
@@ -109,6 +116,8 @@ class LocalAttentionFusion(nn.Module):
         length = x_local.shape[-1]
         gate = upsample_nearest(torch.sigmoid(self.global_gate(x_global)), length)
         glob = upsample_nearest(self.global_embed(x_global), length)
+        if fast_inference():  # one pass instead of two
+            return torch.addcmul(glob, self.local_embed(x_local), gate)
         return self.local_embed(x_local) * gate + glob
 
 
@@ -127,8 +136,8 @@ class PreNormResidual(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, channels: int, expand: int = 2):
         super().__init__()
-        self.fc1 = nn.Conv1d(channels, channels * expand, 1)
-        self.fc2 = nn.Conv1d(channels * expand, channels, 1)
+        self.fc1 = PointwiseConv1d(channels, channels * expand)
+        self.fc2 = PointwiseConv1d(channels * expand, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -146,7 +155,7 @@ class MultiScaleS4Block(nn.Module):
         self.ff = PreNormResidual(hidden, FeedForward(hidden, ff_expand))
         self.fuse = nn.ModuleList([LocalAttentionFusion(hidden, 1) for _ in range(depth)])
         self.top_down = nn.ModuleList([LocalAttentionFusion(hidden, 5) for _ in range(depth - 1)])
-        self.out = nn.Conv1d(hidden, bn_channels, 1)
+        self.out = PointwiseConv1d(hidden, bn_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scales = [self.down[0](self.proj(x))]
@@ -182,11 +191,11 @@ class S4M(nn.Module):
         nn.init.xavier_uniform_(self.encoder.weight)
         nn.init.xavier_uniform_(self.decoder.weight)
         self.norm = GlobalLayerNorm(self.basis)
-        self.bottleneck = nn.Conv1d(self.basis, bn_channels, 1)
+        self.bottleneck = PointwiseConv1d(self.basis, bn_channels)
         self.block = MultiScaleS4Block(bn_channels, hidden, depth, d_state, ff_expand)
         self.reentry = (nn.Sequential(DepthwisePointwise(bn_channels), nn.PReLU())
                         if num_blocks > 1 else None)
-        self.mask = nn.Sequential(nn.PReLU(), nn.Conv1d(bn_channels, n_src * self.basis, 1))
+        self.mask = nn.Sequential(nn.PReLU(), PointwiseConv1d(bn_channels, n_src * self.basis))
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         if mix.dim() == 1:

@@ -4,6 +4,11 @@
   without it is a ValueError.
 - `inference_dtype(device)`: None (plain fp32) on CPU; bfloat16 on CUDA when supported, else float16. Used
   through `autocast(device, dtype)` so weights stay fp32 and numerically sensitive ops keep fp32.
+- `resolve_precision(precision, device, pays)`: the autocast dtype of `--precision auto|fp32|bf16` (a
+  `Precision`: dtype, name, reason). `auto` is the CUDA dtype on a GPU; on a CPU bf16 only where the CPU has native
+  bf16 (`cpu_features()`: AMX or AVX512-BF16) and the network is faster under bf16 autocast (its class sets
+  `bf16_on_cpu_pays = True`), else fp32. `bf16` on a CPU without native bf16 runs emulated (correct, slower),
+  with a note in the reports.
 - `configure(threads)`: torch.set_flush_denormal(True) (denormals slow small models 20-30x on x86 CPUs, see
   /work/shared/ANCHORS.md) and the intra-op thread count.
 - `DEFAULT_THREADS`: PyTorch's default thread count capped at a container's cgroup CPU quota (`cgroup_cpu_limit`).
@@ -19,6 +24,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -93,6 +99,107 @@ def inference_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+# `auto` picks bf16 on a CPU only for a network whose class says bf16 autocast is faster there than fp32
+# (`bf16_on_cpu_pays = True`, set by the network's author from measurements), default False. S4M is not faster:
+# its time goes to depthwise convolutions, norms and elementwise ops, which bf16 does not speed up and autocast's
+# casts slow down (benchmarks/bench_precision.py measures both precisions of the default model).
+PAYS_ATTRIBUTE = "bf16_on_cpu_pays"
+
+
+@dataclass(frozen=True)
+class Precision:
+    dtype: torch.dtype | None  # the autocast dtype; None = plain fp32
+    name: str  # "fp32", "bf16" or "fp16"
+    reason: str  # why (shown in reports)
+
+
+def _cpu_flags(cpuinfo: str | None) -> set[str]:
+    """The first processor's flags from /proc/cpuinfo text (empty when unknown)."""
+    for line in (cpuinfo or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def _cpu_model(cpuinfo: str | None) -> str:
+    for line in (cpuinfo or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _torch_check(name: str) -> bool | None:
+    """torch.cpu's own CPUID check `name` (private API, present in torch 2.x); None where it does not exist."""
+    fn = getattr(torch.cpu, name, None)
+    try:
+        return bool(fn()) if fn is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def cpu_features(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name and its native bf16 support: AMX (`amx_bf16`) and AVX512-BF16 (`avx512_bf16`), from
+    /proc/cpuinfo's flags, or where that cannot be read from torch.cpu's CPUID checks. `native_bf16` when either
+    is present. `torch_capability` is the SIMD level PyTorch's CPU kernels were dispatched to."""
+    if cpuinfo is None:
+        cpuinfo = _read_or_none(CPUINFO)
+    flags = _cpu_flags(cpuinfo)
+    if flags:
+        amx, avx = "amx_bf16" in flags, "avx512_bf16" in flags
+    else:
+        amx = bool(_torch_check("_is_amx_tile_supported"))
+        avx = bool(_torch_check("_is_avx512_bf16_supported"))
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001
+        capability = "unknown"
+    return {"model": _cpu_model(cpuinfo), "amx_bf16": amx, "avx512_bf16": avx, "native_bf16": amx or avx,
+            "torch_capability": capability}
+
+
+def bf16_pays(network: object) -> bool:
+    """Whether `network` says bf16 autocast is faster than fp32 on a CPU with native bf16 (PAYS_ATTRIBUTE)."""
+    return bool(getattr(network, PAYS_ATTRIBUTE, False))
+
+
+def resolve_precision(precision: str, device: torch.device, pays: bool = False, label: str = "this network",
+                      native_bf16: bool | None = None) -> Precision:
+    """The autocast precision for `--precision` on `device` for a network (`pays`: bf16_pays(network), `label`:
+    its name in the reason). ValueError for an unknown value, or bf16 on a GPU without bf16."""
+    precision = (precision or "auto").lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return Precision(None, "fp32", "requested")
+    if device.type == "cuda":
+        if precision == "bf16":
+            if not torch.cuda.is_bf16_supported():
+                raise ValueError("--precision bf16: this GPU does not support bfloat16 (use auto or fp32)")
+            return Precision(torch.bfloat16, "bf16", "requested")
+        dtype = inference_dtype(device)
+        return Precision(dtype, "bf16" if dtype == torch.bfloat16 else "fp16", "auto: GPU autocast")
+    if device.type != "cpu":
+        return Precision(None, "fp32", f"auto: no autocast on {device.type}")
+    native = cpu_features()["native_bf16"] if native_bf16 is None else native_bf16
+    if precision == "bf16":
+        if native:
+            return Precision(torch.bfloat16, "bf16", "requested")
+        return Precision(torch.bfloat16, "bf16", "requested; this CPU has no native bf16 (AMX or AVX512-BF16), "
+                                                 "so it is emulated and slower than fp32")
+    if not native:
+        return Precision(None, "fp32", "auto: this CPU has no native bf16 (AMX or AVX512-BF16)")
+    if not pays:
+        return Precision(None, "fp32", f"auto: {label} is not faster in bf16 on a CPU")
+    return Precision(torch.bfloat16, "bf16", "auto: native bf16 on this CPU")
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -155,11 +262,36 @@ def _threads_for(free_cpus: float, most: int) -> int:
     return max(1, min(most, round(free_cpus)))
 
 
+def _idle_since_start(cpus: set[int], interval: float) -> float | None:
+    """The CPUs other processes left idle since runtime.early's start-up sample (this process's own CPU time in
+    that interval is not theirs); None without a sample, or when less than `interval` has passed."""
+    from . import early
+
+    if early.START is None or not cpus:
+        return None
+    t0, cpu0, text0 = early.START
+    wall = time.monotonic() - t0
+    if wall < interval:
+        return None
+    before = _sample(lambda: text0, cpus)
+    share = _idle_share(before, _sample(PROC_STAT.read_text, cpus))
+    if share is None:
+        return None
+    others = max(0.0, len(cpus) * (1.0 - share) - (time.process_time() - cpu0) / wall)
+    return max(0.0, len(cpus) - others)
+
+
 def idle_cpus(interval: float = 0.1, read: Callable[[], str] | None = None,
               cpus: set[int] | None = None) -> float | None:
     """How many of this process's CPUs were idle over `interval` seconds (Linux /proc/stat); None when that
-    cannot be measured (another system, no change in the counters)."""
+    cannot be measured (another system, no change in the counters). Without an explicit `read`, the interval
+    since the CLI's start-up sample (runtime.early) is used instead when it is at least `interval` long, less
+    this process's own CPU time, without waiting."""
     cpus = cpus if cpus is not None else _affinity()
+    if read is None:
+        since_start = _idle_since_start(cpus, interval)
+        if since_start is not None:
+            return since_start
     read = read or PROC_STAT.read_text
     before = _sample(read, cpus)
     time.sleep(interval)

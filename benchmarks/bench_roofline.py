@@ -1,0 +1,77 @@
+"""The RTF bound (sepcli/runtime/roofline.py) against the measured RTF, per network and precision.
+
+For each row: the network's GEMM FLOPs and selective-scan updates per second of audio (counted in one forward
+pass), this CPU's measured fp32 / bf16 GEMM throughput and scan throughput at the thread count used, the lower
+bound on the RTF they give, the measured model RTF (sepcli.pipeline.bench_model: median after a warm-up) and its
+multiple of the bound. Rows: the default S4M model, and SPMamba-8k with random weights (its speed does not
+depend on the weights), each in fp32 and bf16 autocast. A network that fails under a precision prints why.
+
+Environment: SEPCLI_BENCH_THREADS (default: torch's default), BENCH_ROOFLINE_SECONDS (default 8),
+BENCH_ROOFLINE_SPMAMBA (default 1; 0 skips SPMamba, whose rows take about a minute).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def _spmamba():
+    from sepcli.nets import build_network, named_config
+    from sepcli.runtime.loader import LoadedModel
+
+    arch, args, sr = named_config("spmamba-8k")
+    torch.manual_seed(0)
+    net = build_network(arch, args).eval()
+    return LoadedModel(network=net, sample_rate=sr, n_src=2, segment=4.0, overlap=0.25, name="spmamba-8k (random)",
+                       arch=arch)
+
+
+def main() -> None:
+    from sepcli.pipeline import Separator, bench_model
+    from sepcli.runtime.device import cpu_features
+    from sepcli.runtime.roofline import count_work, gemm_throughput, rtf_bound, scan_throughput
+
+    threads = os.environ.get("SEPCLI_BENCH_THREADS")
+    seconds = float(os.environ.get("BENCH_ROOFLINE_SECONDS", "8"))
+    models = [("default", 1)]
+    if os.environ.get("BENCH_ROOFLINE_SPMAMBA", "1") != "0":
+        models.append((_spmamba(), 1))
+    if threads:
+        torch.set_num_threads(int(threads))
+    cpu = cpu_features()
+    fp32, bf16 = gemm_throughput(torch.float32), gemm_throughput(torch.bfloat16)
+    scan = None
+    print(f"CPU: {cpu['model']} (amx_bf16 {cpu['amx_bf16']}, avx512_bf16 {cpu['avx512_bf16']}, torch kernels "
+          f"{cpu['torch_capability']}); threads {torch.get_num_threads()}")
+    print(f"GEMM {1024}^3: fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s (ratio {bf16 / fp32:.1f})")
+    print("not counted in FLOPs: elementwise ops, norms, pooling, interpolation, FFTs; the scan is counted "
+          "analytically (b x d x l x n per call)")
+    head = ("model", "precision", "GFLOP/audio s", "G upd/audio s", "bound RTF", "measured RTF", "x bound")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("-" * (len(h) + 2) for h in head) + "|")
+    for model, repeat in models:
+        for precision in ("fp32", "bf16"):
+            try:
+                sep = Separator(model, threads=int(threads) if threads else None, precision=precision)
+                net = sep.model.network
+                work = count_work(net, sep.model.sample_rate, 4.0)
+                if work["scan_updates"] and scan is None:
+                    scan = scan_throughput()
+                bound = rtf_bound(work["gemm_flops_per_s"], fp32 if precision == "fp32" else bf16,
+                                  work["scan_updates_per_s"], scan)
+                fig = bench_model(sep, seconds=seconds, repeat=repeat)
+                row = (sep.model.name, sep.precision.name, f"{work['gemm_flops_per_s'] / 1e9:.2f}",
+                       f"{work['scan_updates_per_s'] / 1e9:.3f}", f"{bound:.4f}", f"{fig['rtf_model']:.4f}",
+                       f"{fig['rtf_model'] / bound:.1f}")
+            except Exception as exc:  # noqa: BLE001  (a precision a network cannot run yet: say so, go on)
+                name = model if isinstance(model, str) else model.name
+                row = (name, precision, "-", "-", "-", f"failed: {type(exc).__name__}: {str(exc)[:80]}", "-")
+            print("| " + " | ".join(row) + " |", flush=True)
+    if scan is not None:
+        print(f"scan throughput (b, d, l, n) = (1, 512, 4000, 16): {scan / 1e9:.2f} G updates/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Cold start: the wall time of a fresh `sepcli separate examples/mix.wav -o <tmp>` (10 s of audio, the default
+model), median of BENCH_STARTUP_RUNS (default 5) runs, against `python -c "import torch"` measured in the same
+run (the floor every sepcli command pays). Target: 2 s or less.
+
+Threads: SEPCLI_BENCH_THREADS if set (passed as --threads), else the CLI's default (one per idle core)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_S = 2.0
+
+
+def _wall(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    from sepcli.runtime.device import cpu_features
+
+    runs = int(os.environ.get("BENCH_STARTUP_RUNS", "5"))
+    threads = os.environ.get("SEPCLI_BENCH_THREADS")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "sepcli", "separate", str(ROOT / "examples" / "mix.wav"), "-o", tmp,
+               "--overwrite", "-q"] + (["--threads", threads] if threads else [])
+        _wall(cmd)  # warm the file cache (and numba's, if anything compiled)
+        sep = [_wall(cmd) for _ in range(runs)]
+    torch_only = [_wall([sys.executable, "-c", "import torch"]) for _ in range(runs)]
+    cpu = cpu_features()
+    print(f"CPU: {cpu['model']} (amx_bf16 {cpu['amx_bf16']}, avx512_bf16 {cpu['avx512_bf16']}); "
+          f"median of {runs} fresh processes")
+    print(f"| {'figure':<44} | {'value':>8} |")
+    print(f"| {'-' * 44} | {'-' * 8}:|")
+    s, t = statistics.median(sep), statistics.median(torch_only)
+    for name, value in [("sepcli separate examples/mix.wav, wall (s)", f"{s:.2f}"),
+                        ("python -c 'import torch', wall (s)", f"{t:.2f}"),
+                        ("sepcli beyond importing torch (s)", f"{s - t:.2f}"),
+                        (f"target <= {TARGET_S:g} s met", "yes" if s <= TARGET_S else "NO")]:
+        print(f"| {name:<44} | {value:>8} |")
+
+
+if __name__ == "__main__":
+    main()

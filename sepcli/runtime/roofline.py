@@ -1,0 +1,191 @@
+"""A lower bound on a network's real-time factor on this machine, and the measurements behind it.
+
+    bound RTF = GEMM FLOPs per second of audio / GEMM throughput (fp32 or bf16, at the thread count used)
+              + selective-scan state updates per second of audio / scan throughput
+
+- `count_work(network, sample_rate, seconds)`: one forward pass of `seconds` of noise, counted.
+  GEMM FLOPs come from torch.utils.flop_counter.FlopCounterMode: matrix products (mm, addmm, bmm, baddbmm),
+  convolutions (with their groups) and scaled-dot-product attention, 2 FLOPs per multiply-add. It does NOT count
+  elementwise ops, norms, pooling, interpolation, FFTs (S4's convolution) or the selective scan (a numba kernel
+  outside PyTorch's dispatcher). The scan is counted analytically at its entry point: every call of
+  sepcli.kernels.selective_scan / selective_scan_bidirectional adds b x d x l x n state updates (its u is
+  (b, d, l), its A (d, n); a bidirectional call stacks both directions along d), i.e. passes x directions x
+  d_inner x d_state x L in all.
+- `gemm_throughput(dtype, size)`: FLOP/s of a size^3 matrix product at torch's current thread count (median of
+  timed runs after warm-up).
+- `scan_throughput(shape)`: state updates/s of the default selective-scan backend on (b, d, l, n) (median after
+  warm-up).
+- `rtf_bound(...)`: the formula above; `multiple` = measured RTF / bound.
+
+Both `sepcli bench` and `make bench` (benchmarks/bench_roofline.py) print these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+GEMM_SIZE = 1024  # representative of the networks' projections (hundreds to a few thousand rows and columns)
+SCAN_SHAPE = (1, 512, 4000, 16)  # (b, d, l, n): SPMamba-8k's d_inner over a long sequence
+SCAN_ENTRY_POINTS = ("selective_scan", "selective_scan_bidirectional")
+
+
+def _median_time(fn: Callable[[], object], warmup: int = 2, runs: int = 7, min_time: float = 0.02) -> float:
+    """Median seconds of one call of `fn` (each timed run repeats it until `min_time` has passed)."""
+    for _ in range(warmup):
+        fn()
+    per_call = []
+    for _ in range(runs):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_time:
+                break
+        per_call.append(elapsed / n)
+    return statistics.median(per_call)
+
+
+def gemm_throughput(dtype: torch.dtype = torch.float32, size: int = GEMM_SIZE, runs: int = 7) -> float:
+    """FLOP/s of a [size x size] @ [size x size] product in `dtype` on the CPU (2 size^3 FLOPs per product)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(dtype)
+    b = torch.randn(size, size, generator=g).to(dtype)
+    out = torch.empty(size, size, dtype=dtype)
+    seconds = _median_time(lambda: torch.mm(a, b, out=out), warmup=3, runs=runs)
+    return 2.0 * size**3 / seconds
+
+
+def scan_throughput(shape: tuple[int, int, int, int] = SCAN_SHAPE, runs: int = 5) -> float:
+    """State updates/s of sepcli.kernels.selective_scan (default backend, fp32, softplus on delta, with D, z and
+    delta_bias as in Mamba) on (b, d, l, n)."""
+    from sepcli.kernels import selective_scan
+
+    b, d, length, n = shape
+    g = torch.Generator().manual_seed(0)
+    kw = {"u": torch.randn(b, d, length, generator=g), "delta": torch.randn(b, d, length, generator=g) * 0.5 - 1.0,
+          "A": -(0.1 + torch.rand(d, n, generator=g)), "B": torch.randn(b, n, length, generator=g),
+          "C": torch.randn(b, n, length, generator=g), "D": torch.randn(d, generator=g),
+          "z": torch.randn(b, d, length, generator=g), "delta_bias": torch.rand(d, generator=g) * 0.2}
+    with torch.inference_mode():
+        seconds = _median_time(lambda: selective_scan(**kw, delta_softplus=True), warmup=2, runs=runs)
+    return b * d * length * n / seconds
+
+
+class _ScanCounter:
+    """Counts state updates at the outermost scan call only (a wrapper in nets/ calls sepcli.kernels', and
+    selective_scan_bidirectional calls selective_scan: each update is counted once)."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.calls = 0
+        self._depth = 0
+
+    def _count(self, u: torch.Tensor, A: torch.Tensor, directions: int = 1) -> None:
+        if self._depth == 0:
+            b, d, length = u.shape
+            self.updates += directions * b * d * length * A.shape[-1]
+            self.calls += 1
+
+    def wrap(self, attr: str, fn: Callable) -> Callable:
+        def counted(*args, **kwargs):
+            if attr == "selective_scan_bidirectional":
+                fwd = args[0] if args else kwargs["fwd"]
+                self._count(fwd["u"], fwd["A"], directions=2)
+            else:
+                self._count(args[0] if args else kwargs["u"], args[2] if len(args) > 2 else kwargs["A"])
+            self._depth += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+
+        return counted
+
+
+@contextlib.contextmanager
+def counting_scans() -> Iterator[_ScanCounter]:
+    """Counts the selective scan's state updates inside the block: the scan entry points are wrapped in
+    sepcli.kernels and in every loaded sepcli.nets module that holds them by name, and restored afterwards."""
+    counter = _ScanCounter()
+    saved = []
+    targets = [importlib.import_module("sepcli.kernels")]
+    targets += [m for name, m in list(sys.modules.items()) if name.startswith("sepcli.nets.") and m is not None]
+    for module in targets:
+        for attr in SCAN_ENTRY_POINTS:
+            fn = getattr(module, attr, None)
+            if callable(fn):
+                saved.append((module, attr, fn))
+                setattr(module, attr, counter.wrap(attr, fn))
+    try:
+        yield counter
+    finally:
+        for module, attr, fn in saved:
+            setattr(module, attr, fn)
+
+
+def count_work(network: torch.nn.Module, sample_rate: int, seconds: float = 4.0) -> dict:
+    """FLOPs (FlopCounterMode) and selective-scan state updates of one forward pass over `seconds` of noise,
+    and both per second of audio. `by_op`: FLOPs per counted ATen op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n = max(1, int(round(seconds * sample_rate)))
+    x = 0.1 * torch.randn(1, n, generator=torch.Generator().manual_seed(0))
+    param = next(iter(network.parameters()), None)
+    if param is not None:
+        x = x.to(param.device)
+    with torch.inference_mode(), counting_scans() as scans, FlopCounterMode(display=False) as flops:
+        network(x)
+    total = int(flops.get_total_flops())
+    by_op = {str(op): int(v) for op, v in flops.get_flop_counts().get("Global", {}).items()}
+    return {"seconds": n / sample_rate, "gemm_flops": total, "scan_updates": scans.updates, "scan_calls": scans.calls,
+            "gemm_flops_per_s": total * sample_rate / n, "scan_updates_per_s": scans.updates * sample_rate / n,
+            "by_op": by_op}
+
+
+def rtf_bound(gemm_flops_per_s: float, gemm_flops_per_second: float, scan_updates_per_s: float = 0.0,
+              scan_updates_per_second: float | None = None) -> float:
+    """Seconds of compute per second of audio at the measured throughputs: GEMM FLOPs per second of audio over
+    the GEMM throughput, plus scan updates per second of audio over the scan throughput."""
+    if gemm_flops_per_second <= 0:
+        raise ValueError("the GEMM throughput must be positive")
+    bound = gemm_flops_per_s / gemm_flops_per_second
+    if scan_updates_per_s:
+        if not scan_updates_per_second or scan_updates_per_second <= 0:
+            raise ValueError("a network with a selective scan needs a positive scan throughput")
+        bound += scan_updates_per_s / scan_updates_per_second
+    return bound
+
+
+def bound_figures(network: torch.nn.Module, sample_rate: int, precision: str, measured_rtf: float | None = None,
+                  seconds: float = 4.0) -> dict:
+    """Everything `sepcli bench` prints about the bound: the CPU, the counted work, the measured GEMM throughputs
+    (fp32 and bf16) and scan throughput at torch's current thread count, the bound at `precision` ("fp32" or
+    "bf16"; fp16 counts as bf16) and the measured RTF's multiple of it."""
+    from .device import cpu_features
+
+    work = count_work(network, sample_rate, seconds)
+    fp32 = gemm_throughput(torch.float32)
+    bf16 = gemm_throughput(torch.bfloat16)
+    scan = scan_throughput() if work["scan_updates"] else None
+    gemm = fp32 if precision == "fp32" else bf16
+    bound = rtf_bound(work["gemm_flops_per_s"], gemm, work["scan_updates_per_s"], scan)
+    cpu = cpu_features()
+    out = {"cpu": cpu["model"], "amx_bf16": cpu["amx_bf16"], "avx512_bf16": cpu["avx512_bf16"],
+           "threads": torch.get_num_threads(),
+           "gemm_gflop_per_audio_s": round(work["gemm_flops_per_s"] / 1e9, 3),
+           "scan_gupdates_per_audio_s": round(work["scan_updates_per_s"] / 1e9, 4),
+           "not_counted": "elementwise ops, norms, pooling, interpolation, FFTs (scan counted analytically)",
+           "gemm_gflops_fp32": round(fp32 / 1e9, 1), "gemm_gflops_bf16": round(bf16 / 1e9, 1),
+           "scan_gupdates_per_s": None if scan is None else round(scan / 1e9, 3),
+           "bound_precision": precision, "rtf_bound": round(bound, 5)}
+    if measured_rtf is not None and bound > 0:
+        out["rtf_over_bound"] = round(measured_rtf / bound, 2)
+    return out

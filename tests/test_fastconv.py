@@ -1,0 +1,56 @@
+"""The inference fast paths of S4M / S4D's convolutions (sepcli/nets/fastconv.py) against PyTorch's own
+convolutions (the plain formulation), and a whole S4M forward with and without them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sepcli.nets.fastconv as fastconv
+from sepcli.nets import build_network
+from sepcli.nets.fastconv import DepthwiseConv1d, PointwiseConv1d
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_equals_conv1d(batch, bias):
+    torch.manual_seed(0)
+    m = PointwiseConv1d(6, 10, bias=bias).double()
+    x = torch.randn(batch, 6, 37, dtype=torch.float64)
+    with torch.no_grad():
+        got = m(x)
+    want = F.conv1d(x, m.weight, m.bias)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,stride,length", [(5, 1, 37), (5, 1, 1), (3, 1, 8), (5, 2, 37), (1, 1, 9)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_depthwise_equals_conv1d(kernel, stride, length, batch):
+    torch.manual_seed(1)
+    m = DepthwiseConv1d(7, kernel, stride=stride).double()
+    x = torch.randn(batch, 7, length, dtype=torch.float64)
+    with torch.no_grad():
+        got = m(x)
+    want = F.conv1d(x, m.weight, m.bias, stride=stride, padding=(kernel - 1) // 2, groups=7)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_s4m_inference_equals_the_plain_convolutions(monkeypatch):
+    torch.manual_seed(2)
+    net = build_network("s4m", dict(sample_rate=8000, bn_channels=8, hidden=12, num_blocks=3, depth=4)).double()
+    net.eval()
+    x = torch.randn(2, 1234, dtype=torch.float64)
+    with torch.inference_mode():
+        fast = net(x)
+        monkeypatch.setattr(fastconv, "FAST_INFERENCE", False)
+        plain = net(x)
+    assert torch.allclose(fast, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_training_keeps_pytorch_convolutions(monkeypatch):
+    """With autograd on, the fast paths stay off: the forward is PyTorch's convolution's, bit for bit."""
+    torch.manual_seed(3)
+    m = DepthwiseConv1d(4, 5).double()
+    x = torch.randn(1, 4, 50, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(m(x), F.conv1d(x, m.weight, m.bias, padding=2, groups=4))
