@@ -166,7 +166,8 @@ def _child_precision(net: str, seconds: float, threads: int, precision: str) -> 
 
     import torch
 
-    from benchmarks.net_profile import breakdown, count_flops, gemm_throughput, scan_throughput
+    from benchmarks.net_profile import breakdown
+    from sepcli.runtime.roofline import count_work, gemm_throughput, scan_throughput
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
@@ -188,12 +189,13 @@ def _child_precision(net: str, seconds: float, threads: int, precision: str) -> 
                 model(x)
             times.append(time.perf_counter() - t0)
     parts = breakdown(model, x, dtype, warmup=False)
-    flops, updates = count_flops(model, x)
+    work = count_work(model, sr, seconds)  # the counting `sepcli bench` uses
+    flops, updates = work["gemm_flops_per_s"], work["scan_updates_per_s"]
     gemm = gemm_throughput(dtype or torch.float32)
     scan = scan_throughput()
-    bound = (flops / gemm + updates / scan) / seconds
+    bound = flops / gemm + updates / scan
     return {"rtf": statistics.median(times) / seconds, "parts": {k: v / seconds for k, v in parts.items()},
-            "gflop_per_s_audio": flops / seconds / 1e9, "gupdates_per_s_audio": updates / seconds / 1e9,
+            "gflop_per_s_audio": flops / 1e9, "gupdates_per_s_audio": updates / 1e9,
             "gemm_gflops": gemm / 1e9, "scan_gupdates": scan / 1e9, "bound": bound}
 
 

@@ -1,4 +1,5 @@
-"""Where a network's time goes: a per-part breakdown from torch.profiler, its counted FLOPs and the bound.
+"""Where a network's time goes: a per-part breakdown from torch.profiler (the counted FLOPs and the bound are
+sepcli.runtime.roofline's).
 
 Reusable by any script (bench_nets prints it; the README's before/after tables come from it):
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import statistics
 import time
 
 import torch
@@ -155,72 +155,3 @@ def format_breakdown(parts: dict[str, float], audio_s: float, title: str = "") -
         rows.append(f"  {p:<18} {parts[p] / audio_s:>13.3f} {100 * parts[p] / total:>5.1f}%")
     rows.append(f"  {'total (profiled)':<18} {total / audio_s:>13.3f}")
     return "\n".join(r for r in rows if r)
-
-
-def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """(matmul/convolution FLOPs, scan state updates) of one `model(x)`, counted by torch's FlopCounterMode
-    (2 FLOPs per multiply-add) and from the shapes of every selective_scan call (b*d*l*n)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import sepcli.nets.mamba as mamba_mod
-
-    updates = [0]
-    mods = [m for m in (mamba_mod, __import__("sepcli.nets.spmamba", fromlist=["x"])) if hasattr(m, "selective_scan")]
-    olds = [m.selective_scan for m in mods]
-
-    def counting(fn):
-        def inner(u, delta, A, *args, **kwargs):
-            updates[0] += u.shape[0] * u.shape[1] * u.shape[2] * A.shape[1]
-            return fn(u, delta, A, *args, **kwargs)
-        return inner
-
-    for m, old in zip(mods, olds):
-        m.selective_scan = counting(old)
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(x)
-    finally:
-        for m, old in zip(mods, olds):
-            m.selective_scan = old
-    return float(fc.get_total_flops()), float(updates[0])
-
-
-def gemm_throughput(dtype: torch.dtype = torch.float32, n: int = 2048, repeat: int = 5) -> float:
-    """This machine's dense matmul throughput in FLOP/s (n x n x n, median of `repeat` after a warm-up) at
-    torch's current thread count."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n ** 3 / statistics.median(times)
-
-
-def scan_throughput(b: int = 1, d: int = 512, length: int = 4000, n: int = 16, repeat: int = 5) -> float:
-    """The selective scan's state updates per second (the dispatcher's backend, fp32, variable B/C, z and
-    delta_bias as in Mamba), median of `repeat` after a warm-up, at torch's current thread count."""
-    from sepcli.kernels import selective_scan
-
-    g = torch.Generator().manual_seed(0)
-    u = torch.randn(b, d, length, generator=g)
-    delta = torch.randn(b, d, length, generator=g) * 0.5
-    A = -torch.rand(d, n, generator=g) - 0.5
-    B = torch.randn(b, n, length, generator=g)
-    C = torch.randn(b, n, length, generator=g)
-    D = torch.randn(d, generator=g)
-    z = torch.randn(b, d, length, generator=g)
-    bias = torch.randn(d, generator=g) * 0.1
-
-    def run():
-        selective_scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
-
-    run()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return b * d * length * n / statistics.median(times)
