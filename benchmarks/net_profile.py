@@ -1,7 +1,7 @@
 """Where a network's time goes: a per-part breakdown from torch.profiler (the counted FLOPs and the bound are
 sepcli.runtime.roofline's).
 
-Reusable by any script (bench_nets prints it; the README's before/after tables come from it):
+Reusable by any script (bench_nets prints it; the before/after tables of docs/performance.md come from it):
 
     from benchmarks.net_profile import breakdown, format_breakdown
     parts = breakdown(model, x)               # {"STFT": s, "convolutions": s, ..., "total": s}

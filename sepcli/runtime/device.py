@@ -9,8 +9,8 @@
   bf16 (`cpu_features()`: AMX or AVX512-BF16) and the network is faster under bf16 autocast (its class sets
   `bf16_on_cpu_pays = True`), else fp32. `bf16` on a CPU without native bf16 runs emulated (correct, slower),
   with a note in the reports.
-- `configure(threads)`: torch.set_flush_denormal(True) (denormals slow small models 20-30x on x86 CPUs, see
-  /work/shared/ANCHORS.md) and the intra-op thread count.
+- `configure(threads)`: torch.set_flush_denormal(True) (denormals slow small models 20-30x on x86 CPUs) and the
+  intra-op thread count.
 - `DEFAULT_THREADS`: PyTorch's default thread count capped at a container's cgroup CPU quota (`cgroup_cpu_limit`).
 - `threads_for_idle_cpus()`: the thread count the CLI uses when --threads is not given: DEFAULT_THREADS, less
   the CPUs that other processes keep busy. PyTorch's OpenMP threads spin at their barriers, so a process with as

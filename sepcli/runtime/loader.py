@@ -1,6 +1,6 @@
 """Build a network from a model folder and load its weights.
 
-A model folder holds config.json (see the brief's model-folder contract) and weights.safetensors. Folders are
+A model folder holds config.json (its keys: docs/models.md) and weights.safetensors. Folders are
 loaded with safetensors only. A .pt/.pth file (with config.json beside it) is read with
 torch.load(weights_only=True), never unpickling arbitrary objects; a `state_dict` or `model` entry is used when
 the file holds a training checkpoint. config.json is validated as data: every problem is a ModelError naming the
