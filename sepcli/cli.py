@@ -29,8 +29,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_of, one_line
 
 EXIT_HELP = ("Exit codes: 0 = every input done (or skipped as already done); 1 = at least one input failed "
              "(or the model could not be loaded, or the output folder cannot be written); 2 = usage error (bad "
@@ -76,11 +75,18 @@ def _error(msg: str) -> None:
 
 def _one_line(text: str) -> str:
     """The option parser's message on one line: runs of ASCII whitespace (its wrapped lines) become one space; a
-    no-break or other Unicode space, which may be part of a value, stays."""
+    no-break or other Unicode space, which may be part of a value, stays. (Not errors.one_line, which folds every
+    whitespace: the parser quotes the user's value, and the name shown must be the name.)"""
     return re.sub(r"[ \t\r\n\f\v]+", " ", text).strip(" ")
 
 
-def _fail(exc: BaseException, debug: bool, code: int) -> typer.Exit:
+def _fail(exc: BaseException, debug: bool, code: int | None = None) -> typer.Exit:
+    """The one place an error becomes the command's end: its one-line message (and with --debug its traceback)
+    on stderr, and the exit code it carries (errors.SepcliError.exit_code; 1 for any other exception). `code`
+    is given only where a command means otherwise: the option checks of the pipeline (its UsageError, exit 2,
+    is not on the hierarchy yet), or a context-specific code (see models default, train, eval)."""
+    if code is None:
+        code = exit_code_of(exc)
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     _error(str(exc).strip("\n") or type(exc).__name__)  # _error escapes the rest: a file name is shown as it is
@@ -136,13 +142,6 @@ def _interrupt_exit(exc: KeyboardInterrupt,
     return typer.Exit(128 + signum)
 
 
-def _model_error_exit(exc: BaseException, debug: bool) -> typer.Exit:
-    """A ModelError: an unknown name is a usage error (2), a model that cannot be loaded a failure (1)."""
-    from .runtime.loader import UnknownModel
-
-    return _fail(exc, debug, EXIT_USAGE if isinstance(exc, UnknownModel) else EXIT_FAILED)
-
-
 def _check_out(out: Path, debug: bool) -> None:
     """Fail before any work when the output folder cannot be used: -o naming a file is a usage error (2), a
     folder that cannot be created or written (permissions, read-only, full) a failure (1)."""
@@ -155,7 +154,7 @@ def _check_out(out: Path, debug: bool) -> None:
     try:
         check_output_folder(out)
     except AudioError as exc:
-        raise _fail(exc, debug, EXIT_FAILED) from None
+        raise _fail(exc, debug) from None
 
 
 def _version_cb(value: bool) -> None:
@@ -218,8 +217,8 @@ def _make_separator(model: str, opts, debug: bool):
         return Separator(model, opts)
     except UsageError as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
-    except ModelError as exc:
-        raise _model_error_exit(exc, debug) from None
+    except ModelError as exc:  # exit 2 for an unknown model (UnknownModel), 1 for one that cannot be loaded
+        raise _fail(exc, debug) from None
 
 
 def _summary_table(console, results, title: str) -> None:
@@ -618,7 +617,7 @@ def models(ctx: typer.Context,
                 raise ModelError(e.problem)
             n, size = weights_summary(e.folder)
         except ModelError as exc:  # one unreadable model (a Git LFS pointer, garbage) must not hide the others
-            typer.echo(f"sepcli: warning: skipped zoo model {e.folder}: {' '.join(str(exc).split())}", err=True)
+            typer.echo(f"sepcli: warning: skipped zoo model {e.folder}: {one_line(str(exc))}", err=True)
             continue
         cfg = e.config
         is_default = default_folder is not None and default_folder == e.folder
@@ -673,17 +672,17 @@ def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model f
     try:
         folder, weights = _locate(resolve(name))
         cfg = read_config(folder)
-    except ModelNotFound as exc:
-        from .runtime.catalogue import not_installed_hint  # a catalogue model not pulled yet: how to get it
+    except ModelError as exc:  # exit 2 for an unknown model (ModelNotFound), 1 for one that cannot be read
+        if isinstance(exc, UnknownName):
+            from .runtime.catalogue import not_installed_hint  # a catalogue model not pulled yet: how to get it
 
-        hint = not_installed_hint(exc.name) if isinstance(exc, UnknownName) else None
-        raise _fail(ModelNotFound(hint) if hint else exc, debug, EXIT_USAGE) from None
-    except ModelError as exc:
-        raise _fail(exc, debug, EXIT_FAILED) from None
+            hint = not_installed_hint(exc.name)
+            exc = ModelNotFound(hint) if hint else exc
+        raise _fail(exc, debug) from None
     try:
         n, size = weights_summary(weights)
     except ModelError as exc:  # e.g. a Git LFS pointer or garbage in the weights, a .pth holding Python objects
-        raise _fail(exc, debug, EXIT_FAILED) from None
+        raise _fail(exc, debug) from None
     typer.echo(f"{cfg['name']}  ({folder})")
     typer.echo(f"  arch {cfg['arch']}, {cfg['sample_rate']} Hz, {cfg['n_src']} speakers, {n / 1e6:.2f} M params, "
                f"{size / 1e6:.1f} MB")
@@ -737,10 +736,10 @@ def models_import_spmamba(
             result, name = _import_release(src, config, name, out)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the temporary folders are removed, nothing installed
         raise _interrupt_exit(exc, "nothing installed") from None
-    except ConfigError as exc:  # conf.yml is a bad argument (a usage error), like a bad option value
-        raise _fail(exc, debug, EXIT_USAGE) from None
-    except CheckpointError as exc:
-        raise _fail(exc, debug, EXIT_FAILED) from None
+    except CheckpointError as exc:  # exit 1; 2 for a bad conf.yml (ConfigError), a bad argument like an option
+        # (its exit_code says so; the isinstance default serves a stand-in converter module, as tests use)
+        code = exit_code_of(exc, EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED)
+        raise _fail(exc, debug, code) from None
     for note in result.notes:
         typer.echo(f"sepcli: note: {note}", err=True)
     typer.echo(f"wrote {result.folder}" + (f" (use it with -m {name})" if name else ""))
@@ -791,7 +790,7 @@ def models_remove(name: str = typer.Argument(..., help="The name of a model in y
         store.remove_model(entry.folder)
         was_default = store.get_user_default() == entry.name
     except OSError as exc:
-        raise _fail(exc, debug, EXIT_FAILED) from None
+        raise _fail(exc, debug) from None
     typer.echo(f"removed {entry.name} ({entry.folder})")
     if was_default:
         typer.echo(f"sepcli: warning: {entry.name!r} was your default model: run `sepcli models default --reset` "
@@ -828,10 +827,8 @@ def models_default(name: str | None = typer.Argument(None, help="An installed mo
             typer.echo(f"default model: {entry.name} ({entry.folder})")
         target, why = default_choice()
         folder = resolve(DEFAULT)
-    except store.SettingsError as exc:
-        raise _fail(exc, debug, EXIT_FAILED) from None
-    except ModelNotFound as exc:
-        raise _fail(exc, debug, EXIT_FAILED) from None
+    except (store.SettingsError, ModelNotFound) as exc:  # the setting, not an argument, is wrong: exit 1 (not
+        raise _fail(exc, debug, EXIT_FAILED) from None  # ModelNotFound's 2) for a default that names no model
     if name is None and not reset:
         label = {"SEPCLI_MODEL": "from SEPCLI_MODEL", "user setting": "your setting (sepcli models default)"}
         typer.echo(f"default model: {target or folder.name} ({folder}), {label.get(why, 'the alias default')}")
@@ -859,17 +856,15 @@ def models_pull(
     nothing with -q), timeouts, retries, resume of a partial download; the sha256 is checked against a pinned one
     or printed and recorded in the model's provenance. On a slow link: SEPCLI_DOWNLOAD_TIMEOUT (seconds without
     data before a retry, default 30), SEPCLI_DOWNLOAD_RETRIES (default 3)."""
-    from .runtime.pull import PullError, pull
+    from .runtime.pull import pull
 
     try:
         with _interruptible():
             result = pull(name, source=source, force=force, quiet=quiet)
     except KeyboardInterrupt as exc:
         raise _interrupt_exit(exc, "nothing installed (pull again to resume the download)") from None
-    except PullError as exc:
-        raise _fail(exc, debug, exc.code) from None
-    except Exception as exc:  # unexpected: one line unless --debug; nothing was installed  # noqa: BLE001
-        raise _fail(exc, debug, EXIT_FAILED) from None
+    except Exception as exc:  # noqa: BLE001 (PullError: its code; unexpected: 1, one line unless --debug)
+        raise _fail(exc, debug) from None
     if result.already_installed:
         typer.echo(f"{name} is already installed in {result.folder} (--force downloads it again)")
         return
@@ -989,11 +984,9 @@ def train(
     """Train a separation network (negative SI-SNR with PIT). Checkpoints every few minutes and on Ctrl-C;
     `torchrun --nproc_per_node N $(which sepcli) train ...` trains data-parallel (gloo on CPU, nccl on GPU).
     OUT/best/ is the model of the best validation so far, or the latest weights without --val-data."""
-    from .train.data import DataError
-    from .train.trainer import TrainConfig, TrainDiverged, TrainError
+    from .train.trainer import TrainConfig, TrainError
     from .train.trainer import train as run_training
 
-    from .runtime.loader import ModelError
     from .train.checkpoint import resumed_config
 
     kw = dict(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
@@ -1012,19 +1005,16 @@ def train(
             raise TrainError(f"{', '.join(mixing)} apply to dynamic mixing (--pools) only; with --data the "
                              "mixtures are the folder's and an epoch is one pass over it")
         result = run_training(cfg)
-    except TrainDiverged as exc:
-        raise _fail(exc, debug, EXIT_FAILED) from None
     except OSError as exc:  # the run folder cannot be created or written (permissions, read-only, full)
         from .audio.io import os_problem
 
         where = exc.filename if exc.filename is not None else out
         raise _fail(OSError(f"{where}: {os_problem(exc)}"), debug, EXIT_FAILED) from None
-    except (TrainError, DataError, ValueError) as exc:
-        raise _fail(exc, debug, EXIT_USAGE) from None
-    except ModelError as exc:  # --init
-        raise _model_error_exit(exc, debug) from None
     except Exception as exc:  # noqa: BLE001 (one line, not a traceback, unless --debug)
-        raise _fail(exc, debug, EXIT_FAILED) from None
+        # the error's own code (TrainError, DataError 2; TrainDiverged 1; --init's ModelError 1, UnknownModel 2);
+        # any other ValueError is a bad option value (2)
+        code = exit_code_of(exc, EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED)
+        raise _fail(exc, debug, code) from None
     if result.get("rank", 0) != 0:  # under torchrun rank 0 reports for the run
         if result.get("signal") and result["stopped"]:
             raise typer.Exit(128 + int(result["signal"]))
@@ -1065,7 +1055,6 @@ def eval_cmd(
     as `separate`. Prints mean and median, per speaker pair when metadata.csv names them."""
     from .evaluate import NothingScored, evaluate
     from .pipeline import SeparationOptions
-    from .train.data import DataError
 
     sep = _make_separator(model, SeparationOptions(segment=segment, overlap=overlap, shifts=shifts, device=device,
                                                    threads=threads, precision=precision), debug)
@@ -1083,8 +1072,6 @@ def eval_cmd(
                 res = evaluate(sep, data_dir, csv_out, sdr, limit)
     except KeyboardInterrupt as exc:
         raise _interrupt_exit(exc, "no scores written") from None
-    except (DataError, FileNotFoundError) as exc:
-        raise _fail(exc, debug, EXIT_USAGE) from None
     except NothingScored as exc:  # every mixture named, one line each (and in the JSON a script reads)
         if debug:
             traceback.print_exception(exc, file=sys.stderr)
@@ -1093,8 +1080,9 @@ def eval_cmd(
         if as_json and exc.summary is not None:
             typer.echo(json.dumps({"model": sep.model.name, **exc.summary}, indent=2, default=_json_default))
         raise typer.Exit(EXIT_FAILED) from None
-    except Exception as exc:  # noqa: BLE001
-        raise _fail(exc, debug, EXIT_FAILED) from None
+    except Exception as exc:  # noqa: BLE001 (DataError: 2; a missing data folder is a bad argument too)
+        code = exit_code_of(exc, EXIT_USAGE if isinstance(exc, FileNotFoundError) else EXIT_FAILED)
+        raise _fail(exc, debug, code) from None
     for f in res["failed"]:  # one line each; the figures cover the other mixtures
         _error(f["error"])
     code = EXIT_FAILED if res["failed"] else EXIT_OK

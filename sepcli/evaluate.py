@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import FailedError, one_line
 from .metrics import finite_or_none, separation_scores, silent_reference
 from .train.data import DataError, librimix_items, read_mono
 
 
-class NothingScored(ValueError):
+class NothingScored(FailedError, ValueError):
     """No mixture could be scored; `failed` lists each ({"file", "error"}), str() the first (and how many more)."""
 
     def __init__(self, failed: list[dict], summary: dict | None = None):
@@ -131,7 +132,7 @@ def evaluate(separator, data_dir: str | Path, csv_path: str | Path | None = None
             except MemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 (named: which file, what problem)
-                msg = " ".join(str(exc).split()) or type(exc).__name__
+                msg = one_line(exc)
                 failed.append({"file": str(mix_path), "error": msg if str(mix_path) in msg else f"{mix_path}: {msg}"})
                 continue
             # degenerate files (a silent reference: SDR -inf, SI-SNR only its epsilon) are kept as missing, so the

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..errors import FailedError, one_line
+
 BLOCK = 65536  # frames per read block: large enough for speed, small enough to keep memory flat
 
 # extension -> (libsndfile major format, allowed subtypes, default subtype)
@@ -47,7 +49,7 @@ MIN_RATE, MAX_RATE = 8000, 192000
 _MANY_CHANNELS = 64  # an array with more channels than this and than samples is taken for channels-first
 
 
-class AudioError(Exception):
+class AudioError(FailedError):
     """A problem with one audio file; str() is a one-line message naming the file."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
@@ -56,15 +58,10 @@ class AudioError(Exception):
         super().__init__(f"{self.path}: {problem}")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
-
-
 def sf_message(exc: BaseException, path: str | os.PathLike) -> str:
     """libsndfile's message in one line, without soundfile's "Error opening '<path>': " prefix (the caller
     names the file once; the path may have been given to soundfile as str or as bytes)."""
-    text = _one_line(exc)
+    text = one_line(exc)
     if isinstance(path, int):  # a file descriptor
         return text.removeprefix(f"Error opening {path}:").strip()
     for prefix in (f"Error opening {str(path)!r}: ", f"Error opening {os.fspath(path)!r}:",
@@ -81,7 +78,7 @@ _OS_PROBLEMS = {errno.ENOENT: "no such file", errno.ELOOP: "symbolic link loop",
 
 def os_problem(exc: OSError) -> str:
     """A short description of an OSError (no path: the caller names the file)."""
-    return _OS_PROBLEMS.get(exc.errno or -1) or (exc.strerror or _one_line(exc)).rstrip(".").lower()
+    return _OS_PROBLEMS.get(exc.errno or -1) or (exc.strerror or one_line(exc)).rstrip(".").lower()
 
 
 def check_readable(path: str | os.PathLike) -> int:
@@ -201,7 +198,7 @@ class AudioInput:
                     size //= 2
                     continue
                 if decoded == 0:
-                    raise AudioError(self.path, f"decoding failed ({_one_line(exc)})") from None
+                    raise AudioError(self.path, f"decoding failed ({one_line(exc)})") from None
                 # what decoded before the damage is kept and `decoded` says how much, as for an mp3 that ends
                 # early (the caller flags it); every pass stops at the same frame
                 self.decoded = decoded

@@ -25,6 +25,8 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from ..errors import FailedError
+
 from .scan_ref import selective_scan_ref
 
 BACKENDS = ("ref", "cpu", "triton", "mamba_ssm")
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-class ScanBackendError(RuntimeError):
+class ScanBackendError(FailedError, RuntimeError):
     """A requested scan backend cannot run here (not installed, or wrong device)."""
 
 

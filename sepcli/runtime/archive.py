@@ -23,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..errors import FailedError, one_line
+
 MAX_TOTAL = 2 << 30  # bytes all members may inflate to
 MAX_MEMBERS = 10_000
 MAX_RATIO = 100  # uncompressed / compressed size of one member, checked above RATIO_FLOOR
@@ -30,7 +32,7 @@ RATIO_FLOOR = 4 << 20
 _CHUNK = 1 << 20
 
 
-class ArchiveError(ValueError):
+class ArchiveError(FailedError, ValueError):
     """The archive cannot be read safely; str() names the archive and the problem in one line."""
 
 
@@ -82,7 +84,7 @@ class SafeZip:
             raise ArchiveError(f"{self.label}: cannot read ({exc.strerror or exc})") from None
         except Exception as exc:  # noqa: BLE001 - zipfile raises ValueError, EOFError, ... on damaged directories
             raise ArchiveError(f"{self.label}: not a readable zip archive ({type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())[:160]})") from None
+                               f"{one_line(str(exc), 160)})") from None
         try:
             self.members = self._check()
         except BaseException:
@@ -141,7 +143,7 @@ class SafeZip:
             raise
         except zipfile.BadZipFile as exc:  # e.g. "Bad CRC-32", "Bad magic number for file header"
             Path(dest).unlink(missing_ok=True)
-            raise ArchiveError(f"{what} is damaged ({' '.join(str(exc).split())[:160]})") from None
+            raise ArchiveError(f"{what} is damaged ({one_line(str(exc), 160)})") from None
         except OSError as exc:  # writing the copy (disk full, ...)
             Path(dest).unlink(missing_ok=True)
             raise ArchiveError(f"{what}: cannot copy it out ({exc.strerror or exc})") from None
@@ -151,7 +153,7 @@ class SafeZip:
                 raise
             # zlib.error, EOFError (cut short), NotImplementedError (compression method), RuntimeError, ...
             raise ArchiveError(f"{what} cannot be read: truncated or damaged ({type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())[:160]})") from None
+                               f"{one_line(str(exc), 160)})") from None
         return n
 
     def close(self) -> None:

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..errors import FailedError, one_line
+
 ENV = "SEPCLI_CATALOGUE"
 IMPORTERS = ("spmamba-release",)
 
 
-class CatalogueError(ValueError):
+class CatalogueError(FailedError, ValueError):
     """The catalogue file cannot be read or an entry is malformed; str() names the file and the problem."""
 
 
@@ -103,7 +105,7 @@ def entries() -> list[Entry]:
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        raise CatalogueError(f"{where}: not readable JSON ({' '.join(str(exc).split())[:120]})") from None
+        raise CatalogueError(f"{where}: not readable JSON ({one_line(str(exc), 120)})") from None
     models = doc.get("models") if isinstance(doc, dict) else None
     if not isinstance(models, list):
         raise CatalogueError(f"{where}: no 'models' list")

@@ -40,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from ..errors import FailedError, one_line
+
 CHUNK = 1 << 16
 MAX_REDIRECTS = 5
 
 
 # ---------------------------------------------------------------------- errors
-class DownloadError(Exception):
+class DownloadError(FailedError):
     """A download that did not complete; str() is one line naming the URL or file and the problem."""
 
 
@@ -295,7 +297,7 @@ def _open(url: str, offset: int, s: Settings):
 
 
 def _why(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:120] or type(exc).__name__
+    return one_line(exc, 120)
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:

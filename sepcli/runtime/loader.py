@@ -26,15 +26,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ..errors import ModelError, UnknownModel, one_line  # noqa: F401 (UnknownModel: importable from here)
 from . import registry
-
-
-class ModelError(Exception):
-    """A model folder or checkpoint that cannot be used; str() names the file and the problem."""
-
-
-class UnknownModel(ModelError):
-    """The name or path given names no model (a usage error, unlike a model that exists but cannot be loaded)."""
 
 
 @dataclass
@@ -66,11 +59,6 @@ def _err(path: Path, msg: str) -> ModelError:
     return ModelError(f"{path}: {msg}")
 
 
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's text on one line, at most `limit` characters (its type name when it has none)."""
-    return " ".join(str(exc).split())[:limit] or type(exc).__name__
-
-
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
@@ -83,9 +71,9 @@ def _unreadable_safetensors(path: Path, exc: BaseException) -> ModelError:
     if head == _LFS_POINTER:
         why = "a Git LFS pointer, not the weights: fetch them with `git lfs pull`"
     elif isinstance(exc, OSError):
-        why = exc.strerror or one_line(exc)
+        why = exc.strerror or one_line(exc, 200)
     else:
-        why = one_line(exc)
+        why = one_line(exc, 200)
     return _err(path, f"not a readable safetensors file ({why})")
 
 
@@ -278,7 +266,7 @@ def _build(cfg: dict, folder: Path, budget: int | None = None) -> torch.nn.Modul
         raise _err(folder / "config.json", f"arch {cfg['arch']!r} is not available ({exc})") from None
     except Exception as exc:  # noqa: BLE001  (e.g. an 'arch_args' value of the wrong kind or size)
         raise _err(folder / "config.json", f"cannot build arch {cfg['arch']!r} from 'arch_args' "
-                                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+                                           f"({type(exc).__name__}: {one_line(str(exc), 200)})") from None
 
 
 def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -293,8 +281,6 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         from .catalogue import not_installed_hint
 
         raise UnknownModel(not_installed_hint(exc.name) or str(exc)) from None
-    except registry.ModelNotFound as exc:
-        raise UnknownModel(str(exc)) from None
     folder, weights = _locate(target)
     cfg = read_config(folder)
     state = read_state_dict(weights)
@@ -315,7 +301,7 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     try:
         net.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError) as exc:  # e.g. a dtype torch cannot copy
-        raise _err(weights, f"weights do not match the network ({' '.join(str(exc).split())[:300]})") from None
+        raise _err(weights, f"weights do not match the network ({one_line(str(exc), 300)})") from None
     net.eval().to(device)
     return LoadedModel(network=net, sample_rate=cfg["sample_rate"], n_src=cfg["n_src"],
                        segment=float(cfg["segment"]), overlap=float(cfg["overlap"]),

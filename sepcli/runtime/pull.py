@@ -31,15 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..errors import FailedError
 from . import catalogue, download, store
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-class PullError(Exception):
+class PullError(FailedError):
+    """A pull that did not install; `code` (= exit_code) is 2 for a bad argument (unknown name, missing --from
+    file), 1 otherwise."""
+
     def __init__(self, message: str, code: int = EXIT_FAILED):
         super().__init__(message)
-        self.code = code
+        self.code = self.exit_code = code
 
 
 @dataclass

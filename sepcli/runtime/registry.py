@@ -33,14 +33,14 @@ from pathlib import Path
 
 import sepcli
 
+from ..errors import UnknownModel, one_line
 from . import store
 
 SHIPPED, EXTRA, USER = "shipped", "SEPCLI_ZOO", "user"  # where a model lives (ZooEntry.source)
 DEFAULT = "default"
 
 
-class ModelNotFound(LookupError):
-    pass
+ModelNotFound = UnknownModel  # the one "unknown model" error (sepcli.errors), by the name this module used
 
 
 class UnknownName(ModelNotFound):
@@ -110,7 +110,7 @@ def _scan() -> list[ZooEntry]:
             try:
                 cfg = json.loads(cfg_path.read_text())
             except (OSError, ValueError) as exc:
-                cfg, problem = {}, f"{cfg_path}: not readable JSON ({' '.join(str(exc).split())[:120]})"
+                cfg, problem = {}, f"{cfg_path}: not readable JSON ({one_line(str(exc), 120)})"
             if not isinstance(cfg, dict):
                 cfg, problem = {}, f"{cfg_path}: not a JSON object"
             aliases = cfg.get("aliases") or []

@@ -48,8 +48,9 @@ from typing import Any
 
 import torch
 
+from ..errors import FailedError, UsageError, one_line
 from .archive import ArchiveError, SafeZip
-from .loader import one_line, state_dict_mismatch, torch_load_problem, without_ddp_prefix
+from .loader import state_dict_mismatch, torch_load_problem, without_ddp_prefix
 from .permissions import apply_default_modes
 
 PREFIX = "audio_model."
@@ -67,12 +68,15 @@ _WALK_DEPTH = 4  # folders below a source folder searched for conf.yml and check
 _WALK_FILES = 10_000
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FailedError, ValueError):
     """The config or checkpoint cannot be imported; str() names the file and the problem in one line."""
 
 
-class ConfigError(CheckpointError):
-    """conf.yml cannot be read or does not describe an SPMamba that can be built."""
+class ConfigError(CheckpointError, UsageError):
+    """conf.yml cannot be read or does not describe an SPMamba that can be built: a bad argument (exit 2), like a
+    bad option value."""
+
+    exit_code = UsageError.exit_code  # CheckpointError's FailedError comes first in the MRO: say it here
 
 
 
@@ -129,7 +133,7 @@ def read_official_config(config_yml: Path, label: str | None = None) -> tuple[di
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: not a text file (not UTF-8)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML ({one_line(exc)})") from None
+        raise ConfigError(f"{where}: invalid YAML ({one_line(exc, 200)})") from None
     except RecursionError:
         raise ConfigError(f"{where}: invalid YAML (nested too deeply)") from None
     net = doc.get("audionet") if isinstance(doc, dict) else None
@@ -315,7 +319,7 @@ def _install(tensors: dict[str, torch.Tensor], cfg: dict, out_dir: Path, replace
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own error type
-        raise CheckpointError(f"{out_dir}: cannot write ({type(exc).__name__}: {one_line(exc)})") from None
+        raise CheckpointError(f"{out_dir}: cannot write ({type(exc).__name__}: {one_line(exc, 200)})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
@@ -337,7 +341,7 @@ def _convert(config_yml: Path, checkpoint: Path, out_dir: Path, name: str, *, co
             expected = SPMamba(**args).state_dict()
     except Exception as exc:  # noqa: BLE001 - unknown keys (TypeError), values SPMamba refuses, torch errors
         raise ConfigError(f"{conf_label}: audionet_config does not describe an SPMamba "
-                          f"({type(exc).__name__}: {one_line(exc)})") from None
+                          f"({type(exc).__name__}: {one_line(exc, 200)})") from None
     sd, fmt, details = read_checkpoint(checkpoint, ck_label)
     notes = check_sample_rate(expected, sd, args, sr, conf_label, ck_label)
     match_state_dict(expected, sd, ck_label)  # the network is now known to be the checkpoint's size

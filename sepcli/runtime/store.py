@@ -18,13 +18,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..errors import FailedError
+
 SETTINGS = "settings.json"
 DEFAULT_KEY = "default_model"
 ENV_HOME = "SEPCLI_HOME"
 ENV_MODEL = "SEPCLI_MODEL"  # overrides the user default and the shipped `default` alias
 
 
-class SettingsError(OSError):
+class SettingsError(FailedError, OSError):
     """settings.json cannot be read or written; str() names the file and the problem in one line."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import one_line
 from .config import TrainConfig, TrainError
 
 
@@ -23,7 +24,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
     except RuntimeError as exc:  # torch's C++ writer: "open file failed with strerror: Permission denied", ...
         tmp.unlink(missing_ok=True)
-        why = str(exc).rsplit("strerror:", 1)[-1].strip() if "strerror:" in str(exc) else " ".join(str(exc).split())
+        why = str(exc).rsplit("strerror:", 1)[-1].strip() if "strerror:" in str(exc) else one_line(str(exc))
         raise OSError(f"cannot write the checkpoint ({why})") from None
     os.replace(tmp, path)
 

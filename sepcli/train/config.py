@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio.io import MAX_RATE, MIN_RATE
+from ..errors import EXIT_FAILED, UsageError
 from .data import LibriMixDataset
 
 
@@ -60,12 +61,14 @@ class TrainConfig:
     quiet: bool = False
 
 
-class TrainError(RuntimeError):
-    pass
+class TrainError(UsageError, RuntimeError):
+    """Options that cannot train (exit 2)."""
 
 
 class TrainDiverged(TrainError):
     """The loss became NaN/Inf: a failure of the run (exit 1), not a usage error."""
+
+    exit_code = EXIT_FAILED
 
 
 def data_warnings(cfg: TrainConfig, ds: LibriMixDataset, per_step: int) -> list[str]:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..audio.io import riff_declared_frames, sf_message
+from ..errors import UsageError
 from ..metrics import SILENT_RATIO, zero_mean_energy
 from .mixing import MixOptions, make_mixture, rng_for
 from .speakers import load_pool
@@ -25,7 +26,7 @@ from .speakers import load_pool
 AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     """A training/evaluation data folder that cannot be used (message names the folder and the problem)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import one_line
 from ..nets import build_network, named_config
 from .config import TrainConfig, TrainError
 
@@ -32,12 +33,12 @@ def network_for(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict, int]:
             net = build_network(loaded.arch, args)
         except (TypeError, ValueError) as exc:
             raise TrainError(f"--init {cfg.init}: arch_args {cfg.arch_args} do not fit arch {loaded.arch!r} "
-                             f"({' '.join(str(exc).split())[:200]})") from None
+                             f"({one_line(str(exc), 200)})") from None
         try:
             net.load_state_dict(loaded.network.state_dict())
         except RuntimeError as exc:
             raise TrainError(f"--init {cfg.init}: arch_args {cfg.arch_args} change the network's weights, which "
-                             f"then do not load ({' '.join(str(exc).split())[:200]})") from None
+                             f"then do not load ({one_line(str(exc), 200)})") from None
         return net, loaded.arch, args, loaded.sample_rate
     if not cfg.arch:
         raise TrainError("give --arch (a network configuration) or --init (a model to start from)")
