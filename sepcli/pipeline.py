@@ -6,4 +6,5 @@ from .separate import *  # noqa: F403
 from .separate import __all__  # noqa: F401
 from .separate.claim import _clean_after_dead_holder, _pid_alive  # noqa: F401
 from .separate.results import _dropped_output, _existing_output, _finite, _Timer  # noqa: F401
-from .separate.separator import _lufs_gains, _too_short  # noqa: F401
+from .separate.outputs import _lufs_gains, loudness_gains  # noqa: F401
+from .separate.separator import _too_short  # noqa: F401

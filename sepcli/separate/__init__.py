@@ -41,7 +41,8 @@ Reliability (see also audio/io.py):
 
 Modules: `options` (SeparationOptions, name templates, output paths and folders), `claim` (OutputClaim, the lock
 and crash journal of one input's outputs), `results` (FileResult, OutputInfo), `separator` (the streaming core),
-`batch` (discovery, shard, manifest) and `bench` (speed on a synthetic input).
+`outputs` (one input's files and their loudness decision), `batch` (discovery, shard, manifest) and `bench`
+(speed on a synthetic input).
 
 `SeparationOptions` carries every user choice; `Separator(model, options)` loads the model once.
 `model` is a zoo name / alias / folder path, a runtime.loader.LoadedModel, or any callable

@@ -3,7 +3,6 @@ input's outputs (see the package's docstring for the data flow and the reliabili
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -17,22 +16,20 @@ import torch
 
 from ..audio.chunking import SegmentStream, Stitcher, align_order, segment_geometry
 from ..audio.io import (
-    LOSSY_FORMATS,
     ArrayInput,
-    AtomicWriter,
     AudioError,
     AudioInput,
-    FloatSpool,
     check_output_format,
     os_problem,
 )
-from ..audio.loudness import PEAK_CEILING_DB, StreamingLoudness, db_to_gain, gain_to_db, target_gain
+from ..audio.loudness import StreamingLoudness, db_to_gain
 from ..audio.resample import StreamResampler, expected_length
 from ..runtime.device import autocast, bf16_pays, configure, resolve_precision, select_device
 from ..runtime.loader import LoadedModel, ModelError, load_model
 from .claim import Busy, OutputClaim
 from .options import SHIFT_STEP_S, SeparationOptions, UsageError, make_output_folder, output_paths
-from .results import FileResult, OutputInfo, _dropped_output, _existing_output, _finite, _Timer
+from .outputs import InputOutputs, _lufs_gains
+from .results import FileResult, _dropped_output, _existing_output, _Timer
 
 
 class Cancelled(Exception):
@@ -259,9 +256,7 @@ class Separator:
         result = FileResult(input=str(path), status="error")
         o = self.options
         timer = _Timer()
-        writers: list[AtomicWriter] = []
-        spools: list[FloatSpool] = []
-        temporaries: list[Path] = []  # every temporary file's name, given before the file is created
+        written: InputOutputs | None = None  # this input's writers, spools and temporary files
         claim: OutputClaim | None = None
         try:
             outs = self.planned_outputs(stem, out_dir)
@@ -288,8 +283,8 @@ class Separator:
                 except ValueError as exc:  # mp3 and an input rate it cannot store: this file's problem
                     raise UsageError(f"{exc} ({src.rate} Hz input)") from None
                 replace = o.overwrite or "replaced_damaged_output" in result.flags
-                infos = self._write_outputs(src, outs, rate, timer, writers, spools, progress, claim.record,
-                                            temporaries, replace)
+                written = InputOutputs(outs, rate, o, claim.record)
+                infos = written.write(self._stream(src, timer, progress), replace)
                 replaced, decoded, declared = src.nonfinite, src.decoded, src.declared_frames
             result.outputs = infos
             result.status = "ok"
@@ -319,15 +314,8 @@ class Separator:
             result.error = f"{path}: unexpected error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
             result.exception = exc
         finally:
-            for w in writers:
-                w.abort()  # removes the temporary file (no-op after commit)
-                if w.committed and result.status != "ok":
-                    w.path.unlink(missing_ok=True)  # all speakers or none
-            for sp in spools:
-                sp.close()
-            for t in temporaries:  # one an interruption caught between its creation and its owner's list
-                with contextlib.suppress(OSError):
-                    t.unlink(missing_ok=True)
+            if written is not None:
+                written.cleanup(ok=result.status == "ok")
             if claim is not None:
                 claim.release()
         total = time.perf_counter() - t_start
@@ -360,104 +348,7 @@ class Separator:
                 raise UsageError(f"output {p} exists (use --overwrite to replace it)")
         return True
 
-    def _write_outputs(self, src, outs: list[Path], rate: int, timer: _Timer, writers: list,
-                       spools: list, progress, journal: Callable[..., None],
-                       temporaries: list[Path], replace: bool) -> list[OutputInfo]:
-        """Stream the speakers into `outs` (temporary files, renamed when all are finished). Every temporary file's
-        name goes into `temporaries` before the file is created; `journal(temps=..., committing=...)` records in the
-        claim what a SIGKILL could leave behind (see _clean_after_dead_holder). `replace`: existing outputs are replaced
-        (--overwrite, or a damaged output of a resumed batch), else never."""
-        o = self.options
-        n_src = self.model.n_src
-        meters = [StreamingLoudness(rate) for _ in range(n_src)]
-        gains = [1.0] * n_src
-        flags: list[list[str]] = [[] for _ in range(n_src)]
-        register = temporaries.append
-
-        def temps():
-            journal(temps=[os.path.abspath(t) for t in temporaries])
-
-        if o.loudness == "off":  # one pass straight into the files
-            writers.extend(AtomicWriter(p, rate, o.format, o.subtype, register) for p in outs)
-            temps()
-            for block in self._stream(src, timer, progress):
-                for k in range(n_src):  # the loudness and peak reported are the file's: measured after clipping
-                    meters[k].update(writers[k].write(block[k]))
-        else:  # raw float stream first; the gain depends on the whole output
-            spools.extend(FloatSpool(p.parent, register) for p in outs)
-            temps()
-            measure = o.loudness != "match"  # `match` needs only the peaks of the raw streams
-            raw = [StreamingLoudness(rate) for _ in range(n_src)]
-            peaks = [0.0] * n_src
-            for block in self._stream(src, timer, progress):
-                for k in range(n_src):
-                    spools[k].write(block[k])
-                    if measure:
-                        raw[k].update(block[k])
-                    elif len(block[k]):
-                        peaks[k] = max(peaks[k], float(np.abs(block[k]).max()))
-            if o.loudness == "match":
-                peak = max(peaks)
-                # a lossy file decodes with overshoots of a few percent above its encoded peak (measured: +0.3 dB
-                # Vorbis, +0.07 dB MP3): it keeps the -1 dBFS headroom of the LUFS mode, a PCM file the full scale
-                ceiling = db_to_gain(PEAK_CEILING_DB) if o.format in LOSSY_FORMATS else 1.0
-                if o.subtype != "FLOAT" and peak > ceiling:
-                    g = ceiling * (1.0 - 1e-6) / peak
-                    gains = [g] * n_src
-                    flags = [["scaled_to_avoid_clipping"] for _ in range(n_src)]
-            else:
-                for k, (g, limited) in enumerate(_lufs_gains(raw, float(o.loudness), o.silent_lu)):
-                    gains[k] = g
-                    if limited:
-                        flags[k].append("peak_limited")
-            writers.extend(AtomicWriter(p, rate, o.format, o.subtype, register) for p in outs)
-            temps()
-            for k in range(n_src):
-                for block in spools[k].blocks():
-                    block = block * np.float32(gains[k])
-                    meters[k].update(writers[k].write(block))
-                spools[k].close()
-        loud = [m.loudness() for m in meters]
-        level = [m.level() for m in meters]  # the loudness, or for outputs under 400 ms their ungated level
-        top = max(level)
-        silents = [not math.isfinite(level[k]) or level[k] < top - o.silent_lu for k in range(n_src)]
-        keep = [not (silents[k] and o.drop_silent) for k in range(n_src)]
-        for k in range(n_src):  # finish every file before renaming any: the renames are then back to back
-            if keep[k]:
-                writers[k].close()
-            else:
-                writers[k].abort()
-        journal(committing=[os.path.abspath(outs[k]) for k in range(n_src) if keep[k]])
-        for k in range(n_src):
-            if keep[k]:
-                writers[k].commit(overwrite=replace)
-            elif replace and os.path.lexists(outs[k]):
-                os.unlink(outs[k])  # replacing this input's outputs: a dropped speaker's old file goes too
-        infos = []
-        for k in range(n_src):
-            silent, written = silents[k], keep[k]
-            if silent:
-                flags[k].append("silent")
-            if writers[k].clipped:
-                flags[k].append("clipped")
-            frames = writers[k].frames
-            infos.append(OutputInfo(speaker=k + 1, path=str(outs[k]) if written else None, sample_rate=rate,
-                                    frames=frames, duration=frames / rate, loudness_lufs=_finite(loud[k]),
-                                    peak_dbfs=_finite(gain_to_db(meters[k].peak)),
-                                    gain_db=round(gain_to_db(gains[k]), 3), flags=flags[k], written=written))
-        return infos
-
 
 def _too_short(path, frames: int, rate: int, out_rate: int) -> AudioError:
     return AudioError(path, f"too short: {frames} sample(s) at {rate} Hz are no sample at the output rate of "
                             f"{out_rate} Hz")
-
-
-def _lufs_gains(meters: list[StreamingLoudness], target: float, silent_lu: float) -> list[tuple[float, bool]]:
-    """(gain, peak_limited) per output measured by `meters` to reach `target` LUFS; a silent output (no loudness,
-    or `silent_lu` or more below the loudest) is not amplified to the target: gain 1."""
-    loud = [m.loudness() for m in meters]
-    top = max(loud)
-    return [(1.0, False) if not math.isfinite(lk) or lk < top - silent_lu else target_gain(lk, m.peak, target)
-            for lk, m in zip(loud, meters)]
-
