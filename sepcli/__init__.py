@@ -7,7 +7,7 @@ __all__ = ["Separator", "__version__"]
 
 def __getattr__(name):  # lazy: `import sepcli` stays cheap (no torch import)
     if name == "Separator":
-        from .pipeline import Separator
+        from .separate import Separator
 
         return Separator
     raise AttributeError(name)

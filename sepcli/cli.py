@@ -146,7 +146,7 @@ def _check_out(out: Path, debug: bool) -> None:
     """Fail before any work when the output folder cannot be used: -o naming a file is a usage error (2), a
     folder that cannot be created or written (permissions, read-only, full) a failure (1)."""
     from .audio.io import AudioError
-    from .pipeline import check_output_folder
+    from .separate import check_output_folder
 
     if out.exists() and not out.is_dir():
         _error(f"{out}: -o must name a folder, but this is a file")
@@ -198,7 +198,7 @@ def run() -> None:
 # ---------------------------------------------------------------------- shared options
 def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
              overwrite, device, threads, precision="auto"):
-    from .pipeline import SeparationOptions
+    from .separate import SeparationOptions
 
     return SeparationOptions(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, channel=channel,
                              sample_rate=sample_rate, format=fmt, subtype=subtype, name=name, loudness=loudness,
@@ -207,7 +207,7 @@ def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, su
 
 
 def _make_separator(model: str, opts, debug: bool):
-    from .pipeline import Separator, UsageError
+    from .separate import Separator, UsageError
     from .runtime.device import threads_for_idle_cpus
     from .runtime.loader import ModelError
 
@@ -353,7 +353,7 @@ def separate(
     if inputs.count("-") > 1:
         _error("stdin ('-') can be given only once")
         raise typer.Exit(EXIT_USAGE)
-    from .pipeline import UsageError, check_distinct_outputs
+    from .separate import UsageError, check_distinct_outputs
 
     with _interruptible():
         try:
@@ -398,7 +398,7 @@ class _made_if_missing:
 def _separate_all(sep, inputs: list[str], stems: list[str], out: Path, quiet: bool, debug: bool) -> list:
     """The per-input loop of `separate`: one FileResult per input, in order."""
     from .audio.io import AudioError, spool_stdin
-    from .pipeline import FileResult, UsageError
+    from .separate import FileResult, UsageError
 
     console = _stderr_console(quiet)
     protect = {Path(i) for i in inputs if i != "-"}
@@ -493,7 +493,7 @@ def batch(
 
     Example: sepcli batch calls/ -o separated/ --manifest separated/manifest.jsonl --jobs 2
     """
-    from .pipeline import UsageError, parse_shard
+    from .separate import UsageError, parse_shard
 
     opts = _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness,
                     drop_silent, overwrite, device, threads, precision)
@@ -521,7 +521,7 @@ def batch(
 
 def _batch_run(sep, folder: Path, out: Path, glob, jobs: int, shard_ix, manifest, quiet: bool, debug: bool):
     """Run separate_batch with a progress bar on a terminal; (results, extra JSON fields)."""
-    from .pipeline import UsageError, separate_batch
+    from .separate import UsageError, separate_batch
 
     console = _stderr_console(quiet)
     bar = None
@@ -893,7 +893,7 @@ def bench(
     debug: DebugOpt = False,
 ) -> None:
     """Measure the real-time factor of a model on a synthetic input (RTF < 1 is faster than real time)."""
-    from .pipeline import SeparationOptions, bench_model
+    from .separate import SeparationOptions, bench_model
 
     sep = _make_separator(model, SeparationOptions(device=device, threads=threads, precision=precision), debug)
     try:
@@ -1054,7 +1054,7 @@ def eval_cmd(
     """Score a model: SI-SNRi and SDRi (permutation-matched, against the mixture) through the same pipeline
     as `separate`. Prints mean and median, per speaker pair when metadata.csv names them."""
     from .evaluate import NothingScored, evaluate
-    from .pipeline import SeparationOptions
+    from .separate import SeparationOptions
 
     sep = _make_separator(model, SeparationOptions(segment=segment, overlap=overlap, shifts=shifts, device=device,
                                                    threads=threads, precision=precision), debug)
