@@ -1,6 +1,6 @@
 """The `sepcli` command line: options -> SeparationOptions -> Separator -> results on screen.
 
-No audio math here: everything a library user would need lives in sepcli.pipeline and sepcli.runtime.
+No audio math here: everything a library user would need lives in sepcli.separate and sepcli.runtime.
 Progress bars and tables go to stderr (only when stderr is a terminal and --quiet is not given); --json prints
 a machine-readable summary on stdout. Errors are one line naming the file and the problem (--debug shows the
 traceback).

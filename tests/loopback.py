@@ -153,3 +153,27 @@ def refused_url() -> str:
     port = s.getsockname()[1]
     s.close()
     return f"http://127.0.0.1:{port}/SPMamba-LibriMix.zip"
+
+
+def fill_disk_after(monkeypatch, module, room: int) -> None:
+    """Make `module`'s writes of a `.part` file fail with ENOSPC once `room` bytes are written (a full disk)."""
+    import builtins
+    import errno
+    import io
+
+    left = [room]
+
+    class FullDisk(io.FileIO):
+        def write(self, b):
+            if left[0] <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            n = min(len(b), left[0])
+            left[0] -= n
+            return super().write(bytes(b[:n]))
+
+    def fake_open(path, mode="r", *a, **k):
+        if str(path).endswith(".part") and "b" in mode:
+            return io.BufferedWriter(FullDisk(path, mode.replace("b", "")))
+        return builtins.open(path, mode, *a, **k)
+
+    monkeypatch.setattr(module, "open", fake_open, raising=False)

@@ -13,7 +13,7 @@ import pytest
 from sepcli.runtime import download as dl
 from sepcli.runtime.download import (Busy, DiskFull, HTTPStatusError, PlainProgress, Settings, Stalled, TooLarge,
                                      Unreachable, download, part_path, pull_lock, sha256_file)
-from tests.loopback import Behaviour, Loopback, refused_url
+from tests.loopback import Behaviour, Loopback, fill_disk_after, refused_url
 
 FAST = Settings(connect_timeout=2.0, read_timeout=0.3, retries=3, backoff=0.01, cap=1 << 24)
 DATA = os.urandom(300_000)  # several chunks of the transfer
@@ -157,23 +157,7 @@ def test_a_body_growing_past_the_cap_is_stopped(server, tmp_path, monkeypatch):
 
 def test_disk_full_is_one_error_and_the_part_stays_resumable(server, tmp_path, monkeypatch):
     url = server.serve("/f.zip", Behaviour(DATA))
-    real_open = open
-    budget = [150_000]
-
-    class FullDisk(io.FileIO):
-        def write(self, b):
-            if budget[0] <= 0:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            n = min(len(b), budget[0])
-            budget[0] -= n
-            return super().write(bytes(b[:n]))
-
-    def fake_open(path, mode="r", *a, **k):
-        if str(path).endswith(".part") and "b" in mode:
-            return io.BufferedWriter(FullDisk(path, mode.replace("b", "")))
-        return real_open(path, mode, *a, **k)
-
-    monkeypatch.setattr(dl, "open", fake_open, raising=False)
+    fill_disk_after(monkeypatch, dl, 150_000)
     with pytest.raises(DiskFull, match="disk full") as exc:
         download(url, tmp_path / "f.zip", settings=FAST, sleep=no_sleep)
     assert "\n" not in str(exc.value)

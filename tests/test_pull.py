@@ -10,7 +10,6 @@ server with SEPCLI_CATALOGUE (a JSON file of the shipped form) and the user stor
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import torch
 from typer.testing import CliRunner
 
 from sepcli.cli import app
-from tests.loopback import Behaviour, Loopback, refused_url
+from tests.loopback import Behaviour, Loopback, fill_disk_after, refused_url
 from tests.spmamba_release import make_release, random_spmamba, release_checkpoint, release_zip, small_yml
 
 NAME = "spmamba-libri2mix"
@@ -284,37 +283,19 @@ def test_connection_refused_names_the_url_and_the_manual_steps(env):
 
 
 def test_disk_full_is_one_line_and_the_part_is_resumed_later(env, server, release, monkeypatch):
-    import errno
-
     from sepcli.runtime import download as dl
 
     data, _ = release
     url = server.serve("/SPMamba-LibriMix.zip", Behaviour(data))
     env(url)
-    real_open = open
-    room = [len(data) // 3]
-
-    class FullDisk(io.FileIO):
-        def write(self, b):
-            if room[0] <= 0:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            n = min(len(b), room[0])
-            room[0] -= n
-            return super().write(bytes(b[:n]))
-
-    def fake_open(path, mode="r", *a, **k):
-        if str(path).endswith(".part") and "b" in mode:
-            return io.BufferedWriter(FullDisk(path, mode.replace("b", "")))
-        return real_open(path, mode, *a, **k)
-
-    monkeypatch.setattr(dl, "open", fake_open, raising=False)
+    fill_disk_after(monkeypatch, dl, len(data) // 3)
     res = pull("-q")
     assert res.exit_code == 1 and "disk full" in one_error_line(res)
     assert_nothing_installed(env.home)
     (part,) = (env.home / "downloads").glob("*.zip.part")
     kept = part.stat().st_size
     assert data.startswith(part.read_bytes()) and kept > 0
-    monkeypatch.setattr(dl, "open", real_open, raising=False)
+    monkeypatch.setattr(dl, "open", open, raising=False)  # the disk has room again
     res = pull("-q")
     assert res.exit_code == 0, res.output
     assert server.ranges("/SPMamba-LibriMix.zip")[-1] == f"bytes={kept}-"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -52,34 +51,10 @@ exp:
 
 
 def small_yml(emb_dim: int = 4) -> str:
-    """A conf.yml of the official form with a small network (fast forwards in tests)."""
-    return textwrap.dedent(f"""\
-        audionet:
-          audionet_name: SPMamba
-          audionet_config:
-            input_dim: 64
-            n_srcs: 2
-            n_fft: 32
-            stride: 8
-            window: hann
-            n_imics: 1
-            n_layers: 2
-            lstm_hidden_units: 16
-            attn_n_head: 2
-            attn_approx_qk_dim: 32
-            emb_dim: {emb_dim}
-            emb_ks: 4
-            emb_hs: 1
-            activation: prelu
-            eps: 1.0e-5
-            use_builtin_complex: False
-        datamodule:
-          data_name: Libri2MixDataModule
-          data_config:
-            sample_rate: 8000
-        exp:
-          exp_name: SPMamba-test
-        """)
+    """A conf.yml of the official form with a small network (fast forwards in tests), naming it SPMamba."""
+    from tests.spmamba_release import small_yml as release_form
+
+    return release_form(emb_dim=emb_dim, audionet_name="SPMamba", exp_name="SPMamba-test")
 
 
 def official_model(yml_text: str, seed: int = 0) -> SPMamba:

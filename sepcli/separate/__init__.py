@@ -1,6 +1,6 @@
 """Separation: audio in -> one stream per speaker out. The one path used by `separate`, `batch` and `eval`.
 
-Data flow of one input (nothing holds the whole signal; see the README, "How it works"):
+Data flow of one input (nothing holds the whole signal; see docs/how-it-works.md):
   blocks (soundfile) -> mono (mean, or one channel) -> soxr to the model's rate
   [first pass, only when the model wants a normalised input (not for raw outputs, see `off` below):
    streaming BS.1770 loudness -> input gain]

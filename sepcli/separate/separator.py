@@ -101,7 +101,7 @@ class Separator:
         """[B, T] float32 -> [B, n_src, T] float32 through the network; with --shifts N, the mean of N passes
         with the input delayed by k * SHIFT_STEP_S (k = 0..N-1), each pass's sources put in the first pass's
         order. A network with a strided encoder sees each delay on a different frame grid, so the passes' errors
-        partly cancel (Demucs's "shift trick"; default model at step 46750: +0.10 dB SI-SNRi on validation at N = 4)."""
+        partly cancel (Demucs's "shift trick"; the default model's gain: its MODEL_CARD.md, "Inference options")."""
         y = self._net(x, timer)
         if self.options.shifts == 1:
             return y
