@@ -34,7 +34,6 @@ their names.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -50,6 +49,7 @@ import torch
 
 from ..errors import FailedError, UsageError, one_line
 from .archive import ArchiveError, SafeZip
+from .download import sha256_file
 from .loader import state_dict_mismatch, torch_load_problem, without_ddp_prefix
 from .permissions import apply_default_modes
 
@@ -263,14 +263,6 @@ def match_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Ten
         raise CheckpointError(f"{checkpoint}: does not match the SPMamba described by the config: {problem}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _out_dir_problem(out_dir: Path, replace: bool) -> str | None:
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         return f"{out_dir}: already exists and is not a folder"
@@ -362,7 +354,7 @@ def _convert(config_yml: Path, checkpoint: Path, out_dir: Path, name: str, *, co
         "provenance": {
             "source": "official SPMamba (JusperLee/SPMamba), imported with sepcli models import-spmamba",
             "checkpoint": ck_label,
-            "checkpoint_sha256": _sha256(checkpoint),
+            "checkpoint_sha256": sha256_file(checkpoint),
             "checkpoint_format": fmt,
             "config": conf_label,
             **extra,
@@ -538,7 +530,7 @@ def _gather(source: Path, config: Path | None, work: Path) -> _Sources:
                 zf.copy(by_name[conf], conf_copy, CONFIG_CAP)
     except ArchiveError as exc:
         raise CheckpointError(str(exc)) from None
-    prov = {"archive": source.name, "archive_sha256": _sha256(source), "checkpoint": ck,
+    prov = {"archive": source.name, "archive_sha256": sha256_file(source), "checkpoint": ck,
             "config": conf if conf is not None else config.name}
     if conf is None:
         return _Sources(config, ck_copy, str(config), f"{source}:{ck}", ck, notes, prov)
