@@ -5,8 +5,10 @@ a chain of `except` clauses whose order matters.
     SepcliError            exit 1 unless a subclass says otherwise
     ├── UsageError         exit 2: a bad argument (option value, name, config file) the user can correct
     └── FailedError        exit 1: valid arguments, but the work could not be done (a file, the network, a model)
-        └── ModelError     a model folder or checkpoint that cannot be used
-            └── UnknownModel   exit 2 (also a UsageError and a LookupError): a name or path that names no model
+        ├── ModelError     a model folder or checkpoint that cannot be used
+        │   └── UnknownModel   exit 2 (also a UsageError and a LookupError): a name or path that names no model
+        └── per-module failures: AudioError, DownloadError, Busy (outputs claimed by another process), Cancelled
+            (an interrupted batch), ...
 
 Module-specific classes (AudioError, CheckpointError, DownloadError, ...) stay where they are raised and derive
 from one of these; classes that code or tests catch as ValueError, OSError, RuntimeError or LookupError keep that

@@ -14,6 +14,7 @@ from sepcli.runtime.download import DiskFull, DownloadError
 from sepcli.runtime.pull import PullError
 from sepcli.runtime.spmamba_import import CheckpointError, ConfigError
 from sepcli.runtime.store import SettingsError
+from sepcli.separate import Busy, Cancelled
 from sepcli.train.config import TrainDiverged, TrainError
 from sepcli.train.data import DataError
 
@@ -37,6 +38,8 @@ from sepcli.train.data import DataError
     (DataError("d: not a LibriMix folder"), 2, ValueError),
     (NothingScored([{"file": "m.wav", "error": "m.wav: unreadable"}]), 1, ValueError),
     (ScanBackendError("no backend"), 1, RuntimeError),
+    (Busy("another sepcli process is writing its outputs"), 1, Exception),
+    (Cancelled("cancelled"), 1, Exception),
 ])
 def test_each_error_carries_its_exit_code_and_keeps_its_builtin_base(exc, code, builtin):
     assert isinstance(exc, errors.SepcliError) and isinstance(exc, builtin)

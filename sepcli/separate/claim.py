@@ -11,9 +11,11 @@ import socket
 import time
 from pathlib import Path
 
+from ..errors import FailedError
 
-class Busy(Exception):
-    """Another live sepcli process holds the claim on an input's outputs."""
+
+class Busy(FailedError):
+    """Another live sepcli process holds the claim on an input's outputs (a failure of this file, exit 1)."""
 
 def _pid_alive(pid: int) -> bool:
     try:

@@ -24,6 +24,7 @@ from ..audio.io import (
 )
 from ..audio.loudness import StreamingLoudness, db_to_gain
 from ..audio.resample import StreamResampler, expected_length
+from ..errors import FailedError
 from ..runtime.device import autocast, bf16_pays, configure, resolve_precision, select_device
 from ..runtime.loader import LoadedModel, ModelError, load_model
 from .claim import Busy, OutputClaim
@@ -32,8 +33,9 @@ from .outputs import InputOutputs, _lufs_gains
 from .results import FileResult, _dropped_output, _existing_output, _Timer
 
 
-class Cancelled(Exception):
-    """Raised inside a file's processing when Separator.cancel() was called (an interrupted batch)."""
+class Cancelled(FailedError):
+    """Raised inside a file's processing when Separator.cancel() was called (an interrupted batch): the file
+    fails; the exit code of the run (130/143) comes from the signal, not from this error."""
 
 class Separator:
     """Separate recordings with one loaded model. Thread-safe: several files may be processed at once
