@@ -24,7 +24,7 @@ if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
 RTOL, ATOL = 1e-4, 1e-4  # mamba_ssm's own fp32 tolerances: rtol=6e-4, atol=2e-3
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CASES = [
     (1, ("var", "var"), (True, True, True, True)),
@@ -120,7 +120,7 @@ def _worker(path: str) -> None:
 def triton_out(tmp_path_factory):
     path = tmp_path_factory.mktemp("triton") / "out.pt"
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    code = f"import tests.test_scan_triton as t; t._worker({str(path)!r})"
+    code = f"import tests.kernels.test_scan_triton as t; t._worker({str(path)!r})"
     proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sepcli.pipeline import Separator
-from tests.test_pipeline import frames_in_small_reads
+from tests.separate.test_separator import frames_in_small_reads
 from tests.testnets import bandsplit_folder
 
 SR = 8000
