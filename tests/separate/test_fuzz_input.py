@@ -83,7 +83,7 @@ inputs = st.one_of(st.binary(max_size=4000), riff_wave(), damaged_valid())
 
 
 def _with_found_examples(test):
-    """Each input of tests/fuzz_examples.txt as an explicit example (named .wav, as they were found)."""
+    """Each input of tests/separate/fuzz_examples.txt as an explicit example (named .wav, as they were found)."""
     text = (Path(__file__).parent / "fuzz_examples.txt").read_text()
     for line in text.splitlines():
         if line.startswith("b"):
