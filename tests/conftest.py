@@ -1,5 +1,13 @@
 """Shared test setup.
 
+Layout: the tests mirror the package. tests/<package>/test_<module>.py tests sepcli/<package>/<module>.py
+(audio, kernels, nets, runtime, separate, train; kernels/test_dispatch.py is the dispatcher in kernels/__init__);
+tests/test_errors.py and tests/test_metrics.py test sepcli's top-level modules; tests/cli holds the CLI's tests and
+the end-to-end and reliability tests that drive it; tests/models the shipped model folder (models/), tests/recipes
+the scripts in recipes/. The helpers shared by several folders stay here at the root (testnets, faultnets,
+loopback, scan_cases, spmamba_release, _memory_probe); every folder is a package, so tests import each other by
+their full name (tests.nets.test_spmamba).
+
 Test networks: tests/testnets.py defines a test double (OracleNet) and a cheap real network (BandSplit). They
 are test-only code, so they are not part of sepcli.nets; instead this conftest registers them for the test
 session in sepcli.nets._ARCH_CLASSES under the archs "test-oracle" and "test-bandsplit". A model folder whose

@@ -10,10 +10,6 @@ Backends (`backend_for(tensor)` names the one that would run):
 - `SEPCLI_SCAN=ref|cpu|triton|mamba_ssm` forces a backend; an unavailable forced backend raises
   `ScanBackendError` with a one-line reason. "triton" on CPU tensors needs `TRITON_INTERPRET=1` (tests).
 All backends compute in float32 (float64 inputs in float64 on "ref"/"cpu") and return `out` in u's dtype.
-
-Both directions of a bidirectional Mamba in one call: `selective_scan_bidirectional` stacks the forward
-inputs and the time-reversed backward inputs along the channel axis (their B/C become two groups), runs one
-scan and splits the result; see its docstring.
 """
 
 from __future__ import annotations
@@ -39,7 +35,6 @@ __all__ = [
     "available_backends",
     "backend_for",
     "selective_scan",
-    "selective_scan_bidirectional",
     "selective_scan_ref",
 ]
 
@@ -143,44 +138,3 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
             raise ScanBackendError(f"scan backend {backend}: {why}")
     return _fn(backend)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
-
-def _flip(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.flip(-1)
-
-
-def _stack_bc(Mf: Tensor, Mb: Tensor, name: str) -> Tensor:
-    if Mf.dim() != Mb.dim():
-        raise ValueError(f"{name}: both directions need the same layout, got {tuple(Mf.shape)} and {tuple(Mb.shape)}")
-    if Mf.dim() == 2:  # constant (d, n): stacking along channels
-        return torch.cat([Mf, Mb], 0)
-    Mf4 = Mf[:, None] if Mf.dim() == 3 else Mf
-    Mb4 = Mb[:, None] if Mb.dim() == 3 else Mb
-    if Mf4.shape != Mb4.shape:
-        raise ValueError(f"{name}: both directions need the same shape, got {tuple(Mf.shape)} and {tuple(Mb.shape)}")
-    return torch.cat([Mf4, Mb4.flip(-1)], 1)  # groups: forward's, then the time-reversed backward's
-
-
-def selective_scan_bidirectional(fwd: dict, bwd: dict, delta_softplus: bool = False, backend: str | None = None):
-    """Run a forward-time scan and a backward-time scan (separate parameters) in one kernel call.
-
-    `fwd` and `bwd` hold selective_scan's tensor arguments (u, delta, A, B, C and optionally D, z, delta_bias),
-    both in natural time order with equal (b, d, l) and n. The backward direction scans from the last step
-    to the first, i.e. `bwd_out = selective_scan(**bwd with every time axis flipped)` flipped back.
-    Implementation: channels are stacked, (b, 2d, l), A/D/delta_bias (2d, ...), variable B/C become
-    2·g groups (groups must still divide 2d: each direction keeps its own). Returns (out_fwd, out_bwd).
-    D, z, delta_bias must be given for both directions or for neither.
-    """
-    for key in ("D", "z", "delta_bias"):
-        if (fwd.get(key) is None) != (bwd.get(key) is None):
-            raise ValueError(f"{key} must be given for both directions or for neither")
-    d = fwd["u"].shape[1]
-    cat_t = lambda k: torch.cat([fwd[k], bwd[k].flip(-1)], 1)
-    args = {
-        "u": cat_t("u"), "delta": cat_t("delta"), "A": torch.cat([fwd["A"], bwd["A"]], 0),
-        "B": _stack_bc(fwd["B"], bwd["B"], "B"), "C": _stack_bc(fwd["C"], bwd["C"], "C"),
-        "D": torch.cat([fwd["D"], bwd["D"]]) if fwd.get("D") is not None else None,
-        "z": cat_t("z") if fwd.get("z") is not None else None,
-        "delta_bias": torch.cat([fwd["delta_bias"], bwd["delta_bias"]]) if fwd.get("delta_bias") is not None else None,
-    }
-    out = selective_scan(**args, delta_softplus=delta_softplus, backend=backend)
-    return out[:, :d], out[:, d:].flip(-1)

@@ -8,9 +8,8 @@
   convolutions (with their groups) and scaled-dot-product attention, 2 FLOPs per multiply-add. It does NOT count
   elementwise ops, norms, pooling, interpolation, FFTs (S4's convolution) or the selective scan (a numba kernel
   outside PyTorch's dispatcher). The scan is counted analytically at its entry point: every call of
-  sepcli.kernels.selective_scan / selective_scan_bidirectional adds b x d x l x n state updates (its u is
-  (b, d, l), its A (d, n); a bidirectional call stacks both directions along d), i.e. passes x directions x
-  d_inner x d_state x L in all.
+  sepcli.kernels.selective_scan adds b x d x l x n state updates (its u is (b, d, l), its A (d, n); a caller
+  that stacks both directions along d counts both), i.e. passes x directions x d_inner x d_state x L in all.
 - `gemm_throughput(dtype, size)`: FLOP/s of a size^3 matrix product at torch's current thread count (median of
   timed runs after warm-up).
 - `scan_throughput(shape)`: state updates/s of the default selective-scan backend on (b, d, l, n) (median after
@@ -33,7 +32,7 @@ import torch
 
 GEMM_SIZE = 1024  # representative of the networks' projections (hundreds to a few thousand rows and columns)
 SCAN_SHAPE = (1, 512, 4000, 16)  # (b, d, l, n): SPMamba-8k's d_inner over a long sequence
-SCAN_ENTRY_POINTS = ("selective_scan", "selective_scan_bidirectional")
+SCAN_ENTRY_POINTS = ("selective_scan",)
 
 
 def _median_time(fn: Callable[[], object], warmup: int = 2, runs: int = 7, min_time: float = 0.02) -> float:
@@ -80,27 +79,23 @@ def scan_throughput(shape: tuple[int, int, int, int] = SCAN_SHAPE, runs: int = 5
 
 
 class _ScanCounter:
-    """Counts state updates at the outermost scan call only (a wrapper in nets/ calls sepcli.kernels', and
-    selective_scan_bidirectional calls selective_scan: each update is counted once)."""
+    """Counts state updates at the outermost scan call only (a wrapper in nets/ calls sepcli.kernels': each
+    update is counted once)."""
 
     def __init__(self) -> None:
         self.updates = 0
         self.calls = 0
         self._depth = 0
 
-    def _count(self, u: torch.Tensor, A: torch.Tensor, directions: int = 1) -> None:
+    def _count(self, u: torch.Tensor, A: torch.Tensor) -> None:
         if self._depth == 0:
             b, d, length = u.shape
-            self.updates += directions * b * d * length * A.shape[-1]
+            self.updates += b * d * length * A.shape[-1]
             self.calls += 1
 
-    def wrap(self, attr: str, fn: Callable) -> Callable:
+    def wrap(self, fn: Callable) -> Callable:
         def counted(*args, **kwargs):
-            if attr == "selective_scan_bidirectional":
-                fwd = args[0] if args else kwargs["fwd"]
-                self._count(fwd["u"], fwd["A"], directions=2)
-            else:
-                self._count(args[0] if args else kwargs["u"], args[2] if len(args) > 2 else kwargs["A"])
+            self._count(args[0] if args else kwargs["u"], args[2] if len(args) > 2 else kwargs["A"])
             self._depth += 1
             try:
                 return fn(*args, **kwargs)
@@ -123,7 +118,7 @@ def counting_scans() -> Iterator[_ScanCounter]:
             fn = getattr(module, attr, None)
             if callable(fn):
                 saved.append((module, attr, fn))
-                setattr(module, attr, counter.wrap(attr, fn))
+                setattr(module, attr, counter.wrap(fn))
     try:
         yield counter
     finally:

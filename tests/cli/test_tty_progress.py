@@ -22,7 +22,7 @@ import soundfile as sf
 from tests.faultnets import slow_folder
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SR = 8000
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -133,7 +133,7 @@ def test_governor_never_goes_below_one_or_above_its_most():
 
 def test_training_without_threads_is_governed_and_with_threads_is_not(tmp_path, monkeypatch, capsys):
     from sepcli.train import trainer
-    from tests.test_train import cfg as train_cfg
+    from tests.train.test_training import cfg as train_cfg
 
     made = []
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from sepcli.audio.chunking import Stitcher, plan_segments, solve_gains
 from sepcli.cli import app
 from sepcli.pipeline import Separator
-from tests.test_spmamba_import import official_model, save_best_model, small_yml
+from tests.runtime.test_spmamba_import import official_model, save_best_model, small_yml
 from tests.testnets import OracleSeparator, synthetic_sources
 
 runner = CliRunner()

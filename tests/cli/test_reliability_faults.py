@@ -31,7 +31,7 @@ from tests.faultnets import run_cli, slow_folder
 from tests.testnets import bandsplit_folder, synthetic_sources
 
 SR = 8000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 run = run_cli

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sepcli.pipeline import Separator
-from tests.test_pipeline import frames_in_small_reads
+from tests.separate.test_separator import frames_in_small_reads
 from tests.testnets import bandsplit_folder
 
 SR = 8000
@@ -83,7 +83,7 @@ inputs = st.one_of(st.binary(max_size=4000), riff_wave(), damaged_valid())
 
 
 def _with_found_examples(test):
-    """Each input of tests/fuzz_examples.txt as an explicit example (named .wav, as they were found)."""
+    """Each input of tests/separate/fuzz_examples.txt as an explicit example (named .wav, as they were found)."""
     text = (Path(__file__).parent / "fuzz_examples.txt").read_text()
     for line in text.splitlines():
         if line.startswith("b"):

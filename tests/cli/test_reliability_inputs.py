@@ -28,7 +28,7 @@ from tests.testnets import bandsplit_folder, synthetic_sources
 
 register()
 SR = 8000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 run = run_cli
@@ -537,7 +537,7 @@ def test_model_config_that_contradicts_its_network_is_refused_at_load(tmp_path, 
     import shutil
 
     folder = tmp_path / "m"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "s4m-tiny-16k", folder)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "s4m-tiny-16k", folder)
     cfg = json.loads((folder / "config.json").read_text())
     if "arch_args" in change:  # arch_args without their sample_rate: the network's default (16 kHz) is its rate
         change = {**change, "arch_args": {k: v for k, v in cfg["arch_args"].items() if k != "sample_rate"}}
@@ -559,7 +559,7 @@ def test_a_config_with_thousands_of_layers_is_refused_before_they_are_built(tmp_
 
     from sepcli.nets.spmamba import SPMamba
     from sepcli.runtime.loader import ModelError, load_model
-    from tests.test_spmamba import TINY
+    from tests.nets.test_spmamba import TINY
 
     save_file(SPMamba(**TINY).state_dict(), str(tmp_path / "weights.safetensors"))
     cfg = {"arch": "spmamba", "arch_args": {**TINY, "n_layers": 3000}, "sample_rate": 8000, "n_src": 2}

@@ -23,7 +23,7 @@ from sepcli.train import trainer
 from sepcli.train.checkpoint import changed_facts
 from sepcli.train.network import network_for
 from sepcli.train.trainer import Schedule, TrainConfig, batch_indices, format_eta, train, train_step, validate
-from tests.test_ema import reference_average as ema_reference
+from tests.train.test_ema import reference_average as ema_reference
 
 SR = 8000
 TINY = {"sample_rate": SR, "bn_channels": 8, "hidden": 8, "num_blocks": 1, "depth": 2, "enc_kernel_ms": 2.0}
@@ -483,7 +483,7 @@ def test_split_by_person_never_leaks():
 def test_recipe_split_holds_out_real_people(tmp_path):
     """The recipe's real sources, split by its HELD_OUT table: >= 2 real test people, no person in two splits,
     and the speaker index refuses a pool where one person straddles splits."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     jobs = make_data.real_jobs()
@@ -502,7 +502,7 @@ def test_recipe_split_holds_out_real_people(tmp_path):
 def test_recipe_fillets_takes_each_dubs_two_heroes_as_their_own_persons(tmp_path):
     """Fish Fillets: per dub (nl, cs) the small fish (-m-) and the big fish (-v-) are two persons; the Czech
     actors are other persons than the Dutch; side roles (other codes) and other languages are left out."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     names = {"nl": ["city-m-hi.ogg", "city-v-no.ogg", "city-hs-boss.ogg"],
@@ -527,7 +527,7 @@ def test_recipe_drascula_takes_each_releases_hero_and_decodes_raw_8_bit_speech(t
     """Drascula: the numbered files (<n>.ALS) of the English and the Spanish release are the hero, one person per
     cast; letter-prefixed files (other characters, S = effects) and other folders are left out. An .ALS file is
     raw unsigned 8-bit PCM at 11025 Hz: 128 is silence."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     tone = np.round(128 + 100 * np.sin(2 * np.pi * 440 * np.arange(11025) / 11025)).astype(np.uint8)
@@ -549,7 +549,7 @@ def test_recipe_drascula_takes_each_releases_hero_and_decodes_raw_8_bit_speech(t
 
 def test_recipe_ktuberling_takes_folders_with_enough_wideband_speech(tmp_path, monkeypatch):
     """One person per language folder; 8 kHz files are left out and folders under the minimum are skipped."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     def wav(path, seconds, sr):
@@ -575,7 +575,7 @@ def test_recipe_uqm_takes_one_speaker_per_race_from_the_archive(tmp_path):
     non-audio members left out, and members decode straight from the archive."""
     import zipfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     sr = 11025
@@ -605,7 +605,7 @@ def test_recipe_uqm_takes_one_speaker_per_race_from_the_archive(tmp_path):
 def test_recipe_tuxpaint_and_hedgewars_sources(tmp_path):
     """Tux Paint: one person per description language with enough wideband speech (outline variants and 8 kHz
     files left out); Hedgewars: one entry per voice pack, the processed Robot pack left out."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     def wav(path, seconds, sr):
@@ -645,7 +645,7 @@ def test_recipe_session_13_sources_kajongg_nexuiz_warzone(tmp_path):
     decoded from the archive; Warzone's 11 kHz speech counts as narrowband. A missing archive gives no files."""
     import zipfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     sr = 11025
@@ -703,7 +703,7 @@ def test_recipe_fotaq_reads_the_queen_resource_table(tmp_path):
     import io
     import struct
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     sr = 11025
@@ -757,7 +757,7 @@ def test_recipe_mbrola_rendering_is_deterministic(tmp_path):
     renders identically every time: espeak-ng's one-step call dropped audio at random on exactly this case."""
     import shutil
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     if not (shutil.which("espeak-ng") and shutil.which("mbrola") and Path("/usr/share/mbrola/es2/es2").exists()):
@@ -772,7 +772,7 @@ def test_recipe_mbrola_rendering_is_deterministic(tmp_path):
 def test_recipe_text_does_not_depend_on_the_interpreter(monkeypatch):
     """The synthetic voices read the committed sentences.txt, not docstrings of the running Python (which changed
     between patch releases and made every synthetic pool differ on another machine)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     lines = make_data.SENTENCES.read_text(encoding="utf-8").splitlines()
@@ -786,7 +786,7 @@ def test_recipe_text_does_not_depend_on_the_interpreter(monkeypatch):
 
 def test_recipe_pools_only_rebuilds_the_named_speakers(tmp_path, monkeypatch):
     """`--only PREFIX` renders just those speakers and keeps every other pool file and index entry."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     sr = 16000
@@ -855,7 +855,7 @@ def test_recipe_validation_set_holds_same_kind_pairs_and_update_follows_held_out
     import csv
     import itertools
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     out = tmp_path / "data"
@@ -1063,7 +1063,7 @@ def test_init_from_model_folder_fine_tunes(tmp_path, librimix):
     assert conf["arch_args"] == TINY
 
 
-# --ema: the moving average of the weights (sepcli/train/ema.py; its update alone: tests/test_ema.py)
+# --ema: the moving average of the weights (sepcli/train/ema.py; its update alone: tests/train/test_ema.py)
 def ema_cfg(out, data, **kw):
     return cfg(out, data=data, val_data=data, ema=kw.pop("ema", 0.8), ckpt_minutes=60, **kw)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
 import publish_default as pub  # noqa: E402
 
 FILES = [f"m{i:03d}.wav" for i in range(120)]

@@ -27,7 +27,7 @@ from tests.testnets import bandsplit_folder, synthetic_sources
 
 register()
 SR = 8000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 run = run_cli

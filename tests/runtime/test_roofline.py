@@ -47,11 +47,11 @@ def test_grouped_convolution_counts_only_each_group_s_inputs():
 
 
 class Scans(nn.Module):
-    """One plain scan (b 2, d 3, n 4) and one bidirectional scan (b 1, d 5, n 4) per forward; nets/mamba's
-    wrapper calls sepcli.kernels' selective_scan, and the bidirectional one calls it too: neither counts twice."""
+    """One scan through nets/mamba's wrapper (b 2, d 3, n 4), which calls sepcli.kernels' selective_scan and
+    must not count twice, and one direct call of sepcli.kernels.selective_scan (b 1, d 5, n 4) per forward."""
 
     def forward(self, x):
-        from sepcli.kernels import selective_scan_bidirectional
+        from sepcli import kernels
         from sepcli.nets.mamba import selective_scan
 
         length = x.shape[-1]
@@ -59,16 +59,15 @@ class Scans(nn.Module):
         A = -torch.ones(3, 4)
         B = C = torch.ones(2, 4, length)
         selective_scan(u, torch.zeros_like(u), A, B, C)
-        one = {"u": x.expand(1, 5, length).contiguous(), "delta": torch.zeros(1, 5, length), "A": -torch.ones(5, 4),
-               "B": torch.ones(1, 4, length), "C": torch.ones(1, 4, length)}
-        selective_scan_bidirectional(one, dict(one))
+        kernels.selective_scan(u=x.expand(1, 5, length).contiguous(), delta=torch.zeros(1, 5, length),
+                               A=-torch.ones(5, 4), B=torch.ones(1, 4, length), C=torch.ones(1, 4, length))
         return x
 
 
-def test_scan_updates_are_b_d_l_n_per_call_and_both_directions(monkeypatch):
+def test_scan_updates_are_b_d_l_n_per_call_counted_once(monkeypatch):
     monkeypatch.setenv("SEPCLI_SCAN", "ref")  # the reference backend: nothing to compile
     work = count_work(Scans(), 20, 1.0)
-    assert work["scan_updates"] == 2 * 3 * 20 * 4 + 2 * (1 * 5 * 20 * 4)
+    assert work["scan_updates"] == 2 * 3 * 20 * 4 + 1 * 5 * 20 * 4
     assert work["scan_calls"] == 2
     assert work["gemm_flops"] == 0
 

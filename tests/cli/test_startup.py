@@ -14,7 +14,7 @@ import pyloudnorm.iirfilter
 
 from sepcli.audio.loudness import k_weighting_biquads
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("scipy", "pyloudnorm", "torch._dynamo", "sympy", "numba", "rich")
 
 

@@ -108,7 +108,7 @@ def test_second_variant_moves_less_far_the_other_way():
 def test_recipe_variants_stage_makes_the_asked_variants_per_real_training_person(tmp_path):
     """Only real training persons get variants; they keep the person's name and split, all of a person's entries
     are shifted alike, training loads variants only when asked, and a mixture never pairs a person with itself."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
     import make_data
 
     pools = tmp_path / "data" / "pools"

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from sepcli.pipeline import SeparationOptions, Separator
 from sepcli.runtime.loader import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fp32_parameters_only(folder: Path, n_params: int) -> None:

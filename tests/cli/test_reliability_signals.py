@@ -25,7 +25,7 @@ from tests.testnets import bandsplit_folder, synthetic_sources
 
 pytestmark = pytest.mark.slow
 SR = 8000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def start(*args) -> subprocess.Popen:

@@ -33,7 +33,7 @@ from tests.spmamba_release import make_release, random_spmamba, release_checkpoi
 
 NAME = "spmamba-libri2mix"
 runner = CliRunner()
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------- release zips (tests/spmamba_release.py)
@@ -362,7 +362,7 @@ def test_pickle_payload_is_refused_and_never_run(env, server, tmp_path):
     res = pull("-q")
     assert res.exit_code == 1
     line = one_error_line(res)
-    assert "refused global tests.test_pull.leave_marker" in line
+    assert "refused global tests.runtime.test_pull.leave_marker" in line
     assert not marker.exists()
     assert_nothing_installed(env.home, parts_allowed=False)
 
@@ -577,7 +577,7 @@ def test_a_progress_bar_when_stderr_is_a_terminal(env, server, release, tmp_path
 
 @pytest.mark.parametrize("kind", ["zip-slip", "zip-bomb"])
 def test_a_hostile_archive_is_refused_and_installs_nothing(env, server, tmp_path, monkeypatch, kind):
-    """The importer's archive checks (tests/test_spmamba_import.py covers them in depth) hold for a pulled file:
+    """The importer's archive checks (tests/runtime/test_spmamba_import.py covers them in depth) hold for a pulled file:
     a member named outside the archive, or one that would inflate absurdly, is refused before anything is
     written."""
     monkeypatch.chdir(tmp_path)

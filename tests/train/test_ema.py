@@ -1,6 +1,6 @@
 """The moving average of the weights (`sepcli train --ema`): its update against the formula written plainly. In
-training (tests/test_train.py): it averages every step's weights, validation and the best/ export use it, the raw
-weights still train and are logged beside it, and an interrupted run resumes to the same average."""
+training (tests/train/test_training.py): it averages every step's weights, validation and the best/ export use it,
+the raw weights still train and are logged beside it, and an interrupted run resumes to the same average."""
 
 import pytest
 import torch

@@ -16,7 +16,7 @@ import torch
 from sepcli.pipeline import Separator, UsageError
 from sepcli.runtime.device import cpu_features, resolve_precision
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIX = ROOT / "examples" / "mix.wav"
 CPU = torch.device("cpu")
 

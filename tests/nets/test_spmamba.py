@@ -340,7 +340,7 @@ def test_bf16_output_within_40_db_of_fp32_on_speech():
     import soundfile as sf
     import soxr
 
-    wav, rate = sf.read(Path(__file__).resolve().parents[1] / "examples" / "mix.wav", dtype="float32")
+    wav, rate = sf.read(Path(__file__).resolve().parents[2] / "examples" / "mix.wav", dtype="float32")
     x = torch.from_numpy(soxr.resample(wav, rate, 8000).astype(np.float32)[:16000])[None]
     m = _perturbed_full_size(1)
     with torch.no_grad():
