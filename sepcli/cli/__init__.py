@@ -28,8 +28,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_of, one_line
+from .. import __version__
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_of, one_line
 
 EXIT_HELP = ("Exit codes: 0 = every input done (or skipped as already done); 1 = at least one input failed "
              "(or the model could not be loaded, or the output folder cannot be written); 2 = usage error (bad "
@@ -145,8 +145,8 @@ def _interrupt_exit(exc: KeyboardInterrupt,
 def _check_out(out: Path, debug: bool) -> None:
     """Fail before any work when the output folder cannot be used: -o naming a file is a usage error (2), a
     folder that cannot be created or written (permissions, read-only, full) a failure (1)."""
-    from .audio.io import AudioError
-    from .separate import check_output_folder
+    from ..audio.io import AudioError
+    from ..separate import check_output_folder
 
     if out.exists() and not out.is_dir():
         _error(f"{out}: -o must name a folder, but this is a file")
@@ -172,7 +172,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_cb, 
 def run() -> None:
     """The console entry point: the app, with the option parser's errors (a bad value, an unknown option, a
     missing argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel."""
-    from .runtime import early
+    from ..runtime import early
 
     early.record()  # the idle-CPU measurement's first sample, before torch is imported (runtime/early.py)
     try:
@@ -198,7 +198,7 @@ def run() -> None:
 # ---------------------------------------------------------------------- shared options
 def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
              overwrite, device, threads, precision="auto"):
-    from .separate import SeparationOptions
+    from ..separate import SeparationOptions
 
     return SeparationOptions(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, channel=channel,
                              sample_rate=sample_rate, format=fmt, subtype=subtype, name=name, loudness=loudness,
@@ -207,9 +207,9 @@ def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, su
 
 
 def _make_separator(model: str, opts, debug: bool):
-    from .separate import Separator, UsageError
-    from .runtime.device import threads_for_idle_cpus
-    from .runtime.loader import ModelError
+    from ..separate import Separator, UsageError
+    from ..runtime.device import threads_for_idle_cpus
+    from ..runtime.loader import ModelError
 
     if opts.threads is None:  # not more threads than idle CPUs: spinning OpenMP threads on busy cores are slow
         opts = replace(opts, threads=threads_for_idle_cpus())
@@ -353,7 +353,7 @@ def separate(
     if inputs.count("-") > 1:
         _error("stdin ('-') can be given only once")
         raise typer.Exit(EXIT_USAGE)
-    from .separate import UsageError, check_distinct_outputs
+    from ..separate import UsageError, check_distinct_outputs
 
     with _interruptible():
         try:
@@ -397,8 +397,8 @@ class _made_if_missing:
 
 def _separate_all(sep, inputs: list[str], stems: list[str], out: Path, quiet: bool, debug: bool) -> list:
     """The per-input loop of `separate`: one FileResult per input, in order."""
-    from .audio.io import AudioError, spool_stdin
-    from .separate import FileResult, UsageError
+    from ..audio.io import AudioError, spool_stdin
+    from ..separate import FileResult, UsageError
 
     console = _stderr_console(quiet)
     protect = {Path(i) for i in inputs if i != "-"}
@@ -493,7 +493,7 @@ def batch(
 
     Example: sepcli batch calls/ -o separated/ --manifest separated/manifest.jsonl --jobs 2
     """
-    from .separate import UsageError, parse_shard
+    from ..separate import UsageError, parse_shard
 
     opts = _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness,
                     drop_silent, overwrite, device, threads, precision)
@@ -521,7 +521,7 @@ def batch(
 
 def _batch_run(sep, folder: Path, out: Path, glob, jobs: int, shard_ix, manifest, quiet: bool, debug: bool):
     """Run separate_batch with a progress bar on a terminal; (results, extra JSON fields)."""
-    from .separate import UsageError, separate_batch
+    from ..separate import UsageError, separate_batch
 
     console = _stderr_console(quiet)
     bar = None
@@ -570,8 +570,8 @@ def _quality_summary(ev: dict) -> str:
 
 def _catalogue_rows() -> list[dict]:
     """Rows of `sepcli models` for the catalogue models that are not installed (installed: false)."""
-    from .runtime import catalogue
-    from .runtime.registry import find_installed
+    from ..runtime import catalogue
+    from ..runtime.registry import find_installed
 
     try:
         entries = catalogue.entries()
@@ -594,8 +594,8 @@ def models(ctx: typer.Context,
     size, measured quality, and which one `default` means and why."""
     if ctx.invoked_subcommand is not None:
         return
-    from .runtime.loader import ModelError, weights_summary
-    from .runtime.registry import ModelNotFound, default_choice, list_zoo, resolve, zoo_conflicts
+    from ..runtime.loader import ModelError, weights_summary
+    from ..runtime.registry import ModelNotFound, default_choice, list_zoo, resolve, zoo_conflicts
 
     rows = []
     for line in zoo_conflicts():
@@ -666,15 +666,15 @@ def models(ctx: typer.Context,
 def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model folder path."),
                 debug: DebugOpt = False) -> None:
     """Show one model: its config and its model card."""
-    from .runtime.loader import ModelError, _locate, read_config, weights_summary
-    from .runtime.registry import ModelNotFound, UnknownName, resolve
+    from ..runtime.loader import ModelError, _locate, read_config, weights_summary
+    from ..runtime.registry import ModelNotFound, UnknownName, resolve
 
     try:
         folder, weights = _locate(resolve(name))
         cfg = read_config(folder)
     except ModelError as exc:  # exit 2 for an unknown model (ModelNotFound), 1 for one that cannot be read
         if isinstance(exc, UnknownName):
-            from .runtime.catalogue import not_installed_hint  # a catalogue model not pulled yet: how to get it
+            from ..runtime.catalogue import not_installed_hint  # a catalogue model not pulled yet: how to get it
 
             hint = not_installed_hint(exc.name)
             exc = ModelNotFound(hint) if hint else exc
@@ -728,7 +728,7 @@ def models_import_spmamba(
         raise typer.Exit(EXIT_USAGE)
     src = source if source is not None else checkpoint
     try:
-        from .runtime.spmamba_import import CheckpointError, ConfigError
+        from ..runtime.spmamba_import import CheckpointError, ConfigError
     except ImportError as exc:
         raise _fail(RuntimeError(f"SPMamba import is not available ({exc})"), debug, EXIT_FAILED) from None
     try:
@@ -748,9 +748,9 @@ def models_import_spmamba(
 def _import_release(src: Path, config: Path | None, name: str | None, out: Path | None):
     """import-spmamba's work: the name (given, or from conf.yml) checked, then the import. Returns (ImportResult,
     the name the model is reached by, None for --out)."""
-    from .runtime import store
-    from .runtime.registry import new_name_problem, zoo_dirs
-    from .runtime.spmamba_import import import_release, suggest_name
+    from ..runtime import store
+    from ..runtime.registry import new_name_problem, zoo_dirs
+    from ..runtime.spmamba_import import import_release, suggest_name
 
     if out is None:
         option = "--name"
@@ -775,8 +775,8 @@ def models_remove(name: str = typer.Argument(..., help="The name of a model in y
     """Delete a model from your model store ($SEPCLI_HOME/models).
 
     Shipped and SEPCLI_ZOO models are never removed (exit 2)."""
-    from .runtime import store
-    from .runtime.registry import USER, find_installed, installed_names
+    from ..runtime import store
+    from ..runtime.registry import USER, find_installed, installed_names
 
     entry = find_installed(name)
     if entry is None or name in entry.aliases and name not in (entry.name, entry.folder.name):
@@ -806,8 +806,8 @@ def models_default(name: str | None = typer.Argument(None, help="An installed mo
     """Choose the model that `default` (and no -m) means for you; without NAME, say which it is and why.
 
     Kept in $SEPCLI_HOME/settings.json; the environment variable SEPCLI_MODEL overrides it."""
-    from .runtime import store
-    from .runtime.registry import DEFAULT, ModelNotFound, default_choice, find_installed, installed_names, resolve
+    from ..runtime import store
+    from ..runtime.registry import DEFAULT, ModelNotFound, default_choice, find_installed, installed_names, resolve
 
     if name is not None and reset:
         _error("give NAME or --reset, not both")
@@ -856,7 +856,7 @@ def models_pull(
     nothing with -q), timeouts, retries, resume of a partial download; the sha256 is checked against a pinned one
     or printed and recorded in the model's provenance. On a slow link: SEPCLI_DOWNLOAD_TIMEOUT (seconds without
     data before a retry, default 30), SEPCLI_DOWNLOAD_RETRIES (default 3)."""
-    from .runtime.pull import pull
+    from ..runtime.pull import pull
 
     try:
         with _interruptible():
@@ -893,7 +893,7 @@ def bench(
     debug: DebugOpt = False,
 ) -> None:
     """Measure the real-time factor of a model on a synthetic input (RTF < 1 is faster than real time)."""
-    from .separate import SeparationOptions, bench_model
+    from ..separate import SeparationOptions, bench_model
 
     sep = _make_separator(model, SeparationOptions(device=device, threads=threads, precision=precision), debug)
     try:
@@ -917,7 +917,7 @@ def _bound_figures(sep, measured_rtf: float) -> dict:
 
     if sep.device.type != "cpu" or not isinstance(sep.model.network, torch.nn.Module):
         return {"rtf_bound": "not measured (CPU networks only)"}
-    from .runtime.roofline import bound_figures
+    from ..runtime.roofline import bound_figures
 
     return bound_figures(sep.model.network, sep.model.sample_rate, sep.precision.name, measured_rtf)
 
@@ -984,10 +984,10 @@ def train(
     """Train a separation network (negative SI-SNR with PIT). Checkpoints every few minutes and on Ctrl-C;
     `torchrun --nproc_per_node N $(which sepcli) train ...` trains data-parallel (gloo on CPU, nccl on GPU).
     OUT/best/ is the model of the best validation so far, or the latest weights without --val-data."""
-    from .train.trainer import TrainConfig, TrainError
-    from .train.trainer import train as run_training
+    from ..train.trainer import TrainConfig, TrainError
+    from ..train.trainer import train as run_training
 
-    from .train.checkpoint import resumed_config
+    from ..train.checkpoint import resumed_config
 
     kw = dict(out=out, arch=arch, init=init, data=data, pools=pools, val_data=val_data,
               sample_rate=sample_rate, segment=segment, batch_size=batch_size, steps=steps, epochs=epochs,
@@ -1006,7 +1006,7 @@ def train(
                              "mixtures are the folder's and an epoch is one pass over it")
         result = run_training(cfg)
     except OSError as exc:  # the run folder cannot be created or written (permissions, read-only, full)
-        from .audio.io import os_problem
+        from ..audio.io import os_problem
 
         where = exc.filename if exc.filename is not None else out
         raise _fail(OSError(f"{where}: {os_problem(exc)}"), debug, EXIT_FAILED) from None
@@ -1053,8 +1053,8 @@ def eval_cmd(
 ) -> None:
     """Score a model: SI-SNRi and SDRi (permutation-matched, against the mixture) through the same pipeline
     as `separate`. Prints mean and median, per speaker pair when metadata.csv names them."""
-    from .evaluate import NothingScored, evaluate
-    from .separate import SeparationOptions
+    from ..evaluate import NothingScored, evaluate
+    from ..separate import SeparationOptions
 
     sep = _make_separator(model, SeparationOptions(segment=segment, overlap=overlap, shifts=shifts, device=device,
                                                    threads=threads, precision=precision), debug)
