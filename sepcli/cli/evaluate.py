@@ -79,8 +79,14 @@ def eval_cmd(
                               default=_json_default))
         raise typer.Exit(code)
     res.pop("files")
+    typer.echo(_figures_text(sep.model.name, res))
+    raise typer.Exit(code)
+
+
+def _figures_text(model_name: str, res: dict) -> str:
+    """eval's figures for a reader: mean and median of each score, then SI-SNRi per speaker pair."""
     not_scored = f", {len(res['failed'])} could not be scored" if res["failed"] else ""
-    lines = [f"{sep.model.name} on {res['data']} ({res['n']} mixtures{not_scored})"]
+    lines = [f"{model_name} on {res['data']} ({res['n']} mixtures{not_scored})"]
 
     def db(v, width):
         return f"{'-':>{width}s}" if v is None else f"{v:{width}.2f}"
@@ -92,5 +98,4 @@ def eval_cmd(
             lines.append(f"  {key:8s} mean {db(st['mean'], 7)} dB   median {db(st['median'], 7)} dB{skipped}")
     for pair, r in res.get("pairs", {}).items():
         lines.append(f"  {pair:32s} n={r['n']:3d}  SI-SNRi {db(r['si_snri']['mean'], 6)} dB")
-    typer.echo("\n".join(lines))
-    raise typer.Exit(code)
+    return "\n".join(lines)

@@ -43,19 +43,13 @@ def _catalogue_rows() -> list[dict]:
             for e in entries if find_installed(e.name) is None]
 
 
-@models_app.callback()
-def models(ctx: typer.Context,
-           as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
-    """List the models: name, where it lives (shipped, SEPCLI_ZOO, user), architecture, sample rate, parameters,
-    size, measured quality, and which one `default` means and why."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from ..runtime.loader import ModelError, weights_summary
-    from ..runtime.registry import ModelNotFound, default_choice, list_zoo, resolve, zoo_conflicts
+_WHY_TEXT = {"SEPCLI_MODEL": "SEPCLI_MODEL", "user setting": "user setting (sepcli models default)"}
 
-    rows = []
-    for line in zoo_conflicts():
-        typer.echo(f"sepcli: warning: {line}", err=True)
+
+def _default_model():
+    """(the folder `default` means, why) for the list; (None, None), said in a warning, when it names no model."""
+    from ..runtime.registry import ModelNotFound, default_choice, resolve
+
     try:
         default_folder, why = resolve("default"), default_choice()[1]
     except ModelNotFound as exc:  # e.g. a user default whose model was removed: said, the list still shown
@@ -66,7 +60,15 @@ def models(ctx: typer.Context,
         if chosen is not None:  # (no model with the alias `default`: zoo_conflicts said why)
             typer.echo(f"sepcli: warning: {exc}", err=True)
         default_folder, why = None, None
-    why_text = {"SEPCLI_MODEL": "SEPCLI_MODEL", "user setting": "user setting (sepcli models default)"}
+    return default_folder, why
+
+
+def _installed_rows(default_folder, why) -> list[dict]:
+    """Rows of `sepcli models` for the installed models; an unreadable one is skipped with a warning."""
+    from ..runtime.loader import ModelError, weights_summary
+    from ..runtime.registry import list_zoo
+
+    rows = []
     for e in list_zoo():
         try:
             if e.problem:
@@ -83,12 +85,13 @@ def models(ctx: typer.Context,
                      "sample_rate": cfg.get("sample_rate"), "n_src": cfg.get("n_src"), "params": n,
                      "size_bytes": size, "eval": cfg.get("eval", {}), "path": str(e.folder),
                      "default": is_default,
-                     "default_why": (why_text.get(why, f"alias 'default' of a {e.source} model")
+                     "default_why": (_WHY_TEXT.get(why, f"alias 'default' of a {e.source} model")
                                      if is_default else None)})
-    pending = _catalogue_rows()  # catalogue models not installed yet, listed after the installed ones
-    if as_json:
-        typer.echo(json.dumps([{**r, "installed": True} for r in rows] + pending, indent=2))
-        return
+    return rows
+
+
+def _print_table(rows: list[dict], pending: list[dict], default_folder, why) -> None:
+    """The table of `sepcli models` on stdout, then which model `default` is and why."""
     from rich.console import Console
     from rich.table import Table
 
@@ -115,7 +118,27 @@ def models(ctx: typer.Context,
     if chosen is not None:
         console.print(f"* default: {chosen['name']} ({chosen['default_why']})", highlight=False)
     elif default_folder is not None:
-        console.print(f"default: {default_folder} ({why_text.get(why, why)})", highlight=False)
+        console.print(f"default: {default_folder} ({_WHY_TEXT.get(why, why)})", highlight=False)
+
+
+@models_app.callback()
+def models(ctx: typer.Context,
+           as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """List the models: name, where it lives (shipped, SEPCLI_ZOO, user), architecture, sample rate, parameters,
+    size, measured quality, and which one `default` means and why."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..runtime.registry import zoo_conflicts
+
+    for line in zoo_conflicts():
+        typer.echo(f"sepcli: warning: {line}", err=True)
+    default_folder, why = _default_model()
+    rows = _installed_rows(default_folder, why)
+    pending = _catalogue_rows()  # catalogue models not installed yet, listed after the installed ones
+    if as_json:
+        typer.echo(json.dumps([{**r, "installed": True} for r in rows] + pending, indent=2))
+        return
+    _print_table(rows, pending, default_folder, why)
 
 
 @models_app.command("info")
