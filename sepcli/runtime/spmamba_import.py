@@ -30,134 +30,38 @@ CheckpointError the CLI reports as a usage error; a checkpoint holding other pic
 with a message naming the refused global (sepcli.runtime.loader.torch_load_problem), nothing executed. Archive
 members are read through sepcli.runtime.archive (size caps, zip-bomb and zip-slip checks), never extracted by
 their names.
+
+The work is in modules named for it: spmamba_layout (what SOURCE is, where conf.yml and the checkpoint are in it),
+spmamba_config (conf.yml), spmamba_weights (the tensors mapped onto and checked against our SPMamba),
+spmamba_install (the model folder written and renamed into place), spmamba_errors. This module reads the
+checkpoint (the one torch.load, with its caps) and runs the import; its names are the public ones.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import re
-import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
-from ..errors import FailedError, UsageError, one_line
+from ..errors import one_line
 from .archive import ArchiveError, SafeZip
 from .download import sha256_file
-from .loader import state_dict_mismatch, torch_load_problem, without_ddp_prefix
-from .permissions import apply_default_modes
+from .loader import torch_load_problem
+from .spmamba_config import CONFIG_CAP, MODEL_NAMES, read_official_config
+from .spmamba_errors import CheckpointError, ConfigError
+from .spmamba_install import install, model_config, out_dir_problem
+from .spmamba_layout import CHECKPOINT_SUFFIXES, CONFIG_SUFFIXES, base_name, choose, is_zip, source_kind, walk
+from .spmamba_weights import check_sample_rate, match_state_dict, official_key, our_state_dict
 
-PREFIX = "audio_model."
-DEFAULT_SEGMENT = 4.0
-DEFAULT_OVERLAP = 0.25
-MODEL_NAMES = ("SPMamba", "TFGridNetMamba")  # the code's name, and the name the released checkpoint was saved with
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
-CONFIG_SUFFIXES = (".yml", ".yaml")
-CONFIG_CAP = 1 << 20  # bytes of conf.yml read (the official one is under 2 kB)
+__all__ = ["CheckpointError", "ConfigError", "ImportResult", "import_release", "import_spmamba", "suggest_name",
+           "read_official_config", "read_checkpoint", "official_key", "check_sample_rate", "match_state_dict",
+           "choose", "CHECKPOINT_CAP", "CONFIG_CAP"]
+
 CHECKPOINT_CAP = 1 << 30  # bytes of a checkpoint copied out of an archive (the release's is about 25 MB)
-# frequency bins of the official releases -> (n_fft, sample rate): JusperLee/SPMamba configs (32 ms windows)
-RELEASE_BINS = {129: (256, 8000), 257: (512, 16000)}
-_SHOW = 5  # problems listed in an error
-_WALK_DEPTH = 4  # folders below a source folder searched for conf.yml and checkpoints
-_WALK_FILES = 10_000
-
-
-class CheckpointError(FailedError, ValueError):
-    """The config or checkpoint cannot be imported; str() names the file and the problem in one line."""
-
-
-class ConfigError(CheckpointError, UsageError):
-    """conf.yml cannot be read or does not describe an SPMamba that can be built: a bad argument (exit 2), like a
-    bad option value."""
-
-    exit_code = UsageError.exit_code  # CheckpointError's FailedError comes first in the MRO: say it here
-
-
-
-
-# audionet_config keys of the official SPMamba and the values they accept (others are left to SPMamba itself)
-_POSITIVE_INTS = ("n_srcs", "n_fft", "stride", "n_imics", "n_layers", "lstm_hidden_units", "attn_n_head",
-                  "attn_approx_qk_dim", "emb_dim", "emb_ks", "emb_hs")
-
-
-def _check_audionet_config(args: dict, where_file: str) -> dict:
-    """Values of audionet_config checked as data before any tensor is made; returns them (eps as a float)."""
-    where = f"{where_file}: audionet.audionet_config"
-    out = dict(args)
-    for key in _POSITIVE_INTS:
-        if key in out:
-            v = out[key]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{where}.{key} must be a positive integer, got {v!r}")
-    if out.get("input_dim") is not None:
-        v = out["input_dim"]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{where}.input_dim must be a positive integer or null, got {v!r}")
-    if "eps" in out:
-        v = out["eps"]
-        try:  # YAML reads 1e-5 (no dot) as a string
-            eps = float(v) if isinstance(v, str) else v
-        except ValueError:
-            eps = None
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
-            raise ConfigError(f"{where}.eps must be a positive number, got {v!r}")
-        out["eps"] = float(eps)
-    for key in ("window", "activation"):
-        if key in out and not isinstance(out[key], str):
-            raise ConfigError(f"{where}.{key} must be a string, got {out[key]!r}")
-    if "use_builtin_complex" in out and not isinstance(out["use_builtin_complex"], bool):
-        raise ConfigError(f"{where}.use_builtin_complex must be true or false, got {out['use_builtin_complex']!r}")
-    return out
-
-
-def read_official_config(config_yml: Path, label: str | None = None) -> tuple[dict, int, dict]:
-    """(arch_args, sample_rate, extra provenance) from an official conf.yml; messages name `label` (e.g.
-    'release.zip:SPMamba/conf.yml') or the file. Raises ConfigError."""
-    import yaml
-
-    where = label or str(config_yml)
-    try:
-        if Path(config_yml).stat().st_size > CONFIG_CAP:
-            raise ConfigError(f"{where}: {Path(config_yml).stat().st_size} bytes, too large for a conf.yml")
-        doc = yaml.safe_load(Path(config_yml).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: not a text file (not UTF-8)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML ({one_line(exc, 200)})") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: invalid YAML (nested too deeply)") from None
-    net = doc.get("audionet") if isinstance(doc, dict) else None
-    if not isinstance(net, dict) or not isinstance(net.get("audionet_config"), dict):
-        raise ConfigError(f"{where}: no 'audionet.audionet_config' section (not an SPMamba conf.yml?)")
-    model_name = net.get("audionet_name", "SPMamba")
-    if model_name not in MODEL_NAMES:
-        raise ConfigError(f"{where}: audionet_name is {model_name!r}, only 'SPMamba' (or 'TFGridNetMamba', its "
-                          "name in the released checkpoints) can be imported")
-    args = _check_audionet_config(net["audionet_config"], where)
-    datamodule = doc.get("datamodule") if isinstance(doc.get("datamodule"), dict) else {}
-    data_cfg = datamodule.get("data_config") if isinstance(datamodule.get("data_config"), dict) else {}
-    sr = data_cfg.get("sample_rate", args.get("sample_rate"))
-    if not isinstance(sr, int) or isinstance(sr, bool) or not (1000 <= sr <= 192000):  # as loader.validate_config
-        raise ConfigError(f"{where}: no valid datamodule.data_config.sample_rate, an integer in Hz "
-                          f"1000-192000 (got {sr!r})")
-    args["sample_rate"] = sr
-    extra = {}
-    exp = doc.get("exp")
-    if isinstance(exp, dict) and isinstance(exp.get("exp_name"), str):
-        extra["exp_name"] = exp["exp_name"]
-    if isinstance(datamodule.get("data_name"), str):
-        extra["data_name"] = datamodule["data_name"]
-    return args, sr, extra
 
 
 def _load_pickle(checkpoint: Path) -> Any:
@@ -169,20 +73,13 @@ def _load_pickle(checkpoint: Path) -> Any:
         return torch.load(str(checkpoint), map_location="cpu", weights_only=True)
 
 
-def official_key(key: str) -> str:
-    """Our name for a tensor of the released checkpoint: the Mamba blocks' `layers` / `backward_layers` are
-    `forward_blocks` / `backward_blocks` (other keys are unchanged)."""
-    parts = key.split(".")
-    return ".".join({"layers": "forward_blocks", "backward_layers": "backward_blocks"}.get(p, p) for p in parts)
-
-
 def read_checkpoint(checkpoint: Path, label: str | None = None) -> tuple[dict[str, torch.Tensor], str, dict]:
     """(state_dict without prefix and in our key naming, format name, provenance details) from best_model.pth or a
     Lightning .ckpt; messages name `label` or the file."""
     where = label or str(checkpoint)
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{where}: file not found")
-    if _is_zip(checkpoint):  # torch.load inflates deflated records: the limits of a release zip apply to them
+    if is_zip(checkpoint):  # torch.load inflates deflated records: the limits of a release zip apply to them
         try:
             SafeZip(checkpoint, f"{where} (a PyTorch zip)").close()
         except ArchiveError as exc:
@@ -207,115 +104,10 @@ def read_checkpoint(checkpoint: Path, label: str | None = None) -> tuple[dict[st
     if "model_name" in details and details["model_name"] not in MODEL_NAMES:
         raise CheckpointError(f"{where}: model_name is {details['model_name']!r}, not an SPMamba checkpoint "
                               f"({' or '.join(MODEL_NAMES)})")
-    if any(isinstance(k, str) and k.startswith(PREFIX) for k in sd):
-        fmt = "lightning"
-        sd = {k[len(PREFIX):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(PREFIX)}
-    else:
-        fmt = "best_model" if "model_name" in details or "infos" in obj else "state_dict"
-        sd = without_ddp_prefix(sd)
-    bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{where}: state_dict entries that are not tensors: {', '.join(bad[:_SHOW])}")
-    renamed = {official_key(k): v for k, v in sd.items()}
-    if len(renamed) != len(sd):
-        raise CheckpointError(f"{where}: holds Mamba layers under both namings (.layers. and .forward_blocks.)")
-    if any(official_key(k) != k for k in sd):
+    sd, fmt, renamed = our_state_dict(sd, where, "model_name" in details or "infos" in obj)
+    if renamed:
         details["renamed_keys"] = ".layers./.backward_layers. -> .forward_blocks./.backward_blocks."
-    return renamed, fmt, details
-
-
-def _frequency_bins(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> tuple[int, int] | None:
-    """(bins the config gives, bins the weights have) from a LayerNormalization4DCF gamma [1, C, 1, F] present in
-    both, or None when there is none to compare."""
-    for k, v in expected.items():
-        if re.search(r"\.attn_\w+\.\d+\.gamma$", k) and v.dim() == 4 and k in got and got[k].dim() == 4:
-            return int(v.shape[3]), int(got[k].shape[3])
-    return None
-
-
-def check_sample_rate(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], args: dict, sr: int,
-                      conf: str, ck: str) -> list[str]:
-    """CheckpointError when the weights have another number of frequency bins than conf.yml's n_fft gives (a
-    conf.yml of another release); notes (one line each) when they fit but the rate is not the official one for
-    that n_fft."""
-    bins = _frequency_bins(expected, got)
-    if bins is None:
-        return []
-    cfg_bins, w_bins = bins
-    n_fft = args.get("n_fft")
-    if cfg_bins != w_bins:
-        known = RELEASE_BINS.get(w_bins)
-        what = (f"a {known[1]} Hz model ({w_bins} frequency bins, n_fft {known[0]})" if known
-                else f"{w_bins} frequency bins (n_fft {2 * (w_bins - 1)})")
-        raise CheckpointError(f"{ck}: the weights are {what} but {conf} says {sr} Hz with n_fft {n_fft} "
-                              f"({cfg_bins} bins): give the conf.yml released with this checkpoint")
-    known = RELEASE_BINS.get(w_bins)
-    if known and sr != known[1] and sr in {r for _, r in RELEASE_BINS.values()}:
-        return [f"{conf} says {sr} Hz, but n_fft {known[0]} ({w_bins} frequency bins) is the official "
-                f"{known[1]} Hz setting: check the sample rate"]
-    return []
-
-
-def match_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], checkpoint: Path | str) -> None:
-    """Raise CheckpointError listing the first wrongly shaped, missing and unexpected keys, if any."""
-    problem = state_dict_mismatch(expected, got, show=_SHOW, names=("checkpoint", "config"))
-    if problem:
-        raise CheckpointError(f"{checkpoint}: does not match the SPMamba described by the config: {problem}")
-
-
-def _out_dir_problem(out_dir: Path, replace: bool) -> str | None:
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        return f"{out_dir}: already exists and is not a folder"
-    if out_dir.is_dir() and not replace and any(out_dir.iterdir()):
-        return f"{out_dir}: already exists and is not an empty folder"
-    return None
-
-
-def _install(tensors: dict[str, torch.Tensor], cfg: dict, out_dir: Path, replace: bool) -> None:
-    """Write the model folder in a temporary sibling, then rename it into place (replacing an existing folder
-    only when `replace`, and only once the new one is complete). Nothing is left behind on failure."""
-    from safetensors.torch import save_file
-
-    try:  # the store's folder may not be creatable (SEPCLI_HOME a file, read-only): one line, not a traceback
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as exc:
-        raise CheckpointError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
-    old = None
-    try:
-        save_file(tensors, str(tmp / "weights.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        apply_default_modes(tmp)  # mkdtemp made it 0700, save_file 0600: readable by others as umask allows
-        problem = _out_dir_problem(out_dir, replace)
-        if problem:
-            raise CheckpointError(problem)
-        try:
-            if out_dir.is_dir():
-                if any(out_dir.iterdir()):  # replace: move the old one aside (a dot name: never listed), then swap
-                    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-                    os.replace(out_dir, old / "model")
-                else:
-                    out_dir.rmdir()
-            os.replace(tmp, out_dir)
-        except BaseException as exc:  # an OSError, or Ctrl-C / SIGTERM between the two renames
-            if old is not None and (old / "model").is_dir() and not out_dir.exists():
-                os.replace(old / "model", out_dir)  # put the previous model back (the finally deletes `old`)
-            if not isinstance(exc, OSError):
-                raise
-            if out_dir.exists() and old is None:  # another import of the same name finished first
-                raise CheckpointError(f"{out_dir}: already exists (installed meanwhile by another process)") \
-                    from None
-            raise CheckpointError(f"{out_dir}: cannot install ({exc.strerror or exc})") from None
-    except OSError as exc:
-        raise CheckpointError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own error type
-        raise CheckpointError(f"{out_dir}: cannot write ({type(exc).__name__}: {one_line(exc, 200)})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    return sd, fmt, details
 
 
 def _convert(config_yml: Path, checkpoint: Path, out_dir: Path, name: str, *, conf_label: str, ck_label: str,
@@ -324,7 +116,7 @@ def _convert(config_yml: Path, checkpoint: Path, out_dir: Path, name: str, *, co
     files (the name inside an archive rather than a temporary copy)."""
     from ..nets.spmamba import SPMamba
 
-    problem = _out_dir_problem(out_dir, replace)  # before the work; checked again at the rename
+    problem = out_dir_problem(out_dir, replace)  # before the work; checked again at the rename
     if problem:
         raise CheckpointError(problem)
     args, sr, extra = read_official_config(config_yml, conf_label)
@@ -339,32 +131,18 @@ def _convert(config_yml: Path, checkpoint: Path, out_dir: Path, name: str, *, co
     match_state_dict(expected, sd, ck_label)  # the network is now known to be the checkpoint's size
     model = SPMamba(**args)
     model.load_state_dict(sd, strict=True)  # exact fit checked above
-
-    cfg = {
-        "name": name,
-        "arch": "spmamba",
-        "arch_args": args,
-        "sample_rate": sr,
-        "n_src": int(args.get("n_srcs", 2)),
-        "segment": DEFAULT_SEGMENT,
-        "overlap": DEFAULT_OVERLAP,
-        "input_loudness": None,
-        "aliases": [],
-        "description": f"SPMamba imported from an official checkpoint ({PurePosixPath(ck_label).name}), {sr} Hz.",
-        "provenance": {
-            "source": "official SPMamba (JusperLee/SPMamba), imported with sepcli models import-spmamba",
-            "checkpoint": ck_label,
-            "checkpoint_sha256": sha256_file(checkpoint),
-            "checkpoint_format": fmt,
-            "config": conf_label,
-            **extra,
-            **details,
-            **provenance,
-        },
-        "eval": {},
+    provenance = {
+        "source": "official SPMamba (JusperLee/SPMamba), imported with sepcli models import-spmamba",
+        "checkpoint": ck_label,
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "checkpoint_format": fmt,
+        "config": conf_label,
+        **extra,
+        **details,
+        **provenance,
     }
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    _install(tensors, cfg, out_dir, replace)
+    install(tensors, model_config(name, args, sr, ck_label, provenance), out_dir, replace)
     return notes
 
 
@@ -392,103 +170,6 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _posix(name: str) -> str:
-    return name.replace("\\", "/").strip("/")
-
-
-def _base(name: str) -> str:
-    return PurePosixPath(_posix(name)).name
-
-
-def _parent(name: str) -> str:
-    parent = str(PurePosixPath(_posix(name)).parent)
-    return "" if parent == "." else parent
-
-
-def _junk(name: str) -> bool:
-    """macOS archivers' companions (`__MACOSX/`, `._best_model.pth`) and other hidden files."""
-    parts = _posix(name).split("/")
-    return "__MACOSX" in parts or any(p.startswith(".") for p in parts)
-
-
-def choose(names: list[str], where: str, want_config: bool) -> tuple[str, str | None, list[str]]:
-    """(checkpoint, conf.yml or None, notes) among the file names of an archive or folder.
-
-    The checkpoint: best_model.pth first, then another .pth/.pt, then a Lightning .ckpt; the shallowest first
-    among equals. The config: conf.yml before another .yml/.yaml, in the checkpoint's folder or the nearest folder
-    above it first. With several candidates, a note says which one was taken."""
-    files = [n for n in names if not _junk(n)]
-    cks = [n for n in files if _base(n).lower().endswith(CHECKPOINT_SUFFIXES)]
-    if not cks:
-        raise CheckpointError(f"{where}: no checkpoint in it (best_model.pth, a .pth or a Lightning .ckpt)")
-    cks.sort(key=lambda n: (_base(n) != "best_model.pth", _base(n).lower().endswith(".ckpt"),
-                            _posix(n).count("/"), n))
-    ck, notes = cks[0], []
-    if len(cks) > 1:
-        others = ", ".join(cks[1:4]) + (", ..." if len(cks) > 4 else "")
-        notes.append(f"{where} holds {len(cks)} checkpoints: took {ck} (not {others})")
-    if not want_config:
-        return ck, None, notes
-    ymls = [n for n in files if _base(n).lower().endswith(CONFIG_SUFFIXES)]
-    if not ymls:
-        raise ConfigError(f"{where}: no conf.yml in it; give the training config with --config")
-    ck_dir = _parent(ck)
-
-    def rank(n: str) -> tuple:
-        d = _parent(n)
-        above = d == "" or ck_dir == d or ck_dir.startswith(d + "/")
-        return (_base(n) != "conf.yml", not above, -len(d) if above else _posix(n).count("/"), n)
-
-    ymls.sort(key=rank)
-    if len(ymls) > 1:
-        notes.append(f"{where} holds {len(ymls)} YAML files: took {ymls[0]} as the training config")
-    return ck, ymls[0], notes
-
-
-def _source_kind(source: Path) -> str:
-    """'folder', 'archive' or 'checkpoint'. A PyTorch checkpoint is itself a zip (its members end in data.pkl):
-    a .pth/.pt/.ckpt, or a zip holding data.pkl and no YAML, is a checkpoint."""
-    if source.is_dir():
-        return "folder"
-    suffix = source.suffix.lower()
-    if suffix in CHECKPOINT_SUFFIXES:
-        return "checkpoint"
-    if suffix == ".zip":
-        return "archive"
-    try:
-        if zipfile.is_zipfile(source):
-            with zipfile.ZipFile(source) as zf:
-                names = zf.namelist()
-            if any(_base(n) == "data.pkl" for n in names) and not any(
-                    _base(n).lower().endswith(CONFIG_SUFFIXES) for n in names):
-                return "checkpoint"
-            return "archive"
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
-        pass
-    return "checkpoint"
-
-
-def _is_zip(path: Path) -> bool:
-    try:
-        return zipfile.is_zipfile(path)
-    except OSError:
-        return False
-
-
-def _walk(folder: Path) -> list[str]:
-    """Relative names of the files under `folder` (symbolic links to folders not followed), a few levels deep."""
-    out: list[str] = []
-    for root, dirs, files in os.walk(folder):
-        rel = Path(root).relative_to(folder)
-        if len(rel.parts) >= _WALK_DEPTH:
-            dirs[:] = []
-        dirs.sort()
-        out.extend((rel / f).as_posix() for f in sorted(files))
-        if len(out) > _WALK_FILES:
-            raise CheckpointError(f"{folder}: more than {_WALK_FILES} files; give the checkpoint file and --config")
-    return out
-
-
 @dataclass
 class _Sources:
     config: Path
@@ -502,12 +183,12 @@ class _Sources:
 
 def _gather(source: Path, config: Path | None, work: Path) -> _Sources:
     """Find (and for an archive copy into `work`, under names of our own) the conf.yml and checkpoint."""
-    kind = _source_kind(source)
+    kind = source_kind(source)
     if kind == "checkpoint" and source.suffix.lower() in CONFIG_SUFFIXES:
         raise ConfigError(f"{source}: a config, not a release: give the release zip, its folder or the checkpoint, "
                           "and this file with --config")
     if kind == "checkpoint":
-        if config is None and source.suffix.lower() not in CHECKPOINT_SUFFIXES and not _is_zip(source):
+        if config is None and source.suffix.lower() not in CHECKPOINT_SUFFIXES and not is_zip(source):
             raise ConfigError(f"{source}: not a release zip, a release folder or a checkpoint (.pth, .pt, .ckpt); "
                               "a checkpoint under another name needs --config conf.yml")
         if config is None:
@@ -515,7 +196,7 @@ def _gather(source: Path, config: Path | None, work: Path) -> _Sources:
         return _Sources(config, source, str(config), str(source), source.name, [],
                         {"config": config.name, "checkpoint": source.name})
     if kind == "folder":
-        ck, conf, notes = choose(_walk(source), str(source), want_config=config is None)
+        ck, conf, notes = choose(walk(source), str(source), want_config=config is None)
         conf_path = config if config is not None else source / conf
         return _Sources(conf_path, source / ck, str(conf_path), str(source / ck), ck, notes,
                         {"config": config.name if config is not None else conf, "checkpoint": ck})
@@ -523,7 +204,7 @@ def _gather(source: Path, config: Path | None, work: Path) -> _Sources:
         with SafeZip(source) as zf:
             by_name = {m.name: m for m in zf.members}
             ck, conf, notes = choose(list(by_name), str(source), want_config=config is None)
-            ck_copy = work / f"checkpoint{PurePosixPath(_base(ck)).suffix.lower()}"
+            ck_copy = work / f"checkpoint{PurePosixPath(base_name(ck)).suffix.lower()}"
             zf.copy(by_name[ck], ck_copy, CHECKPOINT_CAP)
             if conf is not None:
                 conf_copy = work / "conf.yml"
@@ -560,7 +241,7 @@ def import_release(source: Path, out_dir: Path, *, name: str, config: Path | Non
     config = Path(config) if config is not None else None
     if not source.exists():
         raise CheckpointError(f"{source}: file not found")
-    problem = _out_dir_problem(out_dir, replace)
+    problem = out_dir_problem(out_dir, replace)
     if problem:
         raise CheckpointError(problem)
     with tempfile.TemporaryDirectory(prefix="sepcli-import-") as work:
@@ -582,13 +263,13 @@ def suggest_name(source: Path, config: Path | None = None) -> str:
     source = Path(source)
     with tempfile.TemporaryDirectory(prefix="sepcli-import-") as work:
         if config is None:
-            kind = _source_kind(source) if source.exists() else "missing"
+            kind = source_kind(source) if source.exists() else "missing"
             if kind == "missing":
                 raise CheckpointError(f"{source}: file not found")
             if kind == "checkpoint":
                 _gather(source, None, Path(work))  # raises the ConfigError import_release would
             if kind == "folder":
-                _, conf, _ = choose(_walk(source), str(source), want_config=True)
+                _, conf, _ = choose(walk(source), str(source), want_config=True)
                 config, label = source / conf, str(source / conf)
             else:
                 try:

@@ -758,7 +758,7 @@ def test_a_config_given_as_source_is_said(tmp_path):
 def test_an_interrupted_replacement_keeps_the_previous_model(tmp_path, own_tmp, monkeypatch):
     """Ctrl-C (or SIGTERM) between moving the old model aside and renaming the new one into place: the old model
     is put back, not deleted with the temporaries (the finally removed it, leaving no model at all)."""
-    import sepcli.runtime.spmamba_import as imp
+    import sepcli.runtime.spmamba_install as imp  # its os.replace renames the model into place
 
     z1, _ = make_release(tmp_path / "r1.zip", seed=1)
     z2, _ = make_release(tmp_path / "r2.zip", seed=2)
