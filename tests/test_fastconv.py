@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import sepcli.nets.fastconv as fastconv
 from sepcli.nets import build_network
-from sepcli.nets.fastconv import DepthwiseConv1d, PointwiseConv1d
+from sepcli.nets.fastconv import ConvTranspose1d, DepthwiseConv1d, PointwiseConv1d, PReLU
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -33,6 +33,34 @@ def test_depthwise_equals_conv1d(kernel, stride, length, batch):
     with torch.no_grad():
         got = m(x)
     want = F.conv1d(x, m.weight, m.bias, stride=stride, padding=(kernel - 1) // 2, groups=7)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_prelu_equals_pytorch_prelu(inplace):
+    torch.manual_seed(4)
+    m = PReLU(inplace=inplace)
+    with torch.no_grad():
+        m.weight.fill_(-0.37)
+    x = torch.randn(2, 5, 40)
+    x[0, 0, :3] = torch.tensor([0.0, -0.0, float("-inf")])
+    want = F.prelu(x, m.weight)
+    with torch.inference_mode():
+        got = m(x.clone())
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("c_in,c_out,kernel,stride,padding,frames,bias",
+                         [(65, 1, 128, 32, 96, 203, False), (6, 3, 8, 2, 0, 17, True), (5, 2, 12, 4, 5, 1, True),
+                          (4, 1, 4, 4, 0, 9, False)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_transposed_conv_equals_conv_transpose1d(c_in, c_out, kernel, stride, padding, frames, bias, batch):
+    torch.manual_seed(5)
+    m = ConvTranspose1d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bias).double()
+    x = torch.randn(batch, c_in, frames, dtype=torch.float64)
+    with torch.inference_mode():
+        got = m(x)
+    want = F.conv_transpose1d(x, m.weight, m.bias, stride=stride, padding=padding)
     assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-12, atol=1e-12)
 
 

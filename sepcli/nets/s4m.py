@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fastconv import DepthwiseConv1d, PointwiseConv1d, fast_inference
+from .fastconv import ConvTranspose1d, DepthwiseConv1d, PointwiseConv1d, PReLU, fast_inference
 from .s4 import S4D, shared_kernels
 
 
@@ -147,7 +147,7 @@ class MultiScaleS4Block(nn.Module):
     def __init__(self, bn_channels: int, hidden: int, depth: int, d_state: int, ff_expand: int):
         super().__init__()
         self.depth = depth
-        self.proj = nn.Sequential(conv_gln(bn_channels, hidden, 1), nn.PReLU())
+        self.proj = nn.Sequential(conv_gln(bn_channels, hidden, 1), PReLU(inplace=True))
         self.down = nn.ModuleList(
             [conv_gln(hidden, hidden, 5, stride=1 if i == 0 else 2, groups=hidden) for i in range(depth)]
         )
@@ -187,15 +187,15 @@ class S4M(nn.Module):
         self.num_blocks = num_blocks
         pad = self.kernel - self.stride
         self.encoder = nn.Conv1d(1, self.basis, self.kernel, stride=self.stride, padding=pad, bias=False)
-        self.decoder = nn.ConvTranspose1d(self.basis, 1, self.kernel, stride=self.stride, padding=pad, bias=False)
+        self.decoder = ConvTranspose1d(self.basis, 1, self.kernel, stride=self.stride, padding=pad, bias=False)
         nn.init.xavier_uniform_(self.encoder.weight)
         nn.init.xavier_uniform_(self.decoder.weight)
         self.norm = GlobalLayerNorm(self.basis)
         self.bottleneck = PointwiseConv1d(self.basis, bn_channels)
         self.block = MultiScaleS4Block(bn_channels, hidden, depth, d_state, ff_expand)
-        self.reentry = (nn.Sequential(DepthwisePointwise(bn_channels), nn.PReLU())
+        self.reentry = (nn.Sequential(DepthwisePointwise(bn_channels), PReLU(inplace=True))
                         if num_blocks > 1 else None)
-        self.mask = nn.Sequential(nn.PReLU(), PointwiseConv1d(bn_channels, n_src * self.basis))
+        self.mask = nn.Sequential(PReLU(), PointwiseConv1d(bn_channels, n_src * self.basis))
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         if mix.dim() == 1:
