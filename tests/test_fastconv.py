@@ -82,3 +82,25 @@ def test_training_keeps_pytorch_convolutions(monkeypatch):
     m = DepthwiseConv1d(4, 5).double()
     x = torch.randn(1, 4, 50, dtype=torch.float64, requires_grad=True)
     assert torch.equal(m(x), F.conv1d(x, m.weight, m.bias, padding=2, groups=4))
+
+
+def test_shipped_model_output_unchanged_by_the_fast_paths(monkeypatch):
+    """The shipped default model on the example recording (one 4 s segment, as `separate` runs it): every fast
+    path on against PyTorch's plain modules, float32, within float32 round-off accumulated over its 8 passes."""
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from sepcli.runtime.loader import load_model
+
+    net = load_model("default").network.eval()
+    wav, rate = sf.read(Path(__file__).resolve().parent.parent / "examples" / "mix.wav", dtype="float32")
+    assert rate == net.sample_rate
+    x = torch.from_numpy(wav[: 4 * rate]).unsqueeze(0)
+    with torch.inference_mode():
+        fast = net(x)
+        monkeypatch.setattr(fastconv, "FAST_INFERENCE", False)
+        plain = net(x)
+    err = (fast - plain).abs().max() / plain.abs().max()
+    snr = 10 * torch.log10(plain.square().sum() / (fast - plain).square().sum())
+    assert err < 1e-5 and snr > 100, (float(err), float(snr))
