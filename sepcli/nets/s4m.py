@@ -147,7 +147,8 @@ def _banded_pool(x: torch.Tensor, length: int) -> torch.Tensor:
         x = F.pad(x, (0, need - n))
     x = x.contiguous()
     blocks = x.as_strided((b_, groups, c, rows), (x.stride(0), step, x.stride(1), 1))
-    y = torch.matmul(blocks, p)  # [B, groups, C, per]
+    with torch.autocast(x.device.type, enabled=False):  # an average, kept in its input's precision under autocast
+        y = torch.matmul(blocks, p)  # [B, groups, C, per]
     return y.permute(0, 2, 1, 3).reshape(b_, c, groups * per)[..., :length]
 
 
