@@ -2,7 +2,10 @@
 the time inside the model, and the share spent outside it (decode, resample, loudness passes, alignment and
 gain fitting, crossfades, encode). Target: outside the model < 10 % of the total. Then the end-to-end RTF of
 the issue (29): a fresh `sepcli separate` process on the same file (start-up included), wall time / duration;
-target 0.03 at 2 threads (0.079 when the issue was filed).
+target 0.03 at 2 threads (0.079 when the issue was filed), printed with its ratio to that figure (another day's
+run, so a rough one). The same run's baseline: the in-process separation again with the networks' inference fast
+paths off (`sepcli.nets.fastconv.FAST_INFERENCE = False`: PyTorch's own convolutions, PReLU, interpolation),
+with the ratio of the two model times.
 
 If the zoo has no `default` model yet, a small S4M built with random weights stands in (said in the output):
 the speed of the pipeline around it does not depend on the weights.
@@ -48,7 +51,8 @@ def _model():
 
 
 def main() -> None:
-    from sepcli.pipeline import Separator, synthetic_mixture
+    import sepcli.nets.fastconv as fastconv
+    from sepcli.separate import Separator, synthetic_mixture
 
     minutes = float(os.environ.get("BENCH_PIPELINE_MINUTES", "5"))
     precision = os.environ.get("BENCH_PRECISION", "auto")
@@ -69,6 +73,11 @@ def main() -> None:
         t0 = time.perf_counter()
         res = sep.separate_file(src, Path(tmp) / "out")
         wall = time.perf_counter() - t0
+        fastconv.FAST_INFERENCE = False  # the same run's baseline: the plain PyTorch modules
+        try:
+            plain = sep.separate_file(src, Path(tmp) / "plain")
+        finally:
+            fastconv.FAST_INFERENCE = True
         cli = None
         if model.name == "s4m-tiny-16k":  # the shipped default: the CLI can name it
             cmd = [sys.executable, "-m", "sepcli", "separate", str(src), "-o", str(Path(tmp) / "cli"), "-q",
@@ -76,8 +85,9 @@ def main() -> None:
             t1 = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             cli = time.perf_counter() - t1
-    assert res.status == "ok", res.error
+    assert res.status == "ok" and plain.status == "ok", res.error or plain.error
     model_s = res.timings["model_s"]
+    plain_s = plain.timings["model_s"]
     outside = wall - model_s
     from sepcli.runtime.device import cpu_features
 
@@ -93,8 +103,11 @@ def main() -> None:
                         ("outside share (target <10%)", f"{100 * outside / wall:.1f} %"),
                         ("real-time factor (total)", f"{wall / (minutes * 60):.4f}"),
                         ("real-time factor (model)", f"{model_s / (minutes * 60):.4f}"),
+                        ("model, fast paths off (s)", f"{plain_s:.2f}"),
+                        ("fast paths' speed-up (model)", f"{plain_s / model_s:.2f}x"),
                         (f"end-to-end RTF, CLI, {threads or 2} thr",
-                         "-" if cli is None else f"{cli / (minutes * 60):.4f}")]:
+                         "-" if cli is None else f"{cli / (minutes * 60):.4f}"),
+                        ("CLI RTF / 0.079 (issue 29)", "-" if cli is None else f"{cli / (minutes * 60) / 0.079:.2f}")]:
         print(f"| {name:<28} | {value:>10} |")
 
 

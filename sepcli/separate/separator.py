@@ -27,6 +27,7 @@ from ..audio.resample import StreamResampler, expected_length
 from ..errors import FailedError
 from ..runtime.device import autocast, bf16_pays, configure, resolve_precision, select_device
 from ..runtime.loader import LoadedModel, ModelError, load_model
+from .allocator import keep_freed_memory
 from .claim import Busy, OutputClaim
 from .options import SHIFT_STEP_S, SeparationOptions, UsageError, make_output_folder, output_paths
 from .outputs import InputOutputs, _lufs_gains
@@ -46,6 +47,7 @@ class Separator:
         self.options = replace(options or SeparationOptions(), **overrides).validated()
         try:
             configure(self.options.threads)
+            keep_freed_memory()  # reuse freed tensors' pages instead of faulting fresh ones in (allocator.py)
             self.device = select_device(self.options.device)
         except ValueError as exc:
             raise UsageError(str(exc)) from None

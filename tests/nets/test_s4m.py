@@ -90,6 +90,27 @@ def test_pool_to_equals_adaptive_average_pooling(n, length):
     assert torch.allclose(gx, wx, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("n,length", [(2003, 251), (1002, 251), (501, 251), (2003, 1002), (37, 5), (100, 3),
+                                      (7, 2), (16000, 2003), (5, 7), (8, 1)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_inference_pool_to_equals_adaptive_average_pooling(n, length, batch):
+    """In inference the non-divisible lengths go through _banded_pool (batched products over row blocks)."""
+    from sepcli.nets.s4m import pool_to
+
+    torch.manual_seed(n + length)
+    x = torch.randn(batch, 3, n, dtype=torch.float64)
+    with torch.inference_mode():
+        got = pool_to(x, length)
+        again = pool_to(x[:, :, :].clone(), length)  # the cached plan
+    want = torch.nn.functional.adaptive_avg_pool1d(x, length)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got, again)
+    x32 = x.float()
+    with torch.inference_mode():
+        got32 = pool_to(x32, length)
+    assert torch.allclose(got32, torch.nn.functional.adaptive_avg_pool1d(x32, length), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("length", [1000, 1280])  # 128 frames, divisible by 8 (every fast path); 163 (fallbacks)
 def test_training_forward_and_gradients_equal_the_plain_formulation(monkeypatch, length):
     import contextlib
