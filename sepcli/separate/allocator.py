@@ -11,7 +11,7 @@ Setting the trim threshold alone is worse than nothing: mallopt fixes the mmap t
 then, and every tensor is mmapped (17 million faults, 2.5x slower).
 
 The peak resident memory is unchanged (freed blocks are reused by the next segment's tensors of the same sizes),
-and it still does not grow with the input's length (tests/test_pipeline_memory.py). Environment variables
+and it still does not grow with the input's length (tests/separate/test_memory.py). Environment variables
 (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_) are read only when the process starts, so a library call has
 to use mallopt. An environment that sets either variable is left as the user chose.
 """
@@ -19,7 +19,6 @@ to use mallopt. An environment that sets either variable is left as the user cho
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -40,8 +39,7 @@ def keep_freed_memory() -> bool:
             or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols (libc among them): no ldconfig run
     except (OSError, AttributeError):  # not glibc (musl has no mallopt parameters of this kind)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -94,7 +94,7 @@ def test_shipped_model_output_unchanged_by_the_fast_paths(monkeypatch):
     from sepcli.runtime.loader import load_model
 
     net = load_model("default").network.eval()
-    wav, rate = sf.read(Path(__file__).resolve().parent.parent / "examples" / "mix.wav", dtype="float32")
+    wav, rate = sf.read(Path(__file__).resolve().parents[2] / "examples" / "mix.wav", dtype="float32")
     assert rate == net.sample_rate
     x = torch.from_numpy(wav[: 4 * rate]).unsqueeze(0)
     with torch.inference_mode():
