@@ -302,6 +302,72 @@ def kernel_figures(threads_list=(1, 2)) -> list[tuple]:
     return rows
 
 
+BASELINE_COMMIT = "4eb3200"  # the kernel before issue 29 part 2 (row-per-channel forward), the speed-up's reference
+
+
+def baseline_module():
+    """scan_cpu.py as of BASELINE_COMMIT, imported from a temporary file (`git show`), so that the baseline and
+    today's kernel are timed in the same process and run. None when git or the commit is not available."""
+    import importlib.util
+    import tempfile
+
+    try:
+        src = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:sepcli/kernels/scan_cpu.py"], cwd=ROOT,
+                             check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    src = src.replace("from .scan_ref import", "from sepcli.kernels.scan_ref import")
+    path = Path(tempfile.gettempdir()) / f"sepcli_scan_cpu_{BASELINE_COMMIT}.py"
+    if not path.exists() or path.read_text() != src:
+        path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"sepcli_scan_cpu_{BASELINE_COMMIT}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # numba's disk cache finds the module of a cached function by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def forward_vs_baseline(threads_list=(1, 2), runs: int = 7) -> list[tuple]:
+    """(label, shape, threads, baseline fwd updates/s, today's fwd updates/s): forward calls (no grad) of the
+    baseline kernel and of today's, interleaved run by run (medians), on the KERNEL_SHAPES."""
+    from sepcli.kernels.scan_cpu import scan_forward
+
+    base = baseline_module()
+    rows = []
+    old = torch.get_num_threads()
+    try:
+        for label, shape, groups in KERNEL_SHAPES:
+            kw = _kernel_inputs(shape, groups)
+            updates = float(np.prod(shape))
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                fns = [lambda kw=kw: scan_forward(**kw, delta_softplus=True)]
+                if base is not None:
+                    fns.append(lambda kw=kw: base.scan_forward(**kw, delta_softplus=True))
+                for fn in fns:
+                    fn()
+                    fn()
+                ts = [[], []]
+                for _ in range(runs):
+                    for i, fn in enumerate(fns):
+                        ts[i].append(_median_time(fn, 0, 1))
+                new = updates / statistics.median(ts[0])
+                old_s = updates / statistics.median(ts[1]) if base is not None else float("nan")
+                rows.append((label, shape, threads, old_s, new))
+    finally:
+        torch.set_num_threads(old)
+    return rows
+
+
+def print_forward_vs_baseline() -> None:
+    print(f"Forward against the baseline kernel (git {BASELINE_COMMIT}), same run, interleaved medians:")
+    print(f"{'shape':<16}{'(b, d, l, n)':<22}{'thr':>4}{'base G/s':>10}{'new G/s':>10}{'speed-up':>10}")
+    for label, shape, threads, old, new in forward_vs_baseline():
+        print(f"{label:<16}{shape!s:<22}{threads:>4}{old / 1e9:>10.2f}{new / 1e9:>10.2f}{new / old:>9.2f}x",
+              flush=True)
+    print()
+
+
 def print_kernel_figures() -> None:
     print(f"CPU: {cpu_description()}")
     core = core_throughput()

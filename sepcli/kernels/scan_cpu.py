@@ -635,7 +635,10 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     last = np.zeros((b, d, A.shape[1]), p["u"].dtype)
     if b * d * l:
         blk = _blocks(b, d, p)
-        _run(_fwd_par, _fwd_ser, min(threads_for_call(), len(blk)), blk, *_kernel_args(p, delta_softplus), out, last)
+        par, ser = _fwd_par, _fwd_ser
+        if p["cdt"] == torch.float32 and A.shape[1] == 16:  # the explicitly vectorised time loop (n = 16)
+            from .scan_cpu_vec import fwd_par as par, fwd_ser as ser
+        _run(par, ser, min(threads_for_call(), len(blk)), blk, *_kernel_args(p, delta_softplus), out, last)
     return torch.from_numpy(out).to(u.dtype), torch.from_numpy(last)
 
 
