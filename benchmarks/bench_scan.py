@@ -14,7 +14,21 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
                                 inter 1.04 | 0.26, 2.10 | 0.50
   channel-block forward:        issue shape 1.34-1.51, 2.41-2.99; intra 1.47-1.58, 2.85-3.19; inter 1.43-1.58,
                                 2.81-3.04 (backward unchanged); core bound 2.70 G/s per core (exp 3.64, FMA 41.8 G/s)
+  session 23, explicitly vectorised forward for n = 16 (sepcli/kernels/scan_cpu_vec.py), same machine class
+  ("Intel(R) Xeon(R) Processor", 2 vCPUs, flags fma avx2 avx512f avx512_bf16 amx_bf16 amx_tile), run with the
+  Makefile's MALLOC_* settings, against the baseline kernel of git 4eb3200 in the same run (interleaved medians),
+  forward G updates/s baseline -> new (ratio), 1 thread | 2 threads:
+                                issue 1.06 -> 2.64 (2.50x) | 2.00 -> 5.02 (2.50x);
+                                intra 0.90 -> 2.76 (3.07x) | 1.80 -> 5.21 (2.90x);
+                                inter 1.03 -> 2.84 (2.75x) | 2.05 -> 5.39 (2.63x)
+                                (other runs: issue 2.4-2.8x, intra 2.9-3.1x, inter 2.5-2.8x); core_throughput in
+                                that run: exp (scan_cpu._expk, 256-bit loop) 4.14 G/s, FMA 44.7 G/s, bound 3.02 G/s
+                                per core (the 16-lane IR loop itself, one block in cache: ~6.8 G/s per core, above
+                                that bound because it runs on 512-bit registers). Around the loop, the passes over
+                                u/delta/z/out are memory-bound; a fresh 33 MB output costs ~17 ms in page faults
+                                alone (intra's out; above the Makefile's 32 MiB mmap threshold).
 
+The forward-vs-baseline table loads the baseline with `git show` (BASELINE_COMMIT) into a temporary module.
 Run: `.venv/bin/python -m benchmarks.run scan`. Times are medians of several runs after warm-up; on a shared
 machine they are noisy, so read ratios rather than absolute figures.
 """
@@ -455,6 +469,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("No CUDA device: the Triton and mamba_ssm backends are not timed here.")
     print("Times: median of runs after warm-up; shared machine, so figures are noisy.\n")
+    print_forward_vs_baseline()
     print_kernel_figures()
 
     print(f"{'shape (b,d,l,n)':<22}{'backend':<9}{'mode':<9}{'time s':>9}{'updates/s':>12}{'vs ref':>9}")
