@@ -14,7 +14,21 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
                                 inter 1.04 | 0.26, 2.10 | 0.50
   channel-block forward:        issue shape 1.34-1.51, 2.41-2.99; intra 1.47-1.58, 2.85-3.19; inter 1.43-1.58,
                                 2.81-3.04 (backward unchanged); core bound 2.70 G/s per core (exp 3.64, FMA 41.8 G/s)
+  session 23, explicitly vectorised forward for n = 16 (sepcli/kernels/scan_cpu_vec.py), same machine class
+  ("Intel(R) Xeon(R) Processor", 2 vCPUs, flags fma avx2 avx512f avx512_bf16 amx_bf16 amx_tile), run with the
+  Makefile's MALLOC_* settings, against the baseline kernel of git 4eb3200 in the same run (interleaved medians),
+  forward G updates/s baseline -> new (ratio), 1 thread | 2 threads:
+                                issue 1.06 -> 2.64 (2.50x) | 2.00 -> 5.02 (2.50x);
+                                intra 0.90 -> 2.76 (3.07x) | 1.80 -> 5.21 (2.90x);
+                                inter 1.03 -> 2.84 (2.75x) | 2.05 -> 5.39 (2.63x)
+                                (other runs: issue 2.4-2.8x, intra 2.9-3.1x, inter 2.5-2.8x); core_throughput in
+                                that run: exp (scan_cpu._expk, 256-bit loop) 4.14 G/s, FMA 44.7 G/s, bound 3.02 G/s
+                                per core (the 16-lane IR loop itself, one block in cache: ~6.8 G/s per core, above
+                                that bound because it runs on 512-bit registers). Around the loop, the passes over
+                                u/delta/z/out are memory-bound; a fresh 33 MB output costs ~17 ms in page faults
+                                alone (intra's out; above the Makefile's 32 MiB mmap threshold).
 
+The forward-vs-baseline table loads the baseline with `git show` (BASELINE_COMMIT) into a temporary module.
 Run: `.venv/bin/python -m benchmarks.run scan`. Times are medians of several runs after warm-up; on a shared
 machine they are noisy, so read ratios rather than absolute figures.
 """
@@ -302,6 +316,72 @@ def kernel_figures(threads_list=(1, 2)) -> list[tuple]:
     return rows
 
 
+BASELINE_COMMIT = "4eb3200"  # the kernel before issue 29 part 2 (row-per-channel forward), the speed-up's reference
+
+
+def baseline_module():
+    """scan_cpu.py as of BASELINE_COMMIT, imported from a temporary file (`git show`), so that the baseline and
+    today's kernel are timed in the same process and run. None when git or the commit is not available."""
+    import importlib.util
+    import tempfile
+
+    try:
+        src = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:sepcli/kernels/scan_cpu.py"], cwd=ROOT,
+                             check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    src = src.replace("from .scan_ref import", "from sepcli.kernels.scan_ref import")
+    path = Path(tempfile.gettempdir()) / f"sepcli_scan_cpu_{BASELINE_COMMIT}.py"
+    if not path.exists() or path.read_text() != src:
+        path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"sepcli_scan_cpu_{BASELINE_COMMIT}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # numba's disk cache finds the module of a cached function by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def forward_vs_baseline(threads_list=(1, 2), runs: int = 7) -> list[tuple]:
+    """(label, shape, threads, baseline fwd updates/s, today's fwd updates/s): forward calls (no grad) of the
+    baseline kernel and of today's, interleaved run by run (medians), on the KERNEL_SHAPES."""
+    from sepcli.kernels.scan_cpu import scan_forward
+
+    base = baseline_module()
+    rows = []
+    old = torch.get_num_threads()
+    try:
+        for label, shape, groups in KERNEL_SHAPES:
+            kw = _kernel_inputs(shape, groups)
+            updates = float(np.prod(shape))
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                fns = [lambda kw=kw: scan_forward(**kw, delta_softplus=True)]
+                if base is not None:
+                    fns.append(lambda kw=kw: base.scan_forward(**kw, delta_softplus=True))
+                for fn in fns:
+                    fn()
+                    fn()
+                ts = [[], []]
+                for _ in range(runs):
+                    for i, fn in enumerate(fns):
+                        ts[i].append(_median_time(fn, 0, 1))
+                new = updates / statistics.median(ts[0])
+                old_s = updates / statistics.median(ts[1]) if base is not None else float("nan")
+                rows.append((label, shape, threads, old_s, new))
+    finally:
+        torch.set_num_threads(old)
+    return rows
+
+
+def print_forward_vs_baseline() -> None:
+    print(f"Forward against the baseline kernel (git {BASELINE_COMMIT}), same run, interleaved medians:")
+    print(f"{'shape':<16}{'(b, d, l, n)':<22}{'thr':>4}{'base G/s':>10}{'new G/s':>10}{'speed-up':>10}")
+    for label, shape, threads, old, new in forward_vs_baseline():
+        print(f"{label:<16}{shape!s:<22}{threads:>4}{old / 1e9:>10.2f}{new / 1e9:>10.2f}{new / old:>9.2f}x",
+              flush=True)
+    print()
+
+
 def print_kernel_figures() -> None:
     print(f"CPU: {cpu_description()}")
     core = core_throughput()
@@ -389,6 +469,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("No CUDA device: the Triton and mamba_ssm backends are not timed here.")
     print("Times: median of runs after warm-up; shared machine, so figures are noisy.\n")
+    print_forward_vs_baseline()
     print_kernel_figures()
 
     print(f"{'shape (b,d,l,n)':<22}{'backend':<9}{'mode':<9}{'time s':>9}{'updates/s':>12}{'vs ref':>9}")
