@@ -1,0 +1,511 @@
+"""Backward of the fused CPU selective scan (numba): a reverse-time scan with channels in vector lanes.
+
+Gradients (g_h is the gradient of the state h, go the gradient of y = <h, C> through the silu(z) gate,
+e[t] = exp(dt[t]·A), h[t] the state after step t, h[-1] = 0):
+
+    g_h[t] = go[t]·C[t] + e[t+1]·g_h[t+1]
+    dC[t] += go[t]·h[t];   dB[t] += g_h[t]·dt[t]·u[t];   du[t] = go[t]·D + dt[t]·Σ_k g_h[t]·B[t]
+    ddt[t] = Σ_k g_h[t]·h[t-1]·e[t]·A + u[t]·Σ_k g_h[t]·B[t];   dA += g_h[t]·h[t-1]·e[t]·dt[t]
+    ddelta = ddt·sigmoid(delta + bias) with softplus (ddt otherwise);   dbias = Σ_t ddelta;   dD = Σ_t go·u
+    dz = dout·(y + D·u)·sigmoid(z)·(1 + z·(1 - sigmoid(z)));   go = dout·z·sigmoid(z)
+
+As in mamba_ssm, the gradient of the returned last state is not propagated.
+
+Design (why it is fast): the previous backward ran per channel row, scalar over the n states, with a
+read-modify-write into memory accumulators per state and time step (which LLVM cannot keep in registers since
+numba arrays may alias), and a `(l, n)` store of states and decays per row. Here:
+- channels go in blocks of LW = 16, one channel per vector lane (a block never spans two B/C groups, spare
+  lanes of a narrow block repeat a channel with a zero output gradient, so they add nothing). Every per-state
+  operation is one 16-lane vector operation, and 16 independent recurrences are in flight;
+- time goes in segments of at most SEG steps, processed last to first. A first pass stores only the state at
+  each segment start; each segment is then recomputed forward (states and decays kept in an L2-resident
+  `(SEG, n, LW)` buffer, y and dC computed on the way) and scanned in reverse. One segment (l <= SEG, SPMamba's
+  shapes) needs no first pass;
+- sums are never a serial chain of read-modify-writes: per time step, the per-state products go to small
+  `(16, 16)` tiles, and two generic LLVM IR kernels (`_lane_sums`: a shuffle butterfly, 15 additions for 16
+  sums over lanes; `_col_sums`: an addition tree over states) reduce them. The sums over a group's channels
+  (dB, dC for variable B/C) are thus one vector write per time step and block, into per-thread accumulators;
+- the decay uses `_expk` (the forward's cheaper vectorisable exp); float64 (gradcheck) runs the same code with
+  libm exp. Nothing requires AVX-512: the IR is generic `<16 x float>` code that LLVM splits for AVX2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from llvmlite import ir as llvm_ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .scan_cpu import (_EXP_HI, _EXP_LO, _LN2_HI, _LN2_LO, _LOG2E, _MAGIC, _ONE, _P0, _P1, _P2, _P3, _P4, _P5,
+                       _as_np, _bc_grad, _kernel_args, _prepare, _run, _sigmoid, _softplus, threads_for_call)
+
+_FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
+LW = 16  # channels per block, one per vector lane
+TS = 16  # states per tile of the lane/column sums (n is padded to a multiple of TS in the tiles)
+SEG = 256  # time steps per reverse segment: 2 buffers of SEG·n·LW values stay in L2
+
+
+def _tile_ptrs(context, builder, sig, args):
+    """Element pointers of the (16, 16) tile at row r0 of T and of O[o0:], and the <16 x elem> type."""
+    tarr = context.make_array(sig.args[0])(context, builder, args[0])
+    oarr = context.make_array(sig.args[2])(context, builder, args[2])
+    ety = context.get_value_type(sig.args[0].dtype)
+    vty = llvm_ir.VectorType(ety, 16)
+    base = builder.gep(tarr.data, [builder.mul(args[1], llvm_ir.Constant(args[1].type, 16))], source_etype=ety)
+    rows = [builder.load(builder.bitcast(builder.gep(base, [llvm_ir.Constant(args[1].type, 16 * k)],
+                                                     source_etype=ety), vty.as_pointer()), align=1, typ=vty)
+            for k in range(16)]
+    out = builder.bitcast(builder.gep(oarr.data, [args[3]], source_etype=ety), vty.as_pointer())
+    return rows, out, vty
+
+
+def _tile_sig(T, r0, O, o0):
+    ok = (isinstance(T, types.Array) and T.ndim == 2 and T.layout == "C" and isinstance(O, types.Array)
+          and O.layout == "C" and O.dtype == T.dtype and T.dtype in (types.float32, types.float64)
+          and isinstance(r0, types.Integer) and isinstance(o0, types.Integer))
+    return types.void(T, r0, O, o0) if ok else None
+
+
+@intrinsic
+def _lane_sums(typingctx, T, r0, O, o0):
+    """O.flat[o0 + k] = Σ_j T[r0 + k, j] for k < 16 (T has 16 columns): a butterfly of shuffles, 15 additions."""
+    sig = _tile_sig(T, r0, O, o0)
+
+    def codegen(context, builder, signature, args):
+        cur, out, vty = _tile_ptrs(context, builder, signature, args)
+        i32 = llvm_ir.IntType(32)
+        h = 8
+        while h:  # each vector holds 16 / (2h) blocks of 2h partial sums of one row; halve the partials
+            lo = [blk * 2 * h + i for blk in range(8 // h) for i in range(h)]
+            ma = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), lo + [16 + x for x in lo])
+            mb = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), [x + h for x in lo] + [16 + x + h for x in lo])
+            cur = [builder.fadd(builder.shuffle_vector(cur[i], cur[i + 1], ma),
+                                builder.shuffle_vector(cur[i], cur[i + 1], mb)) for i in range(0, len(cur), 2)]
+            h //= 2
+        builder.store(cur[0], out, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _col_sums(typingctx, T, r0, O, o0):
+    """O.flat[o0 + j] = Σ_k T[r0 + k, j] for j < 16, k < 16: a balanced addition tree (no serial chain)."""
+    sig = _tile_sig(T, r0, O, o0)
+
+    def codegen(context, builder, signature, args):
+        cur, out, vty = _tile_ptrs(context, builder, signature, args)
+        while len(cur) > 1:
+            cur = [builder.fadd(cur[i], cur[i + 1]) for i in range(0, len(cur), 2)]
+        builder.store(cur[0], out, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+class _Vec:
+    """Emits <16 x elem> IR: loads/stores at flat offsets of C-contiguous numba arrays, arithmetic, our exp."""
+
+    def __init__(self, context, builder, sig, args):
+        self.c, self.b = context, builder
+        self.ety = context.get_value_type(sig.args[0].dtype)
+        self.vty = llvm_ir.VectorType(self.ety, 16)
+        self.f32 = sig.args[0].dtype == types.float32
+        self.sig, self.args = sig, args
+
+    def ptr(self, i, off):
+        arr = self.c.make_array(self.sig.args[i])(self.c, self.b, self.args[i])
+        return self.b.bitcast(self.b.gep(arr.data, [off], source_etype=self.ety), self.vty.as_pointer())
+
+    def load(self, i, off):
+        return self.b.load(self.ptr(i, off), align=1, typ=self.vty)
+
+    def store(self, v, i, off):
+        self.b.store(v, self.ptr(i, off), align=1)
+
+    def splat(self, x):
+        if not isinstance(x, llvm_ir.Value):
+            x = llvm_ir.Constant(self.ety, x)
+        v = self.b.insert_element(llvm_ir.Constant(self.vty, None), x, llvm_ir.Constant(llvm_ir.IntType(32), 0))
+        return self.b.shuffle_vector(v, v, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 16), None))
+
+    def mul(self, x, y):
+        return self.b.fmul(x, y)
+
+    def add(self, x, y):
+        return self.b.fadd(x, y)
+
+    def intr(self, name, *xs):
+        """Call the LLVM vector intrinsic llvm.<name>.v16f32 / .v16f64 (elementwise)."""
+        fnty = llvm_ir.FunctionType(self.vty, [self.vty] * len(xs))
+        sfx = "v16f32" if self.f32 else "v16f64"
+        return self.b.call(cgutils.get_or_insert_function(self.b.module, fnty, f"llvm.{name}.{sfx}"), list(xs))
+
+    def fma(self, x, y, z):
+        return self.intr("fma", x, y, z)
+
+    def exp(self, x):
+        """scan_cpu._expk for float32 (same constants and steps: clamp, magic-number rounding, Cody-Waite, one
+        Horner chain of FMAs, 2**n from the exponent bits); llvm.exp (libm) for float64."""
+        b = self.b
+        if not self.f32:
+            return self.intr("exp", x)
+        lo, hi = self.splat(float(_EXP_LO)), self.splat(float(_EXP_HI))
+        x = b.select(b.fcmp_ordered("<", x, lo), lo, x)  # NaN stays NaN
+        x = b.select(b.fcmp_ordered(">", x, hi), hi, x)
+        magic = self.splat(float(_MAGIC))
+        kf = self.fma(x, self.splat(float(_LOG2E)), magic)
+        fk = b.fsub(kf, magic)
+        r = self.fma(b.fneg(fk), self.splat(float(_LN2_HI)), x)
+        r = self.fma(b.fneg(fk), self.splat(float(_LN2_LO)), r)
+        p = self.splat(float(_P0))
+        for c in (_P1, _P2, _P3, _P4, _P5, _ONE, _ONE):
+            p = self.fma(p, r, self.splat(float(c)))
+        ity = llvm_ir.VectorType(llvm_ir.IntType(32), 16)
+        two_n = b.bitcast(b.shl(b.bitcast(kf, ity), llvm_ir.Constant(ity, [23] * 16)), self.vty)
+        return self.mul(p, two_n)
+
+
+def _step_sig(sig_args, n_arrays):
+    arrs, ints = sig_args[:n_arrays], sig_args[n_arrays:]
+    ok = all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == arrs[0].dtype for a in arrs)
+    ok = ok and arrs[0].dtype in (types.float32, types.float64) and all(
+        isinstance(x, (types.Integer, types.Float)) for x in ints)
+    return types.void(*sig_args) if ok else None
+
+
+@intrinsic
+def _adv_step(typingctx, H, DTT, AL, DUT, BL, ok, ot, bk):
+    """H[k] = exp(DTT[t]·A[k])·H[k] + DUT[t]·(bk + BL[k]) over the 16 lanes (ok = k·LW, ot = t·LW)."""
+
+    def codegen(context, builder, sig, args):
+        v = _Vec(context, builder, sig, args)
+        ok, ot = args[5], args[6]
+        dtt = v.load(1, ot)
+        e = v.exp(v.mul(dtt, v.load(2, ok)))
+        bv = v.add(v.splat(context.cast(builder, args[7], sig.args[7], sig.args[0].dtype)), v.load(4, ok))
+        v.store(v.fma(e, v.load(0, ok), v.mul(v.load(3, ot), bv)), 0, ok)
+        return context.get_dummy_value()
+
+    return _step_sig((H, DTT, AL, DUT, BL, ok, ot, bk), 5), codegen
+
+
+@intrinsic
+def _fwd_step(typingctx, E, HS, DTT, AL, DUT, BL, CL, GOT, TY, TC, ok, ot, oe, on, bk, ck):
+    """Step t, state k of the segment recompute: e = exp(dt·A) -> E, h = e·h_prev + dt·u·B -> HS (h_prev at
+    flat offset oe, h at oe + on), TY[k] = h·C (for y), TC[k] = go·h (for dC)."""
+
+    def codegen(context, builder, sig, args):
+        v = _Vec(context, builder, sig, args)
+        ok, ot, oe, on = args[10:14]
+        cast = [v.splat(context.cast(builder, args[i], sig.args[i], sig.args[0].dtype)) for i in (14, 15)]
+        e = v.exp(v.mul(v.load(2, ot), v.load(3, ok)))
+        h = v.fma(e, v.load(1, oe), v.mul(v.load(4, ot), v.add(cast[0], v.load(5, ok))))
+        v.store(e, 0, oe)
+        v.store(h, 1, builder.add(oe, on))
+        v.store(v.mul(h, v.add(cast[1], v.load(6, ok))), 8, ok)
+        v.store(v.mul(v.load(7, ot), h), 9, ok)
+        return context.get_dummy_value()
+
+    return _step_sig((E, HS, DTT, AL, DUT, BL, CL, GOT, TY, TC, ok, ot, oe, on, bk, ck), 10), codegen
+
+
+@intrinsic
+def _rev_step(typingctx, GH, GOT, E, HS, AL, DTT, DUT, BL, CL, TU, TD, TB, DAL, ok, ot, oe, bk, ck):
+    """Reverse step t, state k: g_h = GH[k] + go·C; TU[k] = g_h·B, TD[k] = g_h·h_prev·e·A, TB[k] = g_h·dt·u,
+    DAL[k] += g_h·h_prev·e·dt, GH[k] = g_h·e (E, HS at flat offset oe)."""
+
+    def codegen(context, builder, sig, args):
+        v = _Vec(context, builder, sig, args)
+        ok, ot, oe = args[13:16]
+        bks, cks = [v.splat(context.cast(builder, args[i], sig.args[i], sig.args[0].dtype)) for i in (16, 17)]
+        e = v.load(2, oe)
+        ghk = v.fma(v.load(1, ot), v.add(cks, v.load(8, ok)), v.load(0, ok))
+        da = v.mul(v.mul(ghk, v.load(3, oe)), e)
+        v.store(v.mul(ghk, v.add(bks, v.load(7, ok))), 9, ok)
+        v.store(v.mul(da, v.load(4, ok)), 10, ok)
+        v.store(v.mul(ghk, v.load(6, ot)), 11, ok)
+        v.store(v.fma(da, v.load(5, ot), v.load(12, ok)), 12, ok)
+        v.store(v.mul(ghk, e), 0, ok)
+        return context.get_dummy_value()
+
+    return _step_sig((GH, GOT, E, HS, AL, DTT, DUT, BL, CL, TU, TD, TB, DAL, ok, ot, oe, bk, ck), 13), codegen
+
+
+@njit(cache=True)
+def _tile_check(T, lanes):
+    """Test hook: (lane sums, column sums) of each 16-row tile of T (rows a multiple of 16, 16 columns)."""
+    out = np.empty((T.shape[0] // 16, 16), T.dtype)
+    for q in range(T.shape[0] // 16):
+        if lanes:
+            _lane_sums(T, q * 16, out, q * 16)
+        else:
+            _col_sums(T, q * 16, out, q * 16)
+    return out
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, ROW, DTT, DUT, GOT):
+    """dt, dt·u and go of the block's lanes, computed along contiguous channel rows, stored time-major [l, LW]."""
+    nl = u.shape[2]
+    for j in range(LW):
+        c = ch[j]
+        bd = bias[c]
+        if softplus:
+            for t in range(nl):
+                ROW[0, t] = _softplus(delta[b, c, t] + bd)
+        else:
+            for t in range(nl):
+                ROW[0, t] = delta[b, c, t] + bd
+        for t in range(nl):
+            ROW[1, t] = ROW[0, t] * u[b, c, t]
+        if j >= w:  # a spare lane: zero output gradient, so it adds nothing to the shared sums
+            for t in range(nl):
+                ROW[2, t] = 0.0
+        elif has_z:
+            for t in range(nl):
+                zt = z[b, c, t]
+                ROW[2, t] = dout[b, c, t] * (zt * _sigmoid(zt))
+        else:
+            for t in range(nl):
+                ROW[2, t] = dout[b, c, t]
+        for t in range(nl):
+            DTT[t, j] = ROW[0, t]
+            DUT[t, j] = ROW[1, t]
+            GOT[t, j] = ROW[2, t]
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _advance(zro, t0, t1, n, bb, gb, Bv, var_b, AL, BL, DTT, DUT, H):
+    """H [n, LW] through steps t0..t1-1 (the first pass: segment-start states only)."""
+    for t in range(t0, t1):
+        for k in range(n):
+            _adv_step(H, DTT, AL, DUT, BL, k * LW, t * LW, Bv[bb, gb, t, k] if var_b else zro)
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _seg_forward(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, TY, TC,
+                 RS, DCc, dC):
+    """Recompute steps t0..t1-1 from HS[0]: HS[t-t0+1] states, E decays, Y[t] = y; dC (go·h) summed over lanes
+    into dC[bc, gc, t] (variable C) or per lane into DCc (constant C)."""
+    n_t = TY.shape[0] // TS
+    for t in range(t0, t1):
+        tt = t - t0
+        for k in range(n):
+            _fwd_step(E, HS, DTT, AL, DUT, BL, CL, GOT, TY, TC, k * LW, t * LW, (tt * n + k) * LW, n * LW,
+                      Bv[bb, gb, t, k] if var_b else zro, Cv[bc, gc, t, k] if var_c else zro)
+        if not var_c:
+            for k in range(n):
+                for j in range(LW):
+                    DCc[k, j] += TC[k, j]
+        for q in range(n_t):
+            _col_sums(TY, q * TS, RS, 0)
+            for j in range(LW):
+                Y[t, j] = RS[j] if q == 0 else Y[t, j] + RS[j]
+            if var_c:
+                _lane_sums(TC, q * TS, RS, 0)
+                for k in range(min(TS, n - q * TS)):
+                    dC[bc, gc, t, q * TS + k] += RS[k]
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _seg_reverse(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
+                 DUA, DDT, TU, TD, TB, RS, DBc, dB):
+    """Reverse steps t1-1..t0: GH (gradient of the state) carried in and out; DUA[t] = Σ_k g_h·B,
+    DDT[t] = Σ_k g_h·h[t-1]·e·A, DAL += Σ_t g_h·h[t-1]·e·dt; dB summed over lanes (variable B) or per lane."""
+    n_t = TU.shape[0] // TS
+    for t in range(t1 - 1, t0 - 1, -1):
+        tt = t - t0
+        for k in range(n):
+            _rev_step(GH, GOT, E, HS, AL, DTT, DUT, BL, CL, TU, TD, TB, DAL, k * LW, t * LW, (tt * n + k) * LW,
+                      Bv[bb, gb, t, k] if var_b else zro, Cv[bc, gc, t, k] if var_c else zro)
+        if not var_b:
+            for k in range(n):
+                for j in range(LW):
+                    DBc[k, j] += TB[k, j]
+        for q in range(n_t):
+            _col_sums(TU, q * TS, RS, 0)
+            for j in range(LW):
+                DUA[t, j] = RS[j] if q == 0 else DUA[t, j] + RS[j]
+            _col_sums(TD, q * TS, RS, 0)
+            for j in range(LW):
+                DDT[t, j] = RS[j] if q == 0 else DDT[t, j] + RS[j]
+            if var_b:
+                _lane_sums(TB, q * TS, RS, 0)
+                for k in range(min(TS, n - q * TS)):
+                    dB[bb, gb, t, q * TS + k] += RS[k]
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
+                dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    """Backward of the channel blocks blk[i0:i1] (row b, first channel d0, width w) into thread slot thr."""
+    n = A.shape[1]
+    nl = u.shape[2]
+    fdt = u.dtype
+    seg = min(nl, SEG)
+    nseg = (nl + seg - 1) // seg
+    npad = (n + TS - 1) // TS * TS
+    ch = np.empty(LW, np.int64)
+    AL = np.empty((n, LW), fdt)
+    BL = np.zeros((n, LW), fdt)  # constant B / C per lane (zeros when variable)
+    CL = np.zeros((n, LW), fdt)
+    ROW = np.empty((3, nl), fdt)
+    DTT = np.empty((nl, LW), fdt)  # dt, time-major
+    DUT = np.empty((nl, LW), fdt)  # dt·u
+    GOT = np.empty((nl, LW), fdt)  # go
+    Y = np.empty((nl, LW), fdt)
+    DUA = np.empty((nl, LW), fdt)
+    DDT = np.empty((nl, LW), fdt)
+    HC = np.empty((nseg, n, LW), fdt)  # state at each segment start
+    HS = np.empty((seg + 1, n, LW), fdt)
+    E = np.empty((seg, n, LW), fdt)
+    GH = np.empty((n, LW), fdt)
+    DAL = np.empty((n, LW), fdt)
+    DBc = np.empty((n, LW), fdt)
+    DCc = np.empty((n, LW), fdt)
+    TY = np.zeros((npad, LW), fdt)  # per-state tiles for the sums; rows >= n stay 0
+    TU = np.zeros((npad, LW), fdt)
+    TD = np.zeros((npad, LW), fdt)
+    TB = np.zeros((npad, LW), fdt)
+    RS = np.zeros(TS, fdt)
+    zro = RS[0]  # a typed zero (a float literal would promote float32 arithmetic to float64)
+    dB = dB_p[thr]
+    dC = dC_p[thr]
+    for i in range(i0, i1):
+        b = blk[i, 0]
+        d0 = blk[i, 1]
+        w = blk[i, 2]
+        bb = b if var_b else 0
+        gb = d0 // dpg_b if var_b else 0
+        bc = b if var_c else 0
+        gc = d0 // dpg_c if var_c else 0
+        for j in range(LW):
+            ch[j] = d0 + min(j, w - 1)
+        for k in range(n):
+            for j in range(LW):
+                c = ch[j]
+                AL[k, j] = A[c, k]
+                if not var_b:
+                    BL[k, j] = Bv[0, c, 0, k]
+                if not var_c:
+                    CL[k, j] = Cv[0, c, 0, k]
+        _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, ROW, DTT, DUT, GOT)
+        HC[0] = 0.0
+        for s in range(1, nseg):
+            HC[s] = HC[s - 1]
+            _advance(zro, (s - 1) * seg, s * seg, n, bb, gb, Bv, var_b, AL, BL, DTT, DUT, HC[s])
+        GH[:] = 0.0
+        DAL[:] = 0.0
+        DBc[:] = 0.0
+        DCc[:] = 0.0
+        for s in range(nseg - 1, -1, -1):
+            t0 = s * seg
+            t1 = min(nl, t0 + seg)
+            HS[0] = HC[s]
+            _seg_forward(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y,
+                         TY, TU, RS, DCc, dC)
+            _seg_reverse(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH,
+                         DAL, DUA, DDT, TU, TD, TB, RS, DBc, dB)
+        for j in range(w):  # per-channel outputs, vectorised over time
+            c = ch[j]
+            Dd = D[c]
+            bd = bias[c]
+            for t in range(nl):
+                ROW[0, t] = DDT[t, j] + u[b, c, t] * DUA[t, j]
+                du[b, c, t] = GOT[t, j] * Dd + DTT[t, j] * DUA[t, j]
+            if softplus:
+                for t in range(nl):
+                    ROW[0, t] = ROW[0, t] * _sigmoid(delta[b, c, t] + bd)
+            sb = ROW[0, 0] * 0.0
+            sd = sb
+            for t in range(nl):
+                ddelta[b, c, t] = ROW[0, t]
+                sb += ROW[0, t]
+                sd += GOT[t, j] * u[b, c, t]
+            if has_z:
+                for t in range(nl):
+                    zt = z[b, c, t]
+                    sz = _sigmoid(zt)
+                    dz[b, c, t] = dout[b, c, t] * (Y[t, j] + Dd * u[b, c, t]) * sz * (1.0 + zt * (1.0 - sz))
+            dbias_p[thr, c] += sb
+            dD_p[thr, c] += sd
+            for k in range(n):
+                dA_p[thr, c, k] += DAL[k, j]
+                if not var_b:
+                    dB[0, c, 0, k] += DBc[k, j]
+                if not var_c:
+                    dC[0, c, 0, k] += DCc[k, j]
+
+
+@njit(cache=True, parallel=True)
+def _bwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    nb = blk.shape[0]
+    for c in prange(nchunks):
+        _bwd_blocks(c, c * nb // nchunks, (c + 1) * nb // nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b,
+                    var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+
+
+@njit(cache=True)
+def _bwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    _bwd_blocks(0, 0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z,
+                softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+
+
+def bwd_blocks(b: int, d: int, p: dict) -> np.ndarray:
+    """(row b, first channel, width) of each block of <= LW channels; a block never spans two B or C groups."""
+    seg = d
+    if p["var_b"]:
+        seg = math.gcd(seg, p["dpg_b"])
+    if p["var_c"]:
+        seg = math.gcd(seg, p["dpg_c"])
+    d0 = (np.arange(0, d, seg)[:, None] + np.arange(0, seg, LW)[None, :]).ravel()
+    w = np.minimum(LW, (d0 // seg + 1) * seg - d0)
+    out = np.empty((b * d0.shape[0], 3), np.int64)
+    out[:, 0] = np.repeat(np.arange(b), d0.shape[0])
+    out[:, 1] = np.tile(d0, b)
+    out[:, 2] = np.tile(w, b)
+    return out
+
+
+def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tuple:
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, delta_softplus) for SelectiveScanCPU.backward."""
+    u, delta, A, B, C, D, z, delta_bias = saved
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    fdt = p["u"].dtype
+    b, d, l = u.shape
+    blk = bwd_blocks(b, d, p)
+    nt = max(1, min(threads_for_call(), len(blk)))  # block chunks == per-chunk accumulators
+    du = np.empty((b, d, l), fdt)
+    ddelta = np.empty((b, d, l), fdt)
+    dz = np.empty((b, d, l), fdt) if z is not None else np.empty((1, 1, 1), fdt)
+    dA_p = np.zeros((nt,) + p["A"].shape, fdt)
+    dB_p = np.zeros((nt,) + p["Bv"].shape, fdt)
+    dC_p = np.zeros((nt,) + p["Cv"].shape, fdt)
+    dD_p = np.zeros((nt, d), fdt)
+    dbias_p = np.zeros((nt, d), fdt)
+    if b * d * l:
+        args = _kernel_args(p, delta_softplus) + (_as_np(dout, p["cdt"]), du, ddelta, dz, dA_p, dB_p, dC_p, dD_p,
+                                                  dbias_p)
+        _run(_bwd_par, _bwd_ser, nt, blk, *args)
+    else:
+        du.fill(0)
+        ddelta.fill(0)
+        dz.fill(0)
+    return (
+        torch.from_numpy(du).to(u.dtype),
+        torch.from_numpy(ddelta).to(delta.dtype),
+        torch.from_numpy(dA_p.sum(0)).to(A.dtype),
+        _bc_grad(dB_p, B),
+        _bc_grad(dC_p, C),
+        torch.from_numpy(dD_p.sum(0)).to(D.dtype) if D is not None else None,
+        torch.from_numpy(dz).to(z.dtype) if z is not None else None,
+        torch.from_numpy(dbias_p.sum(0)).to(delta_bias.dtype) if delta_bias is not None else None,
+        None,
+    )
