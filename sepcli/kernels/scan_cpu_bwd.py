@@ -70,6 +70,25 @@ def _tile_sig(T, r0, O, o0):
     return types.void(T, r0, O, o0) if ok else None
 
 
+def _lane_sum_vec(builder, vs):
+    """The 16 lane sums of 16 <16 x elem> vectors, as one vector: a butterfly of shuffles, 15 additions. Pairs are
+    combined as soon as they exist (few vectors live at once: no spills with AVX2's 16 registers)."""
+    i32 = llvm_ir.IntType(32)
+    stack = []  # (level, vector): at level L a vector holds 2**L rows' partial sums, 16 >> L lanes per row
+    for v in vs:
+        lev = 0
+        while stack and stack[-1][0] == lev:
+            a = stack.pop()[1]
+            h = 8 >> lev
+            lo = [blk * 2 * h + i for blk in range(8 // h) for i in range(h)]
+            ma = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), lo + [16 + x for x in lo])
+            mb = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), [x + h for x in lo] + [16 + x + h for x in lo])
+            v = builder.fadd(builder.shuffle_vector(a, v, ma), builder.shuffle_vector(a, v, mb))
+            lev += 1
+        stack.append((lev, v))
+    return stack[0][1]
+
+
 @intrinsic
 def _lane_sums(typingctx, T, r0, O, o0):
     """O.flat[o0 + k] = Σ_j T[r0 + k, j] for k < 16 (T has 16 columns): a butterfly of shuffles, 15 additions."""
@@ -77,16 +96,7 @@ def _lane_sums(typingctx, T, r0, O, o0):
 
     def codegen(context, builder, signature, args):
         cur, out, vty = _tile_ptrs(context, builder, signature, args)
-        i32 = llvm_ir.IntType(32)
-        h = 8
-        while h:  # each vector holds 16 / (2h) blocks of 2h partial sums of one row; halve the partials
-            lo = [blk * 2 * h + i for blk in range(8 // h) for i in range(h)]
-            ma = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), lo + [16 + x for x in lo])
-            mb = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), [x + h for x in lo] + [16 + x + h for x in lo])
-            cur = [builder.fadd(builder.shuffle_vector(cur[i], cur[i + 1], ma),
-                                builder.shuffle_vector(cur[i], cur[i + 1], mb)) for i in range(0, len(cur), 2)]
-            h //= 2
-        builder.store(cur[0], out, align=1)
+        builder.store(_lane_sum_vec(builder, cur), out, align=1)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -126,6 +136,15 @@ class _Vec:
 
     def store(self, v, i, off):
         self.b.store(v, self.ptr(i, off), align=1)
+
+    def scalar(self, i, off):
+        arr = self.c.make_array(self.sig.args[i])(self.c, self.b, self.args[i])
+        return self.b.load(self.b.gep(arr.data, [off], source_etype=self.ety), typ=self.ety)
+
+    def off(self, base, k, stride=None):
+        """base + k·stride (stride an IR integer; LW when None)."""
+        st = llvm_ir.Constant(base.type, LW) if stride is None else stride
+        return self.b.add(base, self.b.mul(st, llvm_ir.Constant(base.type, k)))
 
     def splat(self, x):
         if not isinstance(x, llvm_ir.Value):
@@ -174,7 +193,7 @@ def _step_sig(sig_args, n_arrays):
     arrs, ints = sig_args[:n_arrays], sig_args[n_arrays:]
     ok = all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == arrs[0].dtype for a in arrs)
     ok = ok and arrs[0].dtype in (types.float32, types.float64) and all(
-        isinstance(x, (types.Integer, types.Float)) for x in ints)
+        isinstance(x, (types.Integer, types.Float, types.Boolean)) for x in ints)
     return types.void(*sig_args) if ok else None
 
 
@@ -236,6 +255,81 @@ def _rev_step(typingctx, GH, GOT, E, HS, AL, DTT, DUT, BL, CL, TU, TD, TB, DAL, 
     return _step_sig((GH, GOT, E, HS, AL, DTT, DUT, BL, CL, TU, TD, TB, DAL, ok, ot, oe, bk, ck), 13), codegen
 
 
+@intrinsic
+def _fwd_tile(typingctx, E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, ok0, ot, oe0, on, ob, oc, sb, sc,
+              odc, var_c):
+    """_fwd_step for the 16 states k0..k0+15 of a tile at once (ok0 = k0·LW, oe0 = (tt·n + k0)·LW): Y[t] += y's
+    share in registers; B[k], C[k] scalars at Bs.flat[ob + k·sb], Cs.flat[oc + k·sc] (stride 0: a zero); dC: the
+    16 lane sums of go·h added to dC.flat[odc:odc+16] (var_c), else go·h added per lane to DCc[k]."""
+
+    def codegen(context, builder, sig, args):
+        v = _Vec(context, builder, sig, args)
+        ok0, ot, oe0, on, ob, oc, sb, sc, odc, var_c = args[13:]
+        dtt, dtu, go = v.load(2, ot), v.load(4, ot), v.load(7, ot)
+        ys = [v.load(8, ot), v.splat(0.0)]
+        tcs = []
+        for k in range(16):
+            okk, oek = v.off(ok0, k), v.off(oe0, k)
+            bv = v.add(v.splat(v.scalar(9, v.off(ob, k, sb))), v.load(5, okk))
+            cv = v.add(v.splat(v.scalar(10, v.off(oc, k, sc))), v.load(6, okk))
+            e = v.exp(v.mul(dtt, v.load(3, okk)))
+            h = v.fma(e, v.load(1, oek), v.mul(dtu, bv))
+            v.store(e, 0, oek)
+            v.store(h, 1, builder.add(oek, on))
+            ys[k % 2] = v.fma(h, cv, ys[k % 2])
+            tcs.append(v.mul(go, h))
+        v.store(v.add(ys[0], ys[1]), 8, ot)
+        with builder.if_else(var_c) as (then, other):
+            with then:
+                v.store(v.add(v.load(11, odc), _lane_sum_vec(builder, tcs)), 11, odc)
+            with other:
+                for k in range(16):
+                    v.store(v.add(v.load(12, v.off(ok0, k)), tcs[k]), 12, v.off(ok0, k))
+        return context.get_dummy_value()
+
+    return _step_sig((E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, ok0, ot, oe0, on, ob, oc, sb, sc,
+                      odc, var_c), 13), codegen
+
+
+@intrinsic
+def _rev_tile(typingctx, GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, ok0, ot, oe0, ob,
+              oc, sb, sc, odb, var_b):
+    """_rev_step for the 16 states of a tile at once: DUA[t], DDT[t] accumulated in registers, dB's 16 lane sums
+    added to dB.flat[odb:odb+16] (var_b), else g_h·dt·u added per lane to DBc[k]."""
+
+    def codegen(context, builder, sig, args):
+        v = _Vec(context, builder, sig, args)
+        ok0, ot, oe0, ob, oc, sb, sc, odb, var_b = args[16:]
+        go, dtt, dtu = v.load(1, ot), v.load(5, ot), v.load(6, ot)
+        dua = [v.load(9, ot), v.splat(0.0)]
+        ddt = [v.load(10, ot), v.splat(0.0)]
+        tbs = []
+        for k in range(16):
+            okk, oek = v.off(ok0, k), v.off(oe0, k)
+            bv = v.add(v.splat(v.scalar(12, v.off(ob, k, sb))), v.load(7, okk))
+            cv = v.add(v.splat(v.scalar(13, v.off(oc, k, sc))), v.load(8, okk))
+            e = v.load(2, oek)
+            ghk = v.fma(go, cv, v.load(0, okk))
+            da = v.mul(v.mul(ghk, v.load(3, oek)), e)
+            dua[k % 2] = v.fma(ghk, bv, dua[k % 2])
+            ddt[k % 2] = v.fma(da, v.load(4, okk), ddt[k % 2])
+            v.store(v.fma(da, dtt, v.load(11, okk)), 11, okk)
+            v.store(v.mul(ghk, e), 0, okk)
+            tbs.append(v.mul(ghk, dtu))
+        v.store(v.add(dua[0], dua[1]), 9, ot)
+        v.store(v.add(ddt[0], ddt[1]), 10, ot)
+        with builder.if_else(var_b) as (then, other):
+            with then:
+                v.store(v.add(v.load(14, odb), _lane_sum_vec(builder, tbs)), 14, odb)
+            with other:
+                for k in range(16):
+                    v.store(v.add(v.load(15, v.off(ok0, k)), tbs[k]), 15, v.off(ok0, k))
+        return context.get_dummy_value()
+
+    return _step_sig((GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, ok0, ot, oe0, ob, oc,
+                      sb, sc, odb, var_b), 16), codegen
+
+
 @njit(cache=True)
 def _tile_check(T, lanes):
     """Test hook: (lane sums, column sums) of each 16-row tile of T (rows a multiple of 16, 16 columns)."""
@@ -288,11 +382,22 @@ def _advance(zro, t0, t1, n, bb, gb, Bv, var_b, AL, BL, DTT, DUT, H):
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_forward(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, TY, TC,
+def _seg_forward(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, TY, TC,
                  RS, DCc, dC):
     """Recompute steps t0..t1-1 from HS[0]: HS[t-t0+1] states, E decays, Y[t] = y; dC (go·h) summed over lanes
     into dC[bc, gc, t] (variable C) or per lane into DCc (constant C)."""
     n_t = TY.shape[0] // TS
+    if n % TS == 0:  # whole tiles: sums in registers
+        Bs = Bv if var_b else ZB
+        Cs = Cv if var_c else ZB
+        for t in range(t0, t1):
+            tt = t - t0
+            for q in range(n_t):
+                ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
+                oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
+                _fwd_tile(E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, q * TS * LW, t * LW,
+                          (tt * n + q * TS) * LW, n * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, oc, var_c)
+        return
     for t in range(t0, t1):
         tt = t - t0
         for k in range(n):
@@ -313,11 +418,22 @@ def _seg_forward(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, C
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_reverse(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
+def _seg_reverse(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
                  DUA, DDT, TU, TD, TB, RS, DBc, dB):
     """Reverse steps t1-1..t0: GH (gradient of the state) carried in and out; DUA[t] = Σ_k g_h·B,
     DDT[t] = Σ_k g_h·h[t-1]·e·A, DAL += Σ_t g_h·h[t-1]·e·dt; dB summed over lanes (variable B) or per lane."""
     n_t = TU.shape[0] // TS
+    if n % TS == 0:  # whole tiles: sums in registers
+        Bs = Bv if var_b else ZB
+        Cs = Cv if var_c else ZB
+        for t in range(t1 - 1, t0 - 1, -1):
+            tt = t - t0
+            for q in range(n_t):
+                ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
+                oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
+                _rev_tile(GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, q * TS * LW, t * LW,
+                          (tt * n + q * TS) * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, ob, var_b)
+        return
     for t in range(t1 - 1, t0 - 1, -1):
         tt = t - t0
         for k in range(n):
@@ -373,6 +489,7 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
     TD = np.zeros((npad, LW), fdt)
     TB = np.zeros((npad, LW), fdt)
     RS = np.zeros(TS, fdt)
+    ZB = np.zeros((1, 1, 1, 1), fdt)  # a zero B / C for the tiles when B / C is constant
     zro = RS[0]  # a typed zero (a float literal would promote float32 arithmetic to float64)
     dB = dB_p[thr]
     dC = dC_p[thr]
@@ -401,15 +518,18 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
             _advance(zro, (s - 1) * seg, s * seg, n, bb, gb, Bv, var_b, AL, BL, DTT, DUT, HC[s])
         GH[:] = 0.0
         DAL[:] = 0.0
+        Y[:] = 0.0
+        DUA[:] = 0.0
+        DDT[:] = 0.0
         DBc[:] = 0.0
         DCc[:] = 0.0
         for s in range(nseg - 1, -1, -1):
             t0 = s * seg
             t1 = min(nl, t0 + seg)
             HS[0] = HC[s]
-            _seg_forward(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y,
+            _seg_forward(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y,
                          TY, TU, RS, DCc, dC)
-            _seg_reverse(zro, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH,
+            _seg_reverse(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH,
                          DAL, DUA, DDT, TU, TD, TB, RS, DBc, dB)
         for j in range(w):  # per-channel outputs, vectorised over time
             c = ch[j]
