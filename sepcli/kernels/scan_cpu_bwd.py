@@ -198,19 +198,17 @@ def _step_sig(sig_args, n_arrays):
 
 
 @intrinsic
-def _adv_step(typingctx, H, DTT, AL, DUT, BL, ok, ot, bk):
-    """H[k] = exp(DTT[t]·A[k])·H[k] + DUT[t]·(bk + BL[k]) over the 16 lanes (ok = k·LW, ot = t·LW)."""
+def _rec_step(typingctx, HS, E, DUT, BL, ok, ot, oe, on, bk):
+    """Recompute a stored step without exp: HS.flat[oe + on:] = E·HS.flat[oe:] + DUT[t]·(bk + BL[k]) (16 lanes)."""
 
     def codegen(context, builder, sig, args):
         v = _Vec(context, builder, sig, args)
-        ok, ot = args[5], args[6]
-        dtt = v.load(1, ot)
-        e = v.exp(v.mul(dtt, v.load(2, ok)))
-        bv = v.add(v.splat(context.cast(builder, args[7], sig.args[7], sig.args[0].dtype)), v.load(4, ok))
-        v.store(v.fma(e, v.load(0, ok), v.mul(v.load(3, ot), bv)), 0, ok)
+        ok, ot, oe, on = args[4:8]
+        bv = v.add(v.splat(context.cast(builder, args[8], sig.args[8], sig.args[0].dtype)), v.load(3, ok))
+        v.store(v.fma(v.load(1, oe), v.load(0, oe), v.mul(v.load(2, ot), bv)), 0, builder.add(oe, on))
         return context.get_dummy_value()
 
-    return _step_sig((H, DTT, AL, DUT, BL, ok, ot, bk), 5), codegen
+    return _step_sig((HS, E, DUT, BL, ok, ot, oe, on, bk), 4), codegen
 
 
 @intrinsic
@@ -374,11 +372,12 @@ def _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, ROW, DTT, DU
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _advance(zro, t0, t1, n, bb, gb, Bv, var_b, AL, BL, DTT, DUT, H):
-    """H [n, LW] through steps t0..t1-1 (the first pass: segment-start states only)."""
+def _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E):
+    """States HS[1:] of steps t0..t1-1 again from HS[0], with the decays E kept by the forward pass (no exp)."""
     for t in range(t0, t1):
         for k in range(n):
-            _adv_step(H, DTT, AL, DUT, BL, k * LW, t * LW, Bv[bb, gb, t, k] if var_b else zro)
+            _rec_step(HS, E, DUT, BL, k * LW, t * LW, ((t - t0) * n + k) * LW, n * LW,
+                      Bv[bb, gb, t, k] if var_b else zro)
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
@@ -479,7 +478,7 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
     DDT = np.empty((nl, LW), fdt)
     HC = np.empty((nseg, n, LW), fdt)  # state at each segment start
     HS = np.empty((seg + 1, n, LW), fdt)
-    E = np.empty((seg, n, LW), fdt)
+    E = np.empty((nl, n, LW), fdt)  # exp(dt·A) of every step: the reverse needs no exp
     GH = np.empty((n, LW), fdt)
     DAL = np.empty((n, LW), fdt)
     DBc = np.empty((n, LW), fdt)
@@ -512,10 +511,6 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
                 if not var_c:
                     CL[k, j] = Cv[0, c, 0, k]
         _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, ROW, DTT, DUT, GOT)
-        HC[0] = 0.0
-        for s in range(1, nseg):
-            HC[s] = HC[s - 1]
-            _advance(zro, (s - 1) * seg, s * seg, n, bb, gb, Bv, var_b, AL, BL, DTT, DUT, HC[s])
         GH[:] = 0.0
         DAL[:] = 0.0
         Y[:] = 0.0
@@ -523,14 +518,23 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
         DDT[:] = 0.0
         DBc[:] = 0.0
         DCc[:] = 0.0
-        for s in range(nseg - 1, -1, -1):
+        HS[0] = 0.0
+        for s in range(nseg):  # forward: decays of every step, states of the current segment, y, dC
             t0 = s * seg
             t1 = min(nl, t0 + seg)
-            HS[0] = HC[s]
-            _seg_forward(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y,
-                         TY, TU, RS, DCc, dC)
-            _seg_reverse(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH,
-                         DAL, DUA, DDT, TU, TD, TB, RS, DBc, dB)
+            HC[s] = HS[0]
+            _seg_forward(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS,
+                         E[t0:t1], Y, TY, TU, RS, DCc, dC)
+            if s < nseg - 1:
+                HS[0] = HS[t1 - t0]
+        for s in range(nseg - 1, -1, -1):  # reverse, segment by segment (the last one's states are at hand)
+            t0 = s * seg
+            t1 = min(nl, t0 + seg)
+            if s < nseg - 1:
+                HS[0] = HC[s]
+                _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E[t0:t1])
+            _seg_reverse(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS,
+                         E[t0:t1], GH, DAL, DUA, DDT, TU, TD, TB, RS, DBc, dB)
         for j in range(w):  # per-channel outputs, vectorised over time
             c = ch[j]
             Dd = D[c]
