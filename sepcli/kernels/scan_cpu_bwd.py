@@ -38,14 +38,17 @@ import torch
 from llvmlite import ir as llvm_ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from .scan_cpu import (_EXP_HI, _EXP_LO, _LN2_HI, _LN2_LO, _LOG2E, _MAGIC, _ONE, _P0, _P1, _P2, _P3, _P4, _P5,
-                       _as_np, _bc_grad, _kernel_args, _prepare, _run, _sigmoid, _softplus, threads_for_call)
+from .scan_cpu import (_EXP_HI, _EXP_LO, _LN2_HI, _LN2_LO, _LOG2E, _MAGIC, _ONE, _P0, _P1, _P2, _P3, _P4, _P5, _as_np,
+                       _bc_grad, _exp, _kernel_args, _log1p_unit32, _prepare, _run, _sigmoid, _softplus,
+                       threads_for_call)
 
 _FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
 LW = 16  # channels per block, one per vector lane
 TS = 16  # states per tile of the lane/column sums (n is padded to a multiple of TS in the tiles)
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
 SEG = 256  # time steps per reverse segment: 2 buffers of SEG·n·LW values stay in L2
 
 
@@ -340,35 +343,62 @@ def _tile_check(T, lanes):
     return out
 
 
+def _softplus_and_sigmoid(x):  # pragma: no cover - replaced by the numba overload below
+    """(softplus(x), sigmoid(x)) = (softplus, its derivative), as scan_cpu's _softplus and _sigmoid."""
+    raise NotImplementedError
+
+
+@overload(_softplus_and_sigmoid, jit_options={"fastmath": False, "error_model": "numpy"})
+def _ol_softplus_and_sigmoid(x):
+    if x == types.float32:
+
+        def impl32(x):  # one exp for both (float32: scan_cpu's branch-free log1p)
+            e = _exp(-abs(x))
+            r = _F1 / (_F1 + e)
+            return max(x, _F0) + _log1p_unit32(e), (r if x >= _F0 else e * r)
+
+        return impl32
+    if x == types.float64:
+
+        def impl64(x):
+            return _softplus(x), _sigmoid(x)
+
+        return impl64
+    return None
+
+
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, ROW, DTT, DUT, GOT):
-    """dt, dt·u and go of the block's lanes, computed along contiguous channel rows, stored time-major [l, LW]."""
+def _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT):
+    """Per lane, along contiguous channel rows: CM[0] = dt, CM[1] = go, CM[2] = sigmoid(delta + bias) (softplus'),
+    CM[3] = sigmoid(z); dt, dt·u and go also stored time-major [l, LW] for the scan."""
     nl = u.shape[2]
     for j in range(LW):
         c = ch[j]
         bd = bias[c]
         if softplus:
-            for t in range(nl):
-                ROW[0, t] = _softplus(delta[b, c, t] + bd)
+            for t in range(nl):  # softplus and its derivative from one exp
+                sp, sg = _softplus_and_sigmoid(delta[b, c, t] + bd)
+                CM[0, j, t] = sp
+                CM[2, j, t] = sg
         else:
             for t in range(nl):
-                ROW[0, t] = delta[b, c, t] + bd
-        for t in range(nl):
-            ROW[1, t] = ROW[0, t] * u[b, c, t]
+                CM[0, j, t] = delta[b, c, t] + bd
         if j >= w:  # a spare lane: zero output gradient, so it adds nothing to the shared sums
             for t in range(nl):
-                ROW[2, t] = 0.0
+                CM[1, j, t] = 0.0
         elif has_z:
             for t in range(nl):
                 zt = z[b, c, t]
-                ROW[2, t] = dout[b, c, t] * (zt * _sigmoid(zt))
+                sz = _sigmoid(zt)
+                CM[3, j, t] = sz
+                CM[1, j, t] = dout[b, c, t] * (zt * sz)
         else:
             for t in range(nl):
-                ROW[2, t] = dout[b, c, t]
+                CM[1, j, t] = dout[b, c, t]
         for t in range(nl):
-            DTT[t, j] = ROW[0, t]
-            DUT[t, j] = ROW[1, t]
-            GOT[t, j] = ROW[2, t]
+            DTT[t, j] = CM[0, j, t]
+            DUT[t, j] = CM[0, j, t] * u[b, c, t]
+            GOT[t, j] = CM[1, j, t]
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
@@ -469,7 +499,8 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
     AL = np.empty((n, LW), fdt)
     BL = np.zeros((n, LW), fdt)  # constant B / C per lane (zeros when variable)
     CL = np.zeros((n, LW), fdt)
-    ROW = np.empty((3, nl), fdt)
+    ROW = np.empty((1, nl), fdt)
+    CM = np.empty((4, LW, nl), fdt)  # dt, go, softplus', sigmoid(z): channel-major rows
     DTT = np.empty((nl, LW), fdt)  # dt, time-major
     DUT = np.empty((nl, LW), fdt)  # dt·u
     GOT = np.empty((nl, LW), fdt)  # go
@@ -510,7 +541,7 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
                     BL[k, j] = Bv[0, c, 0, k]
                 if not var_c:
                     CL[k, j] = Cv[0, c, 0, k]
-        _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, ROW, DTT, DUT, GOT)
+        _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT)
         GH[:] = 0.0
         DAL[:] = 0.0
         Y[:] = 0.0
@@ -538,23 +569,22 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
         for j in range(w):  # per-channel outputs, vectorised over time
             c = ch[j]
             Dd = D[c]
-            bd = bias[c]
             for t in range(nl):
                 ROW[0, t] = DDT[t, j] + u[b, c, t] * DUA[t, j]
-                du[b, c, t] = GOT[t, j] * Dd + DTT[t, j] * DUA[t, j]
+                du[b, c, t] = CM[1, j, t] * Dd + CM[0, j, t] * DUA[t, j]
             if softplus:
                 for t in range(nl):
-                    ROW[0, t] = ROW[0, t] * _sigmoid(delta[b, c, t] + bd)
+                    ROW[0, t] = ROW[0, t] * CM[2, j, t]
             sb = ROW[0, 0] * 0.0
             sd = sb
             for t in range(nl):
                 ddelta[b, c, t] = ROW[0, t]
                 sb += ROW[0, t]
-                sd += GOT[t, j] * u[b, c, t]
+                sd += CM[1, j, t] * u[b, c, t]
             if has_z:
                 for t in range(nl):
                     zt = z[b, c, t]
-                    sz = _sigmoid(zt)
+                    sz = CM[3, j, t]
                     dz[b, c, t] = dout[b, c, t] * (Y[t, j] + Dd * u[b, c, t]) * sz * (1.0 + zt * (1.0 - sz))
             dbias_p[thr, c] += sb
             dD_p[thr, c] += sd
