@@ -319,6 +319,65 @@ def print_kernel_figures() -> None:
           "recomputes the forward: its bound is at most half the forward's)\n")
 
 
+BWD_BASELINE = "4eb3200"  # the per-row backward before issue 29 (scalar over the n states per channel row)
+
+
+def _baseline_kernel():
+    """scan_cpu.py at BWD_BASELINE, loaded from git history as a module (None outside a git checkout)."""
+    import importlib.util
+    import tempfile
+
+    try:
+        src = subprocess.run(["git", "show", f"{BWD_BASELINE}:sepcli/kernels/scan_cpu.py"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp(prefix="sepcli-bwd-baseline-")) / "scan_cpu_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("sepcli.kernels._scan_cpu_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _backward_time(mod, kw: dict, go: torch.Tensor, runs: int = 3) -> float:
+    """Median time of the autograd backward call alone (the graph is built outside the timing)."""
+    times = []
+    for i in range(runs + 1):
+        a = [kw[k].detach().clone().requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        out, _ = mod.SelectiveScanCPU.apply(*a, True)
+        t0 = time.perf_counter()
+        out.backward(go)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def print_backward_vs_baseline(threads_list=(1, 2)) -> None:
+    """Backward call (recompute + reverse scan + plumbing) of the CPU kernel next to the BWD_BASELINE kernel's,
+    interleaved in the same run, as G state updates/s and their ratio."""
+    from sepcli.kernels import scan_cpu
+
+    base = _baseline_kernel()
+    print(f"Backward call, G state updates/s: this kernel vs the per-row kernel at {BWD_BASELINE} (same run)")
+    old = torch.get_num_threads()
+    try:
+        for label, shape, groups in KERNEL_SHAPES:
+            kw = _kernel_inputs(shape, groups)
+            go = torch.randn(shape[:3], generator=torch.Generator().manual_seed(2))
+            updates = float(np.prod(shape))
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                tb = _backward_time(base, kw, go) if base is not None else float("nan")
+                tn = _backward_time(scan_cpu, kw, go)
+                print(f"  {label:<16}{shape!s:<22}{threads:>2} thr  baseline {updates / tb / 1e9:6.2f}  "
+                      f"new {updates / tn / 1e9:6.2f}  ratio {tb / tn:5.2f}x", flush=True)
+    finally:
+        torch.set_num_threads(old)
+    print()
+
+
 # ------------------------------------------------------------------------------------------------- networks
 
 
@@ -390,6 +449,7 @@ def main() -> None:
         print("No CUDA device: the Triton and mamba_ssm backends are not timed here.")
     print("Times: median of runs after warm-up; shared machine, so figures are noisy.\n")
     print_kernel_figures()
+    print_backward_vs_baseline()
 
     print(f"{'shape (b,d,l,n)':<22}{'backend':<9}{'mode':<9}{'time s':>9}{'updates/s':>12}{'vs ref':>9}")
     results: dict = {}

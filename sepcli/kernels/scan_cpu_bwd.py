@@ -11,22 +11,25 @@ e[t] = exp(dt[t]·A), h[t] the state after step t, h[-1] = 0):
 
 As in mamba_ssm, the gradient of the returned last state is not propagated.
 
-Design (why it is fast): the previous backward ran per channel row, scalar over the n states, with a
-read-modify-write into memory accumulators per state and time step (which LLVM cannot keep in registers since
-numba arrays may alias), and a `(l, n)` store of states and decays per row. Here:
-- channels go in blocks of LW = 16, one channel per vector lane (a block never spans two B/C groups, spare
-  lanes of a narrow block repeat a channel with a zero output gradient, so they add nothing). Every per-state
-  operation is one 16-lane vector operation, and 16 independent recurrences are in flight;
-- time goes in segments of at most SEG steps, processed last to first. A first pass stores only the state at
-  each segment start; each segment is then recomputed forward (states and decays kept in an L2-resident
-  `(SEG, n, LW)` buffer, y and dC computed on the way) and scanned in reverse. One segment (l <= SEG, SPMamba's
-  shapes) needs no first pass;
-- sums are never a serial chain of read-modify-writes: per time step, the per-state products go to small
-  `(16, 16)` tiles, and two generic LLVM IR kernels (`_lane_sums`: a shuffle butterfly, 15 additions for 16
-  sums over lanes; `_col_sums`: an addition tree over states) reduce them. The sums over a group's channels
-  (dB, dC for variable B/C) are thus one vector write per time step and block, into per-thread accumulators;
-- the decay uses `_expk` (the forward's cheaper vectorisable exp); float64 (gradcheck) runs the same code with
-  libm exp. Nothing requires AVX-512: the IR is generic `<16 x float>` code that LLVM splits for AVX2.
+Design (why it is fast). The previous backward ran per channel row, scalar over the n states, with
+read-modify-writes into memory accumulators per state and time step. A first 16-lane rewrite in plain numba
+loops was no faster: its inner loops touch a dozen arrays, so LLVM's loop vectoriser (which would need runtime
+alias checks between them, for a 16-iteration loop) leaves them scalar. Here:
+- channels go in blocks of LW = 16, one channel per vector lane (a block never spans two B/C groups; spare
+  lanes of a narrow block repeat a channel with a zero output gradient, so they add nothing);
+- the per-step work is explicit `<16 x elem>` LLVM IR (numba intrinsics `_fwd_tile`, `_rev_tile`, `_rec_step`),
+  one call per time step and tile of 16 states (n is padded to a multiple of 16 with zero A, B, C): vector code
+  by construction, the sums over states (y, Σ g_h·B, Σ g_h·h·e·A) in registers, and the sums over a group's
+  channels (dB, dC of variable B/C) as one shuffle butterfly per tile (15 additions for 16 lane sums) added to
+  per-thread accumulators once per time step and block. Generic IR: LLVM compiles it for the host's vector
+  width (two AVX2 registers per vector on a laptop; nothing requires AVX-512);
+- one forward pass keeps exp(dt·A) of every step (`(l, n, LW)` per thread) and the states of the current
+  segment of SEG steps; the reverse goes segment by segment, recomputing a segment's states from its stored
+  start state and decays without exp (the last segment's states are still at hand), so the states buffer
+  stays in L2 and exp runs once per update; it uses the forward's `_expk` algorithm (float64: libm exp);
+- softplus and its derivative come from one exp, sigmoid(z) is computed once, and per-lane rows are kept
+  channel-major for the per-channel outputs (du, ddelta, dz, vectorised over time).
+Extra memory per thread: O(l·n·LW) for the decays (1 MB per 1000 steps at n = 16, float32), O(SEG·n·LW) states.
 """
 
 from __future__ import annotations
@@ -52,27 +55,6 @@ _F1 = np.float32(1.0)
 SEG = 256  # time steps per reverse segment: 2 buffers of SEG·n·LW values stay in L2
 
 
-def _tile_ptrs(context, builder, sig, args):
-    """Element pointers of the (16, 16) tile at row r0 of T and of O[o0:], and the <16 x elem> type."""
-    tarr = context.make_array(sig.args[0])(context, builder, args[0])
-    oarr = context.make_array(sig.args[2])(context, builder, args[2])
-    ety = context.get_value_type(sig.args[0].dtype)
-    vty = llvm_ir.VectorType(ety, 16)
-    base = builder.gep(tarr.data, [builder.mul(args[1], llvm_ir.Constant(args[1].type, 16))], source_etype=ety)
-    rows = [builder.load(builder.bitcast(builder.gep(base, [llvm_ir.Constant(args[1].type, 16 * k)],
-                                                     source_etype=ety), vty.as_pointer()), align=1, typ=vty)
-            for k in range(16)]
-    out = builder.bitcast(builder.gep(oarr.data, [args[3]], source_etype=ety), vty.as_pointer())
-    return rows, out, vty
-
-
-def _tile_sig(T, r0, O, o0):
-    ok = (isinstance(T, types.Array) and T.ndim == 2 and T.layout == "C" and isinstance(O, types.Array)
-          and O.layout == "C" and O.dtype == T.dtype and T.dtype in (types.float32, types.float64)
-          and isinstance(r0, types.Integer) and isinstance(o0, types.Integer))
-    return types.void(T, r0, O, o0) if ok else None
-
-
 def _lane_sum_vec(builder, vs):
     """The 16 lane sums of 16 <16 x elem> vectors, as one vector: a butterfly of shuffles, 15 additions. Pairs are
     combined as soon as they exist (few vectors live at once: no spills with AVX2's 16 registers)."""
@@ -90,34 +72,6 @@ def _lane_sum_vec(builder, vs):
             lev += 1
         stack.append((lev, v))
     return stack[0][1]
-
-
-@intrinsic
-def _lane_sums(typingctx, T, r0, O, o0):
-    """O.flat[o0 + k] = Σ_j T[r0 + k, j] for k < 16 (T has 16 columns): a butterfly of shuffles, 15 additions."""
-    sig = _tile_sig(T, r0, O, o0)
-
-    def codegen(context, builder, signature, args):
-        cur, out, vty = _tile_ptrs(context, builder, signature, args)
-        builder.store(_lane_sum_vec(builder, cur), out, align=1)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _col_sums(typingctx, T, r0, O, o0):
-    """O.flat[o0 + j] = Σ_k T[r0 + k, j] for j < 16, k < 16: a balanced addition tree (no serial chain)."""
-    sig = _tile_sig(T, r0, O, o0)
-
-    def codegen(context, builder, signature, args):
-        cur, out, vty = _tile_ptrs(context, builder, signature, args)
-        while len(cur) > 1:
-            cur = [builder.fadd(cur[i], cur[i + 1]) for i in range(0, len(cur), 2)]
-        builder.store(cur[0], out, align=1)
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 class _Vec:
@@ -215,48 +169,6 @@ def _rec_step(typingctx, HS, E, DUT, BL, ok, ot, oe, on, bk):
 
 
 @intrinsic
-def _fwd_step(typingctx, E, HS, DTT, AL, DUT, BL, CL, GOT, TY, TC, ok, ot, oe, on, bk, ck):
-    """Step t, state k of the segment recompute: e = exp(dt·A) -> E, h = e·h_prev + dt·u·B -> HS (h_prev at
-    flat offset oe, h at oe + on), TY[k] = h·C (for y), TC[k] = go·h (for dC)."""
-
-    def codegen(context, builder, sig, args):
-        v = _Vec(context, builder, sig, args)
-        ok, ot, oe, on = args[10:14]
-        cast = [v.splat(context.cast(builder, args[i], sig.args[i], sig.args[0].dtype)) for i in (14, 15)]
-        e = v.exp(v.mul(v.load(2, ot), v.load(3, ok)))
-        h = v.fma(e, v.load(1, oe), v.mul(v.load(4, ot), v.add(cast[0], v.load(5, ok))))
-        v.store(e, 0, oe)
-        v.store(h, 1, builder.add(oe, on))
-        v.store(v.mul(h, v.add(cast[1], v.load(6, ok))), 8, ok)
-        v.store(v.mul(v.load(7, ot), h), 9, ok)
-        return context.get_dummy_value()
-
-    return _step_sig((E, HS, DTT, AL, DUT, BL, CL, GOT, TY, TC, ok, ot, oe, on, bk, ck), 10), codegen
-
-
-@intrinsic
-def _rev_step(typingctx, GH, GOT, E, HS, AL, DTT, DUT, BL, CL, TU, TD, TB, DAL, ok, ot, oe, bk, ck):
-    """Reverse step t, state k: g_h = GH[k] + go·C; TU[k] = g_h·B, TD[k] = g_h·h_prev·e·A, TB[k] = g_h·dt·u,
-    DAL[k] += g_h·h_prev·e·dt, GH[k] = g_h·e (E, HS at flat offset oe)."""
-
-    def codegen(context, builder, sig, args):
-        v = _Vec(context, builder, sig, args)
-        ok, ot, oe = args[13:16]
-        bks, cks = [v.splat(context.cast(builder, args[i], sig.args[i], sig.args[0].dtype)) for i in (16, 17)]
-        e = v.load(2, oe)
-        ghk = v.fma(v.load(1, ot), v.add(cks, v.load(8, ok)), v.load(0, ok))
-        da = v.mul(v.mul(ghk, v.load(3, oe)), e)
-        v.store(v.mul(ghk, v.add(bks, v.load(7, ok))), 9, ok)
-        v.store(v.mul(da, v.load(4, ok)), 10, ok)
-        v.store(v.mul(ghk, v.load(6, ot)), 11, ok)
-        v.store(v.fma(da, v.load(5, ot), v.load(12, ok)), 12, ok)
-        v.store(v.mul(ghk, e), 0, ok)
-        return context.get_dummy_value()
-
-    return _step_sig((GH, GOT, E, HS, AL, DTT, DUT, BL, CL, TU, TD, TB, DAL, ok, ot, oe, bk, ck), 13), codegen
-
-
-@intrinsic
 def _fwd_tile(typingctx, E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, ok0, ot, oe0, on, ob, oc, sb, sc,
               odc, var_c):
     """_fwd_step for the 16 states k0..k0+15 of a tile at once (ok0 = k0·LW, oe0 = (tt·n + k0)·LW): Y[t] += y's
@@ -331,18 +243,6 @@ def _rev_tile(typingctx, GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs
                       sb, sc, odb, var_b), 16), codegen
 
 
-@njit(cache=True)
-def _tile_check(T, lanes):
-    """Test hook: (lane sums, column sums) of each 16-row tile of T (rows a multiple of 16, 16 columns)."""
-    out = np.empty((T.shape[0] // 16, 16), T.dtype)
-    for q in range(T.shape[0] // 16):
-        if lanes:
-            _lane_sums(T, q * 16, out, q * 16)
-        else:
-            _col_sums(T, q * 16, out, q * 16)
-    return out
-
-
 def _softplus_and_sigmoid(x):  # pragma: no cover - replaced by the numba overload below
     """(softplus(x), sigmoid(x)) = (softplus, its derivative), as scan_cpu's _softplus and _sigmoid."""
     raise NotImplementedError
@@ -411,78 +311,32 @@ def _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E):
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_forward(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, TY, TC,
-                 RS, DCc, dC):
-    """Recompute steps t0..t1-1 from HS[0]: HS[t-t0+1] states, E decays, Y[t] = y; dC (go·h) summed over lanes
-    into dC[bc, gc, t] (variable C) or per lane into DCc (constant C)."""
-    n_t = TY.shape[0] // TS
-    if n % TS == 0:  # whole tiles: sums in registers
-        Bs = Bv if var_b else ZB
-        Cs = Cv if var_c else ZB
-        for t in range(t0, t1):
-            tt = t - t0
-            for q in range(n_t):
-                ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
-                oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
-                _fwd_tile(E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, q * TS * LW, t * LW,
-                          (tt * n + q * TS) * LW, n * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, oc, var_c)
-        return
+def _seg_forward(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc, dC):
+    """Steps t0..t1-1 from HS[0]: HS[t-t0+1] states, E decays, Y[t] = y; dC (go·h) summed over lanes into
+    dC[bc, gc, t] (variable C) or per lane into DCc (constant C). n is a multiple of TS (padded)."""
+    Bs = Bv if var_b else ZB
+    Cs = Cv if var_c else ZB
     for t in range(t0, t1):
-        tt = t - t0
-        for k in range(n):
-            _fwd_step(E, HS, DTT, AL, DUT, BL, CL, GOT, TY, TC, k * LW, t * LW, (tt * n + k) * LW, n * LW,
-                      Bv[bb, gb, t, k] if var_b else zro, Cv[bc, gc, t, k] if var_c else zro)
-        if not var_c:
-            for k in range(n):
-                for j in range(LW):
-                    DCc[k, j] += TC[k, j]
-        for q in range(n_t):
-            _col_sums(TY, q * TS, RS, 0)
-            for j in range(LW):
-                Y[t, j] = RS[j] if q == 0 else Y[t, j] + RS[j]
-            if var_c:
-                _lane_sums(TC, q * TS, RS, 0)
-                for k in range(min(TS, n - q * TS)):
-                    dC[bc, gc, t, q * TS + k] += RS[k]
+        for q in range(n // TS):
+            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
+            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
+            _fwd_tile(E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, q * TS * LW, t * LW,
+                      ((t - t0) * n + q * TS) * LW, n * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, oc, var_c)
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_reverse(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
-                 DUA, DDT, TU, TD, TB, RS, DBc, dB):
-    """Reverse steps t1-1..t0: GH (gradient of the state) carried in and out; DUA[t] = Σ_k g_h·B,
-    DDT[t] = Σ_k g_h·h[t-1]·e·A, DAL += Σ_t g_h·h[t-1]·e·dt; dB summed over lanes (variable B) or per lane."""
-    n_t = TU.shape[0] // TS
-    if n % TS == 0:  # whole tiles: sums in registers
-        Bs = Bv if var_b else ZB
-        Cs = Cv if var_c else ZB
-        for t in range(t1 - 1, t0 - 1, -1):
-            tt = t - t0
-            for q in range(n_t):
-                ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
-                oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
-                _rev_tile(GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, q * TS * LW, t * LW,
-                          (tt * n + q * TS) * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, ob, var_b)
-        return
+def _seg_reverse(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
+                 DUA, DDT, DBc, dB):
+    """Reverse steps t1-1..t0: GH (gradient of the state) carried in and out; DUA[t] += Σ_k g_h·B,
+    DDT[t] += Σ_k g_h·h[t-1]·e·A, DAL += Σ_t g_h·h[t-1]·e·dt; dB summed over lanes (variable B) or per lane."""
+    Bs = Bv if var_b else ZB
+    Cs = Cv if var_c else ZB
     for t in range(t1 - 1, t0 - 1, -1):
-        tt = t - t0
-        for k in range(n):
-            _rev_step(GH, GOT, E, HS, AL, DTT, DUT, BL, CL, TU, TD, TB, DAL, k * LW, t * LW, (tt * n + k) * LW,
-                      Bv[bb, gb, t, k] if var_b else zro, Cv[bc, gc, t, k] if var_c else zro)
-        if not var_b:
-            for k in range(n):
-                for j in range(LW):
-                    DBc[k, j] += TB[k, j]
-        for q in range(n_t):
-            _col_sums(TU, q * TS, RS, 0)
-            for j in range(LW):
-                DUA[t, j] = RS[j] if q == 0 else DUA[t, j] + RS[j]
-            _col_sums(TD, q * TS, RS, 0)
-            for j in range(LW):
-                DDT[t, j] = RS[j] if q == 0 else DDT[t, j] + RS[j]
-            if var_b:
-                _lane_sums(TB, q * TS, RS, 0)
-                for k in range(min(TS, n - q * TS)):
-                    dB[bb, gb, t, q * TS + k] += RS[k]
+        for q in range(n // TS):
+            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
+            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
+            _rev_tile(GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, q * TS * LW, t * LW,
+                      ((t - t0) * n + q * TS) * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, ob, var_b)
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
@@ -494,7 +348,6 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
     fdt = u.dtype
     seg = min(nl, SEG)
     nseg = (nl + seg - 1) // seg
-    npad = (n + TS - 1) // TS * TS
     ch = np.empty(LW, np.int64)
     AL = np.empty((n, LW), fdt)
     BL = np.zeros((n, LW), fdt)  # constant B / C per lane (zeros when variable)
@@ -514,13 +367,8 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
     DAL = np.empty((n, LW), fdt)
     DBc = np.empty((n, LW), fdt)
     DCc = np.empty((n, LW), fdt)
-    TY = np.zeros((npad, LW), fdt)  # per-state tiles for the sums; rows >= n stay 0
-    TU = np.zeros((npad, LW), fdt)
-    TD = np.zeros((npad, LW), fdt)
-    TB = np.zeros((npad, LW), fdt)
-    RS = np.zeros(TS, fdt)
     ZB = np.zeros((1, 1, 1, 1), fdt)  # a zero B / C for the tiles when B / C is constant
-    zro = RS[0]  # a typed zero (a float literal would promote float32 arithmetic to float64)
+    zro = ZB[0, 0, 0, 0]  # a typed zero (a float literal would promote float32 arithmetic to float64)
     dB = dB_p[thr]
     dC = dC_p[thr]
     for i in range(i0, i1):
@@ -554,8 +402,8 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
             t0 = s * seg
             t1 = min(nl, t0 + seg)
             HC[s] = HS[0]
-            _seg_forward(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS,
-                         E[t0:t1], Y, TY, TU, RS, DCc, dC)
+            _seg_forward(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E[t0:t1],
+                         Y, DCc, dC)
             if s < nseg - 1:
                 HS[0] = HS[t1 - t0]
         for s in range(nseg - 1, -1, -1):  # reverse, segment by segment (the last one's states are at hand)
@@ -564,8 +412,8 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
             if s < nseg - 1:
                 HS[0] = HC[s]
                 _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E[t0:t1])
-            _seg_reverse(zro, ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS,
-                         E[t0:t1], GH, DAL, DUA, DDT, TU, TD, TB, RS, DBc, dB)
+            _seg_reverse(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E[t0:t1],
+                         GH, DAL, DUA, DDT, DBc, dB)
         for j in range(w):  # per-channel outputs, vectorised over time
             c = ch[j]
             Dd = D[c]
@@ -633,6 +481,11 @@ def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tup
     u, delta, A, B, C, D, z, delta_bias = saved
     p = _prepare(u, delta, A, B, C, D, z, delta_bias)
     fdt = p["u"].dtype
+    n = A.shape[1]
+    if n % TS:  # whole tiles of states: zero A, B, C for the padding states, whose h and gradients stay 0
+        for key in ("A", "Bv", "Cv"):
+            x = p[key]
+            p[key] = np.concatenate([x, np.zeros(x.shape[:-1] + (TS - n % TS,), fdt)], axis=-1)
     b, d, l = u.shape
     blk = bwd_blocks(b, d, p)
     nt = max(1, min(threads_for_call(), len(blk)))  # block chunks == per-chunk accumulators
@@ -655,9 +508,9 @@ def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tup
     return (
         torch.from_numpy(du).to(u.dtype),
         torch.from_numpy(ddelta).to(delta.dtype),
-        torch.from_numpy(dA_p.sum(0)).to(A.dtype),
-        _bc_grad(dB_p, B),
-        _bc_grad(dC_p, C),
+        torch.from_numpy(dA_p[..., :n].sum(0)).to(A.dtype),
+        _bc_grad(dB_p[..., :n], B),
+        _bc_grad(dC_p[..., :n], C),
         torch.from_numpy(dD_p.sum(0)).to(D.dtype) if D is not None else None,
         torch.from_numpy(dz).to(z.dtype) if z is not None else None,
         torch.from_numpy(dbias_p.sum(0)).to(delta_bias.dtype) if delta_bias is not None else None,
