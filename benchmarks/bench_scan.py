@@ -14,6 +14,9 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
                                 inter 1.04 | 0.26, 2.10 | 0.50
   channel-block forward:        issue shape 1.34-1.51, 2.41-2.99; intra 1.47-1.58, 2.85-3.19; inter 1.43-1.58,
                                 2.81-3.04 (backward unchanged); core bound 2.70 G/s per core (exp 3.64, FMA 41.8 G/s)
+  backward (scan_cpu_bwd), same run as the 4eb3200 per-row kernel (`print_backward_vs_baseline`), new | baseline:
+                                issue shape 0.70 | 0.28 (2.5x), 1.31 | 0.50 (2.6x); intra 1.02 | 0.26 (3.9x),
+                                1.99 | 0.51 (3.9x); inter 0.79 | 0.26 (3.0x), 1.47 | 0.47 (3.1x)
 
 Run: `.venv/bin/python -m benchmarks.run scan`. Times are medians of several runs after warm-up; on a shared
 machine they are noisy, so read ratios rather than absolute figures.

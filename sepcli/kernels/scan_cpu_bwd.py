@@ -52,7 +52,7 @@ LW = 16  # channels per block, one per vector lane
 TS = 16  # states per tile of the lane/column sums (n is padded to a multiple of TS in the tiles)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
-SEG = 256  # time steps per reverse segment: 2 buffers of SEG·n·LW values stay in L2
+SEG = 128  # time steps per reverse segment: its states (SEG·n·LW values) and decays stay in L2
 
 
 def _lane_sum_vec(builder, vs):
