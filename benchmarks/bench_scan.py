@@ -27,6 +27,9 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
                                 that bound because it runs on 512-bit registers). Around the loop, the passes over
                                 u/delta/z/out are memory-bound; a fresh 33 MB output costs ~17 ms in page faults
                                 alone (intra's out; above the Makefile's 32 MiB mmap threshold).
+  session 23, backward (scan_cpu_bwd), same run as the 4eb3200 per-row kernel (`print_backward_vs_baseline`), new | baseline:
+                                issue shape 0.70 | 0.28 (2.5x), 1.31 | 0.50 (2.6x); intra 1.02 | 0.26 (3.9x),
+                                1.99 | 0.51 (3.9x); inter 0.79 | 0.26 (3.0x), 1.47 | 0.47 (3.1x)
 
 The forward-vs-baseline table loads the baseline with `git show` (BASELINE_COMMIT) into a temporary module.
 Run: `.venv/bin/python -m benchmarks.run scan`. Times are medians of several runs after warm-up; on a shared
@@ -399,6 +402,43 @@ def print_kernel_figures() -> None:
           "recomputes the forward: its bound is at most half the forward's)\n")
 
 
+def _backward_time(mod, kw: dict, go: torch.Tensor, runs: int = 3) -> float:
+    """Median time of the autograd backward call alone (the graph is built outside the timing)."""
+    times = []
+    for i in range(runs + 1):
+        a = [kw[k].detach().clone().requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        out, _ = mod.SelectiveScanCPU.apply(*a, True)
+        t0 = time.perf_counter()
+        out.backward(go)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def print_backward_vs_baseline(threads_list=(1, 2)) -> None:
+    """Backward call (recompute + reverse scan + plumbing) of the CPU kernel next to the BASELINE_COMMIT kernel's,
+    interleaved in the same run, as G state updates/s and their ratio."""
+    from sepcli.kernels import scan_cpu
+
+    base = baseline_module()
+    print(f"Backward call, G state updates/s: this kernel vs the per-row kernel at {BASELINE_COMMIT} (same run)")
+    old = torch.get_num_threads()
+    try:
+        for label, shape, groups in KERNEL_SHAPES:
+            kw = _kernel_inputs(shape, groups)
+            go = torch.randn(shape[:3], generator=torch.Generator().manual_seed(2))
+            updates = float(np.prod(shape))
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                tb = _backward_time(base, kw, go) if base is not None else float("nan")
+                tn = _backward_time(scan_cpu, kw, go)
+                print(f"  {label:<16}{shape!s:<22}{threads:>2} thr  baseline {updates / tb / 1e9:6.2f}  "
+                      f"new {updates / tn / 1e9:6.2f}  ratio {tb / tn:5.2f}x", flush=True)
+    finally:
+        torch.set_num_threads(old)
+    print()
+
+
 # ------------------------------------------------------------------------------------------------- networks
 
 
@@ -471,6 +511,7 @@ def main() -> None:
     print("Times: median of runs after warm-up; shared machine, so figures are noisy.\n")
     print_forward_vs_baseline()
     print_kernel_figures()
+    print_backward_vs_baseline()
 
     print(f"{'shape (b,d,l,n)':<22}{'backend':<9}{'mode':<9}{'time s':>9}{'updates/s':>12}{'vs ref':>9}")
     results: dict = {}

@@ -22,16 +22,7 @@ Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan seman
 - functions are compiled on first use and cached on disk (numba `cache=True`): one specialisation per dtype
   (float32, float64); absent D / z / delta_bias and constant/variable B, C are runtime flags.
 
-Backward (reverse-time scan, per row): the forward is recomputed into a per-thread `(l+1, n)` buffer of states
-and `(l, n)` of exp(dt·A) (O(threads·l·n) scratch, never O(b·d·l·n)), then with g_h the gradient of the state,
-
-    g_h[t] = go[t]·C[t] + exp(dt[t+1]·A)·g_h[t+1]
-    dC[t] += go[t]·h[t];   dB[t] += g_h[t]·dt[t]·u[t];   du[t] = go[t]·D + dt[t]·Σ g_h[t]·B[t]
-    ddt[t] = Σ g_h[t]·(h[t-1]·exp(dt[t]·A)·A + B[t]·u[t]);   dA += g_h[t]·h[t-1]·exp(dt[t]·A)·dt[t]
-
-where go is the gradient of y (through silu(z) when z is given). Variable-B/C gradients are summed over the
-channels of a group in per-thread accumulators (race-free), then added up. As in mamba_ssm, the gradient of
-the returned last state is not propagated.
+Backward: `scan_cpu_bwd` (a reverse-time scan over channel blocks, gradient formulas and design in its docstring).
 
 Process/thread safety: numba's `omp` layer is thread-safe but not fork-safe, `workqueue` is fork-safe but not
 thread-safe. Calls are serialised under a lock when the layer is `workqueue`; in a process forked after the
@@ -270,18 +261,6 @@ def _softplus_check(x):
     return out
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _fill_dt(delta, b, d, bd, softplus, DT):
-    """DT[t] = softplus?(delta[b, d, t] + bias): a separate, vectorised pass."""
-    nl = DT.shape[0]
-    if softplus:
-        for t in range(nl):
-            DT[t] = _softplus(delta[b, d, t] + bd)
-    else:
-        for t in range(nl):
-            DT[t] = delta[b, d, t] + bd
-
-
 W = 16  # channels processed together, one per vector lane (a 16-lane AVX-512 register for float32)
 
 
@@ -406,112 +385,6 @@ def _fwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b,
 def _fwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
     _fwd_blocks(0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias,
                 var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
-
-
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _bwd_rows(c, r0, r1, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
-              du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
-    nd = u.shape[1]
-    nl = u.shape[2]
-    n = A.shape[1]
-    H = np.zeros((nl + 1, n), u.dtype)  # H[t+1] = state after step t; H[0] = 0
-    E = np.empty((nl, n), u.dtype)  # exp(dt[t] * A)
-    DT = np.empty(nl, u.dtype)
-    SG = np.empty(nl, u.dtype)  # softplus' = sigmoid(delta + bias)
-    SZ = np.empty(nl, u.dtype)  # sigmoid(z)
-    Y = np.empty(nl, u.dtype)
-    gh = np.empty(n, u.dtype)
-    dAacc = np.empty(n, u.dtype)
-    zro = np.zeros(1, u.dtype)[0]
-    for row in range(r0, r1):
-        b = row // nd
-        d = row - b * nd
-        bb = b if var_b else 0
-        gb = d // dpg_b if var_b else d
-        bc = b if var_c else 0
-        gc = d // dpg_c if var_c else d
-        bd = bias[d]
-        Dd = D[d]
-        _fill_dt(delta, b, d, bd, softplus, DT)
-        if softplus:
-            for t in range(nl):
-                SG[t] = _sigmoid(delta[b, d, t] + bd)
-        if has_z:
-            for t in range(nl):
-                SZ[t] = _sigmoid(z[b, d, t])
-        # forward recompute, keeping states and decays of this row
-        for t in range(nl):
-            dt = DT[t]
-            dtu = dt * u[b, d, t]
-            tb = t if var_b else 0
-            tc = t if var_c else 0
-            y = zro
-            for k in range(n):
-                ek = _exp(dt * A[d, k])
-                E[t, k] = ek
-                hk = ek * H[t, k] + dtu * Bv[bb, gb, tb, k]
-                H[t + 1, k] = hk
-                y += hk * Cv[bc, gc, tc, k]
-            Y[t] = y
-        # reverse-time scan
-        for k in range(n):
-            gh[k] = 0.0
-            dAacc[k] = 0.0
-        dDacc = zro
-        dbacc = zro
-        for t in range(nl - 1, -1, -1):
-            g = dout[b, d, t]
-            ut = u[b, d, t]
-            dt = DT[t]
-            if has_z:
-                zt = z[b, d, t]
-                s = SZ[t]
-                o = Y[t] + Dd * ut
-                dz[b, d, t] = g * o * s * (1.0 + zt * (1.0 - s))
-                go = g * zt * s
-            else:
-                go = g
-            dDacc += go * ut
-            tb = t if var_b else 0
-            tc = t if var_c else 0
-            dua = zro
-            ddt = zro
-            for k in range(n):
-                ghk = gh[k] + go * Cv[bc, gc, tc, k]
-                dC_p[c, bc, gc, tc, k] += go * H[t + 1, k]
-                bk = Bv[bb, gb, tb, k]
-                dB_p[c, bb, gb, tb, k] += ghk * dt * ut
-                dua += ghk * bk
-                da = ghk * H[t, k] * E[t, k]
-                ddt += da * A[d, k] + ghk * bk * ut
-                dAacc[k] += da * dt
-                gh[k] = ghk * E[t, k]
-            du[b, d, t] = go * Dd + dt * dua
-            if softplus:
-                ddt = ddt * SG[t]
-            ddelta[b, d, t] = ddt
-            dbacc += ddt
-        for k in range(n):
-            dA_p[c, d, k] += dAacc[k]
-        dD_p[c, d] += dDacc
-        dbias_p[c, d] += dbacc
-
-
-@njit(cache=True, parallel=True)
-def _bwd_par(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
-             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
-    rows = u.shape[0] * u.shape[1]
-    for c in prange(nchunks):
-        _bwd_rows(c, c * rows // nchunks, (c + 1) * rows // nchunks, u, delta, A, Bv, Cv, D, z, bias,
-                  var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p,
-                  dbias_p)
-
-
-@njit(cache=True)
-def _bwd_ser(nchunks, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
-             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
-    _bwd_rows(0, 0, u.shape[0] * u.shape[1], u, delta, A, Bv, Cv, D, z, bias,
-              var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -658,34 +531,9 @@ class SelectiveScanCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlast):
-        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        p = _prepare(u, delta, A, B, C, D, z, delta_bias)
-        dt_np = p["u"].dtype
-        b, d, l = u.shape
-        nt = threads_for_call()  # number of row chunks == per-chunk accumulators
-        dout_np = _as_np(dout, p["cdt"])
-        du = np.zeros((b, d, l), dt_np)
-        ddelta = np.zeros((b, d, l), dt_np)
-        dz = np.zeros((b, d, l), dt_np) if z is not None else np.zeros((1, 1, 1), dt_np)
-        dA_p = np.zeros((nt,) + p["A"].shape, dt_np)
-        dB_p = np.zeros((nt,) + p["Bv"].shape, dt_np)
-        dC_p = np.zeros((nt,) + p["Cv"].shape, dt_np)
-        dD_p = np.zeros((nt, d), dt_np)
-        dbias_p = np.zeros((nt, d), dt_np)
-        if b * d * l:
-            args = _kernel_args(p, ctx.delta_softplus) + (dout_np, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
-            _run(_bwd_par, _bwd_ser, nt, *args)
-        return (
-            torch.from_numpy(du).to(u.dtype),
-            torch.from_numpy(ddelta).to(delta.dtype),
-            torch.from_numpy(dA_p.sum(0)).to(A.dtype),
-            _bc_grad(dB_p, B),
-            _bc_grad(dC_p, C),
-            torch.from_numpy(dD_p.sum(0)).to(D.dtype) if D is not None else None,
-            torch.from_numpy(dz).to(z.dtype) if z is not None else None,
-            torch.from_numpy(dbias_p.sum(0)).to(delta_bias.dtype) if delta_bias is not None else None,
-            None,
-        )
+        from .scan_cpu_bwd import scan_backward  # the backward kernel's module (it imports this one)
+
+        return scan_backward(ctx.saved_tensors, ctx.delta_softplus, dout)
 
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,

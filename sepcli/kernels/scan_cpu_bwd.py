@@ -1,0 +1,518 @@
+"""Backward of the fused CPU selective scan (numba): a reverse-time scan with channels in vector lanes.
+
+Gradients (g_h is the gradient of the state h, go the gradient of y = <h, C> through the silu(z) gate,
+e[t] = exp(dt[t]·A), h[t] the state after step t, h[-1] = 0):
+
+    g_h[t] = go[t]·C[t] + e[t+1]·g_h[t+1]
+    dC[t] += go[t]·h[t];   dB[t] += g_h[t]·dt[t]·u[t];   du[t] = go[t]·D + dt[t]·Σ_k g_h[t]·B[t]
+    ddt[t] = Σ_k g_h[t]·h[t-1]·e[t]·A + u[t]·Σ_k g_h[t]·B[t];   dA += g_h[t]·h[t-1]·e[t]·dt[t]
+    ddelta = ddt·sigmoid(delta + bias) with softplus (ddt otherwise);   dbias = Σ_t ddelta;   dD = Σ_t go·u
+    dz = dout·(y + D·u)·sigmoid(z)·(1 + z·(1 - sigmoid(z)));   go = dout·z·sigmoid(z)
+
+As in mamba_ssm, the gradient of the returned last state is not propagated.
+
+Design (why it is fast). The previous backward ran per channel row, scalar over the n states, with
+read-modify-writes into memory accumulators per state and time step. A first 16-lane rewrite in plain numba
+loops was no faster: its inner loops touch a dozen arrays, so LLVM's loop vectoriser (which would need runtime
+alias checks between them, for a 16-iteration loop) leaves them scalar. Here:
+- channels go in blocks of LW = 16, one channel per vector lane (a block never spans two B/C groups; spare
+  lanes of a narrow block repeat a channel with a zero output gradient, so they add nothing);
+- the per-step work is explicit `<16 x elem>` LLVM IR (numba intrinsics `_fwd_tile`, `_rev_tile`, `_rec_step`),
+  one call per time step and tile of 16 states (n is padded to a multiple of 16 with zero A, B, C): vector code
+  by construction, the sums over states (y, Σ g_h·B, Σ g_h·h·e·A) in registers, and the sums over a group's
+  channels (dB, dC of variable B/C) as one shuffle butterfly per tile (15 additions for 16 lane sums) added to
+  per-thread accumulators once per time step and block. Generic IR: LLVM compiles it for the host's vector
+  width (two AVX2 registers per vector on a laptop; nothing requires AVX-512);
+- one forward pass keeps exp(dt·A) of every step (`(l, n, LW)` per thread) and the states of the current
+  segment of SEG steps; the reverse goes segment by segment, recomputing a segment's states from its stored
+  start state and decays without exp (the last segment's states are still at hand), so the states buffer
+  stays in L2 and exp runs once per update; it uses the forward's `_expk` algorithm (float64: libm exp);
+- softplus and its derivative come from one exp, sigmoid(z) is computed once, and per-lane rows are kept
+  channel-major for the per-channel outputs (du, ddelta, dz, vectorised over time).
+Extra memory per thread: O(l·n·LW) for the decays (1 MB per 1000 steps at n = 16, float32), O(SEG·n·LW) states.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from llvmlite import ir as llvm_ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .scan_cpu import (_EXP_HI, _EXP_LO, _LN2_HI, _LN2_LO, _LOG2E, _MAGIC, _ONE, _P0, _P1, _P2, _P3, _P4, _P5, _as_np,
+                       _bc_grad, _exp, _kernel_args, _log1p_unit32, _prepare, _run, _sigmoid, _softplus,
+                       threads_for_call)
+
+_FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
+LW = 16  # channels per block, one per vector lane
+TS = 16  # states per tile of the lane/column sums (n is padded to a multiple of TS in the tiles)
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+SEG = 128  # time steps per reverse segment: its states (SEG·n·LW values) and decays stay in L2
+
+
+def _lane_sum_vec(builder, vs):
+    """The 16 lane sums of 16 <16 x elem> vectors, as one vector: a butterfly of shuffles, 15 additions. Pairs are
+    combined as soon as they exist (few vectors live at once: no spills with AVX2's 16 registers)."""
+    i32 = llvm_ir.IntType(32)
+    stack = []  # (level, vector): at level L a vector holds 2**L rows' partial sums, 16 >> L lanes per row
+    for v in vs:
+        lev = 0
+        while stack and stack[-1][0] == lev:
+            a = stack.pop()[1]
+            h = 8 >> lev
+            lo = [blk * 2 * h + i for blk in range(8 // h) for i in range(h)]
+            ma = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), lo + [16 + x for x in lo])
+            mb = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), [x + h for x in lo] + [16 + x + h for x in lo])
+            v = builder.fadd(builder.shuffle_vector(a, v, ma), builder.shuffle_vector(a, v, mb))
+            lev += 1
+        stack.append((lev, v))
+    return stack[0][1]
+
+
+class _Vec:
+    """Emits <16 x elem> IR: loads/stores at flat offsets of C-contiguous numba arrays, arithmetic, our exp."""
+
+    def __init__(self, context, builder, sig, args):
+        self.c, self.b = context, builder
+        self.ety = context.get_value_type(sig.args[0].dtype)
+        self.vty = llvm_ir.VectorType(self.ety, 16)
+        self.f32 = sig.args[0].dtype == types.float32
+        self.sig, self.args = sig, args
+
+    def ptr(self, i, off):
+        arr = self.c.make_array(self.sig.args[i])(self.c, self.b, self.args[i])
+        return self.b.bitcast(self.b.gep(arr.data, [off], source_etype=self.ety), self.vty.as_pointer())
+
+    def load(self, i, off):
+        return self.b.load(self.ptr(i, off), align=1, typ=self.vty)
+
+    def store(self, v, i, off):
+        self.b.store(v, self.ptr(i, off), align=1)
+
+    def scalar(self, i, off):
+        arr = self.c.make_array(self.sig.args[i])(self.c, self.b, self.args[i])
+        return self.b.load(self.b.gep(arr.data, [off], source_etype=self.ety), typ=self.ety)
+
+    def off(self, base, k, stride=None):
+        """base + k·stride (stride an IR integer; LW when None)."""
+        st = llvm_ir.Constant(base.type, LW) if stride is None else stride
+        return self.b.add(base, self.b.mul(st, llvm_ir.Constant(base.type, k)))
+
+    def splat(self, x):
+        if not isinstance(x, llvm_ir.Value):
+            x = llvm_ir.Constant(self.ety, x)
+        v = self.b.insert_element(llvm_ir.Constant(self.vty, None), x, llvm_ir.Constant(llvm_ir.IntType(32), 0))
+        return self.b.shuffle_vector(v, v, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 16), None))
+
+    def mul(self, x, y):
+        return self.b.fmul(x, y)
+
+    def add(self, x, y):
+        return self.b.fadd(x, y)
+
+    def intr(self, name, *xs):
+        """Call the LLVM vector intrinsic llvm.<name>.v16f32 / .v16f64 (elementwise)."""
+        fnty = llvm_ir.FunctionType(self.vty, [self.vty] * len(xs))
+        sfx = "v16f32" if self.f32 else "v16f64"
+        return self.b.call(cgutils.get_or_insert_function(self.b.module, fnty, f"llvm.{name}.{sfx}"), list(xs))
+
+    def fma(self, x, y, z):
+        return self.intr("fma", x, y, z)
+
+    def exp(self, x):
+        """scan_cpu._expk for float32 (same constants and steps: clamp, magic-number rounding, Cody-Waite, one
+        Horner chain of FMAs, 2**n from the exponent bits); llvm.exp (libm) for float64."""
+        b = self.b
+        if not self.f32:
+            return self.intr("exp", x)
+        lo, hi = self.splat(float(_EXP_LO)), self.splat(float(_EXP_HI))
+        x = b.select(b.fcmp_ordered("<", x, lo), lo, x)  # NaN stays NaN
+        x = b.select(b.fcmp_ordered(">", x, hi), hi, x)
+        magic = self.splat(float(_MAGIC))
+        kf = self.fma(x, self.splat(float(_LOG2E)), magic)
+        fk = b.fsub(kf, magic)
+        r = self.fma(b.fneg(fk), self.splat(float(_LN2_HI)), x)
+        r = self.fma(b.fneg(fk), self.splat(float(_LN2_LO)), r)
+        p = self.splat(float(_P0))
+        for c in (_P1, _P2, _P3, _P4, _P5, _ONE, _ONE):
+            p = self.fma(p, r, self.splat(float(c)))
+        ity = llvm_ir.VectorType(llvm_ir.IntType(32), 16)
+        two_n = b.bitcast(b.shl(b.bitcast(kf, ity), llvm_ir.Constant(ity, [23] * 16)), self.vty)
+        return self.mul(p, two_n)
+
+
+def _step_sig(sig_args, n_arrays):
+    arrs, ints = sig_args[:n_arrays], sig_args[n_arrays:]
+    ok = all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == arrs[0].dtype for a in arrs)
+    ok = ok and arrs[0].dtype in (types.float32, types.float64) and all(
+        isinstance(x, (types.Integer, types.Float, types.Boolean)) for x in ints)
+    return types.void(*sig_args) if ok else None
+
+
+@intrinsic
+def _rec_step(typingctx, HS, E, DUT, BL, ok, ot, oe, on, bk):
+    """Recompute a stored step without exp: HS.flat[oe + on:] = E·HS.flat[oe:] + DUT[t]·(bk + BL[k]) (16 lanes)."""
+
+    def codegen(context, builder, sig, args):
+        v = _Vec(context, builder, sig, args)
+        ok, ot, oe, on = args[4:8]
+        bv = v.add(v.splat(context.cast(builder, args[8], sig.args[8], sig.args[0].dtype)), v.load(3, ok))
+        v.store(v.fma(v.load(1, oe), v.load(0, oe), v.mul(v.load(2, ot), bv)), 0, builder.add(oe, on))
+        return context.get_dummy_value()
+
+    return _step_sig((HS, E, DUT, BL, ok, ot, oe, on, bk), 4), codegen
+
+
+@intrinsic
+def _fwd_tile(typingctx, E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, ok0, ot, oe0, on, ob, oc, sb, sc,
+              odc, var_c):
+    """_fwd_step for the 16 states k0..k0+15 of a tile at once (ok0 = k0·LW, oe0 = (tt·n + k0)·LW): Y[t] += y's
+    share in registers; B[k], C[k] scalars at Bs.flat[ob + k·sb], Cs.flat[oc + k·sc] (stride 0: a zero); dC: the
+    16 lane sums of go·h added to dC.flat[odc:odc+16] (var_c), else go·h added per lane to DCc[k]."""
+
+    def codegen(context, builder, sig, args):
+        v = _Vec(context, builder, sig, args)
+        ok0, ot, oe0, on, ob, oc, sb, sc, odc, var_c = args[13:]
+        dtt, dtu, go = v.load(2, ot), v.load(4, ot), v.load(7, ot)
+        ys = [v.load(8, ot), v.splat(0.0)]
+        tcs = []
+        for k in range(16):
+            okk, oek = v.off(ok0, k), v.off(oe0, k)
+            bv = v.add(v.splat(v.scalar(9, v.off(ob, k, sb))), v.load(5, okk))
+            cv = v.add(v.splat(v.scalar(10, v.off(oc, k, sc))), v.load(6, okk))
+            e = v.exp(v.mul(dtt, v.load(3, okk)))
+            h = v.fma(e, v.load(1, oek), v.mul(dtu, bv))
+            v.store(e, 0, oek)
+            v.store(h, 1, builder.add(oek, on))
+            ys[k % 2] = v.fma(h, cv, ys[k % 2])
+            tcs.append(v.mul(go, h))
+        v.store(v.add(ys[0], ys[1]), 8, ot)
+        with builder.if_else(var_c) as (then, other):
+            with then:
+                v.store(v.add(v.load(11, odc), _lane_sum_vec(builder, tcs)), 11, odc)
+            with other:
+                for k in range(16):
+                    v.store(v.add(v.load(12, v.off(ok0, k)), tcs[k]), 12, v.off(ok0, k))
+        return context.get_dummy_value()
+
+    return _step_sig((E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, ok0, ot, oe0, on, ob, oc, sb, sc,
+                      odc, var_c), 13), codegen
+
+
+@intrinsic
+def _rev_tile(typingctx, GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, ok0, ot, oe0, ob,
+              oc, sb, sc, odb, var_b):
+    """_rev_step for the 16 states of a tile at once: DUA[t], DDT[t] accumulated in registers, dB's 16 lane sums
+    added to dB.flat[odb:odb+16] (var_b), else g_h·dt·u added per lane to DBc[k]."""
+
+    def codegen(context, builder, sig, args):
+        v = _Vec(context, builder, sig, args)
+        ok0, ot, oe0, ob, oc, sb, sc, odb, var_b = args[16:]
+        go, dtt, dtu = v.load(1, ot), v.load(5, ot), v.load(6, ot)
+        dua = [v.load(9, ot), v.splat(0.0)]
+        ddt = [v.load(10, ot), v.splat(0.0)]
+        tbs = []
+        for k in range(16):
+            okk, oek = v.off(ok0, k), v.off(oe0, k)
+            bv = v.add(v.splat(v.scalar(12, v.off(ob, k, sb))), v.load(7, okk))
+            cv = v.add(v.splat(v.scalar(13, v.off(oc, k, sc))), v.load(8, okk))
+            e = v.load(2, oek)
+            ghk = v.fma(go, cv, v.load(0, okk))
+            da = v.mul(v.mul(ghk, v.load(3, oek)), e)
+            dua[k % 2] = v.fma(ghk, bv, dua[k % 2])
+            ddt[k % 2] = v.fma(da, v.load(4, okk), ddt[k % 2])
+            v.store(v.fma(da, dtt, v.load(11, okk)), 11, okk)
+            v.store(v.mul(ghk, e), 0, okk)
+            tbs.append(v.mul(ghk, dtu))
+        v.store(v.add(dua[0], dua[1]), 9, ot)
+        v.store(v.add(ddt[0], ddt[1]), 10, ot)
+        with builder.if_else(var_b) as (then, other):
+            with then:
+                v.store(v.add(v.load(14, odb), _lane_sum_vec(builder, tbs)), 14, odb)
+            with other:
+                for k in range(16):
+                    v.store(v.add(v.load(15, v.off(ok0, k)), tbs[k]), 15, v.off(ok0, k))
+        return context.get_dummy_value()
+
+    return _step_sig((GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, ok0, ot, oe0, ob, oc,
+                      sb, sc, odb, var_b), 16), codegen
+
+
+def _softplus_and_sigmoid(x):  # pragma: no cover - replaced by the numba overload below
+    """(softplus(x), sigmoid(x)) = (softplus, its derivative), as scan_cpu's _softplus and _sigmoid."""
+    raise NotImplementedError
+
+
+@overload(_softplus_and_sigmoid, jit_options={"fastmath": False, "error_model": "numpy"})
+def _ol_softplus_and_sigmoid(x):
+    if x == types.float32:
+
+        def impl32(x):  # one exp for both (float32: scan_cpu's branch-free log1p)
+            e = _exp(-abs(x))
+            r = _F1 / (_F1 + e)
+            return max(x, _F0) + _log1p_unit32(e), (r if x >= _F0 else e * r)
+
+        return impl32
+    if x == types.float64:
+
+        def impl64(x):
+            return _softplus(x), _sigmoid(x)
+
+        return impl64
+    return None
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT):
+    """Per lane, along contiguous channel rows: CM[0] = dt, CM[1] = go, CM[2] = sigmoid(delta + bias) (softplus'),
+    CM[3] = sigmoid(z); dt, dt·u and go also stored time-major [l, LW] for the scan."""
+    nl = u.shape[2]
+    for j in range(LW):
+        c = ch[j]
+        bd = bias[c]
+        if softplus:
+            for t in range(nl):  # softplus and its derivative from one exp
+                sp, sg = _softplus_and_sigmoid(delta[b, c, t] + bd)
+                CM[0, j, t] = sp
+                CM[2, j, t] = sg
+        else:
+            for t in range(nl):
+                CM[0, j, t] = delta[b, c, t] + bd
+        if j >= w:  # a spare lane: zero output gradient, so it adds nothing to the shared sums
+            for t in range(nl):
+                CM[1, j, t] = 0.0
+        elif has_z:
+            for t in range(nl):
+                zt = z[b, c, t]
+                sz = _sigmoid(zt)
+                CM[3, j, t] = sz
+                CM[1, j, t] = dout[b, c, t] * (zt * sz)
+        else:
+            for t in range(nl):
+                CM[1, j, t] = dout[b, c, t]
+        for t in range(nl):
+            DTT[t, j] = CM[0, j, t]
+            DUT[t, j] = CM[0, j, t] * u[b, c, t]
+            GOT[t, j] = CM[1, j, t]
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E):
+    """States HS[1:] of steps t0..t1-1 again from HS[0], with the decays E kept by the forward pass (no exp)."""
+    for t in range(t0, t1):
+        for k in range(n):
+            _rec_step(HS, E, DUT, BL, k * LW, t * LW, ((t - t0) * n + k) * LW, n * LW,
+                      Bv[bb, gb, t, k] if var_b else zro)
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _seg_forward(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc, dC):
+    """Steps t0..t1-1 from HS[0]: HS[t-t0+1] states, E decays, Y[t] = y; dC (go·h) summed over lanes into
+    dC[bc, gc, t] (variable C) or per lane into DCc (constant C). n is a multiple of TS (padded)."""
+    Bs = Bv if var_b else ZB
+    Cs = Cv if var_c else ZB
+    for t in range(t0, t1):
+        for q in range(n // TS):
+            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
+            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
+            _fwd_tile(E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, q * TS * LW, t * LW,
+                      ((t - t0) * n + q * TS) * LW, n * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, oc, var_c)
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _seg_reverse(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
+                 DUA, DDT, DBc, dB):
+    """Reverse steps t1-1..t0: GH (gradient of the state) carried in and out; DUA[t] += Σ_k g_h·B,
+    DDT[t] += Σ_k g_h·h[t-1]·e·A, DAL += Σ_t g_h·h[t-1]·e·dt; dB summed over lanes (variable B) or per lane."""
+    Bs = Bv if var_b else ZB
+    Cs = Cv if var_c else ZB
+    for t in range(t1 - 1, t0 - 1, -1):
+        for q in range(n // TS):
+            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
+            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
+            _rev_tile(GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, q * TS * LW, t * LW,
+                      ((t - t0) * n + q * TS) * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, ob, var_b)
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
+                dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    """Backward of the channel blocks blk[i0:i1] (row b, first channel d0, width w) into thread slot thr."""
+    n = A.shape[1]
+    nl = u.shape[2]
+    fdt = u.dtype
+    seg = min(nl, SEG)
+    nseg = (nl + seg - 1) // seg
+    ch = np.empty(LW, np.int64)
+    AL = np.empty((n, LW), fdt)
+    BL = np.zeros((n, LW), fdt)  # constant B / C per lane (zeros when variable)
+    CL = np.zeros((n, LW), fdt)
+    ROW = np.empty((1, nl), fdt)
+    CM = np.empty((4, LW, nl), fdt)  # dt, go, softplus', sigmoid(z): channel-major rows
+    DTT = np.empty((nl, LW), fdt)  # dt, time-major
+    DUT = np.empty((nl, LW), fdt)  # dt·u
+    GOT = np.empty((nl, LW), fdt)  # go
+    Y = np.empty((nl, LW), fdt)
+    DUA = np.empty((nl, LW), fdt)
+    DDT = np.empty((nl, LW), fdt)
+    HC = np.empty((nseg, n, LW), fdt)  # state at each segment start
+    HS = np.empty((seg + 1, n, LW), fdt)
+    E = np.empty((nl, n, LW), fdt)  # exp(dt·A) of every step: the reverse needs no exp
+    GH = np.empty((n, LW), fdt)
+    DAL = np.empty((n, LW), fdt)
+    DBc = np.empty((n, LW), fdt)
+    DCc = np.empty((n, LW), fdt)
+    ZB = np.zeros((1, 1, 1, 1), fdt)  # a zero B / C for the tiles when B / C is constant
+    zro = ZB[0, 0, 0, 0]  # a typed zero (a float literal would promote float32 arithmetic to float64)
+    dB = dB_p[thr]
+    dC = dC_p[thr]
+    for i in range(i0, i1):
+        b = blk[i, 0]
+        d0 = blk[i, 1]
+        w = blk[i, 2]
+        bb = b if var_b else 0
+        gb = d0 // dpg_b if var_b else 0
+        bc = b if var_c else 0
+        gc = d0 // dpg_c if var_c else 0
+        for j in range(LW):
+            ch[j] = d0 + min(j, w - 1)
+        for k in range(n):
+            for j in range(LW):
+                c = ch[j]
+                AL[k, j] = A[c, k]
+                if not var_b:
+                    BL[k, j] = Bv[0, c, 0, k]
+                if not var_c:
+                    CL[k, j] = Cv[0, c, 0, k]
+        _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT)
+        GH[:] = 0.0
+        DAL[:] = 0.0
+        Y[:] = 0.0
+        DUA[:] = 0.0
+        DDT[:] = 0.0
+        DBc[:] = 0.0
+        DCc[:] = 0.0
+        HS[0] = 0.0
+        for s in range(nseg):  # forward: decays of every step, states of the current segment, y, dC
+            t0 = s * seg
+            t1 = min(nl, t0 + seg)
+            HC[s] = HS[0]
+            _seg_forward(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E[t0:t1],
+                         Y, DCc, dC)
+            if s < nseg - 1:
+                HS[0] = HS[t1 - t0]
+        for s in range(nseg - 1, -1, -1):  # reverse, segment by segment (the last one's states are at hand)
+            t0 = s * seg
+            t1 = min(nl, t0 + seg)
+            if s < nseg - 1:
+                HS[0] = HC[s]
+                _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E[t0:t1])
+            _seg_reverse(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E[t0:t1],
+                         GH, DAL, DUA, DDT, DBc, dB)
+        for j in range(w):  # per-channel outputs, vectorised over time
+            c = ch[j]
+            Dd = D[c]
+            for t in range(nl):
+                ROW[0, t] = DDT[t, j] + u[b, c, t] * DUA[t, j]
+                du[b, c, t] = CM[1, j, t] * Dd + CM[0, j, t] * DUA[t, j]
+            if softplus:
+                for t in range(nl):
+                    ROW[0, t] = ROW[0, t] * CM[2, j, t]
+            sb = ROW[0, 0] * 0.0
+            sd = sb
+            for t in range(nl):
+                ddelta[b, c, t] = ROW[0, t]
+                sb += ROW[0, t]
+                sd += CM[1, j, t] * u[b, c, t]
+            if has_z:
+                for t in range(nl):
+                    zt = z[b, c, t]
+                    sz = CM[3, j, t]
+                    dz[b, c, t] = dout[b, c, t] * (Y[t, j] + Dd * u[b, c, t]) * sz * (1.0 + zt * (1.0 - sz))
+            dbias_p[thr, c] += sb
+            dD_p[thr, c] += sd
+            for k in range(n):
+                dA_p[thr, c, k] += DAL[k, j]
+                if not var_b:
+                    dB[0, c, 0, k] += DBc[k, j]
+                if not var_c:
+                    dC[0, c, 0, k] += DCc[k, j]
+
+
+@njit(cache=True, parallel=True)
+def _bwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    nb = blk.shape[0]
+    for c in prange(nchunks):
+        _bwd_blocks(c, c * nb // nchunks, (c + 1) * nb // nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b,
+                    var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+
+
+@njit(cache=True)
+def _bwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+    _bwd_blocks(0, 0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z,
+                softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+
+
+def bwd_blocks(b: int, d: int, p: dict) -> np.ndarray:
+    """(row b, first channel, width) of each block of <= LW channels; a block never spans two B or C groups."""
+    seg = d
+    if p["var_b"]:
+        seg = math.gcd(seg, p["dpg_b"])
+    if p["var_c"]:
+        seg = math.gcd(seg, p["dpg_c"])
+    d0 = (np.arange(0, d, seg)[:, None] + np.arange(0, seg, LW)[None, :]).ravel()
+    w = np.minimum(LW, (d0 // seg + 1) * seg - d0)
+    out = np.empty((b * d0.shape[0], 3), np.int64)
+    out[:, 0] = np.repeat(np.arange(b), d0.shape[0])
+    out[:, 1] = np.tile(d0, b)
+    out[:, 2] = np.tile(w, b)
+    return out
+
+
+def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tuple:
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, delta_softplus) for SelectiveScanCPU.backward."""
+    u, delta, A, B, C, D, z, delta_bias = saved
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    fdt = p["u"].dtype
+    n = A.shape[1]
+    if n % TS:  # whole tiles of states: zero A, B, C for the padding states, whose h and gradients stay 0
+        for key in ("A", "Bv", "Cv"):
+            x = p[key]
+            p[key] = np.concatenate([x, np.zeros(x.shape[:-1] + (TS - n % TS,), fdt)], axis=-1)
+    b, d, l = u.shape
+    blk = bwd_blocks(b, d, p)
+    nt = max(1, min(threads_for_call(), len(blk)))  # block chunks == per-chunk accumulators
+    du = np.empty((b, d, l), fdt)
+    ddelta = np.empty((b, d, l), fdt)
+    dz = np.empty((b, d, l), fdt) if z is not None else np.empty((1, 1, 1), fdt)
+    dA_p = np.zeros((nt,) + p["A"].shape, fdt)
+    dB_p = np.zeros((nt,) + p["Bv"].shape, fdt)
+    dC_p = np.zeros((nt,) + p["Cv"].shape, fdt)
+    dD_p = np.zeros((nt, d), fdt)
+    dbias_p = np.zeros((nt, d), fdt)
+    if b * d * l:
+        args = _kernel_args(p, delta_softplus) + (_as_np(dout, p["cdt"]), du, ddelta, dz, dA_p, dB_p, dC_p, dD_p,
+                                                  dbias_p)
+        _run(_bwd_par, _bwd_ser, nt, blk, *args)
+    else:
+        du.fill(0)
+        ddelta.fill(0)
+        dz.fill(0)
+    return (
+        torch.from_numpy(du).to(u.dtype),
+        torch.from_numpy(ddelta).to(delta.dtype),
+        torch.from_numpy(dA_p[..., :n].sum(0)).to(A.dtype),
+        _bc_grad(dB_p[..., :n], B),
+        _bc_grad(dC_p[..., :n], C),
+        torch.from_numpy(dD_p.sum(0)).to(D.dtype) if D is not None else None,
+        torch.from_numpy(dz).to(z.dtype) if z is not None else None,
+        torch.from_numpy(dbias_p.sum(0)).to(delta_bias.dtype) if delta_bias is not None else None,
+        None,
+    )
