@@ -27,8 +27,10 @@ Differences, none of which change the outputs where the official code runs:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from functools import partial
 
 import torch
@@ -163,7 +165,14 @@ class MambaBlock(nn.Module):
         CPU's cache) and peak memory is bounded whatever the number of sequences."""
         if not self.fusable:
             return self.forward_plain(x.transpose(1, 2)).transpose(1, 2)
-        weights = self._fused_weights(x)
+        ws = None if torch.is_grad_enabled() else _current_workspace()
+        if ws is None:
+            weights = self._fused_weights(x)
+        else:  # made once per forward pass (the weights cannot change inside it), with their batched copies
+            key = ("weights", id(self), x.dtype, torch.is_autocast_enabled(x.device.type))
+            weights = ws.cache.get(key)
+            if weights is None:
+                weights = ws.cache[key] = self._fused_weights(x)
         if torch.is_grad_enabled() or x.shape[0] * x.shape[2] <= self.chunk_tokens:
             return self._fused_channels_first(x, weights)
         step = max(1, self.chunk_tokens // max(1, x.shape[2]))
@@ -214,12 +223,11 @@ class MambaBlock(nn.Module):
         backward direction runs on the time-reversed input and its output is reversed back. Every tensor is
         [S, channels, L], the layout of the selective scan, so nothing is transposed; each projection is one
         batched GEMM with a broadcast weight. Autocast is off inside: the dtypes are explicit (_fused_weights).
+        Without gradients the work goes to `_fused_inference` (the same ops into reused buffers).
         """
+        if not torch.is_grad_enabled():
+            return self._fused_inference(x, weights, out)
         dtype = weights["dtype"]
-        S, D, length = x.shape
-        grad = torch.is_grad_enabled()
-        if out is None and not grad:
-            out = x.new_empty(S, 2 * D, length)
         halves = []
         with torch.autocast(x.device.type, enabled=False):
             for d, p in enumerate(weights["dirs"]):
@@ -244,11 +252,137 @@ class MambaBlock(nn.Module):
                     o = o + p["b_out"]
                 if d == 1:
                     o = torch.flip(o, [2])
-                if grad:  # out= does not support autograd
-                    halves.append(x + o)
-                else:
-                    torch.add(x, o, out=out[:, d * D:(d + 1) * D])
-        return torch.cat(halves, 1) if grad else out
+                halves.append(x + o)  # out= does not support autograd
+        return torch.cat(halves, 1)
+
+    def _fused_inference(self, x: Tensor, weights: dict, out: Tensor | None = None) -> Tensor:
+        """_fused_channels_first without gradients: every intermediate is written into a buffer of the current
+        workspace (`workspace()`: one per SPMamba forward, reused by every chunk, direction and layer), so no
+        large tensor is allocated per call. Freshly allocated megabytes cost the kernel's page faults on
+        every first touch; on a 60 s input they took as long as the GEMMs writing them."""
+        gdt = weights["dtype"]
+        S, D, length = x.shape
+        if out is None:
+            out = x.new_empty(S, 2 * D, length)
+        ws = _current_workspace() or Workspace()
+        f32 = torch.float32 if x.dtype != torch.float64 else x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            for d, p in enumerate(weights["dirs"]):
+                di, r, n = p["w_x"].shape[0], p["r"], p["n"]
+                xd = x
+                if d == 1:
+                    xd = ws.get("xflip", (S, D, length), x.dtype)
+                    torch.ops.aten.flip.out(x, [2], out=xd)
+                xf = xd if xd.dtype == f32 else xd.to(f32)
+                rstd = torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + p["eps"])  # statistics in fp32
+                xn = torch.mul(xf, rstd, out=ws.get("xn", (S, D, length), gdt))
+                xin = _bmm_into(_batched(p, "w_x", S), xn, ws.get("xin", (S, di, length), gdt))
+                z = _bmm_into(_batched(p, "w_z", S), xn, ws.get("z", (S, di, length), gdt))
+                if p["b_x"] is not None:
+                    xin += p["b_x"]
+                    z += p["b_z"]
+                if z.dtype != f32:  # the scan's gate in fp32
+                    z = ws.get("z32", (S, di, length), f32).copy_(z)
+                if xin.dtype != f32:  # one cast: a mixed-dtype op would cast its bf16 operand on every call
+                    xin = ws.get("x32", (S, di, length), f32).copy_(xin)
+                u = _conv_silu_into(xin, p["conv_w"], p["conv_b"], ws.get("u", (S, di, length), f32))
+                dbl = _bmm_into(_batched(p, "w_xp", S), u, ws.get("dbl", (S, r + 2 * n, length), f32))
+                delta = _bmm_into(_batched(p, "w_dt", S), dbl[:, :r], ws.get("delta", (S, di, length), f32))
+                y = selective_scan(u, delta, p["A"], dbl[:, r:r + n], dbl[:, r + n:], p["D"], z=z,
+                                   delta_bias=p["dt_bias"], delta_softplus=True)
+                if y.dtype != gdt:
+                    y = ws.get("y", (S, di, length), gdt).copy_(y)
+                half = out[:, d * D:(d + 1) * D]
+                if d == 0 and p["b_out"] is None and gdt == x.dtype and half.is_contiguous():
+                    _bmm_into(_batched(p, "w_out", S), y, half, add=x)  # x + w_out @ y in one GEMM
+                    continue
+                o = _bmm_into(_batched(p, "w_out", S), y, ws.get("o", (S, D, length), gdt))
+                if p["b_out"] is not None:
+                    o += p["b_out"]
+                if d == 1:
+                    o = torch.ops.aten.flip.out(o, [2], out=ws.get("oflip", (S, D, length), gdt))
+                torch.add(x, o, out=half)
+        return out
+
+
+class Workspace:
+    """Named scratch buffers reused across calls: `get(name, shape, dtype)` returns a view of a buffer that grows
+    to the largest size asked for that (name, dtype)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, torch.dtype], Tensor] = {}
+        self.cache: dict = {}  # anything else worth keeping for the scope (e.g. MambaBlock's fused weights)
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        numel = math.prod(shape)
+        buf = self._bufs.get((name, dtype))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype)
+            self._bufs[(name, dtype)] = buf
+        return buf[:numel].view(shape)
+
+
+_LOCAL = threading.local()
+
+
+def _current_workspace() -> Workspace | None:
+    return getattr(_LOCAL, "workspace", None)
+
+
+@contextlib.contextmanager
+def workspace():
+    """One Workspace for the MambaBlocks called inside (per thread); nested scopes share the outer one. Its
+    buffers are released on exit, so memory between calls is what it was."""
+    if _current_workspace() is not None:
+        yield _current_workspace()
+        return
+    _LOCAL.workspace = ws = Workspace()
+    try:
+        yield ws
+    finally:
+        _LOCAL.workspace = None
+
+
+def _batched(p: dict, name: str, n_seq: int) -> Tensor:
+    """Weight p[name] [M, K] for n_seq sequences: itself for one, else a [n_seq, M, K] copy made once per
+    (weights, n_seq). torch.bmm copies a broadcast (stride-0) bf16 weight on every call (oneDNN wants it dense),
+    and a dense copy is 5-30 % faster in fp32 too; the copies are small (weights x sequences per chunk)."""
+    if n_seq == 1:
+        return p[name]
+    key = (name, n_seq)
+    w = p.get(key)
+    if w is None:
+        w = p[key] = p[name].expand(n_seq, -1, -1).contiguous()
+    return w
+
+
+def _bmm_into(w: Tensor, x: Tensor, out: Tensor, add: Tensor | None = None) -> Tensor:
+    """out = w @ x[s] (+ add[s]) for every sequence s of x [S, K, L]: w [M, K] (one GEMM, S == 1) or [S, M, K]."""
+    if w.dim() == 2:
+        w = w.expand(x.shape[0], -1, -1)
+    if x.shape[0] == 1:
+        if add is None:
+            torch.mm(w[0], x[0], out=out[0])
+        else:
+            torch.addmm(add[0], w[0], x[0], out=out[0])
+    elif add is None:
+        torch.bmm(w, x, out=out)
+    else:
+        torch.baddbmm(add, w, x, out=out)
+    return out
+
+
+def _conv_silu_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+    """causal_depthwise_conv_silu(x, weight, bias) written into `out` (its dtype: fp32 for a bf16 x)."""
+    k, length = weight.shape[-1], x.shape[-1]
+    w = weight.reshape(weight.shape[0], k)
+    if bias is not None:
+        torch.addcmul(bias[:, None], x, w[:, k - 1:], out=out)
+    else:
+        torch.mul(x, w[:, k - 1:], out=out)
+    for j in range(1, min(k, length)):
+        out[..., j:].addcmul_(x[..., :length - j], w[:, k - 1 - j:k - j])
+    return F.silu(out, inplace=True)
 
 
 class GridNetBlock(nn.Module):
@@ -423,8 +557,9 @@ class SPMamba(nn.Module):
         n_frames, n_freqs = batch.shape[2], batch.shape[3]
 
         batch = self.conv(batch)
-        for block in self.blocks:
-            batch = block(batch)
+        with workspace():  # scratch buffers shared by the blocks' Mamba passes (without gradients)
+            for block in self.blocks:
+                batch = block(batch)
         batch = self.deconv(batch)  # [B, n_srcs*2, T, F]
 
         batch = batch.to(x.dtype).view(n_batch * self.n_srcs, 2, n_frames, n_freqs)
