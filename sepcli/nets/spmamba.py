@@ -14,9 +14,10 @@ Differences, none of which change the outputs where the official code runs:
   than the network's minimum are zero-padded internally and the output is cropped back to T;
 - the bidirectional Mamba (fused path) works channels-first, [sequences, channels, length], the layout of
   the selective scan and of the unfold / ConvTranspose1d around it, so no tensor is transposed; each projection
-  is one batched GEMM with a broadcast weight, the RMSNorm weights are folded into in_proj, the depthwise
-  causal conv1d is K shifted multiply-adds, and without gradients the sequences go through in chunks of about
-  CHUNK_TOKENS tokens (bounded memory; the intermediates stay in the CPU's cache).
+  is one batched GEMM, the RMSNorm weights are folded into in_proj, the depthwise causal conv1d is K shifted
+  multiply-adds, and without gradients the sequences go through in chunks of about CHUNK_TOKENS tokens
+  (bounded memory) with every intermediate in a buffer reused across chunks, directions and layers (`workspace`);
+- the attention branches' 1x1 Conv2d run as a matrix product (same modules and weights);
   `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain official-style path (one Block
   call per direction, no chunking) for comparisons;
 - the full-band attention uses torch's scaled-dot-product-attention kernel (blockwise on CPU);
@@ -27,17 +28,16 @@ Differences, none of which change the outputs where the official code runs:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import threading
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mamba import Block, Mamba, RMSNorm, causal_depthwise_conv_silu, init_weights, rms_normalise, selective_scan
+from .mamba import (Block, Mamba, RMSNorm, Workspace, batched_weight, bmm_into, conv_silu_into, current_workspace,
+                    causal_depthwise_conv_silu, init_weights, rms_normalise, selective_scan, workspace)
 
 _BASE = {"n_srcs": 2, "window": "hann", "n_imics": 1, "n_layers": 6, "lstm_hidden_units": 256,
          "attn_n_head": 4, "attn_approx_qk_dim": 512, "emb_dim": 16, "emb_ks": 8, "emb_hs": 1,
@@ -165,7 +165,7 @@ class MambaBlock(nn.Module):
         CPU's cache) and peak memory is bounded whatever the number of sequences."""
         if not self.fusable:
             return self.forward_plain(x.transpose(1, 2)).transpose(1, 2)
-        ws = None if torch.is_grad_enabled() else _current_workspace()
+        ws = None if torch.is_grad_enabled() else current_workspace()
         if ws is None:
             weights = self._fused_weights(x)
         else:  # made once per forward pass (the weights cannot change inside it), with their batched copies
@@ -264,7 +264,7 @@ class MambaBlock(nn.Module):
         S, D, length = x.shape
         if out is None:
             out = x.new_empty(S, 2 * D, length)
-        ws = _current_workspace() or Workspace()
+        ws = current_workspace() or Workspace()
         f32 = torch.float32 if x.dtype != torch.float64 else x.dtype
         with torch.autocast(x.device.type, enabled=False):
             for d, p in enumerate(weights["dirs"]):
@@ -276,8 +276,8 @@ class MambaBlock(nn.Module):
                 xf = xd if xd.dtype == f32 else xd.to(f32)
                 rstd = torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + p["eps"])  # statistics in fp32
                 xn = torch.mul(xf, rstd, out=ws.get("xn", (S, D, length), gdt))
-                xin = _bmm_into(_batched(p, "w_x", S), xn, ws.get("xin", (S, di, length), gdt))
-                z = _bmm_into(_batched(p, "w_z", S), xn, ws.get("z", (S, di, length), gdt))
+                xin = bmm_into(batched_weight(p, "w_x", S), xn, ws.get("xin", (S, di, length), gdt))
+                z = bmm_into(batched_weight(p, "w_z", S), xn, ws.get("z", (S, di, length), gdt))
                 if p["b_x"] is not None:
                     xin += p["b_x"]
                     z += p["b_z"]
@@ -285,105 +285,24 @@ class MambaBlock(nn.Module):
                     z = ws.get("z32", (S, di, length), f32).copy_(z)
                 if xin.dtype != f32:  # one cast: a mixed-dtype op would cast its bf16 operand on every call
                     xin = ws.get("x32", (S, di, length), f32).copy_(xin)
-                u = _conv_silu_into(xin, p["conv_w"], p["conv_b"], ws.get("u", (S, di, length), f32))
-                dbl = _bmm_into(_batched(p, "w_xp", S), u, ws.get("dbl", (S, r + 2 * n, length), f32))
-                delta = _bmm_into(_batched(p, "w_dt", S), dbl[:, :r], ws.get("delta", (S, di, length), f32))
+                u = conv_silu_into(xin, p["conv_w"], p["conv_b"], ws.get("u", (S, di, length), f32))
+                dbl = bmm_into(batched_weight(p, "w_xp", S), u, ws.get("dbl", (S, r + 2 * n, length), f32))
+                delta = bmm_into(batched_weight(p, "w_dt", S), dbl[:, :r], ws.get("delta", (S, di, length), f32))
                 y = selective_scan(u, delta, p["A"], dbl[:, r:r + n], dbl[:, r + n:], p["D"], z=z,
                                    delta_bias=p["dt_bias"], delta_softplus=True)
                 if y.dtype != gdt:
                     y = ws.get("y", (S, di, length), gdt).copy_(y)
                 half = out[:, d * D:(d + 1) * D]
                 if d == 0 and p["b_out"] is None and gdt == x.dtype and half.is_contiguous():
-                    _bmm_into(_batched(p, "w_out", S), y, half, add=x)  # x + w_out @ y in one GEMM
+                    bmm_into(batched_weight(p, "w_out", S), y, half, add=x)  # x + w_out @ y in one GEMM
                     continue
-                o = _bmm_into(_batched(p, "w_out", S), y, ws.get("o", (S, D, length), gdt))
+                o = bmm_into(batched_weight(p, "w_out", S), y, ws.get("o", (S, D, length), gdt))
                 if p["b_out"] is not None:
                     o += p["b_out"]
                 if d == 1:
                     o = torch.ops.aten.flip.out(o, [2], out=ws.get("oflip", (S, D, length), gdt))
                 torch.add(x, o, out=half)
         return out
-
-
-class Workspace:
-    """Named scratch buffers reused across calls: `get(name, shape, dtype)` returns a view of a buffer that grows
-    to the largest size asked for that (name, dtype)."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[str, torch.dtype], Tensor] = {}
-        self.cache: dict = {}  # anything else worth keeping for the scope (e.g. MambaBlock's fused weights)
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        numel = math.prod(shape)
-        buf = self._bufs.get((name, dtype))
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(numel, dtype=dtype)
-            self._bufs[(name, dtype)] = buf
-        return buf[:numel].view(shape)
-
-
-_LOCAL = threading.local()
-
-
-def _current_workspace() -> Workspace | None:
-    return getattr(_LOCAL, "workspace", None)
-
-
-@contextlib.contextmanager
-def workspace():
-    """One Workspace for the MambaBlocks called inside (per thread); nested scopes share the outer one. Its
-    buffers are released on exit, so memory between calls is what it was."""
-    if _current_workspace() is not None:
-        yield _current_workspace()
-        return
-    _LOCAL.workspace = ws = Workspace()
-    try:
-        yield ws
-    finally:
-        _LOCAL.workspace = None
-
-
-def _batched(p: dict, name: str, n_seq: int) -> Tensor:
-    """Weight p[name] [M, K] for n_seq sequences: itself for one sequence or in fp32, else (bf16/fp16) a dense
-    [n_seq, M, K] copy made once per (weights, n_seq): torch.bmm copied a broadcast (stride-0) bf16 weight on
-    every call (oneDNN wants it dense); measured here, the dense copy made bf16 bmm 5-30 % faster and changed
-    nothing in fp32. The copies are small (weights x sequences per chunk)."""
-    if n_seq == 1 or p[name].element_size() >= 4:
-        return p[name]
-    key = (name, n_seq)
-    w = p.get(key)
-    if w is None:
-        w = p[key] = p[name].expand(n_seq, -1, -1).contiguous()
-    return w
-
-
-def _bmm_into(w: Tensor, x: Tensor, out: Tensor, add: Tensor | None = None) -> Tensor:
-    """out = w @ x[s] (+ add[s]) for every sequence s of x [S, K, L]: w [M, K] (one GEMM, S == 1) or [S, M, K]."""
-    if w.dim() == 2:
-        w = w.expand(x.shape[0], -1, -1)
-    if x.shape[0] == 1:
-        if add is None:
-            torch.mm(w[0], x[0], out=out[0])
-        else:
-            torch.addmm(add[0], w[0], x[0], out=out[0])
-    elif add is None:
-        torch.bmm(w, x, out=out)
-    else:
-        torch.baddbmm(add, w, x, out=out)
-    return out
-
-
-def _conv_silu_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
-    """causal_depthwise_conv_silu(x, weight, bias) written into `out` (its dtype: fp32 for a bf16 x)."""
-    k, length = weight.shape[-1], x.shape[-1]
-    w = weight.reshape(weight.shape[0], k)
-    if bias is not None:
-        torch.addcmul(bias[:, None], x, w[:, k - 1:], out=out)
-    else:
-        torch.mul(x, w[:, k - 1:], out=out)
-    for j in range(1, min(k, length)):
-        out[..., j:].addcmul_(x[..., :length - j], w[:, k - 1 - j:k - j])
-    return F.silu(out, inplace=True)
 
 
 class GridNetBlock(nn.Module):
