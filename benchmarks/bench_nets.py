@@ -13,12 +13,15 @@ Second table (`precision_table`): SPMamba-8k and -16k at 1 and 2 threads, fp32 a
 CPU), RTF (median of 2 timed runs after a warm-up) with the per-part breakdown of one profiled call
 (benchmarks.net_profile: STFT, convolutions, Mamba projections, scan, attention, norms, copies, elementwise,
 python/other, in s per s of audio), and each RTF as a multiple of its bound (counted GEMM FLOPs at this
-machine's measured GEMM throughput of that dtype + the scan's state updates at its measured throughput).
+machine's measured GEMM throughput of that dtype + the scan's state updates at its measured throughput); the
+time inside and outside the selective scan (timed without the profiler, benchmarks.net_profile.scan_split) and
+the outside time as a multiple of the GEMM part of the bound: what the network costs beyond its scan.
 bf16 rows are marked "(no native bf16)" on CPUs without AMX / AVX512-BF16, where autocast emulates it.
 
 Run: `.venv/bin/python -m benchmarks.run nets`. Quick run (4 s inputs only): `SEPCLI_BENCH_QUICK=1` or
 `python -m benchmarks.bench_nets --quick`. Other flags: --seconds 4 10, --nets spmamba-8k, --threads N,
---modes ours ref, --precision-seconds 4, --no-precision-table, --precision-only.
+--modes ours ref, --precision-seconds 4, --precision-threads 1 2, --no-precision-table, --precision-only
+(e.g. `--precision-only --quick --precision-seconds 60`: SPMamba-8k, 2 threads, 60 s).
 Reference cases whose estimated memory exceeds 16 GB are skipped ('skipped (est. X GB)').
 """
 
@@ -166,7 +169,7 @@ def _child_precision(net: str, seconds: float, threads: int, precision: str) -> 
 
     import torch
 
-    from benchmarks.net_profile import breakdown
+    from benchmarks.net_profile import breakdown, scan_split
     from sepcli.runtime.roofline import count_work, gemm_throughput, scan_throughput
 
     torch.set_num_threads(threads)
@@ -179,24 +182,21 @@ def _child_precision(net: str, seconds: float, threads: int, precision: str) -> 
     x = torch.randn(1, int(seconds * sr)) * 0.1
     dtype = torch.bfloat16 if precision == "bf16" else None
     ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
-    times = []
-    with torch.no_grad():
-        with ctx():
-            model(x)
-        for _ in range(2):
-            t0 = time.perf_counter()
-            with ctx():
-                model(x)
-            times.append(time.perf_counter() - t0)
+    with torch.no_grad(), ctx():
+        model(x)
+    splits = [scan_split(model, x, dtype, warmup=False) for _ in range(2)]  # timed without the profiler
+    split = sorted(splits, key=lambda r: r["total"])[0]
     parts = breakdown(model, x, dtype, warmup=False)
     work = count_work(model, sr, seconds)  # the counting `sepcli bench` uses
     flops, updates = work["gemm_flops_per_s"], work["scan_updates_per_s"]
     gemm = gemm_throughput(dtype or torch.float32)
     scan = scan_throughput()
     bound = flops / gemm + updates / scan
-    return {"rtf": statistics.median(times) / seconds, "parts": {k: v / seconds for k, v in parts.items()},
+    return {"rtf": statistics.median(r["total"] for r in splits) / seconds,
+            "scan_s": split["scan"] / seconds, "non_scan_s": split["non_scan"] / seconds,
+            "parts": {k: v / seconds for k, v in parts.items()},
             "gflop_per_s_audio": flops / 1e9, "gupdates_per_s_audio": updates / 1e9,
-            "gemm_gflops": gemm / 1e9, "scan_gupdates": scan / 1e9, "bound": bound}
+            "gemm_gflops": gemm / 1e9, "scan_gupdates": scan / 1e9, "bound": bound, "gemm_bound": flops / gemm}
 
 
 def precision_table(nets=None, threads=(1, 2), precisions=("fp32", "bf16"), seconds: float = 4.0) -> dict:
@@ -207,8 +207,9 @@ def precision_table(nets=None, threads=(1, 2), precisions=("fp32", "bf16"), seco
     flags = _cpu_flags()
     native = "amx_bf16" in flags or "avx512_bf16" in flags
     print(f"\nSPMamba by precision ({seconds:g} s input, random weights, batch 1, no_grad; CPU flags: {flags}); "
-          "parts in s per s of audio; bound = GEMM FLOPs / GEMM throughput + scan updates / scan throughput",
-          flush=True)
+          "parts in s per s of audio; bound = GEMM FLOPs / GEMM throughput + scan updates / scan throughput; "
+          "scan / n-scan = s per s of audio inside / outside the selective scan (timed without the profiler); "
+          "GEMMb = the GEMM part of the bound; xGEMMb = n-scan / GEMMb", flush=True)
     results = {}
     for net in nets:
         for th in threads:
@@ -224,7 +225,8 @@ def precision_table(nets=None, threads=(1, 2), precisions=("fp32", "bf16"), seco
                 else:
                     results[(net, th, prec)] = json.loads(proc.stdout.strip().splitlines()[-1])
     short = {"Mamba projections": "proj", "convolutions": "conv", "elementwise": "elemw", "python/other": "py"}
-    head = f"{'network':<12} {'thr':>3} {'prec':>5} {'RTF':>6} {'bound':>6} {'xbound':>6} " + \
+    head = f"{'network':<12} {'thr':>3} {'prec':>5} {'RTF':>6} {'bound':>6} {'xbound':>6} {'scan':>6} " + \
+        f"{'n-scan':>6} {'GEMMb':>6} {'xGEMMb':>6} " + \
         " ".join(f"{short.get(p, p):>9}" for p in PARTS) + f" {'GEMM GF/s':>9} {'scan G/s':>8}"
     print(head)
     print("-" * len(head))
@@ -234,6 +236,8 @@ def precision_table(nets=None, threads=(1, 2), precisions=("fp32", "bf16"), seco
             continue
         tag = "" if prec == "fp32" or native else " (no native bf16)"
         print(f"{net:<12} {th:>3} {prec:>5} {r['rtf']:>6.2f} {r['bound']:>6.2f} {r['rtf'] / r['bound']:>6.2f} "
+              f"{r['scan_s']:>6.2f} {r['non_scan_s']:>6.2f} {r['gemm_bound']:>6.3f} "
+              f"{r['non_scan_s'] / r['gemm_bound']:>6.2f} "
               + " ".join(f"{r['parts'][p]:>9.3f}" for p in PARTS)
               + f" {r['gemm_gflops']:>9.0f} {r['scan_gupdates']:>8.2f}{tag}")
     errors = [k for k, r in results.items() if "error" in r]
@@ -250,12 +254,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     p.add_argument("--threads", type=int, default=int(os.environ.get("SEPCLI_BENCH_THREADS", os.cpu_count() or 1)))
     p.add_argument("--precision-seconds", type=float, default=4.0)
+    p.add_argument("--precision-threads", type=int, nargs="+")
     p.add_argument("--no-precision-table", action="store_true")
     p.add_argument("--precision-only", action="store_true", help="only the precision/breakdown table")
     a = p.parse_args([] if argv is None else argv)
     quick = a.quick or os.environ.get("SEPCLI_BENCH_QUICK") == "1"
+    threads = tuple(a.precision_threads or ((2,) if quick else (1, 2)))
     if a.precision_only:
-        precision_table(["spmamba-8k"] if quick else None, (2,) if quick else (1, 2), seconds=a.precision_seconds)
+        precision_table(["spmamba-8k"] if quick else None, threads, seconds=a.precision_seconds)
         return
     seconds = a.seconds or ([4.0] if a.quick or os.environ.get("SEPCLI_BENCH_QUICK") == "1" else SECONDS)
 
@@ -304,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     print("Anchors (official code, 2 threads): SPMamba 4 s with mamba_ssm's reference scan RTF 101.8, 7.6 GB; "
           "official S4M 10 s RTF 0.11, 0.4 GB.")
     if not a.no_precision_table:
-        precision_table(["spmamba-8k"] if quick else None, (2,) if quick else (1, 2), seconds=a.precision_seconds)
+        precision_table(["spmamba-8k"] if quick else None, threads, seconds=a.precision_seconds)
     if errors:  # benchmarks.run counts it as failed (exit 1) after the others have run
         raise RuntimeError(f"{len(errors)} case(s) failed")
 

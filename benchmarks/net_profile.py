@@ -6,6 +6,7 @@ Reusable by any script (bench_nets prints it; the before/after tables of docs/pe
     from benchmarks.net_profile import breakdown, format_breakdown
     parts = breakdown(model, x)               # {"STFT": s, "convolutions": s, ..., "total": s}
     print(format_breakdown(parts, audio_s))
+    split = scan_split(model, x)              # {"total": s, "scan": s, "non_scan": s}, without the profiler
 
 Parts (self CPU time of every profiled op, attributed in this order):
 - scan: inside `selective_scan` (the numba kernel and its boundary casts/copies);
@@ -147,11 +148,60 @@ def breakdown(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | N
     return parts
 
 
-def format_breakdown(parts: dict[str, float], audio_s: float, title: str = "") -> str:
-    """One table: part, seconds per second of audio, share of the total."""
+def scan_split(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None,
+               warmup: bool = True) -> dict[str, float]:
+    """Wall seconds of one `model(x)` call (inference mode, optional CPU autocast dtype) and of its part inside
+    the selective scan, timed without the profiler: {"total", "scan", "non_scan"}. The non-scan time is what
+    the network's GEMM bound (counted FLOPs / GEMM throughput) is compared with."""
+    import sepcli.nets.mamba as mamba_mod
+
+    spent = [0.0]
+    patched = []
+    try:
+        from sepcli.nets import spmamba
+    except ImportError:  # pragma: no cover
+        spmamba = None
+    for mod in (mamba_mod, spmamba):
+        fn = getattr(mod, "selective_scan", None) if mod is not None else None
+        if fn is None:
+            continue
+
+        def timed(*args, _fn=fn, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+
+        mod.selective_scan = timed
+        patched.append((mod, fn))
+    ctx = (lambda: torch.autocast("cpu", dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+    try:
+        with torch.inference_mode():
+            if warmup:
+                with ctx():
+                    model(x)
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            with ctx():
+                model(x)
+            total = time.perf_counter() - t0
+    finally:
+        for mod, fn in patched:
+            mod.selective_scan = fn
+    return {"total": total, "scan": spent[0], "non_scan": total - spent[0]}
+
+
+def format_breakdown(parts: dict[str, float], audio_s: float, title: str = "",
+                     gemm_bound: float | None = None) -> str:
+    """One table: part, seconds per second of audio, share of the total; with `gemm_bound` (s per s of audio:
+    counted GEMM FLOPs / measured GEMM throughput) also the time outside the scan as a multiple of it."""
     total = parts["total"]
     rows = [f"{title}" if title else "", f"  {'part':<18} {'s per s audio':>13} {'share':>6}"]
     for p in PARTS:
         rows.append(f"  {p:<18} {parts[p] / audio_s:>13.3f} {100 * parts[p] / total:>5.1f}%")
     rows.append(f"  {'total (profiled)':<18} {total / audio_s:>13.3f}")
+    non_scan = (total - parts["scan"]) / audio_s
+    rows.append(f"  {'not the scan':<18} {non_scan:>13.3f}"
+                + (f"  = {non_scan / gemm_bound:.2f} x the GEMM bound {gemm_bound:.3f}" if gemm_bound else ""))
     return "\n".join(r for r in rows if r)

@@ -14,9 +14,10 @@ Differences, none of which change the outputs where the official code runs:
   than the network's minimum are zero-padded internally and the output is cropped back to T;
 - the bidirectional Mamba (fused path) works channels-first, [sequences, channels, length], the layout of
   the selective scan and of the unfold / ConvTranspose1d around it, so no tensor is transposed; each projection
-  is one batched GEMM with a broadcast weight, the RMSNorm weights are folded into in_proj, the depthwise
-  causal conv1d is K shifted multiply-adds, and without gradients the sequences go through in chunks of about
-  CHUNK_TOKENS tokens (bounded memory; the intermediates stay in the CPU's cache).
+  is one batched GEMM, the RMSNorm weights are folded into in_proj, the depthwise causal conv1d is K shifted
+  multiply-adds, and without gradients the sequences go through in chunks of about CHUNK_TOKENS tokens
+  (bounded memory) with every intermediate in a buffer reused across chunks, directions and layers (`workspace`);
+- the attention branches' 1x1 Conv2d run as a matrix product (same modules and weights);
   `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain official-style path (one Block
   call per direction, no chunking) for comparisons;
 - the full-band attention uses torch's scaled-dot-product-attention kernel (blockwise on CPU);
@@ -35,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mamba import Block, Mamba, RMSNorm, causal_depthwise_conv_silu, init_weights, rms_normalise, selective_scan
+from .mamba import (Block, Mamba, RMSNorm, Workspace, batched_weight, bmm_into, conv_silu_into, current_workspace,
+                    causal_depthwise_conv_silu, init_weights, rms_normalise, selective_scan, workspace)
 
 _BASE = {"n_srcs": 2, "window": "hann", "n_imics": 1, "n_layers": 6, "lstm_hidden_units": 256,
          "attn_n_head": 4, "attn_approx_qk_dim": 512, "emb_dim": 16, "emb_ks": 8, "emb_hs": 1,
@@ -163,7 +165,14 @@ class MambaBlock(nn.Module):
         CPU's cache) and peak memory is bounded whatever the number of sequences."""
         if not self.fusable:
             return self.forward_plain(x.transpose(1, 2)).transpose(1, 2)
-        weights = self._fused_weights(x)
+        ws = None if torch.is_grad_enabled() else current_workspace()
+        if ws is None:
+            weights = self._fused_weights(x)
+        else:  # made once per forward pass (the weights cannot change inside it), with their batched copies
+            key = ("weights", id(self), x.dtype, torch.is_autocast_enabled(x.device.type))
+            weights = ws.cache.get(key)
+            if weights is None:
+                weights = ws.cache[key] = self._fused_weights(x)
         if torch.is_grad_enabled() or x.shape[0] * x.shape[2] <= self.chunk_tokens:
             return self._fused_channels_first(x, weights)
         step = max(1, self.chunk_tokens // max(1, x.shape[2]))
@@ -214,12 +223,11 @@ class MambaBlock(nn.Module):
         backward direction runs on the time-reversed input and its output is reversed back. Every tensor is
         [S, channels, L], the layout of the selective scan, so nothing is transposed; each projection is one
         batched GEMM with a broadcast weight. Autocast is off inside: the dtypes are explicit (_fused_weights).
+        Without gradients the work goes to `_fused_inference` (the same ops into reused buffers).
         """
+        if not torch.is_grad_enabled():
+            return self._fused_inference(x, weights, out)
         dtype = weights["dtype"]
-        S, D, length = x.shape
-        grad = torch.is_grad_enabled()
-        if out is None and not grad:
-            out = x.new_empty(S, 2 * D, length)
         halves = []
         with torch.autocast(x.device.type, enabled=False):
             for d, p in enumerate(weights["dirs"]):
@@ -244,11 +252,57 @@ class MambaBlock(nn.Module):
                     o = o + p["b_out"]
                 if d == 1:
                     o = torch.flip(o, [2])
-                if grad:  # out= does not support autograd
-                    halves.append(x + o)
-                else:
-                    torch.add(x, o, out=out[:, d * D:(d + 1) * D])
-        return torch.cat(halves, 1) if grad else out
+                halves.append(x + o)  # out= does not support autograd
+        return torch.cat(halves, 1)
+
+    def _fused_inference(self, x: Tensor, weights: dict, out: Tensor | None = None) -> Tensor:
+        """_fused_channels_first without gradients: every intermediate is written into a buffer of the current
+        workspace (`workspace()`: one per SPMamba forward, reused by every chunk, direction and layer), so no
+        large tensor is allocated per call. Freshly allocated megabytes cost the kernel's page faults on
+        every first touch; on a 60 s input they took as long as the GEMMs writing them."""
+        gdt = weights["dtype"]
+        S, D, length = x.shape
+        if out is None:
+            out = x.new_empty(S, 2 * D, length)
+        ws = current_workspace() or Workspace()
+        f32 = torch.float32 if x.dtype != torch.float64 else x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            for d, p in enumerate(weights["dirs"]):
+                di, r, n = p["w_x"].shape[0], p["r"], p["n"]
+                xd = x
+                if d == 1:
+                    xd = ws.get("xflip", (S, D, length), x.dtype)
+                    torch.ops.aten.flip.out(x, [2], out=xd)
+                xf = xd if xd.dtype == f32 else xd.to(f32)
+                rstd = torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + p["eps"])  # statistics in fp32
+                xn = torch.mul(xf, rstd, out=ws.get("xn", (S, D, length), gdt))
+                xin = bmm_into(batched_weight(p, "w_x", S), xn, ws.get("xin", (S, di, length), gdt))
+                z = bmm_into(batched_weight(p, "w_z", S), xn, ws.get("z", (S, di, length), gdt))
+                if p["b_x"] is not None:
+                    xin += p["b_x"]
+                    z += p["b_z"]
+                if z.dtype != f32:  # the scan's gate in fp32
+                    z = ws.get("z32", (S, di, length), f32).copy_(z)
+                if xin.dtype != f32:  # one cast: a mixed-dtype op would cast its bf16 operand on every call
+                    xin = ws.get("x32", (S, di, length), f32).copy_(xin)
+                u = conv_silu_into(xin, p["conv_w"], p["conv_b"], ws.get("u", (S, di, length), f32))
+                dbl = bmm_into(batched_weight(p, "w_xp", S), u, ws.get("dbl", (S, r + 2 * n, length), f32))
+                delta = bmm_into(batched_weight(p, "w_dt", S), dbl[:, :r], ws.get("delta", (S, di, length), f32))
+                y = selective_scan(u, delta, p["A"], dbl[:, r:r + n], dbl[:, r + n:], p["D"], z=z,
+                                   delta_bias=p["dt_bias"], delta_softplus=True)
+                if y.dtype != gdt:
+                    y = ws.get("y", (S, di, length), gdt).copy_(y)
+                half = out[:, d * D:(d + 1) * D]
+                if d == 0 and p["b_out"] is None and gdt == x.dtype and half.is_contiguous():
+                    bmm_into(batched_weight(p, "w_out", S), y, half, add=x)  # x + w_out @ y in one GEMM
+                    continue
+                o = bmm_into(batched_weight(p, "w_out", S), y, ws.get("o", (S, D, length), gdt))
+                if p["b_out"] is not None:
+                    o += p["b_out"]
+                if d == 1:
+                    o = torch.ops.aten.flip.out(o, [2], out=ws.get("oflip", (S, D, length), gdt))
+                torch.add(x, o, out=half)
+        return out
 
 
 class GridNetBlock(nn.Module):
@@ -283,6 +337,24 @@ class GridNetBlock(nn.Module):
 
     def _branch(self, kind: str, ii: int) -> nn.Module:
         return getattr(self, f"attn_conv_{kind}_{ii}")
+
+    @staticmethod
+    def _run_branch(branch: nn.Sequential, x: Tensor) -> Tensor:
+        """branch(x) (1x1 Conv2d -> activation -> LayerNormalization4DCF) with the 1x1 convolution as one matrix
+        product over [channels, frames x freqs] in float32: torch's CPU convolution kernel took 12-24 ms for this
+        16 -> 4 channel 1x1 case on 10 s of audio where the product takes 0.3 ms (fp32, this machine; under bf16
+        autocast its casts cost more than the product)."""
+        conv = branch[0]
+        B, C, T, Q = x.shape
+        w = conv.weight.float().reshape(conv.out_channels, C)
+        with torch.autocast(x.device.type, enabled=False):
+            y = torch.matmul(w, x.float().reshape(B, C, T * Q))
+            if conv.bias is not None:
+                y += conv.bias.float()[:, None]
+        y = y.view(B, conv.out_channels, T, Q)
+        for module in list(branch)[1:]:
+            y = module(y)
+        return y
 
     def _patch_sequences(self, h: Tensor, mamba: MambaBlock, linear: nn.ConvTranspose1d) -> Tensor:
         """[N, C, Q] -> unfold into patches of emb_ks -> bidirectional Mamba -> ConvTranspose1d -> [N, C, Q].
@@ -333,10 +405,12 @@ class GridNetBlock(nn.Module):
         h = h.view(B, Q, C, T).permute(0, 2, 3, 1)
         inter = (h + intra)[..., :old_T, :old_Q]
 
-        # full-band self-attention over frames, heads stacked along the batch
-        q = torch.cat([self._branch("Q", i)(inter) for i in range(self.n_head)], 0)  # [hB, E, T, F]
-        k = torch.cat([self._branch("K", i)(inter) for i in range(self.n_head)], 0)
-        v = torch.cat([self._branch("V", i)(inter) for i in range(self.n_head)], 0)  # [hB, C/h, T, F]
+        # full-band self-attention over frames, heads stacked along the batch; the plain path (MambaBlock.fused
+        # off) calls the branch modules as the official code does
+        run = self._run_branch if self.intra_mamba.fused else (lambda branch, t: branch(t))
+        q = torch.cat([run(self._branch("Q", i), inter) for i in range(self.n_head)], 0)  # [hB, E, T, F]
+        k = torch.cat([run(self._branch("K", i), inter) for i in range(self.n_head)], 0)
+        v = torch.cat([run(self._branch("V", i), inter) for i in range(self.n_head)], 0)  # [hB, C/h, T, F]
         q = q.transpose(1, 2).flatten(2)  # [hB, T, E*F]
         k = k.transpose(1, 2).flatten(2)
         v_shape = v.transpose(1, 2).shape
@@ -344,7 +418,7 @@ class GridNetBlock(nn.Module):
         v = self._attention(q, k, v).reshape(v_shape).transpose(1, 2)  # [hB, C/h, T, F]
         ch = v.shape[1]
         batch = v.reshape(self.n_head, B, ch, old_T, -1).transpose(0, 1).reshape(B, self.n_head * ch, old_T, -1)
-        return self.attn_concat_proj(batch) + inter
+        return run(self.attn_concat_proj, batch) + inter
 
 
 class SPMamba(nn.Module):
@@ -423,8 +497,9 @@ class SPMamba(nn.Module):
         n_frames, n_freqs = batch.shape[2], batch.shape[3]
 
         batch = self.conv(batch)
-        for block in self.blocks:
-            batch = block(batch)
+        with workspace():  # scratch buffers shared by the blocks' Mamba passes (without gradients)
+            for block in self.blocks:
+                batch = block(batch)
         batch = self.deconv(batch)  # [B, n_srcs*2, T, F]
 
         batch = batch.to(x.dtype).view(n_batch * self.n_srcs, 2, n_frames, n_freqs)

@@ -154,3 +154,36 @@ def test_block_prenorm_residual():
         out0, r0 = blk(h)
         torch.testing.assert_close(r0, h)
         torch.testing.assert_close(out0.double(), stepwise_mamba(blk.mixer, blk.norm(h)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_silu_into_buffer_equals_causal_depthwise_conv_silu(dtype):
+    # the into-buffer variant of the fused inference path against Mamba's own conv1d + SiLU (fp32 output)
+    from sepcli.nets.mamba import conv_silu_into
+
+    torch.manual_seed(11)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
+    x = torch.randn(3, 6, 17).to(dtype)
+    with torch.no_grad():
+        want = torch.nn.functional.silu(conv(x.float())[..., :17])
+        out = torch.full((3, 6, 17), float("nan"))
+        got = conv_silu_into(x, conv.weight, conv.bias, out)
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("n_seq", [1, 3])
+def test_bmm_into_equals_matmul(n_seq):
+    from sepcli.nets.mamba import batched_weight, bmm_into
+
+    torch.manual_seed(12)
+    w, x, add = torch.randn(5, 4), torch.randn(n_seq, 4, 7), torch.randn(n_seq, 5, 7)
+    p = {"w": w.bfloat16()}
+    want = torch.matmul(w, x)
+    torch.testing.assert_close(bmm_into(w, x, torch.empty(n_seq, 5, 7)), want)
+    torch.testing.assert_close(bmm_into(w, x, torch.empty(n_seq, 5, 7), add=add), want + add)
+    wb = batched_weight(p, "w", n_seq)  # dense per-sequence copy in bf16, made once
+    assert wb is batched_weight(p, "w", n_seq) and wb.dim() == (2 if n_seq == 1 else 3)
+    got = bmm_into(wb, x.bfloat16(), torch.empty(n_seq, 5, 7, dtype=torch.bfloat16))
+    torch.testing.assert_close(got.float(), torch.matmul(w.bfloat16().float(), x.bfloat16().float()),
+                               rtol=2e-2, atol=2e-2)

@@ -253,15 +253,61 @@ def test_causal_depthwise_conv_silu_equals_mamba_conv1d(length):
                                    torch.nn.functional.silu(conv(x)[..., :length] - conv.bias[:, None]))
 
 
-def test_channels_first_entry_equals_forward():
+@pytest.mark.parametrize("chunk_tokens", [26, 1])
+def test_channels_first_entry_equals_forward(chunk_tokens):
+    # 26: two sequences per chunk, three chunks (batched GEMMs, a smaller last chunk in the reused buffers);
+    # 1: one sequence per chunk (the single-GEMM path, the residual added inside the output projection)
+    from sepcli.nets.spmamba import workspace
+
     torch.manual_seed(8)
     blk = MambaBlock(16, 1, True).eval()
     x = torch.randn(5, 13, 16)
     with torch.no_grad():
         want = blk.forward_plain(x)
-        blk.chunk_tokens = 26  # two sequences per chunk: three chunks
+        blk.chunk_tokens = chunk_tokens
         got = blk.forward_channels_first(x.transpose(1, 2).contiguous())
+        with workspace():  # buffers and weights shared by two calls, the second on other data
+            blk.forward_channels_first(torch.randn(5, 16, 13))
+            got_ws = blk.forward_channels_first(x.transpose(1, 2).contiguous())
     torch.testing.assert_close(got.transpose(1, 2), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_ws, got, rtol=0, atol=0)
+
+
+def test_bf16_fused_inference_equals_plain_under_autocast():
+    # the buffered bf16 path against the plain path run under the same autocast: in/out projections in bf16
+    # both ways (the plain path's nn.Linear under autocast), so they agree to bf16 rounding of the outputs
+    from sepcli.nets.spmamba import workspace
+
+    torch.manual_seed(9)
+    blk = MambaBlock(16, 1, True).eval()
+    x = torch.randn(4, 16, 21)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = blk.forward_plain(x.transpose(1, 2)).transpose(1, 2).float()
+        blk.chunk_tokens = 42
+        with workspace():
+            got = blk.forward_channels_first(x)
+    assert got.dtype == torch.float32
+    err = (got - want).abs().max() / want.abs().max()
+    assert err < 2e-2, err
+
+
+def test_attention_branch_as_matrix_product_equals_module():
+    # the fast path's 1x1 convolution as a matrix product against the branch module itself (Conv2d, PReLU,
+    # LayerNormalization4DCF), values and gradients
+    from sepcli.nets.spmamba import GridNetBlock
+
+    torch.manual_seed(10)
+    blk = GridNetBlock(8, 4, 1, 9, 8, n_head=2, approx_qk_dim=32)
+    for name in ("attn_conv_Q_0", "attn_conv_V_1", "attn_concat_proj"):
+        branch = getattr(blk, name)
+        x = torch.randn(2, 8, 7, 9, requires_grad=True)
+        want = branch(x)
+        got = GridNetBlock._run_branch(branch, x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        g_want = torch.autograd.grad(want.square().sum(), [x, branch[0].weight])
+        g_got = torch.autograd.grad(got.square().sum(), [x, branch[0].weight])
+        for a, b in zip(g_got, g_want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _perturbed_full_size(seed=0) -> SPMamba:
