@@ -27,7 +27,8 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
                                 that bound because it runs on 512-bit registers). Around the loop, the passes over
                                 u/delta/z/out are memory-bound; a fresh 33 MB output costs ~17 ms in page faults
                                 alone (intra's out; above the Makefile's 32 MiB mmap threshold).
-  session 23, backward (scan_cpu_bwd), same run as the 4eb3200 per-row kernel (`print_backward_vs_baseline`), new | baseline:
+  session 23, backward (scan_cpu_bwd), same run as the 4eb3200 per-row kernel (print_backward_vs_baseline),
+  new | baseline:
                                 issue shape 0.70 | 0.28 (2.5x), 1.31 | 0.50 (2.6x); intra 1.02 | 0.26 (3.9x),
                                 1.99 | 0.51 (3.9x); inter 0.79 | 0.26 (3.0x), 1.47 | 0.47 (3.1x)
 

@@ -15,7 +15,7 @@ from sepcli.kernels.scan_cpu import selective_scan_cpu
 from sepcli.kernels.scan_ref import selective_scan_ref
 from tests.scan_cases import LAYOUTS, make_inputs
 
-RTOL, ATOL = 1e-4, 1e-4  # tests/test_scan_cpu.py's tolerances (tighter than mamba_ssm's fp32 ones)
+RTOL, ATOL = 1e-4, 1e-4  # tests/kernels/test_scan_cpu.py's tolerances (tighter than mamba_ssm's fp32 ones)
 
 
 def _check(kw, rtol=RTOL, atol=ATOL):
