@@ -480,16 +480,17 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     }
 
 
-def _blocks(b: int, d: int, p: dict) -> np.ndarray:
-    """(row b, first channel, width) of each block of <= W channels; a block never spans two B or C groups."""
+def _blocks(b: int, d: int, p: dict, width: int = W) -> np.ndarray:
+    """(row b, first channel, width) of each block of <= `width` channels; a block never spans two B or C
+    groups."""
     seg = d
     if p["var_b"]:
         seg = math.gcd(seg, p["dpg_b"])
     if p["var_c"]:
         seg = math.gcd(seg, p["dpg_c"])
     starts = np.arange(0, d, seg)
-    d0 = (starts[:, None] + np.arange(0, seg, W)[None, :]).ravel()
-    w = np.minimum(W, (d0 // seg + 1) * seg - d0)
+    d0 = (starts[:, None] + np.arange(0, seg, width)[None, :]).ravel()
+    w = np.minimum(width, (d0 // seg + 1) * seg - d0)
     nb = d0.shape[0]
     out = np.empty((b * nb, 3), np.int64)
     out[:, 0] = np.repeat(np.arange(b), nb)

@@ -34,7 +34,6 @@ Extra memory per thread: O(l·n·LW) for the decays (1 MB per 1000 steps at n = 
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .scan_cpu import (_EXP_HI, _EXP_LO, _LN2_HI, _LN2_LO, _LOG2E, _MAGIC, _ONE, _P0, _P1, _P2, _P3, _P4, _P5, _as_np,
-                       _bc_grad, _exp, _kernel_args, _log1p_unit32, _prepare, _run, _sigmoid, _softplus,
+                       _bc_grad, _blocks, _exp, _kernel_args, _log1p_unit32, _prepare, _run, _sigmoid, _softplus,
                        threads_for_call)
 
 _FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
@@ -460,22 +459,6 @@ def _bwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b,
                 softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
 
 
-def bwd_blocks(b: int, d: int, p: dict) -> np.ndarray:
-    """(row b, first channel, width) of each block of <= LW channels; a block never spans two B or C groups."""
-    seg = d
-    if p["var_b"]:
-        seg = math.gcd(seg, p["dpg_b"])
-    if p["var_c"]:
-        seg = math.gcd(seg, p["dpg_c"])
-    d0 = (np.arange(0, d, seg)[:, None] + np.arange(0, seg, LW)[None, :]).ravel()
-    w = np.minimum(LW, (d0 // seg + 1) * seg - d0)
-    out = np.empty((b * d0.shape[0], 3), np.int64)
-    out[:, 0] = np.repeat(np.arange(b), d0.shape[0])
-    out[:, 1] = np.tile(d0, b)
-    out[:, 2] = np.tile(w, b)
-    return out
-
-
 def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tuple:
     """Gradients of (u, delta, A, B, C, D, z, delta_bias, delta_softplus) for SelectiveScanCPU.backward."""
     u, delta, A, B, C, D, z, delta_bias = saved
@@ -487,7 +470,7 @@ def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tup
             x = p[key]
             p[key] = np.concatenate([x, np.zeros(x.shape[:-1] + (TS - n % TS,), fdt)], axis=-1)
     b, d, l = u.shape
-    blk = bwd_blocks(b, d, p)
+    blk = _blocks(b, d, p, LW)
     nt = max(1, min(threads_for_call(), len(blk)))  # block chunks == per-chunk accumulators
     du = np.empty((b, d, l), fdt)
     ddelta = np.empty((b, d, l), fdt)

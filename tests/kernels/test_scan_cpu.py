@@ -51,8 +51,9 @@ def test_cpu_state_size_not_power_of_two_and_large_batch():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cpu_half_inputs(dtype):
-    kw = make_inputs(2, 4, 64, 8, "var", "var", seed=4)
+@pytest.mark.parametrize("d, n", [(4, 8), (16, 16)])  # (16, 16): the vectorised n = 16 forward (scan_cpu_vec)
+def test_cpu_half_inputs(dtype, d, n):
+    kw = make_inputs(2, d, 64, n, "var", "var", seed=4)
     half = {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     out = selective_scan_cpu(**half)
     ref = selective_scan_ref(**half)
@@ -211,18 +212,22 @@ def test_cpu_blocks_cover_each_channel_once_within_a_group(d, groups):
         assert np.all(rows[:, 1] // (d // groups) == (rows[:, 1] + rows[:, 2] - 1) // (d // groups))
 
 
-def test_cpu_noncontiguous_inputs_as_spmamba_passes_them():
-    """u/delta/z as transposed views, B and C sliced out of one projection tensor (SPMamba's layout)."""
-    g = torch.Generator().manual_seed(5)
-    b, d, l, n = 2, 40, 33, 16
-    kw = make_inputs(b, d, l, n, "g2", "g2", seed=5)
+def spmamba_like_views(b: int, d: int, l: int, n: int, seed: int = 5) -> dict:
+    """Inputs as SPMamba passes them: u/delta/z as transposed views, B and C sliced out of one projection
+    tensor."""
+    g = torch.Generator().manual_seed(seed)
+    kw = make_inputs(b, d, l, n, "g2", "g2", seed=seed)
     for key in ("u", "delta", "z"):
         kw[key] = kw[key].transpose(1, 2).contiguous().transpose(1, 2)
         assert not kw[key].is_contiguous()
     dbl = torch.randn(b, 2, 8 + 2 * n, l, generator=g)
     kw["B"], kw["C"] = dbl[:, :, 8:8 + n], dbl[:, :, 8 + n:]
     assert not kw["B"].is_contiguous()
-    _check(kw)
+    return kw
+
+
+def test_cpu_noncontiguous_inputs_as_spmamba_passes_them():
+    _check(spmamba_like_views(2, 40, 33, 16))
 
 
 def test_cpu_float64_forward_with_tails():

@@ -13,6 +13,7 @@ from numba import njit
 from sepcli.kernels import scan_cpu, scan_cpu_vec, vector_ir
 from sepcli.kernels.scan_cpu import selective_scan_cpu
 from sepcli.kernels.scan_ref import selective_scan_ref
+from tests.kernels.test_scan_cpu import spmamba_like_views
 from tests.scan_cases import LAYOUTS, make_inputs
 
 RTOL, ATOL = 1e-4, 1e-4  # tests/kernels/test_scan_cpu.py's tolerances (tighter than mamba_ssm's fp32 ones)
@@ -105,15 +106,8 @@ def test_n16_long_sequence_spmamba_like():
 
 
 def test_n16_strided_inputs_as_spmamba_passes_them():
-    """u/delta/z as transposed views, B and C sliced out of one projection tensor, A and D strided."""
-    g = torch.Generator().manual_seed(5)
-    b, d, l, n = 2, 48, 37, 16
-    kw = make_inputs(b, d, l, n, "g2", "g2", seed=5)
-    for key in ("u", "delta", "z"):
-        kw[key] = kw[key].transpose(1, 2).contiguous().transpose(1, 2)
-        assert not kw[key].is_contiguous()
-    dbl = torch.randn(b, 2, 8 + 2 * n, l, generator=g)
-    kw["B"], kw["C"] = dbl[:, :, 8:8 + n], dbl[:, :, 8 + n:]
+    """SPMamba's views (u/delta/z transposed, B and C sliced from one projection), and A and D strided."""
+    kw = spmamba_like_views(2, 48, 37, 16)
     kw["A"] = torch.cat([kw["A"], kw["A"]], dim=1)[:, ::2]
     kw["D"] = torch.stack([kw["D"], kw["D"]], dim=1)[:, 0]
     assert not kw["B"].is_contiguous() and not kw["A"].is_contiguous() and not kw["D"].is_contiguous()
@@ -198,16 +192,6 @@ def test_float64_n16_uses_the_exact_fallback():
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_n16_half_inputs(dtype):
-    kw = make_inputs(2, 16, 64, 16, "var", "var", seed=4)
-    half = {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    out = selective_scan_cpu(**half)
-    ref = selective_scan_ref(**half)
-    assert out.dtype == dtype
-    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
 
 
 def test_n16_threads_agree_with_one_thread():
