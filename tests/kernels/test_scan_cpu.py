@@ -231,6 +231,7 @@ def test_cpu_noncontiguous_inputs_as_spmamba_passes_them():
 
 
 def test_cpu_float64_forward_with_tails():
+    """n = 16 in float64 takes the exact (libm exp) loops, not the float32 vector kernel."""
     kw = make_inputs(2, 21, 40, 16, "g1", "var", seed=8, dtype=torch.float64)
     out, last = selective_scan_cpu(**kw, return_last_state=True)
     ref, ref_last = selective_scan_ref(**kw, return_last_state=True)

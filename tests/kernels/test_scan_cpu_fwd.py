@@ -185,15 +185,6 @@ def test_other_state_sizes_use_the_fallback_and_match(n):
     _check(make_inputs(2, 20, 30, n, "g2", "var", seed=n))
 
 
-def test_float64_n16_uses_the_exact_fallback():
-    kw = make_inputs(2, 21, 40, 16, "g1", "var", seed=8, dtype=torch.float64)
-    out, last = selective_scan_cpu(**kw, return_last_state=True)
-    ref, ref_last = selective_scan_ref(**kw, return_last_state=True)
-    assert out.dtype == torch.float64
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-12)
-
-
 def test_n16_threads_agree_with_one_thread():
     kw = make_inputs(3, 64, 50, 16, "g2", "g2", seed=10)
     old = torch.get_num_threads()
