@@ -22,7 +22,7 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
                                 intra 0.90 -> 2.76 (3.07x) | 1.80 -> 5.21 (2.90x);
                                 inter 1.03 -> 2.84 (2.75x) | 2.05 -> 5.39 (2.63x)
                                 (other runs: issue 2.4-2.8x, intra 2.9-3.1x, inter 2.5-2.8x); core_throughput in
-                                that run: exp (scan_cpu._expk, 256-bit loop) 4.14 G/s, FMA 44.7 G/s, bound 3.02 G/s
+                                that run: exp (scan_cpu._exp, 256-bit loop) 4.14 G/s, FMA 44.7 G/s, bound 3.02 G/s
                                 per core (the 16-lane IR loop itself, one block in cache: ~6.8 G/s per core, above
                                 that bound because it runs on 512-bit registers). Around the loop, the passes over
                                 u/delta/z/out are memory-bound; a fresh 33 MB output costs ~17 ms in page faults
@@ -254,13 +254,13 @@ def core_throughput() -> dict:
     """Measured on one core: our inner-loop exp (float32 values/s) and float32 FMAs per s (vectorised)."""
     from numba import njit
 
-    from sepcli.kernels.scan_cpu import _expk
+    from sepcli.kernels.scan_cpu import _exp
 
     @njit(error_model="numpy")
     def exp_loop(x, out, reps):
         for _ in range(reps):
             for k in range(x.shape[0]):
-                out[k] = _expk(x[k])
+                out[k] = _exp(x[k])
         return out[0]
 
     @njit(fastmath={"contract"})

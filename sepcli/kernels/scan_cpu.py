@@ -15,8 +15,8 @@ Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan seman
 - blocks run in parallel over numba's threads (as many as `torch.get_num_threads()`);
 - exp(dt·A) uses a vectorisable float32 exp (Cephes expf: Cody-Waite range reduction + degree-6 polynomial,
   ~1 ulp; arguments are clamped to [-87.3, 88.3], so exp underflows to ~1e-38 rather than 0 and overflows
-  to ~2e38 rather than inf); the forward's inner loop uses `_expk`, the same approximation in fewer vector
-  operations (rounding and the biased exponent from one "magic number" addition, one Horner chain of FMAs).
+  to ~2e38 rather than inf; rounding and the biased exponent from one "magic number" addition, one Horner
+  chain of FMAs).
   softplus uses a branch-free log1p (Cephes logf polynomial). Float64 inputs use libm (that path exists for
   `torch.autograd.gradcheck`).
 - functions are compiled on first use and cached on disk (numba `cache=True`): one specialisation per dtype
@@ -64,7 +64,6 @@ _P3 = _F32(4.1665795894e-2)
 _P4 = _F32(1.6666665459e-1)
 _P5 = _F32(5.0000001201e-1)
 _ONE = _F32(1.0)
-_I127 = np.int32(127)
 
 
 @intrinsic
@@ -82,34 +81,6 @@ def _f32_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
-def _exp(x):  # pragma: no cover - replaced by the numba overload below
-    """exp(x): float32 -> our vectorisable expf; float64 -> libm exp."""
-    raise NotImplementedError
-
-
-@overload(_exp, jit_options={"fastmath": {"contract"}, "error_model": "numpy"})
-def _ol_exp(x):
-    if x == types.float32:
-
-        def impl32(x):
-            xx = min(max(x, _EXP_LO), _EXP_HI)
-            fk = np.floor(xx * _LOG2E + _HALF)  # float32 (math.floor would give int64)
-            r = xx - fk * _LN2_HI  # Cody-Waite: ln2 = _LN2_HI + _LN2_LO, fk * _LN2_HI exact
-            r = r - fk * _LN2_LO
-            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-            p = p * r * r + r + _ONE
-            return p * _f32_from_bits((np.int32(fk) + _I127) << 23)  # p * 2**fk
-
-        return impl32
-    if x == types.float64:
-
-        def impl64(x):
-            return math.exp(x)
-
-        return impl64
-    return None
-
-
 @intrinsic
 def _bits_of_f32(typingctx, x):
     """The 32 bits of a float32 as an int32 (a bitcast, no conversion)."""
@@ -125,15 +96,15 @@ def _bits_of_f32(typingctx, x):
 _MAGIC = _F32(12583039.0)  # 1.5 * 2**23 + 127: adding it rounds to an integer n and leaves n + 127 in the low bits
 
 
-def _expk(x):  # pragma: no cover - replaced by the numba overload below
-    """exp(x) for the scan's inner loop: float32 -> a cheaper form of the expf above; float64 -> libm exp."""
+def _exp(x):  # pragma: no cover - replaced by the numba overload below
+    """exp(x): float32 -> our vectorisable expf; float64 -> libm exp."""
     raise NotImplementedError
 
 
-@overload(_expk, jit_options={"fastmath": {"contract"}, "error_model": "numpy"})
-def _ol_expk(x):
-    # Same range reduction and polynomial as _exp, but 15 vector operations instead of 19: the rounding to the
-    # nearest integer n and the biased exponent n + 127 come from one addition of _MAGIC (no floor, no
+@overload(_exp, jit_options={"fastmath": {"contract"}, "error_model": "numpy"})
+def _ol_exp(x):
+    # Cephes expf: clamp, Cody-Waite range reduction, degree-6 polynomial, in 15 vector operations: the rounding
+    # to the nearest integer n and the biased exponent n + 127 come from one addition of _MAGIC (no floor, no
     # float->int conversion), and the polynomial 1 + r + r^2 P(r) is one Horner chain of 7 FMAs.
     if x == types.float32:
 
@@ -154,15 +125,6 @@ def _ol_expk(x):
 
         return impl64
     return None
-
-
-@njit(cache=True)
-def _vexpk_check(x):
-    """Test hook: the scan's exp over a 1-D array (float32 or float64)."""
-    out = np.empty_like(x)
-    for i in range(x.shape[0]):
-        out[i] = _expk(x[i])
-    return out
 
 
 @njit(cache=True)
@@ -264,18 +226,26 @@ def _softplus_check(x):
 W = 16  # channels processed together, one per vector lane (a 16-lane AVX-512 register for float32)
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _block_setup(b, d0, w, n, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch, AL, BL, CL, DTR, DTT, DUT):
-    """Per-block inputs, lane-major: channel of each lane, A/constant B/C [n, W], dt and dt*u [l, W]."""
-    nl = u.shape[2]
-    for j in range(W):
-        ch[j] = d0 + min(j, w - 1)  # spare lanes repeat the last channel; their results are dropped
+@njit(cache=True, error_model="numpy")
+def lane_params(d0, w, n, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL):
+    """The channel of each vector lane of a block of w channels from d0 (spare lanes repeat the last channel; their
+    results are dropped), and the lanes' A and constant B, C, state-major [n, lanes] (0 where B or C varies).
+    Shared by the forward kernels and the backward."""
+    for j in range(ch.shape[0]):
+        ch[j] = d0 + min(j, w - 1)
     for k in range(n):
-        for j in range(W):
+        for j in range(ch.shape[0]):
             c = ch[j]
             AL[k, j] = A[c, k]
             BL[k, j] = Bv[0, c, 0, k] if not var_b else 0.0
             CL[k, j] = Cv[0, c, 0, k] if not var_c else 0.0
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _block_setup(b, d0, w, n, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch, AL, BL, CL, DTR, DTT, DUT):
+    """Per-block inputs, lane-major: channel of each lane, A/constant B/C [n, W], dt and dt*u [l, W]."""
+    nl = u.shape[2]
+    lane_params(d0, w, n, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL)
     for j in range(W):  # dt: vectorised over time along contiguous rows
         c = ch[j]
         bd = bias[c]
@@ -306,7 +276,7 @@ def _scan_steps(t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT
                 bk = Bv[bb, gb, t, k]
                 ck = Cv[bc, gc, t, k]
                 for j in range(W):
-                    hh = _expk(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * bk
+                    hh = _exp(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * bk
                     H[k, j] = hh
                     OB[t, j] += hh * ck
     elif var_b:
@@ -314,7 +284,7 @@ def _scan_steps(t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT
             for k in range(n):
                 bk = Bv[bb, gb, t, k]
                 for j in range(W):
-                    hh = _expk(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * bk
+                    hh = _exp(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * bk
                     H[k, j] = hh
                     OB[t, j] += hh * CL[k, j]
     elif var_c:
@@ -322,14 +292,14 @@ def _scan_steps(t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT
             for k in range(n):
                 ck = Cv[bc, gc, t, k]
                 for j in range(W):
-                    hh = _expk(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * BL[k, j]
+                    hh = _exp(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * BL[k, j]
                     H[k, j] = hh
                     OB[t, j] += hh * ck
     else:
         for t in range(t0, t1):
             for k in range(n):
                 for j in range(W):
-                    hh = _expk(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * BL[k, j]
+                    hh = _exp(DTT[t, j] * AL[k, j]) * H[k, j] + DUT[t, j] * BL[k, j]
                     H[k, j] = hh
                     OB[t, j] += hh * CL[k, j]
 

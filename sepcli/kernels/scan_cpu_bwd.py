@@ -26,14 +26,13 @@ alias checks between them, for a 16-iteration loop) leaves them scalar. Here:
 - one forward pass keeps exp(dt·A) of every step (`(l, n, LW)` per thread) and the states of the current
   segment of SEG steps; the reverse goes segment by segment, recomputing a segment's states from its stored
   start state and decays without exp (the last segment's states are still at hand), so the states buffer
-  stays in L2 and exp runs once per update; it uses the forward's `_expk` algorithm (float64: libm exp);
+  stays in L2 and exp runs once per update; it is the vectorised forward's exp (vector_ir.vexp_ir; float64: libm exp);
 - softplus and its derivative come from one exp, sigmoid(z) is computed once, and per-lane rows are kept
   channel-major for the per-channel outputs (du, ddelta, dz, vectorised over time).
 Extra memory per thread: O(l·n·LW) for the decays (1 MB per 1000 steps at n = 16, float32), O(SEG·n·LW) states.
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 import torch
@@ -42,9 +41,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .scan_cpu import (_EXP_HI, _EXP_LO, _LN2_HI, _LN2_LO, _LOG2E, _MAGIC, _ONE, _P0, _P1, _P2, _P3, _P4, _P5, _as_np,
-                       _bc_grad, _blocks, _exp, _kernel_args, _log1p_unit32, _prepare, _run, _sigmoid, _softplus,
-                       threads_for_call)
+from .scan_cpu import (_as_np, _bc_grad, _blocks, _exp, _kernel_args, _log1p_unit32, _prepare, _run, _sigmoid,
+                       _softplus, lane_params, threads_for_call)
+from .vector_ir import vexp_ir
 
 _FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
 LW = 16  # channels per block, one per vector lane
@@ -124,25 +123,8 @@ class _Vec:
         return self.intr("fma", x, y, z)
 
     def exp(self, x):
-        """scan_cpu._expk for float32 (same constants and steps: clamp, magic-number rounding, Cody-Waite, one
-        Horner chain of FMAs, 2**n from the exponent bits); llvm.exp (libm) for float64."""
-        b = self.b
-        if not self.f32:
-            return self.intr("exp", x)
-        lo, hi = self.splat(float(_EXP_LO)), self.splat(float(_EXP_HI))
-        x = b.select(b.fcmp_ordered("<", x, lo), lo, x)  # NaN stays NaN
-        x = b.select(b.fcmp_ordered(">", x, hi), hi, x)
-        magic = self.splat(float(_MAGIC))
-        kf = self.fma(x, self.splat(float(_LOG2E)), magic)
-        fk = b.fsub(kf, magic)
-        r = self.fma(b.fneg(fk), self.splat(float(_LN2_HI)), x)
-        r = self.fma(b.fneg(fk), self.splat(float(_LN2_LO)), r)
-        p = self.splat(float(_P0))
-        for c in (_P1, _P2, _P3, _P4, _P5, _ONE, _ONE):
-            p = self.fma(p, r, self.splat(float(c)))
-        ity = llvm_ir.VectorType(llvm_ir.IntType(32), 16)
-        two_n = b.bitcast(b.shl(b.bitcast(kf, ity), llvm_ir.Constant(ity, [23] * 16)), self.vty)
-        return self.mul(p, two_n)
+        """vector_ir.vexp_ir (the vectorised forward's exp) for float32; llvm.exp (libm) for float64."""
+        return vexp_ir(self.b, x) if self.f32 else self.intr("exp", x)
 
 
 def _step_sig(sig_args, n_arrays):
@@ -378,16 +360,7 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
         gb = d0 // dpg_b if var_b else 0
         bc = b if var_c else 0
         gc = d0 // dpg_c if var_c else 0
-        for j in range(LW):
-            ch[j] = d0 + min(j, w - 1)
-        for k in range(n):
-            for j in range(LW):
-                c = ch[j]
-                AL[k, j] = A[c, k]
-                if not var_b:
-                    BL[k, j] = Bv[0, c, 0, k]
-                if not var_c:
-                    CL[k, j] = Cv[0, c, 0, k]
+        lane_params(d0, w, n, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL)
         _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT)
         GH[:] = 0.0
         DAL[:] = 0.0

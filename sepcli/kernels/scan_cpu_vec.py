@@ -41,7 +41,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .scan_cpu import _FASTMATH, W
+from .scan_cpu import _FASTMATH, W, lane_params
 from .vector_ir import (F32_2D, V16, array_data, gate_row16, softplus_row16, transpose16, vbroadcast, vexp_ir, vfma,
                         vload, vstore)
 
@@ -121,14 +121,7 @@ def _block_setup(b, d0, w, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch
     = l rounded up to 16 (the padding holds dt = dt·u = 0)."""
     nl = u.shape[2]
     lp = DTR.shape[1]
-    for j in range(W):
-        ch[j] = d0 + min(j, w - 1)  # spare lanes repeat the last channel; their results are dropped
-    for k in range(N):
-        for j in range(W):
-            c = ch[j]
-            AL[k, j] = A[c, k]
-            BL[k, j] = Bv[0, c, 0, k] if not var_b else 0.0
-            CL[k, j] = Cv[0, c, 0, k] if not var_c else 0.0
+    lane_params(d0, w, N, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL)
     for j in range(W):
         c = ch[j]
         bd = bias[c]

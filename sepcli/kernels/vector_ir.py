@@ -3,7 +3,7 @@ the small intrinsics of the vectorised scan's block setup and gate (scan_cpu_vec
 `llvm.fma`, shuffles, bitcasts, integer shifts): LLVM lowers a vector to one zmm register with AVX-512 and to two
 ymm registers with AVX2; nothing requires AVX-512.
 
-exp (13 vector operations; scan_cpu's vectorisable `_expk` takes 15): clamp to [-87.3, 88.3] by two compare/selects
+exp (13 vector operations; scan_cpu's vectorisable `_exp` takes 15): clamp to [-87.3, 88.3] by two compare/selects
 (NaN passes through), n + 127 = round(x·log2 e) + 127 by one FMA with a "magic number" 1.5·2^23 + 127 (it leaves
 n + 127 in the low mantissa bits), r = x - n·ln2 by ONE FMA (ln2 rounded to float32: its error |n|·1.4e-9 stays
 below 2e-7 relative), e^r by a degree-5 polynomial (5 FMAs; coefficients fitted in float64 at import, c0 = c1 = 1),

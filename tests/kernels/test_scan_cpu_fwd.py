@@ -13,19 +13,8 @@ from numba import njit
 from sepcli.kernels import scan_cpu, scan_cpu_vec, vector_ir
 from sepcli.kernels.scan_cpu import selective_scan_cpu
 from sepcli.kernels.scan_ref import selective_scan_ref
-from tests.kernels.test_scan_cpu import spmamba_like_views
+from tests.kernels.test_scan_cpu import ATOL, RTOL, _check, spmamba_like_views
 from tests.scan_cases import LAYOUTS, make_inputs
-
-RTOL, ATOL = 1e-4, 1e-4  # tests/kernels/test_scan_cpu.py's tolerances (tighter than mamba_ssm's fp32 ones)
-
-
-def _check(kw, rtol=RTOL, atol=ATOL):
-    out, last = selective_scan_cpu(**kw, return_last_state=True)
-    ref, ref_last = selective_scan_ref(**kw, return_last_state=True)
-    assert out.dtype == ref.dtype and out.shape == ref.shape and last.shape == ref_last.shape
-    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
-    torch.testing.assert_close(last, ref_last, rtol=rtol, atol=atol)
-
 
 # --- the vector building blocks ------------------------------------------------------------------------------
 
