@@ -55,6 +55,9 @@ def causal_depthwise_conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -
     padding K-1, cropped to L). Computed as K shifted multiply-adds on x's own layout: several times faster
     on CPU than the depthwise convolution kernel for short rows, and differentiable. The result has the
     promoted dtype of x and weight (bf16 x with fp32 weights gives fp32)."""
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+        return conv_silu_into(x, weight, bias, out)
     k = weight.shape[-1]
     length = x.shape[-1]
     w = weight.reshape(weight.shape[0], k)
@@ -63,13 +66,23 @@ def causal_depthwise_conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -
         acc = torch.addcmul(bias.view(shape), x, w[:, k - 1].reshape(shape))
     else:
         acc = x * w[:, k - 1].reshape(shape)
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    for j in range(1, min(k, length)):  # no in-place update of a tensor autograd saved
+        acc = acc + F.pad(x[..., :length - j] * w[:, k - 1 - j].reshape(shape), (j, 0))
+    return F.silu(acc)
+
+
+def conv_silu_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+    """causal_depthwise_conv_silu(x, weight, bias) without autograd, written into `out` (its dtype: fp32 for a
+    bf16 x): the first tap, then K - 1 shifted multiply-adds in place."""
+    k, length = weight.shape[-1], x.shape[-1]
+    w = weight.reshape(weight.shape[0], k)
+    if bias is not None:
+        torch.addcmul(bias[:, None], x, w[:, k - 1:], out=out)
+    else:
+        torch.mul(x, w[:, k - 1:], out=out)
     for j in range(1, min(k, length)):
-        if grad:  # no in-place update of a tensor autograd saved
-            acc = acc + F.pad(x[..., :length - j] * w[:, k - 1 - j].reshape(shape), (j, 0))
-        else:
-            acc[..., j:].addcmul_(x[..., :length - j], w[:, k - 1 - j].reshape(shape))
-    return F.silu(acc, inplace=not grad)
+        out[..., j:].addcmul_(x[..., :length - j], w[:, k - 1 - j:k - j])
+    return F.silu(out, inplace=True)
 
 
 # -- scratch buffers and into-buffer ops for fused inference paths (SPMamba's MambaBlock) -------------
@@ -140,19 +153,6 @@ def bmm_into(w: Tensor, x: Tensor, out: Tensor, add: Tensor | None = None) -> Te
     else:
         torch.baddbmm(add, w, x, out=out)
     return out
-
-
-def conv_silu_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
-    """causal_depthwise_conv_silu(x, weight, bias) written into `out` (its dtype: fp32 for a bf16 x)."""
-    k, length = weight.shape[-1], x.shape[-1]
-    w = weight.reshape(weight.shape[0], k)
-    if bias is not None:
-        torch.addcmul(bias[:, None], x, w[:, k - 1:], out=out)
-    else:
-        torch.mul(x, w[:, k - 1:], out=out)
-    for j in range(1, min(k, length)):
-        out[..., j:].addcmul_(x[..., :length - j], w[:, k - 1 - j:k - j])
-    return F.silu(out, inplace=True)
 
 
 class RMSNorm(nn.Module):

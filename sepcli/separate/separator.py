@@ -38,6 +38,7 @@ class Cancelled(FailedError):
     """Raised inside a file's processing when Separator.cancel() was called (an interrupted batch): the file
     fails; the exit code of the run (130/143) comes from the signal, not from this error."""
 
+
 class Separator:
     """Separate recordings with one loaded model. Thread-safe: several files may be processed at once
     (batch --jobs); model calls are serialised so one model runs at a time."""
