@@ -16,21 +16,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = r"""
-import json, resource, sys, torch
+import json, resource, statistics, sys, torch
 from sepcli.separate.allocator import keep_freed_memory
 ok = keep_freed_memory() if sys.argv[1] == "1" else None
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-sizes = [1 << 19, 1 << 20, 1 << 21, 1 << 18]  # 2, 4, 8 and 1 MB of float32, as a network's layers
+n, count = 1 << 18, 64  # 64 tensors of 1 MB: a layer stack's worth, far above glibc's dynamic trim threshold
 def one_round():
-    ts = [torch.ones(n) for n in sizes]  # every page written
+    ts = [torch.ones(n) for _ in range(count)]  # every page written
     del ts
-one_round()
-f0 = faults()
+one_round(); one_round()
+pages = n * count * 4 / 4096
+shares = []
 for _ in range(20):
+    f0 = faults()
     one_round()
-pages = sum(sizes) * 4 / 4096
-print(json.dumps({"set": ok, "fresh_page_share": (faults() - f0) / 20 / pages}))
+    shares.append((faults() - f0) / pages)
+print(json.dumps({"set": ok, "median_fresh_page_share": statistics.median(shares)}))
 """
 
 
@@ -47,8 +49,11 @@ def _share(call: bool) -> dict:
 def test_freed_tensors_reuse_their_pages():
     after = _share(True)
     assert after["set"] is True
-    # every page of every round fresh would be 1.0; glibc's defaults give about 0.1 here, 0.007 with the call
-    assert after["fresh_page_share"] < 0.03, after
+    # 1.0 is every page of a round fresh. With glibc's defaults most processes trim the freed 64 MB from the
+    # heap's top after every round (median 0.998 in 5 of 8 runs here, 0.0 in the others); with the call the
+    # rounds reuse their pages (0.0 in every run). The median over rounds leaves out a one-off fault burst (one
+    # round of 20 at 0.016-0.07 was seen, which made a mean flaky before).
+    assert after["median_fresh_page_share"] < 0.01, after
 
 
 def test_left_alone_when_the_environment_sets_it(monkeypatch):
