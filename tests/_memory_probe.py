@@ -1,6 +1,10 @@
 """Subprocess body of the memory test: write an N-minute 16 kHz file in blocks, separate it with a cheap real
-network (BandSplit), print the peak resident memory (ru_maxrss, kB) as JSON. Usage: python -m tests._memory_probe
-MINUTES WORKDIR [PRECISION (fp32 | bf16; default fp32)]"""
+network, print the peak resident memory (ru_maxrss, kB) as JSON. Usage: python -m tests._memory_probe
+MINUTES WORKDIR [PRECISION (fp32 | bf16; default fp32)] [NET (bandsplit | spmamba; default bandsplit)]
+
+`spmamba` is a small SPMamba imported from a release-format zip (8 kHz, so the pipeline also resamples): the
+network's own inference path (its per-pass workspace, the selective scan, attention over the segment) runs on
+every segment, at a width that keeps an hour of audio within a few minutes."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 def main() -> None:
     minutes, work = float(sys.argv[1]), Path(sys.argv[2])
     precision = sys.argv[3] if len(sys.argv) > 3 else "fp32"
+    net = sys.argv[4] if len(sys.argv) > 4 else "bandsplit"
     torch.set_num_threads(1)
     from tests.testnets import bandsplit_folder, register_test_archs
 
@@ -32,7 +37,14 @@ def main() -> None:
         n = int(minutes * 60 * rate)
         for i in range(0, n, 10 * rate):
             f.write((0.1 * rng.standard_normal(min(10 * rate, n - i))).astype(np.float32))
-    folder = bandsplit_folder(work / "model", sample_rate=rate, segment=4.0)
+    if net == "spmamba":
+        from sepcli.runtime.spmamba_import import import_release
+        from tests.spmamba_release import make_release
+
+        zip_path, _ = make_release(work / "release.zip", emb_dim=8, n_fft=64, stride=32)
+        folder = import_release(zip_path, work / "model", name="probe-spmamba").folder
+    else:
+        folder = bandsplit_folder(work / "model", sample_rate=rate, segment=4.0)
     # default loudness `match`: spools + second pass
     sep = Separator(folder, batch_size=4, overwrite=True, precision=precision)
     t0 = time.perf_counter()
