@@ -43,7 +43,7 @@ from numba.extending import intrinsic, overload
 
 from .scan_cpu import (_as_np, _bc_grad, _blocks, _exp, _kernel_args, _log1p_unit32, _prepare, _run, _sigmoid,
                        _softplus, lane_params, threads_for_call)
-from .vector_ir import vexp_ir
+from .vector_ir import sigmoid_gate_grad_row16, softplus_sigmoid_row16, transpose16, vexp_ir
 
 _FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
 LW = 16  # channels per block, one per vector lane
@@ -248,38 +248,180 @@ def _ol_softplus_and_sigmoid(x):
     return None
 
 
+# Row helpers: float32 rows go 16 values at a time through vector_ir's intrinsics (the vectorised forward's softplus,
+# 16x16 transposes); float64 (gradcheck) keeps plain loops. Rows are padded to whole vectors (nlp columns).
+
+
+def _rows_softplus_sigmoid(M, r, r2, m):  # pragma: no cover - replaced by the numba overload below
+    """M[r, :m] = softplus(x), M[r2, :m] = sigmoid(x) (its derivative) of x = M[r, :m]."""
+    raise NotImplementedError
+
+
+@overload(_rows_softplus_sigmoid, jit_options={"fastmath": False, "error_model": "numpy"})
+def _ol_rows_softplus_sigmoid(M, r, r2, m):
+    if M.dtype == types.float32:
+
+        def impl32(M, r, r2, m):
+            for t in range(0, m, LW):
+                softplus_sigmoid_row16(M, r, r2, t)
+
+        return impl32
+
+    def impl64(M, r, r2, m):
+        for t in range(m):
+            M[r, t], M[r2, t] = _softplus_and_sigmoid(M[r, t])
+
+    return impl64
+
+
+def _rows_gate_grad(M, rz, rg, m):  # pragma: no cover - replaced by the numba overload below
+    """s = sigmoid(M[rz, :m]) of z = M[rz, :m]: M[rz, :m] = s, M[rg, :m] *= z·s."""
+    raise NotImplementedError
+
+
+@overload(_rows_gate_grad, jit_options={"fastmath": False, "error_model": "numpy"})
+def _ol_rows_gate_grad(M, rz, rg, m):
+    if M.dtype == types.float32:
+
+        def impl32(M, rz, rg, m):
+            for t in range(0, m, LW):
+                sigmoid_gate_grad_row16(M, rz, rg, t)
+
+        return impl32
+
+    def impl64(M, rz, rg, m):
+        for t in range(m):
+            zt = M[rz, t]
+            sz = _sigmoid(zt)
+            M[rz, t] = sz
+            M[rg, t] = M[rg, t] * (zt * sz)
+
+    return impl64
+
+
+def _to_time_major(S, r0, Dm, m):  # pragma: no cover - replaced by the numba overload below
+    """Dm[t, j] = S[r0 + j, t] for j < LW, t < m (whole 16x16 tiles: S has >= m columns rounded up to 16)."""
+    raise NotImplementedError
+
+
+@overload(_to_time_major)
+def _ol_to_time_major(S, r0, Dm, m):
+    if S.dtype == types.float32:
+
+        def impl32(S, r0, Dm, m):
+            for t in range(0, m, LW):
+                transpose16(S, r0, t, Dm, t, 0)
+
+        return impl32
+
+    def impl64(S, r0, Dm, m):
+        for t in range(m):
+            for j in range(LW):
+                Dm[t, j] = S[r0 + j, t]
+
+    return impl64
+
+
+def _to_rows(Sm, Dm, r0, m):  # pragma: no cover - replaced by the numba overload below
+    """Dm[r0 + j, t] = Sm[t, j] for j < LW, t < m (whole tiles, as _to_time_major)."""
+    raise NotImplementedError
+
+
+@overload(_to_rows)
+def _ol_to_rows(Sm, Dm, r0, m):
+    if Sm.dtype == types.float32:
+
+        def impl32(Sm, Dm, r0, m):
+            for t in range(0, m, LW):
+                transpose16(Sm, t, 0, Dm, r0, t)
+
+        return impl32
+
+    def impl64(Sm, Dm, r0, m):
+        for t in range(m):
+            for j in range(LW):
+                Dm[r0 + j, t] = Sm[t, j]
+
+    return impl64
+
+
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT):
-    """Per lane, along contiguous channel rows: CM[0] = dt, CM[1] = go, CM[2] = sigmoid(delta + bias) (softplus'),
-    CM[3] = sigmoid(z); dt, dt·u and go also stored time-major [l, LW] for the scan."""
+def _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DUR, DTT, DUT, GOT):
+    """Per lane j, along contiguous channel rows of CM [4·LW, nlp]: CM[j] = dt, CM[LW + j] = go, CM[2LW + j] =
+    sigmoid(delta + bias) (softplus'), CM[3LW + j] = sigmoid(z); DUR[j] = dt·u; then dt, dt·u and go time-major
+    [l, LW] for the scan (16x16 transposes)."""
     nl = u.shape[2]
     for j in range(LW):
         c = ch[j]
         bd = bias[c]
-        if softplus:
-            for t in range(nl):  # softplus and its derivative from one exp
-                sp, sg = _softplus_and_sigmoid(delta[b, c, t] + bd)
-                CM[0, j, t] = sp
-                CM[2, j, t] = sg
-        else:
-            for t in range(nl):
-                CM[0, j, t] = delta[b, c, t] + bd
+        drow = delta[b, c]
+        urow = u[b, c]
+        dt = CM[j]
+        for t in range(nl):
+            dt[t] = drow[t] + bd
+        if softplus:  # softplus and its derivative from one exp
+            _rows_softplus_sigmoid(CM, j, 2 * LW + j, nl)
+        dur = DUR[j]
+        for t in range(nl):
+            dur[t] = dt[t] * urow[t]
+        go = CM[LW + j]
+        orow = dout[b, c]
         if j >= w:  # a spare lane: zero output gradient, so it adds nothing to the shared sums
             for t in range(nl):
-                CM[1, j, t] = 0.0
+                go[t] = 0.0
         elif has_z:
+            zrow = z[b, c]
+            zs = CM[3 * LW + j]
             for t in range(nl):
-                zt = z[b, c, t]
-                sz = _sigmoid(zt)
-                CM[3, j, t] = sz
-                CM[1, j, t] = dout[b, c, t] * (zt * sz)
+                zs[t] = zrow[t]
+                go[t] = orow[t]
+            _rows_gate_grad(CM, 3 * LW + j, LW + j, nl)
         else:
             for t in range(nl):
-                CM[1, j, t] = dout[b, c, t]
+                go[t] = orow[t]
+    _to_time_major(CM, 0, DTT, nl)
+    _to_time_major(DUR, 0, DUT, nl)
+    _to_time_major(CM, LW, GOT, nl)
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _block_outputs(b, ch, w, u, z, dout, D, has_z, softplus, CM, OR, du, ddelta, dz, dD_p, dbias_p, thr):
+    """Per-channel outputs du, ddelta, dz and the sums dD, dbias, along rows: OR [3·LW, nlp] holds y, Σ g_h·B and
+    Σ g_h·h·e·A per lane (transposed from the scan's time-major rows); CM as _block_rows left it."""
+    nl = u.shape[2]
+    for j in range(w):
+        c = ch[j]
+        Dd = D[c]
+        urow = u[b, c]
+        durow = du[b, c]
+        ddrow = ddelta[b, c]
+        dt = CM[j]
+        go = CM[LW + j]
+        dua = OR[LW + j]
+        ddt = OR[2 * LW + j]  # becomes ddelta's row
         for t in range(nl):
-            DTT[t, j] = CM[0, j, t]
-            DUT[t, j] = CM[0, j, t] * u[b, c, t]
-            GOT[t, j] = CM[1, j, t]
+            ddt[t] = ddt[t] + urow[t] * dua[t]
+            durow[t] = go[t] * Dd + dt[t] * dua[t]
+        if softplus:
+            sg = CM[2 * LW + j]
+            for t in range(nl):
+                ddt[t] = ddt[t] * sg[t]
+        sb = ddt[0] * 0.0
+        sd = sb
+        for t in range(nl):
+            ddrow[t] = ddt[t]
+            sb += ddt[t]
+            sd += go[t] * urow[t]
+        if has_z:
+            y = OR[j]
+            zrow = z[b, c]
+            orow = dout[b, c]
+            dzrow = dz[b, c]
+            sz = CM[3 * LW + j]
+            for t in range(nl):
+                dzrow[t] = orow[t] * (y[t] + Dd * urow[t]) * sz[t] * (1.0 + zrow[t] * (1.0 - sz[t]))
+        dbias_p[thr, c] += sb
+        dD_p[thr, c] += sd
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
@@ -333,14 +475,16 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
     AL = np.empty((n, LW), fdt)
     BL = np.zeros((n, LW), fdt)  # constant B / C per lane (zeros when variable)
     CL = np.zeros((n, LW), fdt)
-    ROW = np.empty((1, nl), fdt)
-    CM = np.empty((4, LW, nl), fdt)  # dt, go, softplus', sigmoid(z): channel-major rows
-    DTT = np.empty((nl, LW), fdt)  # dt, time-major
-    DUT = np.empty((nl, LW), fdt)  # dt·u
-    GOT = np.empty((nl, LW), fdt)  # go
-    Y = np.empty((nl, LW), fdt)
-    DUA = np.empty((nl, LW), fdt)
-    DDT = np.empty((nl, LW), fdt)
+    nlp = (nl + LW - 1) // LW * LW  # rows padded to whole 16x16 tiles (the padding is never read back)
+    CM = np.zeros((4 * LW, nlp), fdt)  # dt, go, softplus', sigmoid(z): channel-major rows
+    DUR = np.zeros((LW, nlp), fdt)  # dt·u rows
+    OR = np.zeros((3 * LW, nlp), fdt)  # y, Σ g_h·B, Σ g_h·h·e·A rows
+    DTT = np.zeros((nlp, LW), fdt)  # dt, time-major
+    DUT = np.zeros((nlp, LW), fdt)  # dt·u
+    GOT = np.zeros((nlp, LW), fdt)  # go
+    Y = np.zeros((nlp, LW), fdt)
+    DUA = np.zeros((nlp, LW), fdt)
+    DDT = np.zeros((nlp, LW), fdt)
     HC = np.empty((nseg, n, LW), fdt)  # state at each segment start
     HS = np.empty((seg + 1, n, LW), fdt)
     E = np.empty((nl, n, LW), fdt)  # exp(dt·A) of every step: the reverse needs no exp
@@ -361,7 +505,7 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
         bc = b if var_c else 0
         gc = d0 // dpg_c if var_c else 0
         lane_params(d0, w, n, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL)
-        _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT)
+        _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DUR, DTT, DUT, GOT)
         GH[:] = 0.0
         DAL[:] = 0.0
         Y[:] = 0.0
@@ -386,28 +530,12 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
                 _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E[t0:t1])
             _seg_reverse(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E[t0:t1],
                          GH, DAL, DUA, DDT, DBc, dB)
-        for j in range(w):  # per-channel outputs, vectorised over time
+        _to_rows(Y, OR, 0, nl)
+        _to_rows(DUA, OR, LW, nl)
+        _to_rows(DDT, OR, 2 * LW, nl)
+        _block_outputs(b, ch, w, u, z, dout, D, has_z, softplus, CM, OR, du, ddelta, dz, dD_p, dbias_p, thr)
+        for j in range(w):
             c = ch[j]
-            Dd = D[c]
-            for t in range(nl):
-                ROW[0, t] = DDT[t, j] + u[b, c, t] * DUA[t, j]
-                du[b, c, t] = CM[1, j, t] * Dd + CM[0, j, t] * DUA[t, j]
-            if softplus:
-                for t in range(nl):
-                    ROW[0, t] = ROW[0, t] * CM[2, j, t]
-            sb = ROW[0, 0] * 0.0
-            sd = sb
-            for t in range(nl):
-                ddelta[b, c, t] = ROW[0, t]
-                sb += ROW[0, t]
-                sd += CM[1, j, t] * u[b, c, t]
-            if has_z:
-                for t in range(nl):
-                    zt = z[b, c, t]
-                    sz = CM[3, j, t]
-                    dz[b, c, t] = dout[b, c, t] * (Y[t, j] + Dd * u[b, c, t]) * sz * (1.0 + zt * (1.0 - sz))
-            dbias_p[thr, c] += sb
-            dD_p[thr, c] += sd
             for k in range(n):
                 dA_p[thr, c, k] += DAL[k, j]
                 if not var_b:
