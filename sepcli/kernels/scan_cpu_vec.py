@@ -115,7 +115,7 @@ _scan_cv = _make_scan(False, True)
 _scan_cc = _make_scan(False, False)
 
 
-TT = 256  # time steps per tile: a tile's scratch rows (~100 KB) stay in L1/L2 whatever the sequence length
+TT = 1024  # time steps per tile: a tile's scratch rows (~400 KB) stay in L2 whatever the sequence length
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
