@@ -17,19 +17,23 @@ loops was no faster: its inner loops touch a dozen arrays, so LLVM's loop vector
 alias checks between them, for a 16-iteration loop) leaves them scalar. Here:
 - channels go in blocks of LW = 16, one channel per vector lane (a block never spans two B/C groups; spare
   lanes of a narrow block repeat a channel with a zero output gradient, so they add nothing);
-- the per-step work is explicit `<16 x elem>` LLVM IR (numba intrinsics `_fwd_tile`, `_rev_tile`, `_rec_step`),
+- the per-step work is explicit `<16 x elem>` LLVM IR (numba intrinsics `_fwd_tile`, `_rev_tile`),
   one call per time step and tile of 16 states (n is padded to a multiple of 16 with zero A, B, C): vector code
   by construction, the sums over states (y, Σ g_h·B, Σ g_h·h·e·A) in registers, and the sums over a group's
   channels (dB, dC of variable B/C) as one shuffle butterfly per tile (15 additions for 16 lane sums) added to
   per-thread accumulators once per time step and block. Generic IR: LLVM compiles it for the host's vector
   width (two AVX2 registers per vector on a laptop; nothing requires AVX-512);
-- one forward pass keeps exp(dt·A) of every step (`(l, n, LW)` per thread) and the states of the current
-  segment of SEG steps; the reverse goes segment by segment, recomputing a segment's states from its stored
-  start state and decays without exp (the last segment's states are still at hand), so the states buffer
-  stays in L2 and exp runs once per update; it is the vectorised forward's exp (vector_ir.vexp_ir; float64: libm exp);
-- softplus and its derivative come from one exp, sigmoid(z) is computed once, and per-lane rows are kept
-  channel-major for the per-channel outputs (du, ddelta, dz, vectorised over time).
-Extra memory per thread: O(l·n·LW) for the decays (1 MB per 1000 steps at n = 16, float32), O(SEG·n·LW) states.
+- time goes in segments of SEG steps, every scratch array holds one segment (it stays in L2 at any length): a
+  checkpoint pass keeps the start state of each segment (for n = 16 float32 it is the vectorised forward's time
+  loop, scan_cpu_vec, ~2x cheaper per update than _fwd_tile), then from the last segment to the first: the
+  segment's rows, its forward from the start state keeping the decays exp(dt·A) and states, and its reverse (no
+  exp). Exp runs twice per update except in the last segment; keeping every step's decays instead (4 MB per
+  block at l = 4000) made long sequences slower. exp is the vectorised forward's (vector_ir.vexp_ir; float64:
+  libm exp);
+- the per-element passes go along contiguous channel rows, 16 values at a time (float32: vector_ir's softplus
+  with its sigmoid from one exp, sigmoid of the gate, 16x16 transposes to and from the scan's time-major rows;
+  as strided scalar loops they took ~45% of the backward; float64 keeps plain loops).
+Extra memory per thread: O(SEG·n·LW) decays and states, O(l·n·LW / SEG) segment start states.
 """
 
 from __future__ import annotations
