@@ -31,6 +31,18 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
   new | baseline:
                                 issue shape 0.70 | 0.28 (2.5x), 1.31 | 0.50 (2.6x); intra 1.02 | 0.26 (3.9x),
                                 1.99 | 0.51 (3.9x); inter 0.79 | 0.26 (3.0x), 1.47 | 0.47 (3.1x)
+  session 24 (same machine class and flags, Makefile MALLOC_* settings, same run as the 4eb3200 kernel), forward
+  time-tiled (1024 steps) and backward in 256-step segments with vectorised row passes, G updates/s baseline ->
+  new (ratio), 1 thread | 2 threads:
+                                forward:  issue 1.06 -> 2.70 (2.55x) | 2.05 -> 4.94 (2.41x);
+                                          intra 0.94 -> 2.73 (2.91x) | 1.88 -> 5.44 (2.89x);
+                                          inter 1.06 -> 2.96 (2.80x) | 2.08 -> 5.65 (2.72x)  (unchanged: noise)
+                                backward: issue 0.28 -> 0.73 (2.63x) | 0.50 -> 1.30 (2.60x);
+                                          intra 0.25 -> 1.11 (4.42x) | 0.50 -> 1.95 (3.91x);
+                                          inter 0.28 -> 0.90 (3.24x) | 0.48 -> 1.55 (3.21x)
+                                One hot block of the n = 16 forward (16 channels, 1024 steps), ns per (b, d, t) element:
+                                row setup (softplus, dt·u, transposes) 1.14, time loop 2.55 (6.3 G updates/s), output
+                                (transposes, D term, gate) ~1.3: the passes around the loop are still ~half its time.
 
 The forward-vs-baseline table loads the baseline with `git show` (BASELINE_COMMIT) into a temporary module.
 Run: `.venv/bin/python -m benchmarks.run scan`. Times are medians of several runs after warm-up; on a shared

@@ -17,19 +17,23 @@ loops was no faster: its inner loops touch a dozen arrays, so LLVM's loop vector
 alias checks between them, for a 16-iteration loop) leaves them scalar. Here:
 - channels go in blocks of LW = 16, one channel per vector lane (a block never spans two B/C groups; spare
   lanes of a narrow block repeat a channel with a zero output gradient, so they add nothing);
-- the per-step work is explicit `<16 x elem>` LLVM IR (numba intrinsics `_fwd_tile`, `_rev_tile`, `_rec_step`),
+- the per-step work is explicit `<16 x elem>` LLVM IR (numba intrinsics `_fwd_tile`, `_rev_tile`),
   one call per time step and tile of 16 states (n is padded to a multiple of 16 with zero A, B, C): vector code
   by construction, the sums over states (y, Σ g_h·B, Σ g_h·h·e·A) in registers, and the sums over a group's
   channels (dB, dC of variable B/C) as one shuffle butterfly per tile (15 additions for 16 lane sums) added to
   per-thread accumulators once per time step and block. Generic IR: LLVM compiles it for the host's vector
   width (two AVX2 registers per vector on a laptop; nothing requires AVX-512);
-- one forward pass keeps exp(dt·A) of every step (`(l, n, LW)` per thread) and the states of the current
-  segment of SEG steps; the reverse goes segment by segment, recomputing a segment's states from its stored
-  start state and decays without exp (the last segment's states are still at hand), so the states buffer
-  stays in L2 and exp runs once per update; it is the vectorised forward's exp (vector_ir.vexp_ir; float64: libm exp);
-- softplus and its derivative come from one exp, sigmoid(z) is computed once, and per-lane rows are kept
-  channel-major for the per-channel outputs (du, ddelta, dz, vectorised over time).
-Extra memory per thread: O(l·n·LW) for the decays (1 MB per 1000 steps at n = 16, float32), O(SEG·n·LW) states.
+- time goes in segments of SEG steps, every scratch array holds one segment (it stays in L2 at any length): a
+  checkpoint pass keeps the start state of each segment (for n = 16 float32 it is the vectorised forward's time
+  loop, scan_cpu_vec, ~2x cheaper per update than _fwd_tile), then from the last segment to the first: the
+  segment's rows, its forward from the start state keeping the decays exp(dt·A) and states, and its reverse (no
+  exp). Exp runs twice per update except in the last segment; keeping every step's decays instead (4 MB per
+  block at l = 4000) made long sequences slower. exp is the vectorised forward's (vector_ir.vexp_ir; float64:
+  libm exp);
+- the per-element passes go along contiguous channel rows, 16 values at a time (float32: vector_ir's softplus
+  with its sigmoid from one exp, sigmoid of the gate, 16x16 transposes to and from the scan's time-major rows;
+  as strided scalar loops they took ~45% of the backward; float64 keeps plain loops).
+Extra memory per thread: O(SEG·n·LW) decays and states, O(l·n·LW / SEG) segment start states.
 """
 
 from __future__ import annotations
@@ -43,14 +47,15 @@ from numba.extending import intrinsic, overload
 
 from .scan_cpu import (_as_np, _bc_grad, _blocks, _exp, _kernel_args, _log1p_unit32, _prepare, _run, _sigmoid,
                        _softplus, lane_params, threads_for_call)
-from .vector_ir import vexp_ir
+from .scan_cpu_vec import _scan_cc, _scan_cv, _scan_vc, _scan_vv
+from .vector_ir import sigmoid_gate_grad_row16, softplus_sigmoid_row16, transpose16, vexp_ir
 
 _FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
 LW = 16  # channels per block, one per vector lane
 TS = 16  # states per tile of the lane/column sums (n is padded to a multiple of TS in the tiles)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
-SEG = 128  # time steps per reverse segment: its states (SEG·n·LW values) and decays stay in L2
+SEG = 256  # time steps per segment: its states and decays (2·SEG·n·LW values) and rows stay in L2
 
 
 def _lane_sum_vec(builder, vs):
@@ -133,20 +138,6 @@ def _step_sig(sig_args, n_arrays):
     ok = ok and arrs[0].dtype in (types.float32, types.float64) and all(
         isinstance(x, (types.Integer, types.Float, types.Boolean)) for x in ints)
     return types.void(*sig_args) if ok else None
-
-
-@intrinsic
-def _rec_step(typingctx, HS, E, DUT, BL, ok, ot, oe, on, bk):
-    """Recompute a stored step without exp: HS.flat[oe + on:] = E·HS.flat[oe:] + DUT[t]·(bk + BL[k]) (16 lanes)."""
-
-    def codegen(context, builder, sig, args):
-        v = _Vec(context, builder, sig, args)
-        ok, ot, oe, on = args[4:8]
-        bv = v.add(v.splat(context.cast(builder, args[8], sig.args[8], sig.args[0].dtype)), v.load(3, ok))
-        v.store(v.fma(v.load(1, oe), v.load(0, oe), v.mul(v.load(2, ot), bv)), 0, builder.add(oe, on))
-        return context.get_dummy_value()
-
-    return _step_sig((HS, E, DUT, BL, ok, ot, oe, on, bk), 4), codegen
 
 
 @intrinsic
@@ -248,108 +239,299 @@ def _ol_softplus_and_sigmoid(x):
     return None
 
 
+# Row helpers: float32 rows go 16 values at a time through vector_ir's intrinsics (the vectorised forward's softplus,
+# 16x16 transposes); float64 (gradcheck) keeps plain loops. Rows are padded to whole vectors (nlp columns).
+
+
+def _rows_softplus_sigmoid(M, r, r2, m):  # pragma: no cover - replaced by the numba overload below
+    """M[r, :m] = softplus(x), M[r2, :m] = sigmoid(x) (its derivative) of x = M[r, :m]."""
+    raise NotImplementedError
+
+
+@overload(_rows_softplus_sigmoid, jit_options={"fastmath": False, "error_model": "numpy"})
+def _ol_rows_softplus_sigmoid(M, r, r2, m):
+    if M.dtype == types.float32:
+
+        def impl32(M, r, r2, m):
+            for t in range(0, m, LW):
+                softplus_sigmoid_row16(M, r, r2, t)
+
+        return impl32
+
+    def impl64(M, r, r2, m):
+        for t in range(m):
+            M[r, t], M[r2, t] = _softplus_and_sigmoid(M[r, t])
+
+    return impl64
+
+
+def _rows_gate_grad(M, rz, rg, m):  # pragma: no cover - replaced by the numba overload below
+    """s = sigmoid(M[rz, :m]) of z = M[rz, :m]: M[rz, :m] = s, M[rg, :m] *= z·s."""
+    raise NotImplementedError
+
+
+@overload(_rows_gate_grad, jit_options={"fastmath": False, "error_model": "numpy"})
+def _ol_rows_gate_grad(M, rz, rg, m):
+    if M.dtype == types.float32:
+
+        def impl32(M, rz, rg, m):
+            for t in range(0, m, LW):
+                sigmoid_gate_grad_row16(M, rz, rg, t)
+
+        return impl32
+
+    def impl64(M, rz, rg, m):
+        for t in range(m):
+            zt = M[rz, t]
+            sz = _sigmoid(zt)
+            M[rz, t] = sz
+            M[rg, t] = M[rg, t] * (zt * sz)
+
+    return impl64
+
+
+def _to_time_major(S, r0, Dm, m):  # pragma: no cover - replaced by the numba overload below
+    """Dm[t, j] = S[r0 + j, t] for j < LW, t < m (whole 16x16 tiles: S has >= m columns rounded up to 16)."""
+    raise NotImplementedError
+
+
+@overload(_to_time_major)
+def _ol_to_time_major(S, r0, Dm, m):
+    if S.dtype == types.float32:
+
+        def impl32(S, r0, Dm, m):
+            for t in range(0, m, LW):
+                transpose16(S, r0, t, Dm, t, 0)
+
+        return impl32
+
+    def impl64(S, r0, Dm, m):
+        for t in range(m):
+            for j in range(LW):
+                Dm[t, j] = S[r0 + j, t]
+
+    return impl64
+
+
+def _to_rows(Sm, Dm, r0, m):  # pragma: no cover - replaced by the numba overload below
+    """Dm[r0 + j, t] = Sm[t, j] for j < LW, t < m (whole tiles, as _to_time_major)."""
+    raise NotImplementedError
+
+
+@overload(_to_rows)
+def _ol_to_rows(Sm, Dm, r0, m):
+    if Sm.dtype == types.float32:
+
+        def impl32(Sm, Dm, r0, m):
+            for t in range(0, m, LW):
+                transpose16(Sm, t, 0, Dm, r0, t)
+
+        return impl32
+
+    def impl64(Sm, Dm, r0, m):
+        for t in range(m):
+            for j in range(LW):
+                Dm[r0 + j, t] = Sm[t, j]
+
+    return impl64
+
+
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT):
-    """Per lane, along contiguous channel rows: CM[0] = dt, CM[1] = go, CM[2] = sigmoid(delta + bias) (softplus'),
-    CM[3] = sigmoid(z); dt, dt·u and go also stored time-major [l, LW] for the scan."""
-    nl = u.shape[2]
+def _block_rows(b, ch, w, t0, nl, u, delta, z, dout, bias, has_z, softplus, full, CM, DUR, DTT, DUT, GOT):
+    """Steps t0..t0+nl-1 per lane j, along contiguous channel rows of CM [4·LW, ·]: CM[j] = dt, CM[LW + j] = go,
+    CM[2LW + j] = sigmoid(delta + bias) (softplus'), CM[3LW + j] = sigmoid(z); DUR[j] = dt·u; then dt, dt·u and
+    go time-major [nl, LW] for the scan (16x16 transposes). Without `full`, dt and dt·u only. (Rows are sliced
+    first: an index t0 + t of unknown sign gets numba's negative-index fix-up, which stops LLVM's vectoriser.)"""
     for j in range(LW):
         c = ch[j]
         bd = bias[c]
-        if softplus:
-            for t in range(nl):  # softplus and its derivative from one exp
-                sp, sg = _softplus_and_sigmoid(delta[b, c, t] + bd)
-                CM[0, j, t] = sp
-                CM[2, j, t] = sg
-        else:
-            for t in range(nl):
-                CM[0, j, t] = delta[b, c, t] + bd
+        drow = delta[b, c, t0:t0 + nl]
+        urow = u[b, c, t0:t0 + nl]
+        dt = CM[j]
+        for t in range(nl):
+            dt[t] = drow[t] + bd
+        if softplus:  # softplus and its derivative from one exp
+            _rows_softplus_sigmoid(CM, j, 2 * LW + j, nl)
+        dur = DUR[j]
+        for t in range(nl):
+            dur[t] = dt[t] * urow[t]
+        if not full:
+            continue
+        go = CM[LW + j]
+        orow = dout[b, c, t0:t0 + nl]
         if j >= w:  # a spare lane: zero output gradient, so it adds nothing to the shared sums
             for t in range(nl):
-                CM[1, j, t] = 0.0
+                go[t] = 0.0
         elif has_z:
+            zrow = z[b, c, t0:t0 + nl]
+            zs = CM[3 * LW + j]
             for t in range(nl):
-                zt = z[b, c, t]
-                sz = _sigmoid(zt)
-                CM[3, j, t] = sz
-                CM[1, j, t] = dout[b, c, t] * (zt * sz)
+                zs[t] = zrow[t]
+                go[t] = orow[t]
+            _rows_gate_grad(CM, 3 * LW + j, LW + j, nl)
         else:
             for t in range(nl):
-                CM[1, j, t] = dout[b, c, t]
+                go[t] = orow[t]
+    _to_time_major(CM, 0, DTT, nl)
+    _to_time_major(DUR, 0, DUT, nl)
+    if full:
+        _to_time_major(CM, LW, GOT, nl)
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _block_outputs(b, ch, w, t0, nl, u, z, dout, D, has_z, softplus, CM, OR, du, ddelta, dz, dD_p, dbias_p, thr):
+    """Per-channel outputs du, ddelta, dz of steps t0..t0+nl-1 and the sums dD, dbias, along rows: OR [3·LW, ·]
+    holds y, Σ g_h·B and Σ g_h·h·e·A per lane (transposed from the scan's time-major rows); CM as _block_rows
+    left it."""
+    for j in range(w):
+        c = ch[j]
+        Dd = D[c]
+        urow = u[b, c, t0:t0 + nl]
+        durow = du[b, c, t0:t0 + nl]
+        ddrow = ddelta[b, c, t0:t0 + nl]
+        dt = CM[j]
+        go = CM[LW + j]
+        dua = OR[LW + j]
+        ddt = OR[2 * LW + j]  # becomes ddelta's row
         for t in range(nl):
-            DTT[t, j] = CM[0, j, t]
-            DUT[t, j] = CM[0, j, t] * u[b, c, t]
-            GOT[t, j] = CM[1, j, t]
+            ddt[t] = ddt[t] + urow[t] * dua[t]
+            durow[t] = go[t] * Dd + dt[t] * dua[t]
+        if softplus:
+            sg = CM[2 * LW + j]
+            for t in range(nl):
+                ddt[t] = ddt[t] * sg[t]
+        sb = ddt[0] * 0.0
+        sd = sb
+        for t in range(nl):
+            ddrow[t] = ddt[t]
+            sb += ddt[t]
+            sd += go[t] * urow[t]
+        if has_z:
+            y = OR[j]
+            zrow = z[b, c, t0:t0 + nl]
+            orow = dout[b, c, t0:t0 + nl]
+            dzrow = dz[b, c, t0:t0 + nl]
+            sz = CM[3 * LW + j]
+            for t in range(nl):
+                dzrow[t] = orow[t] * (y[t] + Dd * urow[t]) * sz[t] * (1.0 + zrow[t] * (1.0 - sz[t]))
+        dbias_p[thr, c] += sb
+        dD_p[thr, c] += sd
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E):
-    """States HS[1:] of steps t0..t1-1 again from HS[0], with the decays E kept by the forward pass (no exp)."""
-    for t in range(t0, t1):
-        for k in range(n):
-            _rec_step(HS, E, DUT, BL, k * LW, t * LW, ((t - t0) * n + k) * LW, n * LW,
-                      Bv[bb, gb, t, k] if var_b else zro)
-
-
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_forward(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc, dC):
-    """Steps t0..t1-1 from HS[0]: HS[t-t0+1] states, E decays, Y[t] = y; dC (go·h) summed over lanes into
-    dC[bc, gc, t] (variable C) or per lane into DCc (constant C). n is a multiple of TS (padded)."""
+def _seg_forward(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc, dC,
+                 dc_sum):
+    """Steps t0..t0+m-1 (segment-local rows t = 0..m-1 of DTT, DUT, GOT, Y) from HS[0]: HS[t+1] states, E decays,
+    Y[t] = y; dC (go·h) summed over lanes into dC[bc, gc, t0 + t] (dc_sum: variable C) or per lane into DCc.
+    n is a multiple of TS (padded)."""
     Bs = Bv if var_b else ZB
     Cs = Cv if var_c else ZB
-    for t in range(t0, t1):
+    for t in range(m):
         for q in range(n // TS):
-            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
-            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
+            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t0 + t) * n + q * TS if var_b else 0
+            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t0 + t) * n + q * TS if var_c else 0
             _fwd_tile(E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, q * TS * LW, t * LW,
-                      ((t - t0) * n + q * TS) * LW, n * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, oc, var_c)
+                      (t * n + q * TS) * LW, n * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, oc, dc_sum)
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_reverse(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
+def _seg_reverse(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
                  DUA, DDT, DBc, dB):
-    """Reverse steps t1-1..t0: GH (gradient of the state) carried in and out; DUA[t] += Σ_k g_h·B,
-    DDT[t] += Σ_k g_h·h[t-1]·e·A, DAL += Σ_t g_h·h[t-1]·e·dt; dB summed over lanes (variable B) or per lane."""
+    """Reverse steps t0+m-1..t0 (segment-local rows as _seg_forward): GH (gradient of the state) carried in and
+    out; DUA[t] += Σ_k g_h·B, DDT[t] += Σ_k g_h·h[t-1]·e·A, DAL += Σ_t g_h·h[t-1]·e·dt; dB summed over lanes
+    (variable B) or per lane."""
     Bs = Bv if var_b else ZB
     Cs = Cv if var_c else ZB
-    for t in range(t1 - 1, t0 - 1, -1):
+    for t in range(m - 1, -1, -1):
         for q in range(n // TS):
-            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t) * n + q * TS if var_b else 0
-            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t) * n + q * TS if var_c else 0
+            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t0 + t) * n + q * TS if var_b else 0
+            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t0 + t) * n + q * TS if var_c else 0
             _rev_tile(GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, q * TS * LW, t * LW,
-                      ((t - t0) * n + q * TS) * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, ob, var_b)
+                      (t * n + q * TS) * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, ob, var_b)
+
+
+def _checkpoint_scan(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx,
+                     dC):  # pragma: no cover - replaced by the numba overload below
+    """Advance the state HS[0] over steps t0..t0+m-1 (nothing else is kept)."""
+    raise NotImplementedError
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _checkpoint_generic(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC):
+    ZB = np.zeros((1, 1, 1, 1), Bv.dtype)
+    _seg_forward(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC,
+                 False)  # go·h goes to the scratch DCx
+    HS[0] = HS[m]
+
+
+@overload(_checkpoint_scan, jit_options={"fastmath": _FM, "error_model": "numpy"})
+def _ol_checkpoint_scan(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC):
+    generic = _checkpoint_generic
+    if Bv.dtype != types.float32:
+
+        def impl64(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC):
+            generic(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC)
+
+        return impl64
+
+    def impl32(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC):
+        if n != 16:
+            generic(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC)
+            return
+        # n = 16: the vectorised forward's time loop (states in registers, ~2x cheaper than _fwd_tile)
+        H = HS[0]
+        BX = Bv[bb, gb][t0:t0 + m] if var_b else BL
+        CX = Cv[bc, gc][t0:t0 + m] if var_c else CL
+        if var_b and var_c:
+            _scan_vv(DTT[:m], DUT[:m], AL, BX, CX, H, Y)
+        elif var_b:
+            _scan_vc(DTT[:m], DUT[:m], AL, BX, CX, H, Y)
+        elif var_c:
+            _scan_cv(DTT[:m], DUT[:m], AL, BX, CX, H, Y)
+        else:
+            _scan_cc(DTT[:m], DUT[:m], AL, BX, CX, H, Y)
+
+    return impl32
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
 def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
                 dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
-    """Backward of the channel blocks blk[i0:i1] (row b, first channel d0, width w) into thread slot thr."""
+    """Backward of the channel blocks blk[i0:i1] (row b, first channel d0, width w) into thread slot thr.
+
+    Time goes in segments of SEG steps and every scratch array holds one segment, so the working set stays in
+    L2 whatever the length: a checkpoint pass runs the forward (states only) over all segments but the last and
+    keeps each segment's start state; then, from the last segment to the first, the segment's rows are computed,
+    its forward is run again from its start state (keeping its decays and states) and reversed. Keeping every
+    step's decays instead (l·n·LW values, 4 MB per block at l = 4000) made long sequences bound by memory."""
     n = A.shape[1]
     nl = u.shape[2]
     fdt = u.dtype
     seg = min(nl, SEG)
     nseg = (nl + seg - 1) // seg
+    sp = (seg + LW - 1) // LW * LW  # rows padded to whole 16x16 tiles (the padding is never read back)
     ch = np.empty(LW, np.int64)
     AL = np.empty((n, LW), fdt)
     BL = np.zeros((n, LW), fdt)  # constant B / C per lane (zeros when variable)
     CL = np.zeros((n, LW), fdt)
-    ROW = np.empty((1, nl), fdt)
-    CM = np.empty((4, LW, nl), fdt)  # dt, go, softplus', sigmoid(z): channel-major rows
-    DTT = np.empty((nl, LW), fdt)  # dt, time-major
-    DUT = np.empty((nl, LW), fdt)  # dt·u
-    GOT = np.empty((nl, LW), fdt)  # go
-    Y = np.empty((nl, LW), fdt)
-    DUA = np.empty((nl, LW), fdt)
-    DDT = np.empty((nl, LW), fdt)
+    CM = np.zeros((4 * LW, sp), fdt)  # dt, go, softplus', sigmoid(z): channel-major rows
+    DUR = np.zeros((LW, sp), fdt)  # dt·u rows
+    OR = np.zeros((3 * LW, sp), fdt)  # y, Σ g_h·B, Σ g_h·h·e·A rows
+    DTT = np.zeros((sp, LW), fdt)  # dt, time-major
+    DUT = np.zeros((sp, LW), fdt)  # dt·u
+    GOT = np.zeros((sp, LW), fdt)  # go
+    Y = np.zeros((sp, LW), fdt)
+    DUA = np.zeros((sp, LW), fdt)
+    DDT = np.zeros((sp, LW), fdt)
     HC = np.empty((nseg, n, LW), fdt)  # state at each segment start
     HS = np.empty((seg + 1, n, LW), fdt)
-    E = np.empty((nl, n, LW), fdt)  # exp(dt·A) of every step: the reverse needs no exp
+    E = np.empty((seg, n, LW), fdt)  # exp(dt·A) of the segment's steps: the reverse needs no exp
     GH = np.empty((n, LW), fdt)
     DAL = np.empty((n, LW), fdt)
     DBc = np.empty((n, LW), fdt)
     DCc = np.empty((n, LW), fdt)
+    DCx = np.empty((n, LW), fdt)  # scratch for the checkpoint pass's go·h (its go is stale)
     ZB = np.zeros((1, 1, 1, 1), fdt)  # a zero B / C for the tiles when B / C is constant
-    zro = ZB[0, 0, 0, 0]  # a typed zero (a float literal would promote float32 arithmetic to float64)
     dB = dB_p[thr]
     dC = dC_p[thr]
     for i in range(i0, i1):
@@ -361,53 +543,37 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
         bc = b if var_c else 0
         gc = d0 // dpg_c if var_c else 0
         lane_params(d0, w, n, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL)
-        _block_rows(b, ch, w, u, delta, z, dout, bias, has_z, softplus, CM, DTT, DUT, GOT)
         GH[:] = 0.0
         DAL[:] = 0.0
-        Y[:] = 0.0
-        DUA[:] = 0.0
-        DDT[:] = 0.0
         DBc[:] = 0.0
         DCc[:] = 0.0
         HS[0] = 0.0
-        for s in range(nseg):  # forward: decays of every step, states of the current segment, y, dC
+        for s in range(nseg - 1):  # checkpoint pass: the start state of every segment
             t0 = s * seg
-            t1 = min(nl, t0 + seg)
             HC[s] = HS[0]
-            _seg_forward(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E[t0:t1],
-                         Y, DCc, dC)
-            if s < nseg - 1:
-                HS[0] = HS[t1 - t0]
-        for s in range(nseg - 1, -1, -1):  # reverse, segment by segment (the last one's states are at hand)
+            _block_rows(b, ch, w, t0, seg, u, delta, z, dout, bias, has_z, softplus, False, CM, DUR, DTT, DUT, GOT)
+            _checkpoint_scan(t0, seg, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y,
+                             DCx, dC)
+        HC[nseg - 1] = HS[0]
+        for s in range(nseg - 1, -1, -1):  # reverse, segment by segment
             t0 = s * seg
-            t1 = min(nl, t0 + seg)
-            if s < nseg - 1:
-                HS[0] = HC[s]
-                _seg_recompute(zro, t0, t1, n, bb, gb, Bv, var_b, BL, DUT, HS, E[t0:t1])
-            _seg_reverse(ZB, t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E[t0:t1],
-                         GH, DAL, DUA, DDT, DBc, dB)
-        for j in range(w):  # per-channel outputs, vectorised over time
+            m = min(nl, t0 + seg) - t0
+            HS[0] = HC[s]
+            _block_rows(b, ch, w, t0, m, u, delta, z, dout, bias, has_z, softplus, True, CM, DUR, DTT, DUT, GOT)
+            Y[:] = 0.0
+            DUA[:] = 0.0
+            DDT[:] = 0.0
+            _seg_forward(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc,
+                         dC, var_c)
+            _seg_reverse(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH,
+                         DAL, DUA, DDT, DBc, dB)
+            _to_rows(Y, OR, 0, m)
+            _to_rows(DUA, OR, LW, m)
+            _to_rows(DDT, OR, 2 * LW, m)
+            _block_outputs(b, ch, w, t0, m, u, z, dout, D, has_z, softplus, CM, OR, du, ddelta, dz, dD_p, dbias_p,
+                           thr)
+        for j in range(w):
             c = ch[j]
-            Dd = D[c]
-            for t in range(nl):
-                ROW[0, t] = DDT[t, j] + u[b, c, t] * DUA[t, j]
-                du[b, c, t] = CM[1, j, t] * Dd + CM[0, j, t] * DUA[t, j]
-            if softplus:
-                for t in range(nl):
-                    ROW[0, t] = ROW[0, t] * CM[2, j, t]
-            sb = ROW[0, 0] * 0.0
-            sd = sb
-            for t in range(nl):
-                ddelta[b, c, t] = ROW[0, t]
-                sb += ROW[0, t]
-                sd += CM[1, j, t] * u[b, c, t]
-            if has_z:
-                for t in range(nl):
-                    zt = z[b, c, t]
-                    sz = CM[3, j, t]
-                    dz[b, c, t] = dout[b, c, t] * (Y[t, j] + Dd * u[b, c, t]) * sz * (1.0 + zt * (1.0 - sz))
-            dbias_p[thr, c] += sb
-            dD_p[thr, c] += sd
             for k in range(n):
                 dA_p[thr, c, k] += DAL[k, j]
                 if not var_b:

@@ -115,30 +115,32 @@ _scan_cv = _make_scan(False, True)
 _scan_cc = _make_scan(False, False)
 
 
+TT = 1024  # time steps per tile: a tile's scratch rows (~400 KB) stay in L2 whatever the sequence length
+
+
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _block_setup(b, d0, w, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch, AL, BL, CL, DTR, DTT, DUT, UR):
-    """scan_cpu._block_setup with vector softplus and 16x16 tile transposes; DTR [2W, lp], DTT/DUT [lp, W] with lp
-    = l rounded up to 16 (the padding holds dt = dt·u = 0)."""
-    nl = u.shape[2]
-    lp = DTR.shape[1]
-    lane_params(d0, w, N, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL)
+def _tile_setup(b, t0, m, ch, u, delta, bias, softplus, DTR, DTT, DUT, UR):
+    """Steps t0..t0+m-1 of a block's lanes: dt (vector softplus) and dt·u along contiguous channel rows, then
+    16x16 tile transposes to the time-major DTT/DUT [., W]; u kept in UR for the D term. Columns m.. up to the
+    next multiple of 16 are computed from stale scratch and never used (the scan runs m steps)."""
+    mp = (m + W - 1) // W * W
+    # (rows are sliced first: an index t0 + t of unknown sign gets numba's negative-index fix-up per element,
+    # which keeps LLVM from vectorising the loop)
     for j in range(W):
         c = ch[j]
         bd = bias[c]
-        for t in range(nl):
-            DTR[j, t] = delta[b, c, t] + bd
+        drow = delta[b, c, t0:t0 + m]
+        urow = u[b, c, t0:t0 + m]
+        for t in range(m):
+            DTR[j, t] = drow[t] + bd
         if softplus:
-            for t in range(0, lp, W):  # the padding is computed too (whole vectors) and reset below
+            for t in range(0, mp, W):
                 softplus_row16(DTR, j, t)
-        for t in range(nl, lp):
-            DTR[j, t] = 0.0
-        for t in range(nl):
-            ut = u[b, c, t]
+        for t in range(m):
+            ut = urow[t]
             UR[j, t] = ut
             DTR[W + j, t] = DTR[j, t] * ut
-        for t in range(nl, lp):
-            DTR[W + j, t] = 0.0
-    for t in range(0, lp, W):
+    for t in range(0, mp, W):
         transpose16(DTR, 0, t, DTT, t, 0)
         transpose16(DTR, W, t, DUT, t, 0)
 
@@ -146,57 +148,67 @@ def _block_setup(b, d0, w, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
                 out, last):
-    """scan_cpu._fwd_blocks with the vector time loop (float32, n = 16)."""
+    """scan_cpu._fwd_blocks with the vector time loop (float32, n = 16), in time tiles of TT steps: the states
+    carry over from tile to tile, so the scratch is O(TT·W) and stays in cache (with whole-sequence rows, a block
+    of 16 channels x 4000 steps needed ~2 MB of scratch, the size of a core's L2)."""
     nl = u.shape[2]
-    lp = (nl + W - 1) // W * W
+    tp = min(TT, (nl + W - 1) // W * W)
     fdt = u.dtype
     AL = np.empty((N, W), fdt)
     H = np.empty((N, W), fdt)
     BL = np.empty((N, W), fdt)
     CL = np.empty((N, W), fdt)
     ch = np.empty(W, np.int64)
-    DTR = np.empty((2 * W, lp), fdt)
-    DTT = np.empty((lp, W), fdt)
-    DUT = np.empty((lp, W), fdt)
-    OB = np.zeros((lp, W), fdt)
+    DTR = np.zeros((2 * W, tp), fdt)
+    DTT = np.zeros((tp, W), fdt)
+    DUT = np.zeros((tp, W), fdt)
+    OB = np.zeros((tp, W), fdt)
     OBR = DTR[:W]  # y, channel-major (DTR is free once DTT and DUT are laid out)
-    UR = np.empty((W, lp), fdt)  # u of the block's channels (read once from memory)
-    ZR = np.zeros((2, lp), fdt)  # z and y + D·u of one channel (padded to whole vectors)
+    UR = np.zeros((W, tp), fdt)  # u of the block's channels (read once from memory)
+    ZR = np.zeros((2, tp), fdt)  # z and y + D·u of one channel (padded to whole vectors)
     for i in range(i0, i1):
         b = blk[i, 0]
         d0 = blk[i, 1]
         w = blk[i, 2]
-        _block_setup(b, d0, w, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch, AL, BL, CL, DTR, DTT, DUT,
-                     UR)
+        lane_params(d0, w, N, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL)
         H[:] = 0.0
-        BX = Bv[b, d0 // dpg_b] if var_b else BL
-        CX = Cv[b, d0 // dpg_c] if var_c else CL
-        if var_b and var_c:
-            _scan_vv(DTT[:nl], DUT[:nl], AL, BX, CX, H, OB)
-        elif var_b:
-            _scan_vc(DTT[:nl], DUT[:nl], AL, BX, CX, H, OB)
-        elif var_c:
-            _scan_cv(DTT[:nl], DUT[:nl], AL, BX, CX, H, OB)
-        else:
-            _scan_cc(DTT[:nl], DUT[:nl], AL, BX, CX, H, OB)
-        for t in range(0, lp, W):
-            transpose16(OB, t, 0, OBR, 0, t)
-        for j in range(w):  # D term and gate, along the channel's row
-            c = d0 + j
-            Dd = D[c]
-            if has_z:
-                for t in range(nl):
-                    ZR[0, t] = z[b, c, t]
-                    ZR[1, t] = OBR[j, t] + Dd * UR[j, t]
-                for t in range(0, lp, W):
-                    gate_row16(ZR, t)
-                for t in range(nl):
-                    out[b, c, t] = ZR[1, t]
+        BR = Bv[b, d0 // dpg_b] if var_b else BL
+        CR = Cv[b, d0 // dpg_c] if var_c else CL
+        for t0 in range(0, nl, TT):
+            m = min(TT, nl - t0)
+            mp = (m + W - 1) // W * W
+            _tile_setup(b, t0, m, ch, u, delta, bias, softplus, DTR, DTT, DUT, UR)
+            BX = BR[t0:t0 + m] if var_b else BL
+            CX = CR[t0:t0 + m] if var_c else CL
+            if var_b and var_c:
+                _scan_vv(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+            elif var_b:
+                _scan_vc(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+            elif var_c:
+                _scan_cv(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
             else:
-                for t in range(nl):
-                    out[b, c, t] = OBR[j, t] + Dd * UR[j, t]
+                _scan_cc(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+            for t in range(0, mp, W):
+                transpose16(OB, t, 0, OBR, 0, t)
+            for j in range(w):  # D term and gate, along the channel's row
+                c = d0 + j
+                Dd = D[c]
+                orow = out[b, c, t0:t0 + m]
+                if has_z:
+                    zrow = z[b, c, t0:t0 + m]
+                    for t in range(m):
+                        ZR[0, t] = zrow[t]
+                        ZR[1, t] = OBR[j, t] + Dd * UR[j, t]
+                    for t in range(0, mp, W):
+                        gate_row16(ZR, t)
+                    for t in range(m):
+                        orow[t] = ZR[1, t]
+                else:
+                    for t in range(m):
+                        orow[t] = OBR[j, t] + Dd * UR[j, t]
+        for j in range(w):
             for k in range(N):
-                last[b, c, k] = H[k, j]
+                last[b, d0 + j, k] = H[k, j]
 
 
 @njit(cache=True, parallel=True)

@@ -82,11 +82,12 @@ _LOG_P = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 
           -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
 
 
-def vsoftplus_ir(builder, x):
+def vsoftplus_ir(builder, x, with_sigmoid=False):
     """Emit softplus(x) = max(x, 0) + log1p(exp(-|x|)) for a <16 x float> x (torch's threshold 20 is implied:
     above it the log1p term is below half an ulp of x). log1p(v), v in (0, 1]: log(u) of u = 1 + v by the Cephes
     polynomial, plus the rounding error of u: log1p(v) = log(u) + c/u, c = v - (u - 1) exact, with 1/u ~ 2 - u
-    (c is below half an ulp of 1, so this error is below 1e-7 relative; no division)."""
+    (c is below half an ulp of 1, so this error is below 1e-7 relative; no division). with_sigmoid: also
+    sigmoid(x) (softplus' derivative) from the same exp, (1 if x > 0 else v) / u: returns (softplus, sigmoid)."""
     zero = _splat(0.0)
     one = _splat(1.0)
     ax = builder.bitcast(builder.and_(builder.bitcast(x, _VI), ir.Constant(_VI, [0x7FFFFFFF] * W)), V16)
@@ -103,7 +104,11 @@ def vsoftplus_ir(builder, x):
     y = vfma(builder, _splat(-0.5), z, builder.fmul(builder.fmul(f, z), p))
     r = vfma(builder, builder.select(big, one, zero), _splat(_LN2), builder.fadd(f, y))
     r = vfma(builder, c, builder.fsub(_splat(2.0), u), r)
-    return builder.fadd(builder.select(builder.fcmp_ordered(">", x, zero), x, zero), r)
+    pos = builder.fcmp_ordered(">", x, zero)
+    sp = builder.fadd(builder.select(pos, x, zero), r)
+    if not with_sigmoid:
+        return sp
+    return sp, builder.fdiv(builder.select(pos, one, v), u)
 
 
 def transpose_ir(builder, rows):
@@ -171,6 +176,42 @@ def softplus_row16(typingctx, M, r, c):
         return context.get_dummy_value()
 
     return types.none(M, r, c), codegen
+
+
+@intrinsic
+def softplus_sigmoid_row16(typingctx, M, r, r2, c):
+    """M[r, c:c+16] = softplus(x), M[r2, c:c+16] = sigmoid(x) of x = M[r, c:c+16] (float32, 2-D, C-contiguous)."""
+    if M != F32_2D or not all(isinstance(a, types.Integer) for a in (r, r2, c)):
+        return None
+
+    def codegen(context, builder, sig, llargs):
+        data, off = _offset(context, builder, M, llargs[0], llargs[1], sig.args[1], llargs[3], sig.args[3])
+        off2 = _offset(context, builder, M, llargs[0], llargs[2], sig.args[2], llargs[3], sig.args[3])[1]
+        sp, sg = vsoftplus_ir(builder, vload(builder, data, off), with_sigmoid=True)
+        vstore(builder, sp, data, off)
+        vstore(builder, sg, data, off2)
+        return context.get_dummy_value()
+
+    return types.none(M, r, r2, c), codegen
+
+
+@intrinsic
+def sigmoid_gate_grad_row16(typingctx, M, rz, rg, c):
+    """With z = M[rz, c:c+16], s = sigmoid(z): M[rz, c:c+16] = s and M[rg, c:c+16] *= z·s (the gradient through the
+    silu(z) gate, from dout in row rg); float32, 2-D, C-contiguous."""
+    if M != F32_2D or not all(isinstance(a, types.Integer) for a in (rz, rg, c)):
+        return None
+
+    def codegen(context, builder, sig, llargs):
+        data, off = _offset(context, builder, M, llargs[0], llargs[1], sig.args[1], llargs[3], sig.args[3])
+        offg = _offset(context, builder, M, llargs[0], llargs[2], sig.args[2], llargs[3], sig.args[3])[1]
+        zv = vload(builder, data, off)
+        sv = builder.fdiv(_splat(1.0), builder.fadd(_splat(1.0), vexp_ir(builder, builder.fsub(_splat(0.0), zv))))
+        vstore(builder, sv, data, off)
+        vstore(builder, builder.fmul(vload(builder, data, offg), builder.fmul(zv, sv)), data, offg)
+        return context.get_dummy_value()
+
+    return types.none(M, rz, rg, c), codegen
 
 
 @intrinsic

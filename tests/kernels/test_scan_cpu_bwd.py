@@ -60,8 +60,24 @@ def test_bwd_single_step(layout):
 
 @pytest.mark.parametrize("L", [scan_cpu_bwd.SEG, scan_cpu_bwd.SEG + 1, 2 * scan_cpu_bwd.SEG + 37])
 def test_bwd_time_segments(L):
-    """One segment exactly, one step over, and three segments (states recomputed from the stored decays)."""
+    """One segment exactly, one step over, and three segments (start states from the checkpoint pass)."""
     _check_grads(make_inputs(1, 18, L, 16, "g2", "var", seed=L), rtol=5e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("n,layout", [(16, ("const", "const")), (16, ("var", "const")), (16, ("const", "g2")),
+                                      (20, ("g2", "var"))])
+def test_bwd_checkpoint_pass_layouts(n, layout):
+    """Three segments with the n = 16 checkpoint pass (the vectorised forward's time loop, one variant per
+    constant/variable B and C) and with the generic one (n = 20: padded tiles)."""
+    _check_grads(make_inputs(1, 18, 2 * scan_cpu_bwd.SEG + 5, n, *layout, seed=n), rtol=5e-4, atol=2e-4)
+
+
+def test_bwd_float64_segments_match_reference_tightly():
+    kw = make_inputs(1, 6, scan_cpu_bwd.SEG + 9, 5, "g2", "var", seed=2, dtype=torch.float64)
+    g = torch.randn(kw["u"].shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got, want = _grads(selective_scan_cpu, kw, g), _grads(selective_scan_ref, kw, g)
+    for key, w in want.items():
+        torch.testing.assert_close(got[key], w, rtol=1e-9, atol=1e-11, msg=lambda m, key=key: f"grad {key}: {m}")
 
 
 def test_bwd_noncontiguous_inputs_as_spmamba_passes_them():
