@@ -456,3 +456,16 @@ def test_layer_norms_equal_official_var_mean_formula():
         got16 = norm(x.bfloat16())  # lower-precision input: statistics and output in float32
         assert got16.dtype == torch.float32
         torch.testing.assert_close(got16, norm(x.bfloat16().float()))
+
+
+@pytest.mark.parametrize("amx, avx", [(True, True), (False, True), (False, False)])
+def test_auto_precision_picks_bf16_for_spmamba_only_with_amx(monkeypatch, amx, avx):
+    # SPMamba says bf16 pays where it was measured to (AMX); device.py then picks bf16 for `auto` only with native bf16
+    import sepcli.runtime.device as device
+
+    features = {"model": "Test CPU", "amx_bf16": amx, "avx512_bf16": avx, "native_bf16": amx or avx}
+    monkeypatch.setattr(device, "cpu_features", lambda cpuinfo=None: features)
+    net = tiny(3)
+    assert device.bf16_pays(net) is amx
+    got = device.resolve_precision("auto", torch.device("cpu"), device.bf16_pays(net))
+    assert got.dtype == (torch.bfloat16 if amx else None)
