@@ -270,16 +270,22 @@ class MambaBlock(nn.Module):
             out = x.new_empty(S, 2 * D, length)
         ws = current_workspace() or Workspace()
         f32 = torch.float32 if x.dtype != torch.float64 else x.dtype
+        xn0 = None  # the forward direction's normalised input
         with torch.autocast(x.device.type, enabled=False):
             for d, p in enumerate(weights["dirs"]):
                 di, r, n = p["w_x"].shape[0], p["r"], p["n"]
-                xd = x
-                if d == 1:
-                    xd = ws.get("xflip", (S, D, length), x.dtype)
-                    torch.ops.aten.flip.out(x, [2], out=xd)
-                xf = xd if xd.dtype == f32 else xd.to(f32)
-                rstd = torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + p["eps"])  # statistics in fp32
-                xn = torch.mul(xf, rstd, out=ws.get("xn", (S, D, length), gdt))
+                if xn0 is not None and p["eps"] == weights["dirs"][0]["eps"]:
+                    # the norm is per token (its weights are folded into in_proj): the backward direction's
+                    # normalised input is the forward's, time-reversed
+                    xn = torch.ops.aten.flip.out(xn0, [2], out=ws.get("xnflip", (S, D, length), gdt))
+                else:
+                    xd = x
+                    if d == 1:
+                        xd = ws.get("xflip", (S, D, length), x.dtype)
+                        torch.ops.aten.flip.out(x, [2], out=xd)
+                    xf = xd if xd.dtype == f32 else xd.to(f32)
+                    rstd = torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + p["eps"])  # statistics in fp32
+                    xn = xn0 = torch.mul(xf, rstd, out=ws.get("xn", (S, D, length), gdt))
                 xin = bmm_into(batched_weight(p, "w_x", S), xn, ws.get("xin", (S, di, length), gdt))
                 z = bmm_into(batched_weight(p, "w_z", S), xn, ws.get("z", (S, di, length), gdt))
                 if p["b_x"] is not None:
