@@ -20,7 +20,8 @@ Differences, none of which change the outputs where the official code runs:
 - the attention branches' 1x1 Conv2d run as a matrix product (same modules and weights);
   `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain official-style path (one Block
   call per direction, no chunking) for comparisons;
-- the full-band attention uses torch's scaled-dot-product-attention kernel (blockwise on CPU);
+- the full-band attention without gradients is two matrix products and a softmax per block of queries (in the
+  autocast dtype; oneDNN's GEMM, AMX in bf16), with gradients torch's scaled-dot-product-attention;
 - under `torch.autocast` (e.g. bfloat16 on CPU) the STFT/iSTFT run in the input's precision, the norms'
   statistics in float32, Mamba's in_proj/out_proj in the autocast dtype (weights cast once per call) and its
   depthwise conv, x_proj, dt_proj and the scan's recurrence in float32.
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import causal_conv
 from .mamba import (Block, Mamba, RMSNorm, Workspace, batched_weight, bmm_into, conv_silu_into, current_workspace,
                     causal_depthwise_conv_silu, init_weights, rms_normalise, selective_scan, workspace)
 
@@ -54,6 +56,8 @@ CONFIGS = {
 FUSED_DEFAULT = os.environ.get("SEPCLI_SPMAMBA_FUSED", "1") != "0"
 # Sequences x length processed at once by the fused path without gradients (bounds peak memory).
 CHUNK_TOKENS = 2048
+# Query rows x keys per block of the attention without gradients (GridNetBlock._attention): bounded memory.
+ATTN_BLOCK_SCORES = 1 << 21
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -266,16 +270,22 @@ class MambaBlock(nn.Module):
             out = x.new_empty(S, 2 * D, length)
         ws = current_workspace() or Workspace()
         f32 = torch.float32 if x.dtype != torch.float64 else x.dtype
+        xn0 = None  # the forward direction's normalised input
         with torch.autocast(x.device.type, enabled=False):
             for d, p in enumerate(weights["dirs"]):
                 di, r, n = p["w_x"].shape[0], p["r"], p["n"]
-                xd = x
-                if d == 1:
-                    xd = ws.get("xflip", (S, D, length), x.dtype)
-                    torch.ops.aten.flip.out(x, [2], out=xd)
-                xf = xd if xd.dtype == f32 else xd.to(f32)
-                rstd = torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + p["eps"])  # statistics in fp32
-                xn = torch.mul(xf, rstd, out=ws.get("xn", (S, D, length), gdt))
+                if xn0 is not None and p["eps"] == weights["dirs"][0]["eps"]:
+                    # the norm is per token (its weights are folded into in_proj): the backward direction's
+                    # normalised input is the forward's, time-reversed
+                    xn = torch.ops.aten.flip.out(xn0, [2], out=ws.get("xnflip", (S, D, length), gdt))
+                else:
+                    xd = x
+                    if d == 1:
+                        xd = ws.get("xflip", (S, D, length), x.dtype)
+                        torch.ops.aten.flip.out(x, [2], out=xd)
+                    xf = xd if xd.dtype == f32 else xd.to(f32)
+                    rstd = torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + p["eps"])  # statistics in fp32
+                    xn = xn0 = torch.mul(xf, rstd, out=ws.get("xn", (S, D, length), gdt))
                 xin = bmm_into(batched_weight(p, "w_x", S), xn, ws.get("xin", (S, di, length), gdt))
                 z = bmm_into(batched_weight(p, "w_z", S), xn, ws.get("z", (S, di, length), gdt))
                 if p["b_x"] is not None:
@@ -283,9 +293,13 @@ class MambaBlock(nn.Module):
                     z += p["b_z"]
                 if z.dtype != f32:  # the scan's gate in fp32
                     z = ws.get("z32", (S, di, length), f32).copy_(z)
-                if xin.dtype != f32:  # one cast: a mixed-dtype op would cast its bf16 operand on every call
-                    xin = ws.get("x32", (S, di, length), f32).copy_(xin)
-                u = conv_silu_into(xin, p["conv_w"], p["conv_b"], ws.get("u", (S, di, length), f32))
+                u = ws.get("u", (S, di, length), f32)
+                if causal_conv.available() and xin.dtype in (torch.float32, torch.bfloat16):
+                    causal_conv.conv_silu_rows_into(xin, p["conv_w"], p["conv_b"], u)  # one pass, bf16 read as is
+                else:
+                    if xin.dtype != f32:  # one cast: a mixed-dtype op would cast its bf16 operand on every call
+                        xin = ws.get("x32", (S, di, length), f32).copy_(xin)
+                    conv_silu_into(xin, p["conv_w"], p["conv_b"], u)
                 dbl = bmm_into(batched_weight(p, "w_xp", S), u, ws.get("dbl", (S, r + 2 * n, length), f32))
                 delta = bmm_into(batched_weight(p, "w_dt", S), dbl[:, :r], ws.get("delta", (S, di, length), f32))
                 y = selective_scan(u, delta, p["A"], dbl[:, r:r + n], dbl[:, r + n:], p["D"], z=z,
@@ -378,12 +392,48 @@ class GridNetBlock(nn.Module):
         return torch.cat([run(h[i:i + step]) for i in range(0, h.shape[0], step)], 0)
 
     @staticmethod
-    def _attention(q: Tensor, k: Tensor, v: Tensor, rows: int = 1024) -> Tensor:
-        """softmax(q k^T / sqrt(dim)) v over frames, [hB, T, dim].
+    def _attention(q: Tensor, k: Tensor, v: Tensor, rows: int | None = None) -> Tensor:
+        """softmax(q k^T / sqrt(dim)) v over frames, [hB, T, dim], in the autocast dtype when autocast is on.
 
-        torch's scaled-dot-product-attention kernel (on CPU a blockwise "flash" kernel: the T x T scores never
-        exist whole, at any length). `rows` is kept for callers of the former query-chunked version."""
-        return F.scaled_dot_product_attention(q, k, v)
+        Without gradients: per head, blocks of `rows` queries (default: as many as keep a block's T scores near
+        ATTN_BLOCK_SCORES), each two plain matrix products and a softmax into reused buffers. Those products run
+        on oneDNN's GEMM (AMX in bf16): measured here (Xeon with AMX, 2 threads, 4 heads x 7,501 frames x 516)
+        about 1,000 GFLOP/s in bf16 and 300 in fp32, where torch's scaled-dot-product-attention kernel ran 190-240
+        in either precision. The scores are rounded to the GEMM dtype before the softmax (its sums are fp32).
+        With gradients: torch's scaled-dot-product-attention (blockwise on CPU)."""
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            return F.scaled_dot_product_attention(q, k, v)
+        dtype = q.dtype
+        if torch.is_autocast_enabled(q.device.type) and dtype in (torch.float32, torch.float64):
+            dtype = torch.get_autocast_dtype(q.device.type)
+        hb, n_q, dim = q.shape
+        n_k = k.shape[1]
+        if rows is None:
+            rows = max(16, ATTN_BLOCK_SCORES // max(1, n_k))
+        rows = max(1, min(rows, n_q))
+        with torch.autocast(q.device.type, enabled=False):
+            qs = (q * (1.0 / math.sqrt(dim))).to(dtype)
+            kt = k.to(dtype).transpose(1, 2)
+            v = v.to(dtype)
+            out = torch.empty(hb, n_q, v.shape[-1], dtype=dtype, device=q.device)
+            scores = torch.empty(rows, n_k, dtype=dtype, device=q.device)
+            probs = torch.empty(rows, n_k, dtype=dtype, device=q.device)
+            for h in range(hb):
+                for r0 in range(0, n_q, rows):
+                    r1 = min(n_q, r0 + rows)
+                    s = torch.mm(qs[h, r0:r1], kt[h], out=scores[:r1 - r0])
+                    p = torch.ops.aten._softmax.out(s, -1, False, out=probs[:r1 - r0])
+                    torch.mm(p, v[h], out=out[h, r0:r1])
+        return out
+
+    @staticmethod
+    def _add_contiguous(h: Tensor, x: Tensor) -> Tensor:
+        """h + x in x's (contiguous) layout: h is a transposed view, and `h + x` took h's strides, so every later
+        reshape of the sum (norms, the attention branches' products) copied it again (about 0.9 ms per copy of
+        a 4 s input's [1, 16, 501, 129] here)."""
+        if torch.is_grad_enabled() or not x.is_contiguous() or h.shape != x.shape:
+            return h + x
+        return torch.add(h, x, out=torch.empty(x.shape, dtype=torch.result_type(h, x), device=x.device))
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, old_T, old_Q = x.shape
@@ -397,13 +447,15 @@ class GridNetBlock(nn.Module):
         h = self.intra_norm(input_).transpose(1, 2).reshape(B * T, C, Q)
         h = self._patch_sequences(h, self.intra_mamba, self.intra_linear)  # [BT, C, Q]
         h = h.view(B, T, C, Q).transpose(1, 2)
-        intra = h + input_
+        intra = self._add_contiguous(h, input_)
 
         # inter-frame: sequences over time patches, one per (batch, frequency)
         h = self.inter_norm(intra).permute(0, 3, 1, 2).reshape(B * Q, C, T)
         h = self._patch_sequences(h, self.inter_mamba, self.inter_linear)  # [BQ, C, T]
         h = h.view(B, Q, C, T).permute(0, 2, 3, 1)
-        inter = (h + intra)[..., :old_T, :old_Q]
+        inter = self._add_contiguous(h, intra)[..., :old_T, :old_Q]
+        if not inter.is_contiguous() and not torch.is_grad_enabled():
+            inter = inter.contiguous()  # read by 13 attention branches: one copy here, not one per branch
 
         # full-band self-attention over frames, heads stacked along the batch; the plain path (MambaBlock.fused
         # off) calls the branch modules as the official code does
@@ -459,6 +511,16 @@ class SPMamba(nn.Module):
     @property
     def num_spk(self) -> int:
         return self.n_srcs
+
+    @property
+    def bf16_on_cpu_pays(self) -> bool:
+        """Whether `--precision auto` may pick bf16 on this CPU (sepcli.runtime.device): where it has AMX. Measured
+        on a 2-core Xeon with AMX: bf16 autocast ran SPMamba-8k end to end clearly faster than fp32 (its projections
+        and attention on AMX), at SNR >= 40 dB against fp32 (tests/nets/test_spmamba.py). A CPU with AVX512-BF16
+        but no AMX has not been measured, so auto stays fp32 there; without native bf16 device.py keeps fp32."""
+        from ..runtime.device import cpu_features
+
+        return bool(cpu_features()["amx_bf16"])
 
     def min_length(self) -> int:
         """Shortest input the official computation accepts: reflect padding needs T > n_fft/2 and the

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sepcli.nets import build_network, named_config
 from sepcli.nets.spmamba import CONFIGS, MambaBlock, SPMamba
@@ -233,6 +234,45 @@ def test_attention_in_query_chunks_equals_whole():
         torch.testing.assert_close(GridNetBlock._attention(q, k, v), want)
 
 
+def test_attention_blocks_under_bf16_autocast_match_fp32_formula():
+    # without gradients the attention is blocked matrix products in the autocast dtype: bf16 out, within bf16
+    # rounding of the fp32 formula; with gradients (SDPA) the gradient reaches q, k and v
+    from sepcli.nets.spmamba import GridNetBlock
+
+    torch.manual_seed(7)
+    q, k, v = torch.randn(2, 300, 40), torch.randn(2, 300, 40), torch.randn(2, 300, 9)
+    want = torch.softmax(q @ k.transpose(1, 2) / 40 ** 0.5, dim=2) @ v
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = GridNetBlock._attention(q, k, v, rows=64)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.03 * want.abs().max().item())
+    qg = q.clone().requires_grad_()
+    GridNetBlock._attention(qg, k, v).sum().backward()
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 9, 50, 300])
+@pytest.mark.parametrize("k", [4, 3])
+def test_numba_conv_silu_equals_mamba_conv1d_in_fp32_and_bf16(length, k):
+    # the one-pass kernel of the fused inference path against Mamba's own conv1d (depthwise, padding K - 1, cropped
+    # to L) then torch's SiLU, in float64; a bf16 input is read as its exact float32 value
+    from sepcli.nets import causal_conv
+
+    if not causal_conv.available():
+        pytest.skip("numba not installed")
+    torch.manual_seed(8)
+    conv = torch.nn.Conv1d(6, 6, k, groups=6, padding=k - 1).double()
+    for dtype in (torch.float32, torch.bfloat16):
+        x = (4 * torch.randn(3, 6, length)).to(dtype)
+        want = F.silu(conv(x.double())[..., :length])
+        out = torch.empty(3, 6, length)
+        causal_conv.conv_silu_rows_into(x, conv.weight.float(), conv.bias.float(), out)
+        torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6)
+        causal_conv.conv_silu_rows_into(x, conv.weight.float(), None, out)
+        want0 = F.silu(F.conv1d(x.double(), conv.weight, None, padding=k - 1, groups=6)[..., :length])
+        torch.testing.assert_close(out.double(), want0, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 9, 50])
 def test_causal_depthwise_conv_silu_equals_mamba_conv1d(length):
     # reference: Mamba's own conv1d (depthwise, padding d_conv - 1, cropped to L), then SiLU; with and without grad
@@ -416,3 +456,16 @@ def test_layer_norms_equal_official_var_mean_formula():
         got16 = norm(x.bfloat16())  # lower-precision input: statistics and output in float32
         assert got16.dtype == torch.float32
         torch.testing.assert_close(got16, norm(x.bfloat16().float()))
+
+
+@pytest.mark.parametrize("amx, avx", [(True, True), (False, True), (False, False)])
+def test_auto_precision_picks_bf16_for_spmamba_only_with_amx(monkeypatch, amx, avx):
+    # SPMamba says bf16 pays where it was measured to (AMX); device.py then picks bf16 for `auto` only with native bf16
+    import sepcli.runtime.device as device
+
+    features = {"model": "Test CPU", "amx_bf16": amx, "avx512_bf16": avx, "native_bf16": amx or avx}
+    monkeypatch.setattr(device, "cpu_features", lambda cpuinfo=None: features)
+    net = tiny(3)
+    assert device.bf16_pays(net) is amx
+    got = device.resolve_precision("auto", torch.device("cpu"), device.bf16_pays(net))
+    assert got.dtype == (torch.bfloat16 if amx else None)

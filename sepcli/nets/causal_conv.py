@@ -1,0 +1,152 @@
+"""Mamba's depthwise causal convolution + SiLU in one pass over the data, for inference (numba).
+
+    out[s, c, t] = silu(bias[c] + sum_k weight[c, k] * x[s, c, t + k - (K - 1)]),  zeros before t = 0
+
+x may be float32 or bfloat16 (read as its 16 bits and widened in registers): under bf16 autocast the in_proj
+output is bf16 and this replaces its cast to fp32, the K shifted multiply-add passes and the SiLU pass (six
+passes over [sequences, d_inner, L] in fp32) with one read of x and one write of `out` (float32).
+
+Each row (one sequence, one channel) is finished while it is in the L1 cache: the K taps as multiply-adds over
+the row, then the SiLU with an exp of our own (2^n built in the exponent bits, 2^f by its Taylor polynomial on
+[-1/2, 1/2], relative error about 1e-7 like float32's own rounding), written so that LLVM vectorises every loop
+(numba's np.exp would call libm once per element where SVML is absent). The row blocks run on numba's threads,
+as many as torch's thread count. Plain LLVM vector code: it needs no AVX-512.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # numba is a dependency of the CPU scan; without it callers keep their torch path
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover
+    numba = None
+
+_LN2 = math.log(2.0)
+# Taylor coefficients of 2^f = exp(f ln 2): ln2^k / k!, k = 0..6 (error < 2e-8 for |f| <= 1/2)
+_C = tuple(_LN2 ** k / math.factorial(k) for k in range(7))
+_LOG2E = 1.0 / _LN2
+
+if numba is not None:
+    c0, c1, c2, c3, c4, c5, c6 = (np.float32(c) for c in _C)
+    log2e = np.float32(_LOG2E)
+
+    @njit(cache=True, fastmath=True, error_model="numpy")
+    def _row(xr, wc, bc, o, e_bits, e_val, p):  # pragma: no cover - compiled
+        # every index is written as t + constant with t >= 0 (numba's negative-index wraparound check on
+        # x[t - j] kept LLVM from vectorising the shifted multiply-adds)
+        k = wc.shape[0]
+        n = xr.shape[0]
+        if k == 4 and n >= 4:  # Mamba's d_conv: the four taps in one pass
+            w0, w1, w2, w3 = wc[0], wc[1], wc[2], wc[3]
+            o[0] = bc + w3 * xr[0]
+            o[1] = bc + w3 * xr[1] + w2 * xr[0]
+            o[2] = bc + w3 * xr[2] + w2 * xr[1] + w1 * xr[0]
+            for t in range(n - 3):
+                o[t + 3] = bc + w0 * xr[t] + w1 * xr[t + 1] + w2 * xr[t + 2] + w3 * xr[t + 3]
+        else:
+            wl = wc[k - 1]
+            for t in range(n):
+                o[t] = bc + wl * xr[t]
+            for j in range(1, min(k, n)):
+                wj = wc[k - 1 - j]
+                for t in range(n - j):
+                    o[t + j] += wj * xr[t]
+        # silu(a) = a / (1 + exp(-a)), exp(-a) = 2^y, y = -a log2(e) = m + f, m integer, |f| <= 1/2
+        for t in range(n):
+            y = min(max(-o[t] * log2e, np.float32(-125.0)), np.float32(125.0))
+            m = np.floor(y + np.float32(0.5))
+            f = y - m
+            p[t] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
+            e_bits[t] = (np.int32(m) + np.int32(127)) << np.int32(23)
+        for t in range(n):
+            o[t] = o[t] / (np.float32(1.0) + p[t] * e_val[t])
+
+    @njit(cache=True, fastmath=True, error_model="numpy")
+    def _rows_f32(x, w, b, out, r0, r1):  # pragma: no cover - compiled
+        n_ch, n = w.shape[0], x.shape[1]
+        e_bits = np.empty(n, np.int32)
+        e_val = e_bits.view(np.float32)
+        p = np.empty(n, np.float32)
+        for r in range(r0, r1):
+            c = r % n_ch
+            _row(x[r], w[c], b[c], out[r], e_bits, e_val, p)
+
+    @njit(cache=True, fastmath=True, error_model="numpy")
+    def _rows_bf16(x, w, b, out, r0, r1):  # pragma: no cover - compiled
+        # x: the bf16 values' bits as uint16; a bf16 is the top half of the float32 with the same value
+        n_ch, n = w.shape[0], x.shape[1]
+        e_bits = np.empty(n, np.int32)
+        e_val = e_bits.view(np.float32)
+        p = np.empty(n, np.float32)
+        wide = np.empty(n, np.uint32)
+        xf = wide.view(np.float32)
+        for r in range(r0, r1):
+            c = r % n_ch
+            xr = x[r]
+            for t in range(n):
+                wide[t] = np.uint32(xr[t]) << np.uint32(16)
+            _row(xf, w[c], b[c], out[r], e_bits, e_val, p)
+
+    @njit(cache=True, parallel=True)
+    def _par_f32(x, w, b, out, n_blocks):  # pragma: no cover - compiled
+        rows = x.shape[0]
+        for i in prange(n_blocks):
+            _rows_f32(x, w, b, out, i * rows // n_blocks, (i + 1) * rows // n_blocks)
+
+    @njit(cache=True, parallel=True)
+    def _par_bf16(x, w, b, out, n_blocks):  # pragma: no cover - compiled
+        rows = x.shape[0]
+        for i in prange(n_blocks):
+            _rows_bf16(x, w, b, out, i * rows // n_blocks, (i + 1) * rows // n_blocks)
+
+
+_LOCK = threading.Lock()
+_PAR_PID: int | None = None  # the process that started numba's threads (a forked child runs serially)
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def _threads() -> int:
+    if _PAR_PID is not None and os.getpid() != _PAR_PID:
+        return 1
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def conv_silu_rows_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+    """out = silu(causal depthwise conv(x)) for x [S, C, L] (float32 or bfloat16, contiguous), weight [C, 1, K]
+    or [C, K], bias [C] or None; out float32 [S, C, L] contiguous. No autograd."""
+    global _PAR_PID
+    if numba is None:
+        raise RuntimeError("numba is not available")
+    if x.dtype not in (torch.float32, torch.bfloat16) or out.dtype != torch.float32:
+        raise TypeError(f"x must be float32 or bfloat16 and out float32, got {x.dtype} and {out.dtype}")
+    if not (x.is_contiguous() and out.is_contiguous()) or out.shape != x.shape:
+        raise ValueError("x and out must be contiguous and of the same shape")
+    n_ch, length = x.shape[-2], x.shape[-1]
+    w = weight.detach().reshape(n_ch, -1).float().contiguous().numpy()
+    b = np.zeros(n_ch, np.float32) if bias is None else bias.detach().float().contiguous().numpy()
+    rows = x.numel() // length
+    xs = (x.view(torch.int16) if x.dtype == torch.bfloat16 else x).reshape(rows, length).numpy()
+    if x.dtype == torch.bfloat16:
+        xs = xs.view(np.uint16)
+    o = out.view(rows, length).numpy()
+    threads = _threads()
+    if threads == 1 or rows < 2:
+        (_rows_bf16 if x.dtype == torch.bfloat16 else _rows_f32)(xs, w, b, o, 0, rows)
+        return out
+    with _LOCK:  # numba's workqueue layer is not re-entrant across Python threads
+        numba.set_num_threads(threads)
+        (_par_bf16 if x.dtype == torch.bfloat16 else _par_f32)(xs, w, b, o, min(rows, 4 * threads))
+        if _PAR_PID is None:
+            _PAR_PID = os.getpid()
+    return out
