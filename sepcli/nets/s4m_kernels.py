@@ -57,9 +57,11 @@ def _f32_bits_shift23(typingctx, x):
     return types.float32(x), codegen
 
 
-@njit(cache=True, fastmath={"contract"})  # not inlined at numba level: the caller's reassociation would fold + _MAGIC - _MAGIC
+@njit(cache=True, fastmath={"contract"})
 def _sigmoid(x):
-    """1 / (1 + exp(-x)) with a branch-free Cephes expf (vectorisable; libm's expf is not)."""
+    """1 / (1 + exp(-x)) with a branch-free Cephes expf (vectorisable; libm's expf is not). Not inlined at
+    numba's level: the caller's reassociation flag would fold (v + _MAGIC) - _MAGIC to v; LLVM still inlines it
+    and keeps each instruction's own flags."""
     v = min(max(-x, _EXP_LO), _EXP_HI)
     kf = v * _LOG2E + _MAGIC
     fk = kf - _MAGIC
