@@ -7,8 +7,13 @@ local-attention fusion (convolutions, three gLNs, sigmoid gate, nearest upsampli
 call. `S4M.forward` builds a `BlockPlan` once per forward (numpy views of the parameters, shared memory, so it
 sees the current weights) and runs its passes through it when `usable` says so.
 
-Used only where it is safe and pays: `fast_inference()` (no autograd), float32 on CPU, `ENABLED`, and not in a
-process forked after numba's OpenMP threads started (GNU OpenMP is not fork-safe; the PyTorch path runs there).
+Used only where it is safe and pays: `fast_inference()` (no autograd), float32 on CPU, `ENABLED`, not in a
+process forked after numba's OpenMP threads started (GNU OpenMP is not fork-safe; the PyTorch path runs there),
+and from the `FUSE_AFTER`-th S4M forward of the process on. Loading the kernels costs about 0.45 s even with
+numba's disk cache warm (importing numba 0.15 s, setting up its JIT and threads 0.26 s; measured on a 2-vCPU
+Xeon) and about 6 s compiling them on a cold cache, against about 55 ms saved per 4 s segment of the default
+model: a short file (the 10 s example: 4 segments) stays on the PyTorch path and starts as fast as before, a
+long one switches after 8 segments.
 """
 
 from __future__ import annotations
@@ -28,16 +33,28 @@ _PID: int | None = None  # the process that started numba's threads
 _TABLES: dict = {}
 
 
+FUSE_AFTER = 8  # the fused kernels from this S4M forward of the process on (see the module's docstring)
+_seen = 0  # eligible forwards so far
+_loaded: bool | None = None  # None: not tried yet
+
+
 def usable(x: torch.Tensor) -> bool:
+    """Whether this S4M forward (input of the shared block: x) runs through the fused kernels."""
+    global _seen, _loaded
     if not (ENABLED and fast_inference() and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3):
         return False
     if _PID is not None and os.getpid() != _PID:
         return False
-    try:
-        from . import s4m_kernels  # noqa: F401  (numba missing or broken: the PyTorch path)
-    except ImportError:
-        return False
-    return True
+    if _loaded is None:
+        _seen += 1
+        if _seen < FUSE_AFTER:
+            return False
+        try:
+            from . import s4m_kernels  # noqa: F401  (numba missing or broken: the PyTorch path)
+            _loaded = True
+        except ImportError:
+            _loaded = False
+    return _loaded
 
 
 def _np(p: torch.Tensor, *shape: int) -> np.ndarray:

@@ -13,6 +13,11 @@ from sepcli.nets import s4m_kernels as K
 from sepcli.nets.s4m import LocalAttentionFusion, conv_gln
 
 
+@pytest.fixture(autouse=True)
+def fuse_at_once(monkeypatch):
+    monkeypatch.setattr(fused, "FUSE_AFTER", 1)
+
+
 def rel(got, want) -> float:
     got, want = torch.as_tensor(got), torch.as_tensor(want)
     assert got.shape == want.shape
@@ -124,6 +129,30 @@ def test_fused_path_is_off_with_autograd_or_another_dtype():
         assert fused.usable(x)
         assert not fused.usable(x.double())
     assert not fused.usable(x)  # gradients on: training keeps PyTorch's modules
+
+
+def test_short_inputs_stay_on_the_pytorch_path_without_importing_numba():
+    """The first FUSE_AFTER - 1 forwards of a process do not load the kernels (a short file starts as fast as
+    before); the next one does. In a fresh interpreter, so that nothing else imported numba."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "import sepcli.nets.s4m_fused as fu\n"
+        "from sepcli.nets import build_network\n"
+        "net = build_network('s4m', dict(sample_rate=8000, bn_channels=8, hidden=12, num_blocks=2)).eval()\n"
+        "x = torch.randn(1, 800)\n"
+        "with torch.inference_mode():\n"
+        "    for _ in range(fu.FUSE_AFTER - 1):\n"
+        "        net(x)\n"
+        "    print('numba' in sys.modules, 'sepcli.nets.s4m_kernels' in sys.modules)\n"
+        "    net(x)\n"
+        "    print('sepcli.nets.s4m_kernels' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True"]
 
 
 def test_shipped_model_fused_output_equals_the_plain_modules(plain, monkeypatch):
