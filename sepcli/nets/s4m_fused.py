@@ -7,7 +7,8 @@ local-attention fusion (convolutions, three gLNs, sigmoid gate, nearest upsampli
 call. `S4M.forward` builds a `BlockPlan` once per forward (numpy views of the parameters, shared memory, so it
 sees the current weights) and runs its passes through it when `usable` says so.
 
-Used only where it is safe and pays: `fast_inference()` (no autograd), float32 on CPU, `ENABLED`, not in a
+Used only where it is safe and pays: `fast_inference()` (no autograd), float32 on CPU without autocast, `ENABLED`,
+not in a
 process forked after numba's OpenMP threads started (GNU OpenMP is not fork-safe; the PyTorch path runs there),
 and from the `FUSE_AFTER`-th S4M forward of the process on. Loading the kernels costs about 0.45 s even with
 numba's disk cache warm (importing numba 0.15 s, setting up its JIT and threads 0.26 s; measured on a 2-vCPU
@@ -42,6 +43,8 @@ def usable(x: torch.Tensor) -> bool:
     """Whether this S4M forward (input of the shared block: x) runs through the fused kernels."""
     global _seen, _loaded
     if not (ENABLED and fast_inference() and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3):
+        return False
+    if torch.is_autocast_enabled("cpu"):  # bf16 autocast (`--precision bf16`): PyTorch's modules
         return False
     if _PID is not None and os.getpid() != _PID:
         return False
