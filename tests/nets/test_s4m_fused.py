@@ -125,12 +125,12 @@ def test_s4m_fused_forward_equals_the_plain_modules(plain, monkeypatch, length):
 
 def test_fused_path_is_off_with_autograd_autocast_or_another_dtype():
     x = torch.zeros(1, 4, 10)
+    net = build_network("s4m", dict(sample_rate=8000, bn_channels=8, hidden=12, num_blocks=2)).eval()
     with torch.inference_mode():
         assert fused.usable(x)
         assert not fused.usable(x.double())
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not fused.usable(x)
-            net = build_network("s4m", dict(sample_rate=8000, bn_channels=8, hidden=12, num_blocks=2)).eval()
             assert torch.isfinite(net(torch.randn(1, 300))).all()
     assert not fused.usable(x)  # gradients on: training keeps PyTorch's modules
 
