@@ -80,7 +80,7 @@ def sigmoid_check(x):
     return out
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(cache=True, fastmath=_FM)
 def _dw_row(xr, w, bias, stride, row):
     """row[t] = bias + sum_k w[k] x[t * stride + k - p] (zero padding p = (K - 1) // 2); returns (sum, sum sq).
 
@@ -120,7 +120,7 @@ def _dw_row(xr, w, bias, stride, row):
     return s1, s2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _gln_coeffs(s1, s2, scale, gamma, beta, count, eps, a, b):
     """Per-channel a, b with gamma (scale z - mean) / sqrt(var + eps) + beta = a z + b, from the per-channel
     sums s1, s2 of z' = scale z (scale: a depthwise 1x1 weight folded in, else ones)."""
