@@ -11,7 +11,7 @@ Used only where it is safe and pays: `fast_inference()` (no autograd), float32 o
 not in a process forked after numba's OpenMP threads started (GNU OpenMP is not fork-safe; the PyTorch path
 runs there), and from the `FUSE_AFTER`-th S4M forward of the process on. Loading the kernels costs about 0.45 s even
 with numba's disk cache warm (importing numba 0.15 s, setting up its JIT and threads 0.26 s; measured on a 2-vCPU
-Xeon) and about 6 s compiling them on a cold cache, against about 55 ms saved per 4 s segment of the default
+Xeon) and about 6 s more compiling them on a cold cache, against about 55 ms saved per 4 s segment of the default
 model: a short file (the 10 s example: 4 segments) stays on the PyTorch path and starts as fast as before, a
 long one switches after 8 segments.
 """
