@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import s4m_fused
 from .fastconv import ConvTranspose1d, DepthwiseConv1d, PointwiseConv1d, PReLU, fast_inference
 from .s4 import S4D, shared_kernels
 
@@ -255,9 +256,12 @@ class S4M(nn.Module):
         feats = self.encoder(x)  # [B, basis, F]
         y = self.bottleneck(self.norm(feats))
         first = y
+        block = self.block
+        if s4m_fused.usable(y):  # inference on CPU in float32: the fused kernels, parameters read once
+            block = s4m_fused.BlockPlan(self.block)
         with shared_kernels(self.block):  # the passes share the block, so its S4 kernel is computed once
             for i in range(self.num_blocks):
-                y = self.block(y if i == 0 else self.reentry(first + y))
+                y = block(y if i == 0 else self.reentry(first + y))
         masks = F.relu(self.mask(y)).view(b, self.n_src, self.basis, -1)
         masked = (masks * feats.unsqueeze(1)).reshape(b * self.n_src, self.basis, -1)
         out = self.decoder(masked).view(b, self.n_src, -1)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sepcli.nets import build_network, named_config
+from sepcli.nets import build_network, named_config, s4m_fused
 
 
 def n_params(m):
@@ -33,7 +33,11 @@ def test_any_length_round_trips(small, length):
     assert torch.isfinite(out).all()
 
 
-def test_batch_items_are_independent_and_deterministic(small):
+@pytest.mark.parametrize("fused", [False, True])
+def test_batch_items_are_independent_and_deterministic(small, monkeypatch, fused):
+    # both inference paths, each pinned (the fused kernels otherwise start at the process's FUSE_AFTER-th forward)
+    monkeypatch.setattr(s4m_fused, "ENABLED", fused)
+    monkeypatch.setattr(s4m_fused, "FUSE_AFTER", 1)
     x = torch.randn(2, 800)
     with torch.no_grad():
         both = small(x)
