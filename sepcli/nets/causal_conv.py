@@ -7,15 +7,14 @@ output is bf16 and this replaces its cast to fp32, the K shifted multiply-add pa
 passes over [sequences, d_inner, L] in fp32) with one read of x and one write of `out` (float32).
 
 Each row (one sequence, one channel) is finished while it is in the L1 cache: the K taps as multiply-adds over
-the row, then the SiLU with an exp of our own (2^n built in the exponent bits, 2^f by its Taylor polynomial on
-[-1/2, 1/2], relative error about 1e-7 like float32's own rounding), written so that LLVM vectorises every loop
-(numba's np.exp would call libm once per element where SVML is absent). The row blocks run on numba's threads,
+the row, then the SiLU as x * sigmoid(x) with the CPU scan's float32 sigmoid (a branch-free Cephes expf, relative
+error about 1e-7 like float32's own rounding), so that LLVM vectorises every loop (numba's np.exp would call libm
+once per element where SVML is absent). The row blocks run on numba's threads,
 as many as torch's thread count. Plain LLVM vector code: it needs no AVX-512.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 
@@ -29,17 +28,11 @@ try:  # numba is a dependency of the CPU scan; without it callers keep their tor
 except ImportError:  # pragma: no cover
     numba = None
 
-_LN2 = math.log(2.0)
-# Taylor coefficients of 2^f = exp(f ln 2): ln2^k / k!, k = 0..6 (error < 2e-8 for |f| <= 1/2)
-_C = tuple(_LN2 ** k / math.factorial(k) for k in range(7))
-_LOG2E = 1.0 / _LN2
-
 if numba is not None:
-    c0, c1, c2, c3, c4, c5, c6 = (np.float32(c) for c in _C)
-    log2e = np.float32(_LOG2E)
+    from ..kernels.scan_cpu import _sigmoid  # float32: Cephes expf, vectorisable (an overload with its own flags)
 
     @njit(cache=True, fastmath=True, error_model="numpy")
-    def _row(xr, wc, bc, o, e_bits, e_val, p):  # pragma: no cover - compiled
+    def _row(xr, wc, bc, o):  # pragma: no cover - compiled
         # every index is written as t + constant with t >= 0 (numba's negative-index wraparound check on
         # x[t - j] kept LLVM from vectorising the shifted multiply-adds)
         k = wc.shape[0]
@@ -59,33 +52,20 @@ if numba is not None:
                 wj = wc[k - 1 - j]
                 for t in range(n - j):
                     o[t + j] += wj * xr[t]
-        # silu(a) = a / (1 + exp(-a)), exp(-a) = 2^y, y = -a log2(e) = m + f, m integer, |f| <= 1/2
         for t in range(n):
-            y = min(max(-o[t] * log2e, np.float32(-125.0)), np.float32(125.0))
-            m = np.floor(y + np.float32(0.5))
-            f = y - m
-            p[t] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
-            e_bits[t] = (np.int32(m) + np.int32(127)) << np.int32(23)
-        for t in range(n):
-            o[t] = o[t] / (np.float32(1.0) + p[t] * e_val[t])
+            o[t] = o[t] * _sigmoid(o[t])
 
     @njit(cache=True, fastmath=True, error_model="numpy")
     def _rows_f32(x, w, b, out, r0, r1):  # pragma: no cover - compiled
-        n_ch, n = w.shape[0], x.shape[1]
-        e_bits = np.empty(n, np.int32)
-        e_val = e_bits.view(np.float32)
-        p = np.empty(n, np.float32)
+        n_ch = w.shape[0]
         for r in range(r0, r1):
             c = r % n_ch
-            _row(x[r], w[c], b[c], out[r], e_bits, e_val, p)
+            _row(x[r], w[c], b[c], out[r])
 
     @njit(cache=True, fastmath=True, error_model="numpy")
     def _rows_bf16(x, w, b, out, r0, r1):  # pragma: no cover - compiled
         # x: the bf16 values' bits as uint16; a bf16 is the top half of the float32 with the same value
         n_ch, n = w.shape[0], x.shape[1]
-        e_bits = np.empty(n, np.int32)
-        e_val = e_bits.view(np.float32)
-        p = np.empty(n, np.float32)
         wide = np.empty(n, np.uint32)
         xf = wide.view(np.float32)
         for r in range(r0, r1):
@@ -93,7 +73,7 @@ if numba is not None:
             xr = x[r]
             for t in range(n):
                 wide[t] = np.uint32(xr[t]) << np.uint32(16)
-            _row(xf, w[c], b[c], out[r], e_bits, e_val, p)
+            _row(xf, w[c], b[c], out[r])
 
     @njit(cache=True, parallel=True)
     def _par_f32(x, w, b, out, n_blocks):  # pragma: no cover - compiled

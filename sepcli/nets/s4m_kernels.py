@@ -20,60 +20,20 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir as llvm_ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
+
+# the scan's float32 sigmoid: 1 / (1 + exp(-x)) with its branch-free Cephes expf (vectorisable; libm's expf is
+# not), an overload compiled with its own flags, so the callers' reassociation cannot fold its rounding trick
+from ..kernels.scan_cpu import _sigmoid
 
 # reassociation lets LLVM vectorise the sums; contraction allows FMAs; no 'nnan'/'ninf' (NaNs propagate)
 _FM = {"reassoc", "contract", "nsz"}
 _F32 = np.float32
-_ONE = _F32(1.0)
-# Cephes expf (float32 constants)
-_EXP_LO = _F32(-87.33654)
-_EXP_HI = _F32(88.3)
-_LOG2E = _F32(1.44269504088896341)
-_LN2_HI = _F32(0.693359375)
-_LN2_LO = _F32(-2.12194440e-4)
-_P0 = _F32(1.9875691500e-4)
-_P1 = _F32(1.3981999507e-3)
-_P2 = _F32(8.3334519073e-3)
-_P3 = _F32(4.1665795894e-2)
-_P4 = _F32(1.6666665459e-1)
-_P5 = _F32(5.0000001201e-1)
-_MAGIC = _F32(12583039.0)  # 1.5 * 2^23 + 127: x + _MAGIC rounds x to an integer n and holds n + 127 in low bits
-
-
-@intrinsic
-def _f32_bits_shift23(typingctx, x):
-    """float32 whose bits are (bits of x) << 23: 2^n when x = _MAGIC + n (a bitcast, a shift, a bitcast)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i32 = llvm_ir.IntType(32)
-        bits = builder.shl(builder.bitcast(args[0], i32), llvm_ir.Constant(i32, 23))
-        return builder.bitcast(bits, llvm_ir.FloatType())
-
-    return types.float32(x), codegen
-
-
-@njit(cache=True, fastmath={"contract"})
-def _sigmoid(x):
-    """1 / (1 + exp(-x)) with a branch-free Cephes expf (vectorisable; libm's expf is not). Not inlined at
-    numba's level: the caller's reassociation flag would fold (v + _MAGIC) - _MAGIC to v; LLVM still inlines it
-    and keeps each instruction's own flags."""
-    v = min(max(-x, _EXP_LO), _EXP_HI)
-    kf = v * _LOG2E + _MAGIC
-    fk = kf - _MAGIC
-    r = v - fk * _LN2_HI
-    r = r - fk * _LN2_LO
-    p = ((((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5) * r + _ONE) * r + _ONE
-    return _ONE / (_ONE + p * _f32_bits_shift23(kf))
 
 
 @njit(cache=True)
 def sigmoid_check(x):
-    """Test hook: `_sigmoid` over a 1-D float32 array."""
+    """Test hook: the sigmoid these kernels use, over a 1-D float32 array."""
     out = np.empty_like(x)
     for i in range(x.shape[0]):
         out[i] = _sigmoid(x[i])
