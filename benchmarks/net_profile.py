@@ -68,18 +68,18 @@ def labelled(model: nn.Module):
         setattr(obj, name, staticmethod(new) if isinstance(old, staticmethod) else new)
         patched.append((obj, name, old))
 
-    try:
-        from sepcli.nets import spmamba
+    try:  # SPMamba's parts: the modules whose functions the network calls (patched where they are looked up)
+        from sepcli.nets import bimamba, gridnet
     except ImportError:  # pragma: no cover
-        spmamba = None
-    for mod in (mamba_mod, spmamba):
+        bimamba = gridnet = None
+    for mod in (mamba_mod, bimamba):
         if mod is not None:
             patch(mod, "selective_scan", "scan")
             patch(mod, "rms_normalise", "norms")
-    if spmamba is not None:
-        patch(spmamba.GridNetBlock, "_attention", "attention")
-    norm_types = tuple(t for t in (getattr(spmamba, "LayerNormalization4D", None),
-                                   getattr(spmamba, "LayerNormalization4DCF", None), mamba_mod.RMSNorm,
+    if gridnet is not None:
+        patch(gridnet.GridNetBlock, "_attention", "attention")
+    norm_types = tuple(t for t in (getattr(gridnet, "LayerNormalization4D", None),
+                                   getattr(gridnet, "LayerNormalization4DCF", None), mamba_mod.RMSNorm,
                                    nn.GroupNorm, nn.LayerNorm) if t is not None)
     instances = []
     for m in model.modules():
@@ -157,11 +157,11 @@ def scan_split(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | 
 
     spent = [0.0]
     patched = []
-    try:
-        from sepcli.nets import spmamba
+    try:  # the module whose fused path calls selective_scan
+        from sepcli.nets import bimamba
     except ImportError:  # pragma: no cover
-        spmamba = None
-    for mod in (mamba_mod, spmamba):
+        bimamba = None
+    for mod in (mamba_mod, bimamba):
         fn = getattr(mod, "selective_scan", None) if mod is not None else None
         if fn is None:
             continue

@@ -382,7 +382,7 @@ def test_bf16_autocast_keeps_stft_norm_statistics_and_scan_in_fp32():
     # the norms' statistics and every selective-scan input in float32; the output in float32
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import sepcli.nets.spmamba as spm
+    import sepcli.nets.bimamba as bimamba  # the module whose fused path calls selective_scan
 
     seen: dict[str, set] = {}
 
@@ -394,19 +394,19 @@ def test_bf16_autocast_keeps_stft_norm_statistics_and_scan_in_fp32():
             return func(*args, **(kwargs or {}))
 
     scan_dtypes = set()
-    real_scan = spm.selective_scan
+    real_scan = bimamba.selective_scan
 
     def scan(*args, **kwargs):
         scan_dtypes.update(a.dtype for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor))
         return real_scan(*args, **kwargs)
 
     m = tiny(9)
-    spm.selective_scan = scan
+    bimamba.selective_scan = scan
     try:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), Record():
             y = m(torch.randn(1, 400))
     finally:
-        spm.selective_scan = real_scan
+        bimamba.selective_scan = real_scan
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
     assert torch.bfloat16 in seen["bmm"]
     assert seen["mean"] == {torch.float32}  # the norms' (and RMSNorm's) statistics
