@@ -103,9 +103,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CPUINFO = Path("/proc/cpuinfo")
 
 # `auto` picks bf16 on a CPU only for a network whose class says bf16 autocast is faster there than fp32
-# (`bf16_on_cpu_pays = True`, set by the network's author from measurements), default False. S4M is not faster:
-# its time goes to depthwise convolutions, norms and elementwise ops, which bf16 does not speed up and autocast's
-# casts slow down (benchmarks/bench_precision.py measures both precisions of the default model).
+# (`bf16_on_cpu_pays = True`, or a property that looks at the CPU; set by the network's author from measurements),
+# default False. SPMamba's is True where the CPU has AMX. S4M is not faster: its time goes to depthwise
+# convolutions, norms and elementwise ops, which bf16 does not speed up and autocast's casts slow down
+# (`python -m benchmarks.bench_nets --precision-only` measures both precisions).
 PAYS_ATTRIBUTE = "bf16_on_cpu_pays"
 
 
