@@ -14,7 +14,7 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
                                 inter 1.04 | 0.26, 2.10 | 0.50
   channel-block forward:        issue shape 1.34-1.51, 2.41-2.99; intra 1.47-1.58, 2.85-3.19; inter 1.43-1.58,
                                 2.81-3.04 (backward unchanged); core bound 2.70 G/s per core (exp 3.64, FMA 41.8 G/s)
-  session 23, explicitly vectorised forward for n = 16 (sepcli/kernels/scan_cpu_vec.py), same machine class
+  2026-12-07 morning, explicitly vectorised forward for n = 16 (sepcli/kernels/scan_cpu_vec.py), same machine class
   ("Intel(R) Xeon(R) Processor", 2 vCPUs, flags fma avx2 avx512f avx512_bf16 amx_bf16 amx_tile), run with the
   Makefile's MALLOC_* settings, against the baseline kernel of git 4eb3200 in the same run (interleaved medians),
   forward G updates/s baseline -> new (ratio), 1 thread | 2 threads:
@@ -27,16 +27,17 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
                                 that bound because it runs on 512-bit registers). Around the loop, the passes over
                                 u/delta/z/out are memory-bound; a fresh 33 MB output costs ~17 ms in page faults
                                 alone (intra's out; above the Makefile's 32 MiB mmap threshold).
-  session 23, backward (scan_cpu_bwd), same run as the 4eb3200 per-row kernel (print_backward_vs_baseline),
+  2026-12-07 morning, backward (scan_cpu_bwd), same run as the 4eb3200 per-row kernel (print_backward_vs_baseline),
   new | baseline:
                                 issue shape 0.70 | 0.28 (2.5x), 1.31 | 0.50 (2.6x); intra 1.02 | 0.26 (3.9x),
                                 1.99 | 0.51 (3.9x); inter 0.79 | 0.26 (3.0x), 1.47 | 0.47 (3.1x)
-  session 24 (same machine class and flags, Makefile MALLOC_* settings, same run as the 4eb3200 kernel), forward
-  time-tiled (1024 steps) and backward in 256-step segments with vectorised row passes, G updates/s baseline ->
-  new (ratio), 1 thread | 2 threads:
+  2026-12-07 afternoon (same machine class and flags, Makefile MALLOC_* settings, same run as the 4eb3200
+  kernel), forward time-tiled (1024 steps) and backward in 256-step segments with vectorised row passes,
+  G updates/s baseline -> new (ratio), 1 thread | 2 threads:
                                 forward:  issue 1.06 -> 2.70 (2.55x) | 2.05 -> 4.94 (2.41x);
                                           intra 0.94 -> 2.73 (2.91x) | 1.88 -> 5.44 (2.89x);
-                                          inter 1.06 -> 2.96 (2.80x) | 2.08 -> 5.65 (2.72x)  (unchanged: noise)
+                                          inter 1.06 -> 2.96 (2.80x) | 2.08 -> 5.65 (2.72x)  (the same as
+                                          the morning's vectorised forward, within noise)
                                 backward: issue 0.28 -> 0.73 (2.63x) | 0.50 -> 1.30 (2.60x);
                                           intra 0.25 -> 1.11 (4.42x) | 0.50 -> 1.95 (3.91x);
                                           inter 0.28 -> 0.90 (3.24x) | 0.48 -> 1.55 (3.21x)

@@ -44,6 +44,17 @@ def _no_torchrun_env(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_s4m_fused_state(monkeypatch):
+    """Each test starts as a fresh process does: S4M's fused kernels not yet loaded, no forwards counted
+    (sepcli.nets.s4m_fused switches them on at a process's FUSE_AFTER-th forward; without this, which path a test
+    ran would depend on the tests before it)."""
+    import sepcli.nets.s4m_fused as fused
+
+    monkeypatch.setattr(fused, "_seen", 0)
+    monkeypatch.setattr(fused, "_loaded", None)
+
+
+@pytest.fixture(autouse=True)
 def _sepcli_home(tmp_path_factory, monkeypatch):
     """Every test gets its own empty user store ($SEPCLI_HOME, outside its tmp_path so listings of tmp_path are
     unchanged), and no SEPCLI_MODEL from the developer's shell: nothing writes to the real home, and a user's own

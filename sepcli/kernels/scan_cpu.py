@@ -26,16 +26,14 @@ Backward: `scan_cpu_bwd` (a reverse-time scan over channel blocks, gradient form
 
 Process/thread safety: numba's `omp` layer is thread-safe but not fork-safe, `workqueue` is fork-safe but not
 thread-safe. Calls are serialised under a lock when the layer is `workqueue`; in a process forked after the
-parent ran the parallel kernel, a serial (single-thread, no threading layer) variant runs instead.
+parent ran a parallel kernel, a serial (single-thread, no threading layer) variant runs instead (`threads`: one
+lock and one record for every module with parallel kernels).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import threading
 
-import numba
 import numpy as np
 import torch
 from llvmlite import ir as llvm_ir
@@ -44,6 +42,7 @@ from numba.extending import intrinsic, overload
 from torch import Tensor
 
 from .scan_ref import check_shapes
+from .threads import parallel_threads, plan
 
 # Reassociation lets LLVM vectorise the n-term dot products; contraction allows FMAs. No 'nnan'/'ninf'/'afn':
 # infinities and NaNs propagate, and our exp below is compiled without any fast-math flag.
@@ -360,43 +359,21 @@ def _fwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b,
 # ---------------------------------------------------------------------------------------------------------
 # Threading: how many threads, and whether the parallel variant may run here.
 
-_LOCK = threading.Lock()
-_PAR_PID: int | None = None  # pid of the process that first ran a parallel kernel
-_LAYER: str | None = None
-
-
-def _plan() -> tuple[bool, int]:
-    """(use the parallel variant?, number of threads) for a call from this thread/process."""
-    if _PAR_PID is not None and os.getpid() != _PAR_PID and _LAYER in ("omp", None):
-        return False, 1  # forked child of a process that started GNU OpenMP threads: stay serial
-    nthreads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    return nthreads > 1, nthreads
-
-
 def _run(par_fn, ser_fn, nchunks: int, *args) -> None:
     """Run `par_fn(nchunks, *args)` on numba's threads, or `ser_fn(1, *args)` where parallel is unsafe."""
-    global _PAR_PID, _LAYER
-    parallel, nthreads = _plan()
-    if not parallel or nchunks < 2:
+    if nchunks < 2:
         ser_fn(1, *args)
         return
-    need_lock = _LAYER in (None, "workqueue")
-    if need_lock:
-        _LOCK.acquire()
-    try:
-        numba.set_num_threads(nthreads)
-        par_fn(nchunks, *args)
-        if _LAYER is None:
-            _PAR_PID = os.getpid()
-            _LAYER = numba.threading_layer()
-    finally:
-        if need_lock:
-            _LOCK.release()
+    with parallel_threads() as nthreads:
+        if nthreads:
+            par_fn(nchunks, *args)
+        else:
+            ser_fn(1, *args)
 
 
 def threads_for_call() -> int:
     """Threads the next call from this thread would use (for reports)."""
-    return _plan()[1]
+    return plan()[1]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ Official layout and names (JusperLee/SPMamba; facts only, our own code): `forwar
 - the plain official-style path (`forward_plain`): one Block call per direction and layer, [S, L, D] layout;
 - the fused path (one bidirectional layer): channels-first, [sequences, channels, length], the layout of the
   selective scan and of the unfold / ConvTranspose1d around it, so no tensor is transposed; each projection is
-  one batched GEMM, the RMSNorm weights are folded into in_proj, the depthwise causal conv1d is K shifted
-  multiply-adds; without gradients the sequences go through in chunks of about CHUNK_TOKENS tokens (bounded
-  memory) with every intermediate in a buffer reused across chunks, directions and layers (`workspace`).
+  one batched GEMM, the RMSNorm weights are folded into in_proj, the depthwise causal conv1d and its SiLU are
+  one numba pass without gradients (nets.causal_conv; K shifted multiply-adds with them); without gradients
+  the sequences go through in chunks of about CHUNK_TOKENS tokens (bounded memory) with every intermediate in a
+  buffer reused across chunks, directions and layers (`workspace`).
 `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain path, for comparisons.
 
 Under `torch.autocast` (e.g. bfloat16 on CPU) in_proj/out_proj run in the autocast dtype (weights cast once per

@@ -15,9 +15,6 @@ as many as torch's thread count. Plain LLVM vector code: it needs no AVX-512.
 
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -28,10 +25,15 @@ try:  # numba is a dependency of the CPU scan; without it callers keep their tor
 except ImportError:  # pragma: no cover
     numba = None
 
+# reassociation (vectorised sums), contraction (FMAs), no signed zeros; not 'nnan'/'ninf': NaN and inf propagate
+# to the output, where the pipeline refuses them, as in the project's other kernels
+_FM = {"reassoc", "contract", "nsz"}
+
 if numba is not None:
     from ..kernels.scan_cpu import _sigmoid  # float32: Cephes expf, vectorisable (an overload with its own flags)
+    from ..kernels.threads import parallel_threads
 
-    @njit(cache=True, fastmath=True, error_model="numpy")
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
     def _row(xr, wc, bc, o):  # pragma: no cover - compiled
         # every index is written as t + constant with t >= 0 (numba's negative-index wraparound check on
         # x[t - j] kept LLVM from vectorising the shifted multiply-adds)
@@ -55,14 +57,14 @@ if numba is not None:
         for t in range(n):
             o[t] = o[t] * _sigmoid(o[t])
 
-    @njit(cache=True, fastmath=True, error_model="numpy")
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
     def _rows_f32(x, w, b, out, r0, r1):  # pragma: no cover - compiled
         n_ch = w.shape[0]
         for r in range(r0, r1):
             c = r % n_ch
             _row(x[r], w[c], b[c], out[r])
 
-    @njit(cache=True, fastmath=True, error_model="numpy")
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
     def _rows_bf16(x, w, b, out, r0, r1):  # pragma: no cover - compiled
         # x: the bf16 values' bits as uint16; a bf16 is the top half of the float32 with the same value
         n_ch, n = w.shape[0], x.shape[1]
@@ -88,24 +90,13 @@ if numba is not None:
             _rows_bf16(x, w, b, out, i * rows // n_blocks, (i + 1) * rows // n_blocks)
 
 
-_LOCK = threading.Lock()
-_PAR_PID: int | None = None  # the process that started numba's threads (a forked child runs serially)
-
-
 def available() -> bool:
     return numba is not None
-
-
-def _threads() -> int:
-    if _PAR_PID is not None and os.getpid() != _PAR_PID:
-        return 1
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
 def conv_silu_rows_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
     """out = silu(causal depthwise conv(x)) for x [S, C, L] (float32 or bfloat16, contiguous), weight [C, 1, K]
     or [C, K], bias [C] or None; out float32 [S, C, L] contiguous. No autograd."""
-    global _PAR_PID
     if numba is None:
         raise RuntimeError("numba is not available")
     if x.dtype not in (torch.float32, torch.bfloat16) or out.dtype != torch.float32:
@@ -120,13 +111,13 @@ def conv_silu_rows_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Ten
     if x.dtype == torch.bfloat16:
         xs = xs.view(np.uint16)
     o = out.view(rows, length).numpy()
-    threads = _threads()
-    if threads == 1 or rows < 2:
-        (_rows_bf16 if x.dtype == torch.bfloat16 else _rows_f32)(xs, w, b, o, 0, rows)
+    serial = _rows_bf16 if x.dtype == torch.bfloat16 else _rows_f32
+    if rows < 2:
+        serial(xs, w, b, o, 0, rows)
         return out
-    with _LOCK:  # numba's workqueue layer is not re-entrant across Python threads
-        numba.set_num_threads(threads)
-        (_par_bf16 if x.dtype == torch.bfloat16 else _par_f32)(xs, w, b, o, min(rows, 4 * threads))
-        if _PAR_PID is None:
-            _PAR_PID = os.getpid()
+    with parallel_threads() as threads:  # one lock and fork guard with the scan's kernels
+        if threads:
+            (_par_bf16 if x.dtype == torch.bfloat16 else _par_f32)(xs, w, b, o, min(rows, 4 * threads))
+        else:
+            serial(xs, w, b, o, 0, rows)
     return out

@@ -161,7 +161,9 @@ class GridNetBlock(nn.Module):
         ATTN_BLOCK_SCORES), each two plain matrix products and a softmax into reused buffers. Those products run
         on oneDNN's GEMM (AMX in bf16): measured here (Xeon with AMX, 2 threads, 4 heads x 7,501 frames x 516)
         about 1,000 GFLOP/s in bf16 and 300 in fp32, where torch's scaled-dot-product-attention kernel ran 190-240
-        in either precision. The scores are rounded to the GEMM dtype before the softmax (its sums are fp32).
+        in either precision. The scores are rounded to the GEMM dtype before the softmax (its sums are fp32): with the
+        official Libri2Mix weights on examples/mix.wav the bf16 output is 42.18 dB SNR from fp32's, against 42.23
+        with the scores kept in fp32 and 42.22 with scaled-dot-product attention: no measurable loss.
         With gradients: torch's scaled-dot-product-attention (blockwise on CPU)."""
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             return F.scaled_dot_product_attention(q, k, v)

@@ -258,7 +258,7 @@ class S4M(nn.Module):
         first = y
         block = self.block
         if s4m_fused.usable(y):  # inference on CPU in float32: the fused kernels, parameters read once
-            block = s4m_fused.BlockPlan(self.block)
+            block = s4m_fused.plan_for(self.block)
         with shared_kernels(self.block):  # the passes share the block, so its S4 kernel is computed once
             for i in range(self.num_blocks):
                 y = block(y if i == 0 else self.reentry(first + y))

@@ -8,18 +8,18 @@ call. `S4M.forward` builds a `BlockPlan` once per forward (numpy views of the pa
 sees the current weights) and runs its passes through it when `usable` says so.
 
 Used only where it is safe and pays: `fast_inference()` (no autograd), float32 on CPU without autocast, `ENABLED`,
-not in a process forked after numba's OpenMP threads started (GNU OpenMP is not fork-safe; the PyTorch path
-runs there), and from the `FUSE_AFTER`-th S4M forward of the process on. Loading the kernels costs about 0.45 s even
-with numba's disk cache warm (importing numba 0.15 s, setting up its JIT and threads 0.26 s; measured on a 2-vCPU
-Xeon) and about 6 s more compiling them on a cold cache, against about 55 ms saved per 4 s segment of the default
-model: a short file (the 10 s example: 4 segments) stays on the PyTorch path and starts as fast as before, a
-long one switches after 8 segments.
+layers of the form the kernels compute (`plan_for`), not in a process forked after numba's OpenMP threads
+started (GNU OpenMP is not fork-safe; sepcli.kernels.threads keeps that record and the lock for every module with
+parallel kernels), and from the `FUSE_AFTER`-th S4M forward of the process on (one forward is one batch of
+`--batch-size` segments, each `--shifts` pass its own). Loading the kernels costs about 0.45 s even with numba's
+disk cache warm (importing numba 0.15 s, setting up its JIT and threads 0.26 s; measured on a 2-vCPU Xeon) and
+about 6 s more compiling them on a cold cache, against about 55 ms saved per 4 s segment of the default model: a
+short file (the 10 s example: 4 segments) stays on the PyTorch path and starts as fast as before, a long one
+switches at its 8th forward. The two paths agree within about 4e-7 of the peak (float32 round-off), so a long
+file's early and late segments differ by no more than that.
 """
 
 from __future__ import annotations
-
-import os
-import threading
 
 import numpy as np
 import torch
@@ -28,8 +28,6 @@ import torch.nn.functional as F
 from .fastconv import fast_inference
 
 ENABLED = True
-_LOCK = threading.Lock()  # numba's `workqueue` layer is not thread-safe; one fused call at a time per process
-_PID: int | None = None  # the process that started numba's threads
 _TABLES: dict = {}
 
 
@@ -45,18 +43,20 @@ def usable(x: torch.Tensor) -> bool:
         return False
     if torch.is_autocast_enabled("cpu"):  # bf16 autocast (`--precision bf16`): PyTorch's modules
         return False
-    if _PID is not None and os.getpid() != _PID:
-        return False
     if _loaded is None:
         _seen += 1
         if _seen < FUSE_AFTER:
             return False
         try:
-            from . import s4m_kernels  # noqa: F401  (numba missing or broken: the PyTorch path)
+            from . import s4m_kernels  # noqa: F401
             _loaded = True
-        except ImportError:
+        except Exception:  # numba missing, or broken (llvmlite's library, a failed compile): the PyTorch path
             _loaded = False
-    return _loaded
+    if not _loaded:
+        return False
+    from ..kernels.threads import fork_safe
+
+    return fork_safe()
 
 
 def _np(p: torch.Tensor, *shape: int) -> np.ndarray:
@@ -80,8 +80,27 @@ def _tables(n: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hit
 
 
+def _check_depthwise(conv) -> None:
+    """The kernels compute a depthwise convolution with "same" padding (K - 1) // 2 and no dilation: the form
+    `conv_gln` builds. Anything else raises ValueError (the caller keeps the PyTorch modules)."""
+    k = conv.weight.shape[-1]
+    if not (conv.groups == conv.weight.shape[0] and conv.weight.shape[1] == 1 and conv.dilation[0] == 1
+            and conv.padding[0] == (k - 1) // 2):
+        raise ValueError(f"not a depthwise convolution with same padding: {conv}")
+
+
+def plan_for(block):
+    """A `BlockPlan` of `block`, or `block` itself where a layer is not of the form the kernels compute."""
+    try:
+        return BlockPlan(block)
+    except ValueError:
+        return block
+
+
 class _Fusion:
     def __init__(self, m):
+        for seq in (m.local_embed, m.global_gate, m.global_embed):
+            _check_depthwise(seq[0])
         c = m.local_embed[1].gamma.shape[0]
         k = m.local_embed[0].weight.shape[-1]
         self.wl = _np(m.local_embed[0].weight, c, k)
@@ -119,6 +138,7 @@ class BlockPlan:
         self.down = []
         for seq in block.down:
             conv, gln = seq[0], seq[1]
+            _check_depthwise(conv)
             c = conv.weight.shape[0]
             bias = conv.bias if conv.bias is not None else torch.zeros(c)
             self.down.append((_np(conv.weight, c, -1), _np(bias, -1), conv.stride[0], (conv.kernel_size[0] - 1) // 2,
@@ -128,13 +148,13 @@ class BlockPlan:
         self.out_w, self.out_b = block.out.weight[:, :, 0].detach(), block.out.bias.detach().unsqueeze(1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        global _PID
-        with _LOCK:
-            self.k.set_threads(torch.get_num_threads())
-            out = torch.stack([self._item(x[i]) for i in range(x.shape[0])])
-            if _PID is None:
-                _PID = os.getpid()
-        return out
+        from ..kernels.threads import parallel_threads
+
+        # one lock and fork guard with the scan's kernels; `usable` checked that this process may run them
+        with parallel_threads(single=True) as threads:
+            if not threads:
+                return self.block(x)
+            return torch.stack([self._item(x[i]) for i in range(x.shape[0])])
 
     def _item(self, x: torch.Tensor) -> torch.Tensor:
         k, blk = self.k, self.block

@@ -18,7 +18,6 @@ and cached on disk (`cache=True`).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -221,6 +220,3 @@ def pool_add(x, start, end, out):
                 s += r[t]
             o[i] += s / _F32(end[i] - start[i])
 
-
-def set_threads(n: int) -> None:
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))

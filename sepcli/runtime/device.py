@@ -6,9 +6,9 @@
   through `autocast(device, dtype)` so weights stay fp32 and numerically sensitive ops keep fp32.
 - `resolve_precision(precision, device, pays)`: the autocast dtype of `--precision auto|fp32|bf16` (a
   `Precision`: dtype, name, reason). `auto` is the CUDA dtype on a GPU; on a CPU bf16 only where the CPU has native
-  bf16 (`cpu_features()`: AMX or AVX512-BF16) and the network is faster under bf16 autocast (its class sets
-  `bf16_on_cpu_pays = True`), else fp32. `bf16` on a CPU without native bf16 runs emulated (correct, slower),
-  with a note in the reports.
+  bf16 (`cpu_features()`: AMX or AVX512-BF16) and the network is faster under bf16 autocast (its
+  `bf16_on_cpu_pays` is True: a class attribute, or a property that looks at the CPU), else fp32. `bf16` on a
+  CPU without native bf16 runs emulated (correct, slower), with a note in the reports.
 - `configure(threads)`: torch.set_flush_denormal(True) (denormals slow small models 20-30x on x86 CPUs) and the
   intra-op thread count.
 - `DEFAULT_THREADS`: PyTorch's default thread count capped at a container's cgroup CPU quota (`cgroup_cpu_limit`).
@@ -166,8 +166,9 @@ def cpu_features(cpuinfo: str | None = None) -> dict:
 
 
 def bf16_pays(network: object) -> bool:
-    """Whether `network` says bf16 autocast is faster than fp32 on a CPU with native bf16 (PAYS_ATTRIBUTE)."""
-    return bool(getattr(network, PAYS_ATTRIBUTE, False))
+    """Whether `network` (an instance) says bf16 autocast is faster than fp32 on this CPU with native bf16
+    (PAYS_ATTRIBUTE). Only a real bool counts: on a class, a property is a truthy property object."""
+    return getattr(network, PAYS_ATTRIBUTE, False) is True
 
 
 def resolve_precision(precision: str, device: torch.device, pays: bool = False, label: str = "this network",
