@@ -23,10 +23,10 @@ results). Explicit vector types are not subject to the vectorisers' 256-bit pref
   the FMA/ALU ports: the loop is throughput-bound, no longer latency-bound;
 - block setup (per channel row, contiguous in memory): dt = softplus(delta + bias) by a vector softplus (no
   division, see vsoftplus_ir), dt·u, then 16x16 tile transposes (shuffles in registers) to the time-major layout;
-  rows are padded to whole vectors (dt = dt·u = 0 in the padding, never stepped over). After the loop y goes
-  back to rows by the same transposes, and the D term and silu(z) gate run along rows (vector silu). u is read
-  from memory once per block (kept in a scratch row for the D term): the passes around the scan are bound by
-  memory traffic at SPMamba's shapes.
+  rows are padded to whole vectors (the padding holds stale scratch, never stepped over: see _tile_setup).
+  After the loop y goes back to rows by the same transposes, and the D term and silu(z) gate run along rows
+  (vector silu). u is read from memory once per block (kept in a scratch row for the D term): the passes
+  around the scan are bound by memory traffic at SPMamba's shapes.
 
 Other n and float64 keep scan_cpu's numba loops (the fallback); scan_cpu.scan_forward dispatches. Compiled by
 numba with `cache=True`: the IR is generated once per variable/constant B, C combination and cached on disk

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sepcli.nets import build_network, named_config
 from sepcli.nets.spmamba import CONFIGS, MambaBlock, SPMamba
@@ -223,76 +222,6 @@ def test_stft_frontend_and_rescaling_reconstruct_the_mixture(length):
     torch.testing.assert_close(y[:, 1], 0.5 * x, rtol=1e-4, atol=1e-5)
 
 
-def test_attention_in_query_chunks_equals_whole():
-    from sepcli.nets.spmamba import GridNetBlock
-
-    torch.manual_seed(6)
-    q, k, v = torch.randn(3, 50, 12), torch.randn(3, 50, 12), torch.randn(3, 50, 7)
-    want = torch.softmax(q @ k.transpose(1, 2) / 12 ** 0.5, dim=2) @ v
-    with torch.no_grad():
-        torch.testing.assert_close(GridNetBlock._attention(q, k, v, rows=7), want)
-        torch.testing.assert_close(GridNetBlock._attention(q, k, v), want)
-
-
-def test_attention_blocks_under_bf16_autocast_match_fp32_formula():
-    # without gradients the attention is blocked matrix products in the autocast dtype: bf16 out, within bf16
-    # rounding of the fp32 formula; with gradients (SDPA) the gradient reaches q, k and v
-    from sepcli.nets.spmamba import GridNetBlock
-
-    torch.manual_seed(7)
-    q, k, v = torch.randn(2, 300, 40), torch.randn(2, 300, 40), torch.randn(2, 300, 9)
-    want = torch.softmax(q @ k.transpose(1, 2) / 40 ** 0.5, dim=2) @ v
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        got = GridNetBlock._attention(q, k, v, rows=64)
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.03 * want.abs().max().item())
-    qg = q.clone().requires_grad_()
-    GridNetBlock._attention(qg, k, v).sum().backward()
-    assert qg.grad is not None and torch.isfinite(qg.grad).all()
-
-
-@pytest.mark.parametrize("length", [1, 2, 3, 4, 9, 50, 300])
-@pytest.mark.parametrize("k", [4, 3])
-def test_numba_conv_silu_equals_mamba_conv1d_in_fp32_and_bf16(length, k):
-    # the one-pass kernel of the fused inference path against Mamba's own conv1d (depthwise, padding K - 1, cropped
-    # to L) then torch's SiLU, in float64; a bf16 input is read as its exact float32 value
-    from sepcli.nets import causal_conv
-
-    if not causal_conv.available():
-        pytest.skip("numba not installed")
-    torch.manual_seed(8)
-    conv = torch.nn.Conv1d(6, 6, k, groups=6, padding=k - 1).double()
-    for dtype in (torch.float32, torch.bfloat16):
-        x = (4 * torch.randn(3, 6, length)).to(dtype)
-        want = F.silu(conv(x.double())[..., :length])
-        out = torch.empty(3, 6, length)
-        causal_conv.conv_silu_rows_into(x, conv.weight.float(), conv.bias.float(), out)
-        torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6)
-        causal_conv.conv_silu_rows_into(x, conv.weight.float(), None, out)
-        want0 = F.silu(F.conv1d(x.double(), conv.weight, None, padding=k - 1, groups=6)[..., :length])
-        torch.testing.assert_close(out.double(), want0, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("length", [1, 2, 3, 4, 9, 50])
-def test_causal_depthwise_conv_silu_equals_mamba_conv1d(length):
-    # reference: Mamba's own conv1d (depthwise, padding d_conv - 1, cropped to L), then SiLU; with and without grad
-    from sepcli.nets.mamba import causal_depthwise_conv_silu
-
-    torch.manual_seed(7)
-    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
-    x = torch.randn(3, 6, length, requires_grad=True)
-    want = torch.nn.functional.silu(conv(x)[..., :length])
-    got = causal_depthwise_conv_silu(x, conv.weight, conv.bias)
-    torch.testing.assert_close(got, want)
-    g_want = torch.autograd.grad(want.square().sum(), [x, conv.weight, conv.bias])
-    g_got = torch.autograd.grad(got.square().sum(), [x, conv.weight, conv.bias])
-    for a, b in zip(g_got, g_want):
-        torch.testing.assert_close(a, b)
-    with torch.no_grad():
-        torch.testing.assert_close(causal_depthwise_conv_silu(x, conv.weight, None),
-                                   torch.nn.functional.silu(conv(x)[..., :length] - conv.bias[:, None]))
-
-
 @pytest.mark.parametrize("chunk_tokens", [26, 1])
 def test_channels_first_entry_equals_forward(chunk_tokens):
     # 26: two sequences per chunk, three chunks (batched GEMMs, a smaller last chunk in the reused buffers);
@@ -329,25 +258,6 @@ def test_bf16_fused_inference_equals_plain_under_autocast():
     assert got.dtype == torch.float32
     err = (got - want).abs().max() / want.abs().max()
     assert err < 2e-2, err
-
-
-def test_attention_branch_as_matrix_product_equals_module():
-    # the fast path's 1x1 convolution as a matrix product against the branch module itself (Conv2d, PReLU,
-    # LayerNormalization4DCF), values and gradients
-    from sepcli.nets.spmamba import GridNetBlock
-
-    torch.manual_seed(10)
-    blk = GridNetBlock(8, 4, 1, 9, 8, n_head=2, approx_qk_dim=32)
-    for name in ("attn_conv_Q_0", "attn_conv_V_1", "attn_concat_proj"):
-        branch = getattr(blk, name)
-        x = torch.randn(2, 8, 7, 9, requires_grad=True)
-        want = branch(x)
-        got = GridNetBlock._run_branch(branch, x)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        g_want = torch.autograd.grad(want.square().sum(), [x, branch[0].weight])
-        g_got = torch.autograd.grad(got.square().sum(), [x, branch[0].weight])
-        for a, b in zip(g_got, g_want):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _perturbed_full_size(seed=0) -> SPMamba:
@@ -436,26 +346,6 @@ def test_bf16_output_within_40_db_of_fp32_on_speech():
     assert y16.dtype == torch.float32
     for src in range(2):
         assert _snr_db(y32[0, src], y16[0, src]) >= 40.0
-
-
-def test_layer_norms_equal_official_var_mean_formula():
-    # official look2hear: var_mean(unbiased=False), (x - mu) / sqrt(var + eps) * gamma + beta
-    from sepcli.nets.spmamba import LayerNormalization4D, LayerNormalization4DCF
-
-    torch.manual_seed(10)
-    x = torch.randn(2, 6, 7, 5) * 3 + 2
-    n4, ncf = LayerNormalization4D(6), LayerNormalization4DCF((6, 5))
-    with torch.no_grad():
-        for n in (n4, ncf):
-            n.gamma.normal_()
-            n.beta.normal_()
-    for norm, dims in ((n4, 1), (ncf, (1, 3))):
-        var, mu = torch.var_mean(x, dim=dims, unbiased=False, keepdim=True)
-        want = (x - mu) / torch.sqrt(var + norm.eps) * norm.gamma + norm.beta
-        torch.testing.assert_close(norm(x), want)
-        got16 = norm(x.bfloat16())  # lower-precision input: statistics and output in float32
-        assert got16.dtype == torch.float32
-        torch.testing.assert_close(got16, norm(x.bfloat16().float()))
 
 
 @pytest.mark.parametrize("amx, avx", [(True, True), (False, True), (False, False)])
