@@ -40,6 +40,18 @@ def sigmoid_check(x):
 
 
 @njit(cache=True, fastmath=_FM)
+def _row_sums(r):
+    """(sum, sum of squares) of a float32 row, accumulated in float64: a gLN's statistics."""
+    s1 = 0.0
+    s2 = 0.0
+    for t in range(r.shape[0]):
+        v = np.float64(r[t])
+        s1 += v
+        s2 += v * v
+    return s1, s2
+
+
+@njit(cache=True, fastmath=_FM)
 def _dw_row(xr, w, bias, stride, row):
     """row[t] = bias + sum_k w[k] x[t * stride + k - p] (zero padding p = (K - 1) // 2); returns (sum, sum sq).
 
@@ -70,13 +82,7 @@ def _dw_row(xr, w, bias, stride, row):
             xs = xr[lo * stride + off:(hi - 1) * stride + off + 1:stride]
             for i in range(hi - lo):
                 rs[i] += wk * xs[i]
-    s1 = 0.0
-    s2 = 0.0
-    for t in range(n_out):
-        v = np.float64(row[t])
-        s1 += v
-        s2 += v * v
-    return s1, s2
+    return _row_sums(row)
 
 
 @njit(cache=True)
@@ -123,15 +129,7 @@ def gln_leaky_(x, gamma, beta, eps, slope):
     s1 = np.empty(c_n)
     s2 = np.empty(c_n)
     for c in prange(c_n):
-        r = x[c]
-        a1 = 0.0
-        a2 = 0.0
-        for t in range(n):
-            v = np.float64(r[t])
-            a1 += v
-            a2 += v * v
-        s1[c] = a1
-        s2[c] = a2
+        s1[c], s2[c] = _row_sums(x[c])
     a = np.empty(c_n)
     b = np.empty(c_n)
     _gln_coeffs(s1, s2, np.ones(c_n), gamma, beta, c_n * n, eps, a, b)
@@ -163,13 +161,7 @@ def fusion(xl, wl, gl, bl, xg, wg, gg, bg, we, ge, be, idx, eps, gate, emb, out)
     se2 = np.empty(c_n)
     for c in prange(c_n):
         if k_l == 1:  # statistics of x; the scale goes into the coefficients
-            r = xl[c]
-            a1 = 0.0
-            a2 = 0.0
-            for t in range(n):
-                v = np.float64(r[t])
-                a1 += v
-                a2 += v * v
+            a1, a2 = _row_sums(xl[c])
             w = np.float64(wl[c, 0])
             sl1[c] = w * a1
             sl2[c] = w * w * a2
