@@ -28,18 +28,13 @@ import soundfile as sf
 import sepcli.audio.io as io_mod
 from sepcli.pipeline import Busy, OutputClaim, Separator
 from tests.faultnets import run_cli, slow_folder
-from tests.testnets import bandsplit_folder, synthetic_sources
+from tests.testnets import synthetic_sources
 
 SR = 8000
 ROOT = Path(__file__).resolve().parents[2]
 
 
 run = run_cli
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return bandsplit_folder(tmp_path_factory.mktemp("m") / "bandsplit", sample_rate=SR, segment=0.5)
 
 
 def sha(p: Path) -> str:

@@ -40,11 +40,6 @@ def run_subprocess(*args, user: int | None = None, timeout: float = 120) -> subp
                           capture_output=True, text=True, timeout=timeout, check=False, user=user)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return bandsplit_folder(tmp_path_factory.mktemp("m") / "bandsplit", sample_rate=SR, segment=0.5)
-
-
 def signal(n: int = SR, seed: int = 0) -> np.ndarray:
     return synthetic_sources(n, SR, seed=seed).sum(0)
 

@@ -33,11 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 run = run_cli
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return bandsplit_folder(tmp_path_factory.mktemp("m") / "bandsplit", sample_rate=SR, segment=0.5)
-
-
 def _product_sources() -> list[Path]:
     out = []
     for d in ("sepcli", "recipes", "benchmarks"):
