@@ -303,33 +303,31 @@ def core_throughput() -> dict:
     return {"exp_per_s": exp_s, "fma_per_s": fma_s, "bound_per_core": 1.0 / (1.0 / exp_s + FMA_PER_UPDATE / fma_s)}
 
 
-def kernel_figures(threads_list=(1, 2)) -> list[tuple]:
-    """(label, shape, threads, fwd updates/s, bwd updates/s) of the CPU kernel; bwd = the autograd backward call
-    alone (recompute + reverse scan), medians after warm-up."""
-    from sepcli.kernels.scan_cpu import selective_scan_cpu
-
-    rows = []
+def _kernel_cases(threads_list):
+    """(label, shape, kernel inputs, backward's output gradient, state updates, threads) for each of KERNEL_SHAPES
+    at each thread count, with torch's thread count set to it (and restored at the end)."""
     old = torch.get_num_threads()
     try:
         for label, shape, groups in KERNEL_SHAPES:
             kw = _kernel_inputs(shape, groups)
-            updates = float(np.prod(shape))
             go = torch.randn(shape[:3], generator=torch.Generator().manual_seed(2))
             for threads in threads_list:
                 torch.set_num_threads(threads)
-                with torch.no_grad():
-                    tf = _median_time(lambda kw=kw: selective_scan_cpu(**kw, delta_softplus=True), 2, 5)
-                tb = []
-                for i in range(4):
-                    kg = {k: v.detach().clone().requires_grad_(True) for k, v in kw.items()}
-                    out = selective_scan_cpu(**kg, delta_softplus=True)
-                    t0 = time.perf_counter()
-                    out.backward(go)
-                    if i:
-                        tb.append(time.perf_counter() - t0)
-                rows.append((label, shape, threads, updates / tf, updates / statistics.median(tb)))
+                yield label, shape, kw, go, float(np.prod(shape)), threads
     finally:
         torch.set_num_threads(old)
+
+
+def kernel_figures(threads_list=(1, 2)) -> list[tuple]:
+    """(label, shape, threads, fwd updates/s, bwd updates/s) of the CPU kernel; bwd = the autograd backward call
+    alone (recompute + reverse scan), medians after warm-up."""
+    from sepcli.kernels import scan_cpu
+
+    rows = []
+    for label, shape, kw, go, updates, threads in _kernel_cases(threads_list):
+        with torch.no_grad():
+            tf = _median_time(lambda kw=kw: scan_cpu.selective_scan_cpu(**kw, delta_softplus=True), 2, 5)
+        rows.append((label, shape, threads, updates / tf, updates / _backward_time(scan_cpu, kw, go)))
     return rows
 
 
@@ -365,28 +363,20 @@ def forward_vs_baseline(threads_list=(1, 2), runs: int = 7) -> list[tuple]:
 
     base = baseline_module()
     rows = []
-    old = torch.get_num_threads()
-    try:
-        for label, shape, groups in KERNEL_SHAPES:
-            kw = _kernel_inputs(shape, groups)
-            updates = float(np.prod(shape))
-            for threads in threads_list:
-                torch.set_num_threads(threads)
-                fns = [lambda kw=kw: scan_forward(**kw, delta_softplus=True)]
-                if base is not None:
-                    fns.append(lambda kw=kw: base.scan_forward(**kw, delta_softplus=True))
-                for fn in fns:
-                    fn()
-                    fn()
-                ts = [[], []]
-                for _ in range(runs):
-                    for i, fn in enumerate(fns):
-                        ts[i].append(_median_time(fn, 0, 1))
-                new = updates / statistics.median(ts[0])
-                old_s = updates / statistics.median(ts[1]) if base is not None else float("nan")
-                rows.append((label, shape, threads, old_s, new))
-    finally:
-        torch.set_num_threads(old)
+    for label, shape, kw, _, updates, threads in _kernel_cases(threads_list):
+        fns = [lambda kw=kw: scan_forward(**kw, delta_softplus=True)]
+        if base is not None:
+            fns.append(lambda kw=kw: base.scan_forward(**kw, delta_softplus=True))
+        for fn in fns:
+            fn()
+            fn()
+        ts = [[], []]
+        for _ in range(runs):
+            for i, fn in enumerate(fns):
+                ts[i].append(_median_time(fn, 0, 1))
+        new = updates / statistics.median(ts[0])
+        old_s = updates / statistics.median(ts[1]) if base is not None else float("nan")
+        rows.append((label, shape, threads, old_s, new))
     return rows
 
 
@@ -436,20 +426,11 @@ def print_backward_vs_baseline(threads_list=(1, 2)) -> None:
 
     base = baseline_module()
     print(f"Backward call, G state updates/s: this kernel vs the per-row kernel at {BASELINE_COMMIT} (same run)")
-    old = torch.get_num_threads()
-    try:
-        for label, shape, groups in KERNEL_SHAPES:
-            kw = _kernel_inputs(shape, groups)
-            go = torch.randn(shape[:3], generator=torch.Generator().manual_seed(2))
-            updates = float(np.prod(shape))
-            for threads in threads_list:
-                torch.set_num_threads(threads)
-                tb = _backward_time(base, kw, go) if base is not None else float("nan")
-                tn = _backward_time(scan_cpu, kw, go)
-                print(f"  {label:<16}{shape!s:<22}{threads:>2} thr  baseline {updates / tb / 1e9:6.2f}  "
-                      f"new {updates / tn / 1e9:6.2f}  ratio {tb / tn:5.2f}x", flush=True)
-    finally:
-        torch.set_num_threads(old)
+    for label, shape, kw, go, updates, threads in _kernel_cases(threads_list):
+        tb = _backward_time(base, kw, go) if base is not None else float("nan")
+        tn = _backward_time(scan_cpu, kw, go)
+        print(f"  {label:<16}{shape!s:<22}{threads:>2} thr  baseline {updates / tb / 1e9:6.2f}  "
+              f"new {updates / tn / 1e9:6.2f}  ratio {tb / tn:5.2f}x", flush=True)
     print()
 
 
