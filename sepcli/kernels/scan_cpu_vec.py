@@ -4,33 +4,39 @@ Why: scan_cpu's forward updates a block of W = 16 channels (one per vector lane)
 numba loops its states H[k, :] and output sums OB[t, :] live in memory (LLVM cannot keep arrays that may alias in
 registers): every step loads and stores each state, and y += h·C[k] is a load-FMA-store chain through memory
 across the 16 states. Its loops are also vectorised at LLVM's preferred width, 256 bits on Intel server cores.
-Measured (Sapphire Rapids class, 1 core, one block with l = 4000 in cache): this file's time loop alone runs
-~6.8 G state updates/s, while the whole numba forward reached ~1.5; with the loop that fast, the per-element
-passes around it (softplus, layout changes, the gate, reading u/delta/z and writing out) take as long as the
-loop itself, so they are vectorised here too.
+With the time loop explicit (below) it is bound by its vector operations per update, most of them the exp, and
+the passes around it (softplus, layout changes, the gate) cost as much again unless fused (scan_vec_rows).
 
-How: the time loop of one block is LLVM IR written with llvmlite inside numba `@intrinsic`s: generic IR only
-(`<16 x float>` vectors, `llvm.fma`, shuffles, bitcasts, integer shifts), which LLVM lowers to one zmm register
-per vector with AVX-512 and to two ymm registers with AVX2 (there some states spill to the stack: slower, same
-results). Explicit vector types are not subject to the vectorisers' 256-bit preference, so zmm is used here.
+How: the time loop of one block is LLVM IR written with llvmlite inside numba `@intrinsic`s (`<16 x float>`
+vectors, `llvm.fma`, shuffles, bitcasts, integer shifts), which LLVM lowers to one zmm register per vector with
+AVX-512 and to two ymm registers with AVX2 (there some states spill to the stack: slower, same results).
 - the 16 states of the block's channels are 16 vector SSA values (phi nodes) carried across time steps, so they
-  stay in registers; a step's output sum accumulates in 4 registers and is stored once per step;
+  stay in registers; a step's output sum accumulates in 4 registers (the first starts from D·u) and is stored
+  once per step;
 - per step: one vector load of dt and of dt·u (time-major [l, 16]) and per state a broadcast of B[t, k] and
   C[t, k] (variable) or a vector of the lanes' constant B[k], C[k];
-- exp(dt·A) is 13 vector operations (vector_ir.vexp_ir: magic-number rounding, one-FMA range reduction,
-  degree-5 polynomial; ~4e-7 relative error, tested);
-- so one state update costs 16 vector operations ((dt·u)·B, the state FMA, the output FMA and the exp), all on
-  the FMA/ALU ports: the loop is throughput-bound, no longer latency-bound;
-- block setup (per channel row, contiguous in memory): dt = softplus(delta + bias) by a vector softplus (no
-  division, see vsoftplus_ir), dt·u, then 16x16 tile transposes (shuffles in registers) to the time-major layout;
-  rows are padded to whole vectors (the padding holds stale scratch, never stepped over: see _tile_setup).
-  After the loop y goes back to rows by the same transposes, and the D term and silu(z) gate run along rows
-  (vector silu). u is read from memory once per block (kept in a scratch row for the D term): the passes
-  around the scan are bound by memory traffic at SPMamba's shapes.
+- exp(dt·A) = 2^(dt·A2) with A2 = A·log2 e premultiplied per block, so the product dt·A2 is the exp's only
+  argument operation (vector_exp2.vexp2_ir). With AVX-512 (F, DQ) on the host: vreduceps, 5 polynomial FMAs and
+  vscalefps, 7 operations that saturate correctly with no clamp; generic IR elsewhere (AVX2): magic-number
+  rounding, the polynomial and 2^n added to the exponent bits, 10 operations plus a one-sided clamp when every
+  A of the block is <= 0 and dt = softplus(.) >= 0 (mamba's case, decided per block) or 11 with both clamps.
+  A state update costs 11 vector operations (AVX-512) with (dt·u)·B, the state FMA and the output FMA, against
+  17 with the 13-operation exp of vector_ir.vexp_ir (still used by the backward's recompute: _scan_vv etc.).
+  Accuracy: the polynomial ~1.6e-7 relative (tested against float64); A2 and dt·A2 add two float32 roundings of
+  the argument, |dt·A|·1.2e-7 relative at most (the old exp had one: |dt·A|·6e-8), i.e. 2e-7 for |dt·A| <= 1
+  and growing only where exp(dt·A) is tiny (tested).
+- block setup and output (scan_vec_rows): delta and u read once and transposed in registers, dt, dt·u and D·u
+  written time-major; after the loop y goes back to rows in registers and out = y·silu(z) is written directly.
+
+Measured (Sapphire Rapids class, 2 vCPUs, 1 core, one block of 16 channels x 4000 steps in cache): the time loop
+~1.85 ns per (b, d, t) element (8.7 G state updates/s; 2.55 ns with the 13-operation exp), the whole block
+~3.0-3.2 ns (was ~4.9). On the issue's shape (1, 512, 4000, 16) and SPMamba's, against git 4eb3200's kernel in
+the same run: see benchmarks/bench_scan.py.
 
 Other n and float64 keep scan_cpu's numba loops (the fallback); scan_cpu.scan_forward dispatches. Compiled by
-numba with `cache=True`: the IR is generated once per variable/constant B, C combination and cached on disk
-with the rest of the kernel (first call in a fresh cache: a few seconds of LLVM compilation, see bench_scan).
+numba with `cache=True`: the IR is generated once per variable/constant B, C combination (and clamp variant on
+the generic path) and cached on disk with the rest of the kernel (numba's cache is keyed on the host CPU and its
+features, so an AVX-512 build is never loaded on an AVX2 machine).
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from numba.extending import intrinsic
 
 from .scan_cpu import W, lane_params
 from .scan_vec_rows import tile_output, tile_setup
-from .vector_ir import AVX512, F32_2D, V16, array_data, vbroadcast, vexp2_ir, vexp_ir, vfma, vload, vstore
+from .vector_exp2 import AVX512, vexp2_ir
+from .vector_ir import F32_2D, V16, array_data, vbroadcast, vexp_ir, vfma, vload, vstore
 
 N = 16  # the state size this kernel is specialised for (SPMamba's and Mamba's default d_state)
 

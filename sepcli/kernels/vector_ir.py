@@ -10,6 +10,8 @@ below 2e-7 relative), e^r by a degree-5 polynomial (5 FMAs; coefficients fitted 
 times 2^n from the shifted bits. Max relative error ~4e-7 (about 3 ulp) on [-87, 88], tested; underflow gives
 ~1.2e-38 and overflow ~2.2e38, as scan_cpu's exp. Compiled without fast-math flags (the magic-number rounding
 must not be reassociated away).
+
+exp2 (the forward's time loop): vector_exp2.
 """
 
 from __future__ import annotations
@@ -56,80 +58,6 @@ def _fit_exp_poly() -> tuple[float, ...]:
 _EXP_C = _fit_exp_poly()
 
 
-# exp2 (the forward's time loop: exp(dt·A) = 2^(dt·A2) with A2 = A·log2 e premultiplied per block, so the loop's
-# dt·A multiply is the argument's only operation). 2^f by a degree-5 polynomial, relative least squares on
-# Chebyshev nodes with c0 = 1 exact (2^0 = 1): on [-1/2, 1/2] (generic path: n = round(y)) and on [0, 1)
-# (AVX-512 path: n = floor(y), vreduceps/vscalefps).
-
-
-def _fit_exp2_poly(lo: float, hi: float) -> tuple[float, ...]:
-    """Degree-5 coefficients of 2^f on [lo, hi] with c0 = 1, relative least squares on Chebyshev nodes (float64)."""
-    f = (lo + hi) / 2 + (hi - lo) / 2 * np.cos(np.pi * (np.arange(600) + 0.5) / 600)
-    p2 = np.exp2(f)
-    basis = np.stack([f ** k / p2 for k in range(1, 6)], axis=1)
-    c = np.linalg.lstsq(basis, (p2 - 1.0) / p2, rcond=None)[0]
-    return (1.0,) + tuple(float(np.float32(v)) for v in c)
-
-
-_EXP2_C_ROUND = _fit_exp2_poly(-0.5, 0.5)
-_EXP2_C_FLOOR = _fit_exp2_poly(0.0, 1.0)
-_EXP2_LO = -125.0  # generic path: 2^n stays a normal number for p >= 1/sqrt2 (exp2(-125) ~ 2.4e-38)
-_EXP2_HI = 127.0  # p·2^127 < 2^128: the largest result ~2.4e38, finite
-_MAGIC2 = 12582912.0  # 1.5 * 2**23: y + magic leaves round(y) in the low mantissa bits
-
-
-def _host_avx512() -> bool:
-    """True when numba compiles for this host (no NUMBA_CPU_NAME) and it has AVX-512 F and DQ (vscalefps,
-    vreduceps). SEPCLI_VEC_GENERIC=1 forces the generic path (tests; use a fresh NUMBA_CACHE_DIR with it)."""
-    import os
-
-    from llvmlite import binding
-    from numba.core import config
-
-    if os.environ.get("SEPCLI_VEC_GENERIC") or config.CPU_NAME not in (None, "host"):
-        return False
-    feats = binding.get_host_cpu_features()
-    return bool(feats.get("avx512f") and feats.get("avx512dq"))
-
-
-AVX512 = _host_avx512()
-
-
-def _x86_512(builder, name, args):
-    ty = ir.FunctionType(V16, [a.type for a in args])
-    return builder.call(cgutils.get_or_insert_function(builder.module, ty, f"llvm.x86.avx512.mask.{name}.ps.512"), args)
-
-
-def vexp2_ir(builder, y, low_only=False, avx512=None):
-    """Emit 2^y for a <16 x float> y, y = dt·A2. avx512 (default: AVX512, the host's): f = y - floor(y) by
-    vreduceps, 2^f by the polynomial, times 2^floor(y) by vscalefps, which saturates correctly (0 below ~-149,
-    denormals between -149 and -126, inf above 128) and passes NaN: 8 vector operations in all. Generic: clamp y
-    to [-125, 127] (low_only: only the low end, enough when y <= 0, i.e. A <= 0 and dt >= 0), the magic-number
-    rounding n = round(y) (1.5·2^23 added and subtracted), f = y - n exact, the polynomial, and 2^n added to
-    the result's exponent bits: 10-11 operations. NaN propagates on both paths (compare/select clamps)."""
-    avx512 = AVX512 if avx512 is None else avx512
-    i32 = ir.IntType(32)
-    if avx512:
-        undef = ir.Constant(V16, ir.Undefined)
-        mask, cur = ir.Constant(ir.IntType(16), -1), ir.Constant(i32, 4)
-        f = _x86_512(builder, "reduce", [y, ir.Constant(i32, 9), undef, mask, cur])  # 9: round down, no #PE
-        c = _EXP2_C_FLOOR
-    else:
-        y = builder.select(builder.fcmp_ordered("<", y, _splat(_EXP2_LO)), _splat(_EXP2_LO), y)
-        if not low_only:
-            y = builder.select(builder.fcmp_ordered(">", y, _splat(_EXP2_HI)), _splat(_EXP2_HI), y)
-        kf = builder.fadd(y, _splat(_MAGIC2))
-        f = builder.fsub(y, builder.fsub(kf, _splat(_MAGIC2)))
-        c = _EXP2_C_ROUND
-    p = vfma(builder, _splat(c[5]), f, _splat(c[4]))
-    for ci in (c[3], c[2], c[1], c[0]):
-        p = vfma(builder, p, f, _splat(ci))
-    if avx512:
-        return _x86_512(builder, "scalef", [p, y, ir.Constant(V16, ir.Undefined), mask, cur])
-    sh = builder.shl(builder.bitcast(kf, _VI), ir.Constant(_VI, [23] * W))  # n << 23 (the magic's bits shift out)
-    return builder.bitcast(builder.add(builder.bitcast(p, _VI), sh), V16)
-
-
 def vfma(builder, a, b, c):
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V16, [V16, V16, V16]), f"llvm.fma.v{W}f32")
     return builder.call(fn, [a, b, c])
@@ -156,20 +84,16 @@ _LOG_P = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 
           -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
 
 
-def vsoftplus_ir(builder, x, with_sigmoid=False, exp2=False):
+def vsoftplus_ir(builder, x, with_sigmoid=False):
     """Emit softplus(x) = max(x, 0) + log1p(exp(-|x|)) for a <16 x float> x (torch's threshold 20 is implied:
     above it the log1p term is below half an ulp of x). log1p(v), v in (0, 1]: log(u) of u = 1 + v by the Cephes
     polynomial, plus the rounding error of u: log1p(v) = log(u) + c/u, c = v - (u - 1) exact, with 1/u ~ 2 - u
     (c is below half an ulp of 1, so this error is below 1e-7 relative; no division). with_sigmoid: also
-    sigmoid(x) (softplus' derivative) from the same exp, (1 if x > 0 else v) / u: returns (softplus, sigmoid).
-    exp2: exp by vexp2_ir (the forward's setup), else by vexp_ir."""
+    sigmoid(x) (softplus' derivative) from the same exp, (1 if x > 0 else v) / u: returns (softplus, sigmoid)."""
     zero = _splat(0.0)
     one = _splat(1.0)
     ax = builder.bitcast(builder.and_(builder.bitcast(x, _VI), ir.Constant(_VI, [0x7FFFFFFF] * W)), V16)
-    if exp2:  # the forward's: exp(-|x|) = 2^(-|x|·log2 e) by vexp2_ir (cheaper; below 2^-125, see there)
-        v = vexp2_ir(builder, builder.fmul(ax, _splat(-_LOG2E)), low_only=True)
-    else:
-        v = vexp_ir(builder, builder.fsub(zero, ax))
+    v = vexp_ir(builder, builder.fsub(zero, ax))
     u = builder.fadd(one, v)
     c = builder.fsub(v, builder.fsub(u, one))
     big = builder.fcmp_ordered(">", u, _splat(_SQRT2))
@@ -345,47 +269,6 @@ def _vexp16(typingctx, xs, ys, i):
         return context.get_dummy_value()
 
     return types.none(xs, ys, i), codegen
-
-
-def _make_vexp2_hook(low_only: bool, avx512: bool):
-    @intrinsic
-    def hook(typingctx, xs, ys, i):
-        """ys[i:i+16] = 2^xs[i:i+16] by vexp2_ir (test hook)."""
-        arr = types.Array(types.float32, 1, "C")
-        if xs != arr or ys != arr or not isinstance(i, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, llargs):
-            x, y = (array_data(context, builder, arr, v) for v in llargs[:2])
-            idx = context.cast(builder, llargs[2], sig.args[2], types.int64)
-            vstore(builder, vexp2_ir(builder, vload(builder, x, idx), low_only, avx512), y, idx)
-            return context.get_dummy_value()
-
-        return types.none(xs, ys, i), codegen
-
-    @njit
-    def check(x):
-        m = (x.shape[0] + W - 1) // W * W
-        xp = np.zeros(m, np.float32)
-        xp[:x.shape[0]] = x
-        out = np.empty(m, np.float32)
-        for i in range(0, m, W):
-            hook(xp, out, i)
-        return out[:x.shape[0]]
-
-    return check
-
-
-def vexp2_check(x, low_only=False, avx512=None):
-    """Test hook: vexp2_ir over a 1-D float32 array, on the given path (default: the host's); not cached (the
-    generic and AVX-512 paths are compiled side by side)."""
-    key = (low_only, AVX512 if avx512 is None else avx512)
-    if key not in _VEXP2_HOOKS:
-        _VEXP2_HOOKS[key] = _make_vexp2_hook(*key)
-    return _VEXP2_HOOKS[key](np.ascontiguousarray(x, np.float32))
-
-
-_VEXP2_HOOKS: dict = {}
 
 
 @njit(cache=True)

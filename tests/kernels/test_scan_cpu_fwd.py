@@ -131,6 +131,54 @@ def test_n16_nan_in_delta_propagates_to_its_channel_only():
     assert not torch.isnan(out[0, [c for c in range(32) if c != 3]]).any()
 
 
+@pytest.mark.parametrize("L", [1030, 1040, 1050, 2048 + 17])
+def test_n16_lengths_around_the_time_tiles(L):
+    """A last tile of 6 steps (staged), of 16, of 26 (its last chunk shifted back), several tiles."""
+    _check(make_inputs(1, 20, L, 16, "g2", "var", seed=L))
+
+
+def test_n16_no_softplus_negative_dt_and_growing_states():
+    """delta_softplus off with dt < 0 and A > 0 in places: dt·A > 0, the exp's general (two-sided) path."""
+    kw = make_inputs(2, 24, 70, 16, "var", "g2", softplus=False, seed=12)
+    kw["delta"] = kw["delta"] - 0.3  # dt in [-0.29, 0.21]
+    kw["A"][::3, ::2] = 0.5
+    assert (kw["delta"] + kw["delta_bias"][:, None] < 0).any()
+    _check(kw)
+
+
+_GENERIC_CHILD = """
+import torch
+from sepcli.kernels import vector_exp2
+assert not vector_exp2.AVX512
+import tests.kernels.test_scan_cpu_fwd as t
+from tests.scan_cases import make_inputs
+for layout in t.LAYOUTS:
+    t._check(make_inputs(2, 40, 45, 16, *layout, seed=3))
+t._check(make_inputs(1, 20, 1050, 16, "g2", "var", seed=5))
+t.test_n16_no_softplus_negative_dt_and_growing_states()
+t.test_n16_extreme_decays_underflow_and_growth()
+t.test_n16_nan_in_delta_propagates_to_its_channel_only()
+print("generic ok")
+"""
+
+
+def test_n16_generic_exp_path_matches_reference(tmp_path):
+    """The forward compiled with the generic exp (SEPCLI_VEC_GENERIC=1, as on hosts without AVX-512; its own
+    numba cache), in a child process, against the reference: layouts, tiles, two-sided and low-only clamps,
+    underflow and growth, NaN."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, SEPCLI_VEC_GENERIC="1", NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-c", _GENERIC_CHILD], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "generic ok" in proc.stdout
+
+
 # --- dispatch: which kernel runs, and the fallbacks ----------------------------------------------------------
 
 
