@@ -389,6 +389,40 @@ def print_forward_vs_baseline() -> None:
     print()
 
 
+def bf16_vs_cast(threads_list=(1, 2), runs: int = 7) -> list[tuple]:
+    """(label, shape, threads, ms direct, ms cast first): the forward (no grad) on bfloat16 u, delta, z, B, C read
+    by the kernel's row pass (bfloat16 out), against casting them with .float() first (float32 out), interleaved
+    medians on the KERNEL_SHAPES."""
+    from sepcli.kernels.scan_cpu import scan_forward
+
+    keys = ("u", "delta", "z", "B", "C")
+    rows = []
+    for label, shape, kw, _, _, threads in _kernel_cases(threads_list):
+        h = {k: (v.to(torch.bfloat16) if k in keys else v) for k, v in kw.items()}
+        fns = [lambda h=h: scan_forward(**h, delta_softplus=True),
+               lambda h=h: scan_forward(**{k: (v.float() if k in keys else v) for k, v in h.items()},
+                                        delta_softplus=True)]
+        for fn in fns:
+            fn()
+            fn()
+        ts = [[], []]
+        for _ in range(runs):
+            for i, fn in enumerate(fns):
+                ts[i].append(_median_time(fn, 0, 1))
+        rows.append((label, shape, threads, 1e3 * statistics.median(ts[0]), 1e3 * statistics.median(ts[1])))
+    return rows
+
+
+def print_bf16_vs_cast() -> None:
+    print("Forward on bfloat16 u, delta, z, B, C: read by the kernel vs cast with .float() first (interleaved "
+          "medians):")
+    print(f"{'shape':<16}{'(b, d, l, n)':<22}{'thr':>4}{'bf16 ms':>10}{'cast ms':>10}{'saved':>8}")
+    for label, shape, threads, direct, cast in bf16_vs_cast():
+        print(f"{label:<16}{shape!s:<22}{threads:>4}{direct:>10.1f}{cast:>10.1f}{100 * (1 - direct / cast):>7.0f}%",
+              flush=True)
+    print()
+
+
 def print_kernel_figures() -> None:
     print(f"CPU: {cpu_description()}")
     core = core_throughput()
@@ -505,6 +539,7 @@ def main() -> None:
         print("No CUDA device: the Triton and mamba_ssm backends are not timed here.")
     print("Times: median of runs after warm-up; shared machine, so figures are noisy.\n")
     print_forward_vs_baseline()
+    print_bf16_vs_cast()
     print_kernel_figures()
     print_backward_vs_baseline()
 

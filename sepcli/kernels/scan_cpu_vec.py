@@ -146,7 +146,7 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
     of 16 channels x 4000 steps needed ~2 MB of scratch, the size of a core's L2)."""
     nl = u.shape[2]
     tp = min(TT, (nl + W - 1) // W * W)
-    fdt = u.dtype
+    fdt = np.float32  # u, delta, z, out: float32 or bfloat16 bits (int16); the rest float32
     AL = np.empty((N, W), fdt)
     H = np.empty((N, W), fdt)
     BL = np.empty((N, W), fdt)
@@ -156,10 +156,10 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
     DTT = np.zeros((tp, W), fdt)
     DUT = np.zeros((tp, W), fdt)
     OB = np.zeros((tp, W), fdt)
-    SD = np.zeros((1, W, W), fdt)  # staging of a row's last, partial 16-step chunk
-    SU = np.zeros((1, W, W), fdt)
-    SZ = np.zeros((1, W, W), fdt)
-    SO = np.zeros((1, W, W), fdt)
+    SD = np.zeros((1, W, W), delta.dtype)  # staging of a row's last, partial 16-step chunk
+    SU = np.zeros((1, W, W), u.dtype)
+    SZ = np.zeros((1, W, W), z.dtype)
+    SO = np.zeros((1, W, W), out.dtype)
     ident = np.arange(W)
     for i in range(i0, i1):
         b = blk[i, 0]

@@ -11,8 +11,14 @@ multiply per 16 elements); the D term rides in the loop's output accumulator (OB
 softplus and silu keep vector_ir.vexp_ir (~4e-7): the base-2 exp's rounded argument y = x·log2 e would cost
 |x|·1e-7 relative error (4e-6 in softplus at x = -80), to save ~8 of ~210 vector operations per 16 elements.
 
-Rows whose end is not a whole 16-step chunk past the current position go through a zero-padded staging copy
-(the chunk functions never read or write past an array's end).
+u, delta, z and out may each be float32 or bfloat16 (int16 arrays of its bits, numpy having no bfloat16): a
+bfloat16 row is widened exactly in registers (bits << 16) and out is rounded to bfloat16 to nearest even in
+registers, so bfloat16 callers need no cast pass over (b, d, l) tensors (measured: 28-34% of the forward's time
+saved against .float() first on the issue's and SPMamba's shapes, benchmarks/bench_scan.py).
+
+A row's last chunk that the row ends inside is shifted back to end at the row's end (recomputing some steps,
+same values) or, when the tile is shorter than 16 steps, goes through zero-padded staging arrays: the chunk
+functions never read or write past an array's end.
 """
 
 from __future__ import annotations
@@ -22,12 +28,39 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .vector_ir import (F32_2D, W, _splat, array_data, transpose_ir, vexp_ir, vload, vsoftplus_ir,
-                        vstore)
+from .vector_ir import F32_2D, V16, W, _splat, array_data, transpose_ir, vexp_ir, vload, vsoftplus_ir, vstore
 
 F32_3D = types.Array(types.float32, 3, "C")
+BF16_3D = types.Array(types.int16, 3, "C")  # bfloat16 rows, as their bit patterns (numpy has no bfloat16)
+ROWS = (F32_3D, BF16_3D)
 I64_1D = types.Array(types.int64, 1, "C")
 _I64 = ir.IntType(64)
+_I16V = ir.VectorType(ir.IntType(16), W)
+_I32V = ir.VectorType(ir.IntType(32), W)
+
+
+def _load_row(builder, aryty, data, off):
+    """16 consecutive values of a row as <16 x float>: float32, or bfloat16 widened (its bits << 16, exact)."""
+    if aryty == F32_3D:
+        return vload(builder, data, off)
+    p = builder.bitcast(cgutils.gep(builder, data, off), _I16V.as_pointer())
+    bits = builder.zext(builder.load(p, typ=_I16V, align=2), _I32V)
+    return builder.bitcast(builder.shl(bits, ir.Constant(_I32V, [16] * W)), V16)
+
+
+def _store_row(builder, aryty, v, data, off):
+    """Store <16 x float> into a row: float32, or rounded to bfloat16 to nearest even (NaN stays a quiet NaN), the
+    rounding of torch's float32 -> bfloat16 conversion."""
+    if aryty == F32_3D:
+        vstore(builder, v, data, off)
+        return
+    bits = builder.bitcast(v, _I32V)
+    odd = builder.and_(builder.lshr(bits, ir.Constant(_I32V, [16] * W)), ir.Constant(_I32V, [1] * W))
+    rounded = builder.lshr(builder.add(bits, builder.add(odd, ir.Constant(_I32V, [0x7FFF] * W))),
+                           ir.Constant(_I32V, [16] * W))
+    nan = builder.fcmp_unordered("uno", v, v)
+    out = builder.trunc(builder.select(nan, ir.Constant(_I32V, [0x7FC0] * W), rounded), _I16V)
+    builder.store(out, builder.bitcast(cgutils.gep(builder, data, off), _I16V.as_pointer()), align=2)
 
 
 def _i64(context, builder, val, ty):
@@ -47,7 +80,7 @@ def _make_setup(softplus: bool):
     def setup_chunk(typingctx, delta, u, b, ch, t, P, DTT, DUT, OB, tt):
         """Steps t..t+15 of the channels ch[0..15] of row b: DTT[tt + i] = dt (softplus(delta + P[0]) or
         delta + P[0]), DUT[tt + i] = dt·u, OB[tt + i] = P[1]·u (P[0] bias, P[1] D per lane)."""
-        if (delta != F32_3D or u != F32_3D or ch != I64_1D or any(a != F32_2D for a in (P, DTT, DUT, OB))
+        if (delta not in ROWS or u not in ROWS or ch != I64_1D or any(a != F32_2D for a in (P, DTT, DUT, OB))
                 or not all(isinstance(a, types.Integer) for a in (b, t, tt))):
             return None
 
@@ -58,10 +91,10 @@ def _make_setup(softplus: bool):
             ti = _i64(context, builder, a["t"], ty["t"])
             chd = array_data(context, builder, I64_1D, a["ch"])
             chans = [builder.load(cgutils.gep(builder, chd, j)) for j in range(W)]
-            dd, doff = _row_offsets(context, builder, F32_3D, a["delta"], bi, chans, ti)
-            ud, uoff = _row_offsets(context, builder, F32_3D, a["u"], bi, chans, ti)
-            dcol = transpose_ir(builder, [vload(builder, dd, o) for o in doff])
-            ucol = transpose_ir(builder, [vload(builder, ud, o) for o in uoff])
+            dd, doff = _row_offsets(context, builder, ty["delta"], a["delta"], bi, chans, ti)
+            ud, uoff = _row_offsets(context, builder, ty["u"], a["u"], bi, chans, ti)
+            dcol = transpose_ir(builder, [_load_row(builder, ty["delta"], dd, o) for o in doff])
+            ucol = transpose_ir(builder, [_load_row(builder, ty["u"], ud, o) for o in uoff])
             pd = array_data(context, builder, F32_2D, a["P"])
             bias = vload(builder, pd, ir.Constant(_I64, 0))
             dlan = vload(builder, pd, ir.Constant(_I64, W))
@@ -89,7 +122,7 @@ def _make_output(has_z: bool):
     @intrinsic
     def output_chunk(typingctx, OB, tt, z, out, b, d0, w, t):
         """out[b, d0 + j, t:t+16] = y_j (·silu(z[b, d0 + j, t:t+16])) for j < w, y_j = column j of OB[tt:tt+16]."""
-        if (OB != F32_2D or z != F32_3D or out != F32_3D
+        if (OB != F32_2D or z not in ROWS or out not in ROWS
                 or not all(isinstance(a, types.Integer) for a in (tt, b, d0, w, t))):
             return None
 
@@ -104,16 +137,16 @@ def _make_output(has_z: bool):
             wi = _i64(context, builder, w_, sig.args[6])
             ti = _i64(context, builder, t_, sig.args[7])
             chans = [builder.add(d0i, ir.Constant(_I64, j)) for j in range(W)]
-            od, ooff = _row_offsets(context, builder, F32_3D, out_, bi, chans, ti)
-            zd, zoff = _row_offsets(context, builder, F32_3D, z_, bi, chans, ti)
+            od, ooff = _row_offsets(context, builder, sig.args[3], out_, bi, chans, ti)
+            zd, zoff = _row_offsets(context, builder, sig.args[2], z_, bi, chans, ti)
             for j in range(W):
                 with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(_I64, j), wi)):
                     y = ys[j]
                     if has_z:
-                        zv = vload(builder, zd, zoff[j])
+                        zv = _load_row(builder, sig.args[2], zd, zoff[j])
                         e = vexp_ir(builder, builder.fsub(_splat(0.0), zv))
                         y = builder.fmul(y, builder.fdiv(zv, builder.fadd(_splat(1.0), e)))
-                    vstore(builder, y, od, ooff[j])
+                    _store_row(builder, sig.args[3], y, od, ooff[j])
             return context.get_dummy_value()
 
         return types.none(OB, tt, z, out, b, d0, w, t), codegen
@@ -138,8 +171,8 @@ def tile_setup(b, t0, m, ch, u, delta, softplus, P, DTT, DUT, OB, SD, SU, IDENT)
             tc = t
         elif t + W > nl:
             n = nl - t
-            SD[:] = 0.0
-            SU[:] = 0.0
+            SD[:] = 0
+            SU[:] = 0
             for j in range(W):
                 for i in range(n):
                     SD[0, j, i] = delta[b, ch[j], t + i]
@@ -161,7 +194,7 @@ def tile_output(b, d0, w, t0, m, OB, z, has_z, out, SZ, SO):
             t = nl - W
         if t + W > nl:
             n = nl - t
-            SZ[:] = 0.0
+            SZ[:] = 0
             if has_z:
                 for j in range(w):
                     for i in range(n):

@@ -179,6 +179,53 @@ def test_n16_generic_exp_path_matches_reference(tmp_path):
     assert "generic ok" in proc.stdout
 
 
+_BF16_KEYS = ("u", "delta", "z", "B", "C")
+
+
+def _bf16(kw, keys=_BF16_KEYS):
+    return {k: (v.to(torch.bfloat16) if k in keys and isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("L", [5, 45, 1030])
+@pytest.mark.parametrize("layout", [("var", "var"), ("g2", "g2"), ("const", "g2")])
+def test_n16_bfloat16_inputs_against_the_reference(L, layout):
+    """bfloat16 u, delta, z, B, C: against scan_ref fed the same values upcast to float32 (out rounded to
+    bfloat16: half an ulp, 2^-9 relative), and bit for bit against the float32 kernel on the upcast values
+    followed by torch's float32 -> bfloat16 rounding."""
+    h = _bf16(make_inputs(2, 40, L, 16, *layout, seed=L))
+    up = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in h.items()}
+    out, last = selective_scan_cpu(**h, return_last_state=True)
+    ref, ref_last = selective_scan_ref(**up, return_last_state=True)
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref, rtol=2.0 ** -8, atol=ATOL)
+    torch.testing.assert_close(last, ref_last, rtol=RTOL, atol=ATOL)
+    assert torch.equal(out, selective_scan_cpu(**up).to(torch.bfloat16))
+
+
+def test_n16_bfloat16_mixed_with_float32_nan_and_no_cast_pass(monkeypatch):
+    """Any of u, delta, z may be bfloat16 (here u and z; delta float32); the kernel gets their bfloat16 bits
+    (int16), not a float32 copy; a NaN in z stays NaN in the bfloat16 output."""
+    kw = make_inputs(1, 32, 50, 16, "var", "var", seed=7)
+    h = _bf16(kw, ("u", "z"))
+    h["z"][0, 5, 9] = float("nan")
+    seen = []
+    real = scan_cpu_vec.fwd_ser
+
+    def spy(*a):
+        seen.append((a[2].dtype, a[3].dtype, a[8].dtype, a[-2].dtype))
+        return real(*a)
+
+    monkeypatch.setattr(scan_cpu_vec, "fwd_ser", spy)
+    monkeypatch.setattr(scan_cpu_vec, "fwd_par", spy)
+    out = selective_scan_cpu(**h)
+    assert seen == [(np.int16, np.float32, np.int16, np.int16)]  # u, delta, z, out
+    up = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in h.items()}
+    want = selective_scan_cpu(**up).to(torch.bfloat16)
+    assert torch.isnan(out[0, 5, 9]) and torch.isnan(want[0, 5, 9])
+    assert torch.equal(out.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(want))
+
+
 # --- dispatch: which kernel runs, and the fallbacks ----------------------------------------------------------
 
 
