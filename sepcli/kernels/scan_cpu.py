@@ -2,9 +2,10 @@
 
 For float32 (and float16/bfloat16 inputs) with d_state n = 16, scan_forward runs the explicitly vectorised
 forward of scan_cpu_vec (states in registers, base-2 exp, fused row passes: ~3.2-3.7x this module's forward loops
-of git 4eb3200); other n and float64 run the forward described below. There, bfloat16 u, delta and z are not
-cast here: the kernel reads their bits (int16 arrays) and widens them in its row pass, and writes a bfloat16 out
-directly (rounded to nearest even, as torch's conversion); B and C go through their transposed copy in float32.
+of git 4eb3200); other n and float64 run the forward described below. In the vectorised forward, bfloat16 u,
+delta and z are not cast here: the kernel reads their bits (int16 arrays) and widens them in its row pass, and
+writes a bfloat16 out directly (rounded to nearest even, as torch's conversion); B and C go through their
+transposed copy in float32.
 
 Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan semantics), but:
 - no `(b, d, l, n)` intermediate. Forward: channels go in blocks of W = 16 (one channel per vector lane; a

@@ -148,12 +148,14 @@ def test_n16_no_softplus_negative_dt_and_growing_states():
 
 _GENERIC_CHILD = """
 import torch
-from sepcli.kernels import vector_exp2
+from sepcli.kernels import scan_cpu_vec, vector_exp2
 assert not vector_exp2.AVX512
 import tests.kernels.test_scan_cpu_fwd as t
 from tests.scan_cases import make_inputs
 for layout in t.LAYOUTS:
     t._check(make_inputs(2, 40, 45, 16, *layout, seed=3))
+asm = scan_cpu_vec._fwd_blocks.inspect_asm(scan_cpu_vec._fwd_blocks.signatures[0])
+assert "ymm" in asm and "zmm" not in asm  # AVX2 code: each 16-lane vector in two ymm registers
 t._check(make_inputs(1, 20, 1050, 16, "g2", "var", seed=5))
 t.test_n16_no_softplus_negative_dt_and_growing_states()
 t.test_n16_extreme_decays_underflow_and_growth()
@@ -162,17 +164,18 @@ print("generic ok")
 """
 
 
-def test_n16_generic_exp_path_matches_reference(tmp_path):
-    """The forward compiled with the generic exp (SEPCLI_VEC_GENERIC=1, as on hosts without AVX-512; its own
-    numba cache), in a child process, against the reference: layouts, tiles, two-sided and low-only clamps,
-    underflow and growth, NaN."""
+def test_n16_generic_exp_path_on_avx2_matches_reference(tmp_path):
+    """The forward compiled as for an AVX2 laptop (numba targeting Haswell: no AVX-512, so the generic exp and
+    ymm registers; its own numba cache), in a child process, against the reference: layouts, tiles, two-sided
+    and low-only clamps, underflow and growth, NaN."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, SEPCLI_VEC_GENERIC="1", NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=str(root))
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=str(root))
     proc = subprocess.run([sys.executable, "-c", _GENERIC_CHILD], cwd=root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
