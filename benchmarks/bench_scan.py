@@ -47,19 +47,23 @@ G state updates/s, forward | backward call, 1 thread and 2 threads):
 
   2026-12-07 session 25 (same machine class and flags, Makefile MALLOC_* settings, same run as the 4eb3200
   kernel), forward with the base-2 exp (AVX-512 vreduceps/vscalefps: 11 vector operations per 16 state updates
-  instead of 17) and fused row passes (scan_vec_rows), G updates/s baseline -> new (ratio), 1 thread | 2 threads:
-                                issue 0.95 -> 3.40 (3.58x) | 1.84 -> 6.72 (3.66x);
-                                intra 0.90 -> 3.00 (3.34x) | 1.76 -> 5.54 (3.15x);
-                                inter 0.98 -> 3.26 (3.34x) | 1.87 -> 6.23 (3.33x)
-                                (other runs: issue 3.6-3.7x | 3.5-3.7x, intra 3.1-3.3x, inter 3.3-3.4x). The
+  instead of 17), fused row passes (scan_vec_rows) and software prefetch 2 chunks ahead, G updates/s
+  baseline -> new (ratio), 1 thread | 2 threads:
+                                issue 0.94 -> 3.49 (3.74x) | 2.13 -> 8.45 (3.96x);
+                                intra 1.01 -> 3.34 (3.32x) | 1.94 -> 6.74 (3.47x);
+                                inter 1.07 -> 3.99 (3.74x) | 2.11 -> 7.74 (3.67x)
+                                (another run: issue 0.99 -> 4.03 (4.06x) | 2.05 -> 7.75 (3.77x), intra 3.22x |
+                                3.19x, inter 3.72x | 3.69x; before the prefetch: issue 3.6-3.7x, intra 3.1-3.3x,
+                                inter 3.3-3.4x). The
                                 core bound printed by print_kernel_figures (scan_cpu._exp's 15-operation exp:
-                                3.99 G exps/s, FMA 44.9 G/s -> 2.94 G updates/s per core) no longer bounds this
+                                4.02 G exps/s, FMA 44.8 G/s -> 2.96 G updates/s per core) no longer bounds this
                                 forward (it exceeds it); it still models the backward. One hot block (16 channels,
                                 4000 steps, in cache): time loop ~1.85 ns per (b, d, t) element (was 2.55), whole
                                 block ~3.0-3.2 ns (was ~4.9).
                                 bfloat16 u, delta, z, B, C read by the kernel vs .float() first (bf16_vs_cast),
-                                ms, 1 thread | 2 threads: issue 8.9 vs 11.4 | 5.5 vs 7.1 (22%); intra 40.5 vs
-                                60.1 | 20.6 vs 31.4 (33-35%); inter 35.1 vs 54.0 | 17.7 vs 27.1 (35%).
+                                ms, 1 thread | 2 threads (same run as the first figures above): issue 7.7 vs
+                                10.1 | 4.1 vs 5.1 (21-24%); intra 37.1 vs 53.1 | 18.1 vs 26.5 (30-32%); inter
+                                31.6 vs 47.1 | 15.2 vs 23.0 (33-34%).
 
 The forward-vs-baseline table loads the baseline with `git show` (BASELINE_COMMIT) into a temporary module.
 Run: `.venv/bin/python -m benchmarks.run scan`. Times are medians of several runs after warm-up; on a shared
