@@ -13,7 +13,7 @@ softplus and silu keep vector_ir.vexp_ir (~4e-7): the base-2 exp's rounded argum
 
 u, delta, z and out may each be float32 or bfloat16 (int16 arrays of its bits, numpy having no bfloat16): a
 bfloat16 row is widened exactly in registers (bits << 16) and out is rounded to bfloat16 to nearest even in
-registers, so bfloat16 callers need no cast pass over (b, d, l) tensors (measured: 28-34% of the forward's time
+registers, so bfloat16 callers need no cast pass over (b, d, l) tensors (measured: 21-35% of the forward's time
 saved against .float() first on the issue's and SPMamba's shapes, benchmarks/bench_scan.py).
 
 Each chunk prefetches the rows' cache line 2 chunks ahead (delta, u; z, and out for writing): the hardware
