@@ -1,7 +1,11 @@
 """Fused CPU selective scan (numba), with a fused reverse-time backward for autograd.
 
-For float32 with d_state n = 16, scan_forward runs the explicitly vectorised forward of scan_cpu_vec (states in
-registers, ~2.5-3x this module's forward loops); other n and float64 run the forward described below.
+For float32 (and float16/bfloat16 inputs) with d_state n = 16, scan_forward runs the explicitly vectorised
+forward of scan_cpu_vec (states in registers, base-2 exp, fused row passes: ~3.2-4x this module's forward loops
+of git 4eb3200); other n and float64 run the forward described below. In the vectorised forward, bfloat16 u,
+delta and z are not cast here: the kernel reads their bits (int16 arrays) and widens them in its row pass, and
+writes a bfloat16 out directly (rounded to nearest even, as torch's conversion); B and C go through their
+transposed copy in float32.
 
 Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan semantics), but:
 - no `(b, d, l, n)` intermediate. Forward: channels go in blocks of W = 16 (one channel per vector lane; a
@@ -402,22 +406,31 @@ def _bc_grad(g: np.ndarray, M: Tensor) -> Tensor:
     return gt.reshape(M.shape).to(M.dtype)
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias):
+def _rows_np(t: Tensor, cdt: torch.dtype, keep_bf16: bool) -> np.ndarray:
+    """A (b, d, l) tensor as a C-contiguous array: in cdt, or (keep_bf16, bfloat16 t) its bits as int16."""
+    if keep_bf16 and t.dtype == torch.bfloat16:
+        return t.detach().contiguous().view(torch.int16).numpy()
+    return _as_np(t, cdt)
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=False):
+    """The kernels' arrays. keep_bf16 (the n = 16 vector forward): bfloat16 u, delta, z stay bfloat16 (as int16
+    bits), read and widened in the kernel's row pass instead of a cast pass here."""
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     dim = u.shape[1]
     Bv, var_b, dpg_b = _bc_layout(B, cdt, dim)
     Cv, var_c, dpg_c = _bc_layout(C, cdt, dim)
-    u_np = _as_np(u, cdt)
-    zeros = np.zeros(dim, dtype=u_np.dtype)
+    u_np = _rows_np(u, cdt, keep_bf16)
+    zeros = np.zeros(dim, dtype=np.float64 if cdt == torch.float64 else np.float32)
     return {
         "cdt": cdt,
         "u": u_np,
-        "delta": _as_np(delta, cdt),
+        "delta": _rows_np(delta, cdt, keep_bf16),
         "A": _as_np(A, cdt),
         "Bv": Bv,
         "Cv": Cv,
         "D": _as_np(D, cdt) if D is not None else zeros,
-        "z": _as_np(z, cdt) if z is not None else u_np,
+        "z": _rows_np(z, cdt, keep_bf16) if z is not None else u_np,
         "bias": _as_np(delta_bias, cdt) if delta_bias is not None else zeros,
         "var_b": var_b,
         "var_c": var_c,
@@ -453,17 +466,21 @@ def _kernel_args(p: dict, softplus: bool) -> tuple:
 
 def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """Forward only (no autograd graph): returns (out in u's dtype, last_state (b, d, n) in compute dtype)."""
-    p = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    vec = u.dtype != torch.float64 and A.shape[1] == 16  # the explicitly vectorised time loop (n = 16, float32)
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=vec)
     b, d, l = u.shape
-    out = np.empty((b, d, l), p["u"].dtype)
-    last = np.zeros((b, d, A.shape[1]), p["u"].dtype)
+    ndt = np.float64 if p["cdt"] == torch.float64 else np.float32
+    bf16_out = vec and u.dtype == torch.bfloat16  # written as bfloat16 bits by the kernel's output pass
+    out = np.empty((b, d, l), np.int16 if bf16_out else ndt)
+    last = np.zeros((b, d, A.shape[1]), ndt)
     if b * d * l:
         blk = _blocks(b, d, p)
         par, ser = _fwd_par, _fwd_ser
-        if p["cdt"] == torch.float32 and A.shape[1] == 16:  # the explicitly vectorised time loop (n = 16)
+        if vec:
             from .scan_cpu_vec import fwd_par as par, fwd_ser as ser
         _run(par, ser, min(threads_for_call(), len(blk)), blk, *_kernel_args(p, delta_softplus), out, last)
-    return torch.from_numpy(out).to(u.dtype), torch.from_numpy(last)
+    res = torch.from_numpy(out)
+    return (res.view(torch.bfloat16) if bf16_out else res.to(u.dtype)), torch.from_numpy(last)
 
 
 class SelectiveScanCPU(torch.autograd.Function):

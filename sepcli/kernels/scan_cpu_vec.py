@@ -4,33 +4,39 @@ Why: scan_cpu's forward updates a block of W = 16 channels (one per vector lane)
 numba loops its states H[k, :] and output sums OB[t, :] live in memory (LLVM cannot keep arrays that may alias in
 registers): every step loads and stores each state, and y += h·C[k] is a load-FMA-store chain through memory
 across the 16 states. Its loops are also vectorised at LLVM's preferred width, 256 bits on Intel server cores.
-Measured (Sapphire Rapids class, 1 core, one block with l = 4000 in cache): this file's time loop alone runs
-~6.8 G state updates/s, while the whole numba forward reached ~1.5; with the loop that fast, the per-element
-passes around it (softplus, layout changes, the gate, reading u/delta/z and writing out) take as long as the
-loop itself, so they are vectorised here too.
+With the time loop explicit (below) it is bound by its vector operations per update, most of them the exp, and
+the passes around it (softplus, layout changes, the gate) cost as much again unless fused (scan_vec_rows).
 
-How: the time loop of one block is LLVM IR written with llvmlite inside numba `@intrinsic`s: generic IR only
-(`<16 x float>` vectors, `llvm.fma`, shuffles, bitcasts, integer shifts), which LLVM lowers to one zmm register
-per vector with AVX-512 and to two ymm registers with AVX2 (there some states spill to the stack: slower, same
-results). Explicit vector types are not subject to the vectorisers' 256-bit preference, so zmm is used here.
+How: the time loop of one block is LLVM IR written with llvmlite inside numba `@intrinsic`s (`<16 x float>`
+vectors, `llvm.fma`, shuffles, bitcasts, integer shifts), which LLVM lowers to one zmm register per vector with
+AVX-512 and to two ymm registers with AVX2 (there some states spill to the stack: slower, same results).
 - the 16 states of the block's channels are 16 vector SSA values (phi nodes) carried across time steps, so they
-  stay in registers; a step's output sum accumulates in 4 registers and is stored once per step;
+  stay in registers; a step's output sum accumulates in 4 registers (the first starts from D·u) and is stored
+  once per step;
 - per step: one vector load of dt and of dt·u (time-major [l, 16]) and per state a broadcast of B[t, k] and
   C[t, k] (variable) or a vector of the lanes' constant B[k], C[k];
-- exp(dt·A) is 13 vector operations (vector_ir.vexp_ir: magic-number rounding, one-FMA range reduction,
-  degree-5 polynomial; ~4e-7 relative error, tested);
-- so one state update costs 16 vector operations ((dt·u)·B, the state FMA, the output FMA and the exp), all on
-  the FMA/ALU ports: the loop is throughput-bound, no longer latency-bound;
-- block setup (per channel row, contiguous in memory): dt = softplus(delta + bias) by a vector softplus (no
-  division, see vsoftplus_ir), dt·u, then 16x16 tile transposes (shuffles in registers) to the time-major layout;
-  rows are padded to whole vectors (the padding holds stale scratch, never stepped over: see _tile_setup).
-  After the loop y goes back to rows by the same transposes, and the D term and silu(z) gate run along rows
-  (vector silu). u is read from memory once per block (kept in a scratch row for the D term): the passes
-  around the scan are bound by memory traffic at SPMamba's shapes.
+- exp(dt·A) = 2^(dt·A2) with A2 = A·log2 e premultiplied per block, so the product dt·A2 is the exp's only
+  argument operation (vector_exp2.vexp2_ir). With AVX-512 (F, DQ) on the host: vreduceps, 5 polynomial FMAs and
+  vscalefps, 7 operations that saturate correctly with no clamp; generic IR elsewhere (AVX2): magic-number
+  rounding, the polynomial and 2^n added to the exponent bits, 10 operations plus a one-sided clamp when every
+  A of the block is <= 0 and dt = softplus(.) >= 0 (mamba's case, decided per block) or 11 with both clamps.
+  A state update costs 11 vector operations (AVX-512) with (dt·u)·B, the state FMA and the output FMA, against
+  17 with the 13-operation exp of vector_ir.vexp_ir (still used by the backward's recompute: _scan_vv etc.).
+  Accuracy: the polynomial ~1.6e-7 relative (tested against float64); A2 and dt·A2 add two float32 roundings of
+  the argument, |dt·A|·1.2e-7 relative at most (the old exp had one: |dt·A|·6e-8), i.e. 2e-7 for |dt·A| <= 1
+  and growing only where exp(dt·A) is tiny (tested).
+- block setup and output (scan_vec_rows): delta and u read once and transposed in registers, dt, dt·u and D·u
+  written time-major; after the loop y goes back to rows in registers and out = y·silu(z) is written directly.
+
+Measured (Sapphire Rapids class, 2 vCPUs, 1 core, one block of 16 channels x 4000 steps in cache): the time loop
+~1.85 ns per (b, d, t) element (8.7 G state updates/s; 2.55 ns with the 13-operation exp), the whole block
+~3.0-3.2 ns (was ~4.9). On the issue's shape (1, 512, 4000, 16) and SPMamba's, against git 4eb3200's kernel in
+the same run: see benchmarks/bench_scan.py.
 
 Other n and float64 keep scan_cpu's numba loops (the fallback); scan_cpu.scan_forward dispatches. Compiled by
-numba with `cache=True`: the IR is generated once per variable/constant B, C combination and cached on disk
-with the rest of the kernel (first call in a fresh cache: a few seconds of LLVM compilation, see bench_scan).
+numba with `cache=True`: the IR is generated once per variable/constant B, C combination (and clamp variant on
+the generic path) and cached on disk with the rest of the kernel (numba's cache is keyed on the host CPU and its
+features, so an AVX-512 build is never loaded on an AVX2 machine).
 """
 
 from __future__ import annotations
@@ -41,17 +47,19 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .scan_cpu import _FASTMATH, W, lane_params
-from .vector_ir import (F32_2D, V16, array_data, gate_row16, softplus_row16, transpose16, vbroadcast, vexp_ir, vfma,
-                        vload, vstore)
+from .scan_cpu import W, lane_params
+from .scan_vec_rows import tile_output, tile_setup
+from .vector_exp2 import AVX512, vexp2_ir
+from .vector_ir import F32_2D, V16, array_data, vbroadcast, vexp_ir, vfma, vload, vstore
 
 N = 16  # the state size this kernel is specialised for (SPMamba's and Mamba's default d_state)
 
 
-def _make_scan(var_b: bool, var_c: bool):
+def _make_scan(var_b: bool, var_c: bool, base2: bool = False, low_only: bool = False):
     """Intrinsic scan16(DTT, DUT, AL, BX, CX, H, OB): run the block's time loop. DTT/DUT/OB [l, 16] (dt, dt·u, y),
-    AL [16, 16] (A, state-major), H [16, 16] (states in/out), BX/CX [l, 16] variable rows B[t, k] (broadcast to the
-    lanes) or [16, 16] constant per-lane values, all float32 C-contiguous."""
+    AL [16, 16] (A, state-major; base2: A·log2 e, the exp is vexp2_ir's, low_only: all A <= 0 and dt >= 0),
+    H [16, 16] (states in/out), BX/CX [l, 16] variable rows B[t, k] (broadcast to the lanes) or [16, 16] constant
+    per-lane values, all float32 C-contiguous."""
 
     @intrinsic
     def scan16(typingctx, DTT, DUT, AL, BX, CX, H, OB):
@@ -84,14 +92,18 @@ def _make_scan(var_b: bool, var_c: bool):
             acc = [None] * 4
             new = []
             for k in range(N):
-                e = vexp_ir(builder, builder.fmul(dt, vload(builder, al, rows[k])))
+                x = builder.fmul(dt, vload(builder, al, rows[k]))
+                e = vexp2_ir(builder, x, low_only) if base2 else vexp_ir(builder, x)
                 kk = builder.add(tw, ir.Constant(i64, k))
                 bk = vbroadcast(builder, bx, kk) if var_b else vload(builder, bx, rows[k])
                 ck = vbroadcast(builder, cx, kk) if var_c else vload(builder, cx, rows[k])
                 h = vfma(builder, e, hs[k], builder.fmul(du, bk))
                 new.append(h)
                 j = k % 4
-                acc[j] = builder.fmul(h, ck) if acc[j] is None else vfma(builder, h, ck, acc[j])
+                if acc[j] is None:  # base2 (the forward): y starts from OB[t] = D·u, written by the setup
+                    acc[j] = vfma(builder, h, ck, vload(builder, ob, tw)) if base2 and j == 0 else builder.fmul(h, ck)
+                else:
+                    acc[j] = vfma(builder, h, ck, acc[j])
             y = builder.fadd(builder.fadd(acc[0], acc[1]), builder.fadd(acc[2], acc[3]))
             vstore(builder, y, ob, tw)
             tail = builder.block
@@ -113,39 +125,20 @@ _scan_vv = _make_scan(True, True)
 _scan_vc = _make_scan(True, False)
 _scan_cv = _make_scan(False, True)
 _scan_cc = _make_scan(False, False)
+# the forward's: exp in base 2 (A premultiplied by log2 e per block); the generic path's low-only clamp variants
+# (y = dt·A2 <= 0) save one operation per update; on AVX-512 both are the same code
+_SCAN2 = {(vb, vc, lo): _make_scan(vb, vc, True, lo) for vb in (True, False) for vc in (True, False)
+          for lo in ((False,) if AVX512 else (False, True))}
+_s2_vv, _s2_vc, _s2_cv, _s2_cc = (_SCAN2[(vb, vc, False)] for vb, vc in ((1, 1), (1, 0), (0, 1), (0, 0)))
+_s2_vv_lo, _s2_vc_lo, _s2_cv_lo, _s2_cc_lo = (_SCAN2[(vb, vc, not AVX512)] for vb, vc in ((1, 1), (1, 0), (0, 1),
+                                                                                           (0, 0)))
 
 
+LOG2E = np.float32(1.4426950408889634)
 TT = 1024  # time steps per tile: a tile's scratch rows (~400 KB) stay in L2 whatever the sequence length
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _tile_setup(b, t0, m, ch, u, delta, bias, softplus, DTR, DTT, DUT, UR):
-    """Steps t0..t0+m-1 of a block's lanes: dt (vector softplus) and dt·u along contiguous channel rows, then
-    16x16 tile transposes to the time-major DTT/DUT [., W]; u kept in UR for the D term. Columns m.. up to the
-    next multiple of 16 are computed from stale scratch and never used (the scan runs m steps)."""
-    mp = (m + W - 1) // W * W
-    # (rows are sliced first: an index t0 + t of unknown sign gets numba's negative-index fix-up per element,
-    # which keeps LLVM from vectorising the loop)
-    for j in range(W):
-        c = ch[j]
-        bd = bias[c]
-        drow = delta[b, c, t0:t0 + m]
-        urow = u[b, c, t0:t0 + m]
-        for t in range(m):
-            DTR[j, t] = drow[t] + bd
-        if softplus:
-            for t in range(0, mp, W):
-                softplus_row16(DTR, j, t)
-        for t in range(m):
-            ut = urow[t]
-            UR[j, t] = ut
-            DTR[W + j, t] = DTR[j, t] * ut
-    for t in range(0, mp, W):
-        transpose16(DTR, 0, t, DTT, t, 0)
-        transpose16(DTR, W, t, DUT, t, 0)
-
-
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
                 out, last):
     """scan_cpu._fwd_blocks with the vector time loop (float32, n = 16), in time tiles of TT steps: the states
@@ -153,59 +146,62 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
     of 16 channels x 4000 steps needed ~2 MB of scratch, the size of a core's L2)."""
     nl = u.shape[2]
     tp = min(TT, (nl + W - 1) // W * W)
-    fdt = u.dtype
+    fdt = np.float32  # u, delta, z, out: float32 or bfloat16 bits (int16); the rest float32
     AL = np.empty((N, W), fdt)
     H = np.empty((N, W), fdt)
     BL = np.empty((N, W), fdt)
     CL = np.empty((N, W), fdt)
+    P = np.empty((2, W), fdt)  # the lanes' delta bias and D
     ch = np.empty(W, np.int64)
-    DTR = np.zeros((2 * W, tp), fdt)
     DTT = np.zeros((tp, W), fdt)
     DUT = np.zeros((tp, W), fdt)
     OB = np.zeros((tp, W), fdt)
-    OBR = DTR[:W]  # y, channel-major (DTR is free once DTT and DUT are laid out)
-    UR = np.zeros((W, tp), fdt)  # u of the block's channels (read once from memory)
-    ZR = np.zeros((2, tp), fdt)  # z and y + D·u of one channel (padded to whole vectors)
+    SD = np.zeros((1, W, W), delta.dtype)  # staging of a row's last, partial 16-step chunk
+    SU = np.zeros((1, W, W), u.dtype)
+    SZ = np.zeros((1, W, W), z.dtype)
+    SO = np.zeros((1, W, W), out.dtype)
+    ident = np.arange(W)
     for i in range(i0, i1):
         b = blk[i, 0]
         d0 = blk[i, 1]
         w = blk[i, 2]
         lane_params(d0, w, N, A, Bv, Cv, var_b, var_c, ch, AL, BL, CL)
+        low = softplus  # y = dt·A2 <= 0 in every step: only the exp's low clamp is needed (generic path)
+        for k in range(N):
+            for j in range(W):
+                low = low and AL[k, j] <= 0.0
+                AL[k, j] *= LOG2E
+        for j in range(W):
+            P[0, j] = bias[ch[j]]
+            P[1, j] = D[ch[j]]
         H[:] = 0.0
         BR = Bv[b, d0 // dpg_b] if var_b else BL
         CR = Cv[b, d0 // dpg_c] if var_c else CL
         for t0 in range(0, nl, TT):
             m = min(TT, nl - t0)
-            mp = (m + W - 1) // W * W
-            _tile_setup(b, t0, m, ch, u, delta, bias, softplus, DTR, DTT, DUT, UR)
+            tile_setup(b, t0, m, ch, u, delta, softplus, P, DTT, DUT, OB, SD, SU, ident)
             BX = BR[t0:t0 + m] if var_b else BL
             CX = CR[t0:t0 + m] if var_c else CL
             if var_b and var_c:
-                _scan_vv(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
-            elif var_b:
-                _scan_vc(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
-            elif var_c:
-                _scan_cv(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
-            else:
-                _scan_cc(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
-            for t in range(0, mp, W):
-                transpose16(OB, t, 0, OBR, 0, t)
-            for j in range(w):  # D term and gate, along the channel's row
-                c = d0 + j
-                Dd = D[c]
-                orow = out[b, c, t0:t0 + m]
-                if has_z:
-                    zrow = z[b, c, t0:t0 + m]
-                    for t in range(m):
-                        ZR[0, t] = zrow[t]
-                        ZR[1, t] = OBR[j, t] + Dd * UR[j, t]
-                    for t in range(0, mp, W):
-                        gate_row16(ZR, t)
-                    for t in range(m):
-                        orow[t] = ZR[1, t]
+                if low:
+                    _s2_vv_lo(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
                 else:
-                    for t in range(m):
-                        orow[t] = OBR[j, t] + Dd * UR[j, t]
+                    _s2_vv(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+            elif var_b:
+                if low:
+                    _s2_vc_lo(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+                else:
+                    _s2_vc(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+            elif var_c:
+                if low:
+                    _s2_cv_lo(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+                else:
+                    _s2_cv(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+            elif low:
+                _s2_cc_lo(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+            else:
+                _s2_cc(DTT[:m], DUT[:m], AL, BX, CX, H, OB)
+            tile_output(b, d0, w, t0, m, OB, z, has_z, out, SZ, SO)
         for j in range(w):
             for k in range(N):
                 last[b, d0 + j, k] = H[k, j]

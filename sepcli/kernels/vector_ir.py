@@ -10,6 +10,8 @@ below 2e-7 relative), e^r by a degree-5 polynomial (5 FMAs; coefficients fitted 
 times 2^n from the shifted bits. Max relative error ~4e-7 (about 3 ulp) on [-87, 88], tested; underflow gives
 ~1.2e-38 and overflow ~2.2e38, as scan_cpu's exp. Compiled without fast-math flags (the magic-number rounding
 must not be reassociated away).
+
+exp2 (the forward's time loop): vector_exp2.
 """
 
 from __future__ import annotations

@@ -131,6 +131,104 @@ def test_n16_nan_in_delta_propagates_to_its_channel_only():
     assert not torch.isnan(out[0, [c for c in range(32) if c != 3]]).any()
 
 
+@pytest.mark.parametrize("L", [1030, 1040, 1050, 2048 + 17])
+def test_n16_lengths_around_the_time_tiles(L):
+    """A last tile of 6 steps (staged), of 16, of 26 (its last chunk shifted back), several tiles."""
+    _check(make_inputs(1, 20, L, 16, "g2", "var", seed=L))
+
+
+def test_n16_no_softplus_negative_dt_and_growing_states():
+    """delta_softplus off with dt < 0 and A > 0 in places: dt·A > 0, the exp's general (two-sided) path."""
+    kw = make_inputs(2, 24, 70, 16, "var", "g2", softplus=False, seed=12)
+    kw["delta"] = kw["delta"] - 0.3  # dt in [-0.29, 0.21]
+    kw["A"][::3, ::2] = 0.5
+    assert (kw["delta"] + kw["delta_bias"][:, None] < 0).any()
+    _check(kw)
+
+
+_GENERIC_CHILD = """
+import torch
+from sepcli.kernels import scan_cpu_vec, vector_exp2
+assert not vector_exp2.AVX512
+import tests.kernels.test_scan_cpu_fwd as t
+from tests.scan_cases import make_inputs
+for layout in t.LAYOUTS:
+    t._check(make_inputs(2, 40, 45, 16, *layout, seed=3))
+asm = scan_cpu_vec._fwd_blocks.inspect_asm(scan_cpu_vec._fwd_blocks.signatures[0])
+assert "ymm" in asm and "zmm" not in asm  # AVX2 code: each 16-lane vector in two ymm registers
+t._check(make_inputs(1, 20, 1050, 16, "g2", "var", seed=5))
+t.test_n16_no_softplus_negative_dt_and_growing_states()
+t.test_n16_extreme_decays_underflow_and_growth()
+t.test_n16_nan_in_delta_propagates_to_its_channel_only()
+print("generic ok")
+"""
+
+
+def test_n16_generic_exp_path_on_avx2_matches_reference(tmp_path):
+    """The forward compiled as for an AVX2 laptop (numba targeting Haswell: no AVX-512, so the generic exp and
+    ymm registers; its own numba cache), in a child process, against the reference: layouts, tiles, two-sided
+    and low-only clamps, underflow and growth, NaN."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-c", _GENERIC_CHILD], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "generic ok" in proc.stdout
+
+
+_BF16_KEYS = ("u", "delta", "z", "B", "C")
+
+
+def _bf16(kw, keys=_BF16_KEYS):
+    return {k: (v.to(torch.bfloat16) if k in keys and isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("L", [5, 45, 1030])
+@pytest.mark.parametrize("layout", [("var", "var"), ("g2", "g2"), ("const", "g2")])
+def test_n16_bfloat16_inputs_against_the_reference(L, layout):
+    """bfloat16 u, delta, z, B, C: against scan_ref fed the same values upcast to float32 (out rounded to
+    bfloat16: half an ulp, 2^-9 relative), and bit for bit against the float32 kernel on the upcast values
+    followed by torch's float32 -> bfloat16 rounding."""
+    h = _bf16(make_inputs(2, 40, L, 16, *layout, seed=L))
+    up = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in h.items()}
+    out, last = selective_scan_cpu(**h, return_last_state=True)
+    ref, ref_last = selective_scan_ref(**up, return_last_state=True)
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref, rtol=2.0 ** -8, atol=ATOL)
+    torch.testing.assert_close(last, ref_last, rtol=RTOL, atol=ATOL)
+    assert torch.equal(out, selective_scan_cpu(**up).to(torch.bfloat16))
+
+
+def test_n16_bfloat16_mixed_with_float32_nan_and_no_cast_pass(monkeypatch):
+    """Any of u, delta, z may be bfloat16 (here u and z; delta float32); the kernel gets their bfloat16 bits
+    (int16), not a float32 copy; a NaN in z stays NaN in the bfloat16 output."""
+    kw = make_inputs(1, 32, 50, 16, "var", "var", seed=7)
+    h = _bf16(kw, ("u", "z"))
+    h["z"][0, 5, 9] = float("nan")
+    seen = []
+    real = scan_cpu_vec.fwd_ser
+
+    def spy(*a):
+        seen.append((a[2].dtype, a[3].dtype, a[8].dtype, a[-2].dtype))
+        return real(*a)
+
+    monkeypatch.setattr(scan_cpu_vec, "fwd_ser", spy)
+    monkeypatch.setattr(scan_cpu_vec, "fwd_par", spy)
+    out = selective_scan_cpu(**h)
+    assert seen == [(np.int16, np.float32, np.int16, np.int16)]  # u, delta, z, out
+    up = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in h.items()}
+    want = selective_scan_cpu(**up).to(torch.bfloat16)
+    assert torch.isnan(out[0, 5, 9]) and torch.isnan(want[0, 5, 9])
+    assert torch.equal(out.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(want))
+
+
 # --- dispatch: which kernel runs, and the fallbacks ----------------------------------------------------------
 
 
