@@ -47,11 +47,15 @@ from numba.extending import overload
 from .scan_cpu import _as_np, _bc_grad, _blocks, _kernel_args, _prepare, _run, lane_params, threads_for_call
 from .scan_cpu_bwd_ir import (LW, _fwd_tile, _rev_tile, _rows_gate_grad, _rows_softplus_sigmoid, _to_rows,
                               _to_time_major)
+from .scan_cpu_bwd16 import (fwd16_cc, fwd16_cv, fwd16_vc, fwd16_vv, rev16_cc, rev16_cv, rev16_vc,
+                             rev16_vv)
+from .scan_cpu_ckpt import SEG
 from .scan_cpu_vec import _scan_cc, _scan_cv, _scan_vc, _scan_vv
 
 _FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
 TS = 16  # states per tile of the lane/column sums (n is padded to a multiple of TS in the tiles)
-SEG = 256  # time steps per segment: its states and decays (2·SEG·n·LW values) and rows stay in L2
+# SEG: time steps per segment, its states and decays (2·SEG·n·LW values) and rows stay in L2; the autograd
+# forward (scan_cpu_ckpt) keeps the state at each segment's start
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
@@ -168,6 +172,64 @@ def _seg_reverse(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL,
                       (t * n + q * TS) * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, ob, var_b)
 
 
+def _seg_scan(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT, GH,
+              DAL, DBc, DCc, dB, dC):  # pragma: no cover - replaced by the numba overload below
+    """A segment's forward from HS[0] (keeping decays and states) and its reverse: Y, DUA, DDT rows, GH carried."""
+    raise NotImplementedError
+
+
+@njit(cache=True, fastmath=_FM, error_model="numpy")
+def _seg_generic(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT,
+                 GH, DAL, DBc, DCc, dB, dC):
+    Y[:] = 0.0
+    DUA[:] = 0.0
+    DDT[:] = 0.0
+    _seg_forward(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc, dC,
+                 var_c)
+    _seg_reverse(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL, DUA,
+                 DDT, DBc, dB)
+
+
+@overload(_seg_scan, jit_options={"fastmath": _FM, "error_model": "numpy"})
+def _ol_seg_scan(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT, GH,
+                 DAL, DBc, DCc, dB, dC):
+    generic = _seg_generic
+    if Bv.dtype != types.float32:
+
+        def impl64(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT,
+                   GH, DAL, DBc, DCc, dB, dC):
+            generic(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT,
+                    GH, DAL, DBc, DCc, dB, dC)
+
+        return impl64
+
+    def impl32(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT, GH,
+               DAL, DBc, DCc, dB, dC):
+        if n != 16:
+            generic(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT,
+                    GH, DAL, DBc, DCc, dB, dC)
+            return
+        # n = 16: whole-segment loops with the states / state gradients in registers (scan_cpu_bwd16)
+        BX = Bv[bb, gb][t0:t0 + m] if var_b else BL
+        CX = Cv[bc, gc][t0:t0 + m] if var_c else CL
+        DBX = dB[bb, gb][t0:t0 + m] if var_b else DBc
+        DCX = dC[bc, gc][t0:t0 + m] if var_c else DCc
+        if var_b and var_c:
+            fwd16_vv(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
+            rev16_vv(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+        elif var_b:
+            fwd16_vc(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
+            rev16_vc(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+        elif var_c:
+            fwd16_cv(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
+            rev16_cv(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+        else:
+            fwd16_cc(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
+            rev16_cc(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+
+    return impl32
+
+
 def _checkpoint_scan(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx,
                      dC):  # pragma: no cover - replaced by the numba overload below
     """Advance the state HS[0] over steps t0..t0+m-1 (nothing else is kept)."""
@@ -214,7 +276,7 @@ def _ol_checkpoint_scan(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
 def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
-                dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+                dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p, has_ck, HCK):
     """Backward of the channel blocks blk[i0:i1] (row b, first channel d0, width w) into thread slot thr.
 
     Time goes in segments of SEG steps and every scratch array holds one segment, so the working set stays in
@@ -266,25 +328,24 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
         DBc[:] = 0.0
         DCc[:] = 0.0
         HS[0] = 0.0
-        for s in range(nseg - 1):  # checkpoint pass: the start state of every segment
-            t0 = s * seg
-            HC[s] = HS[0]
-            _block_rows(b, ch, w, t0, seg, u, delta, z, dout, bias, has_z, softplus, False, CM, DUR, DTT, DUT, GOT)
-            _checkpoint_scan(t0, seg, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y,
-                             DCx, dC)
-        HC[nseg - 1] = HS[0]
+        if has_ck:  # the forward kept them (scan_cpu_ckpt)
+            HC[:] = HCK[i]
+        else:
+            for s in range(nseg - 1):  # checkpoint pass: the start state of every segment
+                t0 = s * seg
+                HC[s] = HS[0]
+                _block_rows(b, ch, w, t0, seg, u, delta, z, dout, bias, has_z, softplus, False, CM, DUR, DTT, DUT,
+                            GOT)
+                _checkpoint_scan(t0, seg, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E,
+                                 Y, DCx, dC)
+            HC[nseg - 1] = HS[0]
         for s in range(nseg - 1, -1, -1):  # reverse, segment by segment
             t0 = s * seg
             m = min(nl, t0 + seg) - t0
             HS[0] = HC[s]
             _block_rows(b, ch, w, t0, m, u, delta, z, dout, bias, has_z, softplus, True, CM, DUR, DTT, DUT, GOT)
-            Y[:] = 0.0
-            DUA[:] = 0.0
-            DDT[:] = 0.0
-            _seg_forward(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc,
-                         dC, var_c)
-            _seg_reverse(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH,
-                         DAL, DUA, DDT, DBc, dB)
+            _seg_scan(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA,
+                      DDT, GH, DAL, DBc, DCc, dB, dC)
             _to_rows(Y, OR, 0, m)
             _to_rows(DUA, OR, LW, m)
             _to_rows(DDT, OR, 2 * LW, m)
@@ -302,22 +363,25 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
 
 @njit(cache=True, parallel=True)
 def _bwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
-             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p, has_ck, HCK):
     nb = blk.shape[0]
     for c in prange(nchunks):
         _bwd_blocks(c, c * nb // nchunks, (c + 1) * nb // nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b,
-                    var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+                    var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p,
+                    has_ck, HCK)
 
 
 @njit(cache=True)
 def _bwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
-             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p, has_ck, HCK):
     _bwd_blocks(0, 0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z,
-                softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+                softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p, has_ck, HCK)
 
 
-def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tuple:
-    """Gradients of (u, delta, A, B, C, D, z, delta_bias, delta_softplus) for SelectiveScanCPU.backward."""
+def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor, checkpoints=None) -> tuple:
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, delta_softplus) for SelectiveScanCPU.backward.
+    checkpoints: the segment start states scan_cpu_ckpt.scan_forward_ckpt kept (None: a checkpoint pass finds
+    them)."""
     u, delta, A, B, C, D, z, delta_bias = saved
     p = _prepare(u, delta, A, B, C, D, z, delta_bias)
     fdt = p["u"].dtype
@@ -338,8 +402,10 @@ def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tup
     dD_p = np.zeros((nt, d), fdt)
     dbias_p = np.zeros((nt, d), fdt)
     if b * d * l:
+        has_ck = checkpoints is not None
+        hck = checkpoints if has_ck else np.zeros((1, 1, p["A"].shape[1], LW), fdt)
         args = _kernel_args(p, delta_softplus) + (_as_np(dout, p["cdt"]), du, ddelta, dz, dA_p, dB_p, dC_p, dD_p,
-                                                  dbias_p)
+                                                  dbias_p, has_ck, hck)
         _run(_bwd_par, _bwd_ser, nt, blk, *args)
     else:
         du.fill(0)
