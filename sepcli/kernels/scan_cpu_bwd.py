@@ -47,12 +47,12 @@ from numba.extending import overload
 from .scan_cpu import _as_np, _bc_grad, _blocks, _kernel_args, _prepare, _run, lane_params, threads_for_call
 from .scan_cpu_bwd_ir import (LW, _fwd_tile, _rev_tile, _rows_gate_grad, _rows_softplus_sigmoid, _to_rows,
                               _to_time_major)
-from .scan_cpu_bwd16 import (fwd16_cc, fwd16_cv, fwd16_vc, fwd16_vv, rev16_cc, rev16_cv, rev16_vc,
-                             rev16_vv)
+from .scan_cpu_bwd16 import fwd16, prefetch_rows, rev16
 from .scan_cpu_ckpt import SEG
 from .scan_cpu_vec import _scan_cc, _scan_cv, _scan_vc, _scan_vv
 
 _FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
+CH = 32  # time steps per chunk of the n = 16 segment loops (the next segment's rows are prefetched between chunks)
 TS = 16  # states per tile of the lane/column sums (n is padded to a multiple of TS in the tiles)
 # SEG: time steps per segment, its states and decays (2·SEG·n·LW values) and rows stay in L2; the autograd
 # forward (scan_cpu_ckpt) keeps the state at each segment's start
@@ -173,7 +173,7 @@ def _seg_reverse(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL,
 
 
 def _seg_scan(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT, GH,
-              DAL, DBc, DCc, dB, dC):  # pragma: no cover - replaced by the numba overload below
+              DAL, DBc, DCc, dB, dC, pf):  # pragma: no cover - replaced by the numba overload below
     """A segment's forward from HS[0] (keeping decays and states) and its reverse: Y, DUA, DDT rows, GH carried."""
     raise NotImplementedError
 
@@ -192,40 +192,44 @@ def _seg_generic(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL,
 
 @overload(_seg_scan, jit_options={"fastmath": _FM, "error_model": "numpy"})
 def _ol_seg_scan(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT, GH,
-                 DAL, DBc, DCc, dB, dC):
+                 DAL, DBc, DCc, dB, dC, pf):
     generic = _seg_generic
     if Bv.dtype != types.float32:
 
         def impl64(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT,
-                   GH, DAL, DBc, DCc, dB, dC):
+                   GH, DAL, DBc, DCc, dB, dC, pf):
             generic(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT,
                     GH, DAL, DBc, DCc, dB, dC)
 
         return impl64
 
     def impl32(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT, GH,
-               DAL, DBc, DCc, dB, dC):
+               DAL, DBc, DCc, dB, dC, pf):
         if n != 16:
             generic(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA, DDT,
                     GH, DAL, DBc, DCc, dB, dC)
             return
-        # n = 16: whole-segment loops with the states / state gradients in registers (scan_cpu_bwd16)
+        # n = 16: whole-segment loops with the states / state gradients in registers (scan_cpu_bwd16), run in
+        # chunks of CH steps with a share of the next segment's rows prefetched after each chunk
         BX = Bv[bb, gb][t0:t0 + m] if var_b else BL
         CX = Cv[bc, gc][t0:t0 + m] if var_c else CL
         DBX = dB[bb, gb][t0:t0 + m] if var_b else DBc
         DCX = dC[bc, gc][t0:t0 + m] if var_c else DCc
-        if var_b and var_c:
-            fwd16_vv(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
-            rev16_vv(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
-        elif var_b:
-            fwd16_vc(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
-            rev16_vc(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
-        elif var_c:
-            fwd16_cv(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
-            rev16_cv(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
-        else:
-            fwd16_cc(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
-            rev16_cc(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+        nq = (m + CH - 1) // CH
+        for qi in range(nq):
+            q = qi * CH
+            mq = min(CH, m - q)
+            fwd16(var_b, var_c, DTT[q:], DUT[q:], GOT[q:], AL, BX[q:] if var_b else BX, CX[q:] if var_c else CX,
+                  HS[q:], E[q:], Y[q:], DCX[q:] if var_c else DCX, mq)
+            if pf[2] >= 0:
+                prefetch_rows(pf, qi, 2 * nq)
+        for qi in range(nq - 1, -1, -1):
+            q = qi * CH
+            mq = min(CH, m - q)
+            rev16(var_b, var_c, GOT[q:], DTT[q:], DUT[q:], AL, BX[q:] if var_b else BX, CX[q:] if var_c else CX,
+                  HS[q:], E[q:], GH, DUA[q:], DDT[q:], DAL, DBX[q:] if var_b else DBX, mq)
+            if pf[2] >= 0:
+                prefetch_rows(pf, 2 * nq - 1 - qi, 2 * nq)
 
     return impl32
 
@@ -291,6 +295,8 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
     nseg = (nl + seg - 1) // seg
     sp = (seg + LW - 1) // LW * LW  # rows padded to whole 16x16 tiles (the padding is never read back)
     ch = np.empty(LW, np.int64)
+    chn = np.empty(LW, np.int64)  # the next block's channels
+    tl = (nseg - 1) * seg  # the last segment's first step
     AL = np.empty((n, LW), fdt)
     BL = np.zeros((n, LW), fdt)  # constant B / C per lane (zeros when variable)
     CL = np.zeros((n, LW), fdt)
@@ -344,8 +350,17 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
             m = min(nl, t0 + seg) - t0
             HS[0] = HC[s]
             _block_rows(b, ch, w, t0, m, u, delta, z, dout, bias, has_z, softplus, True, CM, DUR, DTT, DUT, GOT)
+            # rows to prefetch while the segment's loops run: the next segment's, or the next block's last one
+            if s:
+                pf = (b, ch, t0 - seg, seg, u, delta, z, dout, du, ddelta, dz, has_z)
+            elif i + 1 < i1:
+                for j in range(LW):
+                    chn[j] = blk[i + 1, 1] + min(j, blk[i + 1, 2] - 1)
+                pf = (blk[i + 1, 0], chn, tl, nl - tl, u, delta, z, dout, du, ddelta, dz, has_z)
+            else:
+                pf = (b, ch, -1, 0, u, delta, z, dout, du, ddelta, dz, has_z)
             _seg_scan(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA,
-                      DDT, GH, DAL, DBc, DCc, dB, dC)
+                      DDT, GH, DAL, DBc, DCc, dB, dC, pf)
             _to_rows(Y, OR, 0, m)
             _to_rows(DUA, OR, LW, m)
             _to_rows(DDT, OR, 2 * LW, m)

@@ -16,7 +16,8 @@ the per-state sums; generic IR (`<16 x float>`): LLVM compiles it for the host's
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .scan_cpu_bwd_ir import _lane_sum_vec
@@ -175,3 +176,75 @@ def _make_rev(var_b: bool, var_c: bool):
 # one variant per (variable B, variable C)
 fwd16_vv, fwd16_vc, fwd16_cv, fwd16_cc = (_make_fwd(vb, vc) for vb, vc in ((1, 1), (1, 0), (0, 1), (0, 0)))
 rev16_vv, rev16_vc, rev16_cv, rev16_cc = (_make_rev(vb, vc) for vb, vc in ((1, 1), (1, 0), (0, 1), (0, 0)))
+
+
+def _make_prefetch(write: bool):
+    @intrinsic
+    def prefetch(typingctx, X, off):
+        """Prefetch into L2 (LLVM's llvm.prefetch, locality 2) the cache line of X.flat[off], for writing when
+        `write`. A hint: it never faults and changes no value."""
+        if not (isinstance(X, types.Array) and X.layout == "C" and isinstance(off, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            o = context.cast(builder, args[1], sig.args[1], types.int64)
+            p = builder.gep(array_data(context, builder, sig.args[0], args[0]), [o])
+            fnty = ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [p, ir.Constant(i32, int(write)), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return types.void(X, off), codegen
+
+    return prefetch
+
+
+prefetch_r = _make_prefetch(False)
+prefetch_w = _make_prefetch(True)
+
+
+@njit(cache=True, error_model="numpy")
+def fwd16(var_b, var_c, DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m):
+    """fwd16 of the (variable B, variable C) variant."""
+    if var_b and var_c:
+        fwd16_vv(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
+    elif var_b:
+        fwd16_vc(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
+    elif var_c:
+        fwd16_cv(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
+    else:
+        fwd16_cc(DTT, DUT, GOT, AL, BX, CX, HS, E, Y, DCX, m)
+
+
+@njit(cache=True, error_model="numpy")
+def rev16(var_b, var_c, GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m):
+    """rev16 of the (variable B, variable C) variant."""
+    if var_b and var_c:
+        rev16_vv(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+    elif var_b:
+        rev16_vc(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+    elif var_c:
+        rev16_cv(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+    else:
+        rev16_cc(GOT, DTT, DUT, AL, BX, CX, HS, E, GH, DUA, DDT, DAL, DBX, m)
+
+
+@njit(cache=True, error_model="numpy")
+def prefetch_rows(pf, part, nparts):
+    """Prefetch the part-th of nparts shares (by channel) of the next segment's rows: u, delta, dout, z read and
+    du, ddelta, dz written by the row passes. pf = (b, ch, t0, m, u, delta, z, dout, du, ddelta, dz, has_z); the
+    arrays are C-contiguous (b, d, l)."""
+    b, ch, t0, m, u, delta, z, dout, du, ddelta, dz, has_z = pf
+    nl = u.shape[2]
+    for j in range(part * LW // nparts, (part + 1) * LW // nparts):
+        o = (b * u.shape[1] + ch[j]) * nl + t0
+        for t in range(0, m, 16):
+            prefetch_r(u, o + t)
+            prefetch_r(delta, o + t)
+            prefetch_r(dout, o + t)
+            prefetch_w(du, o + t)
+            prefetch_w(ddelta, o + t)
+            if has_z:
+                prefetch_r(z, o + t)
+                prefetch_w(dz, o + t)
