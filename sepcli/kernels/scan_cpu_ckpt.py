@@ -30,9 +30,9 @@ def scan_forward_ckpt(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 
     checkpoints: float32 [blocks, segments, 16, 16], the state (state-major, one channel per lane) of each channel
     block of scan_cpu._blocks at the start of each SEG-step segment; None where the backward finds them itself
-    (float64, n != 16, empty input)."""
+    (float64, n != 16, empty input) or where it needs none (one segment: l <= SEG, the first state is 0)."""
     b, d, l = u.shape
-    if u.dtype == torch.float64 or A.shape[1] != N or not b * d * l:
+    if u.dtype == torch.float64 or A.shape[1] != N or not b * d * l or l <= SEG:
         out, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return out, last, None
     p = _prepare(u, delta, A, B, C, D, z, delta_bias)

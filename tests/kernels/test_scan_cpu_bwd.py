@@ -140,6 +140,7 @@ def test_forward_checkpoints_are_the_states_at_segment_starts(layout):
     out0, last0 = scan_forward(**kw)
     assert torch.equal(out, out0) and torch.equal(last, last0)
     assert ck.shape[1:] == (3, 16, 16)
+    assert scan_cpu_ckpt.scan_forward_ckpt(**make_inputs(1, 16, seg, 16, seed=1))[2] is None  # one segment: none
     p = _prepare(*(kw[k] for k in TENSOR_KEYS))
     blk = _blocks(2, d, p)
     assert ck.shape[0] == len(blk)
