@@ -488,7 +488,9 @@ class SelectiveScanCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        out, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        from .scan_cpu_ckpt import scan_forward_ckpt  # scan_forward + the backward's segment start states
+
+        out, last, ctx.checkpoints = scan_forward_ckpt(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         ctx.delta_softplus = bool(delta_softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.mark_non_differentiable(last)
@@ -498,7 +500,7 @@ class SelectiveScanCPU(torch.autograd.Function):
     def backward(ctx, dout, _dlast):
         from .scan_cpu_bwd import scan_backward  # the backward kernel's module (it imports this one)
 
-        return scan_backward(ctx.saved_tensors, ctx.delta_softplus, dout)
+        return scan_backward(ctx.saved_tensors, ctx.delta_softplus, dout, ctx.checkpoints)
 
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,

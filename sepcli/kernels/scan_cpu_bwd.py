@@ -18,40 +18,45 @@ alias checks between them, for a 16-iteration loop) leaves them scalar. Here:
 - channels go in blocks of LW = 16, one channel per vector lane (a block never spans two B/C groups; spare
   lanes of a narrow block repeat a channel with a zero output gradient, so they add nothing);
 - the per-step work is explicit `<16 x elem>` LLVM IR (numba intrinsics `_fwd_tile`, `_rev_tile`, in
-  scan_cpu_bwd_ir with the row helpers), one call per time step and tile of 16 states (n is padded to a
-  multiple of 16 with zero A, B, C): vector code by construction, the sums over states (y, Σ g_h·B,
-  Σ g_h·h·e·A) in registers, and the sums over a group's channels (dB, dC of variable B/C) as one shuffle
-  butterfly per tile (15 additions for 16 lane sums) added to per-thread accumulators once per time step and
-  block. Generic IR: LLVM compiles it for the host's vector
-  width (two AVX2 registers per vector on a laptop; nothing requires AVX-512);
-- time goes in segments of SEG steps, every scratch array holds one segment (it stays in L2 at any length): a
-  checkpoint pass keeps the start state of each segment (for n = 16 float32 it is the vectorised forward's time
-  loop, scan_cpu_vec, ~2x cheaper per update than _fwd_tile), then from the last segment to the first: the
-  segment's rows, its forward from the start state keeping the decays exp(dt·A) and states, and its reverse (no
-  exp). Exp runs twice per update except in the last segment; keeping every step's decays instead (4 MB per
-  block at l = 4000) made long sequences slower. exp is the vectorised forward's (vector_ir.vexp_ir; float64:
-  libm exp);
+  scan_cpu_bwd_ir with the row helpers, driven per segment by scan_cpu_bwd_seg), one call per time step and tile
+  of 16 states (n is padded to a multiple of 16 with zero A, B, C): vector code by construction, the sums over
+  states (y, Σ g_h·B, Σ g_h·h·e·A) in registers, and the sums over a group's channels (dB, dC of variable B/C)
+  as one shuffle butterfly per tile (15 additions for 16 lane sums) added to per-thread accumulators once per
+  time step and block. Generic IR: LLVM compiles it for the host's vector width (two AVX2 registers per vector
+  on a laptop; nothing requires AVX-512);
+- time goes in segments of SEG steps, every scratch array holds one segment (it stays in L2 at any length); the
+  segments run from the last to the first, each from its start state: the segment's rows, its forward keeping the
+  decays exp(dt·A) and states, and its reverse (no exp). The start states come from the autograd forward, which
+  keeps them (scan_cpu_ckpt, float32 n = 16: they are states it computes anyway), else from a checkpoint pass
+  that runs the forward once more (for n = 16 float32 the vectorised forward's time loop, scan_cpu_vec): on the
+  issue's shape (b=1, d=512, l=4000) that pass was ~17% of the backward. Keeping every step's decays instead
+  (4 MB per block at l = 4000) made long sequences slower. exp is the vectorised forward's (vector_ir.vexp_ir;
+  float64: libm exp);
+- for float32 n = 16 the segment's forward and reverse are whole time loops with the 16 states / state gradients
+  in registers (scan_cpu_bwd16, ~25% faster than the tiles), with the next segment's rows prefetched between
+  chunks of steps (scan_cpu_bwd_seg);
 - the per-element passes go along contiguous channel rows, 16 values at a time (float32: vector_ir's softplus
   with its sigmoid from one exp, sigmoid of the gate, 16x16 transposes to and from the scan's time-major rows;
   as strided scalar loops they took ~45% of the backward; float64 keeps plain loops).
-Extra memory per thread: O(SEG·n·LW) decays and states, O(l·n·LW / SEG) segment start states.
+Extra memory per thread: O(SEG·n·LW) decays and states, O(l·n·LW / SEG) segment start states (the forward's
+checkpoints: l·d·n / SEG values per batch row, 0.5 MB at the issue's shape).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from .scan_cpu import _as_np, _bc_grad, _blocks, _kernel_args, _prepare, _run, lane_params, threads_for_call
-from .scan_cpu_bwd_ir import (LW, _fwd_tile, _rev_tile, _rows_gate_grad, _rows_softplus_sigmoid, _to_rows,
+from .scan_cpu_bwd_ir import (LW, _rows_gate_grad, _rows_softplus_sigmoid, _to_rows,
                               _to_time_major)
-from .scan_cpu_vec import _scan_cc, _scan_cv, _scan_vc, _scan_vv
+from .scan_cpu_bwd_seg import _FM, _checkpoint_scan, _seg_scan
+from .scan_cpu_ckpt import SEG
 
-_FM = {"reassoc", "contract", "nsz"}  # as the forward: no 'nnan'/'ninf' (infinities and NaNs propagate)
 TS = 16  # states per tile of the lane/column sums (n is padded to a multiple of TS in the tiles)
-SEG = 256  # time steps per segment: its states and decays (2·SEG·n·LW values) and rows stay in L2
+# SEG: time steps per segment, its states and decays (2·SEG·n·LW values) and rows stay in L2; the autograd
+# forward (scan_cpu_ckpt) keeps the state at each segment's start
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
@@ -137,84 +142,8 @@ def _block_outputs(b, ch, w, t0, nl, u, z, dout, D, has_z, softplus, CM, OR, du,
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_forward(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc, dC,
-                 dc_sum):
-    """Steps t0..t0+m-1 (segment-local rows t = 0..m-1 of DTT, DUT, GOT, Y) from HS[0]: HS[t+1] states, E decays,
-    Y[t] = y; dC (go·h) summed over lanes into dC[bc, gc, t0 + t] (dc_sum: variable C) or per lane into DCc.
-    n is a multiple of TS (padded)."""
-    Bs = Bv if var_b else ZB
-    Cs = Cv if var_c else ZB
-    for t in range(m):
-        for q in range(n // TS):
-            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t0 + t) * n + q * TS if var_b else 0
-            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t0 + t) * n + q * TS if var_c else 0
-            _fwd_tile(E, HS, DTT, AL, DUT, BL, CL, GOT, Y, Bs, Cs, dC, DCc, q * TS * LW, t * LW,
-                      (t * n + q * TS) * LW, n * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, oc, dc_sum)
-
-
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def _seg_reverse(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH, DAL,
-                 DUA, DDT, DBc, dB):
-    """Reverse steps t0+m-1..t0 (segment-local rows as _seg_forward): GH (gradient of the state) carried in and
-    out; DUA[t] += Σ_k g_h·B, DDT[t] += Σ_k g_h·h[t-1]·e·A, DAL += Σ_t g_h·h[t-1]·e·dt; dB summed over lanes
-    (variable B) or per lane."""
-    Bs = Bv if var_b else ZB
-    Cs = Cv if var_c else ZB
-    for t in range(m - 1, -1, -1):
-        for q in range(n // TS):
-            ob = ((bb * Bv.shape[1] + gb) * Bv.shape[2] + t0 + t) * n + q * TS if var_b else 0
-            oc = ((bc * Cv.shape[1] + gc) * Cv.shape[2] + t0 + t) * n + q * TS if var_c else 0
-            _rev_tile(GH, GOT, E, HS, AL, DTT, DUT, BL, CL, DUA, DDT, DAL, Bs, Cs, dB, DBc, q * TS * LW, t * LW,
-                      (t * n + q * TS) * LW, ob, oc, 1 if var_b else 0, 1 if var_c else 0, ob, var_b)
-
-
-def _checkpoint_scan(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx,
-                     dC):  # pragma: no cover - replaced by the numba overload below
-    """Advance the state HS[0] over steps t0..t0+m-1 (nothing else is kept)."""
-    raise NotImplementedError
-
-
-@njit(cache=True, fastmath=_FM, error_model="numpy")
-def _checkpoint_generic(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC):
-    ZB = np.zeros((1, 1, 1, 1), Bv.dtype)
-    _seg_forward(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC,
-                 False)  # go·h goes to the scratch DCx
-    HS[0] = HS[m]
-
-
-@overload(_checkpoint_scan, jit_options={"fastmath": _FM, "error_model": "numpy"})
-def _ol_checkpoint_scan(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC):
-    generic = _checkpoint_generic
-    if Bv.dtype != types.float32:
-
-        def impl64(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC):
-            generic(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC)
-
-        return impl64
-
-    def impl32(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC):
-        if n != 16:
-            generic(t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCx, dC)
-            return
-        # n = 16: the vectorised forward's time loop (states in registers, ~2x cheaper than _fwd_tile)
-        H = HS[0]
-        BX = Bv[bb, gb][t0:t0 + m] if var_b else BL
-        CX = Cv[bc, gc][t0:t0 + m] if var_c else CL
-        if var_b and var_c:
-            _scan_vv(DTT[:m], DUT[:m], AL, BX, CX, H, Y)
-        elif var_b:
-            _scan_vc(DTT[:m], DUT[:m], AL, BX, CX, H, Y)
-        elif var_c:
-            _scan_cv(DTT[:m], DUT[:m], AL, BX, CX, H, Y)
-        else:
-            _scan_cc(DTT[:m], DUT[:m], AL, BX, CX, H, Y)
-
-    return impl32
-
-
-@njit(cache=True, fastmath=_FM, error_model="numpy")
 def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
-                dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+                dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p, has_ck, HCK):
     """Backward of the channel blocks blk[i0:i1] (row b, first channel d0, width w) into thread slot thr.
 
     Time goes in segments of SEG steps and every scratch array holds one segment, so the working set stays in
@@ -229,6 +158,8 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
     nseg = (nl + seg - 1) // seg
     sp = (seg + LW - 1) // LW * LW  # rows padded to whole 16x16 tiles (the padding is never read back)
     ch = np.empty(LW, np.int64)
+    chn = np.empty(LW, np.int64)  # the next block's channels
+    tl = (nseg - 1) * seg  # the last segment's first step
     AL = np.empty((n, LW), fdt)
     BL = np.zeros((n, LW), fdt)  # constant B / C per lane (zeros when variable)
     CL = np.zeros((n, LW), fdt)
@@ -266,25 +197,33 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
         DBc[:] = 0.0
         DCc[:] = 0.0
         HS[0] = 0.0
-        for s in range(nseg - 1):  # checkpoint pass: the start state of every segment
-            t0 = s * seg
-            HC[s] = HS[0]
-            _block_rows(b, ch, w, t0, seg, u, delta, z, dout, bias, has_z, softplus, False, CM, DUR, DTT, DUT, GOT)
-            _checkpoint_scan(t0, seg, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y,
-                             DCx, dC)
-        HC[nseg - 1] = HS[0]
+        if has_ck:  # the forward kept them (scan_cpu_ckpt)
+            HC[:] = HCK[i]
+        else:
+            for s in range(nseg - 1):  # checkpoint pass: the start state of every segment
+                t0 = s * seg
+                HC[s] = HS[0]
+                _block_rows(b, ch, w, t0, seg, u, delta, z, dout, bias, has_z, softplus, False, CM, DUR, DTT, DUT,
+                            GOT)
+                _checkpoint_scan(t0, seg, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E,
+                                 Y, DCx, dC)
+            HC[nseg - 1] = HS[0]
         for s in range(nseg - 1, -1, -1):  # reverse, segment by segment
             t0 = s * seg
             m = min(nl, t0 + seg) - t0
             HS[0] = HC[s]
             _block_rows(b, ch, w, t0, m, u, delta, z, dout, bias, has_z, softplus, True, CM, DUR, DTT, DUT, GOT)
-            Y[:] = 0.0
-            DUA[:] = 0.0
-            DDT[:] = 0.0
-            _seg_forward(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DCc,
-                         dC, var_c)
-            _seg_reverse(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, GH,
-                         DAL, DUA, DDT, DBc, dB)
+            # rows to prefetch while the segment's loops run: the next segment's, or the next block's last one
+            if s:
+                pf = (b, ch, t0 - seg, seg, u, delta, z, dout, du, ddelta, dz, has_z)
+            elif i + 1 < i1:
+                for j in range(LW):
+                    chn[j] = blk[i + 1, 1] + min(j, blk[i + 1, 2] - 1)
+                pf = (blk[i + 1, 0], chn, tl, nl - tl, u, delta, z, dout, du, ddelta, dz, has_z)
+            else:
+                pf = (b, ch, -1, 0, u, delta, z, dout, du, ddelta, dz, has_z)
+            _seg_scan(ZB, t0, m, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, GOT, HS, E, Y, DUA,
+                      DDT, GH, DAL, DBc, DCc, dB, dC, pf)
             _to_rows(Y, OR, 0, m)
             _to_rows(DUA, OR, LW, m)
             _to_rows(DDT, OR, 2 * LW, m)
@@ -302,22 +241,25 @@ def _bwd_blocks(thr, i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c,
 
 @njit(cache=True, parallel=True)
 def _bwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
-             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p, has_ck, HCK):
     nb = blk.shape[0]
     for c in prange(nchunks):
         _bwd_blocks(c, c * nb // nchunks, (c + 1) * nb // nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b,
-                    var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+                    var_c, dpg_b, dpg_c, has_z, softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p,
+                    has_ck, HCK)
 
 
 @njit(cache=True)
 def _bwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, dout,
-             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p):
+             du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p, has_ck, HCK):
     _bwd_blocks(0, 0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z,
-                softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p)
+                softplus, dout, du, ddelta, dz, dA_p, dB_p, dC_p, dD_p, dbias_p, has_ck, HCK)
 
 
-def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tuple:
-    """Gradients of (u, delta, A, B, C, D, z, delta_bias, delta_softplus) for SelectiveScanCPU.backward."""
+def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor, checkpoints=None) -> tuple:
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, delta_softplus) for SelectiveScanCPU.backward.
+    checkpoints: the segment start states scan_cpu_ckpt.scan_forward_ckpt kept (None: a checkpoint pass finds
+    them)."""
     u, delta, A, B, C, D, z, delta_bias = saved
     p = _prepare(u, delta, A, B, C, D, z, delta_bias)
     fdt = p["u"].dtype
@@ -338,8 +280,10 @@ def scan_backward(saved: tuple, delta_softplus: bool, dout: torch.Tensor) -> tup
     dD_p = np.zeros((nt, d), fdt)
     dbias_p = np.zeros((nt, d), fdt)
     if b * d * l:
+        has_ck = checkpoints is not None
+        hck = checkpoints if has_ck else np.zeros((1, 1, p["A"].shape[1], LW), fdt)
         args = _kernel_args(p, delta_softplus) + (_as_np(dout, p["cdt"]), du, ddelta, dz, dA_p, dB_p, dC_p, dD_p,
-                                                  dbias_p)
+                                                  dbias_p, has_ck, hck)
         _run(_bwd_par, _bwd_ser, nt, blk, *args)
     else:
         du.fill(0)

@@ -140,12 +140,16 @@ TT = 1024  # time steps per tile: a tile's scratch rows (~400 KB) stay in L2 wha
 
 @njit(cache=True, error_model="numpy")
 def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
-                out, last):
+                out, last, tt, HCK):
     """scan_cpu._fwd_blocks with the vector time loop (float32, n = 16), in time tiles of TT steps: the states
     carry over from tile to tile, so the scratch is O(TT·W) and stays in cache (with whole-sequence rows, a block
-    of 16 channels x 4000 steps needed ~2 MB of scratch, the size of a core's L2)."""
+    of 16 channels x 4000 steps needed ~2 MB of scratch, the size of a core's L2).
+
+    tt: the tile length (TT, or the backward's segment length when it keeps checkpoints); HCK: empty, or
+    [blocks, tiles, N, W] receiving each block's state at the start of each tile (scan_cpu_ckpt)."""
     nl = u.shape[2]
-    tp = min(TT, (nl + W - 1) // W * W)
+    keep = HCK.shape[0] > 0
+    tp = min(tt, (nl + W - 1) // W * W)
     fdt = np.float32  # u, delta, z, out: float32 or bfloat16 bits (int16); the rest float32
     AL = np.empty((N, W), fdt)
     H = np.empty((N, W), fdt)
@@ -177,8 +181,10 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
         H[:] = 0.0
         BR = Bv[b, d0 // dpg_b] if var_b else BL
         CR = Cv[b, d0 // dpg_c] if var_c else CL
-        for t0 in range(0, nl, TT):
-            m = min(TT, nl - t0)
+        for t0 in range(0, nl, tt):
+            if keep:
+                HCK[i, t0 // tt] = H
+            m = min(tt, nl - t0)
             tile_setup(b, t0, m, ch, u, delta, softplus, P, DTT, DUT, OB, SD, SU, ident)
             BX = BR[t0:t0 + m] if var_b else BL
             CX = CR[t0:t0 + m] if var_c else CL
@@ -207,15 +213,30 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
                 last[b, d0 + j, k] = H[k, j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def fwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
-    nb = blk.shape[0]
-    for c in prange(nchunks):
-        _fwd_blocks(c * nb // nchunks, (c + 1) * nb // nchunks, blk, u, delta, A, Bv, Cv, D, z, bias,
-                    var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
+    ck_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
+           TT, np.zeros((0, 1, N, W), np.float32))
 
 
 @njit(cache=True)
 def fwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
+    ck_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
+           TT, np.zeros((0, 1, N, W), np.float32))
+
+
+@njit(cache=True, parallel=True)
+def ck_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
+           tt, HCK):
+    """fwd_par in tiles of tt steps, keeping each tile's start state in HCK (see _fwd_blocks)."""
+    nb = blk.shape[0]
+    for c in prange(nchunks):
+        _fwd_blocks(c * nb // nchunks, (c + 1) * nb // nchunks, blk, u, delta, A, Bv, Cv, D, z, bias,
+                    var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last, tt, HCK)
+
+
+@njit(cache=True)
+def ck_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
+           tt, HCK):
     _fwd_blocks(0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias,
-                var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last)
+                var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last, tt, HCK)

@@ -6,11 +6,12 @@ non-contiguous inputs, float64 inputs, and several threads agreeing with one thr
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from sepcli.kernels import scan_cpu_bwd
-from sepcli.kernels.scan_cpu import selective_scan_cpu
+from sepcli.kernels import scan_cpu_bwd, scan_cpu_ckpt
+from sepcli.kernels.scan_cpu import _blocks, _prepare, scan_forward, selective_scan_cpu
 from sepcli.kernels.scan_ref import selective_scan_ref
 from tests.scan_cases import TENSOR_KEYS, grad_inputs, make_inputs
 
@@ -123,3 +124,49 @@ def test_bwd_empty_length():
     kw = grad_inputs(make_inputs(1, 4, 0, 16, "var", "var", seed=1))
     selective_scan_cpu(**kw).sum().backward()
     assert kw["u"].grad.shape == (1, 4, 0) and float(kw["A"].grad.abs().sum()) == 0.0
+
+
+# --- the autograd forward's checkpoints (scan_cpu_ckpt) and the backward's own checkpoint pass ---------------
+
+
+@pytest.mark.parametrize("layout", [("var", "var"), ("g2", "const"), ("const", "g2"), ("const", "const")])
+def test_forward_checkpoints_are_the_states_at_segment_starts(layout):
+    """scan_forward_ckpt: the same output and last state as scan_forward, bit for bit, and checkpoint s of each
+    channel block equal to the last state of a scan over the first s·SEG steps (an independent forward call)."""
+    seg = scan_cpu_ckpt.SEG
+    d, L = 36, 2 * seg + 45  # groups of 18 channels (a block of 16 and a tail of 2); three segments, the last short
+    kw = make_inputs(2, d, L, 16, *layout, seed=11)
+    out, last, ck = scan_cpu_ckpt.scan_forward_ckpt(**kw)
+    out0, last0 = scan_forward(**kw)
+    assert torch.equal(out, out0) and torch.equal(last, last0)
+    assert ck.shape[1:] == (3, 16, 16)
+    assert scan_cpu_ckpt.scan_forward_ckpt(**make_inputs(1, 16, seg, 16, seed=1))[2] is None  # one segment: none
+    p = _prepare(*(kw[k] for k in TENSOR_KEYS))
+    blk = _blocks(2, d, p)
+    assert ck.shape[0] == len(blk)
+    for s in range(3):
+        if s:
+            part = {k: (v[..., :s * seg] if isinstance(v, torch.Tensor) and v.dim() >= 3 and v.shape[-1] == L
+                        else v) for k, v in kw.items()}
+            want = scan_forward(**part)[1].numpy()  # (b, d, n)
+        else:
+            want = np.zeros((2, d, 16), np.float32)
+        for i, (b, d0, w) in enumerate(blk):
+            np.testing.assert_allclose(ck[i, s, :, :w].T, want[b, d0:d0 + w], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,layout", [(16, ("var", "var")), (16, ("g2", "const")), (16, ("const", "g2")),
+                                      (16, ("const", "const"))])
+def test_bwd_with_and_without_forward_checkpoints(n, layout):
+    """The backward from the forward's checkpoints and with its own checkpoint pass (scan_backward called without
+    them): the same gradients, both against the reference (three segments, the last one short)."""
+    kw = make_inputs(1, 22, 2 * scan_cpu_bwd.SEG + 19, n, *layout, seed=n + 7)
+    got = _check_grads(kw, rtol=5e-4, atol=2e-4)  # through SelectiveScanCPU: the forward's checkpoints
+    a = {k: kw[k] for k in TENSOR_KEYS}
+    dout = torch.randn(kw["u"].shape, generator=torch.Generator().manual_seed(3))
+    own = scan_cpu_bwd.scan_backward(tuple(a.values()), True, dout)
+    _, _, ck = scan_cpu_ckpt.scan_forward_ckpt(**kw)
+    kept = scan_cpu_bwd.scan_backward(tuple(a.values()), True, dout, ck)
+    for key, x, y in zip(TENSOR_KEYS, own, kept):
+        torch.testing.assert_close(y, x, rtol=2e-5, atol=2e-5, msg=lambda m, key=key: f"grad {key}: {m}")
+    assert set(got) == set(TENSOR_KEYS)
