@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from . import causal_conv
+from . import bimamba_kernels, causal_conv
 from .mamba import (Block, Mamba, RMSNorm, Workspace, batched_weight, bmm_into, causal_depthwise_conv_silu,
                     conv_silu_into, current_workspace, init_weights, rms_normalise, selective_scan)
 
@@ -190,10 +190,20 @@ class MambaBlock(nn.Module):
         ws = current_workspace() or Workspace()
         f32 = torch.float32 if x.dtype != torch.float64 else x.dtype
         xn0 = None  # the forward direction's normalised input
+        dirs = weights["dirs"]
+        one_pass = (bimamba_kernels.available() and x.dtype == torch.float32 and x.is_contiguous()
+                    and gdt in (torch.float32, torch.bfloat16)
+                    and dirs[0]["eps"] == dirs[-1]["eps"])
         with torch.autocast(x.device.type, enabled=False):
-            for d, p in enumerate(weights["dirs"]):
+            if one_pass:  # both directions' normalised inputs (the second time-reversed) in one pass over x
+                xn0 = ws.get("xn", (S, D, length), gdt)
+                bimamba_kernels.rms_norm_pair_into(x, dirs[0]["eps"], xn0, ws.get("xnflip", (S, D, length), gdt)
+                                                   if len(dirs) > 1 else None)
+            for d, p in enumerate(dirs):
                 di, r, n = p["w_x"].shape[0], p["r"], p["n"]
-                if xn0 is not None and p["eps"] == weights["dirs"][0]["eps"]:
+                if one_pass:
+                    xn = ws.get("xnflip" if d else "xn", (S, D, length), gdt)
+                elif xn0 is not None and p["eps"] == dirs[0]["eps"]:
                     # the norm is per token (its weights are folded into in_proj): the backward direction's
                     # normalised input is the forward's, time-reversed
                     xn = torch.ops.aten.flip.out(xn0, [2], out=ws.get("xnflip", (S, D, length), gdt))
@@ -232,6 +242,9 @@ class MambaBlock(nn.Module):
                 o = bmm_into(batched_weight(p, "w_out", S), y, ws.get("o", (S, D, length), gdt))
                 if p["b_out"] is not None:
                     o += p["b_out"]
+                if one_pass and out.is_contiguous():  # x + o (o time-reversed back for the backward direction)
+                    bimamba_kernels.residual_into(x, o, out, d * D, reverse=d == 1)
+                    continue
                 if d == 1:
                     o = torch.ops.aten.flip.out(o, [2], out=ws.get("oflip", (S, D, length), gdt))
                 torch.add(x, o, out=half)
