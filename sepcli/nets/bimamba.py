@@ -24,12 +24,15 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from . import bimamba_kernels, causal_conv
+from . import bimamba_grouped, causal_conv
 from .mamba import (Block, Mamba, RMSNorm, Workspace, batched_weight, bmm_into, causal_depthwise_conv_silu,
                     conv_silu_into, current_workspace, init_weights, rms_normalise, selective_scan)
 
 # Default of MambaBlock.fused for new modules; "0" selects the plain official-style path.
 FUSED_DEFAULT = os.environ.get("SEPCLI_SPMAMBA_FUSED", "1") != "0"
+# Without gradients, both directions as one stream of work (sepcli.nets.bimamba_grouped) where it applies;
+# False selects the per-direction inference path (_fused_inference), for comparisons.
+GROUPED = os.environ.get("SEPCLI_SPMAMBA_GROUPED", "1") != "0"
 # Sequences x length processed at once by the fused path without gradients (bounds peak memory).
 CHUNK_TOKENS = 2048
 
@@ -149,6 +152,12 @@ class MambaBlock(nn.Module):
         Without gradients the work goes to `_fused_inference` (the same ops into reused buffers).
         """
         if not torch.is_grad_enabled():
+            if GROUPED and bimamba_grouped.applies(x, weights):
+                ws = current_workspace() or Workspace()
+                dst = out if out is not None and out.is_contiguous() else x.new_empty(x.shape[0], 2 * x.shape[1],
+                                                                                       x.shape[2])
+                res = bimamba_grouped.grouped_inference(x, weights, dst, ws, selective_scan)
+                return res if out is None or out is res else out.copy_(res)
             return self._fused_inference(x, weights, out)
         dtype = weights["dtype"]
         halves = []
@@ -190,20 +199,10 @@ class MambaBlock(nn.Module):
         ws = current_workspace() or Workspace()
         f32 = torch.float32 if x.dtype != torch.float64 else x.dtype
         xn0 = None  # the forward direction's normalised input
-        dirs = weights["dirs"]
-        one_pass = (bimamba_kernels.available() and x.dtype == torch.float32 and x.is_contiguous()
-                    and gdt in (torch.float32, torch.bfloat16)
-                    and dirs[0]["eps"] == dirs[-1]["eps"])
         with torch.autocast(x.device.type, enabled=False):
-            if one_pass:  # both directions' normalised inputs (the second time-reversed) in one pass over x
-                xn0 = ws.get("xn", (S, D, length), gdt)
-                bimamba_kernels.rms_norm_pair_into(x, dirs[0]["eps"], xn0, ws.get("xnflip", (S, D, length), gdt)
-                                                   if len(dirs) > 1 else None)
-            for d, p in enumerate(dirs):
+            for d, p in enumerate(weights["dirs"]):
                 di, r, n = p["w_x"].shape[0], p["r"], p["n"]
-                if one_pass:
-                    xn = ws.get("xnflip" if d else "xn", (S, D, length), gdt)
-                elif xn0 is not None and p["eps"] == dirs[0]["eps"]:
+                if xn0 is not None and p["eps"] == weights["dirs"][0]["eps"]:
                     # the norm is per token (its weights are folded into in_proj): the backward direction's
                     # normalised input is the forward's, time-reversed
                     xn = torch.ops.aten.flip.out(xn0, [2], out=ws.get("xnflip", (S, D, length), gdt))
@@ -242,9 +241,6 @@ class MambaBlock(nn.Module):
                 o = bmm_into(batched_weight(p, "w_out", S), y, ws.get("o", (S, D, length), gdt))
                 if p["b_out"] is not None:
                     o += p["b_out"]
-                if one_pass and out.is_contiguous():  # x + o (o time-reversed back for the backward direction)
-                    bimamba_kernels.residual_into(x, o, out, d * D, reverse=d == 1)
-                    continue
                 if d == 1:
                     o = torch.ops.aten.flip.out(o, [2], out=ws.get("oflip", (S, D, length), gdt))
                 torch.add(x, o, out=half)

@@ -8,8 +8,8 @@ add into a strided half of the output, together about 0.15 s per second of audio
 - `rms_norm_pair_into`: xn = x * rsqrt(mean over channels of x^2 + eps) (RMSNorm without its weight, which the
   fused path folds into in_proj) for x [S, D, L] float32, written in float32 or bfloat16, optionally with its
   time-reversed copy for the backward direction in the same pass;
-- `residual_into`: out[:, c0:c0 + D] = x + o (o float32 or bfloat16, optionally read time-reversed): one half of
-  the block's [S, 2D, L] output.
+- `residual_pair_into`: the block's [S, 2D, L] output, x + the forward direction's out_proj output and x + the
+  backward direction's read time-reversed (o float32 or bfloat16) in one pass.
 
 bfloat16 is written with the rounding of torch's float32 -> bfloat16 cast (round to nearest even; NaN stays
 NaN), so the values equal the torch ops'. Work is split into (sequence, time tile) blocks run on numba's
@@ -48,9 +48,11 @@ if numba is not None:
         return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _norm_block(x, eps, xn, xnr, bf16, pair, s, t0, t1, acc):  # pragma: no cover - compiled
+    def _norm_block(x, eps, out, bf16, s, t0, t1, acc):  # pragma: no cover - compiled
+        # out [S, P, D, L]: out[s, 0] = normalised x[s]; with P == 2 also out[s, 1] = its time reversal
         d, length = x.shape[1], x.shape[2]
         n = t1 - t0
+        pair = out.shape[1] == 2
         for t in range(n):
             acc[t] = 0.0
         for c in range(d):
@@ -62,58 +64,57 @@ if numba is not None:
             acc[t] = np.float32(1.0) / np.sqrt(acc[t] * inv_d + eps)
         for c in range(d):
             xr = x[s, c, t0:t1]
+            dst = out[s, 0, c, t0:t1]
             if bf16:
-                dst = xn[s, c, t0:t1]
                 for t in range(n):
                     dst[t] = _bf16_bits(xr[t] * acc[t])
-                if pair:
-                    dstr = xnr[s, c, length - t1:length - t0]
+            else:
+                for t in range(n):
+                    dst[t] = xr[t] * acc[t]
+            if pair:
+                dstr = out[s, 1, c, length - t1:length - t0]
+                if bf16:
                     for t in range(n):
                         dstr[n - 1 - t] = _bf16_bits(xr[t] * acc[t])
-            else:
-                dstf = xn[s, c, t0:t1]
-                for t in range(n):
-                    dstf[t] = xr[t] * acc[t]
-                if pair:
-                    dstfr = xnr[s, c, length - t1:length - t0]
+                else:
                     for t in range(n):
-                        dstfr[n - 1 - t] = xr[t] * acc[t]
+                        dstr[n - 1 - t] = xr[t] * acc[t]
 
     @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
-    def _norm(x, eps, xn, xnr, bf16, pair, n_tiles):  # pragma: no cover - compiled
+    def _norm(x, eps, out, bf16, n_tiles):  # pragma: no cover - compiled
         length = x.shape[2]
         for i in prange(x.shape[0] * n_tiles):
             s, j = i // n_tiles, i % n_tiles
             t0 = j * length // n_tiles
             t1 = (j + 1) * length // n_tiles
             acc = np.empty(t1 - t0, np.float32)
-            _norm_block(x, np.float32(eps), xn, xnr, bf16, pair, s, t0, t1, acc)
+            _norm_block(x, np.float32(eps), out, bf16, s, t0, t1, acc)
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _res_block(x, o, out, c0, bf16, reverse, s, t0, t1):  # pragma: no cover - compiled
-        length = x.shape[2]
-        for c in range(x.shape[1]):
-            xr, orow, dst = x[s, c], o[s, c], out[s, c0 + c]
-            if reverse:
-                if bf16:
-                    for t in range(t0, t1):
-                        dst[t] = xr[t] + _bf16_value(orow[length - 1 - t])
-                else:
-                    for t in range(t0, t1):
-                        dst[t] = xr[t] + orow[length - 1 - t]
-            elif bf16:
-                for t in range(t0, t1):
-                    dst[t] = xr[t] + _bf16_value(orow[t])
+    def _res_block(x, o, out, bf16, s, t0, t1):  # pragma: no cover - compiled
+        # out[s, :D] = x[s] + o[s, :D]; out[s, D:] = x[s] + o[s, D:] time-reversed (o and out [S, 2D, L])
+        d, length = x.shape[1], x.shape[2]
+        n = t1 - t0
+        for c in range(d):
+            xr, of, dst = x[s, c, t0:t1], o[s, c, t0:t1], out[s, c, t0:t1]
+            ob, dstb = o[s, d + c, length - t1:length - t0], out[s, d + c, t0:t1]
+            if bf16:
+                for t in range(n):
+                    dst[t] = xr[t] + _bf16_value(of[t])
+                for t in range(n):
+                    dstb[t] = xr[t] + _bf16_value(ob[n - 1 - t])
             else:
-                for t in range(t0, t1):
-                    dst[t] = xr[t] + orow[t]
+                for t in range(n):
+                    dst[t] = xr[t] + of[t]
+                for t in range(n):
+                    dstb[t] = xr[t] + ob[n - 1 - t]
 
     @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
-    def _res(x, o, out, c0, bf16, reverse, n_tiles):  # pragma: no cover - compiled
+    def _res(x, o, out, bf16, n_tiles):  # pragma: no cover - compiled
         length = x.shape[2]
         for i in prange(x.shape[0] * n_tiles):
             s, j = i // n_tiles, i % n_tiles
-            _res_block(x, o, out, c0, bf16, reverse, s, j * length // n_tiles, (j + 1) * length // n_tiles)
+            _res_block(x, o, out, bf16, s, j * length // n_tiles, (j + 1) * length // n_tiles)
 
 
 def available() -> bool:
@@ -133,44 +134,45 @@ def _tiles(length: int) -> int:
     return max(1, -(-length // TILE))
 
 
-def rms_norm_pair_into(x: Tensor, eps: float, xn: Tensor, xnr: Tensor | None = None) -> Tensor:
-    """xn = x * rsqrt(mean(x^2 over dim 1) + eps) for x float32 [S, D, L] (statistics in float32), written into xn
-    (float32 or bfloat16, x's shape); with `xnr` (same dtype and shape) also its time-reversed copy,
-    xnr[..., t] = xn[..., L - 1 - t]. Returns xn."""
+def rms_norm_pair_into(x: Tensor, eps: float, out: Tensor) -> Tensor:
+    """xn = x * rsqrt(mean(x^2 over dim 1) + eps) for x float32 [S, D, L] (statistics in float32), written into
+    `out` (float32 or bfloat16): out [S, D, L] gets xn; out [S, 2, D, L] gets xn in out[:, 0] and its time
+    reversal in out[:, 1] (out[:, 1, :, t] = xn[..., L - 1 - t]). Both contiguous. Returns out."""
     if numba is None:
         raise RuntimeError("numba is not available")
     if x.dtype != torch.float32 or x.dim() != 3:
         raise TypeError(f"x must be float32 [S, D, L], got {x.dtype} {tuple(x.shape)}")
-    for t in (x, xn, xnr):
-        if t is not None and (t.shape != x.shape or t.dtype != (x if t is x else xn).dtype or not t.is_contiguous()):
-            raise ValueError("x, xn and xnr must be contiguous, of one shape, xn and xnr of one dtype")
+    S, D, L = x.shape
+    out4 = out[:, None] if out.dim() == 3 else out
+    if out4.dim() != 4 or out4.shape[1] not in (1, 2) or out4[:, 0].shape != x.shape:
+        raise ValueError(f"out must be [S, D, L] or [S, 2, D, L] for x {tuple(x.shape)}, got {tuple(out.shape)}")
+    if not (x.is_contiguous() and out.is_contiguous()):
+        raise ValueError("x and out must be contiguous")
     if x.numel() == 0:
-        return xn
-    pair = xnr is not None
-    xa, xna = _np(x), _np(xn)
-    xra = _np(xnr) if pair else xna
+        return out
+    xa, oa = _np(x), _np(out4)
+    bf16 = out.dtype == torch.bfloat16
     with parallel_threads() as threads:  # one lock and fork guard with the scan's kernels
         if threads:
-            _norm(xa, eps, xna, xra, xn.dtype == torch.bfloat16, pair, _tiles(x.shape[2]))
+            _norm(xa, eps, oa, bf16, _tiles(L))
         else:
-            acc = np.empty(x.shape[2], np.float32)
-            for s in range(x.shape[0]):
-                _norm_block(xa, np.float32(eps), xna, xra, xn.dtype == torch.bfloat16, pair, s, 0, x.shape[2],
-                            acc)
-    return xn
+            acc = np.empty(L, np.float32)
+            for s in range(S):
+                _norm_block(xa, np.float32(eps), oa, bf16, s, 0, L, acc)
+    return out
 
 
-def residual_into(x: Tensor, o: Tensor, out: Tensor, c0: int = 0, reverse: bool = False) -> Tensor:
-    """out[:, c0:c0 + D] = x + o (o read time-reversed with `reverse`: x[..., t] + o[..., L - 1 - t]) for x float32
-    [S, D, L], o float32 or bfloat16 [S, D, L] (its values widened exactly) and out float32 [S, C, L] with
-    C >= c0 + D (e.g. the block's [S, 2D, L] output, one half at a time), all contiguous. Returns out."""
+def residual_pair_into(x: Tensor, o: Tensor, out: Tensor) -> Tensor:
+    """The bidirectional block's output: out[:, :D] = x + o[:, :D] and out[:, D:] = x + o[:, D:] read time-reversed
+    (out[:, D:, t] = x[..., t] + o[:, D:, L - 1 - t]) for x float32 [S, D, L], o float32 or bfloat16 [S, 2D, L]
+    (its values widened exactly), out float32 [S, 2D, L], all contiguous. Returns out."""
     if numba is None:
         raise RuntimeError("numba is not available")
-    if x.dtype != torch.float32 or out.dtype != torch.float32 or x.dim() != 3 or out.dim() != 3:
-        raise TypeError("x and out must be float32 [S, D, L] and [S, C, L]")
+    if x.dtype != torch.float32 or out.dtype != torch.float32 or x.dim() != 3:
+        raise TypeError("x and out must be float32")
     S, D, L = x.shape
-    if o.shape != x.shape or out.shape[0] != S or out.shape[2] != L or not 0 <= c0 <= out.shape[1] - D:
-        raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, o {tuple(o.shape)}, out {tuple(out.shape)}, c0 {c0}")
+    if o.shape != (S, 2 * D, L) or out.shape != o.shape:
+        raise ValueError(f"o and out must be [S, 2D, L] for x {tuple(x.shape)}: {tuple(o.shape)}, {tuple(out.shape)}")
     if not (x.is_contiguous() and o.is_contiguous() and out.is_contiguous()):
         raise ValueError("x, o and out must be contiguous")
     if x.numel() == 0:
@@ -179,8 +181,8 @@ def residual_into(x: Tensor, o: Tensor, out: Tensor, c0: int = 0, reverse: bool 
     bf16 = o.dtype == torch.bfloat16
     with parallel_threads() as threads:
         if threads:
-            _res(xa, oa, outa, c0, bf16, reverse, _tiles(L))
+            _res(xa, oa, outa, bf16, _tiles(L))
         else:
             for s in range(S):
-                _res_block(xa, oa, outa, c0, bf16, reverse, s, 0, L)
+                _res_block(xa, oa, outa, bf16, s, 0, L)
     return out

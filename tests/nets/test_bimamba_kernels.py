@@ -18,8 +18,9 @@ def test_rms_norm_pair_equals_torch(shape, dtype):
     torch.manual_seed(1)
     x = 3 * torch.randn(shape)
     want = x.double() * torch.rsqrt(x.double().square().mean(1, keepdim=True) + 1e-5)
-    xn, xr = torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype)
-    K.rms_norm_pair_into(x, 1e-5, xn, xr)
+    pair = torch.empty((shape[0], 2) + shape[1:], dtype=dtype)
+    K.rms_norm_pair_into(x, 1e-5, pair)
+    xn, xr = pair[:, 0], pair[:, 1]
     if dtype == torch.float32:
         torch.testing.assert_close(xn.double(), want, rtol=2e-6, atol=1e-6)
     else:  # float32 statistics may round the other way at a bf16 midpoint: at most one bf16 step apart
@@ -59,23 +60,22 @@ def test_bf16_rounding_equals_torch_cast_including_ties_and_specials():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_residual_into_one_half(dtype, reverse):
+@pytest.mark.parametrize("length", [1, 5, 301, 1000])
+def test_residual_pair_equals_add_and_flip(dtype, length):
     torch.manual_seed(2)
-    S, D, L = 3, 5, 301
-    x = torch.randn(S, D, L)
-    o = torch.randn(S, D, L).to(dtype)
-    out = torch.full((S, 2 * D, L), 7.0)
-    K.residual_into(x, o, out, D, reverse=reverse)
-    want = x + (o.flip(2) if reverse else o).float()
-    assert torch.equal(out[:, D:], want)
-    assert (out[:, :D] == 7.0).all()  # the other half untouched
+    S, D = 3, 5
+    x = torch.randn(S, D, length)
+    o = torch.randn(S, 2 * D, length).to(dtype)
+    out = torch.full((S, 2 * D, length), 7.0)
+    K.residual_pair_into(x, o, out)
+    assert torch.equal(out[:, :D], x + o[:, :D].float())
+    assert torch.equal(out[:, D:], x + o[:, D:].flip(2).float())
 
 
 def test_bad_arguments_are_refused():
     x = torch.randn(2, 3, 4)
     with pytest.raises(ValueError):
-        K.residual_into(x, x, torch.empty(2, 4, 4), c0=2)  # does not fit
+        K.residual_pair_into(x, torch.empty(2, 6, 4), torch.empty(2, 4, 4))  # does not fit
     with pytest.raises(ValueError):
         K.rms_norm_pair_into(x, 1e-5, torch.empty(2, 4, 3).transpose(1, 2))  # not contiguous
     with pytest.raises(TypeError):
