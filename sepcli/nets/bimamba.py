@@ -10,7 +10,11 @@ Official layout and names (JusperLee/SPMamba; facts only, our own code): `forwar
   one numba pass without gradients (nets.causal_conv; K shifted multiply-adds with them); without gradients
   the sequences go through in chunks of about CHUNK_TOKENS tokens (bounded memory) with every intermediate in a
   buffer reused across chunks, directions and layers (`workspace`).
-`SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain path, for comparisons.
+Without gradients (and with numba) both directions run as one stream of work, laid out side by side
+(sepcli.nets.bimamba_grouped: one scan call, one depthwise-conv call and one batched GEMM per projection for both
+directions, the norm and the residual sums as numba passes); `SEPCLI_SPMAMBA_GROUPED=0` (or `GROUPED = False`)
+keeps the per-direction inference path. `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain
+path, for comparisons.
 
 Under `torch.autocast` (e.g. bfloat16 on CPU) in_proj/out_proj run in the autocast dtype (weights cast once per
 call), the depthwise conv, x_proj, dt_proj and the scan's recurrence in float32, RMSNorm's statistics in float32.
