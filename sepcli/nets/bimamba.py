@@ -156,7 +156,7 @@ class MambaBlock(nn.Module):
         Without gradients the work goes to `_fused_inference` (the same ops into reused buffers).
         """
         if not torch.is_grad_enabled():
-            if GROUPED and bimamba_grouped.applies(x, weights):
+            if GROUPED and bimamba_grouped.applies(x, weights, self.chunk_tokens):
                 ws = current_workspace() or Workspace()
                 dst = out if out is not None and out.is_contiguous() else x.new_empty(x.shape[0], 2 * x.shape[1],
                                                                                        x.shape[2])

@@ -385,7 +385,8 @@ def test_grouped_inference_equals_per_direction_path(autocast, monkeypatch):
         monkeypatch.setattr(bimamba, "GROUPED", grouped)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         with torch.no_grad(), ctx, workspace():
-            assert bimamba_grouped.applies(x, mb._fused_weights(x))
+            assert bimamba_grouped.applies(x[:3], mb._fused_weights(x), mb.chunk_tokens)  # the chunks of 3
+            assert not bimamba_grouped.applies(x, mb._fused_weights(x), mb.chunk_tokens)
             outs[grouped] = mb.forward_channels_first(x)
     tol = 2e-2 if autocast else 1e-5  # bf16: the two paths round the same products at most one step apart
     torch.testing.assert_close(outs[True], outs[False], rtol=tol, atol=tol)
