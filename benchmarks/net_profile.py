@@ -12,12 +12,15 @@ Parts (self CPU time of every profiled op, attributed in this order):
 - scan: inside `selective_scan` (the numba kernel and its boundary casts/copies);
 - STFT: inside aten::stft / aten::istft;
 - attention: inside a GridNetBlock's `_attention` (scores, softmax, weighted sum; not the Q/K/V 1x1 convolutions);
-- norms: inside a norm module (LayerNormalization4D/4DCF, GroupNorm, RMSNorm) or `sepcli.nets.mamba.rms_normalise`;
+- norms: inside a norm module (LayerNormalization4D/4DCF, GroupNorm, RMSNorm), `sepcli.nets.mamba.rms_normalise` or
+  the numba norm pass `sepcli.nets.bimamba_kernels.rms_norm_pair_into`;
 - copies: copy_, cat, stack, flip, clone, contiguous, pad, unfold/im2col, to/_to_copy (layout changes, casts);
 - convolutions: inside any convolution op (the Conv2d/ConvTranspose 1x1-3x3s, the intra/inter ConvTranspose1d,
-  the Mamba depthwise conv1d);
+  the Mamba depthwise conv1d) or the numba depthwise conv pass (`sepcli.nets.causal_conv.conv_silu_rows_into`;
+  versions before it was labelled counted it under python/other);
 - Mamba projections: inside any other matmul / linear (in_proj, x_proj, dt_proj, out_proj);
-- elementwise: every other op (silu, softplus, adds, PReLU, ...);
+- elementwise: every other op (silu, softplus, adds, PReLU, ...) and the numba residual pass
+  (`sepcli.nets.bimamba_kernels.residual_pair_into`);
 - python/other: the forward's wall time not inside any op (interpreter, dispatch, profiler overhead).
 The labels are added from outside (wrapping functions and module instances while profiling), so the same
 helper measures any version of the network without changes to it.
@@ -78,6 +81,14 @@ def labelled(model: nn.Module):
             patch(mod, "rms_normalise", "norms")
     if gridnet is not None:
         patch(gridnet.GridNetBlock, "_attention", "attention")
+    try:  # numba passes the fused inference path calls (not torch ops): labelled like the torch ops they replace
+        from sepcli.nets import bimamba_kernels, causal_conv
+    except ImportError:  # pragma: no cover
+        bimamba_kernels = causal_conv = None
+    if bimamba_kernels is not None:
+        patch(bimamba_kernels, "rms_norm_pair_into", "norms")
+        patch(bimamba_kernels, "residual_pair_into", "residual")
+        patch(causal_conv, "conv_silu_rows_into", "depthwise conv")
     norm_types = tuple(t for t in (getattr(gridnet, "LayerNormalization4D", None),
                                    getattr(gridnet, "LayerNormalization4DCF", None), mamba_mod.RMSNorm,
                                    nn.GroupNorm, nn.LayerNorm) if t is not None)
@@ -110,6 +121,10 @@ def _part(evt) -> str | None:
         return "attention"
     if "norms" in scopes:
         return "norms"
+    if "depthwise conv" in scopes:
+        return "convolutions"
+    if "residual" in scopes:
+        return "elementwise"
     if evt.name.startswith(_SCOPE) or evt.name == "forward":
         return None  # an annotation's own (python) time
     if evt.name in COPY_OPS:

@@ -10,7 +10,11 @@ Official layout and names (JusperLee/SPMamba; facts only, our own code): `forwar
   one numba pass without gradients (nets.causal_conv; K shifted multiply-adds with them); without gradients
   the sequences go through in chunks of about CHUNK_TOKENS tokens (bounded memory) with every intermediate in a
   buffer reused across chunks, directions and layers (`workspace`).
-`SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain path, for comparisons.
+Without gradients (and with numba) both directions run as one stream of work, laid out side by side
+(sepcli.nets.bimamba_grouped: one scan call, one depthwise-conv call and one batched GEMM per projection for both
+directions, the norm and the residual sums as numba passes); `SEPCLI_SPMAMBA_GROUPED=0` (or `GROUPED = False`)
+keeps the per-direction inference path. `SEPCLI_SPMAMBA_FUSED=0` (or `MambaBlock.fused = False`) selects the plain
+path, for comparisons.
 
 Under `torch.autocast` (e.g. bfloat16 on CPU) in_proj/out_proj run in the autocast dtype (weights cast once per
 call), the depthwise conv, x_proj, dt_proj and the scan's recurrence in float32, RMSNorm's statistics in float32.
@@ -24,12 +28,15 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from . import causal_conv
+from . import bimamba_grouped, causal_conv
 from .mamba import (Block, Mamba, RMSNorm, Workspace, batched_weight, bmm_into, causal_depthwise_conv_silu,
                     conv_silu_into, current_workspace, init_weights, rms_normalise, selective_scan)
 
 # Default of MambaBlock.fused for new modules; "0" selects the plain official-style path.
 FUSED_DEFAULT = os.environ.get("SEPCLI_SPMAMBA_FUSED", "1") != "0"
+# Without gradients, both directions as one stream of work (sepcli.nets.bimamba_grouped) where it applies;
+# False selects the per-direction inference path (_fused_inference), for comparisons.
+GROUPED = os.environ.get("SEPCLI_SPMAMBA_GROUPED", "1") != "0"
 # Sequences x length processed at once by the fused path without gradients (bounds peak memory).
 CHUNK_TOKENS = 2048
 
@@ -149,6 +156,12 @@ class MambaBlock(nn.Module):
         Without gradients the work goes to `_fused_inference` (the same ops into reused buffers).
         """
         if not torch.is_grad_enabled():
+            if GROUPED and bimamba_grouped.applies(x, weights, self.chunk_tokens):
+                ws = current_workspace() or Workspace()
+                dst = out if out is not None and out.is_contiguous() else x.new_empty(x.shape[0], 2 * x.shape[1],
+                                                                                       x.shape[2])
+                res = bimamba_grouped.grouped_inference(x, weights, dst, ws, selective_scan)
+                return res if out is None or out is res else out.copy_(res)
             return self._fused_inference(x, weights, out)
         dtype = weights["dtype"]
         halves = []

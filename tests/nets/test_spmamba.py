@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -359,3 +360,37 @@ def test_auto_precision_picks_bf16_for_spmamba_only_with_amx(monkeypatch, amx, a
     assert device.bf16_pays(net) is amx
     got = device.resolve_precision("auto", torch.device("cpu"), device.bf16_pays(net))
     assert got.dtype == (torch.bfloat16 if amx else None)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_grouped_inference_equals_per_direction_path(autocast, monkeypatch):
+    # both directions as one stream of work (nets.bimamba_grouped: one scan call over 2 x d_inner channels with B/C
+    # as two groups, alternating batched weights) against the per-direction inference path (two scan calls),
+    # with norm weights and biases that are not the defaults; fp32 and bf16 autocast, sequences in chunks
+    import sepcli.nets.bimamba as bimamba
+    from sepcli.nets import bimamba_grouped
+    from sepcli.nets.mamba import workspace
+
+    torch.manual_seed(11)
+    mb = MambaBlock(24, 1, True).eval()
+    with torch.no_grad():
+        for blk in (mb.forward_blocks[0], mb.backward_blocks[0]):
+            blk.norm.weight.uniform_(0.5, 1.5)
+            blk.mixer.conv1d.bias.uniform_(-0.5, 0.5)
+            blk.mixer.D.uniform_(0.5, 1.5)
+    mb.chunk_tokens = 40
+    x = torch.randn(7, 24, 13)
+    outs = {}
+    for grouped in (True, False):
+        monkeypatch.setattr(bimamba, "GROUPED", grouped)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with torch.no_grad(), ctx, workspace():
+            assert bimamba_grouped.applies(x[:3], mb._fused_weights(x), mb.chunk_tokens)  # the chunks of 3
+            assert not bimamba_grouped.applies(x, mb._fused_weights(x), mb.chunk_tokens)
+            outs[grouped] = mb.forward_channels_first(x)
+    tol = 2e-2 if autocast else 1e-5  # bf16: the two paths round the same products at most one step apart
+    torch.testing.assert_close(outs[True], outs[False], rtol=tol, atol=tol)
+    if not autocast:
+        with torch.no_grad():
+            torch.testing.assert_close(outs[True], mb.forward_plain(x.transpose(1, 2)).transpose(1, 2),
+                                       rtol=1e-4, atol=1e-4)

@@ -1,0 +1,115 @@
+"""Both directions of SPMamba's bidirectional Mamba layer as ONE stream of work, for inference (no autograd).
+
+The fused inference path ran the forward and the backward direction one after the other: two selective-scan
+calls, two depthwise-conv calls and ten GEMM calls per chunk of sequences, each with a fixed cost (measured on
+a 2-core Xeon, SPMamba-8k, per chunk: about 0.2 ms per scan call, 30-55 us per numba launch, about 30 us per
+bf16 oneDNN GEMM call; SPMamba-8k runs about 20 chunks per second of audio and layer, so these fixed costs were
+0.1-0.16 s per second of audio).
+
+Here the two directions are laid out side by side, [S, 2, channels, L] (direction 0 = forward, 1 = backward,
+its time axis reversed), which is also [S, 2 * channels, L]:
+- the RMS norm writes both directions' normalised inputs in one pass (nets.bimamba_kernels; its weights are
+  folded into in_proj);
+- every projection is one batched GEMM over 2S (sequence, direction) pairs with the directions' weights
+  alternating (dense copies made once per forward pass);
+- the depthwise conv + SiLU is one call over 2 * d_inner channels (the two directions' filters side by side);
+- the selective scan is one call over 2 * d_inner channels with B and C as two groups (g = 2 in the scan's
+  (b, g, n, l) convention: channels [0, d_inner) read group 0, the others group 1), A, D and the dt bias
+  concatenated: per channel the same recurrence as two calls;
+- out_proj's [2S, D, L] result is the block's [S, 2D, L] layout; the residual sums (x + forward, x + the
+  backward's time-reversed) are one pass (nets.bimamba_kernels).
+
+Precision: as the per-direction path. in_proj and out_proj in the GEMM dtype (bf16 under bf16 autocast), the
+conv, x_proj, dt_proj and the scan in float32; the scan's gate z is cast to float32 (SCAN_Z_DTYPE: when the scan
+takes bfloat16 inputs, setting it to None passes in_proj's bf16 z as is, without the cast pass).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import bimamba_kernels, causal_conv
+from .mamba import Workspace
+
+# dtype the scan's gate z is cast to from in_proj's output (None: passed in the GEMM dtype as is)
+SCAN_Z_DTYPE: torch.dtype | None = torch.float32
+
+
+def applies(x: Tensor, weights: dict, max_tokens: int) -> bool:
+    """Whether the grouped path runs this chunk: numba kernels, float32 contiguous x, float32 or bf16 GEMMs, two
+    directions with one norm eps, and at most `max_tokens` tokens (sequences x length). Longer single sequences
+    (SPMamba's inter-frame pass on inputs over about 16 s) keep the per-direction path: with both directions'
+    intermediates alive at once the scan's working set doubles, and on a 20 s input (sequences of 2,493 steps)
+    the grouped scan measured slower (0.64 vs 0.46 s per s of audio, bf16, one alternated run)."""
+    dirs = weights["dirs"]
+    return (x.shape[0] * x.shape[2] <= max_tokens and bimamba_kernels.available() and causal_conv.available()
+            and x.dtype == torch.float32
+            and x.is_contiguous() and weights["dtype"] in (torch.float32, torch.bfloat16) and len(dirs) == 2
+            and dirs[0]["eps"] == dirs[1]["eps"] and x.device.type == "cpu")
+
+
+def _stacked(weights: dict) -> dict:
+    """The two directions' parameters side by side (made once per weights dict)."""
+    g = weights.get("grouped")
+    if g is None:
+        f, b = weights["dirs"]
+
+        def pair(name: str) -> Tensor | None:
+            return None if f[name] is None else torch.stack([f[name], b[name]])
+
+        g = weights["grouped"] = {
+            "w_x": pair("w_x"), "w_z": pair("w_z"), "w_xp": pair("w_xp"), "w_dt": pair("w_dt"),
+            "w_out": pair("w_out"), "b_x": pair("b_x"), "b_z": pair("b_z"), "b_out": pair("b_out"),
+            "conv_w": torch.cat([f["conv_w"].float(), b["conv_w"].float()]),
+            "conv_b": None if f["conv_b"] is None else torch.cat([f["conv_b"].float(), b["conv_b"].float()]),
+            "A": torch.cat([f["A"], b["A"]]), "D": torch.cat([f["D"], b["D"]]),
+            "dt_bias": torch.cat([f["dt_bias"], b["dt_bias"]]),
+        }
+    return g
+
+
+def _batched(g: dict, name: str, n_seq: int) -> Tensor:
+    """[2 * n_seq, M, K]: the directions' weights alternating (pair (s, d) at s * 2 + d), dense (oneDNN copied a
+    broadcast weight on every call), made once per (weights, n_seq)."""
+    key = (name, n_seq)
+    w = g.get(key)
+    if w is None:
+        w = g[key] = g[name].repeat(n_seq, 1, 1)
+    return w
+
+
+def grouped_inference(x: Tensor, weights: dict, out: Tensor, ws: Workspace, scan) -> Tensor:
+    """Both directions of the fused one-layer bidirectional block, [S, D, L] -> out [S, 2D, L] (see the module
+    docstring); `weights` from MambaBlock._fused_weights, `ws` the scratch buffers, `scan` the selective_scan to
+    call (the caller's, so that the one name tests and profilers wrap covers both inference paths)."""
+    gdt = weights["dtype"]
+    f32 = torch.float32
+    S, D, L = x.shape
+    p0 = weights["dirs"][0]
+    di, r, n = p0["w_x"].shape[0], p0["r"], p0["n"]
+    g = _stacked(weights)
+    S2 = 2 * S
+    with torch.autocast(x.device.type, enabled=False):
+        xn = bimamba_kernels.rms_norm_pair_into(x, p0["eps"], ws.get("g_xn", (S, 2, D, L), gdt)).view(S2, D, L)
+        xin = torch.bmm(_batched(g, "w_x", S), xn, out=ws.get("g_xin", (S2, di, L), gdt))
+        z = torch.bmm(_batched(g, "w_z", S), xn, out=ws.get("g_z", (S2, di, L), gdt))
+        if g["b_x"] is not None:
+            xin.view(S, 2, di, L).add_(g["b_x"])
+            z.view(S, 2, di, L).add_(g["b_z"])
+        if SCAN_Z_DTYPE is not None and z.dtype != SCAN_Z_DTYPE:
+            z = ws.get("g_z32", (S2, di, L), SCAN_Z_DTYPE).copy_(z)
+        u = ws.get("g_u", (S, 2 * di, L), f32)
+        causal_conv.conv_silu_rows_into(xin.view(S, 2 * di, L), g["conv_w"], g["conv_b"], u)
+        dbl = torch.bmm(_batched(g, "w_xp", S), u.view(S2, di, L), out=ws.get("g_dbl", (S2, r + 2 * n, L), f32))
+        delta = torch.bmm(_batched(g, "w_dt", S), dbl[:, :r], out=ws.get("g_delta", (S2, di, L), f32))
+        dbl4 = dbl.view(S, 2, r + 2 * n, L)
+        y = scan(u, delta.view(S, 2 * di, L), g["A"], dbl4[:, :, r:r + n], dbl4[:, :, r + n:], g["D"],
+                           z=z.view(S, 2 * di, L), delta_bias=g["dt_bias"], delta_softplus=True)
+        if y.dtype != gdt:
+            y = ws.get("g_y", (S, 2 * di, L), gdt).copy_(y)
+        o = torch.bmm(_batched(g, "w_out", S), y.view(S2, di, L), out=ws.get("g_o", (S2, D, L), gdt))
+        if g["b_out"] is not None:
+            o.view(S, 2, D, L).add_(g["b_out"])
+        bimamba_kernels.residual_pair_into(x, o.view(S, 2 * D, L), out)
+    return out

@@ -1,0 +1,188 @@
+"""One-pass numba kernels around the bidirectional Mamba block's GEMMs, for inference (no autograd).
+
+The fused inference path (sepcli.nets.bimamba) did these steps as several torch ops each, every one a pass over
+[sequences, channels, length] plus its dispatch cost (measured on SPMamba-8k, 2 threads, bf16 autocast: the
+norm's square / mean / rsqrt / multiply / cast and the flip of its output, and the residual's flip + mixed-dtype
+add into a strided half of the output, together about 0.15 s per second of audio):
+
+- `rms_norm_pair_into`: xn = x * rsqrt(mean over channels of x^2 + eps) (RMSNorm without its weight, which the
+  fused path folds into in_proj) for x [S, D, L] float32, written in float32 or bfloat16, optionally with its
+  time-reversed copy for the backward direction in the same pass;
+- `residual_pair_into`: the block's [S, 2D, L] output, x + the forward direction's out_proj output and x + the
+  backward direction's read time-reversed (o float32 or bfloat16) in one pass.
+
+bfloat16 is written with the rounding of torch's float32 -> bfloat16 cast (round to nearest even; NaN stays
+NaN), so the values equal the torch ops'. Work is split into (sequence, time tile) blocks run on numba's
+threads (as many as torch's): time tiles keep a tile's rows in the L1/L2 cache while the channels are reduced.
+Plain LLVM vector code: it needs no AVX-512.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # numba is a dependency of the CPU scan; without it callers keep their torch path
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover
+    numba = None
+
+_FM = {"reassoc", "contract", "nsz"}  # as nets.causal_conv: NaN and inf propagate
+TILE = 256  # time steps per block
+
+if numba is not None:
+    from ..kernels.threads import parallel_threads
+
+    @njit(inline="always")
+    def _bf16_bits(v):  # pragma: no cover - compiled
+        # float32 -> bfloat16 bits, round to nearest even (torch's cast); a NaN keeps a (quiet) NaN pattern
+        b = np.float32(v).view(np.uint32)
+        r = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        q = (b >> np.uint32(16)) | np.uint32(0x40)
+        return np.uint16(q if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r)
+
+    @njit(inline="always")
+    def _bf16_value(bits):  # pragma: no cover - compiled
+        return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
+
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
+    def _norm_block(x, eps, out, bf16, s, t0, t1, acc):  # pragma: no cover - compiled
+        # out [S, P, D, L]: out[s, 0] = normalised x[s]; with P == 2 also out[s, 1] = its time reversal
+        d, length = x.shape[1], x.shape[2]
+        n = t1 - t0
+        pair = out.shape[1] == 2
+        for t in range(n):
+            acc[t] = 0.0
+        for c in range(d):
+            xr = x[s, c, t0:t1]
+            for t in range(n):
+                acc[t] += xr[t] * xr[t]
+        inv_d = np.float32(1.0) / np.float32(d)
+        for t in range(n):
+            acc[t] = np.float32(1.0) / np.sqrt(acc[t] * inv_d + eps)
+        for c in range(d):
+            xr = x[s, c, t0:t1]
+            dst = out[s, 0, c, t0:t1]
+            if bf16:
+                for t in range(n):
+                    dst[t] = _bf16_bits(xr[t] * acc[t])
+            else:
+                for t in range(n):
+                    dst[t] = xr[t] * acc[t]
+            if pair:
+                dstr = out[s, 1, c, length - t1:length - t0]
+                if bf16:
+                    for t in range(n):
+                        dstr[n - 1 - t] = _bf16_bits(xr[t] * acc[t])
+                else:
+                    for t in range(n):
+                        dstr[n - 1 - t] = xr[t] * acc[t]
+
+    @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
+    def _norm(x, eps, out, bf16, n_tiles):  # pragma: no cover - compiled
+        length = x.shape[2]
+        for i in prange(x.shape[0] * n_tiles):
+            s, j = i // n_tiles, i % n_tiles
+            t0 = j * length // n_tiles
+            t1 = (j + 1) * length // n_tiles
+            acc = np.empty(t1 - t0, np.float32)
+            _norm_block(x, np.float32(eps), out, bf16, s, t0, t1, acc)
+
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
+    def _res_block(x, o, out, bf16, s, t0, t1):  # pragma: no cover - compiled
+        # out[s, :D] = x[s] + o[s, :D]; out[s, D:] = x[s] + o[s, D:] time-reversed (o and out [S, 2D, L])
+        d, length = x.shape[1], x.shape[2]
+        n = t1 - t0
+        for c in range(d):
+            xr, of, dst = x[s, c, t0:t1], o[s, c, t0:t1], out[s, c, t0:t1]
+            ob, dstb = o[s, d + c, length - t1:length - t0], out[s, d + c, t0:t1]
+            if bf16:
+                for t in range(n):
+                    dst[t] = xr[t] + _bf16_value(of[t])
+                for t in range(n):
+                    dstb[t] = xr[t] + _bf16_value(ob[n - 1 - t])
+            else:
+                for t in range(n):
+                    dst[t] = xr[t] + of[t]
+                for t in range(n):
+                    dstb[t] = xr[t] + ob[n - 1 - t]
+
+    @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
+    def _res(x, o, out, bf16, n_tiles):  # pragma: no cover - compiled
+        length = x.shape[2]
+        for i in prange(x.shape[0] * n_tiles):
+            s, j = i // n_tiles, i % n_tiles
+            _res_block(x, o, out, bf16, s, j * length // n_tiles, (j + 1) * length // n_tiles)
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """A float32 tensor as is, a bfloat16 one as its uint16 bits (same strides)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    if t.dtype != torch.float32:
+        raise TypeError(f"expected float32 or bfloat16, got {t.dtype}")
+    return t.numpy()
+
+
+def _tiles(length: int) -> int:
+    return max(1, -(-length // TILE))
+
+
+def rms_norm_pair_into(x: Tensor, eps: float, out: Tensor) -> Tensor:
+    """xn = x * rsqrt(mean(x^2 over dim 1) + eps) for x float32 [S, D, L] (statistics in float32), written into
+    `out` (float32 or bfloat16): out [S, D, L] gets xn; out [S, 2, D, L] gets xn in out[:, 0] and its time
+    reversal in out[:, 1] (out[:, 1, :, t] = xn[..., L - 1 - t]). Both contiguous. Returns out."""
+    if numba is None:
+        raise RuntimeError("numba is not available")
+    if x.dtype != torch.float32 or x.dim() != 3:
+        raise TypeError(f"x must be float32 [S, D, L], got {x.dtype} {tuple(x.shape)}")
+    S, D, L = x.shape
+    out4 = out[:, None] if out.dim() == 3 else out
+    if out4.dim() != 4 or out4.shape[1] not in (1, 2) or out4[:, 0].shape != x.shape:
+        raise ValueError(f"out must be [S, D, L] or [S, 2, D, L] for x {tuple(x.shape)}, got {tuple(out.shape)}")
+    if not (x.is_contiguous() and out.is_contiguous()):
+        raise ValueError("x and out must be contiguous")
+    if x.numel() == 0:
+        return out
+    xa, oa = _np(x), _np(out4)
+    bf16 = out.dtype == torch.bfloat16
+    with parallel_threads() as threads:  # one lock and fork guard with the scan's kernels
+        if threads:
+            _norm(xa, eps, oa, bf16, _tiles(L))
+        else:
+            acc = np.empty(L, np.float32)
+            for s in range(S):
+                _norm_block(xa, np.float32(eps), oa, bf16, s, 0, L, acc)
+    return out
+
+
+def residual_pair_into(x: Tensor, o: Tensor, out: Tensor) -> Tensor:
+    """The bidirectional block's output: out[:, :D] = x + o[:, :D] and out[:, D:] = x + o[:, D:] read time-reversed
+    (out[:, D:, t] = x[..., t] + o[:, D:, L - 1 - t]) for x float32 [S, D, L], o float32 or bfloat16 [S, 2D, L]
+    (its values widened exactly), out float32 [S, 2D, L], all contiguous. Returns out."""
+    if numba is None:
+        raise RuntimeError("numba is not available")
+    if x.dtype != torch.float32 or out.dtype != torch.float32 or x.dim() != 3:
+        raise TypeError("x and out must be float32")
+    S, D, L = x.shape
+    if o.shape != (S, 2 * D, L) or out.shape != o.shape:
+        raise ValueError(f"o and out must be [S, 2D, L] for x {tuple(x.shape)}: {tuple(o.shape)}, {tuple(out.shape)}")
+    if not (x.is_contiguous() and o.is_contiguous() and out.is_contiguous()):
+        raise ValueError("x, o and out must be contiguous")
+    if x.numel() == 0:
+        return out
+    xa, oa, outa = _np(x), _np(o), _np(out)
+    bf16 = o.dtype == torch.bfloat16
+    with parallel_threads() as threads:
+        if threads:
+            _res(xa, oa, outa, bf16, _tiles(L))
+        else:
+            for s in range(S):
+                _res_block(xa, oa, outa, bf16, s, 0, L)
+    return out
