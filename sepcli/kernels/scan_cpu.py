@@ -2,7 +2,8 @@
 
 For float32 (and float16/bfloat16 inputs) with d_state n = 16, scan_forward runs the explicitly vectorised
 forward of scan_cpu_vec (states in registers, base-2 exp, fused row passes: ~3.2-4x this module's forward loops
-of git 4eb3200); other n and float64 run the forward described below. In the vectorised forward, bfloat16 u,
+of git 4eb3200); other n and float64 run the forward described below. In the vectorised forward without
+autograd (scan_forward; autograd's scan_cpu_ckpt still casts them to float32), bfloat16 u,
 delta and z are not cast here: the kernel reads their bits (int16 arrays) and widens them in its row pass, and
 writes a bfloat16 out directly (rounded to nearest even, as torch's conversion); B and C go through their
 transposed copy in float32.

@@ -30,8 +30,8 @@ alias checks between them, for a 16-iteration loop) leaves them scalar. Here:
   keeps them (scan_cpu_ckpt, float32 n = 16: they are states it computes anyway), else from a checkpoint pass
   that runs the forward once more (for n = 16 float32 the vectorised forward's time loop, scan_cpu_vec): on the
   issue's shape (b=1, d=512, l=4000) that pass was ~17% of the backward. Keeping every step's decays instead
-  (4 MB per block at l = 4000) made long sequences slower. exp is the vectorised forward's (vector_ir.vexp_ir;
-  float64: libm exp);
+  (4 MB per block at l = 4000) made long sequences slower. exp is vector_ir.vexp_ir (base e; float64: libm exp);
+  the forward's checkpoints come from its base-2 exp (vector_exp2), about 1e-7 relative apart;
 - for float32 n = 16 the segment's forward and reverse are whole time loops with the 16 states / state gradients
   in registers (scan_cpu_bwd16, ~25% faster than the tiles), with the next segment's rows prefetched between
   chunks of steps (scan_cpu_bwd_seg);

@@ -7,8 +7,8 @@ and float64), and for float32 with n = 16 whole-segment loops with the states / 
 (scan_cpu_bwd16), run in chunks of CH steps with a share of the next rows prefetched into L2 after each chunk: the
 row passes around the loops read and write channel rows of 1 KB spread over separate pages, which the hardware
 prefetchers do not fetch ahead, so they waited on memory (issue shape, 2 threads: 1.56 -> 1.96 G updates/s with
-the prefetches). The checkpoint pass (used when the forward kept no checkpoints) runs the vectorised forward's time
-loop for n = 16 float32 (scan_cpu_vec).
+the prefetches). The checkpoint pass (used when the forward kept no checkpoints) runs scan_cpu_vec's base-e time loops
+(_scan_vv etc., vector_ir.vexp_ir) for n = 16 float32, not the forward's base-2 loop.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ AVX-512 and to two ymm registers with AVX2 (there some states spill to the stack
 - exp(dt·A) = 2^(dt·A2) with A2 = A·log2 e premultiplied per block, so the product dt·A2 is the exp's only
   argument operation (vector_exp2.vexp2_ir). With AVX-512 (F, DQ) on the host: vreduceps, 5 polynomial FMAs and
   vscalefps, 7 operations that saturate correctly with no clamp; generic IR elsewhere (AVX2): magic-number
-  rounding, the polynomial and 2^n added to the exponent bits, 10 operations plus a one-sided clamp when every
-  A of the block is <= 0 and dt = softplus(.) >= 0 (mamba's case, decided per block) or 11 with both clamps.
+  rounding, the polynomial, 2^n added to the exponent bits and a NaN select, 12 operations plus a one-sided clamp
+  when every A of the block is <= 0 and dt = softplus(.) >= 0 (mamba's case, decided per block) or 13 with both.
   A state update costs 11 vector operations (AVX-512) with (dt·u)·B, the state FMA and the output FMA, against
-  17 with the 13-operation exp of vector_ir.vexp_ir (still used by the backward's recompute: _scan_vv etc.).
+  17 with the 13-operation exp of vector_ir.vexp_ir (_scan_vv etc., still used by the backward's checkpoint pass).
   Accuracy: the polynomial ~1.6e-7 relative (tested against float64); A2 and dt·A2 add two float32 roundings of
   the argument, |dt·A|·1.2e-7 relative at most (the old exp had one: |dt·A|·6e-8), i.e. 2e-7 for |dt·A| <= 1
   and growing only where exp(dt·A) is tiny (tested).
@@ -49,7 +49,7 @@ from numba.extending import intrinsic
 
 from .scan_cpu import W, lane_params
 from .scan_vec_rows import tile_output, tile_setup
-from .vector_exp2 import AVX512, vexp2_ir
+from .vector_exp2 import AVX512, FORCE_GENERIC, vexp2_ir
 from .vector_ir import F32_2D, V16, array_data, vbroadcast, vexp_ir, vfma, vload, vstore
 
 N = 16  # the state size this kernel is specialised for (SPMamba's and Mamba's default d_state)
@@ -135,10 +135,11 @@ _s2_vv_lo, _s2_vc_lo, _s2_cv_lo, _s2_cc_lo = (_SCAN2[(vb, vc, not AVX512)] for v
 
 
 LOG2E = np.float32(1.4426950408889634)
+_CACHE = not FORCE_GENERIC  # generic code forced by SEPCLI_VEC_GENERIC must not enter the host path's cache
 TT = 1024  # time steps per tile: a tile's scratch rows (~400 KB) stay in L2 whatever the sequence length
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=_CACHE, error_model="numpy")
 def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
                 out, last, tt, HCK):
     """scan_cpu._fwd_blocks with the vector time loop (float32, n = 16), in time tiles of TT steps: the states
@@ -213,19 +214,19 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
                 last[b, d0 + j, k] = H[k, j]
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def fwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
     ck_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
            TT, np.zeros((0, 1, N, W), np.float32))
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def fwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
     ck_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
            TT, np.zeros((0, 1, N, W), np.float32))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=_CACHE, parallel=True)
 def ck_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
            tt, HCK):
     """fwd_par in tiles of tt steps, keeping each tile's start state in HCK (see _fwd_blocks)."""
@@ -235,7 +236,7 @@ def ck_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, d
                     var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last, tt, HCK)
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def ck_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
            tt, HCK):
     _fwd_blocks(0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias,

@@ -7,13 +7,16 @@ fitted in float64 at import), times 2^n:
   scaling by vscalefps, 7 vector operations in all; vscalefps saturates like exp2 itself (0 below ~2^-149,
   denormals down there, inf above 2^128) and passes NaN, so no clamp;
 - elsewhere (AVX2 laptops), generic IR: n = round(y) by adding and subtracting 1.5·2^23, f = y - n (exact), the
-  polynomial, and n << 23 added to the result's exponent bits: 10 operations, plus a clamp of y to [-125, 127]
-  by compare/selects (NaN passes), only the low end (1 operation) when y <= 0 is known (A <= 0, dt >= 0).
+  polynomial, n << 23 added to the result's exponent bits and a select keeping a NaN y NaN (whatever its payload):
+  12 operations, plus a clamp of y to [-125, 127] by compare/selects (NaN passes), only the low end (1 operation)
+  when y <= 0 is known (A <= 0, dt >= 0).
 Max relative error measured 1.5-1.6e-7 on both paths over the normal range (tests/kernels/test_vector_ir_exp2).
-SEPCLI_VEC_GENERIC=1 forces the generic path (with a fresh NUMBA_CACHE_DIR: numba's disk cache does not see it).
+SEPCLI_VEC_GENERIC=1 forces the generic path (the forward's kernels then skip numba's disk cache).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from llvmlite import ir
@@ -44,18 +47,21 @@ _MAGIC2 = 12582912.0  # 1.5 * 2**23: y + magic leaves round(y) in the low mantis
 
 def _host_avx512() -> bool:
     """True when numba compiles for this host (no NUMBA_CPU_NAME) and it has AVX-512 F and DQ (vscalefps,
-    vreduceps). SEPCLI_VEC_GENERIC=1 forces the generic path (tests; use a fresh NUMBA_CACHE_DIR with it)."""
-    import os
-
+    vreduceps). SEPCLI_VEC_GENERIC=1 forces the generic path (tests); the forward's kernels then skip numba's
+    disk cache, so generic code never lands in (or is loaded from) the cache of the host's path."""
     from llvmlite import binding
     from numba.core import config
 
-    if os.environ.get("SEPCLI_VEC_GENERIC") or config.CPU_NAME not in (None, "host"):
+    if FORCE_GENERIC or config.CPU_NAME not in (None, "host"):
         return False
+    if config.CPU_FEATURES:  # numba compiles for these features (e.g. a portable cache), not the host's
+        feats = config.CPU_FEATURES.split(",")
+        return "+avx512f" in feats and "+avx512dq" in feats
     feats = binding.get_host_cpu_features()
     return bool(feats.get("avx512f") and feats.get("avx512dq"))
 
 
+FORCE_GENERIC = bool(os.environ.get("SEPCLI_VEC_GENERIC"))  # kernels built on it are then not disk-cached
 AVX512 = _host_avx512()
 _HOOKS: dict = {}
 
@@ -71,7 +77,8 @@ def vexp2_ir(builder, y, low_only=False, avx512=None):
     denormals between -149 and -126, inf above 128) and passes NaN: 7 vector operations. Generic: clamp y
     to [-125, 127] (low_only: only the low end, enough when y <= 0, i.e. A <= 0 and dt >= 0), the magic-number
     rounding n = round(y) (1.5·2^23 added and subtracted), f = y - n exact, the polynomial, and 2^n added to
-    the result's exponent bits: 10-11 operations. NaN propagates on both paths (compare/select clamps)."""
+    the result's exponent bits, and a select that keeps a NaN y (any payload): 12-13 operations. NaN propagates on both
+    paths."""
     avx512 = AVX512 if avx512 is None else avx512
     i32 = ir.IntType(32)
     if avx512:
@@ -92,7 +99,9 @@ def vexp2_ir(builder, y, low_only=False, avx512=None):
     if avx512:
         return _x86_512(builder, "scalef", [p, y, ir.Constant(V16, ir.Undefined), mask, cur])
     sh = builder.shl(builder.bitcast(kf, _VI), ir.Constant(_VI, [23] * W))  # n << 23 (the magic's bits shift out)
-    return builder.bitcast(builder.add(builder.bitcast(p, _VI), sh), V16)
+    res = builder.bitcast(builder.add(builder.bitcast(p, _VI), sh), V16)
+    # a NaN y with payload bits would add them into the exponent and come out finite: keep y where it is NaN
+    return builder.select(builder.fcmp_unordered("uno", y, y), y, res)
 
 
 def _map_check(emit):

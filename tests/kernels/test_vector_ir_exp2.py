@@ -75,3 +75,15 @@ def test_exp2_avx512_path_saturates_like_exp2():
     assert got[4] == np.float32(2.0 ** -126)
     np.testing.assert_allclose(got[5], 2.0 ** 127.5, rtol=2 * F32_ULP)
     assert np.all(np.isinf(got[6:10])) and np.all(got[6:10] > 0) and np.isnan(got[11])
+
+
+@pytest.mark.parametrize("avx512", [False, True])
+@pytest.mark.parametrize("low_only", [False, True])
+def test_exp2_keeps_nans_with_any_payload(avx512, low_only):
+    """NaN bit patterns other than numpy's (payload bits set, either sign, signalling) stay NaN: the generic
+    path's exponent-bit addition would otherwise turn them into tiny finite numbers."""
+    if avx512 and not vector_exp2.AVX512:
+        pytest.skip("no AVX-512 F/DQ on this host")
+    bits = np.array([0x7FC00000, 0x7FC00001, 0x7FC00005, 0xFFC00003, 0x7F800001, 0x7FFFFFFF], np.uint32)
+    got = vector_exp2.vexp2_check(bits.view(np.float32), low_only=low_only, avx512=avx512)
+    assert np.all(np.isnan(got)), got

@@ -379,6 +379,7 @@ def test_grouped_inference_equals_per_direction_path(autocast, monkeypatch):
             blk.mixer.conv1d.bias.uniform_(-0.5, 0.5)
             blk.mixer.D.uniform_(0.5, 1.5)
     mb.chunk_tokens = 40
+    mb.fused = True  # the fused inference path even under SEPCLI_SPMAMBA_FUSED=0 (else both runs are plain)
     x = torch.randn(7, 24, 13)
     outs = {}
     for grouped in (True, False):
