@@ -376,6 +376,19 @@ def baseline_module():
     return mod
 
 
+def _interleaved_medians(fns, runs: int) -> list[float]:
+    """Median seconds of each function, timed in turn run by run after two warm-up calls each (so that drift
+    of the machine hits all of them alike)."""
+    for fn in fns:
+        fn()
+        fn()
+    ts = [[] for _ in fns]
+    for _ in range(runs):
+        for i, fn in enumerate(fns):
+            ts[i].append(_median_time(fn, 0, 1))
+    return [statistics.median(t) for t in ts]
+
+
 def forward_vs_baseline(threads_list=(1, 2), runs: int = 7) -> list[tuple]:
     """(label, shape, threads, baseline fwd updates/s, today's fwd updates/s): forward calls (no grad) of the
     baseline kernel and of today's, interleaved run by run (medians), on the KERNEL_SHAPES."""
@@ -387,15 +400,9 @@ def forward_vs_baseline(threads_list=(1, 2), runs: int = 7) -> list[tuple]:
         fns = [lambda kw=kw: scan_forward(**kw, delta_softplus=True)]
         if base is not None:
             fns.append(lambda kw=kw: base.scan_forward(**kw, delta_softplus=True))
-        for fn in fns:
-            fn()
-            fn()
-        ts = [[], []]
-        for _ in range(runs):
-            for i, fn in enumerate(fns):
-                ts[i].append(_median_time(fn, 0, 1))
-        new = updates / statistics.median(ts[0])
-        old_s = updates / statistics.median(ts[1]) if base is not None else float("nan")
+        ts = _interleaved_medians(fns, runs)
+        new = updates / ts[0]
+        old_s = updates / ts[1] if base is not None else float("nan")
         rows.append((label, shape, threads, old_s, new))
     return rows
 
@@ -422,14 +429,8 @@ def bf16_vs_cast(threads_list=(1, 2), runs: int = 7) -> list[tuple]:
         fns = [lambda h=h: scan_forward(**h, delta_softplus=True),
                lambda h=h: scan_forward(**{k: (v.float() if k in keys else v) for k, v in h.items()},
                                         delta_softplus=True)]
-        for fn in fns:
-            fn()
-            fn()
-        ts = [[], []]
-        for _ in range(runs):
-            for i, fn in enumerate(fns):
-                ts[i].append(_median_time(fn, 0, 1))
-        rows.append((label, shape, threads, 1e3 * statistics.median(ts[0]), 1e3 * statistics.median(ts[1])))
+        ts = _interleaved_medians(fns, runs)
+        rows.append((label, shape, threads, 1e3 * ts[0], 1e3 * ts[1]))
     return rows
 
 

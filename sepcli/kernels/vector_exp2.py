@@ -20,11 +20,9 @@ import os
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
 
-from .vector_ir import _VI, V16, W, _splat, array_data, vfma, vload, vstore
+from .vector_ir import _VI, V16, W, _splat, mapped_check, vfma
 
 # 2^f on [-1/2, 1/2] (generic path: n = round(y)) and on [0, 1) (AVX-512 path: n = floor(y))
 
@@ -63,7 +61,6 @@ def _host_avx512() -> bool:
 
 FORCE_GENERIC = bool(os.environ.get("SEPCLI_VEC_GENERIC"))  # kernels built on it are then not disk-cached
 AVX512 = _host_avx512()
-_HOOKS: dict = {}
 
 
 def _x86_512(builder, name, args):
@@ -104,44 +101,7 @@ def vexp2_ir(builder, y, low_only=False, avx512=None):
     return builder.select(builder.fcmp_unordered("uno", y, y), y, res)
 
 
-def _map_check(emit):
-    """A jitted function mapping a 1-D float32 array through emit(builder, <16 x float>) 16 lanes at a time
-    (padded to whole vectors); not cached: the test hooks compile the generic and AVX-512 paths side by side."""
-
-    @intrinsic
-    def hook(typingctx, xs, ys, i):
-        arr = types.Array(types.float32, 1, "C")
-        if xs != arr or ys != arr or not isinstance(i, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, llargs):
-            x, y = (array_data(context, builder, arr, v) for v in llargs[:2])
-            idx = context.cast(builder, llargs[2], sig.args[2], types.int64)
-            vstore(builder, emit(builder, vload(builder, x, idx)), y, idx)
-            return context.get_dummy_value()
-
-        return types.none(xs, ys, i), codegen
-
-    @njit
-    def check(x):
-        m = (x.shape[0] + W - 1) // W * W
-        xp = np.zeros(m, np.float32)
-        xp[:x.shape[0]] = x
-        out = np.empty(m, np.float32)
-        for i in range(0, m, W):
-            hook(xp, out, i)
-        return out[:x.shape[0]]
-
-    return check
-
-
-def _hooked(key, emit, x):
-    if key not in _HOOKS:
-        _HOOKS[key] = _map_check(emit)
-    return _HOOKS[key](np.ascontiguousarray(x, np.float32))
-
-
 def vexp2_check(x, low_only=False, avx512=None):
     """Test hook: vexp2_ir over a 1-D float32 array on the given path (default: the host's)."""
     av = AVX512 if avx512 is None else avx512
-    return _hooked(("exp2", low_only, av), lambda b, v: vexp2_ir(b, v, low_only, av), x)
+    return mapped_check(("exp2", low_only, av), lambda b, v: vexp2_ir(b, v, low_only, av), x)

@@ -255,22 +255,6 @@ def transpose16(typingctx, S, sr, sc, Dm, dr, dc):
     return types.none(S, sr, sc, Dm, dr, dc), codegen
 
 
-@intrinsic
-def _vexp16(typingctx, xs, ys, i):
-    """ys[i:i+16] = exp(xs[i:i+16]) with the kernel's vector exp (test hook)."""
-    arr = types.Array(types.float32, 1, "C")
-    if xs != arr or ys != arr or not isinstance(i, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, llargs):
-        x, y = (array_data(context, builder, arr, v) for v in llargs[:2])
-        idx = context.cast(builder, llargs[2], sig.args[2], types.int64)
-        vstore(builder, vexp_ir(builder, vload(builder, x, idx)), y, idx)
-        return context.get_dummy_value()
-
-    return types.none(xs, ys, i), codegen
-
-
 @njit(cache=True)
 def vsoftplus_check(x):
     """Test hook: the setup's vector softplus over a 1-D float32 array (padded to whole vectors)."""
@@ -282,13 +266,47 @@ def vsoftplus_check(x):
     return xp[0, :x.shape[0]].copy()
 
 
-@njit(cache=True)
+_HOOKS: dict = {}
+
+
+def _map_check(emit):
+    """A jitted function mapping a 1-D float32 array through emit(builder, <16 x float>) 16 lanes at a time
+    (padded to whole vectors); not cached: test hooks compile variants (e.g. vector_exp2's two paths) side by side."""
+
+    @intrinsic
+    def hook(typingctx, xs, ys, i):
+        arr = types.Array(types.float32, 1, "C")
+        if xs != arr or ys != arr or not isinstance(i, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, llargs):
+            x, y = (array_data(context, builder, arr, v) for v in llargs[:2])
+            idx = context.cast(builder, llargs[2], sig.args[2], types.int64)
+            vstore(builder, emit(builder, vload(builder, x, idx)), y, idx)
+            return context.get_dummy_value()
+
+        return types.none(xs, ys, i), codegen
+
+    @njit
+    def check(x):
+        m = (x.shape[0] + W - 1) // W * W
+        xp = np.zeros(m, np.float32)
+        xp[:x.shape[0]] = x
+        out = np.empty(m, np.float32)
+        for i in range(0, m, W):
+            hook(xp, out, i)
+        return out[:x.shape[0]]
+
+    return check
+
+
+def mapped_check(key, emit, x):
+    """Test hook: emit (a vector IR function) over a 1-D float32 array; one compiled function per key."""
+    if key not in _HOOKS:
+        _HOOKS[key] = _map_check(emit)
+    return _HOOKS[key](np.ascontiguousarray(x, np.float32))
+
+
 def vexp_check(x):
     """Test hook: the kernel's vector exp over a 1-D float32 array (padded to whole vectors)."""
-    m = (x.shape[0] + W - 1) // W * W
-    xp = np.zeros(m, np.float32)
-    xp[:x.shape[0]] = x
-    out = np.empty(m, np.float32)
-    for i in range(0, m, W):
-        _vexp16(xp, out, i)
-    return out[:x.shape[0]]
+    return mapped_check("exp", vexp_ir, x)
