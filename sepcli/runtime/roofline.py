@@ -126,12 +126,12 @@ def counting_scans() -> Iterator[_ScanCounter]:
             setattr(module, attr, fn)
 
 
-def count_work(network: torch.nn.Module, sample_rate: int, seconds: float = 4.0) -> dict:
-    """FLOPs (FlopCounterMode) and selective-scan state updates of one forward pass over `seconds` of noise,
-    and both per second of audio. `by_op`: FLOPs per counted ATen op."""
+def count_work(network: torch.nn.Module, sample_rate: int, seconds: float = 4.0, samples: int | None = None) -> dict:
+    """FLOPs (FlopCounterMode) and selective-scan state updates of one forward pass over `seconds` of noise
+    (or exactly `samples` samples), and both per second of audio. `by_op`: FLOPs per counted ATen op."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    n = max(1, int(round(seconds * sample_rate)))
+    n = max(1, int(samples) if samples is not None else int(round(seconds * sample_rate)))
     x = 0.1 * torch.randn(1, n, generator=torch.Generator().manual_seed(0))
     param = next(iter(network.parameters()), None)
     if param is not None:
@@ -143,6 +143,32 @@ def count_work(network: torch.nn.Module, sample_rate: int, seconds: float = 4.0)
     return {"seconds": n / sample_rate, "gemm_flops": total, "scan_updates": scans.updates, "scan_calls": scans.calls,
             "gemm_flops_per_s": total * sample_rate / n, "scan_updates_per_s": scans.updates * sample_rate / n,
             "by_op": by_op}
+
+
+def count_passes_work(network: torch.nn.Module, sample_rate: int, passes: dict[int, int], audio_samples: int,
+                      counted: dict[int, dict] | None = None) -> dict:
+    """The work of a pipeline's network passes over an input of `audio_samples` samples: `passes` maps an input
+    length in samples to how many passes of that length the pipeline makes (Separator.network_passes); each
+    distinct length is counted once with count_work (or taken from `counted`, {samples: count_work result}) and
+    multiplied by its number of passes. `overlap_factor` = network input samples / audio samples; the per second
+    figures are per second of the audio (not of the network's input)."""
+    counted = {} if counted is None else counted
+    flops = updates = total = 0
+    for n, k in passes.items():
+        if n not in counted:
+            counted[n] = count_work(network, sample_rate, samples=n)
+        flops += k * counted[n]["gemm_flops"]
+        updates += k * counted[n]["scan_updates"]
+        total += k * n
+    audio = max(int(audio_samples), 1)
+    return {"audio_s": audio / sample_rate, "network_input_s": total / sample_rate, "overlap_factor": total / audio,
+            "passes": sum(passes.values()), "gemm_flops": flops, "scan_updates": updates,
+            "gemm_flops_per_s": flops * sample_rate / audio, "scan_updates_per_s": updates * sample_rate / audio}
+
+
+def describe_passes(passes: dict[int, int], sample_rate: int) -> str:
+    """'19 x 4 s + 1 x 3 s' (longest first)."""
+    return " + ".join(f"{k} x {n / sample_rate:g} s" for n, k in sorted(passes.items(), key=lambda p: -p[0]))
 
 
 def rtf_bound(gemm_flops_per_s: float, gemm_flops_per_second: float, scan_updates_per_s: float = 0.0,
@@ -159,28 +185,54 @@ def rtf_bound(gemm_flops_per_s: float, gemm_flops_per_second: float, scan_update
     return bound
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """x to `digits` significant digits (a tiny test network's bound stays visible, a large one stays short)."""
+    return float(f"{x:.{digits}g}")
+
+
 def bound_figures(network: torch.nn.Module, sample_rate: int, precision: str, measured_rtf: float | None = None,
-                  seconds: float = 4.0) -> dict:
+                  seconds: float = 4.0, passes: dict[int, int] | None = None,
+                  audio_samples: int | None = None) -> dict:
     """Everything `sepcli bench` prints about the bound: the CPU, the counted work, the measured GEMM throughputs
     (fp32 and bf16) and scan throughput at torch's current thread count, the bound at `precision` ("fp32" or
-    "bf16"; fp16 counts as bf16) and the measured RTF's multiple of it."""
+    "bf16"; fp16 counts as bf16) and the measured RTF's multiple of it.
+
+    Two counts of the work: one forward of `seconds` per second of audio (`single_pass_*`, the network's own
+    cost), and, given the pipeline's `passes` over `audio_samples` samples (Separator.network_passes), the work
+    as run (`as_run_*`): overlapping segments make the network process more than the audio's length
+    (`overlap_factor`), and the measured RTF is compared with the bound for that work too."""
     from .device import cpu_features
 
+    counted: dict[int, dict] = {}
     work = count_work(network, sample_rate, seconds)
+    counted[int(round(work["seconds"] * sample_rate))] = work
     fp32 = gemm_throughput(torch.float32)
     bf16 = gemm_throughput(torch.bfloat16)
-    scan = scan_throughput() if work["scan_updates"] else None
+    run = None if not passes else count_passes_work(network, sample_rate, passes, audio_samples or 0, counted)
+    scan = scan_throughput() if work["scan_updates"] or (run and run["scan_updates"]) else None
     gemm = fp32 if precision == "fp32" else bf16
     bound = rtf_bound(work["gemm_flops_per_s"], gemm, work["scan_updates_per_s"], scan)
     cpu = cpu_features()
     out = {"cpu": cpu["model"], "amx_bf16": cpu["amx_bf16"], "avx512_bf16": cpu["avx512_bf16"],
            "threads": torch.get_num_threads(),
-           "gemm_gflop_per_audio_s": round(work["gemm_flops_per_s"] / 1e9, 3),
-           "scan_gupdates_per_audio_s": round(work["scan_updates_per_s"] / 1e9, 4),
            "not_counted": "elementwise ops, norms, pooling, interpolation, FFTs (scan counted analytically)",
-           "gemm_gflops_fp32": round(fp32 / 1e9, 1), "gemm_gflops_bf16": round(bf16 / 1e9, 1),
-           "scan_gupdates_per_s": None if scan is None else round(scan / 1e9, 3),
-           "bound_precision": precision, "rtf_bound": round(bound, 5)}
+           "gemm_gflops_fp32": _sig(fp32 / 1e9), "gemm_gflops_bf16": _sig(bf16 / 1e9),
+           "scan_gupdates_per_s": None if scan is None else _sig(scan / 1e9),
+           "bound_precision": precision,
+           "single_pass_s": _sig(work["seconds"]),
+           "single_pass_gemm_gflop_per_audio_s": _sig(work["gemm_flops_per_s"] / 1e9),
+           "single_pass_scan_gupdates_per_audio_s": _sig(work["scan_updates_per_s"] / 1e9),
+           "single_pass_rtf_bound": _sig(bound)}
     if measured_rtf is not None and bound > 0:
-        out["rtf_over_bound"] = round(measured_rtf / bound, 2)
+        out["single_pass_rtf_over_bound"] = _sig(measured_rtf / bound)
+    if run is not None:
+        bound_run = rtf_bound(run["gemm_flops_per_s"], gemm, run["scan_updates_per_s"], scan)
+        out.update({"as_run_passes": describe_passes(passes, sample_rate),
+                    "as_run_network_input_s": _sig(run["network_input_s"]),
+                    "as_run_overlap_factor": _sig(run["overlap_factor"]),
+                    "as_run_gemm_gflop_per_audio_s": _sig(run["gemm_flops_per_s"] / 1e9),
+                    "as_run_scan_gupdates_per_audio_s": _sig(run["scan_updates_per_s"] / 1e9),
+                    "as_run_rtf_bound": _sig(bound_run)})
+        if measured_rtf is not None and bound_run > 0:
+            out["as_run_rtf_over_bound"] = _sig(measured_rtf / bound_run)
     return out

@@ -7,14 +7,20 @@ import time
 
 import numpy as np
 
+from ..runtime.roofline import describe_passes
 from .results import _Timer
 from .separator import Separator
+
+
+def synthetic_length(seconds: float, rate: int) -> int:
+    """Samples of synthetic_mixture(seconds, rate)."""
+    return max(int(seconds * rate), 1)
 
 
 def synthetic_mixture(seconds: float, rate: int, n_src: int = 2, seed: int = 0) -> np.ndarray:
     """Noise 'talkers' with syllable-rate envelopes, summed: a stand-in input for speed measurements."""
     rng = np.random.default_rng(seed)
-    n = max(int(seconds * rate), 1)
+    n = synthetic_length(seconds, rate)
     t = np.arange(n) / rate
     mix = np.zeros(n, np.float32)
     for k in range(n_src):
@@ -36,8 +42,15 @@ def bench_model(sep: Separator, seconds: float = 30.0, repeat: int = 3) -> dict:
         totals.append(time.perf_counter() - t0)
         models.append(timer.model)
     total, model_t = float(np.median(totals)), float(np.median(models))
+    length, ov = sep.segment_geometry()
+    passes = sep.network_passes(len(x))
+    net_in = sum(n * k for n, k in passes.items()) / m.sample_rate
     return {"model": m.name, "arch": m.arch, "params_M": round(m.n_params / 1e6, 3), "sample_rate": m.sample_rate,
             **sep.runtime_info(),
-            "input_s": seconds, "total_s": round(total, 3), "model_s": round(model_t, 3),
+            "input_s": seconds, "segment_s": length / m.sample_rate, "overlap_s": ov / m.sample_rate,
+            "network_passes": describe_passes(passes, m.sample_rate),
+            "network_input_s": round(net_in, 4),
+            "total_s": round(total, 3), "model_s": round(model_t, 3),
             "rtf_total": round(total / seconds, 4), "rtf_model": round(model_t / seconds, 4),
+            "model_s_per_network_input_s": round(model_t / net_in, 4) if net_in > 0 else None,
             "outside_model_share": round(1 - model_t / total, 4) if total > 0 else None}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio.chunking import SegmentStream, Stitcher, align_order, segment_geometry
+from ..audio.chunking import SegmentStream, Stitcher, align_order, plan_segments, segment_geometry
 from ..audio.io import (
     ArrayInput,
     AudioError,
@@ -102,6 +102,30 @@ class Separator:
                 "scan_backend": backend}
 
     # ------------------------------------------------------------------ core stream
+    def segment_geometry(self) -> tuple[int, int]:
+        """(segment length, overlap length) in samples at the model's rate, from the options or else the model's
+        defaults (length 0: the whole input in one segment); sepcli.audio.chunking.segment_geometry."""
+        o, m = self.options, self.model
+        seg = m.segment if o.segment is None else o.segment
+        ov = m.overlap if o.overlap is None else o.overlap
+        return segment_geometry(m.sample_rate, seg, ov)
+
+    def network_passes(self, n: int) -> dict[int, int]:
+        """{input length in samples: number of network passes of that length} that separating n samples at the
+        model's rate makes: the segment plan (sepcli.audio.chunking.plan_segments), each segment once per
+        --shifts pass (the k-th longer by its k * SHIFT_STEP_S delay). Batching stacks passes of one length
+        in one call: the same work."""
+        length, ov = self.segment_geometry()
+        step = max(1, round(SHIFT_STEP_S * self.model.sample_rate))
+        out: dict[int, int] = {}
+        for start, stop in plan_segments(n, length, ov):
+            if stop <= start:  # no sample: the network is not called (an input shorter than one sample)
+                continue
+            for k in range(self.options.shifts):
+                key = stop - start + k * step
+                out[key] = out.get(key, 0) + 1
+        return out
+
     def _forward(self, x: np.ndarray, timer: _Timer) -> np.ndarray:
         """[B, T] float32 -> [B, n_src, T] float32 through the network; with --shifts N, the mean of N passes
         with the input delayed by k * SHIFT_STEP_S (k = 0..N-1), each pass's sources put in the first pass's
@@ -145,9 +169,7 @@ class Separator:
         """Yield separated blocks [n_src, k] at the output rate; exactly the expected length in total."""
         o, m = self.options, self.model
         msr, n_src = m.sample_rate, m.n_src
-        seg = m.segment if o.segment is None else o.segment
-        ov = m.overlap if o.overlap is None else o.overlap
-        length, ov_len = segment_geometry(msr, seg, ov)
+        length, ov_len = self.segment_geometry()
         # --loudness off and the whole input in one segment: the network's own output for the samples as given
         # (no input normalisation, no stitching gain), as the authors' code computes it
         raw = o.loudness == "off"

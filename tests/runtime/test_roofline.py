@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from sepcli.runtime.roofline import count_work, rtf_bound
+from sepcli.runtime.roofline import count_passes_work, count_work, describe_passes, rtf_bound
 
 
 class ConvLinear(nn.Module):
@@ -81,3 +81,96 @@ def test_bound_arithmetic():
         rtf_bound(1e9, 0.0)
     with pytest.raises(ValueError):
         rtf_bound(1e9, 1e11, 1e9, None)  # a scan without its throughput
+
+
+class Outer(nn.Module):
+    """[1, T] -> the outer product x^T x ([T, 1] @ [1, T]: 2 T^2 FLOPs, not linear in T) -> its row sums, plus
+    a scan of (b 1, d 2, l T, n 3) -> [1, 2, T]."""
+
+    def forward(self, x):
+        from sepcli import kernels
+
+        t = x.shape[-1]
+        y = (x.T @ x).sum(0)[None]
+        kernels.selective_scan(u=x.expand(1, 2, t).contiguous(), delta=torch.zeros(1, 2, t), A=-torch.ones(2, 3),
+                               B=torch.ones(1, 3, t), C=torch.ones(1, 3, t))
+        return torch.stack([y, x - y], dim=1)
+
+
+def test_passes_work_is_the_sum_of_each_pass_counted_alone(monkeypatch):
+    monkeypatch.setenv("SEPCLI_SCAN", "ref")
+    rate, passes, audio = 100, {40: 3, 25: 1, 7: 2}, 120
+    work = count_passes_work(Outer(), rate, passes, audio)
+    segs = [n for n, k in passes.items() for _ in range(k)]  # every pass counted on its own
+    alone = [count_work(Outer(), rate, samples=n) for n in segs]
+    assert work["gemm_flops"] == sum(w["gemm_flops"] for w in alone) == sum(2 * n * n for n in segs)
+    assert work["scan_updates"] == sum(w["scan_updates"] for w in alone) == sum(2 * n * 3 for n in segs)
+    assert work["passes"] == 6
+    assert work["network_input_s"] == pytest.approx(sum(segs) / rate)
+    assert work["overlap_factor"] == pytest.approx(sum(segs) / audio)
+    # per second of the audio, not of the network's input
+    assert work["gemm_flops_per_s"] == pytest.approx(work["gemm_flops"] / (audio / rate))
+    assert work["scan_updates_per_s"] == pytest.approx(work["scan_updates"] / (audio / rate))
+
+
+def test_count_work_takes_an_exact_sample_count():
+    assert count_work(Outer(), 100, samples=33)["gemm_flops"] == 2 * 33 * 33
+    assert count_work(Outer(), 100, seconds=0.33)["gemm_flops"] == 2 * 33 * 33
+
+
+def test_describe_passes_longest_first():
+    assert describe_passes({24000: 1, 32000: 19}, 8000) == "19 x 4 s + 1 x 3 s"
+
+
+def test_bound_figures_single_pass_and_as_run(monkeypatch):
+    # a GEMM-only network (no scan throughput measured); the GEMM throughput is stubbed at 1000 FLOP/s in fp32:
+    # the counting and the arithmetic are what is tested (figures to 4 significant digits)
+    from sepcli.runtime import roofline
+
+    monkeypatch.setattr(roofline, "gemm_throughput", lambda dtype=torch.float32, size=0: 1e3 if dtype == torch.float32
+                        else 5e2)
+    fig = roofline.bound_figures(ConvLinear(), 100, "fp32", measured_rtf=20.0, seconds=1.0,
+                                 passes={100: 2, 60: 1}, audio_samples=200)
+    # ConvLinear makes 64 (T - 4) FLOPs on T samples (test_flops_of_a_conv_and_a_linear_layer_are_their_formulas)
+    single = 64 * 96  # one 1 s pass per second of audio
+    as_run = (2 * 64 * 96 + 64 * 56) / 2.0  # two 1 s passes and one 0.6 s pass over 2 s of audio
+    assert fig["single_pass_s"] == 1.0
+    assert fig["single_pass_rtf_bound"] == pytest.approx(single / 1e3, rel=1e-3)
+    assert fig["single_pass_rtf_over_bound"] == pytest.approx(20.0 / (single / 1e3), rel=1e-3)
+    assert fig["as_run_passes"] == "2 x 1 s + 1 x 0.6 s"
+    assert fig["as_run_network_input_s"] == pytest.approx(2.6)
+    assert fig["as_run_overlap_factor"] == pytest.approx(260 / 200)
+    assert fig["as_run_rtf_bound"] == pytest.approx(as_run / 1e3, rel=1e-3)
+    assert fig["as_run_rtf_over_bound"] == pytest.approx(20.0 / (as_run / 1e3), rel=1e-3)
+    assert fig["scan_gupdates_per_s"] is None
+    bf16 = roofline.bound_figures(ConvLinear(), 100, "bf16", seconds=1.0, passes={100: 2, 60: 1}, audio_samples=200)
+    assert bf16["as_run_rtf_bound"] == pytest.approx(as_run / 5e2, rel=1e-3) and "as_run_rtf_over_bound" not in bf16
+
+
+def test_network_passes_are_the_calls_the_pipeline_makes():
+    """Separator.network_passes against the lengths the network is really called with, and against the segment
+    plan written out here (segments every hop = length - overlap samples while they reach past the previous one)."""
+    import numpy as np
+
+    from sepcli.separate import Separator
+
+    calls = []
+
+    class Recording(nn.Module):
+        sample_rate, n_src, segment, overlap = 8000, 2, 0.3, 0.2  # 2400 samples, 480 overlap, hop 1920
+
+        def forward(self, x):
+            calls.extend([x.shape[-1]] * x.shape[0])
+            return torch.stack([0.5 * x, 0.5 * x], dim=1)
+
+    x = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    for kw, expected in [({}, {2400: 3, 2240: 1}),  # starts 0, 1920, 3840, 5760 (7680 + 480 >= 8000: no fifth)
+                         ({"segment": 0.0}, {8000: 1}),
+                         ({"batch_size": 3}, {2400: 3, 2240: 1}),
+                         ({"segment": 0.5, "overlap": 0.4}, {4000: 2, 3200: 1}),  # hop 2400: starts 0, 2400, 4800
+                         ({"shifts": 2}, {2400: 3, 2240: 1, 2404: 3, 2244: 1})]:  # 0.5 ms delay: 4 samples
+        calls.clear()
+        sep = Separator(Recording(), loudness="off", **kw)
+        sep.separate_array(x, 8000)
+        assert sep.network_passes(len(x)) == expected
+        assert sorted(calls) == sorted(n for n, k in expected.items() for _ in range(k)), kw
