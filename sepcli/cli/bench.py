@@ -58,7 +58,7 @@ def _bound_figures(sep, measured_rtf: float, seconds: float) -> dict:
     import torch
 
     if sep.device.type != "cpu" or not isinstance(sep.model.network, torch.nn.Module):
-        return {"rtf_bound": "not measured (CPU networks only)"}
+        return {"single_pass_rtf_bound": "not measured (CPU networks only)"}
     from ..runtime.roofline import bound_figures
     from ..separate.bench import synthetic_length
 

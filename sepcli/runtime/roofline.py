@@ -52,13 +52,13 @@ def _median_time(fn: Callable[[], object], warmup: int = 2, runs: int = 7, min_t
     return statistics.median(per_call)
 
 
-def gemm_throughput(dtype: torch.dtype = torch.float32, size: int = GEMM_SIZE, runs: int = 7) -> float:
+def gemm_throughput(dtype: torch.dtype = torch.float32, size: int = GEMM_SIZE, runs: int = 7, warmup: int = 3) -> float:
     """FLOP/s of a [size x size] @ [size x size] product in `dtype` on the CPU (2 size^3 FLOPs per product)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=g).to(dtype)
     b = torch.randn(size, size, generator=g).to(dtype)
     out = torch.empty(size, size, dtype=dtype)
-    seconds = _median_time(lambda: torch.mm(a, b, out=out), warmup=3, runs=runs)
+    seconds = _median_time(lambda: torch.mm(a, b, out=out), warmup=warmup, runs=runs)
     return 2.0 * size**3 / seconds
 
 
@@ -126,6 +126,21 @@ def counting_scans() -> Iterator[_ScanCounter]:
             setattr(module, attr, fn)
 
 
+@contextlib.contextmanager
+def _pytorch_path() -> Iterator[None]:
+    """The networks' numba-fused inference kernels off inside the block: FlopCounterMode sees only PyTorch ops, and
+    the default S4M model switches to its fused kernels from its FUSE_AFTER-th forward in a process (after
+    `sepcli bench`'s timed runs a count would miss about a third of its FLOPs)."""
+    from sepcli.nets import s4m_fused
+
+    saved = s4m_fused.ENABLED
+    s4m_fused.ENABLED = False
+    try:
+        yield
+    finally:
+        s4m_fused.ENABLED = saved
+
+
 def count_work(network: torch.nn.Module, sample_rate: int, seconds: float = 4.0, samples: int | None = None) -> dict:
     """FLOPs (FlopCounterMode) and selective-scan state updates of one forward pass over `seconds` of noise
     (or exactly `samples` samples), and both per second of audio. `by_op`: FLOPs per counted ATen op."""
@@ -136,7 +151,7 @@ def count_work(network: torch.nn.Module, sample_rate: int, seconds: float = 4.0,
     param = next(iter(network.parameters()), None)
     if param is not None:
         x = x.to(param.device)
-    with torch.inference_mode(), counting_scans() as scans, FlopCounterMode(display=False) as flops:
+    with torch.inference_mode(), counting_scans() as scans, _pytorch_path(), FlopCounterMode(display=False) as flops:
         network(x)
     total = int(flops.get_total_flops())
     by_op = {str(op): int(v) for op, v in flops.get_flop_counts().get("Global", {}).items()}
@@ -150,8 +165,9 @@ def count_passes_work(network: torch.nn.Module, sample_rate: int, passes: dict[i
     """The work of a pipeline's network passes over an input of `audio_samples` samples: `passes` maps an input
     length in samples to how many passes of that length the pipeline makes (Separator.network_passes); each
     distinct length is counted once with count_work (or taken from `counted`, {samples: count_work result}) and
-    multiplied by its number of passes. `overlap_factor` = network input samples / audio samples; the per second
-    figures are per second of the audio (not of the network's input)."""
+    multiplied by its number of passes. `overlap_factor` = network input samples / audio samples (as the pipeline
+    passes them: a network that pads a short input to its minimum length does more, which the counts include); the
+    per second figures are per second of the audio (not of the network's input)."""
     counted = {} if counted is None else counted
     flops = updates = total = 0
     for n, k in passes.items():
@@ -206,13 +222,14 @@ def bound_figures(network: torch.nn.Module, sample_rate: int, precision: str, me
     counted: dict[int, dict] = {}
     work = count_work(network, sample_rate, seconds)
     counted[int(round(work["seconds"] * sample_rate))] = work
+    cpu = cpu_features()
     fp32 = gemm_throughput(torch.float32)
-    bf16 = gemm_throughput(torch.bfloat16)
+    # without native bf16 one product takes seconds (emulated): one warm-up and one timed run give its order
+    bf16 = gemm_throughput(torch.bfloat16, **({} if cpu["native_bf16"] else {"runs": 1, "warmup": 1}))
     run = None if not passes else count_passes_work(network, sample_rate, passes, audio_samples or 0, counted)
     scan = scan_throughput() if work["scan_updates"] or (run and run["scan_updates"]) else None
     gemm = fp32 if precision == "fp32" else bf16
     bound = rtf_bound(work["gemm_flops_per_s"], gemm, work["scan_updates_per_s"], scan)
-    cpu = cpu_features()
     out = {"cpu": cpu["model"], "amx_bf16": cpu["amx_bf16"], "avx512_bf16": cpu["avx512_bf16"],
            "threads": torch.get_num_threads(),
            "not_counted": "elementwise ops, norms, pooling, interpolation, FFTs (scan counted analytically)",

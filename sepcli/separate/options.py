@@ -27,6 +27,7 @@ class UsageError(errors.UsageError, ValueError):
 
 
 MAX_SHIFTS = 16
+MAX_SEGMENT_S = 86400.0  # --segment above a day is a typo, and far beyond it the sample count overflows
 SHIFT_STEP_S = 0.0005  # --shifts: the k-th pass delays the input by k * 0.5 ms (8 samples at 16 kHz)
 
 
@@ -54,8 +55,8 @@ class SeparationOptions:
     def validated(self) -> SeparationOptions:
         """A normalised copy; raises UsageError naming the option."""
         o = replace(self)
-        if o.segment is not None and (not math.isfinite(o.segment) or o.segment < 0):
-            raise UsageError(f"--segment must be >= 0 seconds, got {o.segment}")
+        if o.segment is not None and (not math.isfinite(o.segment) or not 0 <= o.segment <= MAX_SEGMENT_S):
+            raise UsageError(f"--segment must be between 0 and {MAX_SEGMENT_S:g} seconds, got {o.segment}")
         if o.overlap is not None and not (0 <= o.overlap <= 0.5):
             raise UsageError(f"--overlap must be between 0 and 0.5, got {o.overlap}")
         if o.batch_size < 1:

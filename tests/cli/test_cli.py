@@ -104,8 +104,8 @@ def test_exit_code_1_when_some_input_fails(tmp_path, fast_model):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_spk1.wav", "good_spk2.wav"]
 
 
-@pytest.mark.parametrize("args", [["--overlap", "0.9"], ["--segment", "-1"], ["--format", "aac"],
-                                  ["--loudness", "loud"], ["--name", "../{stem}{k}.{ext}"],
+@pytest.mark.parametrize("args", [["--overlap", "0.9"], ["--segment", "-1"], ["--segment", "1e305"],
+                                  ["--format", "aac"], ["--loudness", "loud"], ["--name", "../{stem}{k}.{ext}"],
                                   ["--sample-rate", "1000"], ["--subtype", "FLOAT", "--format", "flac"],
                                   ["--batch-size", "0"], ["--shifts", "0"], ["-m", "no-such-model"]])
 def test_exit_code_2_for_usage_errors(tmp_path, fast_model, args):

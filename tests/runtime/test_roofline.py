@@ -127,8 +127,8 @@ def test_bound_figures_single_pass_and_as_run(monkeypatch):
     # the counting and the arithmetic are what is tested (figures to 4 significant digits)
     from sepcli.runtime import roofline
 
-    monkeypatch.setattr(roofline, "gemm_throughput", lambda dtype=torch.float32, size=0: 1e3 if dtype == torch.float32
-                        else 5e2)
+    monkeypatch.setattr(roofline, "gemm_throughput",
+                        lambda dtype=torch.float32, size=0, **_: 1e3 if dtype == torch.float32 else 5e2)
     fig = roofline.bound_figures(ConvLinear(), 100, "fp32", measured_rtf=20.0, seconds=1.0,
                                  passes={100: 2, 60: 1}, audio_samples=200)
     # ConvLinear makes 64 (T - 4) FLOPs on T samples (test_flops_of_a_conv_and_a_linear_layer_are_their_formulas)
@@ -174,3 +174,24 @@ def test_network_passes_are_the_calls_the_pipeline_makes():
         sep.separate_array(x, 8000)
         assert sep.network_passes(len(x)) == expected
         assert sorted(calls) == sorted(n for n, k in expected.items() for _ in range(k)), kw
+
+
+def test_count_work_sees_s4m_after_its_fused_kernels_switch_on(monkeypatch):
+    # S4M runs numba kernels (invisible to FlopCounterMode) from its FUSE_AFTER-th forward in a process, as after
+    # `sepcli bench`'s timed runs: the count must be the PyTorch path's all the same, and the fused path must
+    # really be on around it (else this test could not fail)
+    import sepcli.nets.s4m_fused as fused
+    from sepcli.nets import build_network
+
+    torch.manual_seed(4)
+    net = build_network("s4m", dict(sample_rate=8000, bn_channels=8, hidden=12, num_blocks=3, depth=4)).eval()
+    count_work(net, 8000, seconds=0.5)  # the first forward also computes S4's kernel, reused by later ones
+    fresh = count_work(net, 8000, seconds=0.5)
+    monkeypatch.setattr(fused, "FUSE_AFTER", 1)
+    calls = []
+    item = fused.BlockPlan._item
+    monkeypatch.setattr(fused.BlockPlan, "_item", lambda self, v: calls.append(1) or item(self, v))
+    with torch.inference_mode():
+        net(torch.randn(1, 4000))
+    assert calls, "the fused path did not run"
+    assert count_work(net, 8000, seconds=0.5)["gemm_flops"] == fresh["gemm_flops"] > 0
