@@ -21,7 +21,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .scan_cpu_bwd_ir import _lane_sum_vec
-from .vector_ir import array_data, vbroadcast, vexp_ir, vfma, vload, vstore
+from .vector_ir import array_data, counted_loop, vbroadcast, vexp_ir, vfma, vload, vstore
 
 N = 16  # states (this module's loops are specialised for n = 16)
 LW = 16  # lanes (channels) per vector
@@ -35,32 +35,6 @@ def _c(x: int) -> ir.Constant:
 def _sig(arrays, m):
     ok = all(isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C" for a in arrays)
     return types.void(*arrays, m) if ok and isinstance(m, types.Integer) else None
-
-
-def _counted_loop(builder, m, init, body):
-    """Emit `for i in range(m)` carrying the SSA values `init` in phi nodes: body(i, values) -> new values.
-    Returns the values after the loop."""
-    pre = builder.block
-    head = builder.append_basic_block("seg16.head")
-    blk = builder.append_basic_block("seg16.body")
-    done = builder.append_basic_block("seg16.done")
-    builder.branch(head)
-    builder.position_at_end(head)
-    i = builder.phi(_I64)
-    i.add_incoming(_c(0), pre)
-    phis = [builder.phi(v.type) for v in init]
-    for p, v in zip(phis, init):
-        p.add_incoming(v, pre)
-    builder.cbranch(builder.icmp_signed("<", i, m), blk, done)
-    builder.position_at_end(blk)
-    new = body(i, phis)
-    tail = builder.block
-    i.add_incoming(builder.add(i, _c(1)), tail)
-    for p, v in zip(phis, new):
-        p.add_incoming(v, tail)
-    builder.branch(head)
-    builder.position_at_end(done)
-    return phis
 
 
 def _bc(builder, ptr, var, tw, k):
@@ -110,7 +84,7 @@ def _make_fwd(var_b: bool, var_c: bool):
                         vstore(builder, builder.fadd(vload(builder, dcx, rows[k]), tcs[k]), dcx, rows[k])
                 return new
 
-            _counted_loop(builder, mm, [vload(builder, hs, rows[k]) for k in range(N)], body)
+            counted_loop(builder, mm, [vload(builder, hs, rows[k]) for k in range(N)], body, "seg16")
             return context.get_dummy_value()
 
         return _sig(arrays, m), codegen
@@ -163,7 +137,7 @@ def _make_rev(var_b: bool, var_c: bool):
                         vstore(builder, builder.fadd(vload(builder, dbx, rows[k]), tbs[k]), dbx, rows[k])
                 return new
 
-            out = _counted_loop(builder, mm, [vload(builder, gh, rows[k]) for k in range(N)], body)
+            out = counted_loop(builder, mm, [vload(builder, gh, rows[k]) for k in range(N)], body, "seg16")
             for k in range(N):
                 vstore(builder, out[k], gh, rows[k])
             return context.get_dummy_value()

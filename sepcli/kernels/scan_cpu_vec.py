@@ -50,7 +50,7 @@ from numba.extending import intrinsic
 from .scan_cpu import W, lane_params
 from .scan_vec_rows import tile_output, tile_setup
 from .vector_exp2 import AVX512, FORCE_GENERIC, vexp2_ir
-from .vector_ir import F32_2D, V16, array_data, vbroadcast, vexp_ir, vfma, vload, vstore
+from .vector_ir import F32_2D, array_data, counted_loop, vbroadcast, vexp_ir, vfma, vload, vstore
 
 N = 16  # the state size this kernel is specialised for (SPMamba's and Mamba's default d_state)
 
@@ -73,45 +73,32 @@ def _make_scan(var_b: bool, var_c: bool, base2: bool = False, low_only: bool = F
             nl = cgutils.unpack_tuple(builder, context.make_array(DTT)(context, builder, llargs[0]).shape, 2)[0]
             rows = [builder.mul(ir.Constant(i64, k), ir.Constant(i64, W)) for k in range(N)]
             h0 = [vload(builder, hh, rows[k]) for k in range(N)]
-            pre = builder.block
-            loop = builder.append_basic_block("scan16.loop")
-            body = builder.append_basic_block("scan16.body")
-            done = builder.append_basic_block("scan16.done")
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            t = builder.phi(i64)
-            hs = [builder.phi(V16) for _ in range(N)]
-            t.add_incoming(ir.Constant(i64, 0), pre)
-            for k in range(N):
-                hs[k].add_incoming(h0[k], pre)
-            builder.cbranch(builder.icmp_signed("<", t, nl), body, done)
-            builder.position_at_end(body)
-            tw = builder.mul(t, ir.Constant(i64, W))
-            dt = vload(builder, dtt, tw)
-            du = vload(builder, dut, tw)
-            acc = [None] * 4
-            new = []
-            for k in range(N):
-                x = builder.fmul(dt, vload(builder, al, rows[k]))
-                e = vexp2_ir(builder, x, low_only) if base2 else vexp_ir(builder, x)
-                kk = builder.add(tw, ir.Constant(i64, k))
-                bk = vbroadcast(builder, bx, kk) if var_b else vload(builder, bx, rows[k])
-                ck = vbroadcast(builder, cx, kk) if var_c else vload(builder, cx, rows[k])
-                h = vfma(builder, e, hs[k], builder.fmul(du, bk))
-                new.append(h)
-                j = k % 4
-                if acc[j] is None:  # base2 (the forward): y starts from OB[t] = D·u, written by the setup
-                    acc[j] = vfma(builder, h, ck, vload(builder, ob, tw)) if base2 and j == 0 else builder.fmul(h, ck)
-                else:
-                    acc[j] = vfma(builder, h, ck, acc[j])
-            y = builder.fadd(builder.fadd(acc[0], acc[1]), builder.fadd(acc[2], acc[3]))
-            vstore(builder, y, ob, tw)
-            tail = builder.block
-            t.add_incoming(builder.add(t, ir.Constant(i64, 1)), tail)
-            builder.branch(loop)
-            for k in range(N):
-                hs[k].add_incoming(new[k], tail)
-            builder.position_at_end(done)
+
+            def step(t, hs):
+                tw = builder.mul(t, ir.Constant(i64, W))
+                dt = vload(builder, dtt, tw)
+                du = vload(builder, dut, tw)
+                acc = [None] * 4
+                new = []
+                for k in range(N):
+                    x = builder.fmul(dt, vload(builder, al, rows[k]))
+                    e = vexp2_ir(builder, x, low_only) if base2 else vexp_ir(builder, x)
+                    kk = builder.add(tw, ir.Constant(i64, k))
+                    bk = vbroadcast(builder, bx, kk) if var_b else vload(builder, bx, rows[k])
+                    ck = vbroadcast(builder, cx, kk) if var_c else vload(builder, cx, rows[k])
+                    h = vfma(builder, e, hs[k], builder.fmul(du, bk))
+                    new.append(h)
+                    j = k % 4
+                    if acc[j] is None:  # base2 (the forward): y starts from OB[t] = D·u, written by the setup
+                        acc[j] = (vfma(builder, h, ck, vload(builder, ob, tw)) if base2 and j == 0
+                                  else builder.fmul(h, ck))
+                    else:
+                        acc[j] = vfma(builder, h, ck, acc[j])
+                y = builder.fadd(builder.fadd(acc[0], acc[1]), builder.fadd(acc[2], acc[3]))
+                vstore(builder, y, ob, tw)
+                return new
+
+            hs = counted_loop(builder, nl, h0, step, "scan16")
             for k in range(N):
                 vstore(builder, hs[k], hh, rows[k])
             return context.get_dummy_value()

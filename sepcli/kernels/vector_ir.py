@@ -130,6 +130,33 @@ def transpose_ir(builder, rows):
     return rows
 
 
+def counted_loop(builder, m, init, body, name="loop"):
+    """Emit `for i in range(m)` (i64) carrying the SSA values `init` in phi nodes, so they stay in registers:
+    body(i, values) -> new values. Returns the values after the loop."""
+    i64 = ir.IntType(64)
+    pre = builder.block
+    head = builder.append_basic_block(f"{name}.head")
+    blk = builder.append_basic_block(f"{name}.body")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    i = builder.phi(i64)
+    i.add_incoming(ir.Constant(i64, 0), pre)
+    phis = [builder.phi(v.type) for v in init]
+    for p, v in zip(phis, init):
+        p.add_incoming(v, pre)
+    builder.cbranch(builder.icmp_signed("<", i, m), blk, done)
+    builder.position_at_end(blk)
+    new = body(i, phis)
+    tail = builder.block
+    i.add_incoming(builder.add(i, ir.Constant(i64, 1)), tail)
+    for p, v in zip(phis, new):
+        p.add_incoming(v, tail)
+    builder.branch(head)
+    builder.position_at_end(done)
+    return phis
+
+
 def array_data(context, builder, aryty, val):
     return context.make_array(aryty)(context, builder, val).data
 
