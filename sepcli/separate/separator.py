@@ -110,13 +110,17 @@ class Separator:
         ov = m.overlap if o.overlap is None else o.overlap
         return segment_geometry(m.sample_rate, seg, ov)
 
+    def _shift_step(self) -> int:
+        """Samples by which each --shifts pass delays the input more than the previous one (at least 1)."""
+        return max(1, round(SHIFT_STEP_S * self.model.sample_rate))
+
     def network_passes(self, n: int) -> dict[int, int]:
         """{input length in samples: number of network passes of that length} that separating n samples at the
         model's rate makes: the segment plan (sepcli.audio.chunking.plan_segments), each segment once per
         --shifts pass (the k-th longer by its k * SHIFT_STEP_S delay). Batching stacks passes of one length
         in one call: the same work."""
         length, ov = self.segment_geometry()
-        step = max(1, round(SHIFT_STEP_S * self.model.sample_rate))
+        step = self._shift_step()
         out: dict[int, int] = {}
         for start, stop in plan_segments(n, length, ov):
             if stop <= start:  # no sample: the network is not called (an input shorter than one sample)
@@ -134,7 +138,7 @@ class Separator:
         y = self._net(x, timer)
         if self.options.shifts == 1:
             return y
-        step = max(1, round(SHIFT_STEP_S * self.model.sample_rate))
+        step = self._shift_step()
         total = y.astype(np.float64)
         for k in range(1, self.options.shifts):
             d = k * step
