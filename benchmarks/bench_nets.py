@@ -16,7 +16,8 @@ python/other, in s per s of audio), and each RTF as a multiple of its bound (cou
 machine's measured GEMM throughput of that dtype + the scan's state updates at its measured throughput); the
 time inside and outside the selective scan (timed without the profiler, benchmarks.net_profile.scan_split) and
 the outside time as a multiple of the GEMM part of the bound: what the network costs beyond its scan.
-bf16 rows are marked "(no native bf16)" on CPUs without AMX / AVX512-BF16, where autocast emulates it.
+On CPUs without AMX / AVX512-BF16 autocast emulates bf16 (about 10x slower than fp32 end to end): the bf16 rows are
+skipped there unless BENCH_EMULATED_BF16=1, and then marked "(no native bf16)".
 
 Run: `.venv/bin/python -m benchmarks.run nets`. Quick run (4 s inputs only): `SEPCLI_BENCH_QUICK=1` or
 `python -m benchmarks.bench_nets --quick`. Other flags: --seconds 4 10, --nets spmamba-8k, --threads N,
@@ -211,9 +212,14 @@ def precision_table(nets=None, threads=(1, 2), precisions=("fp32", "bf16"), seco
           "scan / n-scan = s per s of audio inside / outside the selective scan (timed without the profiler); "
           "GEMMb = the GEMM part of the bound; xGEMMb = n-scan / GEMMb", flush=True)
     results = {}
+    emulated_ok = os.environ.get("BENCH_EMULATED_BF16", "0") == "1"
     for net in nets:
         for th in threads:
             for prec in precisions:
+                if prec == "bf16" and not native and not emulated_ok:
+                    results[(net, th, prec)] = {"skipped": "no native bf16 on this CPU (emulated; "
+                                                           "BENCH_EMULATED_BF16=1 runs it)"}
+                    continue
                 env = dict(os.environ, OMP_NUM_THREADS=str(th))
                 cmd = [sys.executable, "-m", "benchmarks.bench_nets", "--child-precision", net, str(seconds),
                        str(th), prec]
@@ -231,8 +237,9 @@ def precision_table(nets=None, threads=(1, 2), precisions=("fp32", "bf16"), seco
     print(head)
     print("-" * len(head))
     for (net, th, prec), r in results.items():
-        if "error" in r:
-            print(f"{net:<12} {th:>3} {prec:>5} error: {r['error']}")
+        if "error" in r or "skipped" in r:
+            print(f"{net:<12} {th:>3} {prec:>5} " + (f"error: {r['error']}" if "error" in r else
+                                                     f"skipped: {r['skipped']}"))
             continue
         tag = "" if prec == "fp32" or native else " (no native bf16)"
         print(f"{net:<12} {th:>3} {prec:>5} {r['rtf']:>6.2f} {r['bound']:>6.2f} {r['rtf'] / r['bound']:>6.2f} "

@@ -10,7 +10,10 @@ Rows: the default S4M model, and SPMamba-8k with random weights (its speed does 
 each in fp32 and bf16 autocast. A network that fails under a precision prints why.
 
 Environment: SEPCLI_BENCH_THREADS (default: torch's default), BENCH_ROOFLINE_SECONDS (default 8),
-BENCH_ROOFLINE_SPMAMBA (default 1; 0 skips SPMamba, whose rows take about a minute).
+BENCH_ROOFLINE_SPMAMBA (default 1; 0 skips SPMamba, whose rows take about a minute). On a CPU without native bf16
+(AMX / AVX512-BF16) the bf16 rows are skipped, with a row saying so: there autocast emulates bf16 (GEMMs about 100x
+slower than fp32 measured on an AVX2-only EPYC), so SPMamba's bf16 row alone would take about half an hour;
+BENCH_EMULATED_BF16=1 runs them anyway.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ def _spmamba():
 def main() -> None:
     from sepcli.pipeline import Separator, bench_model
     from sepcli.runtime.device import cpu_features
-    from sepcli.runtime.roofline import count_passes_work, count_work, gemm_throughput, rtf_bound, scan_throughput
+    from sepcli.runtime.roofline import (bf16_gemm_throughput, count_passes_work, count_work, gemm_throughput,
+                                         rtf_bound, scan_throughput)
     from sepcli.separate.bench import synthetic_length
 
     threads = os.environ.get("SEPCLI_BENCH_THREADS")
@@ -45,7 +49,7 @@ def main() -> None:
     if threads:
         torch.set_num_threads(int(threads))
     cpu = cpu_features()
-    fp32, bf16 = gemm_throughput(torch.float32), gemm_throughput(torch.bfloat16)
+    fp32, bf16 = gemm_throughput(torch.float32), bf16_gemm_throughput(cpu["native_bf16"])
     scan = None
     print(f"CPU: {cpu['model']} (amx_bf16 {cpu['amx_bf16']}, avx512_bf16 {cpu['avx512_bf16']}, torch kernels "
           f"{cpu['torch_capability']}); threads {torch.get_num_threads()}")
@@ -56,8 +60,14 @@ def main() -> None:
             "overlap factor", "bound RTF as run", "x bound as run")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("-" * (len(h) + 2) for h in head) + "|")
+    emulated_ok = os.environ.get("BENCH_EMULATED_BF16", "0") == "1"
     for model, repeat in models:
         for precision in ("fp32", "bf16"):
+            if precision == "bf16" and not cpu["native_bf16"] and not emulated_ok:
+                name = model if isinstance(model, str) else model.name
+                print(f"| {name} | bf16 | skipped: no native bf16 on this CPU (emulated; BENCH_EMULATED_BF16=1 runs "
+                      "it) |", flush=True)
+                continue
             try:
                 sep = Separator(model, threads=int(threads) if threads else None, precision=precision)
                 net = sep.model.network

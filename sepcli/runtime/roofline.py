@@ -62,6 +62,12 @@ def gemm_throughput(dtype: torch.dtype = torch.float32, size: int = GEMM_SIZE, r
     return 2.0 * size**3 / seconds
 
 
+def bf16_gemm_throughput(native_bf16: bool) -> float:
+    """`gemm_throughput` in bfloat16. Without native bf16 (emulated) one product takes seconds: there one warm-up
+    and one timed run give its order of magnitude."""
+    return gemm_throughput(torch.bfloat16, **({} if native_bf16 else {"runs": 1, "warmup": 1}))
+
+
 def scan_throughput(shape: tuple[int, int, int, int] = SCAN_SHAPE, runs: int = 5) -> float:
     """State updates/s of sepcli.kernels.selective_scan (default backend, fp32, softplus on delta, with D, z and
     delta_bias as in Mamba) on (b, d, l, n)."""
@@ -224,8 +230,7 @@ def bound_figures(network: torch.nn.Module, sample_rate: int, precision: str, me
     counted[int(round(work["seconds"] * sample_rate))] = work
     cpu = cpu_features()
     fp32 = gemm_throughput(torch.float32)
-    # without native bf16 one product takes seconds (emulated): one warm-up and one timed run give its order
-    bf16 = gemm_throughput(torch.bfloat16, **({} if cpu["native_bf16"] else {"runs": 1, "warmup": 1}))
+    bf16 = bf16_gemm_throughput(cpu["native_bf16"])
     run = None if not passes else count_passes_work(network, sample_rate, passes, audio_samples or 0, counted)
     scan = scan_throughput() if work["scan_updates"] or (run and run["scan_updates"]) else None
     gemm = fp32 if precision == "fp32" else bf16
