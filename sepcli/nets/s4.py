@@ -110,18 +110,25 @@ class S4D(nn.Module):
         self._cache: dict = {}
         self._memo: dict | None = None  # set by shared_kernels: this forward pass's kernels, graph included
 
-    def _param_versions(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.kernel.parameters())
+    def _param_versions(self) -> tuple | None:
+        """The kernel parameters' storage and version counters, or None when a parameter is an inference tensor
+        (a layer built inside torch.inference_mode): those have no version counter, so an in-place change could
+        not be seen and nothing is cached."""
+        params = list(self.kernel.parameters())
+        if any(p.is_inference() for p in params):
+            return None
+        return tuple((p.data_ptr(), p._version) for p in params)
 
     def kernel_fft(self, length: int, n_fft: int, device, dtype) -> torch.Tensor:
         """rfft of the (combined, possibly bidirectional) kernel, [H, n_fft//2+1]; cached in inference."""
-        use_cache = not self.training and not torch.is_grad_enabled()
+        versions = None if self.training or torch.is_grad_enabled() else self._param_versions()
+        use_cache = versions is not None
         key = (length, n_fft, str(device), dtype)
         if self._memo is not None and key in self._memo:
             return self._memo[key]
         if use_cache:
             hit = self._cache.get(key)
-            if hit is not None and hit[0] == self._param_versions():
+            if hit is not None and hit[0] == versions:
                 return hit[1]
         k = self.kernel(length)  # [C, H, L]
         if self.bidirectional:
@@ -134,7 +141,7 @@ class S4D(nn.Module):
         if use_cache:
             if len(self._cache) > 8:  # bounded: a long file's few distinct segment lengths
                 self._cache.clear()
-            self._cache[key] = (self._param_versions(), kf)
+            self._cache[key] = (versions, kf)
         return kf
 
     def train(self, mode: bool = True):

@@ -66,3 +66,24 @@ def test_kernel_cached_in_inference_and_invalidated_on_change():
         assert torch.allclose(fresh.eval()(u), changed, atol=1e-6)
     layer.train()
     assert not layer._cache
+
+
+def test_layer_built_in_inference_mode_runs_and_sees_in_place_changes():
+    """Inference tensors have no version counter: a layer built inside torch.inference_mode must still run (it
+    raised "Inference tensors do not track version counter"), equal a normally built layer with the same weights,
+    and not serve a stale kernel after an in-place parameter change."""
+    torch.manual_seed(3)
+    ref = S4D(d_model=4, d_state=8).eval()
+    u = torch.randn(1, 4, 32)
+    with torch.inference_mode():
+        layer = S4D(d_model=4, d_state=8).eval()
+        layer.load_state_dict(ref.state_dict())
+        first, again = layer(u), layer(u)
+        layer.kernel.log_dt.add_(0.5)
+        changed = layer(u)
+    with torch.no_grad():
+        want = ref(u)
+        ref.kernel.log_dt.add_(0.5)
+        want_changed = ref(u)
+    assert torch.allclose(first, want, atol=1e-6) and torch.equal(first, again)
+    assert torch.allclose(changed, want_changed, atol=1e-6) and not torch.allclose(first, changed)
