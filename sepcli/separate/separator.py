@@ -133,7 +133,7 @@ class Separator:
     def _forward(self, x: np.ndarray, timer: _Timer) -> np.ndarray:
         """[B, T] float32 -> [B, n_src, T] float32 through the network; with --shifts N, the mean of N passes
         with the input delayed by k * SHIFT_STEP_S (k = 0..N-1), each pass's sources put in the first pass's
-        order. A network with a strided encoder sees each delay on a different frame grid, so the passes' errors
+        order and sign. A network with a strided encoder sees each delay on a different frame grid, so the passes' errors
         partly cancel (Demucs's "shift trick"; the default model's gain: its MODEL_CARD.md, "Inference options")."""
         y = self._net(x, timer)
         if self.options.shifts == 1:
@@ -144,7 +144,11 @@ class Separator:
             d = k * step
             ys = self._net(np.pad(x, ((0, 0), (d, 0))), timer)[:, :, d:]
             for b in range(len(x)):
-                total[b] += ys[b, list(align_order(y[b], ys[b]))]
+                aligned = ys[b, list(align_order(y[b], ys[b]))].astype(np.float64)
+                # SI-SNR-trained networks may return a source negated (SI-SNR ignores the sign): a pass whose source
+                # anti-correlates with the first pass's is negated back before the mean, which would cancel it
+                sign = np.where(np.einsum("st,st->s", aligned, y[b].astype(np.float64)) < 0, -1.0, 1.0)
+                total[b] += aligned * sign[:, None]
         return (total / self.options.shifts).astype(np.float32)
 
     def _net(self, x: np.ndarray, timer: _Timer) -> np.ndarray:
