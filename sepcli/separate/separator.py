@@ -133,8 +133,9 @@ class Separator:
     def _forward(self, x: np.ndarray, timer: _Timer) -> np.ndarray:
         """[B, T] float32 -> [B, n_src, T] float32 through the network; with --shifts N, the mean of N passes
         with the input delayed by k * SHIFT_STEP_S (k = 0..N-1), each pass's sources put in the first pass's
-        order and sign. A network with a strided encoder sees each delay on a different frame grid, so the passes' errors
-        partly cancel (Demucs's "shift trick"; the default model's gain: its MODEL_CARD.md, "Inference options")."""
+        order and sign. A network with a strided encoder sees each delay on a different frame grid, so the passes'
+        errors partly cancel (Demucs's "shift trick"; the default model's gain: its MODEL_CARD.md, "Inference
+        options")."""
         y = self._net(x, timer)
         if self.options.shifts == 1:
             return y
