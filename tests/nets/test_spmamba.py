@@ -366,7 +366,8 @@ def test_auto_precision_picks_bf16_for_spmamba_only_with_amx(monkeypatch, amx, a
 def test_grouped_inference_equals_per_direction_path(autocast, monkeypatch):
     # both directions as one stream of work (nets.bimamba_grouped: channel-major, one GEMM per projection and
     # direction, one scan call over 2 x d_inner channels with B/C as two groups) against the per-direction
-    # inference path (two scan calls), with norm weights and biases that are not the defaults; fp32 and bf16 autocast, sequences in chunks
+    # inference path (two scan calls), with norm weights and biases that are not the defaults; fp32 and bf16
+    # autocast, sequences in chunks
     import sepcli.nets.bimamba as bimamba
     from sepcli.nets import bimamba_grouped
     from sepcli.nets.mamba import workspace
