@@ -407,31 +407,39 @@ def _bc_grad(g: np.ndarray, M: Tensor) -> Tensor:
     return gt.reshape(M.shape).to(M.dtype)
 
 
-def _rows_np(t: Tensor, cdt: torch.dtype, keep_bf16: bool) -> np.ndarray:
-    """A (b, d, l) tensor as a C-contiguous array: in cdt, or (keep_bf16, bfloat16 t) its bits as int16."""
-    if keep_bf16 and t.dtype == torch.bfloat16:
-        return t.detach().contiguous().view(torch.int16).numpy()
+def _rows_np(t: Tensor, cdt: torch.dtype, keep_bf16: bool, keep_strides: bool = False) -> np.ndarray:
+    """A (b, d, l) tensor as an array: in cdt, or (keep_bf16, bfloat16 t) its bits as int16; C-contiguous, or
+    (keep_strides) a view with t's own (b, d) strides when its rows are already contiguous (stride 1 along l)
+    and its dtype needs no cast."""
+    t = t.detach()
+    keep = keep_bf16 and t.dtype == torch.bfloat16
+    if keep_strides and (t.dtype == cdt or keep) and (t.stride(2) == 1 or t.shape[2] <= 1):
+        return t.view(torch.int16).numpy() if keep else t.numpy()
+    if keep:
+        return t.contiguous().view(torch.int16).numpy()
     return _as_np(t, cdt)
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=False):
+def _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=False, keep_strides=False):
     """The kernels' arrays. keep_bf16 (the n = 16 vector forward): bfloat16 u, delta, z stay bfloat16 (as int16
-    bits), read and widened in the kernel's row pass instead of a cast pass here."""
+    bits), read and widened in the kernel's row pass instead of a cast pass here. keep_strides (the same
+    forward): u, delta, z whose rows are contiguous are passed as views with their own (b, d) strides (the
+    kernel's row passes compute each row's offset from the strides) instead of contiguous copies."""
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     dim = u.shape[1]
     Bv, var_b, dpg_b = _bc_layout(B, cdt, dim)
     Cv, var_c, dpg_c = _bc_layout(C, cdt, dim)
-    u_np = _rows_np(u, cdt, keep_bf16)
+    u_np = _rows_np(u, cdt, keep_bf16, keep_strides)
     zeros = np.zeros(dim, dtype=np.float64 if cdt == torch.float64 else np.float32)
     return {
         "cdt": cdt,
         "u": u_np,
-        "delta": _rows_np(delta, cdt, keep_bf16),
+        "delta": _rows_np(delta, cdt, keep_bf16, keep_strides),
         "A": _as_np(A, cdt),
         "Bv": Bv,
         "Cv": Cv,
         "D": _as_np(D, cdt) if D is not None else zeros,
-        "z": _rows_np(z, cdt, keep_bf16) if z is not None else u_np,
+        "z": _rows_np(z, cdt, keep_bf16, keep_strides) if z is not None else u_np,
         "bias": _as_np(delta_bias, cdt) if delta_bias is not None else zeros,
         "var_b": var_b,
         "var_c": var_c,
@@ -466,13 +474,21 @@ def _kernel_args(p: dict, softplus: bool) -> tuple:
 
 
 def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Forward only (no autograd graph): returns (out in u's dtype, last_state (b, d, n) in compute dtype)."""
+    """Forward only (no autograd graph): returns (out in u's dtype, last_state (b, d, n) in compute dtype).
+
+    The n = 16 vector forward reads u, delta and z in place whatever their (b, d) strides when their rows are
+    contiguous (float32 or bfloat16); for a channel-major u (stride of d above that of b, e.g. a permuted
+    [d, b, l] tensor) out is channel-major too (out.permute(1, 0, 2) contiguous)."""
     vec = u.dtype != torch.float64 and A.shape[1] == 16  # the explicitly vectorised time loop (n = 16, float32)
-    p = _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=vec)
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=vec, keep_strides=vec)
     b, d, l = u.shape
     ndt = np.float64 if p["cdt"] == torch.float64 else np.float32
     bf16_out = vec and u.dtype == torch.bfloat16  # written as bfloat16 bits by the kernel's output pass
-    out = np.empty((b, d, l), np.int16 if bf16_out else ndt)
+    odt = np.int16 if bf16_out else ndt
+    if vec and u.stride(1) > u.stride(0) and not p["u"].flags.c_contiguous:
+        out = np.empty((d, b, l), odt).transpose(1, 0, 2)  # channel-major u: out in the same layout
+    else:
+        out = np.empty((b, d, l), odt)
     last = np.zeros((b, d, A.shape[1]), ndt)
     if b * d * l:
         blk = _blocks(b, d, p)

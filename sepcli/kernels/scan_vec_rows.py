@@ -36,7 +36,9 @@ from .vector_ir import F32_2D, V16, W, _splat, array_data, transpose_ir, vexp_ir
 
 F32_3D = types.Array(types.float32, 3, "C")
 BF16_3D = types.Array(types.int16, 3, "C")  # bfloat16 rows, as their bit patterns (numpy has no bfloat16)
-ROWS = (F32_3D, BF16_3D)
+# rows of any layout ('C', or views with (b, d) strides of their own: channel-major, 'A' or 'F'), contiguous
+# along l (stride 1 there: the caller checks)
+ROWS = tuple(types.Array(dt, 3, lay) for dt in (types.float32, types.int16) for lay in ("C", "A", "F"))
 I64_1D = types.Array(types.int64, 1, "C")
 _I64 = ir.IntType(64)
 _I16V = ir.VectorType(ir.IntType(16), W)
@@ -58,7 +60,7 @@ def _prefetch(builder, data, off, write=False):
 
 def _load_row(builder, aryty, data, off):
     """16 consecutive values of a row as <16 x float>: float32, or bfloat16 widened (its bits << 16, exact)."""
-    if aryty == F32_3D:
+    if aryty.dtype == types.float32:
         return vload(builder, data, off)
     p = builder.bitcast(cgutils.gep(builder, data, off), _I16V.as_pointer())
     bits = builder.zext(builder.load(p, typ=_I16V, align=2), _I32V)
@@ -68,7 +70,7 @@ def _load_row(builder, aryty, data, off):
 def _store_row(builder, aryty, v, data, off):
     """Store <16 x float> into a row: float32, or rounded to bfloat16 to nearest even (NaN stays a quiet NaN), the
     rounding of torch's float32 -> bfloat16 conversion."""
-    if aryty == F32_3D:
+    if aryty.dtype == types.float32:
         vstore(builder, v, data, off)
         return
     bits = builder.bitcast(v, _I32V)
@@ -85,11 +87,15 @@ def _i64(context, builder, val, ty):
 
 
 def _row_offsets(context, builder, aryty, val, b, chans, t):
-    """Data pointer and the element offsets of [b, c, t] for each channel c in chans (i64 values)."""
+    """Data pointer and the element offsets of [b, c, t] for each channel c in chans (i64 values), from the array's
+    (b, d) strides (any layout whose rows are contiguous along l: stride 1 there, which callers check)."""
     ary = context.make_array(aryty)(context, builder, val)
-    _, nd, nl = cgutils.unpack_tuple(builder, ary.shape, 3)
-    base = builder.mul(b, nd)
-    return ary.data, [builder.add(builder.mul(builder.add(base, c), nl), t) for c in chans]
+    sb, sd, _ = cgutils.unpack_tuple(builder, ary.strides, 3)
+    shift = ir.Constant(_I64, {4: 2, 2: 1}[context.get_abi_sizeof(context.get_data_type(aryty.dtype))])
+    sb = builder.ashr(sb, shift)  # bytes -> elements (strides are whole elements)
+    sd = builder.ashr(sd, shift)
+    base = builder.add(builder.mul(b, sb), t)
+    return ary.data, [builder.add(base, builder.mul(c, sd)) for c in chans]
 
 
 def _make_setup(softplus: bool):

@@ -48,11 +48,12 @@ if numba is not None:
         return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _norm_block(x, eps, out, bf16, s, t0, t1, acc):  # pragma: no cover - compiled
-        # out [S, P, D, L]: out[s, 0] = normalised x[s]; with P == 2 also out[s, 1] = its time reversal
+    def _norm_block(x, eps, out, bf16, cm, s, t0, t1, acc):  # pragma: no cover - compiled
+        # out [S, P, D, L]: out[s, 0] = normalised x[s]; with P == 2 also out[s, 1] = its time reversal;
+        # cm (channel-major): out [P, D, S, L], the same rows at out[p, c, s]
         d, length = x.shape[1], x.shape[2]
         n = t1 - t0
-        pair = out.shape[1] == 2
+        pair = out.shape[0 if cm else 1] == 2
         for t in range(n):
             acc[t] = 0.0
         for c in range(d):
@@ -64,7 +65,7 @@ if numba is not None:
             acc[t] = np.float32(1.0) / np.sqrt(acc[t] * inv_d + eps)
         for c in range(d):
             xr = x[s, c, t0:t1]
-            dst = out[s, 0, c, t0:t1]
+            dst = out[0, c, s, t0:t1] if cm else out[s, 0, c, t0:t1]
             if bf16:
                 for t in range(n):
                     dst[t] = _bf16_bits(xr[t] * acc[t])
@@ -72,7 +73,7 @@ if numba is not None:
                 for t in range(n):
                     dst[t] = xr[t] * acc[t]
             if pair:
-                dstr = out[s, 1, c, length - t1:length - t0]
+                dstr = out[1, c, s, length - t1:length - t0] if cm else out[s, 1, c, length - t1:length - t0]
                 if bf16:
                     for t in range(n):
                         dstr[n - 1 - t] = _bf16_bits(xr[t] * acc[t])
@@ -81,23 +82,25 @@ if numba is not None:
                         dstr[n - 1 - t] = xr[t] * acc[t]
 
     @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
-    def _norm(x, eps, out, bf16, n_tiles):  # pragma: no cover - compiled
+    def _norm(x, eps, out, bf16, cm, n_tiles):  # pragma: no cover - compiled
         length = x.shape[2]
         for i in prange(x.shape[0] * n_tiles):
             s, j = i // n_tiles, i % n_tiles
             t0 = j * length // n_tiles
             t1 = (j + 1) * length // n_tiles
             acc = np.empty(t1 - t0, np.float32)
-            _norm_block(x, np.float32(eps), out, bf16, s, t0, t1, acc)
+            _norm_block(x, np.float32(eps), out, bf16, cm, s, t0, t1, acc)
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _res_block(x, o, out, bf16, s, t0, t1):  # pragma: no cover - compiled
-        # out[s, :D] = x[s] + o[s, :D]; out[s, D:] = x[s] + o[s, D:] time-reversed (o and out [S, 2D, L])
+    def _res_block(x, o, out, bf16, cm, s, t0, t1):  # pragma: no cover - compiled
+        # out[s, :D] = x[s] + o[s, 0]; out[s, D:] = x[s] + o[s, 1] time-reversed (o [S, 2, D, L], out [S, 2D, L]);
+        # cm (channel-major): o [2, D, S, L], the same rows at o[p, c, s]
         d, length = x.shape[1], x.shape[2]
         n = t1 - t0
         for c in range(d):
-            xr, of, dst = x[s, c, t0:t1], o[s, c, t0:t1], out[s, c, t0:t1]
-            ob, dstb = o[s, d + c, length - t1:length - t0], out[s, d + c, t0:t1]
+            xr, dst, dstb = x[s, c, t0:t1], out[s, c, t0:t1], out[s, d + c, t0:t1]
+            of = o[0, c, s, t0:t1] if cm else o[s, 0, c, t0:t1]
+            ob = o[1, c, s, length - t1:length - t0] if cm else o[s, 1, c, length - t1:length - t0]
             if bf16:
                 for t in range(n):
                     dst[t] = xr[t] + _bf16_value(of[t])
@@ -110,11 +113,11 @@ if numba is not None:
                     dstb[t] = xr[t] + ob[n - 1 - t]
 
     @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
-    def _res(x, o, out, bf16, n_tiles):  # pragma: no cover - compiled
+    def _res(x, o, out, bf16, cm, n_tiles):  # pragma: no cover - compiled
         length = x.shape[2]
         for i in prange(x.shape[0] * n_tiles):
             s, j = i // n_tiles, i % n_tiles
-            _res_block(x, o, out, bf16, s, j * length // n_tiles, (j + 1) * length // n_tiles)
+            _res_block(x, o, out, bf16, cm, s, j * length // n_tiles, (j + 1) * length // n_tiles)
 
 
 def available() -> bool:
@@ -134,55 +137,68 @@ def _tiles(length: int) -> int:
     return max(1, -(-length // TILE))
 
 
-def rms_norm_pair_into(x: Tensor, eps: float, out: Tensor) -> Tensor:
+def rms_norm_pair_into(x: Tensor, eps: float, out: Tensor, channel_major: bool = False) -> Tensor:
     """xn = x * rsqrt(mean(x^2 over dim 1) + eps) for x float32 [S, D, L] (statistics in float32), written into
     `out` (float32 or bfloat16): out [S, D, L] gets xn; out [S, 2, D, L] gets xn in out[:, 0] and its time
-    reversal in out[:, 1] (out[:, 1, :, t] = xn[..., L - 1 - t]). Both contiguous. Returns out."""
+    reversal in out[:, 1] (out[:, 1, :, t] = xn[..., L - 1 - t]). channel_major: out [2, D, S, L] (or
+    [1, D, S, L]) with the same rows at out[p, c, s] (xn[s, c] at out[0, c, s]): each direction's input to
+    in_proj as one [D, S * L] matrix. Both contiguous. Returns out."""
     if numba is None:
         raise RuntimeError("numba is not available")
     if x.dtype != torch.float32 or x.dim() != 3:
         raise TypeError(f"x must be float32 [S, D, L], got {x.dtype} {tuple(x.shape)}")
     S, D, L = x.shape
-    out4 = out[:, None] if out.dim() == 3 else out
-    if out4.dim() != 4 or out4.shape[1] not in (1, 2) or out4[:, 0].shape != x.shape:
-        raise ValueError(f"out must be [S, D, L] or [S, 2, D, L] for x {tuple(x.shape)}, got {tuple(out.shape)}")
+    if channel_major:
+        if out.dim() != 4 or out.shape[0] not in (1, 2) or out.shape[1:] != (D, S, L):
+            raise ValueError(f"out must be [1 or 2, D, S, L] for x {tuple(x.shape)}, got {tuple(out.shape)}")
+        out4 = out
+    else:
+        out4 = out[:, None] if out.dim() == 3 else out
+        if out4.dim() != 4 or out4.shape[1] not in (1, 2) or out4[:, 0].shape != x.shape:
+            raise ValueError(f"out must be [S, D, L] or [S, 2, D, L] for x {tuple(x.shape)}, "
+                             f"got {tuple(out.shape)}")
     if not (x.is_contiguous() and out.is_contiguous()):
         raise ValueError("x and out must be contiguous")
     if x.numel() == 0:
         return out
     xa, oa = _np(x), _np(out4)
     bf16 = out.dtype == torch.bfloat16
+    cm = bool(channel_major)
     with parallel_threads() as threads:  # one lock and fork guard with the scan's kernels
         if threads:
-            _norm(xa, eps, oa, bf16, _tiles(L))
+            _norm(xa, eps, oa, bf16, cm, _tiles(L))
         else:
             acc = np.empty(L, np.float32)
             for s in range(S):
-                _norm_block(xa, np.float32(eps), oa, bf16, s, 0, L, acc)
+                _norm_block(xa, np.float32(eps), oa, bf16, cm, s, 0, L, acc)
     return out
 
 
-def residual_pair_into(x: Tensor, o: Tensor, out: Tensor) -> Tensor:
+def residual_pair_into(x: Tensor, o: Tensor, out: Tensor, channel_major: bool = False) -> Tensor:
     """The bidirectional block's output: out[:, :D] = x + o[:, :D] and out[:, D:] = x + o[:, D:] read time-reversed
     (out[:, D:, t] = x[..., t] + o[:, D:, L - 1 - t]) for x float32 [S, D, L], o float32 or bfloat16 [S, 2D, L]
-    (its values widened exactly), out float32 [S, 2D, L], all contiguous. Returns out."""
+    (its values widened exactly), out float32 [S, 2D, L], all contiguous. channel_major: o [2, D, S, L], the
+    directions' out_proj outputs as [D, S * L] matrices (o[:, d * D + c] above is o[d, c] here). Returns out."""
     if numba is None:
         raise RuntimeError("numba is not available")
     if x.dtype != torch.float32 or out.dtype != torch.float32 or x.dim() != 3:
         raise TypeError("x and out must be float32")
     S, D, L = x.shape
-    if o.shape != (S, 2 * D, L) or out.shape != o.shape:
-        raise ValueError(f"o and out must be [S, 2D, L] for x {tuple(x.shape)}: {tuple(o.shape)}, {tuple(out.shape)}")
+    want = (2, D, S, L) if channel_major else (S, 2 * D, L)
+    if o.shape != want or out.shape != (S, 2 * D, L):
+        raise ValueError(f"o must be {want} and out [S, 2D, L] for x {tuple(x.shape)}: {tuple(o.shape)}, "
+                         f"{tuple(out.shape)}")
     if not (x.is_contiguous() and o.is_contiguous() and out.is_contiguous()):
         raise ValueError("x, o and out must be contiguous")
     if x.numel() == 0:
         return out
-    xa, oa, outa = _np(x), _np(o), _np(out)
+    xa, oa, outa = _np(x), _np(o if channel_major else o.view(S, 2, D, L)), _np(out)
     bf16 = o.dtype == torch.bfloat16
+    cm = bool(channel_major)
     with parallel_threads() as threads:
         if threads:
-            _res(xa, oa, outa, bf16, _tiles(L))
+            _res(xa, oa, outa, bf16, cm, _tiles(L))
         else:
             for s in range(S):
-                _res_block(xa, oa, outa, bf16, s, 0, L)
+                _res_block(xa, oa, outa, bf16, cm, s, 0, L)
     return out

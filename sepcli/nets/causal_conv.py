@@ -58,52 +58,58 @@ if numba is not None:
             o[t] = o[t] * _sigmoid(o[t])
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _rows_f32(x, w, b, out, r0, r1):  # pragma: no cover - compiled
+    def _rows_f32(x, w, b, out, inner, r0, r1):  # pragma: no cover - compiled
+        # row r is channel (r // inner) % n_ch: inner 1 for [S, C, L], S for channel-major [C, S, L]
         n_ch = w.shape[0]
         for r in range(r0, r1):
-            c = r % n_ch
+            c = (r // inner) % n_ch
             _row(x[r], w[c], b[c], out[r])
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _rows_bf16(x, w, b, out, r0, r1):  # pragma: no cover - compiled
+    def _rows_bf16(x, w, b, out, inner, r0, r1):  # pragma: no cover - compiled
         # x: the bf16 values' bits as uint16; a bf16 is the top half of the float32 with the same value
         n_ch, n = w.shape[0], x.shape[1]
         wide = np.empty(n, np.uint32)
         xf = wide.view(np.float32)
         for r in range(r0, r1):
-            c = r % n_ch
+            c = (r // inner) % n_ch
             xr = x[r]
             for t in range(n):
                 wide[t] = np.uint32(xr[t]) << np.uint32(16)
             _row(xf, w[c], b[c], out[r])
 
     @njit(cache=True, parallel=True)
-    def _par_f32(x, w, b, out, n_blocks):  # pragma: no cover - compiled
+    def _par_f32(x, w, b, out, inner, n_blocks):  # pragma: no cover - compiled
         rows = x.shape[0]
         for i in prange(n_blocks):
-            _rows_f32(x, w, b, out, i * rows // n_blocks, (i + 1) * rows // n_blocks)
+            _rows_f32(x, w, b, out, inner, i * rows // n_blocks, (i + 1) * rows // n_blocks)
 
     @njit(cache=True, parallel=True)
-    def _par_bf16(x, w, b, out, n_blocks):  # pragma: no cover - compiled
+    def _par_bf16(x, w, b, out, inner, n_blocks):  # pragma: no cover - compiled
         rows = x.shape[0]
         for i in prange(n_blocks):
-            _rows_bf16(x, w, b, out, i * rows // n_blocks, (i + 1) * rows // n_blocks)
+            _rows_bf16(x, w, b, out, inner, i * rows // n_blocks, (i + 1) * rows // n_blocks)
 
 
 def available() -> bool:
     return numba is not None
 
 
-def conv_silu_rows_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+def conv_silu_rows_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor,
+                        channel_major: bool = False) -> Tensor:
     """out = silu(causal depthwise conv(x)) for x [S, C, L] (float32 or bfloat16, contiguous), weight [C, 1, K]
-    or [C, K], bias [C] or None; out float32 [S, C, L] contiguous. No autograd."""
+    or [C, K], bias [C] or None; out float32 [S, C, L] contiguous. channel_major: x and out [C, S, L] (channel
+    c's rows at x[c]). No autograd."""
     if numba is None:
         raise RuntimeError("numba is not available")
     if x.dtype not in (torch.float32, torch.bfloat16) or out.dtype != torch.float32:
         raise TypeError(f"x must be float32 or bfloat16 and out float32, got {x.dtype} and {out.dtype}")
     if not (x.is_contiguous() and out.is_contiguous()) or out.shape != x.shape:
         raise ValueError("x and out must be contiguous and of the same shape")
-    n_ch, length = x.shape[-2], x.shape[-1]
+    n_ch, length = (x.shape[0] if channel_major else x.shape[-2]), x.shape[-1]
+    if channel_major and x.dim() != 3:
+        raise ValueError("a channel-major x must be [C, S, L]")
+    inner = max(1, x.shape[1]) if channel_major else 1
     w = weight.detach().reshape(n_ch, -1).float().contiguous().numpy()
     b = np.zeros(n_ch, np.float32) if bias is None else bias.detach().float().contiguous().numpy()
     rows = x.numel() // length
@@ -113,11 +119,11 @@ def conv_silu_rows_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Ten
     o = out.view(rows, length).numpy()
     serial = _rows_bf16 if x.dtype == torch.bfloat16 else _rows_f32
     if rows < 2:
-        serial(xs, w, b, o, 0, rows)
+        serial(xs, w, b, o, inner, 0, rows)
         return out
     with parallel_threads() as threads:  # one lock and fork guard with the scan's kernels
         if threads:
-            (_par_bf16 if x.dtype == torch.bfloat16 else _par_f32)(xs, w, b, o, min(rows, 4 * threads))
+            (_par_bf16 if x.dtype == torch.bfloat16 else _par_f32)(xs, w, b, o, inner, min(rows, 4 * threads))
         else:
-            serial(xs, w, b, o, 0, rows)
+            serial(xs, w, b, o, inner, 0, rows)
     return out

@@ -80,3 +80,41 @@ def test_bad_arguments_are_refused():
         K.rms_norm_pair_into(x, 1e-5, torch.empty(2, 4, 3).transpose(1, 2))  # not contiguous
     with pytest.raises(TypeError):
         K.rms_norm_pair_into(x.double(), 1e-5, torch.empty(2, 3, 4))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 5), (4, 16, 122), (2, 128, 301)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_pair_channel_major_is_the_pair_layout_permuted(shape, dtype):
+    # channel-major [2, D, S, L]: the same rows as the [S, 2, D, L] layout (checked above against torch), bit for bit
+    torch.manual_seed(3)
+    x = 3 * torch.randn(shape)
+    S, D, L = shape
+    pair = K.rms_norm_pair_into(x, 1e-5, torch.empty(S, 2, D, L, dtype=dtype))
+    cm = K.rms_norm_pair_into(x, 1e-5, torch.full((2, D, S, L), 7.0).to(dtype), channel_major=True)
+    assert torch.equal(cm, pair.permute(1, 2, 0, 3))
+    want = x.double() * torch.rsqrt(x.double().square().mean(1, keepdim=True) + 1e-5)
+    torch.testing.assert_close(cm[0].permute(1, 0, 2).double(), want, rtol=2.0 ** -7, atol=1e-6)
+    assert torch.equal(cm[1], cm[0].flip(2))
+    one = K.rms_norm_pair_into(x, 1e-5, torch.empty(1, D, S, L, dtype=dtype), channel_major=True)
+    assert torch.equal(one[0], cm[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [1, 5, 122, 301])
+def test_residual_pair_channel_major_equals_add_and_flip(dtype, length):
+    torch.manual_seed(4)
+    S, D = 3, 5
+    x = torch.randn(S, D, length)
+    o = torch.randn(2, D, S, length).to(dtype)  # [direction, channel, sequence, time]
+    out = torch.full((S, 2 * D, length), 7.0)
+    K.residual_pair_into(x, o, out, channel_major=True)
+    assert torch.equal(out[:, :D], x + o[0].permute(1, 0, 2).float())
+    assert torch.equal(out[:, D:], x + o[1].permute(1, 0, 2).flip(2).float())
+
+
+def test_channel_major_bad_arguments_are_refused():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError):
+        K.rms_norm_pair_into(x, 1e-5, torch.empty(2, 2, 3, 4), channel_major=True)  # [S, 2, D, L], not [2, D, S, L]
+    with pytest.raises(ValueError):
+        K.residual_pair_into(x, torch.empty(2, 6, 4), torch.empty(2, 6, 4), channel_major=True)

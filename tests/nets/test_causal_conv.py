@@ -50,3 +50,22 @@ def test_causal_depthwise_conv_silu_equals_mamba_conv1d(length):
     with torch.no_grad():
         torch.testing.assert_close(causal_depthwise_conv_silu(x, conv.weight, None),
                                    torch.nn.functional.silu(conv(x)[..., :length] - conv.bias[:, None]))
+
+
+@pytest.mark.parametrize("length", [1, 3, 4, 50, 122])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_numba_conv_silu_channel_major_rows(length, dtype):
+    # x and out [C, S, L] (channel c's sequences at x[c]), as the grouped Mamba path lays them out: against
+    # Mamba's conv1d + SiLU on the [S, C, L] transpose, in float64
+    from sepcli.nets import causal_conv
+
+    if not causal_conv.available():
+        pytest.skip("numba not installed")
+    torch.manual_seed(9)
+    C, S, k = 6, 5, 4
+    conv = torch.nn.Conv1d(C, C, k, groups=C, padding=k - 1).double()
+    x = (4 * torch.randn(C, S, length)).to(dtype)
+    want = F.silu(conv(x.permute(1, 0, 2).double())[..., :length]).permute(1, 0, 2)
+    out = torch.full((C, S, length), 7.0)
+    causal_conv.conv_silu_rows_into(x, conv.weight.float(), conv.bias.float(), out, channel_major=True)
+    torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6)

@@ -364,9 +364,10 @@ def test_auto_precision_picks_bf16_for_spmamba_only_with_amx(monkeypatch, amx, a
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_grouped_inference_equals_per_direction_path(autocast, monkeypatch):
-    # both directions as one stream of work (nets.bimamba_grouped: one scan call over 2 x d_inner channels with B/C
-    # as two groups, alternating batched weights) against the per-direction inference path (two scan calls),
-    # with norm weights and biases that are not the defaults; fp32 and bf16 autocast, sequences in chunks
+    # both directions as one stream of work (nets.bimamba_grouped: channel-major, one GEMM per projection and
+    # direction, one scan call over 2 x d_inner channels with B/C as two groups) against the per-direction
+    # inference path (two scan calls), with norm weights and biases that are not the defaults; fp32 and bf16
+    # autocast, sequences in chunks
     import sepcli.nets.bimamba as bimamba
     from sepcli.nets import bimamba_grouped
     from sepcli.nets.mamba import workspace
@@ -395,3 +396,33 @@ def test_grouped_inference_equals_per_direction_path(autocast, monkeypatch):
         with torch.no_grad():
             torch.testing.assert_close(outs[True], mb.forward_plain(x.transpose(1, 2)).transpose(1, 2),
                                        rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_channel_major_with_projection_biases_equals_plain(monkeypatch):
+    # the grouped path's channel-major layout with in_proj / out_proj biases (not mamba's default, broadcast over
+    # the [2, channels, S * L] GEMM outputs), sequences of 122 steps (SPMamba-8k's intra-frame length at 8 kHz)
+    # in chunks of several sequences plus a remainder, against the plain official-style path
+    import sepcli.nets.bimamba as bimamba
+    from sepcli.nets import bimamba_grouped
+    from sepcli.nets.mamba import workspace
+
+    torch.manual_seed(12)
+    mb = MambaBlock(16, 1, True).eval()
+    with torch.no_grad():
+        for blk in (mb.forward_blocks[0], mb.backward_blocks[0]):
+            m = blk.mixer
+            m.in_proj.bias = torch.nn.Parameter(0.3 * torch.randn(m.in_proj.out_features))
+            m.out_proj.bias = torch.nn.Parameter(0.3 * torch.randn(m.out_proj.out_features))
+            blk.norm.weight.uniform_(0.5, 1.5)
+    mb.chunk_tokens = 3 * 122
+    mb.fused = True
+    monkeypatch.setattr(bimamba, "GROUPED", True)
+    calls = []
+    real = bimamba_grouped.grouped_inference
+    monkeypatch.setattr(bimamba_grouped, "grouped_inference", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = torch.randn(7, 16, 122)
+    with torch.no_grad(), workspace():
+        got = mb.forward_channels_first(x)
+        want = mb.forward_plain(x.transpose(1, 2)).transpose(1, 2)
+    assert calls == [(3, 16, 122), (3, 16, 122), (1, 16, 122)]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
