@@ -93,12 +93,13 @@ import atexit, gc, json, sys
 def report():
     print(json.dumps({{"imported": sorted(m for m in {modules!r} if m in sys.modules),
                        "gc_enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}}))
-atexit.register(report)  # runs before run()'s own atexit handler (registered later, so earlier)
+atexit.register(report)
 sys.argv = ["sepcli", *{args!r}]
 from sepcli.cli import run
 run()
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert p.stderr == ""  # -q: nothing, no leak warning of an extension at exit either
     return p.returncode, json.loads(p.stdout.strip().splitlines()[-1])
 
 
