@@ -53,7 +53,7 @@ def run() -> None:
     from . import startup_gc
 
     early.record()  # the idle-CPU measurement's first sample, before torch is imported (runtime/early.py)
-    startup_gc.own_process()  # the collector kept off the start-up's imports and the exit (startup_gc.py)
+    startup_gc.own_process()  # the collector kept off the start-up's imports and model (startup_gc.py)
     try:
         code = app(prog_name="sepcli", standalone_mode=False)
     except Exception as exc:
