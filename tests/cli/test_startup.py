@@ -136,6 +136,7 @@ def test_heavy_imports_pause_the_collector_and_freeze_only_in_the_sepcli_process
 
     from sepcli.cli import startup_gc
 
+    monkeypatch.setattr(startup_gc, "_OWN", False)  # (a test that called run() in this process set it)
     assert gc.isenabled()
     with startup_gc.heavy_imports():  # a program importing sepcli.cli (as this test run does): left alone
         assert gc.isenabled()
