@@ -1,6 +1,7 @@
 """Cold start: the wall time of a fresh `sepcli separate examples/mix.wav -o <tmp>` (10 s of audio, the default
 model), median of BENCH_STARTUP_RUNS (default 5) runs, against `python -c "import torch"` measured in the same
-run (the floor every sepcli command pays). Target: 2 s or less.
+run (the floor every sepcli command pays). Target: 2 s or less. Also the walls of `sepcli models` (the model list,
+read without torch) and `sepcli --help`, which scripts and people call as often.
 
 Threads: SEPCLI_BENCH_THREADS if set (passed as --threads), else the CLI's default (one per idle core)."""
 
@@ -35,6 +36,8 @@ def main() -> None:
         _wall(cmd)  # warm the file cache (and numba's, if anything compiled)
         sep = [_wall(cmd) for _ in range(runs)]
     torch_only = [_wall([sys.executable, "-c", "import torch"]) for _ in range(runs)]
+    listing = [_wall([sys.executable, "-m", "sepcli", "models"]) for _ in range(runs)]
+    helping = [_wall([sys.executable, "-m", "sepcli", "--help"]) for _ in range(runs)]
     cpu = cpu_features()
     print(f"CPU: {cpu['model']} (amx_bf16 {cpu['amx_bf16']}, avx512_bf16 {cpu['avx512_bf16']}); "
           f"median of {runs} fresh processes")
@@ -44,6 +47,8 @@ def main() -> None:
     for name, value in [("sepcli separate examples/mix.wav, wall (s)", f"{s:.2f}"),
                         ("python -c 'import torch', wall (s)", f"{t:.2f}"),
                         ("sepcli beyond importing torch (s)", f"{s - t:.2f}"),
+                        ("sepcli models, wall (s)", f"{statistics.median(listing):.2f}"),
+                        ("sepcli --help, wall (s)", f"{statistics.median(helping):.2f}"),
                         (f"target <= {TARGET_S:g} s met", "yes" if s <= TARGET_S else "NO")]:
         print(f"| {name:<44} | {value:>8} |")
 

@@ -50,8 +50,10 @@ def run() -> None:
     """The console entry point: the app, with the option parser's errors (a bad value, an unknown option, a
     missing argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel."""
     from ..runtime import early
+    from . import startup_gc
 
     early.record()  # the idle-CPU measurement's first sample, before torch is imported (runtime/early.py)
+    startup_gc.own_process()  # the collector kept off the start-up's imports and model (startup_gc.py)
     try:
         code = app(prog_name="sepcli", standalone_mode=False)
     except Exception as exc:

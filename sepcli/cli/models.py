@@ -65,7 +65,7 @@ def _default_model():
 
 def _installed_rows(default_folder, why) -> list[dict]:
     """Rows of `sepcli models` for the installed models; an unreadable one is skipped with a warning."""
-    from ..runtime.loader import ModelError, weights_summary
+    from ..runtime.model_folder import ModelError, weights_summary
     from ..runtime.registry import list_zoo
 
     rows = []
@@ -145,11 +145,11 @@ def models(ctx: typer.Context,
 def models_info(name: str = typer.Argument(..., help="Zoo name, alias or model folder path."),
                 debug: DebugOpt = False) -> None:
     """Show one model: its config and its model card."""
-    from ..runtime.loader import ModelError, _locate, read_config, weights_summary
+    from ..runtime.model_folder import ModelError, locate, read_config, weights_summary
     from ..runtime.registry import ModelNotFound, UnknownName, resolve
 
     try:
-        folder, weights = _locate(resolve(name))
+        folder, weights = locate(resolve(name))
         cfg = read_config(folder)
     except ModelError as exc:  # exit 2 for an unknown model (ModelNotFound), 1 for one that cannot be read
         if isinstance(exc, UnknownName):

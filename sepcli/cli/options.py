@@ -10,6 +10,7 @@ import typer
 
 from ..errors import EXIT_USAGE
 from .output import _fail
+from .startup_gc import heavy_imports
 
 
 SEGMENT_HELP = "Segment length in seconds (default: the model's; 0 = whole input in one pass)."
@@ -51,7 +52,8 @@ NAME_DEFAULT = "{stem}_spk{k}.{ext}"
 
 def _options(segment, overlap, batch_size, shifts, channel, sample_rate, fmt, subtype, name, loudness, drop_silent,
              overwrite, device, threads, precision="auto"):
-    from ..separate import SeparationOptions
+    with heavy_imports():  # the first import of torch, numpy and the audio libraries in `separate` and `batch`
+        from ..separate import SeparationOptions
 
     return SeparationOptions(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, channel=channel,
                              sample_rate=sample_rate, format=fmt, subtype=subtype, name=name, loudness=loudness,
@@ -67,7 +69,8 @@ def _make_separator(model: str, opts, debug: bool):
     if opts.threads is None:  # not more threads than idle CPUs: spinning OpenMP threads on busy cores are slow
         opts = replace(opts, threads=threads_for_idle_cpus())
     try:
-        return Separator(model, opts)
+        with heavy_imports():  # the network's modules, its objects and weights: alive until the process ends
+            return Separator(model, opts)
     except UsageError as exc:
         raise _fail(exc, debug, EXIT_USAGE) from None
     except ModelError as exc:  # exit 2 for an unknown model (UnknownModel), 1 for one that cannot be loaded

@@ -15,8 +15,6 @@ weights_only=False.
 
 from __future__ import annotations
 
-import json
-import math
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import ModelError, UnknownModel, one_line  # noqa: F401 (UnknownModel: importable from here)
 from . import registry
+from .model_folder import _err, locate, read_config, unreadable_safetensors, validate_config, weights_summary  # noqa: F401
 
 
 @dataclass
@@ -53,28 +52,6 @@ class LoadedModel:
         if isinstance(self.network, torch.nn.Module):
             return sum(p.numel() for p in self.network.parameters())
         return 0
-
-
-def _err(path: Path, msg: str) -> ModelError:
-    return ModelError(f"{path}: {msg}")
-
-
-_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
-
-
-def _unreadable_safetensors(path: Path, exc: BaseException) -> ModelError:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_LFS_POINTER))
-    except OSError:
-        head = b""
-    if head == _LFS_POINTER:
-        why = "a Git LFS pointer, not the weights: fetch them with `git lfs pull`"
-    elif isinstance(exc, OSError):
-        why = exc.strerror or one_line(exc, 200)
-    else:
-        why = one_line(exc, 200)
-    return _err(path, f"not a readable safetensors file ({why})")
 
 
 def torch_load_problem(exc: BaseException) -> str:
@@ -106,63 +83,6 @@ def torch_load_problem(exc: BaseException) -> str:
     return f"not a readable PyTorch checkpoint ({type(exc).__name__}: {line})"
 
 
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def validate_config(cfg: Any, path: Path) -> dict:
-    """Check config.json's content; returns it with defaults filled. Raises ModelError."""
-    if not isinstance(cfg, dict):
-        raise _err(path, "must hold a JSON object")
-    out = dict(cfg)
-    if not isinstance(out.get("arch"), str) or not out["arch"]:
-        raise _err(path, "'arch' must be a non-empty string")
-    args = out.get("arch_args", {})
-    if not isinstance(args, dict):
-        raise _err(path, "'arch_args' must be an object")
-    out["arch_args"] = args
-    sr = out.get("sample_rate")
-    if not isinstance(sr, int) or isinstance(sr, bool) or not (1000 <= sr <= 192000):
-        raise _err(path, f"'sample_rate' must be an integer in Hz (1000-192000), got {sr!r}")
-    n = out.get("n_src")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise _err(path, f"'n_src' must be a positive integer, got {n!r}")
-    seg = out.setdefault("segment", 4.0)
-    if not _num(seg) or seg < 0:
-        raise _err(path, f"'segment' must be a number of seconds >= 0, got {seg!r}")
-    ov = out.setdefault("overlap", 0.25)
-    if not _num(ov) or not (0 <= ov <= 0.5):
-        raise _err(path, f"'overlap' must be a fraction between 0 and 0.5, got {ov!r}")
-    il = out.setdefault("input_loudness", None)
-    if il is not None and not _num(il):
-        raise _err(path, f"'input_loudness' must be a number (LUFS) or null, got {il!r}")
-    al = out.setdefault("aliases", [])
-    if not isinstance(al, list) or not all(isinstance(a, str) for a in al):
-        raise _err(path, "'aliases' must be a list of strings")
-    out.setdefault("name", path.parent.name)
-    if not isinstance(out["name"], str):
-        raise _err(path, "'name' must be a string")
-    ev = out.setdefault("eval", {})
-    if not isinstance(ev, dict):
-        raise _err(path, "'eval' must be an object")
-    return out
-
-
-def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise _err(path, f"cannot read ({exc.strerror or exc})") from None
-    try:
-        cfg = json.loads(text)  # data only: JSON has no code, and nothing in it is evaluated or imported
-    except ValueError as exc:
-        raise _err(path, f"invalid JSON ({exc})") from None
-    except RecursionError:
-        raise _err(path, "invalid JSON (nested too deeply)") from None
-    return validate_config(cfg, path)
-
-
 def without_ddp_prefix(sd: dict) -> dict:
     """A state_dict saved from a DistributedDataParallel wrapper (every key 'module.<name>') as the network's own."""
     if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
@@ -180,7 +100,7 @@ def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(weights))
         except Exception as exc:  # noqa: BLE001
-            raise _unreadable_safetensors(weights, exc) from None
+            raise unreadable_safetensors(weights, exc) from None
     if weights.suffix in (".pt", ".pth", ".ckpt"):
         try:
             obj = torch.load(str(weights), map_location="cpu", weights_only=True)
@@ -193,16 +113,6 @@ def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
             raise _err(weights, "does not hold a state_dict of tensors")
         return without_ddp_prefix(obj)
     raise _err(weights, "unsupported weights format (use .safetensors, or .pt/.pth)")
-
-
-def _locate(target: Path) -> tuple[Path, Path]:
-    """(folder with config.json, weights file)."""
-    if target.is_dir():
-        w = target / "weights.safetensors"
-        if not w.is_file():
-            raise _err(target, "model folder has no weights.safetensors (folders load safetensors only)")
-        return target, w
-    return target.parent, target
 
 
 def state_dict_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], show: int = 3,
@@ -281,7 +191,7 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         from .catalogue import not_installed_hint
 
         raise UnknownModel(not_installed_hint(exc.name) or str(exc)) from None
-    folder, weights = _locate(target)
+    folder, weights = locate(target)
     cfg = read_config(folder)
     state = read_state_dict(weights)
     shape_only = _build(cfg, folder, budget=4 * sum(v.numel() for v in state.values()) + (1 << 22))
@@ -307,28 +217,3 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> LoadedMo
                        segment=float(cfg["segment"]), overlap=float(cfg["overlap"]),
                        input_loudness=cfg["input_loudness"], name=cfg["name"], arch=cfg["arch"],
                        config=cfg, path=folder)
-
-
-def weights_summary(target: Path) -> tuple[int, int]:
-    """(parameter count, weights file size in bytes) of a model folder's weights.safetensors (read from its header
-    without loading) or of a weights file given directly (a .pt/.pth is loaded as `separate` would load it).
-
-    (0, 0) when a folder has no weights.safetensors; ModelError when the weights cannot be read."""
-    target = Path(target)
-    w = target / "weights.safetensors" if target.is_dir() else target
-    if not w.is_file():
-        return 0, 0
-    if w.suffix != ".safetensors":
-        state = read_state_dict(w)  # torch.load(weights_only=True): refuses what separate refuses
-        return sum(v.numel() for v in state.values()), w.stat().st_size
-    from safetensors import safe_open
-
-    n = 0
-    try:
-        with safe_open(str(w), framework="pt") as f:
-            for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                n += math.prod(f.get_slice(k).get_shape())
-        size = w.stat().st_size
-    except Exception as exc:  # noqa: BLE001 (SafetensorError, OSError, ...)
-        raise _unreadable_safetensors(w, exc) from None
-    return n, size

@@ -83,3 +83,84 @@ def test_idle_cpus_uses_the_start_up_sample_without_sleeping(monkeypatch):
     monkeypatch.setattr(device.time, "sleep", slept.append)
     device.idle_cpus()
     assert slept == [0.1]  # then it measures over its own 0.1 s, as before
+
+
+def _cli_modules(args: list[str], modules: tuple[str, ...], cwd) -> tuple[int, dict]:
+    """Run the `sepcli` entry point (sepcli.cli.run, as the console script does) in a fresh process; its exit code
+    and, read at exit, which of `modules` it imported plus its collector's state."""
+    code = f"""
+import atexit, gc, json, sys
+def report():
+    print(json.dumps({{"imported": sorted(m for m in {modules!r} if m in sys.modules),
+                       "gc_enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}}))
+atexit.register(report)
+sys.argv = ["sepcli", *{args!r}]
+from sepcli.cli import run
+run()
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert p.stderr == ""  # -q: nothing, no leak warning of an extension at exit either
+    return p.returncode, json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_listing_models_does_not_import_torch(tmp_path):
+    """`sepcli models` reads the weights' safetensors headers (parameter counts) without torch: 2.3 s -> 0.3 s."""
+    code, seen = _cli_modules(["models", "--json"], ("torch", "sepcli.runtime.loader"), tmp_path)
+    assert code == 0 and seen["imported"] == []
+    code, seen = _cli_modules(["models", "info", "default"], ("torch", "sepcli.runtime.loader"), tmp_path)
+    assert code == 0 and seen["imported"] == []
+
+
+def test_the_weights_summary_without_torch_counts_what_torch_loads():
+    from safetensors.torch import load_file
+
+    from sepcli.runtime.model_folder import weights_summary
+
+    folder = ROOT / "models" / "s4m-tiny-16k"
+    state = load_file(folder / "weights.safetensors")
+    n, size = weights_summary(folder)
+    assert n == sum(v.numel() for v in state.values()) and size == (folder / "weights.safetensors").stat().st_size
+
+
+def test_separate_freezes_its_start_up_objects_and_keeps_collecting(tmp_path):
+    """A `sepcli separate` process: the imports' and the model's objects are frozen (out of every later collection,
+    the one at exit included) and the collector is on again for the work."""
+    code, seen = _cli_modules(["separate", str(ROOT / "examples" / "mix.wav"), "-o", str(tmp_path), "-q",
+                               "--threads", "1"], ("torch",), tmp_path)
+    assert code == 0 and seen["imported"] == ["torch"]
+    assert seen["gc_enabled"] and seen["frozen"] > 100_000  # torch alone leaves ~165,000 objects
+
+
+def test_heavy_imports_pause_the_collector_and_freeze_only_in_the_sepcli_process(monkeypatch):
+    import gc
+
+    from sepcli.cli import startup_gc
+
+    monkeypatch.setattr(startup_gc, "_OWN", False)  # (a test that called run() in this process set it)
+    assert gc.isenabled()
+    with startup_gc.heavy_imports():  # a program importing sepcli.cli (as this test run does): left alone
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(startup_gc, "_OWN", True)
+    try:
+        before = []  # exists when the block ends: frozen (the collector's generations no longer hold it)
+        assert any(o is before for o in gc.get_objects())
+        with startup_gc.heavy_imports():
+            assert not gc.isenabled()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        assert not any(o is before for o in gc.get_objects())
+
+        class Cycle:
+            pass
+
+        a, b = Cycle(), Cycle()  # made later: collected as usual
+        a.other, b.other = b, a
+        del a, b
+        assert gc.collect() >= 2
+        gc.disable()  # a caller's choice is kept
+        with startup_gc.heavy_imports():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
