@@ -44,6 +44,16 @@ def _no_torchrun_env(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _not_the_sepcli_process(monkeypatch):
+    """Each test starts as a program that imports sepcli.cli does: a test that calls cli.main.run() in-process marks
+    the process as the `sepcli` command (startup_gc.own_process), and later CliRunner tests in the same worker would
+    then pause the collector and freeze the test process's objects."""
+    from sepcli.cli import startup_gc
+
+    monkeypatch.setattr(startup_gc, "_OWN", False)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_s4m_fused_state(monkeypatch):
     """Each test starts as a fresh process does: S4M's fused kernels not yet loaded, no forwards counted
     (sepcli.nets.s4m_fused switches them on at a process's FUSE_AFTER-th forward; without this, which path a test
