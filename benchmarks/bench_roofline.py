@@ -49,24 +49,29 @@ def main() -> None:
     if threads:
         torch.set_num_threads(int(threads))
     cpu = cpu_features()
-    fp32, bf16 = gemm_throughput(torch.float32), bf16_gemm_throughput(cpu["native_bf16"])
+    emulated_ok = os.environ.get("BENCH_EMULATED_BF16", "0") == "1"
+    run_bf16 = cpu["native_bf16"] or emulated_ok
+    fp32 = gemm_throughput(torch.float32)
+    bf16 = bf16_gemm_throughput(cpu["native_bf16"]) if run_bf16 else float("nan")  # seconds per product emulated
     scan = None
     print(f"CPU: {cpu['model']} (amx_bf16 {cpu['amx_bf16']}, avx512_bf16 {cpu['avx512_bf16']}, torch kernels "
           f"{cpu['torch_capability']}); threads {torch.get_num_threads()}")
-    print(f"GEMM {1024}^3: fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s (ratio {bf16 / fp32:.1f})")
+    bf16_text = (f"bf16 {bf16 / 1e9:.0f} GFLOP/s (ratio {bf16 / fp32:.1f})" if run_bf16
+                 else "bf16 not measured (emulated)")
+    print(f"GEMM {1024}^3: fp32 {fp32 / 1e9:.0f} GFLOP/s, {bf16_text}")
     print("not counted in FLOPs: elementwise ops, norms, pooling, interpolation, FFTs; the scan is counted "
           "analytically (b x d x l x n per call)")
     head = ("model", "precision", "GFLOP/audio s", "G upd/audio s", "bound RTF", "measured RTF", "x bound",
             "overlap factor", "bound RTF as run", "x bound as run")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("-" * (len(h) + 2) for h in head) + "|")
-    emulated_ok = os.environ.get("BENCH_EMULATED_BF16", "0") == "1"
     for model, repeat in models:
         for precision in ("fp32", "bf16"):
-            if precision == "bf16" and not cpu["native_bf16"] and not emulated_ok:
+            if precision == "bf16" and not run_bf16:
                 name = model if isinstance(model, str) else model.name
-                print(f"| {name} | bf16 | skipped: no native bf16 on this CPU (emulated; BENCH_EMULATED_BF16=1 runs "
-                      "it) |", flush=True)
+                cells = (name, precision, "skipped: no native bf16 on this CPU (emulated; BENCH_EMULATED_BF16=1 "
+                         "runs it)") + ("-",) * (len(head) - 3)
+                print("| " + " | ".join(cells) + " |", flush=True)
                 continue
             try:
                 sep = Separator(model, threads=int(threads) if threads else None, precision=precision)

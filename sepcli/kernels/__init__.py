@@ -128,7 +128,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
     u, delta, z: (b, d, l); A: (d, n) real; B, C: (d, n), (b, n, l) or (b, g, n, l) with g dividing d;
     D, delta_bias: (d,). Returns out (b, d, l) in u's dtype, plus last_state (b, d, n) when asked
-    (its gradient is not propagated, as in mamba_ssm). `backend` overrides the choice (and SEPCLI_SCAN).
+    (its gradient is not propagated, as in mamba_ssm). out is contiguous, except from the CPU kernel without
+    gradients when u is channel-major (exactly a permuted contiguous [d, b, l] tensor, as SPMamba's grouped path
+    passes): then out has u's layout, so that caller reads it without a copy (`.contiguous()` where needed).
+    `backend` overrides the choice (and SEPCLI_SCAN).
     """
     if backend is None:
         backend = backend_for(u)

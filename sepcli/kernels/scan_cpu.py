@@ -477,15 +477,15 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     """Forward only (no autograd graph): returns (out in u's dtype, last_state (b, d, n) in compute dtype).
 
     The n = 16 vector forward reads u, delta and z in place whatever their (b, d) strides when their rows are
-    contiguous (float32 or bfloat16); for a channel-major u (stride of d above that of b, e.g. a permuted
-    [d, b, l] tensor) out is channel-major too (out.permute(1, 0, 2) contiguous)."""
+    contiguous (float32 or bfloat16); for a channel-major u (exactly a permuted contiguous [d, b, l] tensor, b > 1)
+    out is channel-major too (out.permute(1, 0, 2) contiguous), else out is contiguous."""
     vec = u.dtype != torch.float64 and A.shape[1] == 16  # the explicitly vectorised time loop (n = 16, float32)
     p = _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=vec, keep_strides=vec)
     b, d, l = u.shape
     ndt = np.float64 if p["cdt"] == torch.float64 else np.float32
     bf16_out = vec and u.dtype == torch.bfloat16  # written as bfloat16 bits by the kernel's output pass
     odt = np.int16 if bf16_out else ndt
-    if vec and u.stride(1) > u.stride(0) and not p["u"].flags.c_contiguous:
+    if vec and b > 1 and tuple(u.stride()) == (l, b * l, 1):
         out = np.empty((d, b, l), odt).transpose(1, 0, 2)  # channel-major u: out in the same layout
     else:
         out = np.empty((b, d, l), odt)

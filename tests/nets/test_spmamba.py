@@ -362,6 +362,27 @@ def test_auto_precision_picks_bf16_for_spmamba_only_with_amx(monkeypatch, amx, a
     assert got.dtype == (torch.bfloat16 if amx else None)
 
 
+def test_grouped_inference_on_the_reference_scan_equals_per_direction_path(monkeypatch):
+    # the grouped path with a scan backend that returns out contiguous (SEPCLI_SCAN=ref), not in u's channel-major
+    # layout as the CPU kernel does: its copy back to channel-major must give the same output
+    import sepcli.nets.bimamba as bimamba
+
+    torch.manual_seed(12)
+    mb = MambaBlock(24, 1, True).eval()
+    mb.chunk_tokens, mb.fused = 40, True
+    x = torch.randn(7, 24, 13)
+    outs = {}
+    for grouped in (True, False):
+        monkeypatch.setattr(bimamba, "GROUPED", grouped)
+        if grouped:
+            monkeypatch.setenv("SEPCLI_SCAN", "ref")
+        else:
+            monkeypatch.delenv("SEPCLI_SCAN", raising=False)
+        with torch.no_grad():
+            outs[grouped] = mb.forward_channels_first(x)
+    torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_grouped_inference_equals_per_direction_path(autocast, monkeypatch):
     # both directions as one stream of work (nets.bimamba_grouped: channel-major, one GEMM per projection and
