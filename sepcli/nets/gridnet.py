@@ -8,7 +8,9 @@ Differences, none of which change the outputs:
 - the attention branches' 1x1 Conv2d run as a matrix product (same modules and weights) on the fused path;
 - the full-band attention without gradients is two matrix products and a softmax per block of queries (in the
   autocast dtype; oneDNN's GEMM, AMX in bf16), with gradients torch's scaled-dot-product-attention;
-- without gradients the residual sums are written in the input's contiguous layout (fewer copies downstream);
+- without gradients the residual sums are written in the input's contiguous layout (fewer copies downstream),
+  and the intra/inter paths read their sequences through transposed views, unfolded into patches by one numba
+  pass (sepcli.nets.patch_unfold: no reshape copy, no F.unfold) with the residual sum written in place;
 - under `torch.autocast` the norms' statistics stay in float32.
 """
 
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import patch_unfold
 from .bimamba import MambaBlock
 
 # Query rows x keys per block of the attention without gradients (GridNetBlock._attention): bounded memory (two
@@ -27,6 +30,10 @@ from .bimamba import MambaBlock
 # x 516) the blocks of 1,118 query rows ran 135.6 GFLOP/s against 119.5 with 279 rows (AMD EPYC, AVX2, fp32, 2
 # threads, medians of 4 interleaved runs). Inputs up to about 23 s at 8 kHz (2,896 frames) are now one block.
 ATTN_BLOCK_SCORES = 1 << 23
+# Without gradients on float32 CPU input (fused Mamba path, numba available): the intra/inter paths' sequences
+# read through transposed views by one unfold pass (GridNetBlock._patch_sequences_into); False keeps the reshape
+# copies and F.unfold, for comparisons.
+FAST_PATCHES = True
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -156,6 +163,30 @@ class GridNetBlock(nn.Module):
         step = max(1, mamba.chunk_tokens // n_patches)
         return torch.cat([run(h[i:i + step]) for i in range(0, h.shape[0], step)], 0)
 
+    def _fast_patches(self, x: Tensor) -> bool:
+        """Whether the forward takes _patch_sequences_into: no gradients, a float32 CPU input, both Mamba blocks
+        on their fused channels-first path, numba available."""
+        return (FAST_PATCHES and patch_unfold.available() and not torch.is_grad_enabled()
+                and x.dtype == torch.float32 and x.device.type == "cpu"
+                and self.intra_mamba.fusable and self.inter_mamba.fusable)
+
+    def _patch_sequences_into(self, src: Tensor, mamba: MambaBlock, linear: nn.ConvTranspose1d, res: Tensor,
+                              out: Tensor) -> None:
+        """out = res + _patch_sequences(src) without gradients, for src, res and out [B, N1, C, Q] views (any
+        strides: the block's [B, C, T, Q] tensors transposed; sequence (b, n1)). The sequences go through in
+        chunks of about `mamba.chunk_tokens` patches, each unfolded from src into one reused buffer
+        (patch_unfold), through the Mamba block and the ConvTranspose1d, and added to res into out's view."""
+        ks, hs = self.emb_ks, self.emb_hs
+        B, N1, C, Q = src.shape
+        n_patches = (Q - ks) // hs + 1
+        step = N1 if N1 * n_patches <= mamba.chunk_tokens else max(1, mamba.chunk_tokens // n_patches)
+        patches = torch.empty(min(step, N1), C * ks, n_patches, dtype=src.dtype)
+        for b in range(B):
+            for s0 in range(0, N1, step):
+                n = min(step, N1 - s0)
+                p = patch_unfold.unfold_into(src[b], s0, ks, hs, patches[:n])
+                torch.add(res[b, s0:s0 + n], linear(mamba.forward_channels_first(p)), out=out[b, s0:s0 + n])
+
     @staticmethod
     def _attention(q: Tensor, k: Tensor, v: Tensor, rows: int | None = None) -> Tensor:
         """softmax(q k^T / sqrt(dim)) v over frames, [hB, T, dim], in the autocast dtype when autocast is on.
@@ -209,18 +240,28 @@ class GridNetBlock(nn.Module):
         Q = math.ceil((old_Q - ks) / hs) * hs + ks
         x = F.pad(x, (0, Q - old_Q, 0, T - old_T))
 
-        # intra-frame: sequences over frequency patches, one per (batch, frame)
-        input_ = x
-        h = self.intra_norm(input_).transpose(1, 2).reshape(B * T, C, Q)
-        h = self._patch_sequences(h, self.intra_mamba, self.intra_linear)  # [BT, C, Q]
-        h = h.view(B, T, C, Q).transpose(1, 2)
-        intra = self._add_contiguous(h, input_)
+        if self._fast_patches(x):
+            # the steps below with the sequences read through transposed views and the sums written in place
+            intra = torch.empty(x.shape, dtype=x.dtype)
+            self._patch_sequences_into(self.intra_norm(x).transpose(1, 2), self.intra_mamba, self.intra_linear,
+                                       x.transpose(1, 2), intra.transpose(1, 2))
+            inter = torch.empty(x.shape, dtype=x.dtype)
+            self._patch_sequences_into(self.inter_norm(intra).permute(0, 3, 1, 2), self.inter_mamba,
+                                       self.inter_linear, intra.permute(0, 3, 1, 2), inter.permute(0, 3, 1, 2))
+            inter = inter[..., :old_T, :old_Q]
+        else:
+            # intra-frame: sequences over frequency patches, one per (batch, frame)
+            input_ = x
+            h = self.intra_norm(input_).transpose(1, 2).reshape(B * T, C, Q)
+            h = self._patch_sequences(h, self.intra_mamba, self.intra_linear)  # [BT, C, Q]
+            h = h.view(B, T, C, Q).transpose(1, 2)
+            intra = self._add_contiguous(h, input_)
 
-        # inter-frame: sequences over time patches, one per (batch, frequency)
-        h = self.inter_norm(intra).permute(0, 3, 1, 2).reshape(B * Q, C, T)
-        h = self._patch_sequences(h, self.inter_mamba, self.inter_linear)  # [BQ, C, T]
-        h = h.view(B, Q, C, T).permute(0, 2, 3, 1)
-        inter = self._add_contiguous(h, intra)[..., :old_T, :old_Q]
+            # inter-frame: sequences over time patches, one per (batch, frequency)
+            h = self.inter_norm(intra).permute(0, 3, 1, 2).reshape(B * Q, C, T)
+            h = self._patch_sequences(h, self.inter_mamba, self.inter_linear)  # [BQ, C, T]
+            h = h.view(B, Q, C, T).permute(0, 2, 3, 1)
+            inter = self._add_contiguous(h, intra)[..., :old_T, :old_Q]
         if not inter.is_contiguous() and not torch.is_grad_enabled():
             inter = inter.contiguous()  # read by 13 attention branches: one copy here, not one per branch
 
