@@ -14,7 +14,8 @@ Parts (self CPU time of every profiled op, attributed in this order):
 - attention: inside a GridNetBlock's `_attention` (scores, softmax, weighted sum; not the Q/K/V 1x1 convolutions);
 - norms: inside a norm module (LayerNormalization4D/4DCF, GroupNorm, RMSNorm), `sepcli.nets.mamba.rms_normalise` or
   the numba norm pass `sepcli.nets.bimamba_kernels.rms_norm_pair_into`;
-- copies: copy_, cat, stack, flip, clone, contiguous, pad, unfold/im2col, to/_to_copy (layout changes, casts);
+- copies: copy_, cat, stack, flip, clone, contiguous, pad, unfold/im2col, to/_to_copy (layout changes, casts),
+  and the numba unfold pass (`sepcli.nets.patch_unfold.unfold_into`);
 - convolutions: inside any convolution op (the Conv2d/ConvTranspose 1x1-3x3s, the intra/inter ConvTranspose1d,
   the Mamba depthwise conv1d) or the numba depthwise conv pass (`sepcli.nets.causal_conv.conv_silu_rows_into`;
   versions before it was labelled counted it under python/other);
@@ -89,6 +90,8 @@ def labelled(model: nn.Module):
         patch(bimamba_kernels, "rms_norm_pair_into", "norms")
         patch(bimamba_kernels, "residual_pair_into", "residual")
         patch(causal_conv, "conv_silu_rows_into", "depthwise conv")
+    # the unfold pass (looked up through the module by gridnet; absent in versions before it)
+    patch(getattr(gridnet, "patch_unfold", None), "unfold_into", "unfold")
     norm_types = tuple(t for t in (getattr(gridnet, "LayerNormalization4D", None),
                                    getattr(gridnet, "LayerNormalization4DCF", None), mamba_mod.RMSNorm,
                                    nn.GroupNorm, nn.LayerNorm) if t is not None)
@@ -125,6 +128,8 @@ def _part(evt) -> str | None:
         return "convolutions"
     if "residual" in scopes:
         return "elementwise"
+    if "unfold" in scopes:
+        return "copies"
     if evt.name.startswith(_SCOPE) or evt.name == "forward":
         return None  # an annotation's own (python) time
     if evt.name in COPY_OPS:
