@@ -11,11 +11,11 @@ argument, -o naming a file, batch output folder equal to the input folder), 130 
 143 terminated by SIGTERM. An interrupted run keeps every finished output and leaves no partial or temporary
 file; rerunning `batch` completes the rest.
 
-Modules: main (the Typer apps, run() the entry point), output (one-line errors, console, progress), interrupts
-(Ctrl-C / SIGTERM), options (the options several commands share), summary (the end of a separate/batch run),
-and one module per command or group: separate (separate, batch), models (list, info), models_store
-(import-spmamba, remove, default, pull), bench, train, evaluate (eval). Commands are thin: the work is done by
-sepcli.separate, sepcli.runtime, sepcli.train and sepcli.evaluate.
+Modules: main (the Typer apps, run() the entry point), coercion (option values converted without pydantic),
+output (one-line errors, console, progress), interrupts (Ctrl-C / SIGTERM), options (the options several commands
+share), summary (the end of a separate/batch run), and one module per command or group: separate (separate,
+batch), models (list, info), models_store (import-spmamba, remove, default, pull), bench, train, evaluate (eval).
+Commands are thin: the work is done by sepcli.separate, sepcli.runtime, sepcli.train and sepcli.evaluate.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EXIT_FAILED, EXIT_OK
+from .coercion import SepcliTyper
 from .output import _error, _one_line
 
 
@@ -19,7 +20,7 @@ EXIT_HELP = ("Exit codes: 0 = every input done (or skipped as already done); 1 =
              "option, unknown model); 130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM): finished outputs "
              "are kept, nothing partial is left.")
 
-app = typer.Typer(
+app = SepcliTyper(  # plain option values converted without pydantic (coercion.py)
     name="sepcli",
     help="Split recordings of overlapping talkers into one file per speaker (S4M / SPMamba models).\n\n"
     + EXIT_HELP,
@@ -28,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-models_app = typer.Typer(help="List models, show a model card, import official SPMamba releases, choose your "
+models_app = SepcliTyper(help="List models, show a model card, import official SPMamba releases, choose your "
                          "default model, remove your models.",
                          invoke_without_command=True, add_completion=False)
 app.add_typer(models_app, name="models")

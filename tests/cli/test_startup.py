@@ -124,9 +124,10 @@ def test_the_weights_summary_without_torch_counts_what_torch_loads():
 
 def test_separate_freezes_its_start_up_objects_and_keeps_collecting(tmp_path):
     """A `sepcli separate` process: the imports' and the model's objects are frozen (out of every later collection,
-    the one at exit included) and the collector is on again for the work."""
+    the one at exit included) and the collector is on again for the work. Its option values are converted without
+    pydantic (sepcli.cli.coercion)."""
     code, seen = _cli_modules(["separate", str(ROOT / "examples" / "mix.wav"), "-o", str(tmp_path), "-q",
-                               "--threads", "1"], ("torch",), tmp_path)
+                               "--threads", "1"], ("torch", "pydantic"), tmp_path)
     assert code == 0 and seen["imported"] == ["torch"]
     assert seen["gc_enabled"] and seen["frozen"] > 100_000  # torch alone leaves ~165,000 objects
 
