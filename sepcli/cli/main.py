@@ -47,9 +47,18 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_cb, 
     """sepcli: one file per speaker from a recording of overlapping talkers."""
 
 
-def run() -> None:
-    """The console entry point: the app, with the option parser's errors (a bad value, an unknown option, a
-    missing argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel."""
+def console_main() -> None:
+    """The console entry point (the `sepcli` script, `python -m sepcli`): run(), and at its end the process leaves
+    without the C++ libraries' teardown where that is safe (process_exit.py)."""
+    from . import process_exit
+
+    run(leave=process_exit.leave)
+
+
+def run(leave=sys.exit) -> None:
+    """The command line: the app, with the option parser's errors (a bad value, an unknown option, a missing
+    argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel; the command's exit code goes
+    to `leave` (sys.exit: SystemExit, for a program calling run())."""
     from ..runtime import early
     from . import startup_gc
 
@@ -72,4 +81,4 @@ def run() -> None:
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _error(_one_line(message()) + hint)
         sys.exit(exit_code)
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    leave(code if isinstance(code, int) else EXIT_OK)

@@ -86,8 +86,8 @@ def test_idle_cpus_uses_the_start_up_sample_without_sleeping(monkeypatch):
 
 
 def _cli_modules(args: list[str], modules: tuple[str, ...], cwd) -> tuple[int, dict]:
-    """Run the `sepcli` entry point (sepcli.cli.run, as the console script does) in a fresh process; its exit code
-    and, read at exit, which of `modules` it imported plus its collector's state."""
+    """Run the `sepcli` entry point (sepcli.cli.console_main, as the console script does) in a fresh process; its exit
+    code and, read at exit (an atexit handler), which of `modules` it imported plus its collector's state."""
     code = f"""
 import atexit, gc, json, sys
 def report():
@@ -95,8 +95,8 @@ def report():
                        "gc_enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}}))
 atexit.register(report)
 sys.argv = ["sepcli", *{args!r}]
-from sepcli.cli import run
-run()
+from sepcli.cli import console_main
+console_main()
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
     assert p.stderr == ""  # -q: nothing, no leak warning of an extension at exit either
