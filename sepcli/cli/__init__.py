@@ -11,9 +11,10 @@ argument, -o naming a file, batch output folder equal to the input folder), 130 
 143 terminated by SIGTERM. An interrupted run keeps every finished output and leaves no partial or temporary
 file; rerunning `batch` completes the rest.
 
-Modules: main (the Typer apps, run() the entry point), output (one-line errors, console, progress), interrupts
-(Ctrl-C / SIGTERM), options (the options several commands share), summary (the end of a separate/batch run),
-and one module per command or group: separate (separate, batch), models (list, info), models_store
+Modules: main (the Typer apps, run() the command line, console_main() the entry point), coercion (option values
+converted without pydantic), process_exit (the end of the process), output (one-line errors, console, progress),
+interrupts (Ctrl-C / SIGTERM), options (the options several commands share), summary (the end of a separate/batch
+run), and one module per command or group: separate (separate, batch), models (list, info), models_store
 (import-spmamba, remove, default, pull), bench, train, evaluate (eval). Commands are thin: the work is done by
 sepcli.separate, sepcli.runtime, sepcli.train and sepcli.evaluate.
 """
@@ -21,11 +22,11 @@ sepcli.separate, sepcli.runtime, sepcli.train and sepcli.evaluate.
 from __future__ import annotations
 
 from .interrupts import Interrupted, _interrupt_exit, _interruptible
-from .main import app, models_app, run
+from .main import app, console_main, models_app, run
 from .output import _error, _fail, _one_line
 
 # Each module registers its commands on `app` when imported: this order is the order `sepcli --help` lists them.
 from . import separate, models, models_store, bench, train, evaluate
 
-__all__ = ["app", "models_app", "run", "Interrupted", "_interruptible", "_interrupt_exit", "_error", "_fail",
-           "_one_line", "separate", "models", "models_store", "bench", "train", "evaluate"]
+__all__ = ["app", "console_main", "models_app", "run", "Interrupted", "_interruptible", "_interrupt_exit", "_error",
+           "_fail", "_one_line", "separate", "models", "models_store", "bench", "train", "evaluate"]

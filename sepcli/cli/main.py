@@ -11,6 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EXIT_FAILED, EXIT_OK
+from .coercion import SepcliTyper
 from .output import _error, _one_line
 
 
@@ -19,7 +20,7 @@ EXIT_HELP = ("Exit codes: 0 = every input done (or skipped as already done); 1 =
              "option, unknown model); 130 = interrupted (Ctrl-C), 143 = terminated (SIGTERM): finished outputs "
              "are kept, nothing partial is left.")
 
-app = typer.Typer(
+app = SepcliTyper(  # plain option values converted without pydantic (coercion.py)
     name="sepcli",
     help="Split recordings of overlapping talkers into one file per speaker (S4M / SPMamba models).\n\n"
     + EXIT_HELP,
@@ -28,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-models_app = typer.Typer(help="List models, show a model card, import official SPMamba releases, choose your "
+models_app = SepcliTyper(help="List models, show a model card, import official SPMamba releases, choose your "
                          "default model, remove your models.",
                          invoke_without_command=True, add_completion=False)
 app.add_typer(models_app, name="models")
@@ -46,9 +47,18 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_cb, 
     """sepcli: one file per speaker from a recording of overlapping talkers."""
 
 
-def run() -> None:
-    """The console entry point: the app, with the option parser's errors (a bad value, an unknown option, a
-    missing argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel."""
+def console_main() -> None:
+    """The console entry point (the `sepcli` script, `python -m sepcli`): run(), and at its end the process leaves
+    without the C++ libraries' teardown where that is safe (process_exit.py)."""
+    from . import process_exit
+
+    run(leave=process_exit.leave)
+
+
+def run(leave=sys.exit) -> None:
+    """The command line: the app, with the option parser's errors (a bad value, an unknown option, a missing
+    argument) as one `sepcli: error:` line and exit code 2, not Typer's boxed panel; the command's exit code goes
+    to `leave` (sys.exit: SystemExit, for a program calling run())."""
     from ..runtime import early
     from . import startup_gc
 
@@ -71,4 +81,4 @@ def run() -> None:
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _error(_one_line(message()) + hint)
         sys.exit(exit_code)
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    leave(code if isinstance(code, int) else EXIT_OK)

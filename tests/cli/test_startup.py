@@ -86,8 +86,8 @@ def test_idle_cpus_uses_the_start_up_sample_without_sleeping(monkeypatch):
 
 
 def _cli_modules(args: list[str], modules: tuple[str, ...], cwd) -> tuple[int, dict]:
-    """Run the `sepcli` entry point (sepcli.cli.run, as the console script does) in a fresh process; its exit code
-    and, read at exit, which of `modules` it imported plus its collector's state."""
+    """Run the `sepcli` entry point (sepcli.cli.console_main, as the console script does) in a fresh process; its exit
+    code and, read at exit (an atexit handler), which of `modules` it imported plus its collector's state."""
     code = f"""
 import atexit, gc, json, sys
 def report():
@@ -95,8 +95,8 @@ def report():
                        "gc_enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}}))
 atexit.register(report)
 sys.argv = ["sepcli", *{args!r}]
-from sepcli.cli import run
-run()
+from sepcli.cli import console_main
+console_main()
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
     assert p.stderr == ""  # -q: nothing, no leak warning of an extension at exit either
@@ -124,9 +124,10 @@ def test_the_weights_summary_without_torch_counts_what_torch_loads():
 
 def test_separate_freezes_its_start_up_objects_and_keeps_collecting(tmp_path):
     """A `sepcli separate` process: the imports' and the model's objects are frozen (out of every later collection,
-    the one at exit included) and the collector is on again for the work."""
+    the one at exit included) and the collector is on again for the work. Its option values are converted without
+    pydantic (sepcli.cli.coercion)."""
     code, seen = _cli_modules(["separate", str(ROOT / "examples" / "mix.wav"), "-o", str(tmp_path), "-q",
-                               "--threads", "1"], ("torch",), tmp_path)
+                               "--threads", "1"], ("torch", "pydantic"), tmp_path)
     assert code == 0 and seen["imported"] == ["torch"]
     assert seen["gc_enabled"] and seen["frozen"] > 100_000  # torch alone leaves ~165,000 objects
 
