@@ -27,11 +27,27 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-try:  # Typer's lazy converter (the releases that convert through pydantic)
-    from typer._coercion import RuntimeParam, build_runtime_param
-except ImportError:  # pragma: no cover - an older Typer: nothing to replace
-    RuntimeParam = None
-    build_runtime_param = None
+# The Typer releases whose private converter interface (typer._coercion's RuntimeParam, a parameter's
+# `_runtime_param` and `type_descriptor`) this module was written and tested against (constraints.txt pins
+# 0.29.2; tests/cli/test_coercion.py fails when the pin leaves this range, so that a bump is looked at). Any other
+# release keeps Typer's own conversion: slower to start, never different.
+TESTED_TYPER = ((0, 29), (0, 30))  # [from, to)
+
+
+def _tested_typer() -> bool:
+    try:
+        version = tuple(int(p) for p in typer.__version__.split(".")[:2])
+    except (AttributeError, ValueError):  # pragma: no cover
+        return False
+    return TESTED_TYPER[0] <= version < TESTED_TYPER[1]
+
+
+RuntimeParam = build_runtime_param = None
+if _tested_typer():
+    try:  # Typer's lazy converter (the releases that convert through pydantic)
+        from typer._coercion import RuntimeParam, build_runtime_param
+    except ImportError:  # pragma: no cover
+        RuntimeParam = build_runtime_param = None
 
 _INT = re.compile(r"-?[0-9]{1,18}")  # what int() and pydantic read alike (no spaces, '+', '_' or other digits)
 _FLOAT = re.compile(r"-?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})")  # plain decimals: correctly rounded
@@ -128,9 +144,13 @@ def give_plain_converters(params) -> None:
         desc = getattr(p, "type_descriptor", None)
         if desc is None or getattr(p, "_runtime_param", _MISS) is not None:
             continue
-        kind = plain_kind(desc)
-        if kind is not None:
-            p._runtime_param = PlainValue(parameter_info=desc.parameter_info, annotation=desc.annotation, kind=kind)
+        try:  # (an interface that moved under the same version range: Typer's own converter stays)
+            kind = plain_kind(desc)
+            if kind is not None:
+                p._runtime_param = PlainValue(parameter_info=desc.parameter_info, annotation=desc.annotation,
+                                              kind=kind)
+        except (AttributeError, TypeError):  # pragma: no cover
+            continue
 
 
 class SepcliCommand(TyperCommand):

@@ -19,12 +19,21 @@ gets SystemExit as before), when torch was imported and it is safe:
      alive (Python does not promise their __del__ at exit), the C atexit handlers and the C++ static destructors.
 Where a condition does not hold or a step fails (an EPIPE when flushing stdout to a closed pipe, ...), the process
 ends through sys.exit(code) as before: Python's own handling of that case, which then has no atexit handler left
-to run twice (Python clears them once run).
+to run twice (Python clears them once run). Also the ordinary exit: under a tracer or profiler (sys.gettrace() or
+sys.getprofile() set: `python -m cProfile -m sepcli ...` writes its report after the command returns), and with
+the environment variable SEPCLI_FAST_EXIT=0 (e.g. for tools that report from C atexit handlers or C++
+destructors: gcov, sanitizers, valgrind).
+
+Limits: only regular files count as "open for writing" (a pipe or socket other than stdout/stderr, e.g. one a
+harness leaves open, does not stop the fast exit: sepcli writes no data to such descriptors itself), and the
+thread-shutdown hooks (threading._register_atexit) are not run, which is moot with no other thread alive.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
+import fcntl
 import os
 import stat
 import sys
@@ -36,7 +45,7 @@ _STD_FDS = (1, 2)
 
 def _writable_regular_files() -> list[str] | None:
     """The descriptors (other than stdout/stderr) of regular files open for writing; None where that cannot be
-    read (no /proc): then nothing may be assumed."""
+    known for certain (no /proc, or a descriptor whose mode or flags cannot be read): then nothing may be assumed."""
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
@@ -49,10 +58,11 @@ def _writable_regular_files() -> list[str] | None:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 continue
-            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-                flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
-        except (OSError, StopIteration, ValueError):  # closed meanwhile (listdir's own descriptor): not open
-            continue
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError as e:
+            if e.errno == errno.EBADF:  # closed meanwhile (listdir's own descriptor): not open
+                continue
+            return None
         if flags & os.O_ACCMODE != os.O_RDONLY:
             found.append(name)
     return found
@@ -71,7 +81,9 @@ def _flush_c_stdio() -> None:
 
 def leave(code: int) -> NoReturn:
     """End the process with exit status `code` (see the module)."""
-    if isinstance(code, int) and 0 <= code <= 255 and "torch" in sys.modules and _only_thread():
+    if (isinstance(code, int) and 0 <= code <= 255 and "torch" in sys.modules and _only_thread()
+            and sys.gettrace() is None and sys.getprofile() is None
+            and os.environ.get("SEPCLI_FAST_EXIT", "1") != "0"):
         try:
             atexit._run_exitfuncs()  # (the callbacks of Python's own finalisation, in its order; then cleared)
             for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):

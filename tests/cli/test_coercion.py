@@ -13,7 +13,8 @@ import typer.main
 from typer import BadParameter
 
 from sepcli.cli import app
-from sepcli.cli.coercion import PlainValue, SepcliCommand, SepcliGroup, plain_kind
+from sepcli.cli import coercion
+from sepcli.cli.coercion import PlainValue, SepcliCommand, SepcliGroup, plain_kind, plain_value
 
 pytestmark = pytest.mark.skipif(PlainValue is None, reason="this Typer converts without pydantic")
 
@@ -97,6 +98,31 @@ def test_paths_convert_as_typers_converter_does(tmp_path):
             assert want == got, (value, want, got)
     finally:
         (tmp_path / "unreadable").chmod(0o700)
+
+
+def test_unreadable_existing_paths_go_to_typers_converter(tmp_path, monkeypatch):
+    """(As root every path reads: os.access says no here for one path, in both converters.)"""
+    import os
+
+    by_kind, ctx = _params()
+    param = by_kind["path"]
+    locked = tmp_path / "locked"
+    locked.write_text("x")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: str(p) != str(locked) and real(p, mode, *a, **k))
+    assert plain_value("path", str(locked)) is coercion._MISS
+    want, got = _typer_converts(param, str(locked), ctx), _plain_converts(param, str(locked), ctx)
+    assert want == got and want[0] == "error" and "locked" in want[1], (want, got)
+
+
+def test_the_pinned_typer_is_in_the_tested_range():
+    """A Typer outside TESTED_TYPER keeps its own conversion (slower, never different); bumping the pin past it
+    must come with a look at coercion.py and this file."""
+    import re
+
+    pin = re.search(r"^typer==([0-9.]+)$", (Path(__file__).parents[2] / "constraints.txt").read_text(), re.M)
+    assert pin and pin.group(1) == typer.__version__
+    assert coercion._tested_typer() and coercion.PlainValue is not None
 
 
 def test_parameters_with_more_checks_keep_typers_converter():

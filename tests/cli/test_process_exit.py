@@ -77,6 +77,40 @@ def test_without_torch_the_ordinary_exit(tmp_path):
     assert p.returncode == 0 and "teardown ran" in p.stderr
 
 
+def test_under_a_profiler_or_when_turned_off_the_ordinary_exit(tmp_path):
+    """A profiler wrapping the command (python -m cProfile -m sepcli) reports after it returns; SEPCLI_FAST_EXIT=0
+    turns the fast exit off (tools reporting from C atexit handlers or destructors)."""
+    ordinary = "try:\n    process_exit.leave({})\nexcept SystemExit:\n    sys.stderr.write('sys.exit\\n')\n    raise\n"
+    p = _run(tmp_path, "sys.setprofile(lambda *a: None)\n" + ordinary.format(5))
+    assert p.returncode == 5 and "sys.exit" in p.stderr
+    p = _run(tmp_path, "import os\nos.environ['SEPCLI_FAST_EXIT'] = '0'\n" + ordinary.format(6))
+    assert p.returncode == 6 and "sys.exit" in p.stderr and "teardown ran" in p.stderr
+    p = _run(tmp_path, ordinary.format(7))  # (the marker's own check: the fast exit raises nothing)
+    assert p.returncode == 7 and "sys.exit" not in p.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_a_descriptor_whose_flags_cannot_be_read_means_the_ordinary_exit(tmp_path, monkeypatch):
+    """Not knowing is not 'nothing open': a refused flags query (not a closed descriptor) gives None."""
+    import errno
+    import fcntl
+
+    from sepcli.cli import process_exit
+
+    if process_exit._writable_regular_files() is None:
+        return
+    real = fcntl.fcntl
+
+    def refused(fd, cmd, *args):
+        if cmd == fcntl.F_GETFL:
+            raise PermissionError(errno.EACCES, "refused")
+        return real(fd, cmd, *args)
+
+    with open(tmp_path / "w", "wb"):
+        monkeypatch.setattr(process_exit.fcntl, "fcntl", refused)
+        assert process_exit._writable_regular_files() is None
+
+
 def test_the_writable_files_check_sees_an_open_file(tmp_path):
     from sepcli.cli.process_exit import _writable_regular_files
 
