@@ -26,6 +26,7 @@ from ..errors import FailedError
 from .scan_ref import selective_scan_ref
 
 BACKENDS = ("ref", "cpu", "triton", "mamba_ssm")
+INITIAL_STATE_BACKENDS = ("ref", "cpu")  # those taking selective_scan's initial_state
 ENV_VAR = "SEPCLI_SCAN"
 
 __all__ = [
@@ -123,7 +124,8 @@ def _fn(backend: str):
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                   return_last_state: bool = False, backend: str | None = None):
+                   return_last_state: bool = False, backend: str | None = None,
+                   initial_state: Tensor | None = None):
     """Selective scan with mamba_ssm's `selective_scan_fn` semantics, on the best available backend.
 
     u, delta, z: (b, d, l); A: (d, n) real; B, C: (d, n), (b, n, l) or (b, g, n, l) with g dividing d;
@@ -131,7 +133,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     (its gradient is not propagated, as in mamba_ssm). out is contiguous, except from the CPU kernel without
     gradients when u is channel-major (exactly a permuted contiguous [d, b, l] tensor, as SPMamba's grouped path
     passes): then out has u's layout, so that caller reads it without a copy (`.contiguous()` where needed).
-    `backend` overrides the choice (and SEPCLI_SCAN).
+    `backend` overrides the choice (and SEPCLI_SCAN). initial_state (b, d, n): the state before the first step
+    (default zeros; "ref" and "cpu" only, "cpu" without gradients), so that a sequence can be scanned in
+    consecutive pieces (each from the last state of the one before).
     """
     if backend is None:
         backend = backend_for(u)
@@ -139,5 +143,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         why = _unavailable(backend, u.device)
         if why:
             raise ScanBackendError(f"scan backend {backend}: {why}")
-    return _fn(backend)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if initial_state is None:
+        return _fn(backend)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend not in INITIAL_STATE_BACKENDS:
+        raise ScanBackendError(f"scan backend {backend}: no initial_state")
+    return _fn(backend)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                        initial_state=initial_state)
 

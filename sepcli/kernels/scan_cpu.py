@@ -311,7 +311,8 @@ def _scan_steps(t0, t1, n, bb, gb, bc, gc, Bv, Cv, var_b, var_c, AL, BL, CL, DTT
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
                 out, last):
-    """Forward of the channel blocks blk[i0:i1] (row b, first channel d0, width w <= W)."""
+    """Forward of the channel blocks blk[i0:i1] (row b, first channel d0, width w <= W). `last` (b, d, n) holds
+    the start state on entry (zeros, or an initial state) and the last state on return."""
     n = A.shape[1]
     nl = u.shape[2]
     fdt = u.dtype
@@ -330,7 +331,9 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
         w = blk[i, 2]
         _block_setup(b, d0, w, n, u, delta, A, Bv, Cv, bias, var_b, var_c, softplus, ch, AL, BL, CL, DTR, DTT,
                      DUT)
-        H[:] = 0.0
+        for k in range(n):  # the start state: `last` holds it on entry (zeros, or the caller's initial state)
+            for j in range(W):
+                H[k, j] = last[b, ch[j], k]
         _scan_steps(0, nl, n, b if var_b else 0, d0 // dpg_b if var_b else 0, b if var_c else 0,
                     d0 // dpg_c if var_c else 0, Bv, Cv, var_b, var_c, AL, BL, CL, DTT, DUT, H, OB)
         for j in range(w):  # D term and gate, vectorised over time
@@ -473,8 +476,10 @@ def _kernel_args(p: dict, softplus: bool) -> tuple:
             p["dpg_b"], p["dpg_c"], p["has_z"], bool(softplus))
 
 
-def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
     """Forward only (no autograd graph): returns (out in u's dtype, last_state (b, d, n) in compute dtype).
+    initial_state (b, d, n): the state before the first step (default zeros), so that a sequence can be scanned
+    in consecutive pieces, each from the previous piece's last state.
 
     The n = 16 vector forward reads u, delta and z in place whatever their (b, d) strides when their rows are
     contiguous (float32 or bfloat16); for a channel-major u (exactly a permuted contiguous [d, b, l] tensor, b > 1)
@@ -489,7 +494,13 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
         out = np.empty((d, b, l), odt).transpose(1, 0, 2)  # channel-major u: out in the same layout
     else:
         out = np.empty((b, d, l), odt)
-    last = np.zeros((b, d, A.shape[1]), ndt)
+    if initial_state is None:
+        last = np.zeros((b, d, A.shape[1]), ndt)
+    else:  # the kernels start from `last` and overwrite it with the last state
+        if tuple(initial_state.shape) != (b, d, A.shape[1]):
+            raise ValueError(f"initial_state must be (b, d, n) = {(b, d, A.shape[1])}, "
+                             f"got {tuple(initial_state.shape)}")
+        last = np.array(initial_state.detach().to(p["cdt"]).numpy(), dtype=ndt, order="C", copy=True)
     if b * d * l:
         blk = _blocks(b, d, p)
         par, ser = _fwd_par, _fwd_ser
@@ -522,14 +533,17 @@ class SelectiveScanCPU(torch.autograd.Function):
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                       return_last_state: bool = False):
-    """Fused CPU selective scan with mamba_ssm's selective_scan_fn contract (see scan_ref)."""
+                       return_last_state: bool = False, initial_state: Tensor | None = None):
+    """Fused CPU selective scan with mamba_ssm's selective_scan_fn contract (see scan_ref); initial_state
+    (b, d, n), the state before the first step, only without gradients."""
     check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if any(t is not None and t.device.type != "cpu" for t in (u, delta, A, B, C, D, z, delta_bias)):
         raise ValueError("selective_scan_cpu needs CPU tensors")
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if initial_state is not None:
+            raise NotImplementedError("the CPU scan takes an initial state only without gradients")
         out, last = SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     else:
-        out, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        out, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     return (out, last) if return_last_state else out

@@ -134,7 +134,8 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
     of 16 channels x 4000 steps needed ~2 MB of scratch, the size of a core's L2).
 
     tt: the tile length (TT, or the backward's segment length when it keeps checkpoints); HCK: empty, or
-    [blocks, tiles, N, W] receiving each block's state at the start of each tile (scan_cpu_ckpt)."""
+    [blocks, tiles, N, W] receiving each block's state at the start of each tile (scan_cpu_ckpt). `last`
+    (b, d, n) holds the start state on entry (zeros, or an initial state) and the last state on return."""
     nl = u.shape[2]
     keep = HCK.shape[0] > 0
     tp = min(tt, (nl + W - 1) // W * W)
@@ -166,7 +167,9 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
         for j in range(W):
             P[0, j] = bias[ch[j]]
             P[1, j] = D[ch[j]]
-        H[:] = 0.0
+        for k in range(N):  # the start state: `last` holds it on entry (zeros, or the caller's initial state)
+            for j in range(W):
+                H[k, j] = last[b, ch[j], k]
         BR = Bv[b, d0 // dpg_b] if var_b else BL
         CR = Cv[b, d0 // dpg_c] if var_c else CL
         for t0 in range(0, nl, tt):

@@ -4,7 +4,7 @@ Semantics follow state-spaces/mamba, `mamba_ssm/ops/selective_scan_interface.py:
 (facts only; this is our own code). For each batch b, channel d and state index n:
 
     dt[b,d,t]   = delta[b,d,t] (+ delta_bias[d]) (-> softplus if delta_softplus)
-    x[b,d,n]    = exp(dt * A[d,n]) * x[b,d,n] + dt * B[.., n, t] * u[b,d,t]      (x starts at 0)
+    x[b,d,n]    = exp(dt * A[d,n]) * x[b,d,n] + dt * B[.., n, t] * u[b,d,t]      (x starts at 0, or at initial_state)
     y[b,d,t]    = sum_n x[b,d,n] * C[.., n, t]
     out[b,d,t]  = (y + D[d] * u[b,d,t]) * silu(z[b,d,t])       (the D and z terms only when given)
 
@@ -77,8 +77,9 @@ def check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
 
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                       return_last_state: bool = False):
-    """Reference selective scan. Returns `out (b, d, l)` or `(out, last_state (b, d, n))`.
+                       return_last_state: bool = False, initial_state: Tensor | None = None):
+    """Reference selective scan. Returns `out (b, d, l)` or `(out, last_state (b, d, n))`. initial_state
+    (b, d, n): the state x before the first step (default zeros; not in mamba_ssm's selective_scan_ref).
 
     Differentiable through plain torch autograd (used as the gradient reference in tests).
     """
@@ -100,6 +101,10 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     dBu = (dt * u_f)[..., None] * Bx.permute(0, 1, 3, 2)
     Ct = Cx.permute(0, 1, 3, 2)
     x = u_f.new_zeros(batch, dim, A.shape[1])
+    if initial_state is not None:
+        if tuple(initial_state.shape) != tuple(x.shape):
+            raise ValueError(f"initial_state must be (b, d, n) = {tuple(x.shape)}, got {tuple(initial_state.shape)}")
+        x = initial_state.to(cdt)
     ys = []
     for t in range(length):
         x = dA[:, :, t] * x + dBu[:, :, t]

@@ -9,7 +9,8 @@ Official layout and names (JusperLee/SPMamba; facts only, our own code): `forwar
   one batched GEMM, the RMSNorm weights are folded into in_proj, the depthwise causal conv1d and its SiLU are
   one numba pass without gradients (nets.causal_conv; K shifted multiply-adds with them); without gradients
   the sequences go through in chunks of about CHUNK_TOKENS tokens (bounded memory) with every intermediate in a
-  buffer reused across chunks, directions and layers (`workspace`).
+  buffer reused across chunks, directions and layers (`workspace`); sequences longer than a chunk go in time
+  windows of about CHUNK_TOKENS tokens with the states carried across (bimamba_grouped.windowed_inference).
 Without gradients (and with numba) both directions run as one stream of work, laid out side by side
 (sepcli.nets.bimamba_grouped: one scan call, one depthwise-conv call and one batched GEMM per projection for both
 directions, the norm and the residual sums as numba passes); `SEPCLI_SPMAMBA_GROUPED=0` (or `GROUPED = False`)
@@ -39,6 +40,12 @@ FUSED_DEFAULT = os.environ.get("SEPCLI_SPMAMBA_FUSED", "1") != "0"
 GROUPED = os.environ.get("SEPCLI_SPMAMBA_GROUPED", "1") != "0"
 # Sequences x length processed at once by the fused path without gradients (bounds peak memory).
 CHUNK_TOKENS = 2048
+# Sequences longer than a chunk go through the grouped path in time windows (bimamba_grouped.windowed_inference,
+# where it applies); "0" (or WINDOWED = False) keeps them on the per-direction path a whole sequence at a time.
+WINDOWED = os.environ.get("SEPCLI_SPMAMBA_WINDOWED", "1") != "0"
+# Shortest time window the windowed path gives a group of sequences: up to chunk_tokens // WINDOW_MIN sequences
+# share a window of chunk_tokens // group steps.
+WINDOW_MIN = 256
 
 
 class MambaBlock(nn.Module):
@@ -105,10 +112,26 @@ class MambaBlock(nn.Module):
                 weights = ws.cache[key] = self._fused_weights(x)
         if torch.is_grad_enabled() or x.shape[0] * x.shape[2] <= self.chunk_tokens:
             return self._fused_channels_first(x, weights)
+        if (x.shape[2] > self.chunk_tokens and GROUPED and WINDOWED
+                and bimamba_grouped.applies_windowed(x, weights)):
+            return self._windowed(x, weights)
         step = max(1, self.chunk_tokens // max(1, x.shape[2]))
         out = x.new_empty(x.shape[0], 2 * x.shape[1], x.shape[2])
         for i in range(0, x.shape[0], step):
             self._fused_channels_first(x[i:i + step], weights, out=out[i:i + step])
+        return out
+
+    def _windowed(self, x: Tensor, weights: dict) -> Tensor:
+        """Sequences longer than a chunk, without gradients: groups of up to chunk_tokens // WINDOW_MIN
+        sequences, each group in time windows of chunk_tokens // group steps (bimamba_grouped.windowed_inference:
+        the grouped path with the conv's and the scan's states carried across windows)."""
+        S, D, L = x.shape
+        group = max(1, min(S, self.chunk_tokens // max(1, WINDOW_MIN)))
+        window = max(1, self.chunk_tokens // group)
+        out = x.new_empty(S, 2 * D, L)
+        ws = current_workspace() or Workspace()
+        for i in range(0, S, group):
+            bimamba_grouped.windowed_inference(x[i:i + group], weights, out[i:i + group], ws, selective_scan, window)
         return out
 
     def _fused_weights(self, x: Tensor) -> dict:

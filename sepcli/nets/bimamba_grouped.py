@@ -25,6 +25,14 @@ GEMMs, N = L, measured 103-138 GFLOP/s against 169-178 for the same work as one 
 - the residual sums (x + forward, x + the backward's time-reversed) read out_proj's channel-major output and
   write the block's [S, 2D, L] layout in one pass (nets.bimamba_kernels).
 
+Sequences longer than a chunk (SPMamba's inter-frame pass on long inputs: one sequence of 2,493 frames at 20 s,
+7,501 at 60 s) go through `windowed_inference`: the same steps on time windows of about a chunk's tokens, both
+directions' windows side by side (the forward's [a, b), the backward's the time-reversed sequence's [a, b)), the
+depthwise conv's last K - 1 inputs per row and the scan's state carried from window to window. So each window's
+intermediates are a short input's (SPMamba-8k, d_inner 512: a whole 60 s sequence's [512, 7501] fp32 is 15 MB per
+intermediate, a 2,048-step window's 4 MB per direction), and the norm, the flips and the residual stay one-pass
+numba kernels.
+
 Precision: as the per-direction path. in_proj and out_proj in the GEMM dtype (bf16 under bf16 autocast), the
 conv, x_proj, dt_proj and the scan in float32; the scan's gate z is cast to float32 (SCAN_Z_DTYPE: when the scan
 takes bfloat16 inputs, setting it to None passes in_proj's bf16 z as is, without the cast pass).
@@ -44,10 +52,10 @@ SCAN_Z_DTYPE: torch.dtype | None = torch.float32
 
 def applies(x: Tensor, weights: dict, max_tokens: int) -> bool:
     """Whether the grouped path runs this chunk: numba kernels, float32 contiguous x, float32 or bf16 GEMMs, two
-    directions with one norm eps, and at most `max_tokens` tokens (sequences x length). Longer single sequences
-    (SPMamba's inter-frame pass on inputs over about 16 s) keep the per-direction path: with both directions'
-    intermediates alive at once the scan's working set doubles, and on a 20 s input (sequences of 2,493 steps)
-    the grouped scan measured slower (0.64 vs 0.46 s per s of audio, bf16, one alternated run)."""
+    directions with one norm eps, and at most `max_tokens` tokens (sequences x length). A whole sequence longer
+    than that does not run here: with both directions' whole-sequence intermediates alive at once the scan's
+    working set doubled, and on a 20 s input (sequences of 2,493 steps) the grouped scan measured slower (0.64 vs
+    0.46 s per s of audio, bf16, one alternated run); such sequences go through `windowed_inference`."""
     dirs = weights["dirs"]
     return (x.shape[0] * x.shape[2] <= max_tokens and bimamba_kernels.available() and causal_conv.available()
             and x.dtype == torch.float32
@@ -75,44 +83,99 @@ def _stacked(weights: dict) -> dict:
     return g
 
 
+def applies_windowed(x: Tensor, weights: dict) -> bool:
+    """Whether `windowed_inference` runs x (any number of tokens): as `applies`, and a scan backend that takes an
+    initial state (the CPU kernel or the reference)."""
+    if not applies(x, weights, x.shape[0] * x.shape[2]):
+        return False
+    from sepcli.kernels import INITIAL_STATE_BACKENDS, backend_for
+
+    try:
+        return backend_for(x) in INITIAL_STATE_BACKENDS
+    except Exception:  # noqa: BLE001  (a forced backend that cannot run: the other path reports it)
+        return False
+
+
+def _mixer(xn: Tensor, S: int, L: int, weights: dict, ws: Workspace, scan, conv_state: Tensor | None = None,
+           scan_state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Both directions' Mamba mixers on their normalised inputs xn [2, D, S * L] (channel-major, the GEMM dtype):
+    -> (out_proj's output [2, D, S * L] in the GEMM dtype, the scan's last state (S, 2 * d_inner, n) when
+    scan_state is given or conv_state is). conv_state [2 * d_inner, S, K - 1] / scan_state (S, 2 * d_inner, n):
+    the convolution's and the scan's state before this piece of the sequences (the windowed path), else none
+    (zeros); conv_state is updated in place."""
+    gdt = weights["dtype"]
+    f32 = torch.float32
+    p0 = weights["dirs"][0]
+    di, r, n = p0["w_x"].shape[0], p0["r"], p0["n"]
+    D = xn.shape[1]
+    g = _stacked(weights)
+    T = S * L  # tokens: every projection is [M, K] @ [K, T] per direction
+    xin = torch.bmm(g["w_x"], xn, out=ws.get("c_xin", (2, di, T), gdt))
+    z = torch.bmm(g["w_z"], xn, out=ws.get("c_z", (2, di, T), gdt))
+    if g["b_x"] is not None:
+        xin.add_(g["b_x"])
+        z.add_(g["b_z"])
+    if SCAN_Z_DTYPE is not None and z.dtype != SCAN_Z_DTYPE:
+        z = ws.get("c_z32", (2, di, T), SCAN_Z_DTYPE).copy_(z)
+    u = ws.get("c_u", (2, di, T), f32)
+    causal_conv.conv_silu_rows_into(xin.view(2 * di, S, L), g["conv_w"], g["conv_b"], u.view(2 * di, S, L),
+                                    channel_major=True, state=conv_state)
+    dbl = torch.bmm(g["w_xp"], u, out=ws.get("c_dbl", (2, r + 2 * n, T), f32))
+    delta = torch.bmm(g["w_dt"], dbl[:, :r], out=ws.get("c_delta", (2, di, T), f32))
+
+    def rows(t: Tensor) -> Tensor:  # [2, di, S * L] -> the scan's (S, 2 * di, L), rows in place
+        return t.view(2 * di, S, L).permute(1, 0, 2)
+
+    dbl4 = dbl.view(2, r + 2 * n, S, L).permute(2, 0, 1, 3)  # (S, 2 groups, r + 2n, L)
+    args = (rows(u), rows(delta), g["A"], dbl4[:, :, r:r + n], dbl4[:, :, r + n:], g["D"])
+    last = None
+    if conv_state is None and scan_state is None:
+        y = scan(*args, z=rows(z), delta_bias=g["dt_bias"], delta_softplus=True)
+    else:
+        y, last = scan(*args, z=rows(z), delta_bias=g["dt_bias"], delta_softplus=True, return_last_state=True,
+                       initial_state=scan_state)
+    y = y.permute(1, 0, 2)  # [2 * di, S, L]: channel-major as u (the CPU scan writes out in u's layout)
+    if y.dtype != gdt or not y.is_contiguous():
+        y = ws.get("c_y", (2 * di, S, L), gdt).copy_(y)
+    o = torch.bmm(g["w_out"], y.view(2, di, T), out=ws.get("c_o", (2, D, T), gdt))
+    if g["b_out"] is not None:
+        o.add_(g["b_out"])
+    return o, last
+
+
 def grouped_inference(x: Tensor, weights: dict, out: Tensor, ws: Workspace, scan) -> Tensor:
     """Both directions of the fused one-layer bidirectional block, [S, D, L] -> out [S, 2D, L] (see the module
     docstring); `weights` from MambaBlock._fused_weights, `ws` the scratch buffers, `scan` the selective_scan to
     call (the caller's, so that the one name tests and profilers wrap covers both inference paths)."""
+    S, D, L = x.shape
+    with torch.autocast(x.device.type, enabled=False):
+        xn = bimamba_kernels.rms_norm_pair_into(x, weights["dirs"][0]["eps"], ws.get("c_xn", (2, D, S, L),
+                                                weights["dtype"]), channel_major=True)
+        o, _ = _mixer(xn.view(2, D, S * L), S, L, weights, ws, scan)
+        bimamba_kernels.residual_pair_into(x, o.view(2, D, S, L), out, channel_major=True)
+    return out
+
+
+def windowed_inference(x: Tensor, weights: dict, out: Tensor, ws: Workspace, scan, window: int) -> Tensor:
+    """grouped_inference in time windows of at most `window` steps, for sequences longer than a chunk: step i runs the
+    forward direction on times [a, b) = [i * window, (i + 1) * window) and the backward on the time-reversed
+    sequence's [a, b) (original times [L - b, L - a), reversed), both as one stream as in grouped_inference; the
+    depthwise convolution's last K - 1 inputs and the scan's last state carry from window to window (the scan
+    backend must take `initial_state`: applies_windowed). Every intermediate is [2, channels, S, window]: the
+    working set of a short input however long the sequences. Same arguments as grouped_inference."""
     gdt = weights["dtype"]
-    f32 = torch.float32
     S, D, L = x.shape
     p0 = weights["dirs"][0]
-    di, r, n = p0["w_x"].shape[0], p0["r"], p0["n"]
+    di = p0["w_x"].shape[0]
     g = _stacked(weights)
-    T = S * L  # tokens: every projection is [M, K] @ [K, T] per direction
+    n_win = -(-L // max(1, int(window)))
+    w = -(-L // n_win)  # equal windows (the last one shorter by less than n_win steps), none of a few steps
+    conv_state = ws.get("w_conv", (2 * di, S, g["conv_w"].shape[-1] - 1), torch.float32).zero_()
+    h = None  # the scan's state, (S, 2 * di, n): zeros before the first window
     with torch.autocast(x.device.type, enabled=False):
-        xn = bimamba_kernels.rms_norm_pair_into(x, p0["eps"], ws.get("c_xn", (2, D, S, L), gdt), channel_major=True)
-        xn = xn.view(2, D, T)
-        xin = torch.bmm(g["w_x"], xn, out=ws.get("c_xin", (2, di, T), gdt))
-        z = torch.bmm(g["w_z"], xn, out=ws.get("c_z", (2, di, T), gdt))
-        if g["b_x"] is not None:
-            xin.add_(g["b_x"])
-            z.add_(g["b_z"])
-        if SCAN_Z_DTYPE is not None and z.dtype != SCAN_Z_DTYPE:
-            z = ws.get("c_z32", (2, di, T), SCAN_Z_DTYPE).copy_(z)
-        u = ws.get("c_u", (2, di, T), f32)
-        causal_conv.conv_silu_rows_into(xin.view(2 * di, S, L), g["conv_w"], g["conv_b"], u.view(2 * di, S, L),
-                                        channel_major=True)
-        dbl = torch.bmm(g["w_xp"], u, out=ws.get("c_dbl", (2, r + 2 * n, T), f32))
-        delta = torch.bmm(g["w_dt"], dbl[:, :r], out=ws.get("c_delta", (2, di, T), f32))
-
-        def rows(t: Tensor) -> Tensor:  # [2, di, S * L] -> the scan's (S, 2 * di, L), rows in place
-            return t.view(2 * di, S, L).permute(1, 0, 2)
-
-        dbl4 = dbl.view(2, r + 2 * n, S, L).permute(2, 0, 1, 3)  # (S, 2 groups, r + 2n, L)
-        y = scan(rows(u), rows(delta), g["A"], dbl4[:, :, r:r + n], dbl4[:, :, r + n:], g["D"], z=rows(z),
-                 delta_bias=g["dt_bias"], delta_softplus=True)
-        y = y.permute(1, 0, 2)  # [2 * di, S, L]: channel-major as u (the CPU scan writes out in u's layout)
-        if y.dtype != gdt or not y.is_contiguous():
-            y = ws.get("c_y", (2 * di, S, L), gdt).copy_(y)
-        o = torch.bmm(g["w_out"], y.view(2, di, T), out=ws.get("c_o", (2, D, T), gdt))
-        if g["b_out"] is not None:
-            o.add_(g["b_out"])
-        bimamba_kernels.residual_pair_into(x, o.view(2, D, S, L), out, channel_major=True)
+        for a in range(0, L, w):
+            m = min(w, L - a)
+            xn = bimamba_kernels.rms_norm_window_pair_into(x, p0["eps"], a, ws.get("c_xn", (2, D, S, m), gdt))
+            o, h = _mixer(xn.view(2, D, S * m), S, m, weights, ws, scan, conv_state, h)
+            bimamba_kernels.residual_window_pair_into(x, o.view(2, D, S, m), a, out)
     return out

@@ -1,0 +1,178 @@
+"""SPMamba's bidirectional Mamba layer over sequences longer than a chunk: the grouped path in time windows
+(nets.bimamba_grouped.windowed_inference, the conv's and the scan's states carried across windows) against the
+plain official-style path (MambaBlock.forward_plain) and the unwindowed grouped path; and its two window kernels
+(nets.bimamba_kernels) against their formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sepcli.nets import bimamba, bimamba_grouped, bimamba_kernels
+from sepcli.nets.bimamba import MambaBlock
+from sepcli.nets.mamba import Workspace, selective_scan, workspace
+
+torch.set_num_threads(2)
+pytestmark = pytest.mark.skipif(not bimamba_kernels.available(), reason="numba not installed")
+
+
+def _block(d: int, seed: int, biases: bool) -> MambaBlock:
+    torch.manual_seed(seed)
+    mb = MambaBlock(d, 1, True).eval()
+    with torch.no_grad():
+        for p in mb.parameters():  # both directions distinct, away from the initial values
+            p.add_(0.05 * torch.randn_like(p))
+        for blk in (mb.forward_blocks[0], mb.backward_blocks[0]):
+            blk.norm.weight.uniform_(0.5, 1.5)
+            if biases:
+                m = blk.mixer
+                m.in_proj.bias = torch.nn.Parameter(0.3 * torch.randn(m.in_proj.out_features))
+                m.out_proj.bias = torch.nn.Parameter(0.3 * torch.randn(m.out_proj.out_features))
+    mb.fused = True
+    return mb
+
+
+def _plain(mb: MambaBlock, x: torch.Tensor) -> torch.Tensor:
+    return mb.forward_plain(x.transpose(1, 2)).transpose(1, 2)
+
+
+@pytest.mark.parametrize("S,L,chunk,window_min", [
+    (1, 37, 8, 256),  # one sequence, windows of 8 steps (5 windows of 7-8)
+    (1, 50, 2, 256),  # windows of 2 steps: shorter than the conv's K = 4
+    (3, 41, 8, 1),  # 3 sequences per window: windows of 2 steps
+    (3, 23, 5, 2),  # groups of 2 + 1 sequences, windows of 2 steps
+    (2, 29, 3, 256),  # one sequence per group, windows of 3 steps
+    (1, 1100, 600, 256),  # 2 windows of 550 steps: longer than a 16-step chunk of the scan, partial chunks
+])
+@pytest.mark.parametrize("biases", [False, True])
+def test_windowed_equals_plain_and_unwindowed(S, L, chunk, window_min, biases, monkeypatch):
+    mb = _block(16, S * 1000 + L, biases)
+    calls = []
+    real = bimamba_grouped.windowed_inference
+    monkeypatch.setattr(bimamba_grouped, "windowed_inference", lambda *a: calls.append((a[0].shape, a[5])) or real(*a))
+    monkeypatch.setattr(bimamba, "WINDOW_MIN", window_min)
+    x = torch.randn(S, 16, L)
+    with torch.no_grad():
+        want = _plain(mb, x)
+        mb.chunk_tokens = 10**9
+        whole = mb.forward_channels_first(x)  # the grouped path, one call
+        assert not calls
+        mb.chunk_tokens = chunk
+        with workspace():
+            got = mb.forward_channels_first(x)
+    assert calls, "the windowed path did not run"
+    group = max(1, min(S, chunk // window_min))
+    assert [c[0][0] for c in calls] == [min(group, S - i) for i in range(0, S, group)]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, whole, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("window", [1, 3, 4, 7, 16, 33])
+def test_windowed_inference_direct_any_window(window):
+    # S > 1 sequences, lengths that are not multiples of the window, windows shorter than K; a workspace whose
+    # buffers are reused by every window
+    mb = _block(24, window, True)
+    x = torch.randn(3, 24, 35)
+    with torch.no_grad():
+        weights = mb._fused_weights(x)
+        assert bimamba_grouped.applies_windowed(x, weights)
+        out = torch.full((3, 48, 35), float("nan"))
+        bimamba_grouped.windowed_inference(x, weights, out, Workspace(), selective_scan, window)
+        torch.testing.assert_close(out, _plain(mb, x), rtol=1e-4, atol=1e-4)
+
+
+def test_windowed_bf16_gemms_equal_unwindowed_under_autocast(monkeypatch):
+    # under bf16 autocast the projections run in bf16: windowed and unwindowed grouped paths round the same
+    # products, the plain path under the same autocast agrees to bf16 rounding
+    mb = _block(16, 5, True)
+    x = torch.randn(2, 16, 45)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = _plain(mb, x).float()
+        mb.chunk_tokens = 10**9
+        whole = mb.forward_channels_first(x)
+        mb.chunk_tokens = 8
+        monkeypatch.setattr(bimamba, "WINDOW_MIN", 4)
+        with workspace():
+            got = mb.forward_channels_first(x)
+    assert got.dtype == torch.float32
+    scale = want.abs().max()
+    assert (got - whole).abs().max() / scale < 1e-2
+    assert (got - want).abs().max() / scale < 2e-2
+
+
+def test_windowed_on_the_reference_scan(monkeypatch):
+    # SEPCLI_SCAN=ref: the reference scan takes the initial state too (out contiguous, copied to channel-major)
+    mb = _block(16, 6, False)
+    x = torch.randn(2, 16, 19)
+    monkeypatch.setenv("SEPCLI_SCAN", "ref")
+    monkeypatch.setattr(bimamba, "WINDOW_MIN", 1)
+    with torch.no_grad():
+        assert bimamba_grouped.applies_windowed(x, mb._fused_weights(x))
+        mb.chunk_tokens = 6
+        got = mb.forward_channels_first(x)
+        want = _plain(mb, x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_windowed_off_keeps_the_per_direction_path(monkeypatch):
+    mb = _block(16, 7, False)
+    monkeypatch.setattr(bimamba, "WINDOWED", False)
+    monkeypatch.setattr(bimamba_grouped, "windowed_inference", None)  # would fail if called
+    x = torch.randn(1, 16, 30)
+    with torch.no_grad():
+        mb.chunk_tokens = 8
+        torch.testing.assert_close(mb.forward_channels_first(x), _plain(mb, x), rtol=1e-4, atol=1e-4)
+
+
+# --- the window kernels -------------------------------------------------------------------------------------
+
+
+def _norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.double().square().mean(1, keepdim=True) + eps).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("S,D,L,w", [(1, 1, 1, 1), (3, 7, 20, 3), (2, 16, 600, 257), (1, 128, 1243, 1243)])
+def test_rms_norm_window_pair_equals_formula(dtype, S, D, L, w):
+    torch.manual_seed(1)
+    x = torch.randn(S, D, L)
+    xn = _norm(x, 1e-5)
+    for a in sorted({0, (L - w) // 2, L - w}):
+        out = torch.empty(2, D, S, w, dtype=dtype)
+        bimamba_kernels.rms_norm_window_pair_into(x, 1e-5, a, out)
+        want_f = xn[..., a:a + w].permute(1, 0, 2)
+        want_b = xn.flip(-1)[..., a:a + w].permute(1, 0, 2)
+        tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
+        torch.testing.assert_close(out[0].float(), want_f, **tol)
+        torch.testing.assert_close(out[1].float(), want_b, **tol)
+        if dtype == torch.bfloat16:  # rounded as torch's cast of the float32 value
+            assert (out.float() - torch.stack([want_f, want_b]).to(dtype).float()).abs().max() <= 2 ** -7 * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("S,D,L,w", [(1, 1, 1, 1), (3, 7, 20, 3), (2, 16, 600, 257)])
+def test_residual_window_pair_equals_formula_and_touches_only_its_windows(dtype, S, D, L, w):
+    torch.manual_seed(2)
+    x = torch.randn(S, D, L)
+    a = (L - w) // 2
+    o = torch.randn(2, D, S, w).to(dtype)
+    out = torch.full((S, 2 * D, L), 7.0)
+    bimamba_kernels.residual_window_pair_into(x, o, a, out)
+    of, ob = o.float()[0].permute(1, 0, 2), o.float()[1].permute(1, 0, 2)
+    torch.testing.assert_close(out[:, :D, a:a + w], x[..., a:a + w] + of, rtol=0, atol=0)
+    back = out[:, D:].flip(-1)  # the backward half in reversed time: window [a, a + w) there
+    torch.testing.assert_close(back[..., a:a + w], x.flip(-1)[..., a:a + w] + ob, rtol=0, atol=0)
+    mask = torch.ones(S, 2 * D, L, dtype=torch.bool)
+    mask[:, :D, a:a + w] = False
+    mask[:, D:, L - a - w:L - a] = False
+    assert torch.all(out[mask] == 7.0)
+
+
+def test_window_kernels_refuse_bad_windows():
+    x = torch.randn(2, 4, 10)
+    with pytest.raises(ValueError):
+        bimamba_kernels.rms_norm_window_pair_into(x, 1e-5, 8, torch.empty(2, 4, 2, 3))  # past the end
+    with pytest.raises(ValueError):
+        bimamba_kernels.residual_window_pair_into(x, torch.empty(2, 4, 1, 3), 0, torch.empty(2, 8, 10))
+    with pytest.raises(TypeError):
+        bimamba_kernels.rms_norm_window_pair_into(x.double(), 1e-5, 0, torch.empty(2, 4, 2, 3))
