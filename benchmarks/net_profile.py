@@ -89,6 +89,8 @@ def labelled(model: nn.Module):
     if bimamba_kernels is not None:
         patch(bimamba_kernels, "rms_norm_pair_into", "norms")
         patch(bimamba_kernels, "residual_pair_into", "residual")
+        patch(bimamba_kernels, "rms_norm_window_pair_into", "norms")  # the windowed path of long sequences
+        patch(bimamba_kernels, "residual_window_pair_into", "residual")
         patch(causal_conv, "conv_silu_rows_into", "depthwise conv")
     # the unfold pass (looked up through the module by gridnet; absent in versions before it)
     patch(getattr(gridnet, "patch_unfold", None), "unfold_into", "unfold")

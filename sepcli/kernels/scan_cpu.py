@@ -537,7 +537,7 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     """Fused CPU selective scan with mamba_ssm's selective_scan_fn contract (see scan_ref); initial_state
     (b, d, n), the state before the first step, only without gradients."""
     check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    if any(t is not None and t.device.type != "cpu" for t in (u, delta, A, B, C, D, z, delta_bias)):
+    if any(t is not None and t.device.type != "cpu" for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)):
         raise ValueError("selective_scan_cpu needs CPU tensors")
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):

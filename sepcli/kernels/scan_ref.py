@@ -104,7 +104,7 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     if initial_state is not None:
         if tuple(initial_state.shape) != tuple(x.shape):
             raise ValueError(f"initial_state must be (b, d, n) = {tuple(x.shape)}, got {tuple(initial_state.shape)}")
-        x = initial_state.to(cdt)
+        x = initial_state.to(device=u.device, dtype=cdt, copy=True)  # (never the caller's tensor)
     ys = []
     for t in range(length):
         x = dA[:, :, t] * x + dBu[:, :, t]

@@ -88,11 +88,11 @@ def applies_windowed(x: Tensor, weights: dict) -> bool:
     initial state (the CPU kernel or the reference)."""
     if not applies(x, weights, x.shape[0] * x.shape[2]):
         return False
-    from sepcli.kernels import INITIAL_STATE_BACKENDS, backend_for
+    from sepcli.kernels import INITIAL_STATE_BACKENDS, ScanBackendError, backend_for
 
     try:
         return backend_for(x) in INITIAL_STATE_BACKENDS
-    except Exception:  # noqa: BLE001  (a forced backend that cannot run: the other path reports it)
+    except ScanBackendError:  # (a forced backend that cannot run: the other path reports it)
         return False
 
 
