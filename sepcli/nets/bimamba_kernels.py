@@ -50,6 +50,37 @@ if numba is not None:
     def _bf16_value(bits):  # pragma: no cover - compiled
         return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
 
+    @njit(inline="always", fastmath=_FM)
+    def _inv_rms(x, s, lo, n, eps, acc):  # pragma: no cover - compiled
+        # acc[t] = 1 / sqrt(mean over channels of x[s, c, lo + t]^2 + eps), t < n
+        d = x.shape[1]
+        for t in range(n):
+            acc[t] = 0.0
+        for c in range(d):
+            xr = x[s, c, lo:lo + n]
+            for t in range(n):
+                acc[t] += xr[t] * xr[t]
+        inv_d = np.float32(1.0) / np.float32(d)
+        for t in range(n):
+            acc[t] = np.float32(1.0) / np.sqrt(acc[t] * inv_d + eps)
+
+    @njit(inline="always", fastmath=_FM)
+    def _write_scaled(dst, xr, acc, n, bf16, reverse):  # pragma: no cover - compiled
+        # dst[t] (reverse: dst[n - 1 - t]) = xr[t] * acc[t], as float32 or bfloat16 bits
+        if reverse:
+            if bf16:
+                for t in range(n):
+                    dst[n - 1 - t] = _bf16_bits(xr[t] * acc[t])
+            else:
+                for t in range(n):
+                    dst[n - 1 - t] = xr[t] * acc[t]
+        elif bf16:
+            for t in range(n):
+                dst[t] = _bf16_bits(xr[t] * acc[t])
+        else:
+            for t in range(n):
+                dst[t] = xr[t] * acc[t]
+
     @njit(cache=True, fastmath=_FM, error_model="numpy")
     def _norm_block(x, eps, out, bf16, cm, s, t0, t1, acc):  # pragma: no cover - compiled
         # out [S, P, D, L]: out[s, 0] = normalised x[s]; with P == 2 also out[s, 1] = its time reversal;
@@ -57,32 +88,13 @@ if numba is not None:
         d, length = x.shape[1], x.shape[2]
         n = t1 - t0
         pair = out.shape[0 if cm else 1] == 2
-        for t in range(n):
-            acc[t] = 0.0
+        _inv_rms(x, s, t0, n, eps, acc)
         for c in range(d):
             xr = x[s, c, t0:t1]
-            for t in range(n):
-                acc[t] += xr[t] * xr[t]
-        inv_d = np.float32(1.0) / np.float32(d)
-        for t in range(n):
-            acc[t] = np.float32(1.0) / np.sqrt(acc[t] * inv_d + eps)
-        for c in range(d):
-            xr = x[s, c, t0:t1]
-            dst = out[0, c, s, t0:t1] if cm else out[s, 0, c, t0:t1]
-            if bf16:
-                for t in range(n):
-                    dst[t] = _bf16_bits(xr[t] * acc[t])
-            else:
-                for t in range(n):
-                    dst[t] = xr[t] * acc[t]
+            _write_scaled(out[0, c, s, t0:t1] if cm else out[s, 0, c, t0:t1], xr, acc, n, bf16, False)
             if pair:
                 dstr = out[1, c, s, length - t1:length - t0] if cm else out[s, 1, c, length - t1:length - t0]
-                if bf16:
-                    for t in range(n):
-                        dstr[n - 1 - t] = _bf16_bits(xr[t] * acc[t])
-                else:
-                    for t in range(n):
-                        dstr[n - 1 - t] = xr[t] * acc[t]
+                _write_scaled(dstr, xr, acc, n, bf16, True)
 
     @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
     def _norm(x, eps, out, bf16, cm, n_tiles):  # pragma: no cover - compiled
@@ -129,31 +141,9 @@ if numba is not None:
         d, length = x.shape[1], x.shape[2]
         n = t1 - t0
         lo = a + t0 if p == 0 else length - a - t1
-        for t in range(n):
-            acc[t] = 0.0
+        _inv_rms(x, s, lo, n, eps, acc)
         for c in range(d):
-            xr = x[s, c, lo:lo + n]
-            for t in range(n):
-                acc[t] += xr[t] * xr[t]
-        inv_d = np.float32(1.0) / np.float32(d)
-        for t in range(n):
-            acc[t] = np.float32(1.0) / np.sqrt(acc[t] * inv_d + eps)
-        for c in range(d):
-            xr = x[s, c, lo:lo + n]
-            dst = out[p, c, s, t0:t1]
-            if p == 0:
-                if bf16:
-                    for t in range(n):
-                        dst[t] = _bf16_bits(xr[t] * acc[t])
-                else:
-                    for t in range(n):
-                        dst[t] = xr[t] * acc[t]
-            elif bf16:
-                for t in range(n):
-                    dst[n - 1 - t] = _bf16_bits(xr[t] * acc[t])
-            else:
-                for t in range(n):
-                    dst[n - 1 - t] = xr[t] * acc[t]
+            _write_scaled(out[p, c, s, t0:t1], x[s, c, lo:lo + n], acc, n, bf16, p != 0)
 
     @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
     def _norm_win(x, eps, out, bf16, a, n_tiles):  # pragma: no cover - compiled
