@@ -6,7 +6,9 @@ of git 4eb3200); other n and float64 run the forward described below. In the vec
 autograd (scan_forward; autograd's scan_cpu_ckpt still casts them to float32), bfloat16 u,
 delta and z are not cast here: the kernel reads their bits (int16 arrays) and widens them in its row pass, and
 writes a bfloat16 out directly (rounded to nearest even, as torch's conversion); B and C go through their
-transposed copy in float32.
+transposed copy in float32. Delta may come in low rank (delta_proj = (W, dt_low), delta None: Mamba's dt_proj
+folded into the scan): the vectorised forward computes it in its row setup from dt_low read in place (float32,
+rows contiguous in time); the other paths and autograd compute delta with torch first.
 
 Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan semantics), but:
 - no `(b, d, l, n)` intermediate. Forward: channels go in blocks of W = 16 (one channel per vector lane; a

@@ -27,6 +27,8 @@ AVX-512 and to two ymm registers with AVX2 (there some states spill to the stack
   and growing only where exp(dt·A) is tiny (tested).
 - block setup and output (scan_vec_rows): delta and u read once and transposed in registers, dt, dt·u and D·u
   written time-major; after the loop y goes back to rows in registers and out = y·silu(z) is written directly.
+  With delta in low rank (fold_par / fold_ser, the `lowr` argument) the setup computes delta from dt_low instead
+  of reading delta's rows.
 
 Measured (Sapphire Rapids class, 2 vCPUs, 1 core, one block of 16 channels x 4000 steps in cache): the time loop
 ~1.85 ns per (b, d, t) element (8.7 G state updates/s; 2.55 ns with the 13-operation exp), the whole block

@@ -20,6 +20,12 @@ Each chunk prefetches the rows' cache line 2 chunks ahead (delta, u; z, and out 
 prefetchers restart at every 4 KB page of the 16-48 rows in flight; measured +15-20% on the issue's shape and
 SPMamba's inter-frame shape (1 and 2 threads), less on the intra-frame one (rows of 122 steps).
 
+Delta in low rank (the scan's delta_proj = (W, dt_low), tile_setup_fold / setup_fold_chunk): the setup computes
+the 16 time-major vectors delta + bias itself, x[i] = bias + sum_{k<r} W[lanes, k] · dt_low[k, t + i], per k one
+vector of the lanes' weights and 16 broadcast values of dt_low's row k: r FMAs per step and 16 channels (r = 8 for
+SPMamba: 128 per 16 x 16 chunk, in place of delta's 16 row loads and 64-shuffle transpose), and the caller writes
+no (b, d, l) delta tensor for this pass to read back (SPMamba's dt_proj GEMM, K = r, is memory-bound).
+
 A row's last chunk that the row ends inside is shifted back to end at the row's end (recomputing some steps,
 same values) or, when the tile is shorter than 16 steps, goes through zero-padded staging arrays: the chunk
 functions never read or write past an array's end.
