@@ -3,6 +3,10 @@
     selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False) -> out (b, d, l)  |  (out, last_state (b, d, n))
 
+plus two extensions: initial_state (b, d, n) and delta_proj = (W (d, r), dt_low (b, g, r, l)) with delta None
+(delta in low rank, Mamba's dt_proj without its bias: "ref" and "cpu" take it, the CPU kernel computing it in its
+row setup; for the other backends delta is computed here by torch first).
+
 Backends (`backend_for(tensor)` names the one that would run):
 - CUDA tensors: "mamba_ssm" (its CUDA kernel, when `mamba_ssm` imports), else "triton" (ours, when triton
   imports), else "ref".
@@ -23,10 +27,11 @@ from torch import Tensor
 
 from ..errors import FailedError
 
-from .scan_ref import selective_scan_ref
+from .scan_ref import check_delta_proj, low_rank_delta, selective_scan_ref
 
 BACKENDS = ("ref", "cpu", "triton", "mamba_ssm")
 INITIAL_STATE_BACKENDS = ("ref", "cpu")  # those taking selective_scan's initial_state
+DELTA_PROJ_BACKENDS = ("ref", "cpu")  # those taking delta_proj (the others get delta computed by torch first)
 ENV_VAR = "SEPCLI_SCAN"
 
 __all__ = [
@@ -125,7 +130,7 @@ def _fn(backend: str):
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False, backend: str | None = None,
-                   initial_state: Tensor | None = None):
+                   initial_state: Tensor | None = None, delta_proj: tuple[Tensor, Tensor] | None = None):
     """Selective scan with mamba_ssm's `selective_scan_fn` semantics, on the best available backend.
 
     u, delta, z: (b, d, l); A: (d, n) real; B, C: (d, n), (b, n, l) or (b, g, n, l) with g dividing d;
@@ -135,7 +140,11 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     passes): then out has u's layout, so that caller reads it without a copy (`.contiguous()` where needed).
     `backend` overrides the choice (and SEPCLI_SCAN). initial_state (b, d, n): the state before the first step
     (default zeros; "ref" and "cpu" only, "cpu" without gradients), so that a sequence can be scanned in
-    consecutive pieces (each from the last state of the one before).
+    consecutive pieces (each from the last state of the one before). delta_proj = (W (d, r), dt_low (b, g, r, l))
+    with delta None: delta[b, c, t] = sum_k W[c, k] · dt_low[b, c // (d / g), k, t] (g groups of channels as B and
+    C; dt_low may be a strided view, rows contiguous in time), computed by the CPU kernel's n = 16 vector forward
+    in its row setup instead of a (b, d, l) delta tensor; torch computes delta first for the backends that do not
+    take it (DELTA_PROJ_BACKENDS).
     """
     if backend is None:
         backend = backend_for(u)
@@ -143,10 +152,17 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         why = _unavailable(backend, u.device)
         if why:
             raise ScanBackendError(f"scan backend {backend}: {why}")
-    if initial_state is None:
-        return _fn(backend)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if backend not in INITIAL_STATE_BACKENDS:
-        raise ScanBackendError(f"scan backend {backend}: no initial_state")
-    return _fn(backend)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                        initial_state=initial_state)
+    extra = {}
+    if delta_proj is not None or delta is None:
+        check_delta_proj(u, delta, delta_proj)
+        if backend in DELTA_PROJ_BACKENDS:
+            extra["delta_proj"] = delta_proj
+        else:
+            cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+            delta = low_rank_delta(*delta_proj, cdt)
+    if initial_state is not None:
+        if backend not in INITIAL_STATE_BACKENDS:
+            raise ScanBackendError(f"scan backend {backend}: no initial_state")
+        extra["initial_state"] = initial_state
+    return _fn(backend)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **extra)
 

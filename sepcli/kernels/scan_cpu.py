@@ -6,7 +6,9 @@ of git 4eb3200); other n and float64 run the forward described below. In the vec
 autograd (scan_forward; autograd's scan_cpu_ckpt still casts them to float32), bfloat16 u,
 delta and z are not cast here: the kernel reads their bits (int16 arrays) and widens them in its row pass, and
 writes a bfloat16 out directly (rounded to nearest even, as torch's conversion); B and C go through their
-transposed copy in float32.
+transposed copy in float32. Delta may come in low rank (delta_proj = (W, dt_low), delta None: Mamba's dt_proj
+folded into the scan): the vectorised forward computes it in its row setup from dt_low read in place (float32,
+rows contiguous in time); the other paths and autograd compute delta with torch first.
 
 Same contract as `scan_ref.selective_scan_ref` (mamba_ssm's selective_scan semantics), but:
 - no `(b, d, l, n)` intermediate. Forward: channels go in blocks of W = 16 (one channel per vector lane; a
@@ -46,7 +48,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
-from .scan_ref import check_shapes
+from .scan_ref import check_delta_proj, check_shapes, low_rank_delta
 from .threads import parallel_threads, plan
 
 # Reassociation lets LLVM vectorise the n-term dot products; contraction allows FMAs. No 'nnan'/'ninf'/'afn':
@@ -427,7 +429,8 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=False, keep_strides=
     """The kernels' arrays. keep_bf16 (the n = 16 vector forward): bfloat16 u, delta, z stay bfloat16 (as int16
     bits), read and widened in the kernel's row pass instead of a cast pass here. keep_strides (the same
     forward): u, delta, z whose rows are contiguous are passed as views with their own (b, d) strides (the
-    kernel's row passes compute each row's offset from the strides) instead of contiguous copies."""
+    kernel's row passes compute each row's offset from the strides) instead of contiguous copies. delta None
+    (delta in low rank, read by the kernel from lowr_arrays'): u's array stands in for it."""
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     dim = u.shape[1]
     Bv, var_b, dpg_b = _bc_layout(B, cdt, dim)
@@ -437,7 +440,7 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=False, keep_strides=
     return {
         "cdt": cdt,
         "u": u_np,
-        "delta": _rows_np(delta, cdt, keep_bf16, keep_strides),
+        "delta": u_np if delta is None else _rows_np(delta, cdt, keep_bf16, keep_strides),  # None: in low rank
         "A": _as_np(A, cdt),
         "Bv": Bv,
         "Cv": Cv,
@@ -460,6 +463,8 @@ def _blocks(b: int, d: int, p: dict, width: int = W) -> np.ndarray:
         seg = math.gcd(seg, p["dpg_b"])
     if p["var_c"]:
         seg = math.gcd(seg, p["dpg_c"])
+    if p.get("dpg_l"):
+        seg = math.gcd(seg, p["dpg_l"])
     starts = np.arange(0, d, seg)
     d0 = (starts[:, None] + np.arange(0, seg, width)[None, :]).ravel()
     w = np.minimum(width, (d0 // seg + 1) * seg - d0)
@@ -476,17 +481,42 @@ def _kernel_args(p: dict, softplus: bool) -> tuple:
             p["dpg_b"], p["dpg_c"], p["has_z"], bool(softplus))
 
 
-def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
+def lowr_arrays(W: Tensor, dt_low: Tensor) -> tuple:
+    """The vector forward's `lowr` argument (scan_cpu_vec._fwd_blocks) for delta_proj = (W (d, r), dt_low
+    (b, g, r, l)): (W float32 [d, r] C-contiguous, the flat float32 storage L that dt_low's rows are in, the element
+    offset in L of each (b, g)'s row 0, the element stride between rows k, channels per group). dt_low is read in
+    place when float32 with rows contiguous in time (any (b, g, k) strides), else copied once."""
+    low = dt_low.detach()
+    if low.dtype != torch.float32 or (low.stride(3) != 1 and low.shape[3] > 1):
+        low = low.float().contiguous()
+    b, g, r, l = low.shape
+    span = 1 + sum((n - 1) * st for n, st in zip(low.shape, low.stride()))  # elements from [0, 0, 0, 0] to the last
+    flat = torch.as_strided(low, (span,), (1,)).numpy()
+    sb, sg, sk, _ = low.stride()
+    offs = (np.arange(b, dtype=np.int64)[:, None] * sb + np.arange(g, dtype=np.int64)[None, :] * sg)
+    return (np.ascontiguousarray(W.detach().float().numpy()), flat, np.ascontiguousarray(offs), np.int64(sk),
+            np.int64(W.shape[0] // g))
+
+
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
+                 delta_proj=None):
     """Forward only (no autograd graph): returns (out in u's dtype, last_state (b, d, n) in compute dtype).
     initial_state (b, d, n): the state before the first step (default zeros), so that a sequence can be scanned
-    in consecutive pieces, each from the previous piece's last state.
+    in consecutive pieces, each from the previous piece's last state. delta_proj = (W (d, r), dt_low (b, g, r, l))
+    with delta None: delta in low rank (scan_ref's formula), computed by the n = 16 vector forward in its row setup
+    (r FMAs per step and 16 channels, dt_low read in place: no delta tensor), by torch first on the other paths.
 
     The n = 16 vector forward reads u, delta and z in place whatever their (b, d) strides when their rows are
     contiguous (float32 or bfloat16); for a channel-major u (exactly a permuted contiguous [d, b, l] tensor, b > 1)
     out is channel-major too (out.permute(1, 0, 2) contiguous), else out is contiguous."""
     vec = u.dtype != torch.float64 and A.shape[1] == 16  # the explicitly vectorised time loop (n = 16, float32)
+    if delta_proj is not None and not vec:
+        delta, delta_proj = low_rank_delta(*delta_proj, torch.float32 if u.dtype != torch.float64 else u.dtype), None
     p = _prepare(u, delta, A, B, C, D, z, delta_bias, keep_bf16=vec, keep_strides=vec)
     b, d, l = u.shape
+    lowr = None if delta_proj is None or not b * d * l else lowr_arrays(*delta_proj)
+    if lowr is not None:
+        p["dpg_l"] = int(lowr[4])
     ndt = np.float64 if p["cdt"] == torch.float64 else np.float32
     bf16_out = vec and u.dtype == torch.bfloat16  # written as bfloat16 bits by the kernel's output pass
     odt = np.int16 if bf16_out else ndt
@@ -504,9 +534,13 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     if b * d * l:
         blk = _blocks(b, d, p)
         par, ser = _fwd_par, _fwd_ser
-        if vec:
+        extra = ()
+        if vec and lowr is not None:
+            from .scan_cpu_vec import fold_par as par, fold_ser as ser
+            extra = (lowr,)
+        elif vec:
             from .scan_cpu_vec import fwd_par as par, fwd_ser as ser
-        _run(par, ser, min(threads_for_call(), len(blk)), blk, *_kernel_args(p, delta_softplus), out, last)
+        _run(par, ser, min(threads_for_call(), len(blk)), blk, *_kernel_args(p, delta_softplus), out, last, *extra)
     res = torch.from_numpy(out)
     return (res.view(torch.bfloat16) if bf16_out else res.to(u.dtype)), torch.from_numpy(last)
 
@@ -533,17 +567,25 @@ class SelectiveScanCPU(torch.autograd.Function):
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                       return_last_state: bool = False, initial_state: Tensor | None = None):
+                       return_last_state: bool = False, initial_state: Tensor | None = None,
+                       delta_proj: tuple[Tensor, Tensor] | None = None):
     """Fused CPU selective scan with mamba_ssm's selective_scan_fn contract (see scan_ref); initial_state
-    (b, d, n), the state before the first step, only without gradients."""
-    check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    if any(t is not None and t.device.type != "cpu" for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)):
+    (b, d, n), the state before the first step, only without gradients. delta_proj = (W (d, r), dt_low
+    (b, g, r, l)) in place of delta (None): delta in low rank, folded into the n = 16 vector forward's row setup
+    (scan_forward); with gradients delta is computed by torch first (and differentiated through)."""
+    check_delta_proj(u, delta, delta_proj)
+    check_shapes(u, u if delta is None else delta, A, B, C, D, z, delta_bias)
+    lr = () if delta_proj is None else tuple(delta_proj)
+    if any(t is not None and t.device.type != "cpu"
+           for t in (u, delta, A, B, C, D, z, delta_bias, initial_state, *lr)):
         raise ValueError("selective_scan_cpu needs CPU tensors")
-    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, *lr) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         if initial_state is not None:
             raise NotImplementedError("the CPU scan takes an initial state only without gradients")
+        if delta_proj is not None:
+            delta = low_rank_delta(*delta_proj, torch.float64 if u.dtype == torch.float64 else torch.float32)
         out, last = SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     else:
-        out, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        out, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, delta_proj)
     return (out, last) if return_last_state else out

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .scan_cpu import W, _blocks, _kernel_args, _prepare, _run, scan_forward, threads_for_call
-from .scan_cpu_vec import N, ck_par, ck_ser
+from .scan_cpu_vec import N, ck_par, ck_ser, no_lowr
 
 SEG = 256  # time steps per backward segment (scan_cpu_bwd.SEG is this value)
 
@@ -41,5 +41,5 @@ def scan_forward_ckpt(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     blk = _blocks(b, d, p)
     hck = np.empty((len(blk), (l + SEG - 1) // SEG, N, W), p["u"].dtype)
     _run(ck_par, ck_ser, min(threads_for_call(), len(blk)), blk, *_kernel_args(p, delta_softplus), out, last,
-         SEG, hck)
+         SEG, hck, no_lowr())
     return torch.from_numpy(out).to(u.dtype), torch.from_numpy(last), hck

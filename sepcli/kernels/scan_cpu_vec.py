@@ -27,6 +27,8 @@ AVX-512 and to two ymm registers with AVX2 (there some states spill to the stack
   and growing only where exp(dt·A) is tiny (tested).
 - block setup and output (scan_vec_rows): delta and u read once and transposed in registers, dt, dt·u and D·u
   written time-major; after the loop y goes back to rows in registers and out = y·silu(z) is written directly.
+  With delta in low rank (fold_par / fold_ser, the `lowr` argument) the setup computes delta from dt_low instead
+  of reading delta's rows.
 
 Measured (Sapphire Rapids class, 2 vCPUs, 1 core, one block of 16 channels x 4000 steps in cache): the time loop
 ~1.85 ns per (b, d, t) element (8.7 G state updates/s; 2.55 ns with the 13-operation exp), the whole block
@@ -48,7 +50,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .scan_cpu import W, lane_params
-from .scan_vec_rows import tile_output, tile_setup
+from .scan_vec_rows import tile_output, tile_setup, tile_setup_fold
 from .vector_exp2 import AVX512, FORCE_GENERIC, vexp2_ir
 from .vector_ir import F32_2D, array_data, counted_loop, vbroadcast, vexp_ir, vfma, vload, vstore
 
@@ -128,15 +130,23 @@ TT = 1024  # time steps per tile: a tile's scratch rows (~400 KB) stay in L2 wha
 
 @njit(cache=_CACHE, error_model="numpy")
 def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus,
-                out, last, tt, HCK):
+                out, last, tt, HCK, lowr):
     """scan_cpu._fwd_blocks with the vector time loop (float32, n = 16), in time tiles of TT steps: the states
     carry over from tile to tile, so the scratch is O(TT·W) and stays in cache (with whole-sequence rows, a block
     of 16 channels x 4000 steps needed ~2 MB of scratch, the size of a core's L2).
 
     tt: the tile length (TT, or the backward's segment length when it keeps checkpoints); HCK: empty, or
     [blocks, tiles, N, W] receiving each block's state at the start of each tile (scan_cpu_ckpt). `last`
-    (b, d, n) holds the start state on entry (zeros, or an initial state) and the last state on return."""
+    (b, d, n) holds the start state on entry (zeros, or an initial state) and the last state on return.
+
+    lowr = (WM, L, loffs, lsk, dpg_l): delta in low rank when WM [d, r] has r > 0 columns (else `delta` is read):
+    delta[b, c, t] = sum_k WM[c, k] · dt_low[b, c // dpg_l, k, t], with dt_low's row k of (b, g) at
+    L[loffs[b, g] + k·lsk:] (L: flat float32 storage, rows contiguous in time); see scan_vec_rows.setup_fold_chunk."""
     nl = u.shape[2]
+    WM, L, loffs, lsk, dpg_l = lowr
+    r = WM.shape[1]
+    WL = np.empty((max(r, 1), W), np.float32)  # the lanes' dt_proj weights, one vector per k
+    SL = np.zeros(max(r, 1) * W, np.float32)  # staging of dt_low's last, partial 16-step chunk
     keep = HCK.shape[0] > 0
     tp = min(tt, (nl + W - 1) // W * W)
     fdt = np.float32  # u, delta, z, out: float32 or bfloat16 bits (int16); the rest float32
@@ -170,13 +180,20 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
         for k in range(N):  # the start state: `last` holds it on entry (zeros, or the caller's initial state)
             for j in range(W):
                 H[k, j] = last[b, ch[j], k]
+        for k in range(r):
+            for j in range(W):
+                WL[k, j] = WM[ch[j], k]
+        loff = loffs[b, d0 // dpg_l] if r else 0
         BR = Bv[b, d0 // dpg_b] if var_b else BL
         CR = Cv[b, d0 // dpg_c] if var_c else CL
         for t0 in range(0, nl, tt):
             if keep:
                 HCK[i, t0 // tt] = H
             m = min(tt, nl - t0)
-            tile_setup(b, t0, m, ch, u, delta, softplus, P, DTT, DUT, OB, SD, SU, ident)
+            if r:
+                tile_setup_fold(b, t0, m, ch, u, L, loff, lsk, r, softplus, P, WL, DTT, DUT, OB, SL, SU, ident)
+            else:
+                tile_setup(b, t0, m, ch, u, delta, softplus, P, DTT, DUT, OB, SD, SU, ident)
             BX = BR[t0:t0 + m] if var_b else BL
             CX = CR[t0:t0 + m] if var_c else CL
             if var_b and var_c:
@@ -205,29 +222,51 @@ def _fwd_blocks(i0, i1, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_
 
 
 @njit(cache=_CACHE)
+def no_lowr():
+    """_fwd_blocks' `lowr` argument without a low-rank delta (the kernel reads delta's rows)."""
+    return (np.zeros((0, 0), np.float32), np.zeros(1, np.float32), np.zeros((1, 1), np.int64), np.int64(0),
+            np.int64(1))
+
+
+@njit(cache=_CACHE)
 def fwd_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
     ck_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
-           TT, np.zeros((0, 1, N, W), np.float32))
+           TT, np.zeros((0, 1, N, W), np.float32), no_lowr())
 
 
 @njit(cache=_CACHE)
 def fwd_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last):
     ck_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
-           TT, np.zeros((0, 1, N, W), np.float32))
+           TT, np.zeros((0, 1, N, W), np.float32), no_lowr())
+
+
+@njit(cache=_CACHE)
+def fold_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
+             lowr):
+    """fwd_par with delta in low rank (lowr: see _fwd_blocks; `delta` is not read)."""
+    ck_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
+           TT, np.zeros((0, 1, N, W), np.float32), lowr)
+
+
+@njit(cache=_CACHE)
+def fold_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
+             lowr):
+    ck_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
+           TT, np.zeros((0, 1, N, W), np.float32), lowr)
 
 
 @njit(cache=_CACHE, parallel=True)
 def ck_par(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
-           tt, HCK):
+           tt, HCK, lowr):
     """fwd_par in tiles of tt steps, keeping each tile's start state in HCK (see _fwd_blocks)."""
     nb = blk.shape[0]
     for c in prange(nchunks):
         _fwd_blocks(c * nb // nchunks, (c + 1) * nb // nchunks, blk, u, delta, A, Bv, Cv, D, z, bias,
-                    var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last, tt, HCK)
+                    var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last, tt, HCK, lowr)
 
 
 @njit(cache=_CACHE)
 def ck_ser(nchunks, blk, u, delta, A, Bv, Cv, D, z, bias, var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last,
-           tt, HCK):
+           tt, HCK, lowr):
     _fwd_blocks(0, blk.shape[0], blk, u, delta, A, Bv, Cv, D, z, bias,
-                var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last, tt, HCK)
+                var_b, var_c, dpg_b, dpg_c, has_z, softplus, out, last, tt, HCK, lowr)

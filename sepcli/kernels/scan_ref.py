@@ -4,6 +4,7 @@ Semantics follow state-spaces/mamba, `mamba_ssm/ops/selective_scan_interface.py:
 (facts only; this is our own code). For each batch b, channel d and state index n:
 
     dt[b,d,t]   = delta[b,d,t] (+ delta_bias[d]) (-> softplus if delta_softplus)
+                  (delta in low rank, delta_proj = (W, dt_low): delta[b,d,t] = sum_k W[d,k] dt_low[b,g(d),k,t])
     x[b,d,n]    = exp(dt * A[d,n]) * x[b,d,n] + dt * B[.., n, t] * u[b,d,t]      (x starts at 0, or at initial_state)
     y[b,d,t]    = sum_n x[b,d,n] * C[.., n, t]
     out[b,d,t]  = (y + D[d] * u[b,d,t]) * silu(z[b,d,t])       (the D and z terms only when given)
@@ -75,20 +76,55 @@ def check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
         raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
 
 
+def check_delta_proj(u: Tensor, delta: Tensor | None, delta_proj: tuple[Tensor, Tensor] | None) -> None:
+    """Raise ValueError unless exactly one of delta and delta_proj is given, delta_proj = (W (d, r), dt_low
+    (b, g, r, l)) with g dividing d (channels split evenly over the g groups, as B and C)."""
+    if (delta is None) == (delta_proj is None):
+        raise ValueError("give either delta or delta_proj = (W, dt_low), not both or neither")
+    if delta_proj is None:
+        return
+    Wm, low = delta_proj
+    b, d, l = u.shape
+    if Wm.dim() != 2 or Wm.shape[0] != d:
+        raise ValueError(f"delta_proj: W must be (dim={d}, r), got {tuple(Wm.shape)}")
+    r = Wm.shape[1]
+    if (low.dim() != 4 or low.shape[0] != b or low.shape[2] != r or low.shape[3] != l or low.shape[1] < 1
+            or d % low.shape[1]):
+        raise ValueError(f"delta_proj: dt_low must be (b={b}, g, r={r}, l={l}) with g dividing dim={d}, "
+                         f"got {tuple(low.shape)}")
+
+
+def low_rank_delta(W: Tensor, dt_low: Tensor, dtype: torch.dtype) -> Tensor:
+    """delta (b, d, l) in `dtype` from delta_proj = (W (d, r), dt_low (b, g, r, l)): per group a matrix product,
+    delta[b, c] = W[c] @ dt_low[b, c // (d / g)] (for the backends that take delta only)."""
+    b, g, r, l = dt_low.shape
+    d = W.shape[0]
+    return torch.matmul(W.to(dtype).reshape(1, g, d // g, r), dt_low.to(dtype)).reshape(b, d, l)
+
+
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                       return_last_state: bool = False, initial_state: Tensor | None = None):
+                       return_last_state: bool = False, initial_state: Tensor | None = None,
+                       delta_proj: tuple[Tensor, Tensor] | None = None):
     """Reference selective scan. Returns `out (b, d, l)` or `(out, last_state (b, d, n))`. initial_state
     (b, d, n): the state x before the first step (default zeros; not in mamba_ssm's selective_scan_ref).
+    delta_proj = (W (d, r), dt_low (b, g, r, l)) in place of delta (None): delta[b, c, t] = sum_k W[c, k] ·
+    dt_low[b, c // (d / g), k, t] (Mamba's dt_proj without its bias; g groups of channels as B and C).
 
     Differentiable through plain torch autograd (used as the gradient reference in tests).
     """
-    check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    check_delta_proj(u, delta, delta_proj)
+    check_shapes(u, u if delta is None else delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
     cdt = _compute_dtype(u)
     batch, dim, length = u.shape
     u_f = u.to(cdt)
-    dt = delta.to(cdt)
+    if delta_proj is None:
+        dt = delta.to(cdt)
+    else:
+        Wm, low = (t.to(cdt) for t in delta_proj)
+        g = low.shape[1]
+        dt = torch.einsum("gcr,bgrl->bgcl", Wm.reshape(g, dim // g, -1), low).reshape(batch, dim, length)
     if delta_bias is not None:
         dt = dt + delta_bias.to(cdt)[:, None]
     if delta_softplus:

@@ -20,6 +20,12 @@ Each chunk prefetches the rows' cache line 2 chunks ahead (delta, u; z, and out 
 prefetchers restart at every 4 KB page of the 16-48 rows in flight; measured +15-20% on the issue's shape and
 SPMamba's inter-frame shape (1 and 2 threads), less on the intra-frame one (rows of 122 steps).
 
+Delta in low rank (the scan's delta_proj = (W, dt_low), tile_setup_fold / setup_fold_chunk): the setup computes
+the 16 time-major vectors delta + bias itself, x[i] = bias + sum_{k<r} W[lanes, k] · dt_low[k, t + i], per k one
+vector of the lanes' weights and 16 broadcast values of dt_low's row k: r FMAs per step and 16 channels (r = 8 for
+SPMamba: 128 per 16 x 16 chunk, in place of delta's 16 row loads and 64-shuffle transpose), and the caller writes
+no (b, d, l) delta tensor for this pass to read back (SPMamba's dt_proj GEMM, K = r, is memory-bound).
+
 A row's last chunk that the row ends inside is shifted back to end at the row's end (recomputing some steps,
 same values) or, when the tile is shorter than 16 steps, goes through zero-padded staging arrays: the chunk
 functions never read or write past an array's end.
@@ -32,7 +38,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .vector_ir import F32_2D, V16, W, _splat, array_data, transpose_ir, vexp_ir, vload, vsoftplus_ir, vstore
+from .vector_ir import (F32_2D, V16, W, _splat, array_data, counted_loop, transpose_ir, vbroadcast, vexp_ir, vfma,
+                        vload, vsoftplus_ir, vstore)
 
 F32_3D = types.Array(types.float32, 3, "C")
 BF16_3D = types.Array(types.int16, 3, "C")  # bfloat16 rows, as their bit patterns (numpy has no bfloat16)
@@ -40,6 +47,7 @@ BF16_3D = types.Array(types.int16, 3, "C")  # bfloat16 rows, as their bit patter
 # along l (stride 1 there: the caller checks)
 ROWS = tuple(types.Array(dt, 3, lay) for dt in (types.float32, types.int16) for lay in ("C", "A", "F"))
 I64_1D = types.Array(types.int64, 1, "C")
+F32_1D = types.Array(types.float32, 1, "C")
 _I64 = ir.IntType(64)
 _I16V = ir.VectorType(ir.IntType(16), W)
 _I32V = ir.VectorType(ir.IntType(32), W)
@@ -124,16 +132,7 @@ def _make_setup(softplus: bool):
             ucol = transpose_ir(builder, [_load_row(builder, ty["u"], ud, o) for o in uoff])
             pd = array_data(context, builder, F32_2D, a["P"])
             bias = vload(builder, pd, ir.Constant(_I64, 0))
-            dlan = vload(builder, pd, ir.Constant(_I64, W))
-            row0 = builder.mul(_i64(context, builder, a["tt"], ty["tt"]), ir.Constant(_I64, W))
-            outs = [array_data(context, builder, F32_2D, a[k]) for k in ("DTT", "DUT", "OB")]
-            for i in range(W):
-                x = builder.fadd(dcol[i], bias)
-                dt = vsoftplus_ir(builder, x) if softplus else x
-                r = builder.add(row0, ir.Constant(_I64, i * W))
-                vstore(builder, dt, outs[0], r)
-                vstore(builder, builder.fmul(dt, ucol[i]), outs[1], r)
-                vstore(builder, builder.fmul(dlan, ucol[i]), outs[2], r)
+            _store_setup(context, builder, a, ty, [builder.fadd(x, bias) for x in dcol], ucol, softplus)
             return context.get_dummy_value()
 
         return types.none(delta, u, b, ch, t, P, DTT, DUT, OB, tt), codegen
@@ -141,8 +140,72 @@ def _make_setup(softplus: bool):
     return setup_chunk
 
 
+def _store_setup(context, builder, a, ty, xs, ucol, softplus):
+    """The setup's writes for the 16 steps from row tt: DTT = dt (softplus(x) or x, x = delta + bias per step,
+    time-major vectors xs), DUT = dt·u, OB = D·u (ucol: u, time-major; D is P[1])."""
+    dlan = vload(builder, array_data(context, builder, F32_2D, a["P"]), ir.Constant(_I64, W))
+    row0 = builder.mul(_i64(context, builder, a["tt"], ty["tt"]), ir.Constant(_I64, W))
+    outs = [array_data(context, builder, F32_2D, a[k]) for k in ("DTT", "DUT", "OB")]
+    for i in range(W):
+        dt = vsoftplus_ir(builder, xs[i]) if softplus else xs[i]
+        r = builder.add(row0, ir.Constant(_I64, i * W))
+        vstore(builder, dt, outs[0], r)
+        vstore(builder, builder.fmul(dt, ucol[i]), outs[1], r)
+        vstore(builder, builder.fmul(dlan, ucol[i]), outs[2], r)
+
+
+_FOLD_ARGS = ("L", "loff", "lsk", "r", "u", "b", "ch", "t", "P", "WL", "DTT", "DUT", "OB", "tt")
+
+
+def _make_setup_fold(softplus: bool):
+    @intrinsic
+    def setup_fold_chunk(typingctx, L, loff, lsk, r, u, b, ch, t, P, WL, DTT, DUT, OB, tt):
+        """setup_chunk with delta in low rank: delta + bias of steps t..t+15 computed here as time-major vectors,
+        x[i] = P[0] + sum_{k<r} WL[k] · L[loff + k·lsk + t + i] (WL [r, 16]: the lanes' rows of dt_proj's weight,
+        a vector per k; L the flat float32 storage of the rows dt_low[k, :] of the block's (b, g), broadcast one
+        value at a time): r FMAs per step, no delta rows and no transpose of them."""
+        ints = (loff, lsk, r, b, t, tt)
+        if (L != F32_1D or u not in ROWS or ch != I64_1D or any(a != F32_2D for a in (P, WL, DTT, DUT, OB))
+                or not all(isinstance(a, types.Integer) for a in ints)):
+            return None
+
+        def codegen(context, builder, sig, llargs):
+            a = dict(zip(_FOLD_ARGS, llargs))
+            ty = dict(zip(_FOLD_ARGS, sig.args))
+            bi = _i64(context, builder, a["b"], ty["b"])
+            ti = _i64(context, builder, a["t"], ty["t"])
+            chd = array_data(context, builder, I64_1D, a["ch"])
+            chans = [builder.load(cgutils.gep(builder, chd, j)) for j in range(W)]
+            ud, uoff = _row_offsets(context, builder, ty["u"], a["u"], bi, chans, ti)
+            for o in uoff:
+                _prefetch(builder, ud, o)
+            ucol = transpose_ir(builder, [_load_row(builder, ty["u"], ud, o) for o in uoff])
+            ld = array_data(context, builder, F32_1D, a["L"])
+            wl = array_data(context, builder, F32_2D, a["WL"])
+            base = builder.add(_i64(context, builder, a["loff"], ty["loff"]), ti)
+            lsk_ = _i64(context, builder, a["lsk"], ty["lsk"])
+            bias = vload(builder, array_data(context, builder, F32_2D, a["P"]), ir.Constant(_I64, 0))
+
+            def term(k, xs):  # + W[:, k] · dt_low[k, t + i] for the 16 steps
+                kb = builder.add(base, builder.mul(k, lsk_))
+                _prefetch(builder, ld, kb)
+                wk = vload(builder, wl, builder.mul(k, ir.Constant(_I64, W)))
+                return [vfma(builder, wk, vbroadcast(builder, ld, builder.add(kb, ir.Constant(_I64, i))), xs[i])
+                        for i in range(W)]
+
+            xs = counted_loop(builder, _i64(context, builder, a["r"], ty["r"]), [bias] * W, term, "lowrank")
+            _store_setup(context, builder, a, ty, xs, ucol, softplus)
+            return context.get_dummy_value()
+
+        return types.none(*(L, loff, lsk, r, u, b, ch, t, P, WL, DTT, DUT, OB, tt)), codegen
+
+    return setup_fold_chunk
+
+
 setup_sp = _make_setup(True)
 setup_lin = _make_setup(False)
+fold_sp = _make_setup_fold(True)
+fold_lin = _make_setup_fold(False)
 
 
 def _make_output(has_z: bool):
@@ -211,6 +274,34 @@ def tile_setup(b, t0, m, ch, u, delta, softplus, P, DTT, DUT, OB, SD, SU, IDENT)
             setup_sp(src_d, src_u, bb, cc, tc, P, DTT, DUT, OB, t - t0)
         else:
             setup_lin(src_d, src_u, bb, cc, tc, P, DTT, DUT, OB, t - t0)
+
+
+@njit(cache=True, error_model="numpy")
+def tile_setup_fold(b, t0, m, ch, u, L, loff, lsk, r, softplus, P, WL, DTT, DUT, OB, SL, SU, IDENT):
+    """tile_setup with delta in low rank (setup_fold_chunk): dt_low's rows k < r of the block at L[loff + k·lsk:]
+    (flat float32 storage, contiguous in time), WL [r, 16] the lanes' dt_proj weights; a last chunk as in
+    tile_setup (shifted back, or through the zero-padded staging arrays SL [r·16] and SU [1, 16, 16])."""
+    nl = u.shape[2]
+    for t in range(t0, t0 + m, W):
+        src_l, lo, ls, src_u, bb, cc, tc = L, loff, lsk, u, b, ch, t
+        if t + W > nl and nl - W >= t0:  # the last chunk, shifted back to end at nl: rows before t again, equal
+            t = nl - W
+            tc = t
+        elif t + W > nl:
+            n = nl - t
+            SL[:] = 0
+            SU[:] = 0
+            for k in range(r):
+                for i in range(n):
+                    SL[k * W + i] = L[loff + k * lsk + t + i]
+            for j in range(W):
+                for i in range(n):
+                    SU[0, j, i] = u[b, ch[j], t + i]
+            src_l, lo, ls, src_u, bb, cc, tc = SL, 0, W, SU, 0, IDENT, 0
+        if softplus:
+            fold_sp(src_l, lo, ls, r, src_u, bb, cc, tc, P, WL, DTT, DUT, OB, t - t0)
+        else:
+            fold_lin(src_l, lo, ls, r, src_u, bb, cc, tc, P, WL, DTT, DUT, OB, t - t0)
 
 
 @njit(cache=True, error_model="numpy")

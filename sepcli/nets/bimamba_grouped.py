@@ -14,7 +14,8 @@ GEMMs, N = L, measured 103-138 GFLOP/s against 169-178 for the same work as one 
 - the RMS norm writes both directions' normalised inputs channel-major in one pass (nets.bimamba_kernels; its
   weights are folded into in_proj);
 - in_proj (x and z), x_proj, dt_proj and out_proj: one batched GEMM each over the two directions, the
-  directions' weights stacked [2, M, K];
+  directions' weights stacked [2, M, K] (dt_proj, K = r = 8, folded into the scan's row setup instead with
+  FOLD_DT: the scan takes delta in low rank, `delta_proj`);
 - the depthwise conv + SiLU is one call over the 2 * d_inner * S channel-major rows (the two directions'
   filters side by side);
 - the selective scan is one call over 2 * d_inner channels, reading u, delta and z in place through a
@@ -40,6 +41,8 @@ takes bfloat16 inputs, setting it to None passes in_proj's bf16 z as is, without
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -48,6 +51,11 @@ from .mamba import Workspace
 
 # dtype the scan's gate z is cast to from in_proj's output (None: passed in the GEMM dtype as is)
 SCAN_Z_DTYPE: torch.dtype | None = torch.float32
+# dt_proj folded into the scan (`_mixer`): the scan gets delta in low rank, delta_proj = (dt_proj's weight, x_proj's
+# first r output rows in place), and the CPU kernel computes delta + bias in its row setup (r FMAs per step and 16
+# channels) instead of a dt_proj GEMM writing a [2 * d_inner, S * L] float32 delta that the scan reads back;
+# SEPCLI_SPMAMBA_FOLD_DT=0 (or FOLD_DT = False) keeps the GEMM.
+FOLD_DT = os.environ.get("SEPCLI_SPMAMBA_FOLD_DT", "1") != "0"
 
 
 def applies(x: Tensor, weights: dict, max_tokens: int) -> bool:
@@ -121,19 +129,23 @@ def _mixer(xn: Tensor, S: int, L: int, weights: dict, ws: Workspace, scan, conv_
     causal_conv.conv_silu_rows_into(xin.view(2 * di, S, L), g["conv_w"], g["conv_b"], u.view(2 * di, S, L),
                                     channel_major=True, state=conv_state)
     dbl = torch.bmm(g["w_xp"], u, out=ws.get("c_dbl", (2, r + 2 * n, T), f32))
-    delta = torch.bmm(g["w_dt"], dbl[:, :r], out=ws.get("c_delta", (2, di, T), f32))
 
     def rows(t: Tensor) -> Tensor:  # [2, di, S * L] -> the scan's (S, 2 * di, L), rows in place
         return t.view(2 * di, S, L).permute(1, 0, 2)
 
     dbl4 = dbl.view(2, r + 2 * n, S, L).permute(2, 0, 1, 3)  # (S, 2 groups, r + 2n, L)
-    args = (rows(u), rows(delta), g["A"], dbl4[:, :, r:r + n], dbl4[:, :, r + n:], g["D"])
+    kw = {"z": rows(z), "delta_bias": g["dt_bias"], "delta_softplus": True}
+    if FOLD_DT:  # delta = dt_proj(dbl[:, :r]) inside the scan (groups = directions, as B and C)
+        delta = None
+        kw["delta_proj"] = (g["w_dt"].reshape(2 * di, r).float(), dbl4[:, :, :r])
+    else:
+        delta = rows(torch.bmm(g["w_dt"], dbl[:, :r], out=ws.get("c_delta", (2, di, T), f32)))
+    args = (rows(u), delta, g["A"], dbl4[:, :, r:r + n], dbl4[:, :, r + n:], g["D"])
     last = None
     if conv_state is None and scan_state is None:
-        y = scan(*args, z=rows(z), delta_bias=g["dt_bias"], delta_softplus=True)
+        y = scan(*args, **kw)
     else:
-        y, last = scan(*args, z=rows(z), delta_bias=g["dt_bias"], delta_softplus=True, return_last_state=True,
-                       initial_state=scan_state)
+        y, last = scan(*args, **kw, return_last_state=True, initial_state=scan_state)
     y = y.permute(1, 0, 2)  # [2 * di, S, L]: channel-major as u (the CPU scan writes out in u's layout)
     if y.dtype != gdt or not y.is_contiguous():
         y = ws.get("c_y", (2 * di, S, L), gdt).copy_(y)

@@ -32,18 +32,17 @@ from torch import Tensor, nn
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                   return_last_state: bool = False, initial_state: Tensor | None = None):
+                   return_last_state: bool = False, initial_state: Tensor | None = None,
+                   delta_proj: tuple[Tensor, Tensor] | None = None):
     """Forward to `sepcli.kernels.selective_scan` (imported lazily so nets/ import without kernels built);
-    initial_state is passed on only when given."""
+    initial_state and delta_proj (delta in low rank, with delta None) are passed on only when given."""
     try:
         from sepcli.kernels import selective_scan as _scan
     except ImportError as exc:  # pragma: no cover - only while the kernels package is missing
         raise ImportError("sepcli.kernels.selective_scan is not available: " + str(exc)) from exc
-    if initial_state is not None:
-        return _scan(u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                     return_last_state=return_last_state, initial_state=initial_state)
+    extra = {k: v for k, v in (("initial_state", initial_state), ("delta_proj", delta_proj)) if v is not None}
     return _scan(u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                 return_last_state=return_last_state)
+                 return_last_state=return_last_state, **extra)
 
 
 def rms_normalise(x: Tensor, eps: float, dim: int = -1) -> Tensor:
