@@ -136,15 +136,16 @@ def counting_scans() -> Iterator[_ScanCounter]:
 def _pytorch_path() -> Iterator[None]:
     """The networks' numba-fused inference kernels off inside the block: FlopCounterMode sees only PyTorch ops, and
     the default S4M model switches to its fused kernels from its FUSE_AFTER-th forward in a process (after
-    `sepcli bench`'s timed runs a count would miss about a third of its FLOPs)."""
-    from sepcli.nets import s4m_fused
+    `sepcli bench`'s timed runs a count would miss about a third of its FLOPs), and SPMamba's grouped Mamba path
+    keeps its dt_proj GEMM (with bimamba_grouped.FOLD_DT the scan computes it, out of the counter's sight)."""
+    from sepcli.nets import bimamba_grouped, s4m_fused
 
-    saved = s4m_fused.ENABLED
-    s4m_fused.ENABLED = False
+    saved = s4m_fused.ENABLED, bimamba_grouped.FOLD_DT
+    s4m_fused.ENABLED = bimamba_grouped.FOLD_DT = False
     try:
         yield
     finally:
-        s4m_fused.ENABLED = saved
+        s4m_fused.ENABLED, bimamba_grouped.FOLD_DT = saved
 
 
 def count_work(network: torch.nn.Module, sample_rate: int, seconds: float = 4.0, samples: int | None = None) -> dict:

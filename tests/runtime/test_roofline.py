@@ -195,3 +195,40 @@ def test_count_work_sees_s4m_after_its_fused_kernels_switch_on(monkeypatch):
         net(torch.randn(1, 4000))
     assert calls, "the fused path did not run"
     assert count_work(net, 8000, seconds=0.5)["gemm_flops"] == fresh["gemm_flops"] > 0
+
+
+def test_count_work_counts_dt_proj_that_the_scan_folds(monkeypatch):
+    # SPMamba's grouped Mamba path hands dt_proj to the CPU scan (bimamba_grouped.FOLD_DT), where FlopCounterMode
+    # cannot see it: the count must still be every projection's FLOPs (the formula below), and the fold must really
+    # be on outside the count (else this test could not fail)
+    from sepcli.nets import bimamba, bimamba_grouped, bimamba_kernels
+    from sepcli.nets.bimamba import MambaBlock
+
+    if not bimamba_kernels.available():
+        pytest.skip("numba not installed")
+    torch.manual_seed(0)
+    D, L = 8, 50
+    mb = MambaBlock(D, 1, True).eval()
+    mb.fused = True
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mb = mb
+
+        def forward(self, x):
+            return self.mb.forward_channels_first(x.view(1, D, -1))
+
+    folded = []
+    real = bimamba.selective_scan
+    monkeypatch.setattr(bimamba, "selective_scan",
+                        lambda *a, **k: folded.append(k.get("delta_proj") is not None) or real(*a, **k))
+    monkeypatch.setattr(bimamba_grouped, "FOLD_DT", True)
+    with torch.inference_mode():
+        Net()(torch.randn(1, D * L))
+    assert folded == [True]
+    m = mb.forward_blocks[0].mixer
+    di, r, n = m.d_inner, m.dt_rank, m.d_state
+    per_direction = 2 * L * (2 * di * D + (r + 2 * n) * di + di * r + D * di)  # in, x, dt and out projections
+    assert count_work(Net(), 100, samples=D * L)["gemm_flops"] == 2 * per_direction
+    assert bimamba_grouped.FOLD_DT  # restored after the count
