@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sepcli.kernels import selective_scan_ref
 from sepcli.nets import bimamba, bimamba_grouped, bimamba_kernels
 from sepcli.nets.bimamba import MambaBlock
 from sepcli.nets.mamba import Workspace, selective_scan, workspace
@@ -112,6 +113,31 @@ def test_windowed_on_the_reference_scan(monkeypatch):
         got = mb.forward_channels_first(x)
         want = _plain(mb, x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("S,L,window", [(1, 37, None), (1, 122, 10**6), (3, 13, 13)])
+def test_one_window_asks_the_scan_for_no_state(S, L, window):
+    # grouped_inference (window None) or window >= L: one window, nothing carried, so a scan backend without
+    # initial_state / return_last_state (only "ref" and "cpu" take a state) runs it; the result is the plain path's
+    mb = _block(16, S * 100 + L, True)
+    x = torch.randn(S, 16, L)
+    calls = []
+
+    def stateless_scan(*args, **kwargs):
+        calls.append(sorted(kwargs))
+        assert "initial_state" not in kwargs and not kwargs.get("return_last_state")
+        return selective_scan_ref(*args, **kwargs)  # out contiguous: copied back to channel-major
+
+    with torch.no_grad():
+        weights = mb._fused_weights(x)
+        out = torch.full((S, 32, L), float("nan"))
+        if window is None:
+            bimamba_grouped.grouped_inference(x, weights, out, Workspace(), stateless_scan)
+        else:
+            bimamba_grouped.windowed_inference(x, weights, out, Workspace(), stateless_scan, window)
+        want = _plain(mb, x)
+    assert len(calls) == 1
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
 def test_windowed_off_keeps_the_per_direction_path(monkeypatch):
