@@ -1,7 +1,7 @@
 """SPMamba's bidirectional Mamba layer over sequences longer than a chunk: the grouped path in time windows
 (nets.bimamba_grouped.windowed_inference, the conv's and the scan's states carried across windows) against the
-plain official-style path (MambaBlock.forward_plain) and the unwindowed grouped path; and its two window kernels
-(nets.bimamba_kernels) against their formulas."""
+plain official-style path (MambaBlock.forward_plain) and the unwindowed grouped path (one window, no state
+carried). The window kernels (nets.bimamba_kernels) are tested in test_bimamba_kernels.py."""
 
 from __future__ import annotations
 
@@ -148,57 +148,3 @@ def test_windowed_off_keeps_the_per_direction_path(monkeypatch):
     with torch.no_grad():
         mb.chunk_tokens = 8
         torch.testing.assert_close(mb.forward_channels_first(x), _plain(mb, x), rtol=1e-4, atol=1e-4)
-
-
-# --- the window kernels -------------------------------------------------------------------------------------
-
-
-def _norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.double().square().mean(1, keepdim=True) + eps).float()
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("S,D,L,w", [(1, 1, 1, 1), (3, 7, 20, 3), (2, 16, 600, 257), (1, 128, 1243, 1243)])
-def test_rms_norm_window_pair_equals_formula(dtype, S, D, L, w):
-    torch.manual_seed(1)
-    x = torch.randn(S, D, L)
-    xn = _norm(x, 1e-5)
-    for a in sorted({0, (L - w) // 2, L - w}):
-        out = torch.empty(2, D, S, w, dtype=dtype)
-        bimamba_kernels.rms_norm_window_pair_into(x, 1e-5, a, out)
-        want_f = xn[..., a:a + w].permute(1, 0, 2)
-        want_b = xn.flip(-1)[..., a:a + w].permute(1, 0, 2)
-        tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
-        torch.testing.assert_close(out[0].float(), want_f, **tol)
-        torch.testing.assert_close(out[1].float(), want_b, **tol)
-        if dtype == torch.bfloat16:  # rounded as torch's cast of the float32 value
-            assert (out.float() - torch.stack([want_f, want_b]).to(dtype).float()).abs().max() <= 2 ** -7 * 4
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("S,D,L,w", [(1, 1, 1, 1), (3, 7, 20, 3), (2, 16, 600, 257)])
-def test_residual_window_pair_equals_formula_and_touches_only_its_windows(dtype, S, D, L, w):
-    torch.manual_seed(2)
-    x = torch.randn(S, D, L)
-    a = (L - w) // 2
-    o = torch.randn(2, D, S, w).to(dtype)
-    out = torch.full((S, 2 * D, L), 7.0)
-    bimamba_kernels.residual_window_pair_into(x, o, a, out)
-    of, ob = o.float()[0].permute(1, 0, 2), o.float()[1].permute(1, 0, 2)
-    torch.testing.assert_close(out[:, :D, a:a + w], x[..., a:a + w] + of, rtol=0, atol=0)
-    back = out[:, D:].flip(-1)  # the backward half in reversed time: window [a, a + w) there
-    torch.testing.assert_close(back[..., a:a + w], x.flip(-1)[..., a:a + w] + ob, rtol=0, atol=0)
-    mask = torch.ones(S, 2 * D, L, dtype=torch.bool)
-    mask[:, :D, a:a + w] = False
-    mask[:, D:, L - a - w:L - a] = False
-    assert torch.all(out[mask] == 7.0)
-
-
-def test_window_kernels_refuse_bad_windows():
-    x = torch.randn(2, 4, 10)
-    with pytest.raises(ValueError):
-        bimamba_kernels.rms_norm_window_pair_into(x, 1e-5, 8, torch.empty(2, 4, 2, 3))  # past the end
-    with pytest.raises(ValueError):
-        bimamba_kernels.residual_window_pair_into(x, torch.empty(2, 4, 1, 3), 0, torch.empty(2, 8, 10))
-    with pytest.raises(TypeError):
-        bimamba_kernels.rms_norm_window_pair_into(x.double(), 1e-5, 0, torch.empty(2, 4, 2, 3))
