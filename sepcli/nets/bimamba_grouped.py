@@ -153,9 +153,9 @@ def grouped_inference(x: Tensor, weights: dict, out: Tensor, ws: Workspace, scan
 
 
 def windowed_inference(x: Tensor, weights: dict, out: Tensor, ws: Workspace, scan, window: int) -> Tensor:
-    """grouped_inference in time windows of at most `window` steps, for sequences longer than a chunk (the states
-    carried across windows: the scan backend must take `initial_state`, applies_windowed). Same arguments as
-    grouped_inference."""
+    """grouped_inference in time windows of at most `window` steps, for sequences longer than a chunk (with more
+    than one window the conv's and the scan's states carry across windows: the scan backend must then take
+    `initial_state`, applies_windowed). Same arguments as grouped_inference."""
     return _in_windows(x, weights, out, ws, scan, window)
 
 
