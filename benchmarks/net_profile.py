@@ -13,7 +13,7 @@ Parts (self CPU time of every profiled op, attributed in this order):
 - STFT: inside aten::stft / aten::istft;
 - attention: inside a GridNetBlock's `_attention` (scores, softmax, weighted sum; not the Q/K/V 1x1 convolutions);
 - norms: inside a norm module (LayerNormalization4D/4DCF, GroupNorm, RMSNorm), `sepcli.nets.mamba.rms_normalise` or
-  the numba norm pass `sepcli.nets.bimamba_kernels.rms_norm_pair_into`;
+  the numba norm pass `sepcli.nets.bimamba_kernels.rms_norm_window_pair_into`;
 - copies: copy_, cat, stack, flip, clone, contiguous, pad, unfold/im2col, to/_to_copy (layout changes, casts),
   and the numba unfold pass (`sepcli.nets.patch_unfold.unfold_into`);
 - convolutions: inside any convolution op (the Conv2d/ConvTranspose 1x1-3x3s, the intra/inter ConvTranspose1d,
@@ -21,7 +21,7 @@ Parts (self CPU time of every profiled op, attributed in this order):
   versions before it was labelled counted it under python/other);
 - Mamba projections: inside any other matmul / linear (in_proj, x_proj, dt_proj, out_proj);
 - elementwise: every other op (silu, softplus, adds, PReLU, ...) and the numba residual pass
-  (`sepcli.nets.bimamba_kernels.residual_pair_into`);
+  (`sepcli.nets.bimamba_kernels.residual_window_pair_into`);
 - python/other: the forward's wall time not inside any op (interpreter, dispatch, profiler overhead).
 The labels are added from outside (wrapping functions and module instances while profiling), so the same
 helper measures any version of the network without changes to it.
@@ -87,10 +87,11 @@ def labelled(model: nn.Module):
     except ImportError:  # pragma: no cover
         bimamba_kernels = causal_conv = None
     if bimamba_kernels is not None:
+        patch(bimamba_kernels, "rms_norm_window_pair_into", "norms")
+        patch(bimamba_kernels, "residual_window_pair_into", "residual")
+        # versions before the grouped path's chunks ran as one window: their whole-sequence passes (absent since)
         patch(bimamba_kernels, "rms_norm_pair_into", "norms")
         patch(bimamba_kernels, "residual_pair_into", "residual")
-        patch(bimamba_kernels, "rms_norm_window_pair_into", "norms")  # the windowed path of long sequences
-        patch(bimamba_kernels, "residual_window_pair_into", "residual")
         patch(causal_conv, "conv_silu_rows_into", "depthwise conv")
     # the unfold pass (looked up through the module by gridnet; absent in versions before it)
     patch(getattr(gridnet, "patch_unfold", None), "unfold_into", "unfold")

@@ -32,7 +32,8 @@ directions' windows side by side (the forward's [a, b), the backward's the time-
 depthwise conv's last K - 1 inputs per row and the scan's state carried from window to window. So each window's
 intermediates are a short input's (SPMamba-8k, d_inner 512: a whole 60 s sequence's [512, 7501] fp32 is 15 MB per
 intermediate, a 2,048-step window's 4 MB per direction), and the norm, the flips and the residual stay one-pass
-numba kernels.
+numba kernels. A chunk (`grouped_inference`) runs the same code as one window [0, L): no state is carried there,
+so the scan is called without one and any scan backend runs it.
 
 Precision: as the per-direction path. in_proj and out_proj in the GEMM dtype (bf16 under bf16 autocast), the
 conv, x_proj, dt_proj and the scan in float32; the scan's gate z is cast to float32 (SCAN_Z_DTYPE: when the scan
@@ -157,32 +158,35 @@ def _mixer(xn: Tensor, S: int, L: int, weights: dict, ws: Workspace, scan, conv_
 
 def grouped_inference(x: Tensor, weights: dict, out: Tensor, ws: Workspace, scan) -> Tensor:
     """Both directions of the fused one-layer bidirectional block, [S, D, L] -> out [S, 2D, L] (see the module
-    docstring); `weights` from MambaBlock._fused_weights, `ws` the scratch buffers, `scan` the selective_scan to
-    call (the caller's, so that the one name tests and profilers wrap covers both inference paths)."""
-    S, D, L = x.shape
-    with torch.autocast(x.device.type, enabled=False):
-        xn = bimamba_kernels.rms_norm_pair_into(x, weights["dirs"][0]["eps"], ws.get("c_xn", (2, D, S, L),
-                                                weights["dtype"]), channel_major=True)
-        o, _ = _mixer(xn.view(2, D, S * L), S, L, weights, ws, scan)
-        bimamba_kernels.residual_pair_into(x, o.view(2, D, S, L), out, channel_major=True)
-    return out
+    docstring), the whole sequences as one window: nothing is carried, so any scan backend runs it. `weights` from
+    MambaBlock._fused_weights, `ws` the scratch buffers, `scan` the selective_scan to call (the caller's, so that
+    the one name tests and profilers wrap covers both inference paths)."""
+    return _in_windows(x, weights, out, ws, scan, x.shape[2])
 
 
 def windowed_inference(x: Tensor, weights: dict, out: Tensor, ws: Workspace, scan, window: int) -> Tensor:
-    """grouped_inference in time windows of at most `window` steps, for sequences longer than a chunk: step i runs the
-    forward direction on times [a, b) = [i * window, (i + 1) * window) and the backward on the time-reversed
-    sequence's [a, b) (original times [L - b, L - a), reversed), both as one stream as in grouped_inference; the
-    depthwise convolution's last K - 1 inputs and the scan's last state carry from window to window (the scan
-    backend must take `initial_state`: applies_windowed). Every intermediate is [2, channels, S, window]: the
-    working set of a short input however long the sequences. Same arguments as grouped_inference."""
+    """grouped_inference in time windows of at most `window` steps, for sequences longer than a chunk (with more
+    than one window the conv's and the scan's states carry across windows: the scan backend must then take
+    `initial_state`, applies_windowed). Same arguments as grouped_inference."""
+    return _in_windows(x, weights, out, ws, scan, window)
+
+
+def _in_windows(x: Tensor, weights: dict, out: Tensor, ws: Workspace, scan, window: int) -> Tensor:
+    """The one inference path: step i runs the forward direction on times [a, b) = [i * window, (i + 1) * window)
+    and the backward on the time-reversed sequence's [a, b) (original times [L - b, L - a), reversed), both as one
+    stream. With more than one window the depthwise convolution's last K - 1 inputs and the scan's last state carry
+    from window to window, and every intermediate is [2, channels, S, window]: the working set of a short input
+    however long the sequences. With one window (window >= L) no state is made or asked of the scan."""
     gdt = weights["dtype"]
     S, D, L = x.shape
     p0 = weights["dirs"][0]
     di = p0["w_x"].shape[0]
     g = _stacked(weights)
-    n_win = -(-L // max(1, int(window)))
-    w = -(-L // n_win)  # equal windows (the last one shorter by less than n_win steps), none of a few steps
-    conv_state = ws.get("w_conv", (2 * di, S, g["conv_w"].shape[-1] - 1), torch.float32).zero_()
+    n_win = max(1, -(-L // max(1, int(window))))
+    w = max(1, -(-L // n_win))  # equal windows (the last one shorter by less than n_win steps), none of a few steps
+    conv_state = None  # the convolution's last inputs [2 * di, S, K - 1], carried when there are several windows
+    if n_win > 1:
+        conv_state = ws.get("w_conv", (2 * di, S, g["conv_w"].shape[-1] - 1), torch.float32).zero_()
     h = None  # the scan's state, (S, 2 * di, n): zeros before the first window
     with torch.autocast(x.device.type, enabled=False):
         for a in range(0, L, w):

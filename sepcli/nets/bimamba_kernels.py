@@ -3,21 +3,21 @@
 The fused inference path (sepcli.nets.bimamba) did these steps as several torch ops each, every one a pass over
 [sequences, channels, length] plus its dispatch cost (measured on SPMamba-8k, 2 threads, bf16 autocast: the
 norm's square / mean / rsqrt / multiply / cast and the flip of its output, and the residual's flip + mixed-dtype
-add into a strided half of the output, together about 0.15 s per second of audio):
+add into a strided half of the output, together about 0.15 s per second of audio). The grouped path
+(nets.bimamba_grouped) runs both directions side by side, channel-major, in time windows (a chunk of short
+sequences is one window [0, L)); for one window of both directions (the forward's [a, a + w) and the time-reversed
+sequence's, i.e. original time [L - a - w, L - a) reversed):
 
-- `rms_norm_pair_into`: xn = x * rsqrt(mean over channels of x^2 + eps) (RMSNorm without its weight, which the
-  fused path folds into in_proj) for x [S, D, L] float32, written in float32 or bfloat16, optionally with its
-  time-reversed copy for the backward direction in the same pass;
-- `residual_pair_into`: the block's [S, 2D, L] output, x + the forward direction's out_proj output and x + the
-  backward direction's read time-reversed (o float32 or bfloat16) in one pass;
-- `rms_norm_window_pair_into` / `residual_window_pair_into`: the same for one time window of both directions
-  (the forward's window [a, a + w) and the time-reversed sequence's, i.e. original time [L - a - w, L - a)
-  reversed), for the grouped path's windows over long sequences (nets.bimamba_grouped).
+- `rms_norm_window_pair_into`: xn = x * rsqrt(mean over channels of x^2 + eps) (RMSNorm without its weight, which
+  the fused path folds into in_proj) for x [S, D, L] float32, both directions' windows written channel-major
+  [2, D, S, w] in float32 or bfloat16 (each direction's input to in_proj as one [D, S * w] matrix);
+- `residual_window_pair_into`: the block's [S, 2D, L] output at those times, x + the forward direction's out_proj
+  output and x + the backward direction's read time-reversed (o [2, D, S, w], float32 or bfloat16).
 
 bfloat16 is written with the rounding of torch's float32 -> bfloat16 cast (round to nearest even; NaN stays
-NaN), so the values equal the torch ops'. Work is split into (sequence, time tile) blocks run on numba's
-threads (as many as torch's): time tiles keep a tile's rows in the L1/L2 cache while the channels are reduced.
-Plain LLVM vector code: it needs no AVX-512.
+NaN), so the values equal the torch ops'. Work is split into (sequence, direction, time tile) blocks run on
+numba's threads (as many as torch's): time tiles keep a tile's rows in the L1/L2 cache while the channels are
+reduced. Plain LLVM vector code: it needs no AVX-512.
 """
 
 from __future__ import annotations
@@ -80,59 +80,6 @@ if numba is not None:
         else:
             for t in range(n):
                 dst[t] = xr[t] * acc[t]
-
-    @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _norm_block(x, eps, out, bf16, cm, s, t0, t1, acc):  # pragma: no cover - compiled
-        # out [S, P, D, L]: out[s, 0] = normalised x[s]; with P == 2 also out[s, 1] = its time reversal;
-        # cm (channel-major): out [P, D, S, L], the same rows at out[p, c, s]
-        d, length = x.shape[1], x.shape[2]
-        n = t1 - t0
-        pair = out.shape[0 if cm else 1] == 2
-        _inv_rms(x, s, t0, n, eps, acc)
-        for c in range(d):
-            xr = x[s, c, t0:t1]
-            _write_scaled(out[0, c, s, t0:t1] if cm else out[s, 0, c, t0:t1], xr, acc, n, bf16, False)
-            if pair:
-                dstr = out[1, c, s, length - t1:length - t0] if cm else out[s, 1, c, length - t1:length - t0]
-                _write_scaled(dstr, xr, acc, n, bf16, True)
-
-    @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
-    def _norm(x, eps, out, bf16, cm, n_tiles):  # pragma: no cover - compiled
-        length = x.shape[2]
-        for i in prange(x.shape[0] * n_tiles):
-            s, j = i // n_tiles, i % n_tiles
-            t0 = j * length // n_tiles
-            t1 = (j + 1) * length // n_tiles
-            acc = np.empty(t1 - t0, np.float32)
-            _norm_block(x, np.float32(eps), out, bf16, cm, s, t0, t1, acc)
-
-    @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _res_block(x, o, out, bf16, cm, s, t0, t1):  # pragma: no cover - compiled
-        # out[s, :D] = x[s] + o[s, 0]; out[s, D:] = x[s] + o[s, 1] time-reversed (o [S, 2, D, L], out [S, 2D, L]);
-        # cm (channel-major): o [2, D, S, L], the same rows at o[p, c, s]
-        d, length = x.shape[1], x.shape[2]
-        n = t1 - t0
-        for c in range(d):
-            xr, dst, dstb = x[s, c, t0:t1], out[s, c, t0:t1], out[s, d + c, t0:t1]
-            of = o[0, c, s, t0:t1] if cm else o[s, 0, c, t0:t1]
-            ob = o[1, c, s, length - t1:length - t0] if cm else o[s, 1, c, length - t1:length - t0]
-            if bf16:
-                for t in range(n):
-                    dst[t] = xr[t] + _bf16_value(of[t])
-                for t in range(n):
-                    dstb[t] = xr[t] + _bf16_value(ob[n - 1 - t])
-            else:
-                for t in range(n):
-                    dst[t] = xr[t] + of[t]
-                for t in range(n):
-                    dstb[t] = xr[t] + ob[n - 1 - t]
-
-    @njit(cache=True, parallel=True, fastmath=_FM, error_model="numpy")
-    def _res(x, o, out, bf16, cm, n_tiles):  # pragma: no cover - compiled
-        length = x.shape[2]
-        for i in prange(x.shape[0] * n_tiles):
-            s, j = i // n_tiles, i % n_tiles
-            _res_block(x, o, out, bf16, cm, s, j * length // n_tiles, (j + 1) * length // n_tiles)
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
     def _norm_win_block(x, eps, out, bf16, s, p, a, t0, t1, acc):  # pragma: no cover - compiled
@@ -202,73 +149,6 @@ def _tiles(length: int) -> int:
     return max(1, -(-length // TILE))
 
 
-def rms_norm_pair_into(x: Tensor, eps: float, out: Tensor, channel_major: bool = False) -> Tensor:
-    """xn = x * rsqrt(mean(x^2 over dim 1) + eps) for x float32 [S, D, L] (statistics in float32), written into
-    `out` (float32 or bfloat16): out [S, D, L] gets xn; out [S, 2, D, L] gets xn in out[:, 0] and its time
-    reversal in out[:, 1] (out[:, 1, :, t] = xn[..., L - 1 - t]). channel_major: out [2, D, S, L] (or
-    [1, D, S, L]) with the same rows at out[p, c, s] (xn[s, c] at out[0, c, s]): each direction's input to
-    in_proj as one [D, S * L] matrix. Both contiguous. Returns out."""
-    if numba is None:
-        raise RuntimeError("numba is not available")
-    if x.dtype != torch.float32 or x.dim() != 3:
-        raise TypeError(f"x must be float32 [S, D, L], got {x.dtype} {tuple(x.shape)}")
-    S, D, L = x.shape
-    if channel_major:
-        if out.dim() != 4 or out.shape[0] not in (1, 2) or out.shape[1:] != (D, S, L):
-            raise ValueError(f"out must be [1 or 2, D, S, L] for x {tuple(x.shape)}, got {tuple(out.shape)}")
-        out4 = out
-    else:
-        out4 = out[:, None] if out.dim() == 3 else out
-        if out4.dim() != 4 or out4.shape[1] not in (1, 2) or out4[:, 0].shape != x.shape:
-            raise ValueError(f"out must be [S, D, L] or [S, 2, D, L] for x {tuple(x.shape)}, "
-                             f"got {tuple(out.shape)}")
-    if not (x.is_contiguous() and out.is_contiguous()):
-        raise ValueError("x and out must be contiguous")
-    if x.numel() == 0:
-        return out
-    xa, oa = _np(x), _np(out4)
-    bf16 = out.dtype == torch.bfloat16
-    cm = bool(channel_major)
-    with parallel_threads() as threads:  # one lock and fork guard with the scan's kernels
-        if threads:
-            _norm(xa, eps, oa, bf16, cm, _tiles(L))
-        else:
-            acc = np.empty(L, np.float32)
-            for s in range(S):
-                _norm_block(xa, np.float32(eps), oa, bf16, cm, s, 0, L, acc)
-    return out
-
-
-def residual_pair_into(x: Tensor, o: Tensor, out: Tensor, channel_major: bool = False) -> Tensor:
-    """The bidirectional block's output: out[:, :D] = x + o[:, :D] and out[:, D:] = x + o[:, D:] read time-reversed
-    (out[:, D:, t] = x[..., t] + o[:, D:, L - 1 - t]) for x float32 [S, D, L], o float32 or bfloat16 [S, 2D, L]
-    (its values widened exactly), out float32 [S, 2D, L], all contiguous. channel_major: o [2, D, S, L], the
-    directions' out_proj outputs as [D, S * L] matrices (o[:, d * D + c] above is o[d, c] here). Returns out."""
-    if numba is None:
-        raise RuntimeError("numba is not available")
-    if x.dtype != torch.float32 or out.dtype != torch.float32 or x.dim() != 3:
-        raise TypeError("x and out must be float32")
-    S, D, L = x.shape
-    want = (2, D, S, L) if channel_major else (S, 2 * D, L)
-    if o.shape != want or out.shape != (S, 2 * D, L):
-        raise ValueError(f"o must be {want} and out [S, 2D, L] for x {tuple(x.shape)}: {tuple(o.shape)}, "
-                         f"{tuple(out.shape)}")
-    if not (x.is_contiguous() and o.is_contiguous() and out.is_contiguous()):
-        raise ValueError("x, o and out must be contiguous")
-    if x.numel() == 0:
-        return out
-    xa, oa, outa = _np(x), _np(o if channel_major else o.view(S, 2, D, L)), _np(out)
-    bf16 = o.dtype == torch.bfloat16
-    cm = bool(channel_major)
-    with parallel_threads() as threads:
-        if threads:
-            _res(xa, oa, outa, bf16, cm, _tiles(L))
-        else:
-            for s in range(S):
-                _res_block(xa, oa, outa, bf16, cm, s, 0, L)
-    return out
-
-
 def _window_shapes(x: Tensor, a: int, t: Tensor, name: str) -> int:
     """The window length w of a [2, D, S, w] tensor t for x [S, D, L] starting at a (checked)."""
     if x.dtype != torch.float32 or x.dim() != 3:
@@ -284,9 +164,9 @@ def _window_shapes(x: Tensor, a: int, t: Tensor, name: str) -> int:
 
 def rms_norm_window_pair_into(x: Tensor, eps: float, a: int, out: Tensor) -> Tensor:
     """The window [a, a + w) of both directions' normalised inputs, channel-major: out[0, c, s, t] = xn[s, c, a + t]
-    and out[1, c, s, t] = xn[s, c, L - 1 - a - t] (the window [a, a + w) of the time-reversed sequence), xn as in
-    rms_norm_pair_into, for x float32 [S, D, L] and out [2, D, S, w] (float32 or bfloat16), both contiguous. With
-    a = 0 and w = L it equals rms_norm_pair_into(x, eps, out, channel_major=True). Returns out."""
+    and out[1, c, s, t] = xn[s, c, L - 1 - a - t] (the window [a, a + w) of the time-reversed sequence), where
+    xn = x * rsqrt(mean(x^2 over dim 1) + eps) (statistics in float32), for x float32 [S, D, L] and out
+    [2, D, S, w] (float32 or bfloat16), both contiguous. Returns out."""
     if numba is None:
         raise RuntimeError("numba is not available")
     w = _window_shapes(x, a, out, "out")

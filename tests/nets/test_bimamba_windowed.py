@@ -1,13 +1,14 @@
 """SPMamba's bidirectional Mamba layer over sequences longer than a chunk: the grouped path in time windows
 (nets.bimamba_grouped.windowed_inference, the conv's and the scan's states carried across windows) against the
-plain official-style path (MambaBlock.forward_plain) and the unwindowed grouped path; and its two window kernels
-(nets.bimamba_kernels) against their formulas."""
+plain official-style path (MambaBlock.forward_plain) and the unwindowed grouped path (one window, no state
+carried). The window kernels (nets.bimamba_kernels) are tested in test_bimamba_kernels.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from sepcli.kernels import selective_scan_ref
 from sepcli.nets import bimamba, bimamba_grouped, bimamba_kernels
 from sepcli.nets.bimamba import MambaBlock
 from sepcli.nets.mamba import Workspace, selective_scan, workspace
@@ -114,6 +115,31 @@ def test_windowed_on_the_reference_scan(monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("S,L,window", [(1, 37, None), (1, 122, 10**6), (3, 13, 13)])
+def test_one_window_asks_the_scan_for_no_state(S, L, window):
+    # grouped_inference (window None) or window >= L: one window, nothing carried, so a scan backend without
+    # initial_state / return_last_state (only "ref" and "cpu" take a state) runs it; the result is the plain path's
+    mb = _block(16, S * 100 + L, True)
+    x = torch.randn(S, 16, L)
+    calls = []
+
+    def stateless_scan(*args, **kwargs):
+        calls.append(sorted(kwargs))
+        assert "initial_state" not in kwargs and not kwargs.get("return_last_state")
+        return selective_scan_ref(*args, **kwargs)  # out contiguous: copied back to channel-major
+
+    with torch.no_grad():
+        weights = mb._fused_weights(x)
+        out = torch.full((S, 32, L), float("nan"))
+        if window is None:
+            bimamba_grouped.grouped_inference(x, weights, out, Workspace(), stateless_scan)
+        else:
+            bimamba_grouped.windowed_inference(x, weights, out, Workspace(), stateless_scan, window)
+        want = _plain(mb, x)
+    assert len(calls) == 1
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
 def test_windowed_off_keeps_the_per_direction_path(monkeypatch):
     mb = _block(16, 7, False)
     monkeypatch.setattr(bimamba, "WINDOWED", False)
@@ -122,57 +148,3 @@ def test_windowed_off_keeps_the_per_direction_path(monkeypatch):
     with torch.no_grad():
         mb.chunk_tokens = 8
         torch.testing.assert_close(mb.forward_channels_first(x), _plain(mb, x), rtol=1e-4, atol=1e-4)
-
-
-# --- the window kernels -------------------------------------------------------------------------------------
-
-
-def _norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.double().square().mean(1, keepdim=True) + eps).float()
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("S,D,L,w", [(1, 1, 1, 1), (3, 7, 20, 3), (2, 16, 600, 257), (1, 128, 1243, 1243)])
-def test_rms_norm_window_pair_equals_formula(dtype, S, D, L, w):
-    torch.manual_seed(1)
-    x = torch.randn(S, D, L)
-    xn = _norm(x, 1e-5)
-    for a in sorted({0, (L - w) // 2, L - w}):
-        out = torch.empty(2, D, S, w, dtype=dtype)
-        bimamba_kernels.rms_norm_window_pair_into(x, 1e-5, a, out)
-        want_f = xn[..., a:a + w].permute(1, 0, 2)
-        want_b = xn.flip(-1)[..., a:a + w].permute(1, 0, 2)
-        tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-6}
-        torch.testing.assert_close(out[0].float(), want_f, **tol)
-        torch.testing.assert_close(out[1].float(), want_b, **tol)
-        if dtype == torch.bfloat16:  # rounded as torch's cast of the float32 value
-            assert (out.float() - torch.stack([want_f, want_b]).to(dtype).float()).abs().max() <= 2 ** -7 * 4
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("S,D,L,w", [(1, 1, 1, 1), (3, 7, 20, 3), (2, 16, 600, 257)])
-def test_residual_window_pair_equals_formula_and_touches_only_its_windows(dtype, S, D, L, w):
-    torch.manual_seed(2)
-    x = torch.randn(S, D, L)
-    a = (L - w) // 2
-    o = torch.randn(2, D, S, w).to(dtype)
-    out = torch.full((S, 2 * D, L), 7.0)
-    bimamba_kernels.residual_window_pair_into(x, o, a, out)
-    of, ob = o.float()[0].permute(1, 0, 2), o.float()[1].permute(1, 0, 2)
-    torch.testing.assert_close(out[:, :D, a:a + w], x[..., a:a + w] + of, rtol=0, atol=0)
-    back = out[:, D:].flip(-1)  # the backward half in reversed time: window [a, a + w) there
-    torch.testing.assert_close(back[..., a:a + w], x.flip(-1)[..., a:a + w] + ob, rtol=0, atol=0)
-    mask = torch.ones(S, 2 * D, L, dtype=torch.bool)
-    mask[:, :D, a:a + w] = False
-    mask[:, D:, L - a - w:L - a] = False
-    assert torch.all(out[mask] == 7.0)
-
-
-def test_window_kernels_refuse_bad_windows():
-    x = torch.randn(2, 4, 10)
-    with pytest.raises(ValueError):
-        bimamba_kernels.rms_norm_window_pair_into(x, 1e-5, 8, torch.empty(2, 4, 2, 3))  # past the end
-    with pytest.raises(ValueError):
-        bimamba_kernels.residual_window_pair_into(x, torch.empty(2, 4, 1, 3), 0, torch.empty(2, 8, 10))
-    with pytest.raises(TypeError):
-        bimamba_kernels.rms_norm_window_pair_into(x.double(), 1e-5, 0, torch.empty(2, 4, 2, 3))
