@@ -120,3 +120,31 @@ def synthetic_sources(n: int, rate: int, n_src: int = 2, seed: int = 0) -> np.nd
         env = 0.6 + 0.35 * np.sin(2 * np.pi * (1.1 + 0.7 * k) * t + rng.uniform(0, 6.28))
         out.append(0.12 * rng.standard_normal(n) * env)
     return np.asarray(out, np.float32)
+
+
+def perturbed_mamba_block(d: int, seed: int, biases: bool = False, random_d: bool = False):
+    """A one-layer bidirectional MambaBlock (fused path on) with both directions' weights distinct and away from
+    their initial values: every parameter + 0.05 N(0, 1), norm weights in [0.5, 1.5); optionally D in [0.5, 1.5)
+    and in_proj / out_proj biases (0.3 N(0, 1))."""
+    from sepcli.nets.bimamba import MambaBlock
+
+    torch.manual_seed(seed)
+    mb = MambaBlock(d, 1, True).eval()
+    with torch.no_grad():
+        for p in mb.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for blk in (mb.forward_blocks[0], mb.backward_blocks[0]):
+            blk.norm.weight.uniform_(0.5, 1.5)
+            if random_d:
+                blk.mixer.D.uniform_(0.5, 1.5)
+            if biases:
+                m = blk.mixer
+                m.in_proj.bias = torch.nn.Parameter(0.3 * torch.randn(m.in_proj.out_features))
+                m.out_proj.bias = torch.nn.Parameter(0.3 * torch.randn(m.out_proj.out_features))
+    mb.fused = True
+    return mb
+
+
+def plain_channels_first(mb, x: torch.Tensor) -> torch.Tensor:
+    """MambaBlock.forward_plain (the official computation) on channels-first x [S, D, L] -> [S, 2D, L]."""
+    return mb.forward_plain(x.transpose(1, 2)).transpose(1, 2)

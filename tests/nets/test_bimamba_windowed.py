@@ -12,29 +12,17 @@ from sepcli.kernels import selective_scan_ref
 from sepcli.nets import bimamba, bimamba_grouped, bimamba_kernels
 from sepcli.nets.bimamba import MambaBlock
 from sepcli.nets.mamba import Workspace, selective_scan, workspace
+from tests.testnets import perturbed_mamba_block, plain_channels_first
 
 torch.set_num_threads(2)
 pytestmark = pytest.mark.skipif(not bimamba_kernels.available(), reason="numba not installed")
 
 
 def _block(d: int, seed: int, biases: bool) -> MambaBlock:
-    torch.manual_seed(seed)
-    mb = MambaBlock(d, 1, True).eval()
-    with torch.no_grad():
-        for p in mb.parameters():  # both directions distinct, away from the initial values
-            p.add_(0.05 * torch.randn_like(p))
-        for blk in (mb.forward_blocks[0], mb.backward_blocks[0]):
-            blk.norm.weight.uniform_(0.5, 1.5)
-            if biases:
-                m = blk.mixer
-                m.in_proj.bias = torch.nn.Parameter(0.3 * torch.randn(m.in_proj.out_features))
-                m.out_proj.bias = torch.nn.Parameter(0.3 * torch.randn(m.out_proj.out_features))
-    mb.fused = True
-    return mb
+    return perturbed_mamba_block(d, seed, biases=biases)
 
 
-def _plain(mb: MambaBlock, x: torch.Tensor) -> torch.Tensor:
-    return mb.forward_plain(x.transpose(1, 2)).transpose(1, 2)
+_plain = plain_channels_first
 
 
 @pytest.mark.parametrize("S,L,chunk,window_min", [
